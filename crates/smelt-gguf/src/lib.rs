@@ -21,6 +21,7 @@ mod reader;
 mod tensor;
 mod types;
 mod value;
+mod writer;
 
 pub use error::GgufError;
 pub use file::Gguf;
@@ -28,3 +29,4 @@ pub use reader::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH};
 pub use tensor::{TensorInfo, MAX_DIMS, MAX_TENSOR_NAME_LEN};
 pub use types::GgmlType;
 pub use value::{Array, GgufString, StringArray, Value, ValueType};
+pub use writer::GgufWriter;

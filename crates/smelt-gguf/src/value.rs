@@ -415,7 +415,6 @@ impl Array {
     }
 
     /// Depth of nesting: 1 for an array of scalars or strings, 1 + the deepest inner array otherwise.
-    #[allow(dead_code)] // used by the writer
     pub(crate) fn depth(&self) -> usize {
         match self {
             Array::Array(inner) => 1 + inner.iter().map(Array::depth).max().unwrap_or(0),
