@@ -79,7 +79,10 @@ const TABLE: &[(GgmlType, u32, usize, usize, &str)] = &[
 impl GgmlType {
     fn row(self) -> &'static (GgmlType, u32, usize, usize, &'static str) {
         // Every variant is in TABLE (checked by a test).
-        TABLE.iter().find(|r| r.0 == self).expect("GgmlType missing from TABLE")
+        TABLE
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("GgmlType missing from TABLE")
     }
 
     /// The type for a GGUF type id, or None for an id this build does not know.
@@ -109,14 +112,17 @@ impl GgmlType {
 
     /// Parse a name as printed by [`GgmlType::name`] (case-insensitive).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TABLE.iter().find(|r| r.4.eq_ignore_ascii_case(name)).map(|r| r.0)
+        TABLE
+            .iter()
+            .find(|r| r.4.eq_ignore_ascii_case(name))
+            .map(|r| r.0)
     }
 
     /// Bytes taken by `n_elements` elements, or None when `n_elements` is not a whole number
     /// of blocks or the size overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             return None;
         }
         (n_elements / bs).checked_mul(self.type_size() as u64)
