@@ -8,5 +8,5 @@ pub mod sampler;
 
 pub use api::*;
 pub use error::EngineError;
-pub use runner::Runner;
+pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
 pub use sampler::Sampler;
