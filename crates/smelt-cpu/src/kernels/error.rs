@@ -25,7 +25,9 @@ pub enum KernelError {
     Unsupported { op: &'static str, dtype: GgmlType },
 
     /// A row length that is not a whole number of blocks.
-    #[error("[{op}] a row of {n} elements of {dtype} is not a whole number of {block_size}-element blocks")]
+    #[error(
+        "[{op}] a row of {n} elements of {dtype} is not a whole number of {block_size}-value blocks"
+    )]
     PartialBlock {
         op: &'static str,
         dtype: GgmlType,

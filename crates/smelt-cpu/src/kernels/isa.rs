@@ -1,8 +1,8 @@
 //! Instruction-set levels, detected at run time.
 //!
 //! Kernels are chosen when a plan is built, from what the CPU running the process reports
-//! (`is_x86_feature_detected!`), never from compile-time flags alone: one binary serves every x86-64
-//! machine, and the scalar code is always there.
+//! (`is_x86_feature_detected!`), never from compile-time flags alone: one binary serves every
+//! x86-64 machine, and the scalar code is always there.
 
 use std::fmt;
 

@@ -35,6 +35,7 @@ pub(crate) trait Legacy {
 
 macro_rules! legacy_format {
     ($name:ident, $bytes:expr, $qs:expr, $qh:expr, $min:expr, $bias:expr, $bits8:expr, $x:expr) => {
+        #[allow(non_camel_case_types)]
         pub(crate) struct $name;
         impl Legacy for $name {
             const BYTES: usize = $bytes;

@@ -13,13 +13,17 @@
 //! The executor gives each thread a disjoint row range; the calls take that range and its output.
 //! Every call checks its lengths and returns a [`KernelError`] instead of reading out of bounds.
 //!
-//! Layout: one file per weight-type family (`legacy.rs`: Q4_0 … Q8_0; `kquants*.rs`; `float.rs`),
+//! Layout: one file per weight-type family (`legacy.rs`: Q4_0 … Q8_0; `k45.rs`: Q4_K, Q5_K;
+//! `k16.rs`: Q2_K, Q3_K, Q6_K; `float.rs`: F32, F16, BF16),
 //! each with its scalar code and one SIMD body instantiated per level; `x86/` holds the building
 //! blocks shared by all of them and the activation quantisers.
 
 mod act;
 mod error;
+mod float;
 mod isa;
+mod k16;
+mod k45;
 mod legacy;
 mod table;
 mod tile;

@@ -1,12 +1,13 @@
 //! The kernel table: (weight type, instruction set) -> activation type and tiles.
 //!
-//! Where a type has no code of its own for a level, the entry names the lower level whose code
-//! it runs (`code_isa`); the fallbacks are listed in `docs/kernel-lab/cpu-gemv.md`.
+//! Every supported type has scalar, AVX2 and AVX-512 VNNI code. The float types' AVX-512 entry
+//! is their AVX2 body compiled for the AVX-512 level (32 registers, EVEX encodings; no VNNI work
+//! to do), listed in `docs/kernel-lab/cpu-gemv.md`.
 
 use smelt_gguf::GgmlType;
 
-use super::legacy;
 use super::tile::{scalar_tile, tiles, Tiles};
+use super::{float, k16, k45, legacy};
 use super::{ActType, Isa};
 
 /// One table entry.
@@ -17,44 +18,63 @@ pub(crate) struct Entry {
     pub tiles: &'static Tiles,
 }
 
-/// The weight types with kernels, in GGUF id order.
-pub const SUPPORTED_TYPES: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-];
+/// One line per weight type: its code (family module and format marker) and the prefill tile of
+/// each SIMD level. AVX2 has 16 vector registers, enough for 4 x 2 accumulators plus operands;
+/// AVX-512VL has 32, enough for 4 x 4.
+macro_rules! table {
+    ($($ty:ident: $module:ident::$fmt:ident,
+       avx2 $a2r:literal x $a2t:literal, avx512 $a5r:literal x $a5t:literal;)*) => {
+        /// The weight types with kernels, in GGUF id order.
+        pub const SUPPORTED_TYPES: &[GgmlType] = &[$(GgmlType::$ty),*];
 
-macro_rules! scalar_tiles {
-    ($fmt:ty) => {
-        tiles!(scalar_tile, $fmt; 4 x 1)
+        fn scalar(wtype: GgmlType) -> Option<&'static Tiles> {
+            match wtype {
+                $(GgmlType::$ty => {
+                    static TILES: Tiles = tiles!(scalar_tile, $module::$fmt; 4 x 1);
+                    Some(&TILES)
+                })*
+                _ => None,
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        fn avx2(wtype: GgmlType) -> Option<&'static Tiles> {
+            match wtype {
+                $(GgmlType::$ty => {
+                    static TILES: Tiles = tiles!($module::avx2::tile, $module::$fmt; $a2r x $a2t);
+                    Some(&TILES)
+                })*
+                _ => None,
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        fn avx512(wtype: GgmlType) -> Option<&'static Tiles> {
+            match wtype {
+                $(GgmlType::$ty => {
+                    static TILES: Tiles = tiles!($module::avx512::tile, $module::$fmt; $a5r x $a5t);
+                    Some(&TILES)
+                })*
+                _ => None,
+            }
+        }
     };
 }
 
-static Q4_0_SCALAR: Tiles = scalar_tiles!(legacy::Q4_0);
-static Q4_1_SCALAR: Tiles = scalar_tiles!(legacy::Q4_1);
-static Q5_0_SCALAR: Tiles = scalar_tiles!(legacy::Q5_0);
-static Q5_1_SCALAR: Tiles = scalar_tiles!(legacy::Q5_1);
-static Q8_0_SCALAR: Tiles = scalar_tiles!(legacy::Q8_0);
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::*;
-
-    // AVX2 has 16 vector registers: a 4 x 2 tile keeps its 8 accumulators, the activations and
-    // their corrections in registers. AVX-512VL has 32: 4 x 4.
-    pub static Q4_0_AVX2: Tiles = tiles!(legacy::avx2::tile, legacy::Q4_0; 4 x 2);
-    pub static Q4_1_AVX2: Tiles = tiles!(legacy::avx2::tile, legacy::Q4_1; 4 x 2);
-    pub static Q5_0_AVX2: Tiles = tiles!(legacy::avx2::tile, legacy::Q5_0; 4 x 2);
-    pub static Q5_1_AVX2: Tiles = tiles!(legacy::avx2::tile, legacy::Q5_1; 4 x 2);
-    pub static Q8_0_AVX2: Tiles = tiles!(legacy::avx2::tile, legacy::Q8_0; 4 x 2);
-
-    pub static Q4_0_AVX512: Tiles = tiles!(legacy::avx512::tile, legacy::Q4_0; 4 x 4);
-    pub static Q4_1_AVX512: Tiles = tiles!(legacy::avx512::tile, legacy::Q4_1; 4 x 4);
-    pub static Q5_0_AVX512: Tiles = tiles!(legacy::avx512::tile, legacy::Q5_0; 4 x 4);
-    pub static Q5_1_AVX512: Tiles = tiles!(legacy::avx512::tile, legacy::Q5_1; 4 x 4);
-    pub static Q8_0_AVX512: Tiles = tiles!(legacy::avx512::tile, legacy::Q8_0; 4 x 4);
+table! {
+    F32: float::F32, avx2 4 x 2, avx512 4 x 4;
+    F16: float::F16, avx2 4 x 2, avx512 4 x 4;
+    Q4_0: legacy::Q4_0, avx2 4 x 2, avx512 4 x 4;
+    Q4_1: legacy::Q4_1, avx2 4 x 2, avx512 4 x 4;
+    Q5_0: legacy::Q5_0, avx2 4 x 2, avx512 4 x 4;
+    Q5_1: legacy::Q5_1, avx2 4 x 2, avx512 4 x 4;
+    Q8_0: legacy::Q8_0, avx2 4 x 2, avx512 4 x 4;
+    Q2_K: k16::Q2_K, avx2 4 x 2, avx512 4 x 4;
+    Q3_K: k16::Q3_K, avx2 4 x 2, avx512 4 x 4;
+    Q4_K: k45::Q4_K, avx2 4 x 2, avx512 4 x 4;
+    Q5_K: k45::Q5_K, avx2 4 x 2, avx512 4 x 4;
+    Q6_K: k16::Q6_K, avx2 4 x 2, avx512 4 x 4;
+    BF16: float::BF16, avx2 4 x 2, avx512 4 x 4;
 }
 
 /// The entry for `wtype` at level `isa` (None: no kernel for the type). Does not check the CPU.
@@ -67,8 +87,7 @@ pub(crate) fn lookup(wtype: GgmlType, isa: Isa) -> Option<Entry> {
         G::Q2_K | G::Q3_K | G::Q4_K | G::Q5_K | G::Q6_K => ActType::Q8_K,
         _ => return None,
     };
-    let (code_isa, tiles) =
-        simd_tiles(wtype, isa).or_else(|| Some((Isa::Scalar, scalar(wtype)?)))?;
+    let (code_isa, tiles) = simd(wtype, isa).or_else(|| Some((Isa::Scalar, scalar(wtype)?)))?;
     Some(Entry {
         act,
         code_isa,
@@ -76,45 +95,15 @@ pub(crate) fn lookup(wtype: GgmlType, isa: Isa) -> Option<Entry> {
     })
 }
 
-fn scalar(wtype: GgmlType) -> Option<&'static Tiles> {
-    use GgmlType as G;
-    Some(match wtype {
-        G::Q4_0 => &Q4_0_SCALAR,
-        G::Q4_1 => &Q4_1_SCALAR,
-        G::Q5_0 => &Q5_0_SCALAR,
-        G::Q5_1 => &Q5_1_SCALAR,
-        G::Q8_0 => &Q8_0_SCALAR,
-        _ => return None,
-    })
-}
-
 #[cfg(target_arch = "x86_64")]
-fn simd_tiles(wtype: GgmlType, isa: Isa) -> Option<(Isa, &'static Tiles)> {
-    use x86::*;
-    use GgmlType as G;
+fn simd(wtype: GgmlType, isa: Isa) -> Option<(Isa, &'static Tiles)> {
     if isa >= Isa::Avx512Vnni {
-        let tiles = match wtype {
-            G::Q4_0 => Some(&Q4_0_AVX512),
-            G::Q4_1 => Some(&Q4_1_AVX512),
-            G::Q5_0 => Some(&Q5_0_AVX512),
-            G::Q5_1 => Some(&Q5_1_AVX512),
-            G::Q8_0 => Some(&Q8_0_AVX512),
-            _ => None,
-        };
-        if let Some(tiles) = tiles {
+        if let Some(tiles) = avx512(wtype) {
             return Some((Isa::Avx512Vnni, tiles));
         }
     }
     if isa >= Isa::Avx2 {
-        let tiles = match wtype {
-            G::Q4_0 => Some(&Q4_0_AVX2),
-            G::Q4_1 => Some(&Q4_1_AVX2),
-            G::Q5_0 => Some(&Q5_0_AVX2),
-            G::Q5_1 => Some(&Q5_1_AVX2),
-            G::Q8_0 => Some(&Q8_0_AVX2),
-            _ => None,
-        };
-        if let Some(tiles) = tiles {
+        if let Some(tiles) = avx2(wtype) {
             return Some((Isa::Avx2, tiles));
         }
     }
@@ -122,6 +111,6 @@ fn simd_tiles(wtype: GgmlType, isa: Isa) -> Option<(Isa, &'static Tiles)> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn simd_tiles(_wtype: GgmlType, _isa: Isa) -> Option<(Isa, &'static Tiles)> {
+fn simd(_wtype: GgmlType, _isa: Isa) -> Option<(Isa, &'static Tiles)> {
     None
 }

@@ -65,6 +65,11 @@ const REQUIRED: &[GgmlType] = &[
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::F16,
+    GgmlType::F32,
 ];
 
 #[test]
@@ -438,6 +443,14 @@ type_tests! {
     q5_0: Q5_0,
     q5_1: Q5_1,
     q8_0: Q8_0,
+    q2_k: Q2_K,
+    q3_k: Q3_K,
+    q4_k: Q4_K,
+    q5_k: Q5_K,
+    q6_k: Q6_K,
+    f32_weights: F32,
+    f16_weights: F16,
+    bf16_weights: BF16,
 }
 
 #[test]

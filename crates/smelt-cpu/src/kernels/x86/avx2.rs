@@ -156,15 +156,14 @@ pub(crate) fn fma_i32(acc: __m256, i: __m256i, scale: f32) -> __m256 {
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(scale), acc)
 }
 
-/// `-bias * v` per i32 lane, for the zero points 8, 16 (shifts) and 128.
+/// `-bias * v` per i32 lane (a shift for the power-of-two zero points every format uses).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn neg_times(v: __m256i, bias: i32) -> __m256i {
-    let scaled = match bias {
-        8 => _mm256_slli_epi32(v, 3),
-        16 => _mm256_slli_epi32(v, 4),
-        128 => _mm256_slli_epi32(v, 7),
-        _ => _mm256_mullo_epi32(v, _mm256_set1_epi32(bias)),
+    let scaled = if bias > 0 && (bias as u32).is_power_of_two() {
+        _mm256_sll_epi32(v, _mm_cvtsi32_si128(bias.trailing_zeros() as i32))
+    } else {
+        _mm256_mullo_epi32(v, _mm256_set1_epi32(bias))
     };
     _mm256_sub_epi32(_mm256_setzero_si256(), scaled)
 }
