@@ -200,7 +200,7 @@ fn run_matmul(st: &MatMulStep, tid: usize, ctx: &Ctx, s: &mut Scratch) -> Result
         };
         for a in &st.acts {
             let at = a.off + ro * a.row_bytes;
-            a.mv.quantize_act(x, &mut s.acts[at..at + a.row_bytes]);
+            a.mv.quantize_act(x, &mut s.acts[at..at + a.row_bytes])?;
         }
     }
     let big = |i: usize| ctx.w.big(i);

@@ -182,6 +182,28 @@ impl Program {
     pub fn output_len(&self) -> usize {
         self.out_len
     }
+
+    /// One line per step: the fused kernel and, for matmuls, the kernel chosen per weight.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            s.push_str(&self.plan.kernel_name(i));
+            if let Step::MatMul(m) = step {
+                let kernels: Vec<String> = m
+                    .bundles
+                    .iter()
+                    .flat_map(|b| &b.nodes)
+                    .filter_map(|n| match &n.compute {
+                        TileCompute::MatMul { mv, .. } => Some(mv.describe()),
+                        TileCompute::Seg { .. } => None,
+                    })
+                    .collect();
+                s.push_str(&format!(" [{}]", kernels.join(", ")));
+            }
+            s.push('\n');
+        }
+        s
+    }
 }
 
 /// Rows per prefill tile: each weight tile loaded serves this many tokens.
@@ -209,6 +231,7 @@ struct Lowerer<'a> {
     weights: &'a Weights,
     n_threads: usize,
     need: ScratchNeed,
+    exact: bool,
 }
 
 impl Lowerer<'_> {
@@ -390,7 +413,7 @@ impl Lowerer<'_> {
                     unreachable!()
                 };
                 let view = &self.weights.views[w.0 as usize];
-                let mv = Matvec::new(view.dtype, kdim)?;
+                let mv = Matvec::new(view.dtype, kdim, self.exact)?;
                 self.need.wrow = self.need.wrow.max(mv.scratch_len());
                 cost += view.row_bytes;
                 let act = match acts.iter().position(|a| a.mv.act_type() == mv.act_type()) {
@@ -507,12 +530,14 @@ pub(crate) fn lower(
     weights: &Weights,
     n_threads: usize,
     kv_capacity: usize,
+    exact: bool,
 ) -> Result<Program, FastError> {
     let mut l = Lowerer {
         plan: &plan,
         weights,
         n_threads,
         need: ScratchNeed::default(),
+        exact,
     };
     let mut steps = Vec::with_capacity(plan.kernels().len());
     for k in plan.kernels() {

@@ -42,6 +42,8 @@ pub enum FastError {
     MissingTensor(String),
     #[error("[fast] {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernels::KernelError),
 }
 
 /// A weight the graphs use: its GGUF tensor name and `[rows, cols]` shape.
@@ -95,6 +97,7 @@ pub struct FastBackend {
     stats: ExecStats,
     f16: attn::F16Isa,
     fuse: FuseOptions,
+    exact: bool,
 }
 
 impl FastBackend {
@@ -147,12 +150,19 @@ impl FastBackend {
             stats: ExecStats::default(),
             f16: attn::F16Isa::detect(),
             fuse: FuseOptions::ALL,
+            exact: false,
         })
     }
 
     /// Use `opts` for the graphs lowered from now on (tests compare fused and unfused plans).
     pub fn set_fusion(&mut self, opts: FuseOptions) {
         self.fuse = opts;
+    }
+
+    /// For the programs lowered from now on: multiply dequantised weights by f32 activations
+    /// (the reference's arithmetic) instead of running the quantised kernels.
+    pub fn set_exact(&mut self, exact: bool) {
+        self.exact = exact;
     }
 
     pub fn n_threads(&self) -> usize {
@@ -167,7 +177,13 @@ impl FastBackend {
     /// Lower a plan; grows the arena and scratch to what it needs (allocation happens here,
     /// never in `execute`).
     pub fn lower_plan(&mut self, plan: Plan, kv_capacity: usize) -> Result<Program, FastError> {
-        let prog = lower::lower(plan, &self.weights, self.n_threads(), kv_capacity)?;
+        let prog = lower::lower(
+            plan,
+            &self.weights,
+            self.n_threads(),
+            kv_capacity,
+            self.exact,
+        )?;
         if self.arena.len() < prog.plan.arena_len() {
             self.arena.resize(prog.plan.arena_len(), 0.0);
         }
