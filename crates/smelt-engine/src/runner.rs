@@ -166,6 +166,21 @@ impl Runner {
         }
     }
 
+    /// Time every fused kernel from now on (fast backend); see [`Runner::profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        if let Exec::Fast { backend, .. } = &mut self.exec {
+            backend.set_profiling(on);
+        }
+    }
+
+    /// Per kernel kind: total milliseconds and count (fast backend, when profiling).
+    pub fn profile(&self) -> Vec<(String, f64, u64)> {
+        match &self.exec {
+            Exec::Fast { backend, .. } => backend.profile(),
+            Exec::Reference { .. } => Vec::new(),
+        }
+    }
+
     /// Positions the KV cache holds.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx

@@ -213,6 +213,7 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
             "{}",
             smelt_graph::fuse(&runner.arch().build(1, Output::LastLogits))
         );
+        runner.set_profiling(true);
     }
     let mut first_token_ms = 0.0;
     let (mut prefill_s, mut decode_s) = (Vec::new(), Vec::new());
@@ -239,6 +240,12 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         decode_s.push(dec);
         dispatches += after.dispatches - before.dispatches;
         barriers += after.barriers - before.barriers;
+    }
+    if a.verbose {
+        eprintln!("time per kernel kind (thread 0, barrier wait included), all repetitions:");
+        for (k, ms, n) in runner.profile() {
+            eprintln!("  {ms:10.2} ms {n:8} x  {k}");
+        }
     }
     let decoded = (a.n_gen * a.reps).max(1) as f64;
     Ok(Measured {

@@ -161,6 +161,8 @@ pub struct Program {
     pub(crate) need: ScratchNeed,
     pub(crate) out_off: usize,
     pub(crate) out_len: usize,
+    /// Kernel names without layer numbers, for profiles.
+    pub(crate) step_keys: Vec<String>,
 }
 
 impl Program {
@@ -210,6 +212,8 @@ impl Program {
 const TILE_ROWS: usize = 16;
 /// Minimum columns per tile and per unit of work split between threads.
 const TILE_COLS: usize = 64;
+/// Columns per tile when there is one row (decode).
+const DECODE_TILE_COLS: usize = 1024;
 const WORK_GRAN: usize = 16;
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -474,7 +478,14 @@ impl Lowerer<'_> {
             } else {
                 lcm(b.align, WORK_GRAN)
             };
-            let tc = gran * TILE_COLS.div_ceil(gran);
+            // Decode tiles are one row: make them wide (fewer kernel calls); prefill tiles
+            // stay narrow so a weight tile is reused from cache by every token tile.
+            let cols = if rows == 1 {
+                DECODE_TILE_COLS
+            } else {
+                TILE_COLS
+            };
+            let tc = gran * cols.div_ceil(gran);
             tc_max = tc_max.max(tc.min(b.width.next_multiple_of(gran)));
             units.push((b.width, gran, cost));
             steps.push(BundleStep { tc, nodes });
@@ -590,6 +601,9 @@ pub(crate) fn lower(
     let need = l.need;
     let out = plan.buffer(plan.output_buffer());
     let (out_off, out_len) = (out.offset, out.rows * out.cols);
+    let step_keys = (0..steps.len())
+        .map(|i| strip_layers(&plan.kernel_name(i)))
+        .collect();
     Ok(Program {
         steps,
         n_threads,
@@ -598,12 +612,35 @@ pub(crate) fn lower(
         out_off,
         out_len,
         plan,
+        step_keys,
     })
+}
+
+/// "matmul[q.3+k.3+v.3]" -> "matmul[q+k+v]": one profile entry for every layer.
+fn strip_layers(name: &str) -> String {
+    let mut key = String::with_capacity(name.len());
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '.' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+        } else {
+            key.push(c);
+        }
+    }
+    key
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_numbers_are_stripped() {
+        assert_eq!(strip_layers("matmul[q.3+k.3+v.13]"), "matmul[q+k+v]");
+        assert_eq!(strip_layers("attention[attn.0]"), "attention[attn]");
+    }
 
     #[test]
     fn partition_balances_cost_and_keeps_alignment() {

@@ -98,6 +98,8 @@ pub struct FastBackend {
     f16: attn::F16Isa,
     fuse: FuseOptions,
     exact: bool,
+    /// Per kernel kind (name without layer numbers): nanoseconds and count, when profiling.
+    profile: Option<Mutex<Vec<(String, u64, u64)>>>,
 }
 
 impl FastBackend {
@@ -151,6 +153,7 @@ impl FastBackend {
             f16: attn::F16Isa::detect(),
             fuse: FuseOptions::ALL,
             exact: false,
+            profile: None,
         })
     }
 
@@ -163,6 +166,25 @@ impl FastBackend {
     /// (the reference's arithmetic) instead of running the quantised kernels.
     pub fn set_exact(&mut self, exact: bool) {
         self.exact = exact;
+    }
+
+    /// Time every kernel (on thread 0, barrier wait included) from now on; see [`FastBackend::profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| Mutex::new(Vec::new()));
+    }
+
+    /// Per kernel kind (layer numbers removed from names): total milliseconds and count.
+    pub fn profile(&self) -> Vec<(String, f64, u64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, f64, u64)> = p
+            .iter()
+            .map(|(k, ns, n)| (k.clone(), *ns as f64 / 1e6, *n))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 
     pub fn n_threads(&self) -> usize {
@@ -246,9 +268,11 @@ impl FastBackend {
         };
         let failure: Mutex<Option<FastError>> = Mutex::new(None);
         let scratch = &self.scratch;
+        let profile = self.profile.as_ref();
         self.pool.run(&|tid, barrier| {
             let mut s = scratch[tid].lock().unwrap_or_else(|e| e.into_inner());
             for (i, step) in prog.steps.iter().enumerate() {
+                let start = (tid == 0 && profile.is_some()).then(std::time::Instant::now);
                 if let Err(e) = exec::run_step(step, tid, &ctx, &mut s) {
                     failure
                         .lock()
@@ -257,6 +281,9 @@ impl FastBackend {
                 }
                 if i + 1 < prog.steps.len() {
                     barrier.wait();
+                }
+                if let (Some(start), Some(p)) = (start, profile) {
+                    record(p, &prog.step_keys[i], start.elapsed().as_nanos() as u64);
                 }
             }
         });
@@ -297,6 +324,17 @@ impl FastBackend {
             })
             .sum();
         small + self.arena.len() * 4 + scratch
+    }
+}
+
+fn record(p: &Mutex<Vec<(String, u64, u64)>>, key: &str, ns: u64) {
+    let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+    match p.iter_mut().find(|(k, _, _)| k == key) {
+        Some(e) => {
+            e.1 += ns;
+            e.2 += 1;
+        }
+        None => p.push((key.to_string(), ns, 1)),
     }
 }
 
