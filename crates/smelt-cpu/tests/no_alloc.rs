@@ -46,12 +46,19 @@ fn decode_and_prefill_steps_allocate_nothing() {
     for model in [SMOLLM2, GEMMA3] {
         let g = Arc::new(Gguf::open(model_path(model)).unwrap());
         let arch = smelt_models::load(&g).unwrap();
-        let specs: Vec<WeightSpec> =
-            arch.weights().entries().iter().map(|e| WeightSpec { name: e.name.clone(), shape: e.shape }).collect();
+        let specs: Vec<WeightSpec> = arch
+            .weights()
+            .entries()
+            .iter()
+            .map(|e| WeightSpec {
+                name: e.name.clone(),
+                shape: e.shape,
+            })
+            .collect();
         let mut fb = FastBackend::new(Arc::clone(&g), &specs, 2).unwrap();
         let mut kv = FastKvCache::new(32, &arch.kv_widths());
-        let prefill = fb.lower(&arch.build(4, Output::LastLogits), 32).unwrap();
-        let decode = fb.lower(&arch.build(1, Output::LastLogits), 32).unwrap();
+        let prefill = fb.lower(&arch.build(4, Output::LastLogits), &kv).unwrap();
+        let decode = fb.lower(&arch.build(1, Output::LastLogits), &kv).unwrap();
         let prompt = [2u32, 651, 6037, 576];
         let positions = [0u32, 1, 2, 3];
         // Warm up: the first executions may touch lazily initialised runtime state.
@@ -64,6 +71,10 @@ fn decode_and_prefill_steps_allocate_nothing() {
             assert!(logits[0].is_finite());
         }
         COUNTING.store(false, Ordering::SeqCst);
-        assert_eq!(ALLOCS.load(Ordering::SeqCst), 0, "{model}: allocations during execution");
+        assert_eq!(
+            ALLOCS.load(Ordering::SeqCst),
+            0,
+            "{model}: allocations during execution"
+        );
     }
 }

@@ -9,4 +9,5 @@ pub mod sampler;
 pub use api::*;
 pub use error::EngineError;
 pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
+pub use smelt_cpu::KvType;
 pub use sampler::Sampler;

@@ -4,6 +4,7 @@
 
 use smelt_graph::{Dest, KernelKind, KvPart, NodeId, Op, Plan};
 
+use super::kv::KvType;
 use super::matvec::Matvec;
 use super::rowops::SegOp;
 use super::{FastError, Weights};
@@ -158,6 +159,7 @@ pub struct Program {
     pub(crate) steps: Vec<Step>,
     pub(crate) n_threads: usize,
     pub(crate) kv_capacity: usize,
+    pub(crate) kv_type: KvType,
     pub(crate) need: ScratchNeed,
     pub(crate) out_off: usize,
     pub(crate) out_len: usize,
@@ -236,6 +238,7 @@ struct Lowerer<'a> {
     n_threads: usize,
     need: ScratchNeed,
     exact: bool,
+    kv_type: KvType,
 }
 
 impl Lowerer<'_> {
@@ -473,11 +476,19 @@ impl Lowerer<'_> {
                 slots.push((e, slot));
                 slot += 1;
             }
-            let gran = if b.align >= WORK_GRAN || !b.width.is_multiple_of(lcm(b.align, WORK_GRAN)) {
-                b.align
-            } else {
-                lcm(b.align, WORK_GRAN)
-            };
+            let mut gran =
+                if b.align >= WORK_GRAN || !b.width.is_multiple_of(lcm(b.align, WORK_GRAN)) {
+                    b.align
+                } else {
+                    lcm(b.align, WORK_GRAN)
+                };
+            // q8_0 cache rows are written in whole 32-value blocks.
+            let writes_kv = nodes
+                .iter()
+                .any(|n| n.dests.iter().any(|d| matches!(d, Dst::Kv { .. })));
+            if writes_kv && self.kv_type == KvType::Q8_0 {
+                gran = lcm(gran, 32);
+            }
             // Decode tiles are one row: make them wide (fewer kernel calls); prefill tiles
             // stay narrow so a weight tile is reused from cache by every token tile.
             let cols = if rows == 1 {
@@ -541,6 +552,7 @@ pub(crate) fn lower(
     weights: &Weights,
     n_threads: usize,
     kv_capacity: usize,
+    kv_type: KvType,
     exact: bool,
 ) -> Result<Program, FastError> {
     let mut l = Lowerer {
@@ -549,7 +561,19 @@ pub(crate) fn lower(
         n_threads,
         need: ScratchNeed::default(),
         exact,
+        kv_type,
     };
+    if kv_type == KvType::Q8_0 {
+        for n in plan.graph().nodes() {
+            if let Op::Attention { head_dim, .. } = n.op {
+                if head_dim % 32 != 0 {
+                    return Err(FastError::Unsupported {
+                        what: format!("a q8_0 KV cache with heads of {head_dim}"),
+                    });
+                }
+            }
+        }
+    }
     let mut steps = Vec::with_capacity(plan.kernels().len());
     for k in plan.kernels() {
         let step = match &k.kind {
@@ -608,6 +632,7 @@ pub(crate) fn lower(
         steps,
         n_threads,
         kv_capacity,
+        kv_type,
         need,
         out_off,
         out_len,

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use smelt_gguf::{GgmlType, Gguf};
 use smelt_graph::{fuse_with, FuseOptions, Graph, Plan};
 
-pub use kv::FastKvCache;
+pub use kv::{FastKvCache, KvType};
 pub use lower::Program;
 pub use pool::{Barrier, Pool};
 
@@ -191,19 +191,20 @@ impl FastBackend {
         self.pool.n_threads()
     }
 
-    /// Fuse and lower `g` for a KV cache of `kv_capacity` positions.
-    pub fn lower(&mut self, g: &Graph, kv_capacity: usize) -> Result<Program, FastError> {
-        self.lower_plan(fuse_with(g, self.fuse), kv_capacity)
+    /// Fuse and lower `g` for KV caches shaped like `kv` (capacity and storage type).
+    pub fn lower(&mut self, g: &Graph, kv: &FastKvCache) -> Result<Program, FastError> {
+        self.lower_plan(fuse_with(g, self.fuse), kv)
     }
 
     /// Lower a plan; grows the arena and scratch to what it needs (allocation happens here,
     /// never in `execute`).
-    pub fn lower_plan(&mut self, plan: Plan, kv_capacity: usize) -> Result<Program, FastError> {
+    pub fn lower_plan(&mut self, plan: Plan, kv: &FastKvCache) -> Result<Program, FastError> {
         let prog = lower::lower(
             plan,
             &self.weights,
             self.n_threads(),
-            kv_capacity,
+            kv.capacity(),
+            kv.dtype(),
             self.exact,
         )?;
         if self.arena.len() < prog.plan.arena_len() {
@@ -239,9 +240,12 @@ impl FastBackend {
                 positions.len()
             )));
         }
-        if prog.n_threads != self.n_threads() || prog.kv_capacity != kv.capacity() {
+        if prog.n_threads != self.n_threads()
+            || prog.kv_capacity != kv.capacity()
+            || prog.kv_type != kv.dtype()
+        {
             return Err(FastError::Invalid(
-                "program lowered for another thread count or KV capacity".into(),
+                "program lowered for another thread count, KV capacity or KV type".into(),
             ));
         }
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= kv.capacity()) {
@@ -251,16 +255,21 @@ impl FastBackend {
             )));
         }
         let barriers_before = self.pool.barriers();
-        let FastKvCache { data, layers, .. } = kv;
+        let kv_type = kv.dtype();
+        let FastKvCache {
+            f16, q8, layers, ..
+        } = kv;
         let capacity = prog.kv_capacity;
         let arena = SharedSlice::new(&mut self.arena);
-        let kv_data = SharedSlice::new(data);
+        let (kv16, kv8) = (SharedSlice::new(f16), SharedSlice::new(q8));
         let ctx = Ctx {
             w: &self.weights,
             tokens,
             positions,
             arena: &arena,
-            kv: &kv_data,
+            kv16: &kv16,
+            kv8: &kv8,
+            kv_type,
             kv_layers: layers,
             capacity,
             n_threads: self.pool.n_threads(),
