@@ -73,7 +73,7 @@ pub(crate) fn run_step(
 /// A thread's column share of a prologue value, in whole 32-column blocks where the width
 /// allows (q8_0 cache rows are written a block at a time).
 fn share_blocks(width: usize, t: usize, threads: usize) -> (usize, usize) {
-    if width % 32 == 0 {
+    if width.is_multiple_of(32) {
         let (b0, b1) = share(width / 32, t, threads);
         (b0 * 32, b1 * 32)
     } else {
@@ -191,7 +191,7 @@ unsafe fn write(
                     }
                     KvType::Q8_0 => {
                         // Lowering aligns every writer's columns to 32, so runs are whole blocks.
-                        debug_assert!(c % 32 == 0 && run.len() % 32 == 0);
+                        debug_assert!(c.is_multiple_of(32) && run.len().is_multiple_of(32));
                         // SAFETY: as above, the blocks of these columns.
                         let dst = unsafe { ctx.kv8.get_mut(at, run.len() / 32 * 34) };
                         smelt_quant::quantize(GgmlType::Q8_0, run, dst).map_err(|e| {
