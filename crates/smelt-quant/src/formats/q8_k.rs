@@ -64,6 +64,7 @@ impl QuantBlock<{ BlockQ8_K::ELEMS }, { BlockQ8_K::BYTES }> for BlockQ8_K {
     fn quantize(x: &[f32; 256]) -> Self {
         let max = signed_absmax(x);
         if max == 0.0 {
+            // ggml leaves `bsums` of an all-zero block unwritten; zeros are the consistent value.
             return Self {
                 d: 0.0,
                 qs: [0; 256],
