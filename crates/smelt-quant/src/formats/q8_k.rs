@@ -32,6 +32,8 @@ const _: () = assert!(size_of::<BlockQ8_K>() == BlockQ8_K::BYTES);
 
 impl QuantBlock<{ BlockQ8_K::ELEMS }, { BlockQ8_K::BYTES }> for BlockQ8_K {
     const DTYPE: GgmlType = GgmlType::Q8_K;
+    // ggml gives Q8_K no partner; its zero-initialised table entry reads as F32.
+    const VEC_DOT_TYPE: GgmlType = GgmlType::F32;
 
     fn from_bytes(b: &[u8; 292]) -> Self {
         Self {
