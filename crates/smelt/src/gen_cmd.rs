@@ -9,7 +9,7 @@ use smelt_engine::{Event, GenerateRequest, LoadOptions, Model, SamplingOptions};
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// A model: a path to a .gguf file.
+    /// A model: a name in the store (pulled when missing, e.g. smollm2:135m) or a path to a .gguf file.
     pub model: String,
     /// Context length to allocate (default: min(training context, 4096)).
     #[arg(long = "ctx", alias = "num-ctx")]
@@ -46,6 +46,22 @@ impl ModelArgs {
         ));
         Ok(m)
     }
+}
+
+/// A path to a .gguf file, or a name resolved through the store (pulled first when missing,
+/// as `ollama run` does).
+pub fn resolve_model(spec: &str) -> Result<smelt_store::ResolvedModel> {
+    let store = smelt_store::Store::open_default()?;
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let mut last = String::new();
+    let mut progress = |p: &smelt_store::PullProgress| {
+        if p.status != last {
+            log(&p.status);
+            last = p.status.clone();
+        }
+    };
+    let opts = smelt_store::PullOptions::from_env();
+    store.ensure(spec, &opts, &mut progress, &cancel).with_context(|| format!("model '{spec}'"))
 }
 
 fn log(msg: &str) {
@@ -209,13 +225,14 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// A path to a .gguf file.
+    /// A model name or a path to a .gguf file.
     pub model: String,
     pub text: String,
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let g = smelt_gguf::Gguf::open(&a.model).with_context(|| format!("opening {}", a.model))?;
+    let path = resolve_model(&a.model)?.gguf_path;
+    let g = smelt_gguf::Gguf::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let tok = smelt_tokenizer::Tokenizer::from_gguf(&g)?;
     let ids = tok.encode(&a.text, false, false);
     println!("{}", serde_json::to_string(&ids)?);
@@ -267,7 +284,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct ShowArgs {
-    /// A path to a .gguf file.
+    /// A model name or a path to a .gguf file.
     pub model: String,
     /// Print the chat template.
     #[arg(long)]
@@ -278,7 +295,8 @@ pub struct ShowArgs {
 }
 
 pub fn show(a: ShowArgs) -> Result<()> {
-    let g = smelt_gguf::Gguf::open(&a.model).with_context(|| format!("opening {}", a.model))?;
+    let path = resolve_model(&a.model)?.gguf_path;
+    let g = smelt_gguf::Gguf::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let arch = smelt_models::load(&g)?;
     let vocab = smelt_tokenizer::Vocab::from_gguf(&g)?;
     let tok = smelt_tokenizer::Tokenizer::new(&vocab)?;
