@@ -151,13 +151,13 @@ pub struct ShowArgs {
     /// Print the default parameters
     #[arg(long)]
     pub parameters: bool,
-    /// Print the prompt template
+    /// Print the prompt template (the TEMPLATE layer, else the GGUF's chat template)
     #[arg(long)]
     pub template: bool,
     /// Print the system prompt
     #[arg(long)]
     pub system: bool,
-    /// Print the license
+    /// Print the license (LICENSE layers, else the GGUF's general.license)
     #[arg(long)]
     pub license: bool,
 }
@@ -177,10 +177,19 @@ pub fn run_show(args: &ShowArgs) -> Result<()> {
         return Ok(());
     }
     if args.template || args.system || args.license {
+        // A model without a TEMPLATE or LICENSE layer uses what its GGUF file carries.
+        let from_gguf = |key: &str| {
+            let g = smelt_gguf::Gguf::open(&m.gguf_path).ok()?;
+            g.get_str(key).ok().flatten().map(str::to_string)
+        };
         let text = match (args.template, args.system) {
-            (true, _) => m.template.clone(),
+            (true, _) => m
+                .template
+                .clone()
+                .or_else(|| from_gguf("tokenizer.chat_template")),
             (_, true) => m.system.clone(),
-            _ => (!m.license.is_empty()).then(|| m.license.join("\n\n")),
+            _ if !m.license.is_empty() => Some(m.license.join("\n\n")),
+            _ => from_gguf("general.license"),
         };
         writeln!(out, "{}", text.unwrap_or_default())?;
         return Ok(());
