@@ -48,22 +48,6 @@ impl ModelArgs {
     }
 }
 
-/// A path to a .gguf file, or a name resolved through the store (pulled first when missing,
-/// as `ollama run` does).
-pub fn resolve_model(spec: &str) -> Result<smelt_store::ResolvedModel> {
-    let store = smelt_store::Store::open_default()?;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let mut last = String::new();
-    let mut progress = |p: &smelt_store::PullProgress| {
-        if p.status != last {
-            log(&p.status);
-            last = p.status.clone();
-        }
-    };
-    let opts = smelt_store::PullOptions::from_env();
-    store.ensure(spec, &opts, &mut progress, &cancel).with_context(|| format!("model '{spec}'"))
-}
-
 fn log(msg: &str) {
     eprintln!("smelt: {msg}");
 }
@@ -157,7 +141,7 @@ fn stream(model: &Model, req: GenerateRequest, verbose: bool) -> Result<String> 
     Ok(text)
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
+pub fn run(a: &RunArgs) -> Result<()> {
     let model = a.model.load()?;
     let prompt = match &a.prompt {
         Some(p) => Some(p.clone()),
@@ -230,8 +214,8 @@ pub struct TokenizeArgs {
     pub text: String,
 }
 
-pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let path = resolve_model(&a.model)?.gguf_path;
+pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
+    let path = crate::store_cmd::ensure_model(&a.model, false)?.gguf_path;
     let g = smelt_gguf::Gguf::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let tok = smelt_tokenizer::Tokenizer::from_gguf(&g)?;
     let ids = tok.encode(&a.text, false, false);
@@ -250,7 +234,7 @@ pub struct PerplexityArgs {
     pub chunks: Option<usize>,
 }
 
-pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     let n_ctx = a.model.ctx.unwrap_or(512);
@@ -279,70 +263,5 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     println!("chunks: {}", r.chunks);
     println!("scored tokens: {}", r.scored);
     println!("ppl: {:.4}", r.ppl);
-    Ok(())
-}
-
-#[derive(Args)]
-pub struct ShowArgs {
-    /// A model name or a path to a .gguf file.
-    pub model: String,
-    /// Print the chat template.
-    #[arg(long)]
-    pub template: bool,
-    /// Print the license.
-    #[arg(long)]
-    pub license: bool,
-}
-
-pub fn show(a: ShowArgs) -> Result<()> {
-    let path = resolve_model(&a.model)?.gguf_path;
-    let g = smelt_gguf::Gguf::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let arch = smelt_models::load(&g)?;
-    let vocab = smelt_tokenizer::Vocab::from_gguf(&g)?;
-    let tok = smelt_tokenizer::Tokenizer::new(&vocab)?;
-    let tmpl = smelt_tokenizer::ChatTemplate::for_model(&vocab, &tok)?;
-    if a.template {
-        println!("{}", tmpl.source());
-        return Ok(());
-    }
-    let license = g.get_str("general.license")?.map(str::to_string);
-    if a.license {
-        println!("{}", license.unwrap_or_default());
-        return Ok(());
-    }
-    let mut mix: Vec<(&str, usize)> = Vec::new();
-    for e in arch.weights().entries() {
-        match mix.iter_mut().find(|(n, _)| *n == e.dtype.name()) {
-            Some((_, c)) => *c += 1,
-            None => mix.push((e.dtype.name(), 1)),
-        }
-    }
-    mix.sort_by(|a, b| b.1.cmp(&a.1));
-    let mix: Vec<String> = mix.iter().map(|(n, c)| format!("{n} x{c}")).collect();
-    let params = arch.weights().n_params() as f64;
-    println!("  Model");
-    println!(
-        "    name                {}",
-        g.get_str("general.name")?.unwrap_or("-")
-    );
-    println!("    architecture        {}", arch.arch());
-    println!("    parameters          {:.1}M", params / 1e6);
-    println!("    context length      {}", arch.context_length());
-    println!("    embedding length    {}", arch.n_embd());
-    println!("    layers              {}", arch.n_layer());
-    println!("    vocabulary          {}", arch.n_vocab());
-    println!("    quantization        {}", mix.join(", "));
-    println!(
-        "    file size           {:.1} MB",
-        g.file_size() as f64 / 1e6
-    );
-    println!("  Template");
-    for line in tmpl.source().lines().take(6) {
-        println!("    {line}");
-    }
-    if let Some(l) = license {
-        println!("  License");
-        println!("    {}", l.lines().next().unwrap_or(""));
-    }
     Ok(())
 }
