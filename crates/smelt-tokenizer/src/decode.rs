@@ -1,6 +1,7 @@
 //! Token ids back to text: pieces, whole-sequence detokenisation, and UTF-8-safe streaming.
 
 use crate::special::attr;
+use crate::strtable::StrTable;
 use crate::unicode::char_to_byte;
 use crate::{Tokenizer, TokenizerKind};
 
@@ -16,25 +17,6 @@ impl Tokenizer {
             return &[];
         }
         self.pieces.get(id)
-    }
-
-    /// The piece of a token with special tokens rendered (built once for the piece cache).
-    pub(crate) fn render_piece(&self, id: u32) -> Vec<u8> {
-        let a = self.attrs[id as usize];
-        let text = self.texts.get(id);
-        if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
-            text.to_vec()
-        } else if a & attr::NORMAL != 0 {
-            match self.kind() {
-                TokenizerKind::Spm => unescape_spaces(text),
-                TokenizerKind::Bpe => decode_byte_level(text),
-            }
-        } else if a & attr::BYTE != 0 {
-            vec![byte_token_value(text)]
-        } else {
-            // Unused and undefined tokens render as nothing.
-            Vec::new()
-        }
     }
 
     /// Token ids to bytes exactly as llama.cpp's `llama_detokenize`: `remove_special` drops a
@@ -77,9 +59,32 @@ impl Tokenizer {
     }
 }
 
+/// Every token's piece with special tokens rendered (llama.cpp's piece cache, built once).
+pub(crate) fn render_pieces(kind: TokenizerKind, texts: &StrTable, attrs: &[u16]) -> StrTable {
+    let mut pieces = StrTable::default();
+    let mut buf = Vec::new();
+    for id in 0..texts.len() as u32 {
+        let a = attrs[id as usize];
+        let text = texts.get(id);
+        buf.clear();
+        if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
+            buf.extend_from_slice(text);
+        } else if a & attr::NORMAL != 0 {
+            match kind {
+                TokenizerKind::Spm => unescape_spaces(text, &mut buf),
+                TokenizerKind::Bpe => decode_byte_level(text, &mut buf),
+            }
+        } else if a & attr::BYTE != 0 {
+            buf.push(byte_token_value(text));
+        }
+        // Unused and undefined tokens render as nothing.
+        pieces.push(&buf);
+    }
+    pieces
+}
+
 /// SentencePiece pieces spell spaces as U+2581.
-fn unescape_spaces(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+fn unescape_spaces(text: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < text.len() {
         if text[i..].starts_with("\u{2581}".as_bytes()) {
@@ -90,7 +95,6 @@ fn unescape_spaces(text: &[u8]) -> Vec<u8> {
             i += 1;
         }
     }
-    out
 }
 
 /// A `<0xXX>` byte token's byte (as C's `strtol` on the two hex digits: garbage reads as 0).
@@ -108,8 +112,7 @@ fn byte_token_value(text: &[u8]) -> u8 {
 
 /// Byte-level BPE text back to bytes. A codepoint outside the byte alphabet is spelled out as
 /// `[UNK_BYTE_0x<its utf8 hex><the token text>]`, as llama.cpp does.
-fn decode_byte_level(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+fn decode_byte_level(text: &[u8], out: &mut Vec<u8>) {
     for c in lenient_chars(text) {
         match char_to_byte(c) {
             Some(b) => out.push(b),
@@ -124,7 +127,6 @@ fn decode_byte_level(text: &[u8]) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// The codepoints of possibly invalid UTF-8, each bad byte read as U+FFFD.
@@ -307,11 +309,13 @@ mod tests {
 
     #[test]
     fn byte_level_text_decodes_and_flags_strangers() {
-        assert_eq!(decode_byte_level("ĠhelloĊ".as_bytes()), b" hello\n");
-        assert_eq!(
-            decode_byte_level("a中".as_bytes()),
-            "a[UNK_BYTE_0xe4b8ada中]".as_bytes()
-        );
+        let decoded = |s: &str| {
+            let mut out = vec![];
+            decode_byte_level(s.as_bytes(), &mut out);
+            out
+        };
+        assert_eq!(decoded("ĠhelloĊ"), b" hello\n");
+        assert_eq!(decoded("a中"), "a[UNK_BYTE_0xe4b8ada中]".as_bytes());
         assert_eq!(lenient_chars(b"a\xffb").collect::<String>(), "a\u{FFFD}b");
     }
 }

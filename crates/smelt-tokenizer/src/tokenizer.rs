@@ -7,12 +7,11 @@
 use std::collections::BTreeSet;
 
 use crate::bpe::Bpe;
-use crate::hash::FxMap;
 use crate::pretokenize::{self, PreConfig};
 use crate::special::{self, attr, Fragment, SpecialSplitter};
-use crate::strtable::StrTable;
+use crate::strtable::{StrIndex, StrTable};
 use crate::unicode::BYTE_TO_CHAR;
-use crate::{spm, SpecialIds, TokenizerError, Vocab};
+use crate::{decode, spm, SpecialIds, TokenizerError, Vocab};
 
 /// Which algorithm turns text fragments into ids.
 enum Algorithm {
@@ -37,7 +36,7 @@ pub struct Tokenizer {
     pub(crate) texts: StrTable,
     scores: Vec<f32>,
     pub(crate) attrs: Vec<u16>,
-    token_to_id: FxMap<Box<[u8]>, u32>,
+    token_to_id: StrIndex,
     /// Every token's piece with special tokens rendered (llama.cpp's piece cache).
     pub(crate) pieces: StrTable,
     splitter: SpecialSplitter,
@@ -108,8 +107,6 @@ impl Tokenizer {
 
         // Token texts (an empty one gets a placeholder, as llama.cpp), attributes, lookup.
         let mut texts = StrTable::default();
-        let mut token_to_id: FxMap<Box<[u8]>, u32> = FxMap::default();
-        token_to_id.reserve(n);
         let mut attrs = Vec::with_capacity(n);
         for (i, t) in v.tokens.iter().enumerate() {
             let placeholder;
@@ -120,7 +117,6 @@ impl Tokenizer {
                 t
             };
             texts.push(t);
-            token_to_id.insert(t.into(), i as u32);
             attrs.push(
                 v.token_types
                     .as_ref()
@@ -159,12 +155,13 @@ impl Tokenizer {
         add_bos = v.add_bos.unwrap_or(add_bos);
         add_eos = v.add_eos.unwrap_or(add_eos);
 
+        let token_to_id = StrIndex::new(&texts);
         let eog = detect_special_tokens(&texts, &mut attrs, &mut ids);
 
         let algorithm = match (kind, pre) {
             (TokenizerKind::Bpe, Some(pre)) => {
                 let merges = v.merges.as_deref().ok_or(TokenizerError::MissingMerges)?;
-                let lookup = |s: &[u8]| token_to_id.get(s).copied();
+                let lookup = |s: &[u8]| token_to_id.get(&texts, s);
                 Algorithm::Bpe {
                     bpe: Bpe::new(merges, n as u32, &lookup),
                     pre,
@@ -173,13 +170,14 @@ impl Tokenizer {
             _ => Algorithm::Spm,
         };
         let splitter = SpecialSplitter::new(&texts, &attrs);
-        let mut tok = Tokenizer {
+        let pieces = decode::render_pieces(kind, &texts, &attrs);
+        Ok(Tokenizer {
             algorithm,
             texts,
             scores,
             attrs,
             token_to_id,
-            pieces: StrTable::default(),
+            pieces,
             splitter,
             ids,
             eog,
@@ -187,14 +185,7 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
             clean_spaces,
-        };
-        tok.pieces = (0..n as u32)
-            .map(|id| tok.render_piece(id))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(Vec::as_slice)
-            .collect();
-        Ok(tok)
+        })
     }
 
     // ---- encoding ---------------------------------------------------------------------------
@@ -210,7 +201,7 @@ impl Tokenizer {
         let frags = self
             .splitter
             .split(text.as_bytes(), &self.texts, parse_special);
-        let lookup = |s: &[u8]| self.token_to_id.get(s).copied();
+        let lookup = |s: &[u8]| self.token_to_id.get(&self.texts, s);
         match &self.algorithm {
             Algorithm::Spm => {
                 // A space goes in front of text that starts the input or follows a special token.
@@ -285,7 +276,7 @@ impl Tokenizer {
 
     /// The id of the token whose stored text is exactly `text` (`"<|im_end|>"`, `"Ġthe"`, `"▁the"`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text.as_bytes()).copied()
+        self.token_to_id.get(&self.texts, text.as_bytes())
     }
 
     /// The stored text of a token (byte-level or `▁`-escaped as in the file).
@@ -338,7 +329,7 @@ impl Tokenizer {
 
 impl spm::SpmVocab for Tokenizer {
     fn token_id(&self, text: &[u8]) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.token_to_id.get(&self.texts, text)
     }
     fn score(&self, id: u32) -> f32 {
         self.scores[id as usize]
@@ -347,9 +338,8 @@ impl spm::SpmVocab for Tokenizer {
         // `<0xXX>`, else the byte itself as a token, else the unknown token.
         let hex = format!("<0x{b:02X}>");
         self.token_to_id
-            .get(hex.as_bytes())
-            .or_else(|| self.token_to_id.get(&[b][..]))
-            .copied()
+            .get(&self.texts, hex.as_bytes())
+            .or_else(|| self.token_to_id.get(&self.texts, &[b]))
             .or(self.ids.unk)
     }
 }
@@ -373,7 +363,11 @@ fn detect_special_tokens(
     attrs: &mut [u16],
     ids: &mut SpecialIds,
 ) -> BTreeSet<u32> {
-    let text_is = |id: u32, list: &[&str]| list.iter().any(|t| t.as_bytes() == texts.get(id));
+    // Every recognised text starts with one of these bytes; most tokens are rejected by that.
+    let may_match = |id: u32| matches!(texts.get(id).first(), Some(b'<' | b'[' | b'_' | 0xE2));
+    let text_is = |id: u32, list: &[&str]| {
+        may_match(id) && list.iter().any(|t| t.as_bytes() == texts.get(id))
+    };
     let n = texts.len() as u32;
     // The lowest id wins where several texts match (llama.cpp takes its hash map's first).
     for (slot, list) in [
@@ -437,4 +431,68 @@ fn detect_special_tokens(
         }
     }
     eog
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(model: &str, pre: Option<&str>, tokens: &[&str]) -> Vocab {
+        Vocab {
+            model: model.into(),
+            pre: pre.map(Into::into),
+            tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            merges: Some(vec![]),
+            ..Vocab::default()
+        }
+    }
+
+    #[test]
+    fn bad_vocabularies_are_clear_errors() {
+        let err = |v: &Vocab| {
+            Tokenizer::new(v)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err(&vocab("bert", None, &["a"])).contains("unsupported tokenizer model 'bert'"));
+        assert!(
+            err(&vocab("gpt2", Some("nope"), &["a"])).contains("unknown BPE pre-tokenizer 'nope'")
+        );
+        assert!(err(&vocab("llama", None, &[])).contains("empty"));
+        let mut v = vocab("llama", None, &["a", "b"]);
+        v.scores = Some(vec![0.0]);
+        assert!(err(&v).contains("'tokenizer.ggml.scores' has 1 entries, fewer than the 2 tokens"));
+        let mut v = vocab("gpt2", Some("gpt-2"), &["a"]);
+        v.merges = None;
+        assert!(err(&v).contains("no 'tokenizer.ggml.merges'"));
+    }
+
+    #[test]
+    fn defaults_follow_the_tokenizer_model() {
+        // SentencePiece: BOS 1, EOS 2, UNK 0 when the file names none; a BOS is added.
+        let t = Tokenizer::new(&vocab(
+            "llama",
+            None,
+            &["<unk>", "<s>", "</s>", "\u{2581}a"],
+        ))
+        .unwrap();
+        assert_eq!(
+            (t.bos(), t.eos(), t.special_ids().unk),
+            (Some(1), Some(2), Some(0))
+        );
+        assert!(t.adds_bos() && !t.adds_eos());
+        // The space prefix makes "a" into "▁a".
+        assert_eq!(t.encode("a", true, false), vec![1, 3]);
+        // Out-of-range metadata ids are ignored; the "</s>" text marks an end of generation.
+        let mut v = vocab("llama", None, &["<unk>", "<s>", "</s>"]);
+        v.special.bos = Some(99);
+        let t = Tokenizer::new(&v).unwrap();
+        assert_eq!(t.bos(), Some(1));
+        assert!(t.is_eog(2));
+        // Byte-level BPE: ids 11 don't exist in a 2-token vocabulary, so no BOS/EOS.
+        let t = Tokenizer::new(&vocab("gpt2", Some("gpt-2"), &["a", "b"])).unwrap();
+        assert_eq!((t.bos(), t.eos()), (None, None));
+        assert_eq!(t.encode("ab", true, true), vec![0, 1]);
+    }
 }
