@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use crate::bpe::Bpe;
+use crate::hash::FxMap;
 use crate::pretokenize::{self, PreConfig};
 use crate::special::{self, attr, Fragment, SpecialSplitter};
 use crate::strtable::{StrIndex, StrTable};
@@ -327,6 +328,18 @@ impl Tokenizer {
     }
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("vocab_size", &self.vocab_size())
+            .field("special_ids", &self.ids)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish_non_exhaustive()
+    }
+}
+
 impl spm::SpmVocab for Tokenizer {
     fn token_id(&self, text: &[u8]) -> Option<u32> {
         self.token_to_id.get(&self.texts, text)
@@ -369,7 +382,14 @@ fn detect_special_tokens(
         may_match(id) && list.iter().any(|t| t.as_bytes() == texts.get(id))
     };
     let n = texts.len() as u32;
-    // The lowest id wins where several texts match (llama.cpp takes its hash map's first).
+    // Where several texts of a list occur, the earliest in the list wins (llama.cpp takes
+    // whichever its hash map yields first; the list order puts the usual spelling first).
+    let mut by_text: FxMap<&[u8], u32> = FxMap::default();
+    for id in 0..n {
+        if may_match(id) {
+            by_text.insert(texts.get(id), id);
+        }
+    }
     for (slot, list) in [
         (&mut ids.eot, special::EOT_TEXTS),
         (&mut ids.eom, special::EOM_TEXTS),
@@ -381,7 +401,7 @@ fn detect_special_tokens(
         (&mut ids.fim_sep, special::FIM_SEP_TEXTS),
     ] {
         if slot.is_none() {
-            if let Some(id) = (0..n).find(|&id| text_is(id, list)) {
+            if let Some(&id) = list.iter().find_map(|t| by_text.get(t.as_bytes())) {
                 *slot = Some(id);
                 attrs[id as usize] |= attr::CONTROL;
             }
@@ -445,6 +465,13 @@ mod tests {
             merges: Some(vec![]),
             ..Vocab::default()
         }
+    }
+
+    #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<crate::ChatTemplate>();
     }
 
     #[test]
