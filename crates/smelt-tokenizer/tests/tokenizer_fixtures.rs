@@ -94,9 +94,13 @@ fn conformance(model: &str) {
 
     // Ids and detokenisation, all strings, both modes.
     let mut failures = Vec::new();
+    let mut parsed_special = 0;
     for (i, (s, c)) in strings.iter().zip(cases).enumerate() {
         let plain = tok.encode(s, false, false);
         let special = tok.encode(s, true, true);
+        // Count strings where parsing special text produced a control token beyond the BOS.
+        let skip = usize::from(tok.adds_bos());
+        parsed_special += usize::from(special.iter().skip(skip).any(|&t| tok.is_control(t)));
         let checks = [
             (
                 "plain ids",
@@ -130,6 +134,10 @@ fn conformance(model: &str) {
             assert_eq!(tok.decode(&plain), *s, "round trip of #{i}");
         }
     }
+    assert!(
+        parsed_special >= 20,
+        "{model}: only {parsed_special} strings exercise special-token parsing"
+    );
     let n = failures.len();
     failures.truncate(20);
     assert!(
