@@ -282,3 +282,80 @@ fn tojson(value: Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Erro
     let opts = JsonOptions::new(ensure_ascii, indent, separators, sort_keys);
     Ok(Value::from(pyfmt::to_json(&value, &opts)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(src: &str, messages: serde_json::Value) -> Result<String, TemplateError> {
+        ChatTemplate::new(src, "<s>", "</s>")?.render(&messages, None, false)
+    }
+
+    #[test]
+    fn functions_and_errors() {
+        let year = render("{{ strftime_now('%Y') }}", json!([])).unwrap();
+        assert!(year.len() == 4 && year.as_str() >= "2024", "{year}");
+        match render(
+            "{{ raise_exception('no system role, ' + messages[0].role) }}",
+            json!([{"role": "system"}]),
+        ) {
+            Err(TemplateError::Raised(m)) => assert_eq!(m, "no system role, system"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(TemplateError::Syntax(_))
+        ));
+        assert!(matches!(
+            render("{{ messages[0].x.y }}", json!([])),
+            Err(TemplateError::Render(_))
+        ));
+        assert!(matches!(
+            render("", json!({"role": "user"})),
+            Err(TemplateError::MessagesNotArray("an object"))
+        ));
+        assert!(matches!(
+            ChatTemplate::builtin_for("no-such-family", "", ""),
+            Err(TemplateError::NoBuiltin(_))
+        ));
+    }
+
+    #[test]
+    fn tokens_and_extra_variables_reach_the_template() {
+        let mut t = ChatTemplate::new(
+            "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ enable_thinking }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        t.set_token("unk_token", "<unk>");
+        let mut extra = serde_json::Map::new();
+        extra.insert("enable_thinking".into(), json!(false));
+        assert_eq!(
+            t.render_with(&json!([]), None, false, &extra).unwrap(),
+            "<s>|</s>|<unk>|False"
+        );
+    }
+
+    #[test]
+    fn builtin_families_render() {
+        let msgs = json!([{"role": "system", "content": "S"}, {"role": "user", "content": " Hi "}]);
+        let g = ChatTemplate::builtin_for("gemma3", "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            g.render(&msgs, None, true).unwrap(),
+            "<bos><start_of_turn>user\nS\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let c = ChatTemplate::builtin_for("qwen2", "", "").unwrap();
+        assert_eq!(
+            c.render(&msgs, None, true).unwrap(),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\n"
+        );
+        let l = ChatTemplate::builtin_for("llama3", "<|begin_of_text|>", "<|eot_id|>").unwrap();
+        assert_eq!(
+            l.render(&msgs, None, true).unwrap(),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+    }
+}

@@ -95,3 +95,18 @@ fn exercise_template_matches_jinja2() {
     .expect("compile");
     check_all("exercise", &t, &fx);
 }
+
+#[test]
+fn other_builtin_templates_match_jinja2() {
+    let fx = fixture();
+    for (name, family) in [("chatml", "chatml"), ("llama3", "llama3")] {
+        let tokens = &fx["templates"][name]["tokens"];
+        let t = ChatTemplate::builtin_for(
+            family,
+            tokens["bos_token"].as_str().unwrap(),
+            tokens["eos_token"].as_str().unwrap(),
+        )
+        .expect("builtin");
+        check_all(name, &t, &fx);
+    }
+}

@@ -156,3 +156,54 @@ fn smollm2_matches_llama_cpp() {
 fn gemma3_matches_llama_cpp() {
     conformance(smelt_testutil::GEMMA3);
 }
+
+/// The other BPE pre-tokenizers, checked with SmolLM2's real vocabulary and merges under
+/// another `tokenizer.ggml.pre` (llama.cpp ran on metadata copies that differ only there).
+#[test]
+fn other_bpe_pre_tokenizers_match_llama_cpp() {
+    let corpus = load_json("tokenizer/corpus.json");
+    let strings: Vec<&str> = corpus["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let g = smelt_gguf::Gguf::open(smelt_testutil::model_path(smelt_testutil::SMOLLM2))
+        .expect("open gguf");
+    let base = smelt_tokenizer::Vocab::from_gguf(&g).expect("vocab");
+    for pre in ["llama-bpe", "qwen2", "default", "gpt-2", "qwen35"] {
+        let fx = load_json(&format!("tokenizer/smollm2-pre-{pre}.json"));
+        let mut vocab = base.clone();
+        vocab.pre = Some(pre.to_owned());
+        let tok = Tokenizer::new(&vocab).expect("tokenizer");
+        let cases = fx["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), strings.len());
+        let mut failures = Vec::new();
+        for (i, (s, c)) in strings.iter().zip(cases).enumerate() {
+            let plain = tok.encode(s, false, false);
+            let special = tok.encode(s, true, true);
+            if plain != ids(&c["plain"]) {
+                failures.push(format!(
+                    "#{i} {s:?}: plain {plain:?} vs {:?}",
+                    ids(&c["plain"])
+                ));
+            }
+            if special != ids(&c["special"]) {
+                failures.push(format!(
+                    "#{i} {s:?}: special {special:?} vs {:?}",
+                    ids(&c["special"])
+                ));
+            }
+            if tok.detokenize(&ids(&c["plain"]), false, false) != text_or_hex(&c["detok_plain"]) {
+                failures.push(format!("#{i} {s:?}: detokenized text differs"));
+            }
+        }
+        let n = failures.len();
+        failures.truncate(10);
+        assert!(
+            n == 0,
+            "pre '{pre}': {n} mismatches with llama.cpp, first ones:\n{}",
+            failures.join("\n")
+        );
+    }
+}
