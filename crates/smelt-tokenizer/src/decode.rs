@@ -6,10 +6,16 @@ use crate::unicode::char_to_byte;
 use crate::{Tokenizer, TokenizerKind};
 
 impl Tokenizer {
-    /// The bytes a token stands for. Control and unknown tokens render as their text only when
-    /// `special` is set (empty otherwise); an id outside the vocabulary renders as nothing.
-    /// A piece may be part of a UTF-8 sequence (byte tokens, byte-level BPE).
-    pub fn token_to_piece(&self, id: u32, special: bool) -> &[u8] {
+    /// The bytes a token stands for, control tokens rendering as nothing (llama.cpp's default
+    /// for generated text). A piece may be part of a UTF-8 sequence (byte tokens, byte-level
+    /// BPE); an id outside the vocabulary renders as nothing.
+    pub fn token_to_piece(&self, id: u32) -> &[u8] {
+        self.piece(id, false)
+    }
+
+    /// [`Tokenizer::token_to_piece`], with control and unknown tokens rendered as their text
+    /// when `special` is set.
+    pub fn piece(&self, id: u32, special: bool) -> &[u8] {
         if !self.valid(id) {
             return &[];
         }
@@ -39,7 +45,7 @@ impl Tokenizer {
         }
         let mut text = Vec::new();
         for &id in ids {
-            let mut piece = self.token_to_piece(id, unparse_special);
+            let mut piece = self.piece(id, unparse_special);
             if remove_space {
                 piece = piece.strip_prefix(b" ").unwrap_or(piece);
             }
@@ -211,29 +217,22 @@ fn clean_up_spaces(t: &mut Vec<u8>) {
     t.truncate(total);
 }
 
-/// Turns generated token ids into text one at a time, emitting only complete UTF-8: bytes of
-/// a character split across tokens wait for the rest. Its output, concatenated, is the pieces
-/// of all tokens (what llama.cpp's server streams); for vocabularies without a space prefix or
-/// space clean-up that equals [`Tokenizer::decode`].
+/// Assembles bytes arriving in pieces into text, emitting only complete UTF-8: the bytes of a
+/// character split across pieces wait for the rest, and bytes that can never become valid
+/// are replaced by U+FFFD at once. Owns no tokenizer, so it can live in long-lived state.
 #[derive(Clone, Debug, Default)]
-pub struct StreamDecoder {
+pub struct Utf8Stream {
     pending: Vec<u8>,
-    special: bool,
 }
 
-impl StreamDecoder {
-    /// A decoder; `special` renders control tokens as their text.
-    pub fn new(special: bool) -> StreamDecoder {
-        StreamDecoder {
-            pending: Vec::new(),
-            special,
-        }
+impl Utf8Stream {
+    pub fn new() -> Utf8Stream {
+        Utf8Stream::default()
     }
 
-    /// Adds one token; returns the text that is now complete (possibly empty).
-    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> String {
-        self.pending
-            .extend_from_slice(tokenizer.token_to_piece(id, self.special));
+    /// Adds bytes; returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         loop {
             match std::str::from_utf8(&self.pending) {
@@ -274,6 +273,50 @@ impl StreamDecoder {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
+    }
+}
+
+/// Turns generated token ids into text one at a time, emitting only complete UTF-8 (see
+/// [`Utf8Stream`]). Its output, concatenated, is the pieces of all tokens (what llama.cpp's
+/// server streams); for vocabularies without a space prefix or space clean-up that equals
+/// [`Tokenizer::decode`].
+#[derive(Clone, Debug)]
+pub struct StreamDecoder<'t> {
+    tokenizer: &'t Tokenizer,
+    special: bool,
+    bytes: Utf8Stream,
+}
+
+impl<'t> StreamDecoder<'t> {
+    /// A decoder; `special` renders control tokens as their text.
+    pub fn new(tokenizer: &'t Tokenizer, special: bool) -> StreamDecoder<'t> {
+        StreamDecoder {
+            tokenizer,
+            special,
+            bytes: Utf8Stream::new(),
+        }
+    }
+
+    /// Adds one token; returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, id: u32) -> String {
+        self.bytes.push(self.tokenizer.piece(id, self.special))
+    }
+
+    /// Whether bytes are waiting for the rest of a character.
+    pub fn has_pending(&self) -> bool {
+        self.bytes.has_pending()
+    }
+
+    /// Ends the stream: returns what is still pending, invalid bytes as U+FFFD.
+    pub fn finish(&mut self) -> String {
+        self.bytes.finish()
+    }
+}
+
+impl Tokenizer {
+    /// A [`StreamDecoder`] for generated text (control tokens render as nothing).
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder::new(self, false)
     }
 }
 

@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use minijinja::value::{Kwargs, Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
-use crate::builtin_templates::builtin_source;
+use crate::builtin_templates::{builtin_source, PLAIN};
 use crate::pyfmt::{self, DateTime, JsonOptions};
-use crate::{TemplateError, Tokenizer, Vocab};
+use crate::tokenizer::resolve_special_ids;
+use crate::{SpecialIds, TemplateError, Tokenizer, Vocab};
 
 const NAME: &str = "chat_template";
 /// Marks errors raised by the template itself, to tell them from engine errors.
@@ -96,31 +97,66 @@ impl ChatTemplate {
         ChatTemplate::new(src, bos_token, eos_token)
     }
 
-    /// The template for a model: its own (`tokenizer.chat_template`) or else the built-in one
-    /// for its architecture, with BOS/EOS strings taken from the vocabulary.
+    /// The template for a model: its own (`tokenizer.chat_template`), else the built-in one
+    /// for its architecture, else [`PLAIN`](crate::PLAIN); special-token strings
+    /// (`bos_token`, `eos_token`, `unk_token`, `pad_token`, ...) from the vocabulary.
     pub fn for_model(vocab: &Vocab, tokenizer: &Tokenizer) -> Result<ChatTemplate, TemplateError> {
-        let text = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.token_text(i))
+        let text = |id: u32| {
+            tokenizer
+                .token_text(id)
                 .map(|t| String::from_utf8_lossy(t).into_owned())
-                .unwrap_or_default()
         };
-        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
-        let mut t = match &vocab.chat_template {
-            Some(src) => ChatTemplate::new(src, &bos, &eos)?,
-            None => {
-                let arch = vocab.architecture.as_deref().unwrap_or("");
-                ChatTemplate::builtin_for(arch, &bos, &eos)?
-            }
+        let arch = vocab.architecture.as_deref().unwrap_or("");
+        ChatTemplate::assemble(
+            vocab.chat_template.as_deref(),
+            arch,
+            tokenizer.special_ids(),
+            text,
+        )
+    }
+
+    /// [`ChatTemplate::for_model`] straight from GGUF metadata, without building a tokenizer.
+    /// `arch` picks the built-in template when the file has none (empty: the file's
+    /// `general.architecture`).
+    pub fn from_gguf(g: &smelt_gguf::Gguf, arch: &str) -> Result<ChatTemplate, TemplateError> {
+        let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
+        let n_tokens = tokens.map_or(0, |t| t.len());
+        let model = g.get_str("tokenizer.ggml.model")?.unwrap_or_default();
+        let ids = resolve_special_ids(model, &SpecialIds::from_gguf(g)?, n_tokens);
+        let text = |id: u32| {
+            tokens
+                .and_then(|t| t.get(id as usize))
+                .map(|t| String::from_utf8_lossy(t).into_owned())
         };
-        let ids = tokenizer.special_ids();
+        let arch = if arch.is_empty() {
+            g.architecture().unwrap_or_default()
+        } else {
+            arch
+        };
+        ChatTemplate::assemble(g.get_str("tokenizer.chat_template")?, arch, &ids, text)
+    }
+
+    fn assemble(
+        source: Option<&str>,
+        arch: &str,
+        ids: &SpecialIds,
+        text: impl Fn(u32) -> Option<String>,
+    ) -> Result<ChatTemplate, TemplateError> {
+        let source = source.or_else(|| builtin_source(arch)).unwrap_or(PLAIN);
+        let token = |id: Option<u32>| id.and_then(&text);
+        let mut t = ChatTemplate::new(
+            source,
+            &token(ids.bos).unwrap_or_default(),
+            &token(ids.eos).unwrap_or_default(),
+        )?;
         for (name, id) in [
             ("unk_token", ids.unk),
             ("pad_token", ids.pad),
             ("sep_token", ids.sep),
             ("mask_token", ids.mask),
         ] {
-            if id.is_some() {
-                t.set_token(name, &text(id));
+            if let Some(s) = token(id) {
+                t.set_token(name, &s);
             }
         }
         Ok(t)

@@ -80,18 +80,15 @@ impl Tokenizer {
 
         // Defaults per tokenizer model, before the metadata has its say.
         let kind;
-        let mut ids = SpecialIds::default();
         let (mut add_bos, mut add_eos, mut add_space_prefix, clean_spaces);
         let mut pre = None;
         match v.model.as_str() {
             "llama" => {
                 kind = TokenizerKind::Spm;
-                (ids.bos, ids.eos, ids.unk) = (Some(1), Some(2), Some(0));
                 (add_bos, add_eos, add_space_prefix, clean_spaces) = (true, false, true, false);
             }
             "gpt2" => {
                 kind = TokenizerKind::Bpe;
-                (ids.bos, ids.eos) = (Some(11), Some(11));
                 // llama.cpp falls back to "default" (with a loud warning) when the name is absent.
                 let name = v.pre.as_deref().unwrap_or("default");
                 let cfg = pretokenize::pre_config(name)
@@ -129,30 +126,7 @@ impl Tokenizer {
             .as_ref()
             .map_or_else(|| vec![0.0; n], |s| s[..n].to_vec());
 
-        // Special ids: defaults outside the vocabulary are dropped; metadata ids outside it are
-        // ignored (keeping the default).
-        let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
-        let set = |slot: &mut Option<u32>, meta: Option<u32>| {
-            *slot = in_range(*slot);
-            if let Some(m) = in_range(meta) {
-                *slot = Some(m);
-            }
-        };
-        let m = &v.special;
-        set(&mut ids.bos, m.bos);
-        set(&mut ids.eos, m.eos);
-        set(&mut ids.eot, m.eot);
-        set(&mut ids.eom, m.eom);
-        set(&mut ids.unk, m.unk);
-        set(&mut ids.sep, m.sep);
-        set(&mut ids.pad, m.pad);
-        set(&mut ids.mask, m.mask);
-        set(&mut ids.fim_pre, m.fim_pre);
-        set(&mut ids.fim_suf, m.fim_suf);
-        set(&mut ids.fim_mid, m.fim_mid);
-        set(&mut ids.fim_pad, m.fim_pad);
-        set(&mut ids.fim_rep, m.fim_rep);
-        set(&mut ids.fim_sep, m.fim_sep);
+        let mut ids = resolve_special_ids(&v.model, &v.special, n);
         add_bos = v.add_bos.unwrap_or(add_bos);
         add_eos = v.add_eos.unwrap_or(add_eos);
 
@@ -355,6 +329,36 @@ impl spm::SpmVocab for Tokenizer {
             .or_else(|| self.token_to_id.get(&self.texts, &[b]))
             .or(self.ids.unk)
     }
+}
+
+/// The special ids of a vocabulary of `n_tokens` tokens: the metadata's where they are in
+/// range, else llama.cpp's defaults for the tokenizer model (SentencePiece: BOS 1, EOS 2,
+/// UNK 0; byte-level BPE: BOS = EOS = 11) where those are in range.
+pub(crate) fn resolve_special_ids(model: &str, meta: &SpecialIds, n_tokens: usize) -> SpecialIds {
+    let mut ids = SpecialIds::default();
+    match model {
+        "llama" => (ids.bos, ids.eos, ids.unk) = (Some(1), Some(2), Some(0)),
+        "gpt2" => (ids.bos, ids.eos) = (Some(11), Some(11)),
+        _ => {}
+    }
+    let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n_tokens);
+    let set =
+        |slot: &mut Option<u32>, meta: Option<u32>| *slot = in_range(meta).or(in_range(*slot));
+    set(&mut ids.bos, meta.bos);
+    set(&mut ids.eos, meta.eos);
+    set(&mut ids.eot, meta.eot);
+    set(&mut ids.eom, meta.eom);
+    set(&mut ids.unk, meta.unk);
+    set(&mut ids.sep, meta.sep);
+    set(&mut ids.pad, meta.pad);
+    set(&mut ids.mask, meta.mask);
+    set(&mut ids.fim_pre, meta.fim_pre);
+    set(&mut ids.fim_suf, meta.fim_suf);
+    set(&mut ids.fim_mid, meta.fim_mid);
+    set(&mut ids.fim_pad, meta.fim_pad);
+    set(&mut ids.fim_rep, meta.fim_rep);
+    set(&mut ids.fim_sep, meta.fim_sep);
+    ids
 }
 
 /// SentencePiece sees spaces as U+2581.

@@ -23,11 +23,11 @@ fn stream_decoder_emits_only_whole_characters() {
         let mut saw_pending = false;
         for text in TEXTS {
             let ids = tok.encode(text, false, false);
-            let mut dec = StreamDecoder::new(false);
+            let mut dec = tok.stream_decoder();
             let mut out = String::new();
             for &id in &ids {
-                let piece = tok.token_to_piece(id, false);
-                let chunk = dec.push(&tok, id);
+                let piece = tok.token_to_piece(id);
+                let chunk = dec.push(id);
                 // A piece that is not whole UTF-8 on its own must not come out as U+FFFD.
                 assert!(
                     !chunk.contains('\u{FFFD}') || text.contains('\u{FFFD}'),
@@ -55,19 +55,19 @@ fn stream_decoder_replaces_invalid_bytes_and_flushes_at_the_end() {
     assert_eq!(tok.kind(), TokenizerKind::Spm);
     let byte = |b: u8| tok.token_id(&format!("<0x{b:02X}>")).expect("byte token");
     let a = tok.token_id("a").expect("token a");
-    let mut dec = StreamDecoder::new(false);
+    let mut dec = StreamDecoder::new(&tok, false);
     // A lone continuation byte can never become valid: replaced at once.
-    assert_eq!(dec.push(&tok, byte(0x80)), "\u{FFFD}");
+    assert_eq!(dec.push(byte(0x80)), "\u{FFFD}");
     // The first two bytes of "€" (E2 82 AC) wait; the third completes it.
-    assert_eq!(dec.push(&tok, byte(0xE2)), "");
-    assert_eq!(dec.push(&tok, byte(0x82)), "");
+    assert_eq!(dec.push(byte(0xE2)), "");
+    assert_eq!(dec.push(byte(0x82)), "");
     assert!(dec.has_pending());
-    assert_eq!(dec.push(&tok, byte(0xAC)), "€");
+    assert_eq!(dec.push(byte(0xAC)), "€");
     // A sequence cut short by an ASCII byte: the broken start is replaced, the rest kept.
-    assert_eq!(dec.push(&tok, byte(0xE2)), "");
-    assert_eq!(dec.push(&tok, a), "\u{FFFD}a");
+    assert_eq!(dec.push(byte(0xE2)), "");
+    assert_eq!(dec.push(a), "\u{FFFD}a");
     // Pending bytes at the end are flushed lossily.
-    assert_eq!(dec.push(&tok, byte(0xF0)), "");
+    assert_eq!(dec.push(byte(0xF0)), "");
     assert_eq!(dec.finish(), "\u{FFFD}");
     assert!(!dec.has_pending());
 }
@@ -77,12 +77,13 @@ fn control_tokens_render_only_when_asked() {
     let tok = tokenizer(smelt_testutil::SMOLLM2);
     let im_end = tok.token_id("<|im_end|>").unwrap();
     assert!(tok.is_eog(im_end) && tok.is_control(im_end));
-    assert_eq!(tok.token_to_piece(im_end, false), b"");
-    assert_eq!(tok.token_to_piece(im_end, true), b"<|im_end|>");
-    let mut dec = StreamDecoder::new(true);
-    assert_eq!(dec.push(&tok, im_end), "<|im_end|>");
+    assert_eq!(tok.token_to_piece(im_end), b"");
+    assert_eq!(tok.piece(im_end, false), b"");
+    assert_eq!(tok.piece(im_end, true), b"<|im_end|>");
+    let mut dec = StreamDecoder::new(&tok, true);
+    assert_eq!(dec.push(im_end), "<|im_end|>");
     // Out-of-range ids render as nothing rather than panicking.
-    assert_eq!(tok.token_to_piece(u32::MAX, true), b"");
+    assert_eq!(tok.piece(u32::MAX, true), b"");
     assert_eq!(tok.decode(&[u32::MAX, 0]), "");
     assert!(!tok.is_eog(u32::MAX) && !tok.is_control(u32::MAX));
     // Parsing special text is opt-in.

@@ -85,7 +85,7 @@ fn conformance(model: &str) {
         for (id, h) in fx[key].as_object().unwrap() {
             let id: u32 = id.parse().unwrap();
             assert_eq!(
-                tok.token_to_piece(id, special),
+                tok.piece(id, special),
                 hex(h.as_str().unwrap()),
                 "{key} of token {id}"
             );
