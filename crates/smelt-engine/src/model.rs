@@ -143,7 +143,7 @@ impl Model {
         let t1 = Instant::now();
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut history = req.prompt.clone();
-        let mut decoder = StreamDecoder::new(false);
+        let mut decoder = StreamDecoder::new(&self.tokenizer, false);
         let mut stop = StopMatcher::new(&req.stop);
         let (mut held_tokens, mut held_logprobs) = (Vec::new(), Vec::new());
         let mut stopped_by_string = false;
@@ -167,7 +167,7 @@ impl Model {
             }
             held_tokens.push(tok);
             let done = req.constraint.as_mut().is_some_and(|c| c.accept(tok));
-            let text = decoder.push(&self.tokenizer, tok);
+            let text = decoder.push(tok);
             match stop.push(&text) {
                 StopStep::Emit(s) => {
                     if !s.is_empty() {
@@ -238,7 +238,7 @@ impl Model {
             best = idx;
         }
         let text =
-            |t: u32| String::from_utf8_lossy(&self.tokenizer.token_to_piece(t, false)).into_owned();
+            |t: u32| String::from_utf8_lossy(&self.tokenizer.token_to_piece(t)).into_owned();
         TokenLogprob {
             token: tok,
             text: text(tok),
