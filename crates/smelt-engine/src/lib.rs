@@ -12,5 +12,5 @@ pub mod stop;
 pub use api::*;
 pub use error::EngineError;
 pub use model::{LoadOptions, Model, ModelInfo};
-pub use runner::Runner;
+pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
 pub use sampler::Sampler;

@@ -1,6 +1,7 @@
 //! The smelt command line: Ollama's verbs. stdout carries only generated text or requested
 //! data; logs and progress go to stderr.
 
+mod bench_cmd;
 mod gen_cmd;
 mod store_cmd;
 
@@ -41,21 +42,24 @@ enum Cmd {
     Tokenize(gen_cmd::TokenizeArgs),
     /// Perplexity of a text file, computed as llama-perplexity does.
     Perplexity(gen_cmd::PerplexityArgs),
+    /// Prefill and decode speed, dispatches, memory traffic; --membw; --synthetic models.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let res: Result<()> = match &cli.cmd {
-        Cmd::Run(a) => gen_cmd::run(a),
-        Cmd::Pull(a) => store_cmd::run_pull(a),
-        Cmd::Create(a) => store_cmd::run_create(a),
-        Cmd::List(a) => store_cmd::run_list(a),
-        Cmd::Show(a) => store_cmd::run_show(a),
-        Cmd::Cp(a) => store_cmd::run_cp(a),
-        Cmd::Rm(a) => store_cmd::run_rm(a),
-        Cmd::Ps(a) => store_cmd::run_ps(a),
-        Cmd::Tokenize(a) => gen_cmd::tokenize(a),
-        Cmd::Perplexity(a) => gen_cmd::perplexity(a),
+    let res: Result<()> = match cli.cmd {
+        Cmd::Run(a) => gen_cmd::run(&a),
+        Cmd::Pull(a) => store_cmd::run_pull(&a),
+        Cmd::Create(a) => store_cmd::run_create(&a),
+        Cmd::List(a) => store_cmd::run_list(&a),
+        Cmd::Show(a) => store_cmd::run_show(&a),
+        Cmd::Cp(a) => store_cmd::run_cp(&a),
+        Cmd::Rm(a) => store_cmd::run_rm(&a),
+        Cmd::Ps(a) => store_cmd::run_ps(&a),
+        Cmd::Tokenize(a) => gen_cmd::tokenize(&a),
+        Cmd::Perplexity(a) => gen_cmd::perplexity(&a),
+        Cmd::Bench(a) => bench_cmd::run_bench(a),
     };
     if let Err(e) = res {
         eprintln!("Error: {e:#}");
