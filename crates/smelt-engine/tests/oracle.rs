@@ -74,6 +74,7 @@ fn teacher_forced(model_file: &str, backend: BackendKind) {
             n_ctx,
             threads: 2,
             backend,
+            kv_type: smelt_engine::KvType::F16,
         },
     )
     .unwrap();
@@ -159,6 +160,7 @@ fn greedy(model_file: &str, backend: BackendKind) {
             n_ctx: 512,
             threads: 2,
             backend,
+            kv_type: smelt_engine::KvType::F16,
         },
     )
     .unwrap();

@@ -45,6 +45,21 @@ impl F16Isa {
         }
     }
 
+    /// `dst[i] = src[i]` converted from f16.
+    #[inline]
+    pub fn convert(self, src: &[u16], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len());
+        match self {
+            F16Isa::Scalar => dst
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &s)| *d = f16_to_f32(s)),
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx2F16c => unsafe { x86::convert(src, dst) },
+        }
+    }
+
     /// `out[i] += w * v[i]` with `v` in f16.
     #[inline]
     pub fn axpy(self, out: &mut [f32], w: f32, v: &[u16]) {
@@ -147,6 +162,26 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU supports AVX2, FMA and F16C; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn convert(src: &[u16], dst: &mut [f32]) {
+        let n = src.len();
+        let mut i = 0;
+        // SAFETY: every access covers 8 elements at i < n - 7 of slices of length n.
+        unsafe {
+            while i + 8 <= n {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i).cast()));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), x);
+                i += 8;
+            }
+        }
+        while i < n {
+            dst[i] = f16_to_f32(src[i]);
+            i += 1;
+        }
+    }
+
+    /// # Safety
     /// The CPU supports AVX2, FMA and F16C; `out.len() == v.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy(out: &mut [f32], w: f32, v: &[u16]) {
@@ -169,79 +204,176 @@ mod x86 {
     }
 }
 
+/// Row storage of the cache being read: f16 elements or q8_0 bytes.
+enum Rows<'a> {
+    F16(&'a [u16]),
+    Q8(&'a [u8]),
+}
+
+impl Rows<'_> {
+    /// Row `j` (of `hr` storage units) as f32 into `dst`.
+    fn load(&self, isa: F16Isa, j: usize, hr: usize, dst: &mut [f32]) {
+        match self {
+            Rows::F16(r) => isa.convert(&r[j * hr..(j + 1) * hr], dst),
+            Rows::Q8(r) => dequant_q8(&r[j * hr..(j + 1) * hr], dst),
+        }
+    }
+}
+
 /// This thread's share of one attention kernel.
+///
+/// Items are (token, query head) pairs, or (token, KV head) groups when there are enough of
+/// them to keep every thread busy: a group loads each key and value row once (converted to
+/// f32 once) for all the query heads sharing it.
 pub(crate) fn run(
     st: &AttnStep,
     tid: usize,
     ctx: &Ctx,
-    scores: &mut [f32],
+    scratch: &mut [f32],
 ) -> Result<(), FastError> {
     let (hd, n_head) = (st.head_dim, st.n_head);
     let group = n_head / st.n_head_kv;
+    let grouped = group > 1 && group <= MAX_GROUP && st.rows * st.n_head_kv >= 4 * ctx.n_threads;
+    let per = if grouped { group } else { 1 };
     let lay = ctx.kv_layers[st.layer];
     let cap = ctx.capacity;
     let qcols = n_head * hd;
-    let items = st.rows * n_head;
+    let items = if grouped {
+        st.rows * st.n_head_kv
+    } else {
+        st.rows * n_head
+    };
+    let hr = ctx.kv_type.head_row(hd);
+    let (scores, row) = scratch.split_at_mut(per * cap);
+    let row = &mut row[..hd];
     let mut i = tid;
     while i < items {
-        let (t, h) = (i / n_head, i % n_head);
+        let (t, h0) = if grouped {
+            (i / st.n_head_kv, (i % st.n_head_kv) * group)
+        } else {
+            (i / n_head, i % n_head)
+        };
         i += ctx.n_threads;
         let pos = ctx.positions[t] as usize;
         let lo = st.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let n_keys = pos + 1 - lo;
-        let hk = h / group;
-        let base = ctx.kv_type.index(cap, hd, lo, hk * hd);
-        let hr = ctx.kv_type.head_row(hd);
+        let base = ctx.kv_type.index(cap, hd, lo, (h0 / group) * hd);
         // SAFETY: q was written by an earlier kernel; the cache rows up to `pos` were written
         // by earlier kernels (this step's) or earlier steps; nothing writes them now.
-        let q = unsafe { ctx.arena.get(st.q_off + t * qcols + h * hd, hd) };
-        let sc = &mut scores[..n_keys];
-        let mut max = f32::NEG_INFINITY;
-        match ctx.kv_type {
-            KvType::F16 => {
-                // SAFETY: as above.
-                let keys = unsafe { ctx.kv16.get(lay.k + base, n_keys * hr) };
-                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hr)) {
+        let (q, keys, vals) = unsafe {
+            let q = ctx.arena.get(st.q_off + t * qcols + h0 * hd, per * hd);
+            match ctx.kv_type {
+                KvType::F16 => (
+                    q,
+                    Rows::F16(ctx.kv16.get(lay.k + base, n_keys * hr)),
+                    Rows::F16(ctx.kv16.get(lay.v + base, n_keys * hr)),
+                ),
+                KvType::Q8_0 => (
+                    q,
+                    Rows::Q8(ctx.kv8.get(lay.k + base, n_keys * hr)),
+                    Rows::Q8(ctx.kv8.get(lay.v + base, n_keys * hr)),
+                ),
+            }
+        };
+        // Scores: head g's at [g * n_keys..].
+        let sc = &mut scores[..per * n_keys];
+        match (&keys, per) {
+            (Rows::F16(k), 1) => {
+                for (s, k) in sc.iter_mut().zip(k.chunks_exact(hr)) {
                     *s = ctx.f16.dot(q, k) * st.scale;
-                    max = max.max(*s);
                 }
             }
-            KvType::Q8_0 => {
-                // SAFETY: as above.
-                let keys = unsafe { ctx.kv8.get(lay.k + base, n_keys * hr) };
-                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hr)) {
+            (Rows::Q8(k), 1) => {
+                for (s, k) in sc.iter_mut().zip(k.chunks_exact(hr)) {
                     *s = dot_q8(q, k) * st.scale;
-                    max = max.max(*s);
+                }
+            }
+            _ => {
+                for j in 0..n_keys {
+                    keys.load(ctx.f16, j, hr, row);
+                    for (g, qg) in q.chunks_exact(hd).enumerate() {
+                        sc[g * n_keys + j] = dot(qg, row) * st.scale;
+                    }
                 }
             }
         }
-        let mut sum = 0.0;
-        for s in sc.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        let mut inv_sum = [0f32; MAX_GROUP];
+        for (g, s) in sc.chunks_exact_mut(n_keys).enumerate() {
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            s.iter_mut().for_each(|v| *v = exp_neg(*v - max));
+            inv_sum[g % MAX_GROUP] = 1.0 / s.iter().sum::<f32>();
         }
-        // SAFETY: item (t, h) is this thread's alone (round-robin), and its output columns are
-        // head h of row t, which no other item writes.
-        let out = unsafe { ctx.arena.get_mut(st.out_off + t * qcols + h * hd, hd) };
+        // SAFETY: item i is this thread's alone (round-robin), and its output columns (the
+        // heads h0..h0 + per of row t) are written by no other item.
+        let out = unsafe {
+            ctx.arena
+                .get_mut(st.out_off + t * qcols + h0 * hd, per * hd)
+        };
         out.fill(0.0);
-        match ctx.kv_type {
-            KvType::F16 => {
-                // SAFETY: as for the keys.
-                let vals = unsafe { ctx.kv16.get(lay.v + base, n_keys * hr) };
-                for (s, v) in sc.iter().zip(vals.chunks_exact(hr)) {
-                    ctx.f16.axpy(out, s / sum, v);
+        match (&vals, per) {
+            (Rows::F16(v), 1) => {
+                for (s, v) in sc.iter().zip(v.chunks_exact(hr)) {
+                    ctx.f16.axpy(out, s * inv_sum[0], v);
                 }
             }
-            KvType::Q8_0 => {
-                // SAFETY: as for the keys.
-                let vals = unsafe { ctx.kv8.get(lay.v + base, n_keys * hr) };
-                for (s, v) in sc.iter().zip(vals.chunks_exact(hr)) {
-                    axpy_q8(out, s / sum, v);
+            (Rows::Q8(v), 1) => {
+                for (s, v) in sc.iter().zip(v.chunks_exact(hr)) {
+                    axpy_q8(out, s * inv_sum[0], v);
+                }
+            }
+            _ => {
+                for j in 0..n_keys {
+                    vals.load(ctx.f16, j, hr, row);
+                    for (g, og) in out.chunks_exact_mut(hd).enumerate() {
+                        let w = sc[g * n_keys + j] * inv_sum[g % MAX_GROUP];
+                        og.iter_mut().zip(&*row).for_each(|(o, v)| *o += w * v);
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Most query heads per KV head the grouped path handles (Gemma 3 and Llama 3 use 2 to 8);
+/// `lower` keeps larger groups on the per-head path.
+pub(crate) const MAX_GROUP: usize = 16;
+
+/// Eight-accumulator f32 dot product (vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    crate::reference::dot(a, b)
+}
+
+/// q8_0 blocks to f32.
+fn dequant_q8(src: &[u8], dst: &mut [f32]) {
+    for (ob, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(34)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        ob.iter_mut()
+            .zip(&b[2..])
+            .for_each(|(o, &x)| *o = d * f32::from(x as i8));
+    }
+}
+
+/// `e^x` for the softmax's `x <= 0`, within a few ulp; plain arithmetic, so loops over it
+/// vectorise (the library `exp` is a call per element). `x = n ln2 + r` with `n` an integer
+/// (set in the exponent bits) and `|r| <= ln2 / 2`, `ln2` split in two parts so `r` is exact
+/// (Cody and Waite), and `e^r` by its Taylor series to degree 7.
+#[inline]
+pub(crate) fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `round`).
+    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -272,6 +404,18 @@ mod tests {
     }
 
     #[test]
+    fn exp_neg_is_accurate() {
+        let mut x = 0.0f32;
+        while x > -87.0 {
+            let (want, got) = (x.exp(), exp_neg(x));
+            assert!((want - got).abs() <= 3e-7 * want, "{x}: {want} vs {got}");
+            x -= 0.0137;
+        }
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
     fn simd_f16_matches_scalar_on_odd_lengths() {
         let isa = F16Isa::detect();
         for n in [1, 3, 8, 15, 50, 64, 256, 783] {
@@ -291,6 +435,10 @@ mod tests {
             let mut b = q.clone();
             F16Isa::Scalar.axpy(&mut a, 0.37, &k);
             isa.axpy(&mut b, 0.37, &k);
+            let k16: Vec<f32> = k.iter().map(|&h| f16_to_f32(h)).collect();
+            let mut conv = vec![0f32; n];
+            isa.convert(&k, &mut conv);
+            assert_eq!(conv, k16);
             assert!(
                 a.iter()
                     .zip(&b)
