@@ -45,21 +45,6 @@ impl F16Isa {
         }
     }
 
-    /// `dst[i] = src[i]` converted from f16.
-    #[inline]
-    pub fn convert(self, src: &[u16], dst: &mut [f32]) {
-        assert_eq!(src.len(), dst.len());
-        match self {
-            F16Isa::Scalar => dst
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, &s)| *d = f16_to_f32(s)),
-            // SAFETY: as in `dot`.
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx2F16c => unsafe { x86::convert(src, dst) },
-        }
-    }
-
     /// `out[i] += w * v[i]` with `v` in f16.
     #[inline]
     pub fn axpy(self, out: &mut [f32], w: f32, v: &[u16]) {
@@ -162,26 +147,6 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports AVX2, FMA and F16C; `src.len() == dst.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn convert(src: &[u16], dst: &mut [f32]) {
-        let n = src.len();
-        let mut i = 0;
-        // SAFETY: every access covers 8 elements at i < n - 7 of slices of length n.
-        unsafe {
-            while i + 8 <= n {
-                let x = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i).cast()));
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), x);
-                i += 8;
-            }
-        }
-        while i < n {
-            dst[i] = f16_to_f32(src[i]);
-            i += 1;
-        }
-    }
-
-    /// # Safety
     /// The CPU supports AVX2, FMA and F16C; `out.len() == v.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy(out: &mut [f32], w: f32, v: &[u16]) {
@@ -204,154 +169,74 @@ mod x86 {
     }
 }
 
-/// Row storage of the cache being read: f16 elements or q8_0 bytes.
-enum Rows<'a> {
-    F16(&'a [u16]),
-    Q8(&'a [u8]),
-}
-
-impl Rows<'_> {
-    /// Row `j` (of `hr` storage units) as f32 into `dst`.
-    fn load(&self, isa: F16Isa, j: usize, hr: usize, dst: &mut [f32]) {
-        match self {
-            Rows::F16(r) => isa.convert(&r[j * hr..(j + 1) * hr], dst),
-            Rows::Q8(r) => dequant_q8(&r[j * hr..(j + 1) * hr], dst),
-        }
-    }
-}
-
-/// This thread's share of one attention kernel.
+/// This thread's share of one attention kernel: (token, query head) items, round-robin.
 ///
-/// Items are (token, query head) pairs, or (token, KV head) groups when there are enough of
-/// them to keep every thread busy: a group loads each key and value row once (converted to
-/// f32 once) for all the query heads sharing it.
+/// (Grouping the query heads of one KV head, to load each key row once for all of them, was
+/// measured slower: the per-key dot products, not the loads, dominate.)
 pub(crate) fn run(
     st: &AttnStep,
     tid: usize,
     ctx: &Ctx,
-    scratch: &mut [f32],
+    scores: &mut [f32],
 ) -> Result<(), FastError> {
     let (hd, n_head) = (st.head_dim, st.n_head);
     let group = n_head / st.n_head_kv;
-    let grouped = group > 1 && group <= MAX_GROUP && st.rows * st.n_head_kv >= 4 * ctx.n_threads;
-    let per = if grouped { group } else { 1 };
     let lay = ctx.kv_layers[st.layer];
     let cap = ctx.capacity;
     let qcols = n_head * hd;
-    let items = if grouped {
-        st.rows * st.n_head_kv
-    } else {
-        st.rows * n_head
-    };
+    let items = st.rows * n_head;
     let hr = ctx.kv_type.head_row(hd);
-    let (scores, row) = scratch.split_at_mut(per * cap);
-    let row = &mut row[..hd];
     let mut i = tid;
     while i < items {
-        let (t, h0) = if grouped {
-            (i / st.n_head_kv, (i % st.n_head_kv) * group)
-        } else {
-            (i / n_head, i % n_head)
-        };
+        let (t, h) = (i / n_head, i % n_head);
         i += ctx.n_threads;
         let pos = ctx.positions[t] as usize;
         let lo = st.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let n_keys = pos + 1 - lo;
-        let base = ctx.kv_type.index(cap, hd, lo, (h0 / group) * hd);
-        // SAFETY: q was written by an earlier kernel; the cache rows up to `pos` were written
-        // by earlier kernels (this step's) or earlier steps; nothing writes them now.
-        let (q, keys, vals) = unsafe {
-            let q = ctx.arena.get(st.q_off + t * qcols + h0 * hd, per * hd);
-            match ctx.kv_type {
-                KvType::F16 => (
-                    q,
-                    Rows::F16(ctx.kv16.get(lay.k + base, n_keys * hr)),
-                    Rows::F16(ctx.kv16.get(lay.v + base, n_keys * hr)),
-                ),
-                KvType::Q8_0 => (
-                    q,
-                    Rows::Q8(ctx.kv8.get(lay.k + base, n_keys * hr)),
-                    Rows::Q8(ctx.kv8.get(lay.v + base, n_keys * hr)),
-                ),
+        let base = ctx.kv_type.index(cap, hd, lo, (h / group) * hd);
+        let (k_at, v_at, len) = (lay.k + base, lay.v + base, n_keys * hr);
+        // SAFETY (all reads below): q was written by an earlier kernel; the cache rows up to
+        // `pos` were written by earlier kernels (this step's) or earlier steps; nothing writes
+        // them now.
+        let q = unsafe { ctx.arena.get(st.q_off + t * qcols + h * hd, hd) };
+        let sc = &mut scores[..n_keys];
+        match ctx.kv_type {
+            KvType::F16 => {
+                let keys = unsafe { ctx.kv16.get(k_at, len) };
+                sc.iter_mut()
+                    .zip(keys.chunks_exact(hr))
+                    .for_each(|(s, k)| *s = ctx.f16.dot(q, k) * st.scale);
             }
-        };
-        // Scores: head g's at [g * n_keys..].
-        let sc = &mut scores[..per * n_keys];
-        match (&keys, per) {
-            (Rows::F16(k), 1) => {
-                for (s, k) in sc.iter_mut().zip(k.chunks_exact(hr)) {
-                    *s = ctx.f16.dot(q, k) * st.scale;
-                }
-            }
-            (Rows::Q8(k), 1) => {
-                for (s, k) in sc.iter_mut().zip(k.chunks_exact(hr)) {
-                    *s = dot_q8(q, k) * st.scale;
-                }
-            }
-            _ => {
-                for j in 0..n_keys {
-                    keys.load(ctx.f16, j, hr, row);
-                    for (g, qg) in q.chunks_exact(hd).enumerate() {
-                        sc[g * n_keys + j] = dot(qg, row) * st.scale;
-                    }
-                }
+            KvType::Q8_0 => {
+                let keys = unsafe { ctx.kv8.get(k_at, len) };
+                sc.iter_mut()
+                    .zip(keys.chunks_exact(hr))
+                    .for_each(|(s, k)| *s = dot_q8(q, k) * st.scale);
             }
         }
-        let mut inv_sum = [0f32; MAX_GROUP];
-        for (g, s) in sc.chunks_exact_mut(n_keys).enumerate() {
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            s.iter_mut().for_each(|v| *v = exp_neg(*v - max));
-            inv_sum[g % MAX_GROUP] = 1.0 / s.iter().sum::<f32>();
-        }
-        // SAFETY: item i is this thread's alone (round-robin), and its output columns (the
-        // heads h0..h0 + per of row t) are written by no other item.
-        let out = unsafe {
-            ctx.arena
-                .get_mut(st.out_off + t * qcols + h0 * hd, per * hd)
-        };
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        sc.iter_mut().for_each(|v| *v = exp_neg(*v - max));
+        let inv_sum = 1.0 / sc.iter().sum::<f32>();
+        // SAFETY: item (t, h) is this thread's alone (round-robin), and its output columns are
+        // head h of row t, which no other item writes.
+        let out = unsafe { ctx.arena.get_mut(st.out_off + t * qcols + h * hd, hd) };
         out.fill(0.0);
-        match (&vals, per) {
-            (Rows::F16(v), 1) => {
-                for (s, v) in sc.iter().zip(v.chunks_exact(hr)) {
-                    ctx.f16.axpy(out, s * inv_sum[0], v);
-                }
+        match ctx.kv_type {
+            KvType::F16 => {
+                let vals = unsafe { ctx.kv16.get(v_at, len) };
+                sc.iter()
+                    .zip(vals.chunks_exact(hr))
+                    .for_each(|(s, v)| ctx.f16.axpy(out, s * inv_sum, v));
             }
-            (Rows::Q8(v), 1) => {
-                for (s, v) in sc.iter().zip(v.chunks_exact(hr)) {
-                    axpy_q8(out, s * inv_sum[0], v);
-                }
-            }
-            _ => {
-                for j in 0..n_keys {
-                    vals.load(ctx.f16, j, hr, row);
-                    for (g, og) in out.chunks_exact_mut(hd).enumerate() {
-                        let w = sc[g * n_keys + j] * inv_sum[g % MAX_GROUP];
-                        og.iter_mut().zip(&*row).for_each(|(o, v)| *o += w * v);
-                    }
-                }
+            KvType::Q8_0 => {
+                let vals = unsafe { ctx.kv8.get(v_at, len) };
+                sc.iter()
+                    .zip(vals.chunks_exact(hr))
+                    .for_each(|(s, v)| axpy_q8(out, s * inv_sum, v));
             }
         }
     }
     Ok(())
-}
-
-/// Most query heads per KV head the grouped path handles (Gemma 3 and Llama 3 use 2 to 8);
-/// `lower` keeps larger groups on the per-head path.
-pub(crate) const MAX_GROUP: usize = 16;
-
-/// Eight-accumulator f32 dot product (vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    crate::reference::dot(a, b)
-}
-
-/// q8_0 blocks to f32.
-fn dequant_q8(src: &[u8], dst: &mut [f32]) {
-    for (ob, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(34)) {
-        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-        ob.iter_mut()
-            .zip(&b[2..])
-            .for_each(|(o, &x)| *o = d * f32::from(x as i8));
-    }
 }
 
 /// `e^x` for the softmax's `x <= 0`, within a few ulp; plain arithmetic, so loops over it
@@ -435,10 +320,6 @@ mod tests {
             let mut b = q.clone();
             F16Isa::Scalar.axpy(&mut a, 0.37, &k);
             isa.axpy(&mut b, 0.37, &k);
-            let k16: Vec<f32> = k.iter().map(|&h| f16_to_f32(h)).collect();
-            let mut conv = vec![0f32; n];
-            isa.convert(&k, &mut conv);
-            assert_eq!(conv, k16);
             assert!(
                 a.iter()
                     .zip(&b)

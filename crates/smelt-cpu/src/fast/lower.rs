@@ -598,14 +598,7 @@ pub(crate) fn lower(
                 else {
                     unreachable!()
                 };
-                // Scores of a group of query heads, and one converted cache row.
-                let group = n_head / n_head_kv;
-                let per = if group <= super::attn::MAX_GROUP {
-                    group
-                } else {
-                    1
-                };
-                l.need.scores = l.need.scores.max(per * kv_capacity + head_dim);
+                l.need.scores = l.need.scores.max(kv_capacity);
                 let rows = g.shape(*node)[0];
                 Step::Attention(AttnStep {
                     q_off,
