@@ -11,25 +11,36 @@ use super::kv::KvType;
 use super::lower::AttnStep;
 use super::FastError;
 
-/// The f16 dot and axpy used on cache rows, chosen once for the CPU.
+/// The f16 dot and axpy used on cache rows, chosen once for the CPU, at the level the
+/// matmul kernels use (so `SMELT_ISA` caps both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum F16Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2F16c,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl F16Isa {
     pub fn detect() -> F16Isa {
+        F16Isa::for_level(crate::kernels::Isa::detect())
+    }
+
+    /// The variant for kernel level `isa` (which the CPU supports: `Isa` levels are only
+    /// handed out when it does, and each includes F16C).
+    pub fn for_level(isa: crate::kernels::Isa) -> F16Isa {
+        use crate::kernels::Isa;
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
+            if isa >= Isa::Avx512Vnni && is_x86_feature_detected!("avx512f") {
+                return F16Isa::Avx512;
+            }
+            if isa >= Isa::Avx2 {
                 return F16Isa::Avx2F16c;
             }
         }
+        let _ = isa;
         F16Isa::Scalar
     }
 
@@ -39,9 +50,12 @@ impl F16Isa {
         assert_eq!(q.len(), k.len());
         match self {
             F16Isa::Scalar => dot_scalar(q, k),
-            // SAFETY: `detect` chose this only where the CPU has AVX2, FMA and F16C; lengths match.
+            // SAFETY: chosen only where the CPU has AVX2, FMA and F16C (and AVX-512F for the
+            // second); lengths match.
             #[cfg(target_arch = "x86_64")]
             F16Isa::Avx2F16c => unsafe { x86::dot(q, k) },
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx512 => unsafe { x86::dot512(q, k) },
         }
     }
 
@@ -57,6 +71,9 @@ impl F16Isa {
             // SAFETY: as in `dot`.
             #[cfg(target_arch = "x86_64")]
             F16Isa::Avx2F16c => unsafe { x86::axpy(out, w, v) },
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx512 => unsafe { x86::axpy512(out, w, v) },
         }
     }
 }
@@ -144,6 +161,48 @@ mod x86 {
             i += 1;
         }
         sum
+    }
+
+    /// [`dot`] sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, AVX2, FMA and F16C; `q.len() == k.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot512(q: &[f32], k: &[u16]) -> f32 {
+        let n = q.len();
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads 16 elements at i < n - 15 of slices of length n; the rest
+        // goes to the AVX2 code with the same contract.
+        unsafe {
+            while i + 16 <= n {
+                let kv = _mm512_cvtph_ps(_mm256_loadu_si256(k.as_ptr().add(i).cast()));
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.as_ptr().add(i)), kv, acc);
+                i += 16;
+            }
+            _mm512_reduce_add_ps(acc) + dot(&q[i..], &k[i..])
+        }
+    }
+
+    /// [`axpy`] sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, AVX2, FMA and F16C; `out.len() == v.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn axpy512(out: &mut [f32], w: f32, v: &[u16]) {
+        let n = out.len();
+        let wv = _mm512_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: as in `dot512`.
+        unsafe {
+            while i + 16 <= n {
+                let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(i).cast()));
+                let o = _mm512_loadu_ps(out.as_ptr().add(i));
+                _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, o));
+                i += 16;
+            }
+            axpy(&mut out[i..], w, &v[i..]);
+        }
     }
 
     /// # Safety
@@ -302,7 +361,12 @@ mod tests {
 
     #[test]
     fn simd_f16_matches_scalar_on_odd_lengths() {
-        let isa = F16Isa::detect();
+        for level in crate::kernels::Isa::supported() {
+            simd_f16_matches_scalar(F16Isa::for_level(level));
+        }
+    }
+
+    fn simd_f16_matches_scalar(isa: F16Isa) {
         for n in [1, 3, 8, 15, 50, 64, 256, 783] {
             let q: Vec<f32> = (0..n)
                 .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
