@@ -6,6 +6,7 @@ use serde_json::Value;
 use smelt_engine::{SamplingOptions, TokenLogprob, Usage};
 
 use crate::config::KeepAlive;
+use crate::constrain::OrderedJson;
 use crate::error::ApiError;
 
 /// One chat message, HF-style: what chat templates expect.
@@ -46,8 +47,8 @@ pub struct ToolCall {
 pub struct ToolDef {
     pub name: String,
     pub description: String,
-    /// JSON schema of the arguments object.
-    pub parameters: Value,
+    /// JSON schema of the arguments object (Null: none given), in the client's key order.
+    pub parameters: OrderedJson,
 }
 
 /// Whether and which tool the model must call.
@@ -71,8 +72,8 @@ pub enum OutputFormat {
     Text,
     /// Any JSON object.
     Json,
-    /// JSON valid against this schema.
-    Schema(Value),
+    /// JSON valid against this schema (in the client's key order).
+    Schema(OrderedJson),
 }
 
 /// What the model is given.
@@ -94,17 +95,201 @@ pub enum Input {
     },
 }
 
+/// Generation options a request (or a Modelfile's PARAMETER lines) sets; unset ones fall back to
+/// the model's defaults, then to Ollama's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenOptions {
+    pub temperature: Option<f32>,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Negative: a random seed.
+    pub seed: Option<i64>,
+    /// New tokens at most; -1 (or None): until the context is full; -2: fill the context.
+    pub num_predict: Option<i64>,
+    pub num_ctx: Option<i64>,
+    pub stop: Option<Vec<String>>,
+}
+
+impl GenOptions {
+    /// Read Ollama's `options` object (also the params layer of a Modelfile). Unknown keys and
+    /// runner keys that do not apply (num_gpu, use_mmap, ...) are ignored; known keys of the wrong
+    /// type are errors.
+    pub fn from_ollama(map: &serde_json::Map<String, Value>) -> Result<GenOptions, ApiError> {
+        let mut o = GenOptions::default();
+        for (k, v) in map {
+            if v.is_null() {
+                continue;
+            }
+            let float = || -> Result<f32, ApiError> {
+                v.as_f64().map(|f| f as f32).ok_or_else(|| {
+                    ApiError::invalid_param(k, format!("option {k} must be a number, got {v}"))
+                })
+            };
+            let int = || -> Result<i64, ApiError> {
+                match v.as_i64() {
+                    Some(i) => Ok(i),
+                    // 40.0 is an integer too.
+                    None => v
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                        .map(|f| f as i64)
+                        .ok_or_else(|| {
+                            ApiError::invalid_param(
+                                k,
+                                format!("option {k} must be an integer, got {v}"),
+                            )
+                        }),
+                }
+            };
+            match k.as_str() {
+                "temperature" => o.temperature = Some(float()?),
+                "top_k" => o.top_k = Some(int()?),
+                "top_p" => o.top_p = Some(float()?),
+                "min_p" => o.min_p = Some(float()?),
+                "repeat_penalty" => o.repeat_penalty = Some(float()?),
+                "repeat_last_n" => o.repeat_last_n = Some(int()?),
+                "presence_penalty" => o.presence_penalty = Some(float()?),
+                "frequency_penalty" => o.frequency_penalty = Some(float()?),
+                "seed" => o.seed = Some(int()?),
+                "num_predict" => o.num_predict = Some(int()?),
+                "num_ctx" => o.num_ctx = Some(int()?),
+                "stop" => {
+                    o.stop = Some(match v {
+                        Value::String(s) => vec![s.clone()],
+                        Value::Array(a) => a
+                            .iter()
+                            .map(|x| {
+                                x.as_str().map(str::to_string).ok_or_else(|| {
+                                    ApiError::invalid_param(
+                                        "stop",
+                                        format!("stop must be a list of strings, got {v}"),
+                                    )
+                                })
+                            })
+                            .collect::<Result<_, _>>()?,
+                        _ => {
+                            return Err(ApiError::invalid_param(
+                                "stop",
+                                format!("stop must be a list of strings, got {v}"),
+                            ))
+                        }
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+
+    /// Fill unset options from `defaults`.
+    pub fn or(self, d: &GenOptions) -> GenOptions {
+        GenOptions {
+            temperature: self.temperature.or(d.temperature),
+            top_k: self.top_k.or(d.top_k),
+            top_p: self.top_p.or(d.top_p),
+            min_p: self.min_p.or(d.min_p),
+            repeat_penalty: self.repeat_penalty.or(d.repeat_penalty),
+            repeat_last_n: self.repeat_last_n.or(d.repeat_last_n),
+            presence_penalty: self.presence_penalty.or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(d.frequency_penalty),
+            seed: self.seed.or(d.seed),
+            num_predict: self.num_predict.or(d.num_predict),
+            num_ctx: self.num_ctx.or(d.num_ctx),
+            stop: self.stop.or_else(|| d.stop.clone()),
+        }
+    }
+
+    /// Sampling settings, Ollama's defaults where unset.
+    pub fn sampling(&self) -> SamplingOptions {
+        let d = SamplingOptions::default();
+        SamplingOptions {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.map(|k| k.max(0) as usize).unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+            repeat_last_n: self
+                .repeat_last_n
+                .map(|n| n.clamp(-1, i32::MAX as i64) as i32)
+                .unwrap_or(d.repeat_last_n),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            seed: self.seed.filter(|s| *s >= 0).map(|s| s as u64),
+        }
+    }
+
+    /// Range checks (dialects add tighter ones of their own).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let f = |name: &str, v: Option<f32>, lo: f32, hi: f32| {
+            v.map_or(Ok(()), |v| check_range(name, v, lo, hi))
+        };
+        f("temperature", self.temperature, 0.0, 100.0)?;
+        f("top_p", self.top_p, 0.0, 1.0)?;
+        f("min_p", self.min_p, 0.0, 1.0)?;
+        f("repeat_penalty", self.repeat_penalty, 0.0, 100.0)?;
+        f("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        f("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        let i =
+            |name: &str, v: Option<i64>, lo: i64, hi: i64, what: &str| -> Result<(), ApiError> {
+                match v {
+                    Some(x) if x < lo || x > hi => Err(ApiError::invalid_param(
+                        name,
+                        format!("{name} must be {what}, got {x}"),
+                    )),
+                    _ => Ok(()),
+                }
+            };
+        i(
+            "top_k",
+            self.top_k,
+            0,
+            1 << 30,
+            "0 (off) or a positive integer",
+        )?;
+        i(
+            "repeat_last_n",
+            self.repeat_last_n,
+            -1,
+            1 << 30,
+            "-1 (the whole context) or >= 0",
+        )?;
+        i(
+            "num_predict",
+            self.num_predict,
+            -2,
+            1 << 30,
+            "-1 (no limit), -2 (fill the context) or >= 0",
+        )?;
+        i(
+            "num_ctx",
+            self.num_ctx,
+            1,
+            MAX_NUM_CTX as i64,
+            &format!("between 1 and {MAX_NUM_CTX}"),
+        )?;
+        if let Some(stop) = &self.stop {
+            if stop.iter().any(|s| s.is_empty()) {
+                return Err(ApiError::invalid_param(
+                    "stop",
+                    "stop sequences must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The internal request.
 #[derive(Clone, Debug)]
 pub struct InferRequest {
     pub model: String,
     pub input: Input,
-    pub sampling: SamplingOptions,
-    /// Upper bound of new tokens (None: until the context is full).
-    pub max_tokens: Option<usize>,
-    /// Context window the request asks for (Ollama `num_ctx`).
-    pub num_ctx: Option<usize>,
-    pub stop: Vec<String>,
+    pub options: GenOptions,
     pub tools: Vec<ToolDef>,
     pub tool_choice: ToolChoice,
     pub format: OutputFormat,
@@ -118,10 +303,7 @@ impl InferRequest {
         InferRequest {
             model: model.into(),
             input,
-            sampling: SamplingOptions::default(),
-            max_tokens: None,
-            num_ctx: None,
-            stop: Vec::new(),
+            options: GenOptions::default(),
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
             format: OutputFormat::Text,
@@ -180,26 +362,6 @@ pub fn check_range(name: &str, v: f32, lo: f32, hi: f32) -> Result<(), ApiError>
     Ok(())
 }
 
-/// The sampling checks every dialect shares (dialects add their own tighter ranges).
-pub fn validate_sampling(s: &SamplingOptions) -> Result<(), ApiError> {
-    check_range("temperature", s.temperature, 0.0, 100.0)?;
-    check_range("top_p", s.top_p, 0.0, 1.0)?;
-    check_range("min_p", s.min_p, 0.0, 1.0)?;
-    check_range("repeat_penalty", s.repeat_penalty, 0.0, 100.0)?;
-    check_range("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
-    check_range("frequency_penalty", s.frequency_penalty, -2.0, 2.0)?;
-    if s.repeat_last_n < -1 {
-        return Err(ApiError::invalid_param(
-            "repeat_last_n",
-            format!(
-                "repeat_last_n must be -1 (whole context) or >= 0, got {}",
-                s.repeat_last_n
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Largest num_ctx a request may ask for.
 pub const MAX_NUM_CTX: usize = 1 << 20;
 /// Most top_logprobs a request may ask for.
@@ -211,15 +373,7 @@ impl InferRequest {
         if self.model.trim().is_empty() {
             return Err(ApiError::invalid_param("model", "model is required"));
         }
-        validate_sampling(&self.sampling)?;
-        if let Some(n) = self.num_ctx {
-            if n == 0 || n > MAX_NUM_CTX {
-                return Err(ApiError::invalid_param(
-                    "num_ctx",
-                    format!("num_ctx must be between 1 and {MAX_NUM_CTX}, got {n}"),
-                ));
-            }
-        }
+        self.options.validate()?;
         if self.top_logprobs > MAX_TOP_LOGPROBS {
             return Err(ApiError::invalid_param(
                 "top_logprobs",
@@ -258,7 +412,7 @@ impl InferRequest {
                     format!("tool {:?} is declared twice", t.name),
                 ));
             }
-            if !(t.parameters.is_object() || t.parameters.is_null()) {
+            if !(t.parameters.is_object() || t.parameters == OrderedJson::Null) {
                 return Err(ApiError::invalid_param(
                     "tools",
                     format!(
@@ -267,12 +421,6 @@ impl InferRequest {
                     ),
                 ));
             }
-        }
-        if self.stop.iter().any(|s| s.is_empty()) {
-            return Err(ApiError::invalid_param(
-                "stop",
-                "stop sequences must not be empty",
-            ));
         }
         Ok(())
     }
@@ -291,20 +439,58 @@ mod tests {
     fn validation_catches_out_of_range_options() {
         assert!(chat().validate().is_ok());
         let mut r = chat();
-        r.sampling.top_p = 1.5;
+        r.options.top_p = Some(1.5);
         assert!(r.validate().unwrap_err().message.contains("top_p"));
         let mut r = chat();
-        r.sampling.temperature = f32::NAN;
+        r.options.temperature = Some(f32::NAN);
         assert!(r.validate().is_err());
         let mut r = chat();
-        r.num_ctx = Some(0);
+        r.options.num_ctx = Some(0);
+        assert!(r.validate().is_err());
+        let mut r = chat();
+        r.options.num_predict = Some(-3);
         assert!(r.validate().is_err());
         let mut r = chat();
         r.model = " ".into();
         assert!(r.validate().is_err());
         let mut r = chat();
-        r.stop = vec![String::new()];
+        r.options.stop = Some(vec![String::new()]);
         assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn ollama_options_parse_typed() {
+        let m = json!({"temperature": 0, "top_k": 5.0, "seed": 42, "stop": "x", "num_gpu": 99, "unknown": "ignored"});
+        let o = GenOptions::from_ollama(m.as_object().unwrap()).unwrap();
+        assert_eq!(o.temperature, Some(0.0));
+        assert_eq!(o.top_k, Some(5));
+        assert_eq!(o.stop, Some(vec!["x".to_string()]));
+        let s = o
+            .clone()
+            .or(&GenOptions {
+                top_p: Some(0.5),
+                temperature: Some(1.0),
+                ..Default::default()
+            })
+            .sampling();
+        assert_eq!(
+            (s.temperature, s.top_p, s.top_k, s.seed),
+            (0.0, 0.5, 5, Some(42))
+        );
+        assert!(
+            GenOptions::from_ollama(json!({"temperature": "hot"}).as_object().unwrap()).is_err()
+        );
+        assert!(GenOptions::from_ollama(json!({"top_k": 1.5}).as_object().unwrap()).is_err());
+        assert!(GenOptions::from_ollama(json!({"stop": [1]}).as_object().unwrap()).is_err());
+        assert_eq!(
+            GenOptions {
+                seed: Some(-1),
+                ..Default::default()
+            }
+            .sampling()
+            .seed,
+            None
+        );
     }
 
     #[test]
@@ -312,7 +498,7 @@ mod tests {
         let tool = ToolDef {
             name: "f".into(),
             description: String::new(),
-            parameters: json!({"type": "object"}),
+            parameters: OrderedJson::from_value(&json!({"type": "object"})),
         };
         let mut r = chat();
         r.tool_choice = ToolChoice::Required;

@@ -1,0 +1,271 @@
+//! Model lookup: plain GGUF paths ([`FileRegistry`]), and what the server reads from a GGUF
+//! file itself (model_info for /api/show, a memory estimate before loading).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde_json::{json, Map, Value};
+use smelt_gguf::{Array, Gguf};
+
+use crate::backend::{ModelDetails, ModelRecord, ModelRegistry, PullStatus, RegistryError};
+
+/// Serves models named by their path to a `.gguf` file; lists nothing and cannot copy, delete or
+/// pull (the model store does that).
+pub struct FileRegistry;
+
+impl ModelRegistry for FileRegistry {
+    fn resolve(&self, name: &str) -> Result<ModelRecord, RegistryError> {
+        let path = expand(name);
+        if !path.is_file() {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        record_for_file(name, &path)
+    }
+    fn list(&self) -> Result<Vec<ModelRecord>, RegistryError> {
+        Ok(Vec::new())
+    }
+    fn copy(&self, _: &str, _: &str) -> Result<(), RegistryError> {
+        Err(RegistryError::Invalid(
+            "copying models needs the model store".into(),
+        ))
+    }
+    fn delete(&self, name: &str) -> Result<(), RegistryError> {
+        Err(RegistryError::NotFound(name.to_string()))
+    }
+    fn pull(
+        &self,
+        _: &str,
+        _: &mut dyn FnMut(PullStatus),
+        _: &AtomicBool,
+    ) -> Result<(), RegistryError> {
+        Err(RegistryError::Invalid(
+            "pulling models needs the model store".into(),
+        ))
+    }
+}
+
+fn expand(name: &str) -> PathBuf {
+    match (name.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(name),
+    }
+}
+
+/// A record for a loose GGUF file; its digest identifies the file by path, size and time (hashing
+/// gigabytes for a listing would be too slow).
+pub fn record_for_file(name: &str, path: &Path) -> Result<ModelRecord, RegistryError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| RegistryError::Failed(format!("{}: {e}", path.display())))?;
+    let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    meta.len().hash(&mut h);
+    modified.hash(&mut h);
+    let id = h.finish();
+    let digest = format!("{id:016x}{:016x}{id:016x}{:016x}", meta.len(), !id);
+    let details = details_from_gguf(path).unwrap_or_default();
+    Ok(ModelRecord {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        digest,
+        size: meta.len(),
+        modified,
+        template: None,
+        system: None,
+        params: Map::new(),
+        license: Vec::new(),
+        messages: Vec::new(),
+        details,
+        modelfile: format!("FROM {}\n", path.display()),
+    })
+}
+
+/// Ollama's file-type names for `general.file_type`.
+fn file_type_name(t: u32) -> &'static str {
+    match t {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => "unknown",
+    }
+}
+
+fn details_from_gguf(path: &Path) -> Option<ModelDetails> {
+    let g = Gguf::open(path).ok()?;
+    let arch = g.architecture().unwrap_or("").to_string();
+    let n_params: u64 = g.tensors().iter().map(|t| t.n_elements).sum();
+    let size = g
+        .get_str("general.size_label")
+        .ok()
+        .flatten()
+        .map(str::to_string)
+        .unwrap_or_else(|| format_params(n_params));
+    Some(ModelDetails {
+        parent_model: String::new(),
+        format: "gguf".into(),
+        family: arch.clone(),
+        families: vec![arch],
+        parameter_size: size,
+        quantization_level: g
+            .get_u32("general.file_type")
+            .ok()
+            .flatten()
+            .map(file_type_name)
+            .unwrap_or("unknown")
+            .to_string(),
+    })
+}
+
+fn format_params(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{:.0}M", n as f64 / 1e6)
+    }
+}
+
+/// What /api/show reports from the file.
+pub struct GgufInfo {
+    /// Metadata as JSON (arrays as null unless verbose, as Ollama does), plus parameter count.
+    pub model_info: Value,
+    pub chat_template: Option<String>,
+}
+
+pub fn gguf_model_info(path: &Path, verbose: bool) -> Result<GgufInfo, String> {
+    let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut info = Map::new();
+    let mut template = None;
+    for (k, v) in g.metadata() {
+        if k == "tokenizer.chat_template" {
+            template = v.as_string().map(|s| s.to_string_lossy().into_owned());
+            continue;
+        }
+        info.insert(k.clone(), value_json(v, verbose));
+    }
+    let n_params: u64 = g.tensors().iter().map(|t| t.n_elements).sum();
+    info.insert("general.parameter_count".into(), json!(n_params));
+    Ok(GgufInfo {
+        model_info: Value::Object(info),
+        chat_template: template,
+    })
+}
+
+fn value_json(v: &smelt_gguf::Value, verbose: bool) -> Value {
+    use smelt_gguf::Value as V;
+    match v {
+        V::U8(x) => json!(x),
+        V::I8(x) => json!(x),
+        V::U16(x) => json!(x),
+        V::I16(x) => json!(x),
+        V::U32(x) => json!(x),
+        V::I32(x) => json!(x),
+        V::U64(x) => json!(x),
+        V::I64(x) => json!(x),
+        V::F32(x) => json!(x),
+        V::F64(x) => json!(x),
+        V::Bool(x) => json!(x),
+        V::String(s) => json!(s.to_string_lossy()),
+        V::Array(a) if verbose => array_json(a),
+        V::Array(_) => Value::Null,
+    }
+}
+
+fn array_json(a: &Array) -> Value {
+    match a {
+        Array::U8(v) => json!(v),
+        Array::I8(v) => json!(v),
+        Array::U16(v) => json!(v),
+        Array::I16(v) => json!(v),
+        Array::U32(v) => json!(v),
+        Array::I32(v) => json!(v),
+        Array::U64(v) => json!(v),
+        Array::I64(v) => json!(v),
+        Array::F32(v) => json!(v),
+        Array::F64(v) => json!(v),
+        Array::Bool(v) => json!(v),
+        Array::String(v) => Value::Array(
+            v.iter()
+                .map(|s| json!(String::from_utf8_lossy(s)))
+                .collect(),
+        ),
+        Array::Array(v) => Value::Array(v.iter().map(array_json).collect()),
+    }
+}
+
+/// Bytes a model would take: its weights (mapped) plus an f32 KV cache for `num_ctx` positions
+/// and a margin for buffers, read from the file's metadata.
+pub fn estimate_memory(path: &Path, num_ctx: usize) -> Result<u64, String> {
+    let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let arch = g.architecture().unwrap_or("").to_string();
+    let get = |k: &str| {
+        g.get_u64(&format!("{arch}.{k}"))
+            .ok()
+            .flatten()
+            .or_else(|| {
+                g.get_u32(&format!("{arch}.{k}"))
+                    .ok()
+                    .flatten()
+                    .map(u64::from)
+            })
+    };
+    let n_layer = get("block_count").unwrap_or(0);
+    let n_embd = get("embedding_length").unwrap_or(0);
+    let n_head = get("attention.head_count").unwrap_or(1).max(1);
+    let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
+    let head_k = get("attention.key_length").unwrap_or(n_embd / n_head);
+    let head_v = get("attention.value_length").unwrap_or(n_embd / n_head);
+    let kv = n_layer
+        .saturating_mul(num_ctx as u64)
+        .saturating_mul(n_head_kv * (head_k + head_v))
+        .saturating_mul(4);
+    let n_vocab = g
+        .get_string_array("tokenizer.ggml.tokens")
+        .ok()
+        .flatten()
+        .map(|a| a.len() as u64)
+        .unwrap_or(0);
+    let buffers = (n_vocab + 4 * n_embd).saturating_mul(4 * 512) + (64 << 20);
+    Ok(g.file_size().saturating_add(kv).saturating_add(buffers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_model_record_info_and_estimate() {
+        let path = smelt_testutil::model_path(smelt_testutil::SMOLLM2);
+        let r = FileRegistry.resolve(path.to_str().unwrap()).unwrap();
+        assert_eq!(r.details.family, "llama");
+        assert_eq!(r.details.quantization_level, "Q4_1");
+        assert_eq!(r.details.parameter_size, "135M");
+        assert_eq!(r.digest.len(), 64);
+        let info = gguf_model_info(&path, false).unwrap();
+        assert_eq!(info.model_info["llama.context_length"], 8192);
+        assert!(info.model_info["tokenizer.ggml.tokens"].is_null());
+        assert!(info.chat_template.unwrap().contains("<|im_start|>"));
+        // 30 layers x 3 KV heads x (64 + 64) x 4 bytes per position.
+        let e1 = estimate_memory(&path, 1024).unwrap();
+        let e2 = estimate_memory(&path, 2048).unwrap();
+        assert_eq!(e2 - e1, 30 * 1024 * 3 * 128 * 4);
+        assert!(matches!(
+            FileRegistry.resolve("/no/such.gguf"),
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+}
