@@ -117,6 +117,7 @@ impl ReferenceBackend {
                 Op::Scale { x, s } => v(x).iter().map(|a| a * s).collect(),
                 Op::Silu { x } => v(x).iter().map(|&a| a / (1.0 + (-a).exp())).collect(),
                 Op::GeluTanh { x } => v(x).iter().map(|&a| gelu_tanh(a)).collect(),
+                Op::Softcap { x, cap } => v(x).iter().map(|&a| cap * (a / cap).tanh()).collect(),
                 Op::Rope { x, head_dim, n_rot, base, freq_scale, neox, factors } => {
                     let mut out = v(x).clone();
                     let factors = factors.map(|f| self.w(f));

@@ -32,6 +32,8 @@ pub enum Op {
     Silu { x: NodeId },
     /// GELU, tanh approximation.
     GeluTanh { x: NodeId },
+    /// `cap * tanh(x / cap)`.
+    Softcap { x: NodeId, cap: f32 },
     /// Rotary position embedding on each head of `head_dim` elements, first `n_rot` dims,
     /// positions from the position input. `neox`: rotate pairs (i, i + n_rot/2) instead of (2i, 2i+1).
     /// `factors`: optional per-pair frequency divisors (Llama 3.1 `rope_freqs`).
@@ -72,6 +74,7 @@ impl Op {
             | Op::Scale { x, .. }
             | Op::Silu { x }
             | Op::GeluTanh { x }
+            | Op::Softcap { x, .. }
             | Op::Rope { x, .. }
             | Op::AddBias { x, .. }
             | Op::LastRow { x } => vec![x],
@@ -92,6 +95,7 @@ impl Op {
             Op::Scale { .. } => "scale",
             Op::Silu { .. } => "silu",
             Op::GeluTanh { .. } => "gelu_tanh",
+            Op::Softcap { .. } => "softcap",
             Op::Rope { .. } => "rope",
             Op::Attention { .. } => "attention",
             Op::LastRow { .. } => "last_row",
@@ -232,6 +236,11 @@ impl Graph {
     pub fn gelu_tanh(&mut self, x: NodeId, name: &str) -> NodeId {
         let shape = self.shape(x);
         self.push(Op::GeluTanh { x }, shape, name)
+    }
+
+    pub fn softcap(&mut self, x: NodeId, cap: f32, name: &str) -> NodeId {
+        let shape = self.shape(x);
+        self.push(Op::Softcap { x, cap }, shape, name)
     }
 
     #[allow(clippy::too_many_arguments)]

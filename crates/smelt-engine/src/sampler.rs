@@ -1,0 +1,233 @@
+//! Token sampling: penalties, top-k, top-p, min-p, temperature, seeded draws.
+//!
+//! The chain follows llama.cpp's default order: penalties, top-k, top-p, min-p, temperature,
+//! then a draw. Temperature <= 0 takes the argmax after penalties.
+
+use crate::api::SamplingOptions;
+
+/// SplitMix64: small, fast, and the same sequence on every platform for a given seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Samples tokens for one sequence.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    opts: SamplingOptions,
+    rng: Rng,
+    /// Scratch: (token, logit) candidates.
+    cand: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(opts: SamplingOptions) -> Sampler {
+        let seed = opts.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            t.as_nanos() as u64
+        });
+        Sampler { opts, rng: Rng::new(seed), cand: Vec::new() }
+    }
+
+    pub fn options(&self) -> &SamplingOptions {
+        &self.opts
+    }
+
+    /// Apply repeat, presence and frequency penalties over the recent `history` in place.
+    pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+        let o = &self.opts;
+        let no_penalty = o.repeat_penalty == 1.0 && o.presence_penalty == 0.0 && o.frequency_penalty == 0.0;
+        if no_penalty || o.repeat_last_n == 0 || history.is_empty() {
+            return;
+        }
+        let n = if o.repeat_last_n < 0 { history.len() } else { (o.repeat_last_n as usize).min(history.len()) };
+        let recent = &history[history.len() - n..];
+        let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
+        for &t in recent {
+            match counts.iter_mut().find(|(tok, _)| *tok == t) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((t, 1)),
+            }
+        }
+        for (t, c) in counts {
+            let Some(l) = logits.get_mut(t as usize) else { continue };
+            if *l > 0.0 {
+                *l /= o.repeat_penalty;
+            } else {
+                *l *= o.repeat_penalty;
+            }
+            *l -= c as f32 * o.frequency_penalty + o.presence_penalty;
+        }
+    }
+
+    /// Pick the next token from `logits` (already penalised and masked).
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let o = self.opts.clone();
+        if o.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        self.cand.clear();
+        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)));
+        if self.cand.is_empty() {
+            return argmax(logits);
+        }
+        // top-k (sorting descending is needed by top-p anyway).
+        let k = if o.top_k == 0 { self.cand.len() } else { o.top_k.min(self.cand.len()) };
+        if k < self.cand.len() {
+            self.cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.cand.truncate(k);
+        }
+        self.cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Softmax at temperature 1 for top-p and min-p, as llama.cpp does before temperature.
+        let probs = softmax(self.cand.iter().map(|c| c.1), 1.0);
+        let mut keep = self.cand.len();
+        if o.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, p) in probs.iter().enumerate() {
+                acc += p;
+                if acc >= o.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if o.min_p > 0.0 {
+            let floor = probs[0] * o.min_p;
+            keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
+        }
+        self.cand.truncate(keep.max(1));
+        let probs = softmax(self.cand.iter().map(|c| c.1), o.temperature);
+        let r = self.rng.next_f32();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if r < acc {
+                return self.cand[i].0;
+            }
+        }
+        self.cand[self.cand.len() - 1].0
+    }
+}
+
+/// Index of the largest finite logit (the lowest index among equals); 0 when none is finite.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_v {
+            best_v = v;
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
+    let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.map(|l| ((l - max) / temperature).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// `log_softmax(logits)[i]` for every i.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    logits.iter().map(|l| l - lse).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(temperature: f32, top_k: usize, top_p: f32, min_p: f32, seed: u64) -> SamplingOptions {
+        SamplingOptions { temperature, top_k, top_p, min_p, seed: Some(seed), ..SamplingOptions::greedy() }
+    }
+
+    #[test]
+    fn greedy_takes_argmax() {
+        let mut s = Sampler::new(SamplingOptions::greedy());
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0, f32::NEG_INFINITY]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let draw = |seed| {
+            let mut s = Sampler::new(opts(1.0, 0, 1.0, 0.0, seed));
+            (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let logits = [1.0, 5.0, 4.9, 0.0];
+        let mut s = Sampler::new(opts(5.0, 1, 1.0, 0.0, 3));
+        assert!((0..100).all(|_| s.sample(&logits) == 1));
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        // p ~ [0.88, 0.12, ~0, ~0]: top-p 0.5 keeps only the first.
+        let logits = [4.0, 2.0, -10.0, -10.0];
+        let mut s = Sampler::new(opts(1.0, 0, 0.5, 0.0, 1));
+        assert!((0..100).all(|_| s.sample(&logits) == 0));
+        let mut s = Sampler::new(opts(1.0, 0, 1.0, 0.2, 1));
+        assert!((0..200).all(|_| s.sample(&logits) == 0));
+        let mut s = Sampler::new(opts(1.0, 0, 1.0, 0.1, 1));
+        let draws: Vec<u32> = (0..400).map(|_| s.sample(&logits)).collect();
+        assert!(draws.contains(&1) && !draws.contains(&2));
+    }
+
+    #[test]
+    fn temperature_sharpens() {
+        let logits = [1.0, 0.0];
+        let count = |t| {
+            let mut s = Sampler::new(opts(t, 0, 1.0, 0.0, 9));
+            (0..2000).filter(|_| s.sample(&logits) == 0).count()
+        };
+        let (cold, hot) = (count(0.25), count(4.0));
+        assert!(cold > 1900, "{cold}");
+        assert!(hot < 1400, "{hot}");
+    }
+
+    #[test]
+    fn penalties() {
+        let s = Sampler::new(SamplingOptions {
+            repeat_penalty: 2.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingOptions::greedy()
+        });
+        let mut logits = vec![4.0, -4.0, 1.0];
+        s.apply_penalties(&mut logits, &[0, 0, 1, 99]);
+        assert_eq!(logits, vec![4.0 / 2.0 - 0.5 - 0.5, -8.0 - 0.25 - 0.5, 1.0]);
+    }
+
+    #[test]
+    fn log_softmax_normalises() {
+        let l = log_softmax(&[1.0, 2.0, 3.0]);
+        let sum: f32 = l.iter().map(|x| x.exp()).sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+    }
+}
