@@ -269,3 +269,222 @@ mod tests {
         ));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The model store
+// ---------------------------------------------------------------------------------------------
+
+/// The model store (smelt's own, an Ollama store and GGUF directories read in place, or a path
+/// to a `.gguf` file).
+pub struct StoreRegistry {
+    store: smelt_store::Store,
+    pull: smelt_store::PullOptions,
+}
+
+impl StoreRegistry {
+    pub fn new(store: smelt_store::Store, pull: smelt_store::PullOptions) -> StoreRegistry {
+        StoreRegistry { store, pull }
+    }
+
+    /// The store the environment names (SMELT_MODELS, OLLAMA_MODELS, SMELT_MODEL_DIRS, ...).
+    pub fn from_env() -> Result<StoreRegistry, RegistryError> {
+        let store = smelt_store::Store::open_default().map_err(store_error)?;
+        Ok(StoreRegistry::new(
+            store,
+            smelt_store::PullOptions::from_env(),
+        ))
+    }
+
+    pub fn store(&self) -> &smelt_store::Store {
+        &self.store
+    }
+}
+
+fn store_error(e: smelt_store::Error) -> RegistryError {
+    use smelt_store::Error as E;
+    match e {
+        E::ModelNotFound { name } | E::RemoteNotFound { name, .. } => RegistryError::NotFound(name),
+        e @ (E::InvalidName { .. } | E::InvalidDigest { .. }) => {
+            RegistryError::Invalid(e.to_string())
+        }
+        other => RegistryError::Failed(other.to_string()),
+    }
+}
+
+fn parse_name(name: &str) -> Result<smelt_store::ModelName, RegistryError> {
+    smelt_store::ModelName::parse(name).map_err(store_error)
+}
+
+fn details(d: &smelt_store::ModelDetails) -> ModelDetails {
+    ModelDetails {
+        parent_model: d.parent_model.clone(),
+        format: d.format.clone(),
+        family: d.family.clone(),
+        families: d.families.clone(),
+        parameter_size: d.parameter_size.clone(),
+        quantization_level: d.quantization_level.clone(),
+    }
+}
+
+fn record_from_resolved(
+    spec: &str,
+    r: &smelt_store::ResolvedModel,
+) -> Result<ModelRecord, RegistryError> {
+    // A plain file keeps the path as its name; loose files get a cheap identity digest.
+    let mut rec = match &r.digest {
+        Some(_) => ModelRecord {
+            name: r.name.to_string(),
+            path: r.gguf_path.clone(),
+            digest: String::new(),
+            size: r.size,
+            modified: r.modified,
+            template: None,
+            system: None,
+            params: Map::new(),
+            license: Vec::new(),
+            messages: Vec::new(),
+            details: ModelDetails::default(),
+            modelfile: String::new(),
+        },
+        None => {
+            let name = if matches!(r.source, smelt_store::ModelSource::File) {
+                spec.to_string()
+            } else {
+                r.name.to_string()
+            };
+            record_for_file(&name, &r.gguf_path)?
+        }
+    };
+    if let Some(d) = &r.digest {
+        rec.digest = d.hex();
+    }
+    rec.template = r.template.clone();
+    rec.system = r.system.clone();
+    rec.params = r.params.clone();
+    rec.license = r.license.clone();
+    rec.messages = r
+        .messages
+        .iter()
+        .map(|m| crate::request::ChatMessage::new(&m.role, m.content.clone()))
+        .collect();
+    if !r.details.format.is_empty() || !r.details.family.is_empty() {
+        rec.details = details(&r.details);
+    }
+    rec.modelfile = smelt_store::render_modelfile(r);
+    Ok(rec)
+}
+
+impl ModelRegistry for StoreRegistry {
+    fn resolve(&self, name: &str) -> Result<ModelRecord, RegistryError> {
+        let r = self.store.resolve_spec(name).map_err(store_error)?;
+        record_from_resolved(name, &r)
+    }
+
+    fn list(&self) -> Result<Vec<ModelRecord>, RegistryError> {
+        let entries = self.store.list().map_err(store_error)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| ModelRecord {
+                name: e.name.to_string(),
+                path: e.gguf_path.clone(),
+                digest: e.digest.map(|d| d.hex()).unwrap_or_else(|| {
+                    record_for_file(&e.name.to_string(), &e.gguf_path)
+                        .map(|r| r.digest)
+                        .unwrap_or_default()
+                }),
+                size: e.size,
+                modified: e.modified,
+                template: None,
+                system: None,
+                params: Map::new(),
+                license: Vec::new(),
+                messages: Vec::new(),
+                details: details(&e.details),
+                modelfile: String::new(),
+            })
+            .collect())
+    }
+
+    fn copy(&self, source: &str, destination: &str) -> Result<(), RegistryError> {
+        let (s, d) = (parse_name(source)?, parse_name(destination)?);
+        self.store.copy(&s, &d).map(|_| ()).map_err(store_error)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), RegistryError> {
+        self.store
+            .remove(&parse_name(name)?)
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    fn pull(
+        &self,
+        name: &str,
+        progress: &mut dyn FnMut(PullStatus),
+        cancel: &AtomicBool,
+    ) -> Result<(), RegistryError> {
+        let n = parse_name(name)?;
+        self.store
+            .pull(
+                &n,
+                &self.pull,
+                &mut |p| {
+                    progress(PullStatus {
+                        status: p.status.clone(),
+                        digest: p.digest.clone(),
+                        total: p.total,
+                        completed: p.completed,
+                    })
+                },
+                cancel,
+            )
+            .map(|_| ())
+            .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    #[test]
+    fn create_list_copy_delete_through_the_store() {
+        let dir = std::env::temp_dir().join(format!("smelt-server-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = smelt_store::Store::open(smelt_store::StoreConfig::isolated(&dir)).unwrap();
+        let gguf = smelt_testutil::model_path(smelt_testutil::SMOLLM2);
+        let name = smelt_store::ModelName::parse("tiny").unwrap();
+        store
+            .create(
+                &name,
+                &smelt_store::CreateSpec::from_path(&gguf),
+                std::path::Path::new("."),
+                &mut |_| {},
+            )
+            .unwrap();
+        let reg = StoreRegistry::new(store, smelt_store::PullOptions::default());
+        let r = reg.resolve("tiny").unwrap();
+        assert_eq!(r.name, "tiny:latest");
+        assert_eq!(r.digest.len(), 64);
+        assert!(r.modelfile.contains("FROM"));
+        assert_eq!(reg.list().unwrap().len(), 1);
+        reg.copy("tiny", "tiny2:v1").unwrap();
+        assert_eq!(reg.resolve("tiny2:v1").unwrap().path, r.path);
+        reg.delete("tiny").unwrap();
+        assert!(matches!(
+            reg.resolve("tiny"),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            reg.delete("nope"),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            reg.resolve("bad name!"),
+            Err(RegistryError::Invalid(_))
+        ));
+        // A path still works.
+        assert_eq!(reg.resolve(gguf.to_str().unwrap()).unwrap().path, gguf);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

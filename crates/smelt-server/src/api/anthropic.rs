@@ -161,13 +161,15 @@ fn chat_messages(
                 continue;
             }
             Value::Array(b) => b,
-            other => return Err(ApiError::invalid_param(
-                "messages",
-                format!(
+            other => {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    format!(
                     "messages[{i}].content must be a string or a list of content blocks, got {}",
                     run::kind_of(&other)
                 ),
-            )),
+                ))
+            }
         };
         let mut text = Vec::new();
         let mut calls = Vec::new();

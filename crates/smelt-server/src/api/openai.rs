@@ -227,13 +227,15 @@ fn content_text(v: Option<Value>, i: usize) -> std::result::Result<String, ApiEr
                     p.get("text").and_then(Value::as_str),
                 ) {
                     (Some("text"), Some(t)) => out.push_str(t),
-                    (kind, _) => return Err(ApiError::invalid_param(
-                        "messages",
-                        format!(
+                    (kind, _) => {
+                        return Err(ApiError::invalid_param(
+                            "messages",
+                            format!(
                             "messages[{i}]: content part of type {} is not supported (text only)",
                             kind.unwrap_or("?")
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(out)
