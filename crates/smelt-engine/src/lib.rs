@@ -3,10 +3,14 @@
 
 pub mod api;
 mod error;
+mod model;
+pub mod perplexity;
 pub mod runner;
 pub mod sampler;
+pub mod stop;
 
 pub use api::*;
 pub use error::EngineError;
+pub use model::{LoadOptions, Model, ModelInfo};
 pub use runner::Runner;
 pub use sampler::Sampler;
