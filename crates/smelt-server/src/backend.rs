@@ -43,9 +43,11 @@ pub trait LoadedModel: Send + Sync {
         tools: Option<&Value>,
         add_generation_prompt: bool,
     ) -> Result<String, String>;
+    /// Tokenize a rendered prompt: special-token text parsed, BOS added as the model wants
+    /// (once, even when the template wrote it).
+    fn encode_prompt(&self, text: &str) -> Vec<u32>;
     fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32>;
     fn detokenize(&self, tokens: &[u32]) -> String;
-    fn bos(&self) -> Option<u32>;
     /// The vocabulary for constrained decoding (built once, shared).
     fn token_table(&self) -> Arc<TokenTable>;
     /// Generate (blocking; the caller runs it on a blocking thread).
@@ -125,6 +127,19 @@ pub struct PullStatus {
     pub digest: Option<String>,
     pub total: Option<u64>,
     pub completed: Option<u64>,
+}
+
+/// What a new model is made of (Ollama's /api/create body; `from` may also be a path to a GGUF
+/// file on the server's machine).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CreateModel {
+    pub from: String,
+    pub template: Option<String>,
+    pub system: Option<String>,
+    pub parameters: serde_json::Map<String, Value>,
+    pub license: Vec<String>,
+    /// (role, content) pairs.
+    pub messages: Vec<(String, String)>,
 }
 
 /// The model store as the server sees it.

@@ -151,6 +151,7 @@ fn endpoint_label(path: &str) -> &str {
         "/api/delete",
         "/api/copy",
         "/api/pull",
+        "/api/create",
         "/api/version",
         "/v1/chat/completions",
         "/v1/completions",

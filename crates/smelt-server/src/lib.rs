@@ -3,12 +3,15 @@
 //! the scheduler owns model lifecycle (load on first use, keep-alive, LRU eviction within a
 //! memory budget) and the bounded run queue.
 //!
-//! ```ignore
+//! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = smelt_server::config::ServerConfig::from_env()?;
 //! let engine = std::sync::Arc::new(smelt_server::engine::EngineLoader);
-//! let registry = std::sync::Arc::new(smelt_server::registry::FileRegistry);
-//! smelt_server::serve(config, engine, registry, std::future::pending()).await?;
+//! let registry = std::sync::Arc::new(smelt_server::registry::StoreRegistry::from_env()?);
+//! let (listener, addr) = smelt_server::bind(&config).await?;
+//! eprintln!("listening on http://{addr}");
+//! let app = smelt_server::AppState::new(config, engine, registry);
+//! smelt_server::serve_on(listener, app, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -16,6 +19,7 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod constrain;
+pub mod engine;
 
 pub mod error;
 pub mod gotmpl;
@@ -105,6 +109,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/api/delete", axum::routing::delete(ollama::delete))
         .route("/api/copy", post(ollama::copy))
         .route("/api/pull", post(ollama::pull))
+        .route("/api/create", post(ollama::create))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
@@ -121,25 +126,55 @@ pub fn router(app: Arc<AppState>) -> Router {
         .with_state(app)
 }
 
-/// Bind and serve until `shutdown` resolves.
-pub async fn serve(
+/// Check the settings and bind the listening socket; returns it with its address (port 0 picks one).
+pub async fn bind(config: &ServerConfig) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), ConfigError> {
+    config.check_auth()?;
+    let bind = config.bind.socket_string();
+    let listener = tokio::net::TcpListener::bind(&bind).await.map_err(|source| ConfigError::Bind { bind: bind.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| ConfigError::Bind { bind, source })?;
+    Ok((listener, addr))
+}
+
+/// Run the server on its own runtime until Ctrl-C or SIGTERM; `on_bound` hears the address once
+/// listening.
+pub fn run_blocking(
     config: ServerConfig,
     loader: Arc<dyn ModelLoader>,
     registry: Arc<dyn ModelRegistry>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(std::net::SocketAddr, &ServerConfig),
 ) -> Result<(), ConfigError> {
-    config.check_auth()?;
-    let bind = config.bind.socket_string();
-    let listener = tokio::net::TcpListener::bind(&bind)
-        .await
-        .map_err(|source| ConfigError::Bind {
-            bind: bind.clone(),
-            source,
-        })?;
-    let app = AppState::new(config, loader, registry);
-    serve_on(listener, app, shutdown)
-        .await
-        .map_err(|source| ConfigError::Bind { bind, source })
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ConfigError::Bind { bind: config.bind.socket_string(), source })?;
+    rt.block_on(async move {
+        let (listener, addr) = bind(&config).await?;
+        on_bound(addr, &config);
+        let bind_str = config.bind.socket_string();
+        let app = AppState::new(config, loader, registry);
+        serve_on(listener, app, shutdown_signal()).await.map_err(|source| ConfigError::Bind { bind: bind_str, source })
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 /// Serve on a bound listener (tests bind port 0 and read the address back).

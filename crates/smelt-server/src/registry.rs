@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{json, Map, Value};
 use smelt_gguf::{Array, Gguf};
 
-use crate::backend::{ModelDetails, ModelRecord, ModelRegistry, PullStatus, RegistryError};
+use crate::backend::{CreateModel, ModelDetails, ModelRecord, ModelRegistry, PullStatus, RegistryError};
 
 /// Serves models named by their path to a `.gguf` file; lists nothing and cannot copy, delete or
 /// pull (the model store does that).
@@ -438,6 +438,25 @@ impl ModelRegistry for StoreRegistry {
                 },
                 cancel,
             )
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    fn create(&self, name: &str, spec: &CreateModel, progress: &mut dyn FnMut(PullStatus)) -> Result<(), RegistryError> {
+        let n = parse_name(name)?;
+        let spec = smelt_store::CreateSpec {
+            from: spec.from.clone(),
+            template: spec.template.clone(),
+            system: spec.system.clone(),
+            parameters: spec.parameters.clone(),
+            license: spec.license.clone(),
+            messages: spec.messages.iter().map(|(role, content)| smelt_store::Message { role: role.clone(), content: content.clone() }).collect(),
+        };
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        self.store
+            .create(&n, &spec, &base, &mut |p| {
+                progress(PullStatus { status: p.status.clone(), digest: p.digest.clone(), total: p.total, completed: p.completed })
+            })
             .map(|_| ())
             .map_err(store_error)
     }

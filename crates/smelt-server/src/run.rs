@@ -196,13 +196,7 @@ fn render_and_tokenize(
             }
         }
     };
-    let mut ids = model.tokenize(&text, true, true);
-    // Templates that write the BOS text themselves would get a second one from add_special.
-    if let Some(bos) = model.bos() {
-        if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
-            ids.remove(0);
-        }
-    }
+    let ids = model.encode_prompt(&text);
     if ids.is_empty() {
         return Err(ApiError::invalid("the prompt is empty"));
     }

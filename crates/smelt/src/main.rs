@@ -2,6 +2,7 @@
 //! data; logs and progress go to stderr.
 
 mod gen_cmd;
+mod serve_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Cmd {
     Perplexity(gen_cmd::PerplexityArgs),
     /// Architecture, parameters, quantisation, context length, template and license.
     Show(gen_cmd::ShowArgs),
+    /// Serve the Ollama, OpenAI and Anthropic APIs (127.0.0.1:11434 by default).
+    Serve(serve_cmd::ServeArgs),
 }
 
 fn main() {
@@ -32,6 +35,7 @@ fn main() {
         Cmd::Tokenize(a) => gen_cmd::tokenize(a),
         Cmd::Perplexity(a) => gen_cmd::perplexity(a),
         Cmd::Show(a) => gen_cmd::show(a),
+        Cmd::Serve(a) => serve_cmd::run_serve(a),
     };
     if let Err(e) = res {
         eprintln!("Error: {e:#}");

@@ -838,3 +838,79 @@ pub async fn pull(
     );
     Ok(resp)
 }
+
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    license: Option<Value>,
+    #[serde(default)]
+    messages: Option<Vec<CreateMessage>>,
+    #[serde(default)]
+    files: Option<Map<String, Value>>,
+    #[serde(default)]
+    quantize: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct CreateMessage {
+    role: String,
+    #[serde(default)]
+    content: String,
+}
+
+/// Ollama's /api/create with `from` naming a model or a GGUF file on this machine.
+pub async fn create(State(app): State<Arc<AppState>>, body: std::result::Result<Bytes, BytesRejection>) -> Result<Response> {
+    let body = body_bytes(body).map_err(err)?;
+    let b: CreateBody = parse_body(&body).map_err(err)?;
+    let name = b.model.or(b.name).filter(|n| !n.trim().is_empty()).ok_or_else(|| err(ApiError::invalid_param("model", "model is required")))?;
+    if b.files.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(err(ApiError::invalid_param("files", "uploaded blobs are not supported: give `from` a model name or a path to a GGUF file")));
+    }
+    if b.quantize.is_some() {
+        return Err(err(ApiError::invalid_param("quantize", "quantizing on create is not supported")));
+    }
+    let from = b.from.filter(|f| !f.trim().is_empty()).ok_or_else(|| err(ApiError::invalid_param("from", "from is required (a model name or a path to a GGUF file)")))?;
+    let license = match b.license {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(a)) => a.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(other) => return Err(err(ApiError::invalid_param("license", format!("license must be a string or a list of strings, got {}", run::kind_of(&other))))),
+    };
+    let spec = crate::backend::CreateModel {
+        from,
+        template: b.template,
+        system: b.system,
+        parameters: b.parameters.unwrap_or_default(),
+        license,
+        messages: b.messages.unwrap_or_default().into_iter().map(|m| (m.role, m.content)).collect(),
+    };
+    // The parameters must be options smelt understands, with the right types.
+    GenOptions::from_ollama(&spec.parameters).map_err(err)?;
+    let reg = app.registry.clone();
+    let n = name.clone();
+    let res = tokio::task::spawn_blocking(move || reg.create(&n, &spec, &mut |_| {}))
+        .await
+        .map_err(|e| err(ApiError::internal(e.to_string())))?;
+    res.map_err(|e| err(registry_error(&name, e)))?;
+    let done = json!({"status": "success"});
+    if b.stream == Some(false) {
+        return Ok(Json(done).into_response());
+    }
+    let mut resp = axum::body::Body::from(format!("{}\n{}\n", json!({"status": "creating model"}), done)).into_response();
+    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-ndjson"));
+    Ok(resp)
+}
