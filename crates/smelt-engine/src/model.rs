@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use smelt_gguf::Gguf;
 use smelt_models::Output;
-use smelt_tokenizer::{ChatTemplate, Tokenizer};
+use smelt_tokenizer::{ChatTemplate, StreamDecoder, Tokenizer, Vocab};
 
 use crate::api::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::sampler::{log_softmax, Sampler};
@@ -58,20 +58,33 @@ pub struct Model {
 impl Model {
     pub fn load(path: &Path, opts: LoadOptions) -> Result<Model, EngineError> {
         let gguf = Gguf::open(path)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|e| EngineError::Invalid(format!("tokenizer: {e}")))?;
-        let arch_name = gguf.architecture().unwrap_or_default().to_string();
-        let template = ChatTemplate::from_gguf(&gguf, &arch_name)
+        let vocab =
+            Vocab::from_gguf(&gguf).map_err(|e| EngineError::Invalid(format!("tokenizer: {e}")))?;
+        let tokenizer =
+            Tokenizer::new(&vocab).map_err(|e| EngineError::Invalid(format!("tokenizer: {e}")))?;
+        let template = ChatTemplate::for_model(&vocab, &tokenizer)
             .map_err(|e| EngineError::Invalid(format!("chat template: {e}")))?;
         let threads = if opts.threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             opts.threads
         };
         let arch = smelt_models::load(&gguf)?;
-        let n_ctx = if opts.num_ctx == 0 { arch.context_length().clamp(1, 4096) } else { opts.num_ctx };
+        let n_ctx = if opts.num_ctx == 0 {
+            arch.context_length().clamp(1, 4096)
+        } else {
+            opts.num_ctx
+        };
         let runner = Runner::load(&gguf, n_ctx, threads)?;
         let info = describe(&gguf, &runner, path);
-        Ok(Model { info, tokenizer, template, runner: Mutex::new(runner) })
+        Ok(Model {
+            info,
+            tokenizer,
+            template,
+            runner: Mutex::new(runner),
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -102,16 +115,26 @@ impl Model {
     }
 
     /// Generate from `req`, streaming events to `on_event`; the last event is `Event::Done`.
-    pub fn generate(&self, mut req: GenerateRequest, on_event: &mut dyn FnMut(Event)) -> Result<Usage, EngineError> {
+    pub fn generate(
+        &self,
+        mut req: GenerateRequest,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Usage, EngineError> {
         let n_ctx = self.context_length();
         if req.prompt.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
         }
         if req.prompt.len() >= n_ctx {
-            return Err(EngineError::ContextFull { needed: req.prompt.len() + 1, n_ctx });
+            return Err(EngineError::ContextFull {
+                needed: req.prompt.len() + 1,
+                n_ctx,
+            });
         }
         let mut runner = self.lock();
-        let mut usage = Usage { prompt_tokens: req.prompt.len(), ..Usage::default() };
+        let mut usage = Usage {
+            prompt_tokens: req.prompt.len(),
+            ..Usage::default()
+        };
         let t0 = Instant::now();
         usage.cached_tokens = runner.reuse_prefix(&req.prompt);
         let mut logits = runner.eval(&req.prompt[usage.cached_tokens..], Output::LastLogits)?;
@@ -120,7 +143,7 @@ impl Model {
         let t1 = Instant::now();
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut history = req.prompt.clone();
-        let mut decoder = self.tokenizer.stream_decoder();
+        let mut decoder = StreamDecoder::new(false);
         let mut stop = StopMatcher::new(&req.stop);
         let (mut held_tokens, mut held_logprobs) = (Vec::new(), Vec::new());
         let mut stopped_by_string = false;
@@ -144,18 +167,32 @@ impl Model {
             }
             held_tokens.push(tok);
             let done = req.constraint.as_mut().is_some_and(|c| c.accept(tok));
-            let text = decoder.push(tok);
+            let text = decoder.push(&self.tokenizer, tok);
             match stop.push(&text) {
                 StopStep::Emit(s) => {
                     if !s.is_empty() {
-                        let (tokens, logprobs) = (std::mem::take(&mut held_tokens), std::mem::take(&mut held_logprobs));
-                        on_event(Event::Text { text: s, tokens, logprobs });
+                        let (tokens, logprobs) = (
+                            std::mem::take(&mut held_tokens),
+                            std::mem::take(&mut held_logprobs),
+                        );
+                        on_event(Event::Text {
+                            text: s,
+                            tokens,
+                            logprobs,
+                        });
                     }
                 }
                 StopStep::Stop(s) => {
-                    let (tokens, logprobs) = (std::mem::take(&mut held_tokens), std::mem::take(&mut held_logprobs));
+                    let (tokens, logprobs) = (
+                        std::mem::take(&mut held_tokens),
+                        std::mem::take(&mut held_logprobs),
+                    );
                     if !s.is_empty() {
-                        on_event(Event::Text { text: s, tokens, logprobs });
+                        on_event(Event::Text {
+                            text: s,
+                            tokens,
+                            logprobs,
+                        });
                     }
                     stopped_by_string = true;
                     break FinishReason::Stop;
@@ -164,7 +201,9 @@ impl Model {
             if done {
                 break FinishReason::Stop;
             }
-            if req.max_tokens.is_some_and(|m| usage.completion_tokens >= m) || runner.tokens().len() + 1 >= n_ctx {
+            if req.max_tokens.is_some_and(|m| usage.completion_tokens >= m)
+                || runner.tokens().len() + 1 >= n_ctx
+            {
                 break FinishReason::Length;
             }
             logits = runner.eval(&[tok], Output::LastLogits)?;
@@ -172,11 +211,18 @@ impl Model {
         if !stopped_by_string {
             let rest = stop.push_final(&decoder.finish());
             if !rest.is_empty() || !held_tokens.is_empty() {
-                on_event(Event::Text { text: rest, tokens: held_tokens, logprobs: held_logprobs });
+                on_event(Event::Text {
+                    text: rest,
+                    tokens: held_tokens,
+                    logprobs: held_logprobs,
+                });
             }
         }
         usage.eval_duration = t1.elapsed();
-        on_event(Event::Done { reason, usage: usage.clone() });
+        on_event(Event::Done {
+            reason,
+            usage: usage.clone(),
+        });
         Ok(usage)
     }
 
@@ -191,12 +237,16 @@ impl Model {
             idx.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
             best = idx;
         }
-        let text = |t: u32| String::from_utf8_lossy(&self.tokenizer.token_to_piece(t)).into_owned();
+        let text =
+            |t: u32| String::from_utf8_lossy(&self.tokenizer.token_to_piece(t, false)).into_owned();
         TokenLogprob {
             token: tok,
             text: text(tok),
             logprob: lp[tok as usize],
-            top: best.into_iter().map(|t| (t, text(t), lp[t as usize])).collect(),
+            top: best
+                .into_iter()
+                .map(|t| (t, text(t), lp[t as usize]))
+                .collect(),
         }
     }
 
@@ -206,7 +256,10 @@ impl Model {
             return Err(EngineError::Invalid("nothing to embed".into()));
         }
         if tokens.len() > self.context_length() {
-            return Err(EngineError::ContextFull { needed: tokens.len(), n_ctx: self.context_length() });
+            return Err(EngineError::ContextFull {
+                needed: tokens.len(),
+                n_ctx: self.context_length(),
+            });
         }
         let mut runner = self.lock();
         runner.clear();
@@ -216,7 +269,10 @@ impl Model {
         let d = self.info.n_embd;
         let mut pooled = vec![0.0f32; d];
         for row in hidden.chunks(d) {
-            pooled.iter_mut().zip(row).for_each(|(p, h)| *p += h / tokens.len() as f32);
+            pooled
+                .iter_mut()
+                .zip(row)
+                .for_each(|(p, h)| *p += h / tokens.len() as f32);
         }
         let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         pooled.iter_mut().for_each(|x| *x /= norm);
@@ -234,10 +290,18 @@ fn describe(gguf: &Gguf, runner: &Runner, path: &Path) -> ModelInfo {
         }
     }
     mix.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     ModelInfo {
         architecture: arch.arch().to_string(),
-        name: gguf.get_str("general.name").ok().flatten().map(str::to_string).unwrap_or(stem),
+        name: gguf
+            .get_str("general.name")
+            .ok()
+            .flatten()
+            .map(str::to_string)
+            .unwrap_or(stem),
         n_params: arch.weights().n_params(),
         context_length_train: arch.context_length(),
         context_length: runner.n_ctx(),
@@ -248,7 +312,11 @@ fn describe(gguf: &Gguf, runner: &Runner, path: &Path) -> ModelInfo {
         quantization_mix: mix,
         file_size: gguf.file_size(),
         memory_bytes: runner.memory_bytes() as u64,
-        license: gguf.get_str("general.license").ok().flatten().map(str::to_string),
+        license: gguf
+            .get_str("general.license")
+            .ok()
+            .flatten()
+            .map(str::to_string),
     }
 }
 

@@ -33,7 +33,10 @@ pub fn perplexity(
     mut on_chunk: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity, EngineError> {
     if n_ctx < 4 || n_ctx > runner.n_ctx() {
-        return Err(EngineError::Invalid(format!("perplexity context {n_ctx} must be in 4..={}", runner.n_ctx())));
+        return Err(EngineError::Invalid(format!(
+            "perplexity context {n_ctx} must be in 4..={}",
+            runner.n_ctx()
+        )));
     }
     if tokens.len() < 2 * n_ctx {
         return Err(EngineError::Invalid(format!(
@@ -67,7 +70,12 @@ pub fn perplexity(
         on_chunk(c + 1, n_chunk, ppl);
     }
     runner.clear();
-    Ok(Perplexity { ppl: (nll / count as f64).exp(), chunks: n_chunk, scored: count, per_chunk })
+    Ok(Perplexity {
+        ppl: (nll / count as f64).exp(),
+        chunks: n_chunk,
+        scored: count,
+        per_chunk,
+    })
 }
 
 /// log_softmax(row)[target] in f64 (as llama-perplexity accumulates).

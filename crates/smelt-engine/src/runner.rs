@@ -33,13 +33,21 @@ impl Runner {
         }
         let mut weights = Vec::with_capacity(arch.weights().entries().len());
         for e in arch.weights().entries() {
-            let t = gguf.tensor(&e.name).ok_or_else(|| EngineError::Invalid(format!("tensor {} vanished", e.name)))?;
+            let t = gguf
+                .tensor(&e.name)
+                .ok_or_else(|| EngineError::Invalid(format!("tensor {} vanished", e.name)))?;
             let data = smelt_quant::dequantize_to_vec(t.dtype, gguf.tensor_data(t))
                 .map_err(|err| EngineError::Invalid(format!("tensor {}: {err}", e.name)))?;
             weights.push(data);
         }
         let kv = KvCache::new(n_ctx, &arch.kv_widths());
-        Ok(Runner { arch, backend: ReferenceBackend::new(weights, threads), kv, tokens: Vec::new(), graphs: HashMap::new() })
+        Ok(Runner {
+            arch,
+            backend: ReferenceBackend::new(weights, threads),
+            kv,
+            tokens: Vec::new(),
+            graphs: HashMap::new(),
+        })
     }
 
     pub fn arch(&self) -> &dyn Architecture {
@@ -74,7 +82,12 @@ impl Runner {
     /// Reuse the cached tokens that `prompt` starts with, keeping at least one prompt token to
     /// evaluate (its logits start generation). Returns how many prompt tokens are cached.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let n = common.min(prompt.len().saturating_sub(1));
         self.truncate(n);
         n
@@ -89,10 +102,15 @@ impl Runner {
         }
         let n_vocab = self.arch.n_vocab();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary ({n_vocab})")));
+            return Err(EngineError::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({n_vocab})"
+            )));
         }
         if self.tokens.len() + tokens.len() > self.n_ctx() {
-            return Err(EngineError::ContextFull { needed: self.tokens.len() + tokens.len(), n_ctx: self.n_ctx() });
+            return Err(EngineError::ContextFull {
+                needed: self.tokens.len() + tokens.len(),
+                n_ctx: self.n_ctx(),
+            });
         }
         let mut out = Vec::new();
         let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
@@ -104,11 +122,16 @@ impl Runner {
             };
             let start = self.tokens.len() as u32;
             let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
-            if self.graphs.len() >= MAX_CACHED_GRAPHS && !self.graphs.contains_key(&(chunk.len(), mode)) {
+            if self.graphs.len() >= MAX_CACHED_GRAPHS
+                && !self.graphs.contains_key(&(chunk.len(), mode))
+            {
                 self.graphs.retain(|k, _| k.0 == 1);
             }
             let arch = &self.arch;
-            let graph = self.graphs.entry((chunk.len(), mode)).or_insert_with(|| arch.build(chunk.len(), mode));
+            let graph = self
+                .graphs
+                .entry((chunk.len(), mode))
+                .or_insert_with(|| arch.build(chunk.len(), mode));
             let res = self.backend.execute(graph, chunk, &positions, &mut self.kv);
             self.tokens.extend_from_slice(chunk);
             if output != Output::LastLogits || last {

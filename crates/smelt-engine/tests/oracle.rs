@@ -24,25 +24,35 @@ impl Fixture {
     fn load(model_file: &str) -> Fixture {
         let stem = model_file.trim_end_matches(".gguf");
         let dir = fixture(&format!("oracle/{stem}"));
-        let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).expect("meta.json")).unwrap();
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).expect("meta.json"))
+                .unwrap();
         Fixture { dir, meta }
     }
 
     fn i32s(&self, name: &str) -> Vec<i32> {
         let b = std::fs::read(self.dir.join(name)).unwrap();
-        b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+        b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     fn f32s(&self, name: &str) -> Vec<f32> {
         let b = std::fs::read(self.dir.join(name)).unwrap();
-        b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 }
 
 /// Teacher-forced comparison and perplexity at n_ctx = 512 over the fixture's chunks.
 fn teacher_forced(model_file: &str) {
     let fx = Fixture::load(model_file);
-    let corpus: Vec<u32> = fx.i32s("corpus_tokens.i32").into_iter().map(|t| t as u32).collect();
+    let corpus: Vec<u32> = fx
+        .i32s("corpus_tokens.i32")
+        .into_iter()
+        .map(|t| t as u32)
+        .collect();
     let top_ids = fx.i32s("tf_top_ids.i32");
     let top_lps = fx.f32s("tf_top_logprobs.f32");
     let rest_lps = fx.f32s("tf_rest_logprobs.f32");
@@ -114,17 +124,24 @@ fn teacher_forced(model_file: &str) {
         (ppl / ppl_ref - 1.0) * 100.0
     );
     assert!(n_pos >= 2000, "only {n_pos} positions");
-    assert_eq!(n_scored, fx.meta["perplexity"]["512"]["count"].as_u64().unwrap() as usize);
+    assert_eq!(
+        n_scored,
+        fx.meta["perplexity"]["512"]["count"].as_u64().unwrap() as usize
+    );
     assert!(agreement >= 0.95, "argmax agreement {agreement}");
     assert!(mean_kl <= 0.01, "mean KL {mean_kl}");
-    assert!((ppl / ppl_ref - 1.0).abs() <= 0.01, "perplexity {ppl} vs llama.cpp {ppl_ref}");
+    assert!(
+        (ppl / ppl_ref - 1.0).abs() <= 0.01,
+        "perplexity {ppl} vs llama.cpp {ppl_ref}"
+    );
 }
 
 /// Greedy continuations: equal to llama.cpp's up to the first difference, which must sit at a
 /// near tie (llama.cpp's top-2 logits within 0.5).
 fn greedy(model_file: &str) {
     let fx = Fixture::load(model_file);
-    let greedy: Value = serde_json::from_slice(&std::fs::read(fx.dir.join("greedy.json")).unwrap()).unwrap();
+    let greedy: Value =
+        serde_json::from_slice(&std::fs::read(fx.dir.join("greedy.json")).unwrap()).unwrap();
     let g = Gguf::open(model_path(model_file)).unwrap();
     let mut r = Runner::load(&g, 512, 2).unwrap();
     let prompts = greedy["prompts"].as_array().unwrap();
@@ -132,9 +149,24 @@ fn greedy(model_file: &str) {
     let mut identical = 0;
     for p in prompts {
         let name = p["name"].as_str().unwrap();
-        let ids: Vec<u32> = p["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let want: Vec<u32> = p["output_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let margins: Vec<f64> = p["margins"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let ids: Vec<u32> = p["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let want: Vec<u32> = p["output_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let margins: Vec<f64> = p["margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         r.clear();
         let mut logits = r.eval(&ids, Output::LastLogits).unwrap();
         let mut got = Vec::new();
@@ -148,7 +180,10 @@ fn greedy(model_file: &str) {
                     want[i],
                     margins[i]
                 );
-                eprintln!("{model_file} '{name}': diverges at token {i} (llama.cpp margin {:.3})", margins[i]);
+                eprintln!(
+                    "{model_file} '{name}': diverges at token {i} (llama.cpp margin {:.3})",
+                    margins[i]
+                );
                 break;
             }
             if i + 1 < want.len() {

@@ -6,7 +6,10 @@ use smelt_models::Output;
 use smelt_testutil::{model_path, GEMMA3, SMOLLM2};
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn cache_equals_full(model: &str) {
@@ -23,7 +26,10 @@ fn cache_equals_full(model: &str) {
     }
     let full_last = &all[(toks.len() - 1) * n_vocab..];
     let d = max_diff(&last, full_last);
-    assert!(d < 1e-3, "{model}: cached decode differs from full evaluation by {d}");
+    assert!(
+        d < 1e-3,
+        "{model}: cached decode differs from full evaluation by {d}"
+    );
     assert!(last.iter().all(|x| x.is_finite()));
 }
 
@@ -41,6 +47,14 @@ fn gemma3_cache_equals_full() {
 fn context_and_vocab_are_checked() {
     let g = Gguf::open(model_path(SMOLLM2)).unwrap();
     let mut r = Runner::load(&g, 4, 1).unwrap();
-    assert!(r.eval(&[1, 2, 3, 4, 5], Output::LastLogits).unwrap_err().to_string().contains("context"));
-    assert!(r.eval(&[999_999], Output::LastLogits).unwrap_err().to_string().contains("outside the vocabulary"));
+    assert!(r
+        .eval(&[1, 2, 3, 4, 5], Output::LastLogits)
+        .unwrap_err()
+        .to_string()
+        .contains("context"));
+    assert!(r
+        .eval(&[999_999], Output::LastLogits)
+        .unwrap_err()
+        .to_string()
+        .contains("outside the vocabulary"));
 }

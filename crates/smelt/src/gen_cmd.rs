@@ -25,15 +25,25 @@ impl ModelArgs {
         if p.is_file() {
             return Ok(p);
         }
-        bail!("model '{}' not found (give a path to a .gguf file)", self.model)
+        bail!(
+            "model '{}' not found (give a path to a .gguf file)",
+            self.model
+        )
     }
 
     fn load(&self) -> Result<Model> {
         let path = self.path()?;
         let t0 = std::time::Instant::now();
-        let opts = LoadOptions { num_ctx: self.ctx.unwrap_or(0), threads: self.threads.unwrap_or(0) };
+        let opts = LoadOptions {
+            num_ctx: self.ctx.unwrap_or(0),
+            threads: self.threads.unwrap_or(0),
+        };
         let m = Model::load(&path, opts).with_context(|| format!("loading {}", path.display()))?;
-        log(&format!("loaded {} in {:.2}s", path.display(), t0.elapsed().as_secs_f64()));
+        log(&format!(
+            "loaded {} in {:.2}s",
+            path.display(),
+            t0.elapsed().as_secs_f64()
+        ));
         Ok(m)
     }
 }
@@ -151,14 +161,19 @@ pub fn run(a: RunArgs) -> Result<()> {
             model.encode_prompt(&p)
         } else {
             messages.push(serde_json::json!({"role": "user", "content": p}));
-            model.encode_chat(&serde_json::Value::Array(messages), None, true)?.1
+            model
+                .encode_chat(&serde_json::Value::Array(messages), None, true)?
+                .1
         };
         stream(&model, a.request(ids), a.verbose)?;
         println!();
         return Ok(());
     }
     // Interactive chat.
-    eprintln!("smelt: chatting with {} (Ctrl-D to quit, /clear to forget)", model.info().name);
+    eprintln!(
+        "smelt: chatting with {} (Ctrl-D to quit, /clear to forget)",
+        model.info().name
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!(">>> ");
@@ -182,7 +197,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         let ids = if a.raw {
             model.encode_prompt(line)
         } else {
-            model.encode_chat(&serde_json::Value::Array(messages.clone()), None, true)?.1
+            model
+                .encode_chat(&serde_json::Value::Array(messages.clone()), None, true)?
+                .1
         };
         let reply = stream(&model, a.request(ids), a.verbose)?;
         println!("\n");
@@ -217,14 +234,25 @@ pub struct PerplexityArgs {
 }
 
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let n_ctx = a.model.ctx.unwrap_or(512);
-    let model = Model::load(&a.model.path()?, LoadOptions { num_ctx: n_ctx, threads: a.model.threads.unwrap_or(0) })?;
+    let model = Model::load(
+        &a.model.path()?,
+        LoadOptions {
+            num_ctx: n_ctx,
+            threads: a.model.threads.unwrap_or(0),
+        },
+    )?;
     let tok = model.tokenizer();
     // llama-perplexity tokenises the whole text with BOS (when the model adds one).
     let tokens = tok.encode(&text, true, false);
     let bos = if tok.adds_bos() { tok.bos() } else { None };
-    log(&format!("{} tokens, {} chunks of {n_ctx}", tokens.len(), tokens.len() / n_ctx));
+    log(&format!(
+        "{} tokens, {} chunks of {n_ctx}",
+        tokens.len(),
+        tokens.len() / n_ctx
+    ));
     let r = model.with_runner(|r| {
         smelt_engine::perplexity::perplexity(r, &tokens, n_ctx, bos, a.chunks, |i, n, ppl| {
             eprint!("[{i}/{n}]{ppl:.4} ");
@@ -252,7 +280,9 @@ pub struct ShowArgs {
 pub fn show(a: ShowArgs) -> Result<()> {
     let g = smelt_gguf::Gguf::open(&a.model).with_context(|| format!("opening {}", a.model))?;
     let arch = smelt_models::load(&g)?;
-    let tmpl = smelt_tokenizer::ChatTemplate::from_gguf(&g, arch.arch())?;
+    let vocab = smelt_tokenizer::Vocab::from_gguf(&g)?;
+    let tok = smelt_tokenizer::Tokenizer::new(&vocab)?;
+    let tmpl = smelt_tokenizer::ChatTemplate::for_model(&vocab, &tok)?;
     if a.template {
         println!("{}", tmpl.source());
         return Ok(());
@@ -273,7 +303,10 @@ pub fn show(a: ShowArgs) -> Result<()> {
     let mix: Vec<String> = mix.iter().map(|(n, c)| format!("{n} x{c}")).collect();
     let params = arch.weights().n_params() as f64;
     println!("  Model");
-    println!("    name                {}", g.get_str("general.name")?.unwrap_or("-"));
+    println!(
+        "    name                {}",
+        g.get_str("general.name")?.unwrap_or("-")
+    );
     println!("    architecture        {}", arch.arch());
     println!("    parameters          {:.1}M", params / 1e6);
     println!("    context length      {}", arch.context_length());
@@ -281,7 +314,10 @@ pub fn show(a: ShowArgs) -> Result<()> {
     println!("    layers              {}", arch.n_layer());
     println!("    vocabulary          {}", arch.n_vocab());
     println!("    quantization        {}", mix.join(", "));
-    println!("    file size           {:.1} MB", g.file_size() as f64 / 1e6);
+    println!(
+        "    file size           {:.1} MB",
+        g.file_size() as f64 / 1e6
+    );
     println!("  Template");
     for line in tmpl.source().lines().take(6) {
         println!("    {line}");

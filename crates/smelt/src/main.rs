@@ -8,7 +8,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "smelt", version, about = "Local LLM inference: GGUF models, fused CPU engine, Ollama/OpenAI/Anthropic server")]
+#[command(
+    name = "smelt",
+    version,
+    about = "Local LLM inference: GGUF models, fused CPU engine, Ollama/OpenAI/Anthropic server"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
