@@ -154,4 +154,10 @@ pub trait ModelRegistry: Send + Sync {
         progress: &mut dyn FnMut(PullStatus),
         cancel: &AtomicBool,
     ) -> Result<(), RegistryError>;
+    fn create(
+        &self,
+        name: &str,
+        spec: &CreateModel,
+        progress: &mut dyn FnMut(PullStatus),
+    ) -> Result<(), RegistryError>;
 }

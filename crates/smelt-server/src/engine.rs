@@ -13,9 +13,18 @@ use crate::constrain::TokenTable;
 pub struct EngineLoader;
 
 impl ModelLoader for EngineLoader {
-    fn load(&self, path: &Path, num_ctx: usize, threads: usize) -> Result<Arc<dyn LoadedModel>, String> {
-        let model = Model::load(path, LoadOptions { num_ctx, threads }).map_err(|e| e.to_string())?;
-        Ok(Arc::new(EngineModel { model, table: OnceLock::new() }))
+    fn load(
+        &self,
+        path: &Path,
+        num_ctx: usize,
+        threads: usize,
+    ) -> Result<Arc<dyn LoadedModel>, String> {
+        let model =
+            Model::load(path, LoadOptions { num_ctx, threads }).map_err(|e| e.to_string())?;
+        Ok(Arc::new(EngineModel {
+            model,
+            table: OnceLock::new(),
+        }))
     }
 
     fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String> {
@@ -52,8 +61,16 @@ impl LoadedModel for EngineModel {
         Some(self.model.chat_template().source().to_string())
     }
 
-    fn render_chat(&self, messages: &Value, tools: Option<&Value>, add_generation_prompt: bool) -> Result<String, String> {
-        self.model.chat_template().render(messages, tools, add_generation_prompt).map_err(|e| e.to_string())
+    fn render_chat(
+        &self,
+        messages: &Value,
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        self.model
+            .chat_template()
+            .render(messages, tools, add_generation_prompt)
+            .map_err(|e| e.to_string())
     }
 
     fn encode_prompt(&self, text: &str) -> Vec<u32> {
@@ -61,7 +78,9 @@ impl LoadedModel for EngineModel {
     }
 
     fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
-        self.model.tokenizer().encode(text, add_special, parse_special)
+        self.model
+            .tokenizer()
+            .encode(text, add_special, parse_special)
     }
 
     fn detokenize(&self, tokens: &[u32]) -> String {
@@ -72,14 +91,26 @@ impl LoadedModel for EngineModel {
         self.table
             .get_or_init(|| {
                 let t = self.model.tokenizer();
-                let bytes: Vec<Vec<u8>> = (0..t.vocab_size() as u32).map(|id| t.token_to_piece(id, false).to_vec()).collect();
-                Arc::new(TokenTable::new(bytes, |id| !t.is_control(id), t.eog_ids().collect()))
+                let bytes: Vec<Vec<u8>> = (0..t.vocab_size() as u32)
+                    .map(|id| t.token_to_piece(id, false).to_vec())
+                    .collect();
+                Arc::new(TokenTable::new(
+                    bytes,
+                    |id| !t.is_control(id),
+                    t.eog_ids().collect(),
+                ))
             })
             .clone()
     }
 
-    fn generate(&self, req: GenerateRequest, on_event: &mut dyn FnMut(Event)) -> Result<Usage, String> {
-        self.model.generate(req, on_event).map_err(|e| e.to_string())
+    fn generate(
+        &self,
+        req: GenerateRequest,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Usage, String> {
+        self.model
+            .generate(req, on_event)
+            .map_err(|e| e.to_string())
     }
 
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, String> {

@@ -127,11 +127,20 @@ pub fn router(app: Arc<AppState>) -> Router {
 }
 
 /// Check the settings and bind the listening socket; returns it with its address (port 0 picks one).
-pub async fn bind(config: &ServerConfig) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), ConfigError> {
+pub async fn bind(
+    config: &ServerConfig,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), ConfigError> {
     config.check_auth()?;
     let bind = config.bind.socket_string();
-    let listener = tokio::net::TcpListener::bind(&bind).await.map_err(|source| ConfigError::Bind { bind: bind.clone(), source })?;
-    let addr = listener.local_addr().map_err(|source| ConfigError::Bind { bind, source })?;
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|source| ConfigError::Bind {
+            bind: bind.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ConfigError::Bind { bind, source })?;
     Ok((listener, addr))
 }
 
@@ -146,13 +155,21 @@ pub fn run_blocking(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|source| ConfigError::Bind { bind: config.bind.socket_string(), source })?;
+        .map_err(|source| ConfigError::Bind {
+            bind: config.bind.socket_string(),
+            source,
+        })?;
     rt.block_on(async move {
         let (listener, addr) = bind(&config).await?;
         on_bound(addr, &config);
         let bind_str = config.bind.socket_string();
         let app = AppState::new(config, loader, registry);
-        serve_on(listener, app, shutdown_signal()).await.map_err(|source| ConfigError::Bind { bind: bind_str, source })
+        serve_on(listener, app, shutdown_signal())
+            .await
+            .map_err(|source| ConfigError::Bind {
+                bind: bind_str,
+                source,
+            })
     })
 }
 

@@ -1,5 +1,5 @@
-//! Model lookup: plain GGUF paths ([`FileRegistry`]), and what the server reads from a GGUF
-//! file itself (model_info for /api/show, a memory estimate before loading).
+//! Model lookup through the model store ([`StoreRegistry`]), and what the server reads from a
+//! GGUF file itself (model_info for /api/show, a memory estimate before loading).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -8,49 +8,9 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{json, Map, Value};
 use smelt_gguf::{Array, Gguf};
 
-use crate::backend::{CreateModel, ModelDetails, ModelRecord, ModelRegistry, PullStatus, RegistryError};
-
-/// Serves models named by their path to a `.gguf` file; lists nothing and cannot copy, delete or
-/// pull (the model store does that).
-pub struct FileRegistry;
-
-impl ModelRegistry for FileRegistry {
-    fn resolve(&self, name: &str) -> Result<ModelRecord, RegistryError> {
-        let path = expand(name);
-        if !path.is_file() {
-            return Err(RegistryError::NotFound(name.to_string()));
-        }
-        record_for_file(name, &path)
-    }
-    fn list(&self) -> Result<Vec<ModelRecord>, RegistryError> {
-        Ok(Vec::new())
-    }
-    fn copy(&self, _: &str, _: &str) -> Result<(), RegistryError> {
-        Err(RegistryError::Invalid(
-            "copying models needs the model store".into(),
-        ))
-    }
-    fn delete(&self, name: &str) -> Result<(), RegistryError> {
-        Err(RegistryError::NotFound(name.to_string()))
-    }
-    fn pull(
-        &self,
-        _: &str,
-        _: &mut dyn FnMut(PullStatus),
-        _: &AtomicBool,
-    ) -> Result<(), RegistryError> {
-        Err(RegistryError::Invalid(
-            "pulling models needs the model store".into(),
-        ))
-    }
-}
-
-fn expand(name: &str) -> PathBuf {
-    match (name.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(name),
-    }
-}
+use crate::backend::{
+    CreateModel, ModelDetails, ModelRecord, ModelRegistry, PullStatus, RegistryError,
+};
 
 /// A record for a loose GGUF file; its digest identifies the file by path, size and time (hashing
 /// gigabytes for a listing would be too slow).
@@ -250,7 +210,7 @@ mod tests {
     #[test]
     fn real_model_record_info_and_estimate() {
         let path = smelt_testutil::model_path(smelt_testutil::SMOLLM2);
-        let r = FileRegistry.resolve(path.to_str().unwrap()).unwrap();
+        let r = record_for_file("smol", &path).unwrap();
         assert_eq!(r.details.family, "llama");
         assert_eq!(r.details.quantization_level, "Q4_1");
         assert_eq!(r.details.parameter_size, "135M");
@@ -263,10 +223,6 @@ mod tests {
         let e1 = estimate_memory(&path, 1024).unwrap();
         let e2 = estimate_memory(&path, 2048).unwrap();
         assert_eq!(e2 - e1, 30 * 1024 * 3 * 128 * 4);
-        assert!(matches!(
-            FileRegistry.resolve("/no/such.gguf"),
-            Err(RegistryError::NotFound(_))
-        ));
     }
 }
 
@@ -442,7 +398,12 @@ impl ModelRegistry for StoreRegistry {
             .map_err(store_error)
     }
 
-    fn create(&self, name: &str, spec: &CreateModel, progress: &mut dyn FnMut(PullStatus)) -> Result<(), RegistryError> {
+    fn create(
+        &self,
+        name: &str,
+        spec: &CreateModel,
+        progress: &mut dyn FnMut(PullStatus),
+    ) -> Result<(), RegistryError> {
         let n = parse_name(name)?;
         let spec = smelt_store::CreateSpec {
             from: spec.from.clone(),
@@ -450,12 +411,24 @@ impl ModelRegistry for StoreRegistry {
             system: spec.system.clone(),
             parameters: spec.parameters.clone(),
             license: spec.license.clone(),
-            messages: spec.messages.iter().map(|(role, content)| smelt_store::Message { role: role.clone(), content: content.clone() }).collect(),
+            messages: spec
+                .messages
+                .iter()
+                .map(|(role, content)| smelt_store::Message {
+                    role: role.clone(),
+                    content: content.clone(),
+                })
+                .collect(),
         };
         let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         self.store
             .create(&n, &spec, &base, &mut |p| {
-                progress(PullStatus { status: p.status.clone(), digest: p.digest.clone(), total: p.total, completed: p.completed })
+                progress(PullStatus {
+                    status: p.status.clone(),
+                    digest: p.digest.clone(),
+                    total: p.total,
+                    completed: p.completed,
+                })
             })
             .map(|_| ())
             .map_err(store_error)

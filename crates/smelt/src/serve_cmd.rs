@@ -56,14 +56,19 @@ fn configure(args: &ServeArgs) -> Result<ServerConfig> {
     }
     c.no_auth = args.no_auth;
     if let Some(k) = &args.keep_alive {
-        c.keep_alive = KeepAlive::parse_str(k).map_err(anyhow::Error::msg).context("--keep-alive")?;
+        c.keep_alive = KeepAlive::parse_str(k)
+            .map_err(anyhow::Error::msg)
+            .context("--keep-alive")?;
     }
     if let Some(n) = args.ctx_size {
         anyhow::ensure!(n > 0, "--ctx-size must be at least 1");
         c.default_num_ctx = n;
     }
     if let Some(m) = &args.max_memory {
-        c.max_memory = Some(parse_bytes(m).with_context(|| format!("--max-memory {m:?}: expected a size like 8GiB"))?);
+        c.max_memory = Some(
+            parse_bytes(m)
+                .with_context(|| format!("--max-memory {m:?}: expected a size like 8GiB"))?,
+        );
     }
     if let Some(n) = args.max_loaded_models {
         c.max_loaded_models = n.max(1);
@@ -75,7 +80,11 @@ fn configure(args: &ServeArgs) -> Result<ServerConfig> {
         c.threads = n;
     }
     if let Some(o) = &args.origins {
-        c.origins.extend(o.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+        c.origins.extend(
+            o.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        );
     }
     Ok(c)
 }
@@ -83,14 +92,27 @@ fn configure(args: &ServeArgs) -> Result<ServerConfig> {
 pub fn run_serve(args: ServeArgs) -> Result<()> {
     let config = configure(&args)?;
     let registry = StoreRegistry::from_env().context("opening the model store")?;
-    smelt_server::run_blocking(config, Arc::new(EngineLoader), Arc::new(registry), |addr, cfg| {
-        let host = if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
-        let key = if cfg.api_key.is_some() { "$SMELT_API_KEY" } else { "smelt" };
-        eprintln!("smelt listening on http://{addr} (Ollama, OpenAI and Anthropic APIs; chat page at http://{host}/ui)");
-        eprintln!("  Claude Code:  ANTHROPIC_BASE_URL=http://{host} ANTHROPIC_AUTH_TOKEN={key} claude --model <model>");
-        eprintln!("  OpenAI SDKs:  OPENAI_BASE_URL=http://{host}/v1 OPENAI_API_KEY={key}");
-        eprintln!("  Ollama tools: OLLAMA_HOST=http://{host}");
-    })?;
+    smelt_server::run_blocking(
+        config,
+        Arc::new(EngineLoader),
+        Arc::new(registry),
+        |addr, cfg| {
+            let host = if addr.ip().is_unspecified() {
+                format!("127.0.0.1:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            let key = if cfg.api_key.is_some() {
+                "$SMELT_API_KEY"
+            } else {
+                "smelt"
+            };
+            eprintln!("smelt listening on http://{addr} (Ollama, OpenAI and Anthropic APIs; chat page at http://{host}/ui)");
+            eprintln!("  Claude Code:  ANTHROPIC_BASE_URL=http://{host} ANTHROPIC_AUTH_TOKEN={key} claude --model <model>");
+            eprintln!("  OpenAI SDKs:  OPENAI_BASE_URL=http://{host}/v1 OPENAI_API_KEY={key}");
+            eprintln!("  Ollama tools: OLLAMA_HOST=http://{host}");
+        },
+    )?;
     Ok(())
 }
 
@@ -100,13 +122,31 @@ mod tests {
 
     #[test]
     fn flags_override() {
-        let args = ServeArgs { host: Some("0.0.0.0".into()), port: Some(8080), no_auth: true, keep_alive: Some("10s".into()), ctx_size: Some(2048), ..Default::default() };
+        let args = ServeArgs {
+            host: Some("0.0.0.0".into()),
+            port: Some(8080),
+            no_auth: true,
+            keep_alive: Some("10s".into()),
+            ctx_size: Some(2048),
+            ..Default::default()
+        };
         let c = configure(&args).unwrap();
         assert_eq!(c.bind.socket_string(), "0.0.0.0:8080");
         assert!(c.no_auth && c.check_auth().is_ok());
-        assert_eq!(c.keep_alive, KeepAlive::For(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            c.keep_alive,
+            KeepAlive::For(std::time::Duration::from_secs(10))
+        );
         assert_eq!(c.default_num_ctx, 2048);
-        assert!(configure(&ServeArgs { keep_alive: Some("soon".into()), ..Default::default() }).is_err());
-        assert!(configure(&ServeArgs { max_memory: Some("lots".into()), ..Default::default() }).is_err());
+        assert!(configure(&ServeArgs {
+            keep_alive: Some("soon".into()),
+            ..Default::default()
+        })
+        .is_err());
+        assert!(configure(&ServeArgs {
+            max_memory: Some("lots".into()),
+            ..Default::default()
+        })
+        .is_err());
     }
 }

@@ -873,22 +873,51 @@ struct CreateMessage {
 }
 
 /// Ollama's /api/create with `from` naming a model or a GGUF file on this machine.
-pub async fn create(State(app): State<Arc<AppState>>, body: std::result::Result<Bytes, BytesRejection>) -> Result<Response> {
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
     let body = body_bytes(body).map_err(err)?;
     let b: CreateBody = parse_body(&body).map_err(err)?;
-    let name = b.model.or(b.name).filter(|n| !n.trim().is_empty()).ok_or_else(|| err(ApiError::invalid_param("model", "model is required")))?;
+    let name = b
+        .model
+        .or(b.name)
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| err(ApiError::invalid_param("model", "model is required")))?;
     if b.files.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(err(ApiError::invalid_param("files", "uploaded blobs are not supported: give `from` a model name or a path to a GGUF file")));
+        return Err(err(ApiError::invalid_param(
+            "files",
+            "uploaded blobs are not supported: give `from` a model name or a path to a GGUF file",
+        )));
     }
     if b.quantize.is_some() {
-        return Err(err(ApiError::invalid_param("quantize", "quantizing on create is not supported")));
+        return Err(err(ApiError::invalid_param(
+            "quantize",
+            "quantizing on create is not supported",
+        )));
     }
-    let from = b.from.filter(|f| !f.trim().is_empty()).ok_or_else(|| err(ApiError::invalid_param("from", "from is required (a model name or a path to a GGUF file)")))?;
+    let from = b.from.filter(|f| !f.trim().is_empty()).ok_or_else(|| {
+        err(ApiError::invalid_param(
+            "from",
+            "from is required (a model name or a path to a GGUF file)",
+        ))
+    })?;
     let license = match b.license {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s],
-        Some(Value::Array(a)) => a.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-        Some(other) => return Err(err(ApiError::invalid_param("license", format!("license must be a string or a list of strings, got {}", run::kind_of(&other))))),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(other) => {
+            return Err(err(ApiError::invalid_param(
+                "license",
+                format!(
+                    "license must be a string or a list of strings, got {}",
+                    run::kind_of(&other)
+                ),
+            )))
+        }
     };
     let spec = crate::backend::CreateModel {
         from,
@@ -896,7 +925,12 @@ pub async fn create(State(app): State<Arc<AppState>>, body: std::result::Result<
         system: b.system,
         parameters: b.parameters.unwrap_or_default(),
         license,
-        messages: b.messages.unwrap_or_default().into_iter().map(|m| (m.role, m.content)).collect(),
+        messages: b
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.role, m.content))
+            .collect(),
     };
     // The parameters must be options smelt understands, with the right types.
     GenOptions::from_ollama(&spec.parameters).map_err(err)?;
@@ -910,7 +944,15 @@ pub async fn create(State(app): State<Arc<AppState>>, body: std::result::Result<
     if b.stream == Some(false) {
         return Ok(Json(done).into_response());
     }
-    let mut resp = axum::body::Body::from(format!("{}\n{}\n", json!({"status": "creating model"}), done)).into_response();
-    resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-ndjson"));
+    let mut resp = axum::body::Body::from(format!(
+        "{}\n{}\n",
+        json!({"status": "creating model"}),
+        done
+    ))
+    .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
     Ok(resp)
 }
