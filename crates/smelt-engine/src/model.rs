@@ -243,7 +243,7 @@ impl Model {
             idx.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
             best = idx;
         }
-        let text = |t: u32| String::from_utf8_lossy(&self.tokenizer.token_to_piece(t)).into_owned();
+        let text = |t: u32| String::from_utf8_lossy(self.tokenizer.token_to_piece(t)).into_owned();
         TokenLogprob {
             token: tok,
             text: text(tok),

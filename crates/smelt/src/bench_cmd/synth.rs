@@ -93,7 +93,8 @@ impl Mix {
 
 /// llama.cpp's choice of layers that get more bits in the _M mixes.
 fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // Past the first short-circuit, i >= n / 8 holds.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// Parse `SHAPE:MIX`, e.g. `llama-1b:q4_k_m`.
