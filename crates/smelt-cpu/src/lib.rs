@@ -8,5 +8,5 @@ pub mod fast;
 pub mod kernels;
 pub mod reference;
 
-pub use fast::{ExecStats, FastBackend, FastError, FastKvCache, Program, WeightSpec};
+pub use fast::{ExecStats, FastBackend, FastError, FastKvCache, KvType, Program, WeightSpec};
 pub use reference::{KvCache, ReferenceBackend};

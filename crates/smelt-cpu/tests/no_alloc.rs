@@ -57,8 +57,8 @@ fn decode_and_prefill_steps_allocate_nothing() {
             .collect();
         let mut fb = FastBackend::new(Arc::clone(&g), &specs, 2).unwrap();
         let mut kv = FastKvCache::new(32, &arch.kv_widths());
-        let prefill = fb.lower(&arch.build(4, Output::LastLogits), 32).unwrap();
-        let decode = fb.lower(&arch.build(1, Output::LastLogits), 32).unwrap();
+        let prefill = fb.lower(&arch.build(4, Output::LastLogits), &kv).unwrap();
+        let decode = fb.lower(&arch.build(1, Output::LastLogits), &kv).unwrap();
         let prompt = [2u32, 651, 6037, 576];
         let positions = [0u32, 1, 2, 3];
         // Warm up: the first executions may touch lazily initialised runtime state.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use smelt_cpu::{
-    ExecStats, FastBackend, FastKvCache, KvCache, Program, ReferenceBackend, WeightSpec,
+    ExecStats, FastBackend, FastKvCache, KvCache, KvType, Program, ReferenceBackend, WeightSpec,
 };
 use smelt_gguf::Gguf;
 use smelt_graph::Graph;
@@ -57,6 +57,21 @@ pub struct RunnerOptions {
     pub n_ctx: usize,
     pub threads: usize,
     pub backend: BackendKind,
+    /// How the fast backend stores keys and values (the reference keeps f32).
+    pub kv_type: KvType,
+}
+
+impl RunnerOptions {
+    /// `n_ctx` positions, `threads` threads, the backend [`BackendKind::from_env`] picks
+    /// (fast unless told otherwise), f16 keys and values.
+    pub fn new(n_ctx: usize, threads: usize) -> Result<RunnerOptions, EngineError> {
+        Ok(RunnerOptions {
+            n_ctx,
+            threads,
+            backend: BackendKind::from_env()?,
+            kv_type: KvType::F16,
+        })
+    }
 }
 
 enum Exec {
@@ -91,6 +106,7 @@ impl Runner {
                 n_ctx,
                 threads,
                 backend,
+                kv_type: KvType::F16,
             },
         )
     }
@@ -130,7 +146,8 @@ impl Runner {
                     .collect();
                 let backend = FastBackend::new(gguf, &specs, opts.threads)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?;
-                let kv = FastKvCache::new(opts.n_ctx, &arch.kv_widths());
+                let kv = FastKvCache::with_type(opts.n_ctx, &arch.kv_widths(), opts.kv_type)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
                 Exec::Fast {
                     backend: Box::new(backend),
                     kv,
@@ -163,6 +180,21 @@ impl Runner {
         match &self.exec {
             Exec::Fast { backend, .. } => Some(backend.stats()),
             Exec::Reference { .. } => None,
+        }
+    }
+
+    /// Time every fused kernel from now on (fast backend); see [`Runner::profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        if let Exec::Fast { backend, .. } = &mut self.exec {
+            backend.set_profiling(on);
+        }
+    }
+
+    /// Per kernel kind: total milliseconds and count (fast backend, when profiling).
+    pub fn profile(&self) -> Vec<(String, f64, u64)> {
+        match &self.exec {
+            Exec::Fast { backend, .. } => backend.profile(),
+            Exec::Reference { .. } => Vec::new(),
         }
     }
 
@@ -294,7 +326,7 @@ impl Runner {
                 }
                 if let Entry::Vacant(slot) = programs.entry(key) {
                     let prog = backend
-                        .lower(&arch.build(chunk.len(), mode), kv.capacity())
+                        .lower(&arch.build(chunk.len(), mode), kv)
                         .map_err(|e| EngineError::Invalid(e.to_string()))?;
                     slot.insert(prog);
                 }

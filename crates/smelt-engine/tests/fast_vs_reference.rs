@@ -47,6 +47,7 @@ fn fidelity(model: &str, toks: &[u32], max_kl: f64, min_agree: f64) {
                 n_ctx: 64,
                 threads: 2,
                 backend,
+                kv_type: smelt_engine::KvType::F16,
             },
         )
         .unwrap();

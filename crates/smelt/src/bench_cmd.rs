@@ -11,7 +11,7 @@
 //!
 //! | key | meaning |
 //! | --- | --- |
-//! | `model`, `backend`, `isa`, `threads` | what ran: file, backend (`fast`/`reference`), SIMD level, threads |
+//! | `model`, `backend`, `isa`, `threads`, `kv_type` | what ran: file, backend (`fast`/`reference`), SIMD level, threads, KV storage (`f16`/`q8_0`) |
 //! | `n_prompt`, `n_gen`, `reps` | `-p`, `-n`, `-r` |
 //! | `n_layer`, `n_vocab`, `file_bytes` | the model's layers, vocabulary size, file size |
 //! | `prefill_tps` (`_min`, `_max`) | prompt tokens per second: median (min, max) over repetitions |
@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use smelt_engine::{BackendKind, Runner, RunnerOptions};
+use smelt_engine::{BackendKind, KvType, Runner, RunnerOptions};
 use smelt_gguf::Gguf;
 use smelt_graph::Op;
 use smelt_models::Output;
@@ -48,6 +48,13 @@ use smelt_models::Output;
 pub enum BenchBackend {
     Fast,
     Reference,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchKv {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 /// Arguments of `smelt bench`.
@@ -86,7 +93,10 @@ pub struct BenchArgs {
     /// Backend to run.
     #[arg(long, value_enum, default_value_t = BenchBackend::Fast)]
     pub backend: BenchBackend,
-    /// Print the fused plan of a decode step.
+    /// KV cache storage of the fast backend.
+    #[arg(long, value_enum, default_value_t = BenchKv::F16)]
+    pub kv: BenchKv,
+    /// Print the fused plan of a decode step and the time per kernel kind.
     #[arg(long)]
     pub verbose: bool,
 }
@@ -194,14 +204,17 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         BenchBackend::Reference => BackendKind::Reference,
     };
     let n_ctx = a.n_prompt + a.n_gen + 1;
-    let mut runner = Runner::load_with(
-        Arc::clone(&gguf),
-        RunnerOptions {
-            n_ctx,
-            threads,
-            backend,
-        },
-    )?;
+    let kv_type = match a.kv {
+        BenchKv::F16 => KvType::F16,
+        BenchKv::Q8_0 => KvType::Q8_0,
+    };
+    let opts = RunnerOptions {
+        n_ctx,
+        threads,
+        backend,
+        kv_type,
+    };
+    let mut runner = Runner::load_with(Arc::clone(&gguf), opts)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let n_vocab = runner.arch().n_vocab();
     let prompt: Vec<u32> = (0..a.n_prompt)
@@ -213,6 +226,7 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
             "{}",
             smelt_graph::fuse(&runner.arch().build(1, Output::LastLogits))
         );
+        runner.set_profiling(true);
     }
     let mut first_token_ms = 0.0;
     let (mut prefill_s, mut decode_s) = (Vec::new(), Vec::new());
@@ -239,6 +253,12 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         decode_s.push(dec);
         dispatches += after.dispatches - before.dispatches;
         barriers += after.barriers - before.barriers;
+    }
+    if a.verbose {
+        eprintln!("time per kernel kind (thread 0, barrier wait included), all repetitions:");
+        for (k, ms, n) in runner.profile() {
+            eprintln!("  {ms:10.2} ms {n:8} x  {k}");
+        }
     }
     let decoded = (a.n_gen * a.reps).max(1) as f64;
     Ok(Measured {
@@ -334,6 +354,7 @@ impl Measured {
             "backend": format!("{:?}", a.backend).to_lowercase(),
             "isa": smelt_cpu::kernels::Isa::detect().name(),
             "threads": threads,
+            "kv_type": format!("{:?}", a.kv).to_lowercase(),
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
             "reps": a.reps,

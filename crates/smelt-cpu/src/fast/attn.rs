@@ -7,7 +7,7 @@
 use smelt_quant::half::f16_to_f32;
 
 use super::exec::Ctx;
-use super::kv::kv_index;
+use super::kv::KvType;
 use super::lower::AttnStep;
 use super::FastError;
 
@@ -57,6 +57,33 @@ impl F16Isa {
             // SAFETY: as in `dot`.
             #[cfg(target_arch = "x86_64")]
             F16Isa::Avx2F16c => unsafe { x86::axpy(out, w, v) },
+        }
+    }
+}
+
+/// `sum(q[i] * k[i])` with `k` in q8_0 blocks (f16 scale, 32 i8): per block, the i8 dot in
+/// f32, times the scale.
+fn dot_q8(q: &[f32], k: &[u8]) -> f32 {
+    let mut sum = 0.0;
+    for (qb, kb) in q.chunks_exact(32).zip(k.chunks_exact(34)) {
+        let d = f16_to_f32(u16::from_le_bytes([kb[0], kb[1]]));
+        let mut acc = [0f32; 8];
+        for (qc, kc) in qb.chunks_exact(8).zip(kb[2..].chunks_exact(8)) {
+            for i in 0..8 {
+                acc[i] += qc[i] * f32::from(kc[i] as i8);
+            }
+        }
+        sum += d * acc.iter().sum::<f32>();
+    }
+    sum
+}
+
+/// `out[i] += w * v[i]` with `v` in q8_0 blocks.
+fn axpy_q8(out: &mut [f32], w: f32, v: &[u8]) {
+    for (ob, vb) in out.chunks_exact_mut(32).zip(v.chunks_exact(34)) {
+        let wd = w * f16_to_f32(u16::from_le_bytes([vb[0], vb[1]]));
+        for (o, &x) in ob.iter_mut().zip(&vb[2..]) {
+            *o += wd * f32::from(x as i8);
         }
     }
 }
@@ -163,21 +190,30 @@ pub(crate) fn run(
         let lo = st.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let n_keys = pos + 1 - lo;
         let hk = h / group;
-        let base = kv_index(cap, hd, lo, hk * hd);
+        let base = ctx.kv_type.index(cap, hd, lo, hk * hd);
+        let hr = ctx.kv_type.head_row(hd);
         // SAFETY: q was written by an earlier kernel; the cache rows up to `pos` were written
         // by earlier kernels (this step's) or earlier steps; nothing writes them now.
-        let (q, keys, vals) = unsafe {
-            (
-                ctx.arena.get(st.q_off + t * qcols + h * hd, hd),
-                ctx.kv.get(lay.k + base, n_keys * hd),
-                ctx.kv.get(lay.v + base, n_keys * hd),
-            )
-        };
+        let q = unsafe { ctx.arena.get(st.q_off + t * qcols + h * hd, hd) };
         let sc = &mut scores[..n_keys];
         let mut max = f32::NEG_INFINITY;
-        for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hd)) {
-            *s = ctx.f16.dot(q, k) * st.scale;
-            max = max.max(*s);
+        match ctx.kv_type {
+            KvType::F16 => {
+                // SAFETY: as above.
+                let keys = unsafe { ctx.kv16.get(lay.k + base, n_keys * hr) };
+                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hr)) {
+                    *s = ctx.f16.dot(q, k) * st.scale;
+                    max = max.max(*s);
+                }
+            }
+            KvType::Q8_0 => {
+                // SAFETY: as above.
+                let keys = unsafe { ctx.kv8.get(lay.k + base, n_keys * hr) };
+                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hr)) {
+                    *s = dot_q8(q, k) * st.scale;
+                    max = max.max(*s);
+                }
+            }
         }
         let mut sum = 0.0;
         for s in sc.iter_mut() {
@@ -188,8 +224,21 @@ pub(crate) fn run(
         // head h of row t, which no other item writes.
         let out = unsafe { ctx.arena.get_mut(st.out_off + t * qcols + h * hd, hd) };
         out.fill(0.0);
-        for (s, v) in sc.iter().zip(vals.chunks_exact(hd)) {
-            ctx.f16.axpy(out, s / sum, v);
+        match ctx.kv_type {
+            KvType::F16 => {
+                // SAFETY: as for the keys.
+                let vals = unsafe { ctx.kv16.get(lay.v + base, n_keys * hr) };
+                for (s, v) in sc.iter().zip(vals.chunks_exact(hr)) {
+                    ctx.f16.axpy(out, s / sum, v);
+                }
+            }
+            KvType::Q8_0 => {
+                // SAFETY: as for the keys.
+                let vals = unsafe { ctx.kv8.get(lay.v + base, n_keys * hr) };
+                for (s, v) in sc.iter().zip(vals.chunks_exact(hr)) {
+                    axpy_q8(out, s / sum, v);
+                }
+            }
         }
     }
     Ok(())
@@ -199,6 +248,28 @@ pub(crate) fn run(
 mod tests {
     use super::*;
     use smelt_quant::half::f32_to_f16;
+
+    #[test]
+    fn q8_0_dot_and_axpy_match_dequantised_values() {
+        for n in [32, 64, 256] {
+            let q: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+                .collect();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
+            let k = smelt_quant::quantize_to_vec(smelt_gguf::GgmlType::Q8_0, &x).unwrap();
+            let kd = smelt_quant::dequantize_to_vec(smelt_gguf::GgmlType::Q8_0, &k).unwrap();
+            let want: f32 = q.iter().zip(&kd).map(|(a, b)| a * b).sum();
+            assert!(
+                (dot_q8(&q, &k) - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "n {n}"
+            );
+            let mut out = q.clone();
+            axpy_q8(&mut out, 0.5, &k);
+            for i in 0..n {
+                assert!((out[i] - (q[i] + 0.5 * kd[i])).abs() < 1e-5, "n {n} i {i}");
+            }
+        }
+    }
 
     #[test]
     fn simd_f16_matches_scalar_on_odd_lengths() {

@@ -1,11 +1,12 @@
 //! Executing a program's steps on one thread. Every thread runs every step on its own share;
 //! the caller puts a barrier after each step.
 
+use smelt_gguf::GgmlType;
 use smelt_graph::KvPart;
 use smelt_quant::half::f32_to_f16;
 
 use super::attn::{self, F16Isa};
-use super::kv::{kv_index, LayerOffsets};
+use super::kv::{KvType, LayerOffsets};
 use super::lower::{Dst, In, MatMulStep, RowOp, Src, Step, TIn, TileCompute};
 use super::rowops::{eval, SegEnv};
 use super::shared::SharedSlice;
@@ -17,7 +18,9 @@ pub(crate) struct Ctx<'a> {
     pub tokens: &'a [u32],
     pub positions: &'a [u32],
     pub arena: &'a SharedSlice<'a, f32>,
-    pub kv: &'a SharedSlice<'a, u16>,
+    pub kv16: &'a SharedSlice<'a, u16>,
+    pub kv8: &'a SharedSlice<'a, u8>,
+    pub kv_type: KvType,
     pub kv_layers: &'a [LayerOffsets],
     pub capacity: usize,
     pub n_threads: usize,
@@ -64,6 +67,17 @@ pub(crate) fn run_step(
             }
             Ok(())
         }
+    }
+}
+
+/// A thread's column share of a prologue value, in whole 32-column blocks where the width
+/// allows (q8_0 cache rows are written a block at a time).
+fn share_blocks(width: usize, t: usize, threads: usize) -> (usize, usize) {
+    if width.is_multiple_of(32) {
+        let (b0, b1) = share(width / 32, t, threads);
+        (b0 * 32, b1 * 32)
+    } else {
+        share(width, t, threads)
     }
 }
 
@@ -124,13 +138,13 @@ fn eval_rows(
             &mut s.rope,
         )?;
         let (c0, c1) = match cols_of {
-            Some(tid) => share(op.width, tid, ctx.n_threads),
+            Some(tid) => share_blocks(op.width, tid, ctx.n_threads),
             None => (0, op.width),
         };
         for d in &op.dests {
             // SAFETY: in a prologue each thread writes its own column share; in a rows kernel
             // its own rows.
-            unsafe { write(ctx, d, r, op.rows, c0, &out[c0..c1]) };
+            unsafe { write(ctx, d, r, op.rows, c0, &out[c0..c1])? };
         }
     }
     Ok(())
@@ -140,7 +154,14 @@ fn eval_rows(
 ///
 /// # Safety
 /// No other thread accesses these elements during the current kernel.
-unsafe fn write(ctx: &Ctx, d: &Dst, r: usize, rows: usize, c0: usize, vals: &[f32]) {
+unsafe fn write(
+    ctx: &Ctx,
+    d: &Dst,
+    r: usize,
+    rows: usize,
+    c0: usize,
+    vals: &[f32],
+) -> Result<(), FastError> {
     match *d {
         Dst::Buf { off, cols } => {
             // SAFETY: the caller's.
@@ -159,16 +180,30 @@ unsafe fn write(ctx: &Ctx, d: &Dst, r: usize, rows: usize, c0: usize, vals: &[f3
             let pos = ctx.positions[ctx.input_row(rows, r)] as usize;
             let mut c = c0;
             for run in split_heads(vals, c0, head_dim) {
-                let at = base + kv_index(ctx.capacity, head_dim, pos, c);
-                // SAFETY: the caller's; one head's columns at one position are contiguous.
-                let dst = unsafe { ctx.kv.get_mut(at, run.len()) };
-                dst.iter_mut()
-                    .zip(run)
-                    .for_each(|(d, &v)| *d = f32_to_f16(v));
+                let at = base + ctx.kv_type.index(ctx.capacity, head_dim, pos, c);
+                match ctx.kv_type {
+                    KvType::F16 => {
+                        // SAFETY: the caller's; one head's columns at one position are contiguous.
+                        let dst = unsafe { ctx.kv16.get_mut(at, run.len()) };
+                        dst.iter_mut()
+                            .zip(run)
+                            .for_each(|(d, &v)| *d = f32_to_f16(v));
+                    }
+                    KvType::Q8_0 => {
+                        // Lowering aligns every writer's columns to 32, so runs are whole blocks.
+                        debug_assert!(c.is_multiple_of(32) && run.len().is_multiple_of(32));
+                        // SAFETY: as above, the blocks of these columns.
+                        let dst = unsafe { ctx.kv8.get_mut(at, run.len() / 32 * 34) };
+                        smelt_quant::quantize(GgmlType::Q8_0, run, dst).map_err(|e| {
+                            FastError::Invalid(format!("KV write of layer {layer}: {e}"))
+                        })?;
+                    }
+                }
                 c += run.len();
             }
         }
     }
+    Ok(())
 }
 
 /// `vals` (starting at column `c0`) cut at head boundaries.
@@ -261,7 +296,7 @@ fn run_matmul(st: &MatMulStep, tid: usize, ctx: &Ctx, s: &mut Scratch) -> Result
                             let vals = &tile[t * st.tc_max..t * st.tc_max + nc];
                             // SAFETY: columns cc0..cc1 of this bundle are this thread's work
                             // alone (the partition is disjoint).
-                            unsafe { write(ctx, d, r0 + t, st.rows, cc0, vals) };
+                            unsafe { write(ctx, d, r0 + t, st.rows, cc0, vals)? };
                         }
                     }
                 }

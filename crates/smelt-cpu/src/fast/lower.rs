@@ -4,6 +4,7 @@
 
 use smelt_graph::{Dest, KernelKind, KvPart, NodeId, Op, Plan};
 
+use super::kv::KvType;
 use super::matvec::Matvec;
 use super::rowops::SegOp;
 use super::{FastError, Weights};
@@ -158,9 +159,12 @@ pub struct Program {
     pub(crate) steps: Vec<Step>,
     pub(crate) n_threads: usize,
     pub(crate) kv_capacity: usize,
+    pub(crate) kv_type: KvType,
     pub(crate) need: ScratchNeed,
     pub(crate) out_off: usize,
     pub(crate) out_len: usize,
+    /// Kernel names without layer numbers, for profiles.
+    pub(crate) step_keys: Vec<String>,
 }
 
 impl Program {
@@ -210,6 +214,8 @@ impl Program {
 const TILE_ROWS: usize = 16;
 /// Minimum columns per tile and per unit of work split between threads.
 const TILE_COLS: usize = 64;
+/// Columns per tile when there is one row (decode).
+const DECODE_TILE_COLS: usize = 1024;
 const WORK_GRAN: usize = 16;
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -232,6 +238,7 @@ struct Lowerer<'a> {
     n_threads: usize,
     need: ScratchNeed,
     exact: bool,
+    kv_type: KvType,
 }
 
 impl Lowerer<'_> {
@@ -469,12 +476,27 @@ impl Lowerer<'_> {
                 slots.push((e, slot));
                 slot += 1;
             }
-            let gran = if b.align >= WORK_GRAN || !b.width.is_multiple_of(lcm(b.align, WORK_GRAN)) {
-                b.align
+            let mut gran =
+                if b.align >= WORK_GRAN || !b.width.is_multiple_of(lcm(b.align, WORK_GRAN)) {
+                    b.align
+                } else {
+                    lcm(b.align, WORK_GRAN)
+                };
+            // q8_0 cache rows are written in whole 32-value blocks.
+            let writes_kv = nodes
+                .iter()
+                .any(|n| n.dests.iter().any(|d| matches!(d, Dst::Kv { .. })));
+            if writes_kv && self.kv_type == KvType::Q8_0 {
+                gran = lcm(gran, 32);
+            }
+            // Decode tiles are one row: make them wide (fewer kernel calls); prefill tiles
+            // stay narrow so a weight tile is reused from cache by every token tile.
+            let cols = if rows == 1 {
+                DECODE_TILE_COLS
             } else {
-                lcm(b.align, WORK_GRAN)
+                TILE_COLS
             };
-            let tc = gran * TILE_COLS.div_ceil(gran);
+            let tc = gran * cols.div_ceil(gran);
             tc_max = tc_max.max(tc.min(b.width.next_multiple_of(gran)));
             units.push((b.width, gran, cost));
             steps.push(BundleStep { tc, nodes });
@@ -530,6 +552,7 @@ pub(crate) fn lower(
     weights: &Weights,
     n_threads: usize,
     kv_capacity: usize,
+    kv_type: KvType,
     exact: bool,
 ) -> Result<Program, FastError> {
     let mut l = Lowerer {
@@ -538,7 +561,19 @@ pub(crate) fn lower(
         n_threads,
         need: ScratchNeed::default(),
         exact,
+        kv_type,
     };
+    if kv_type == KvType::Q8_0 {
+        for n in plan.graph().nodes() {
+            if let Op::Attention { head_dim, .. } = n.op {
+                if head_dim % 32 != 0 {
+                    return Err(FastError::Unsupported {
+                        what: format!("a q8_0 KV cache with heads of {head_dim}"),
+                    });
+                }
+            }
+        }
+    }
     let mut steps = Vec::with_capacity(plan.kernels().len());
     for k in plan.kernels() {
         let step = match &k.kind {
@@ -590,20 +625,47 @@ pub(crate) fn lower(
     let need = l.need;
     let out = plan.buffer(plan.output_buffer());
     let (out_off, out_len) = (out.offset, out.rows * out.cols);
+    let step_keys = (0..steps.len())
+        .map(|i| strip_layers(&plan.kernel_name(i)))
+        .collect();
     Ok(Program {
         steps,
         n_threads,
         kv_capacity,
+        kv_type,
         need,
         out_off,
         out_len,
         plan,
+        step_keys,
     })
+}
+
+/// "matmul[q.3+k.3+v.3]" -> "matmul[q+k+v]": one profile entry for every layer.
+fn strip_layers(name: &str) -> String {
+    let mut key = String::with_capacity(name.len());
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '.' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+        } else {
+            key.push(c);
+        }
+    }
+    key
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_numbers_are_stripped() {
+        assert_eq!(strip_layers("matmul[q.3+k.3+v.13]"), "matmul[q+k+v]");
+        assert_eq!(strip_layers("attention[attn.0]"), "attention[attn]");
+    }
 
     #[test]
     fn partition_balances_cost_and_keeps_alignment() {

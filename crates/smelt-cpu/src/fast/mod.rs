@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use smelt_gguf::{GgmlType, Gguf};
 use smelt_graph::{fuse_with, FuseOptions, Graph, Plan};
 
-pub use kv::FastKvCache;
+pub use kv::{FastKvCache, KvType};
 pub use lower::Program;
 pub use pool::{Barrier, Pool};
 
@@ -98,6 +98,8 @@ pub struct FastBackend {
     f16: attn::F16Isa,
     fuse: FuseOptions,
     exact: bool,
+    /// Per kernel kind (name without layer numbers): nanoseconds and count, when profiling.
+    profile: Option<Mutex<Vec<(String, u64, u64)>>>,
 }
 
 impl FastBackend {
@@ -151,6 +153,7 @@ impl FastBackend {
             f16: attn::F16Isa::detect(),
             fuse: FuseOptions::ALL,
             exact: false,
+            profile: None,
         })
     }
 
@@ -165,23 +168,43 @@ impl FastBackend {
         self.exact = exact;
     }
 
+    /// Time every kernel (on thread 0, barrier wait included) from now on; see [`FastBackend::profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| Mutex::new(Vec::new()));
+    }
+
+    /// Per kernel kind (layer numbers removed from names): total milliseconds and count.
+    pub fn profile(&self) -> Vec<(String, f64, u64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, f64, u64)> = p
+            .iter()
+            .map(|(k, ns, n)| (k.clone(), *ns as f64 / 1e6, *n))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
     pub fn n_threads(&self) -> usize {
         self.pool.n_threads()
     }
 
-    /// Fuse and lower `g` for a KV cache of `kv_capacity` positions.
-    pub fn lower(&mut self, g: &Graph, kv_capacity: usize) -> Result<Program, FastError> {
-        self.lower_plan(fuse_with(g, self.fuse), kv_capacity)
+    /// Fuse and lower `g` for KV caches shaped like `kv` (capacity and storage type).
+    pub fn lower(&mut self, g: &Graph, kv: &FastKvCache) -> Result<Program, FastError> {
+        self.lower_plan(fuse_with(g, self.fuse), kv)
     }
 
     /// Lower a plan; grows the arena and scratch to what it needs (allocation happens here,
     /// never in `execute`).
-    pub fn lower_plan(&mut self, plan: Plan, kv_capacity: usize) -> Result<Program, FastError> {
+    pub fn lower_plan(&mut self, plan: Plan, kv: &FastKvCache) -> Result<Program, FastError> {
         let prog = lower::lower(
             plan,
             &self.weights,
             self.n_threads(),
-            kv_capacity,
+            kv.capacity(),
+            kv.dtype(),
             self.exact,
         )?;
         if self.arena.len() < prog.plan.arena_len() {
@@ -217,9 +240,12 @@ impl FastBackend {
                 positions.len()
             )));
         }
-        if prog.n_threads != self.n_threads() || prog.kv_capacity != kv.capacity() {
+        if prog.n_threads != self.n_threads()
+            || prog.kv_capacity != kv.capacity()
+            || prog.kv_type != kv.dtype()
+        {
             return Err(FastError::Invalid(
-                "program lowered for another thread count or KV capacity".into(),
+                "program lowered for another thread count, KV capacity or KV type".into(),
             ));
         }
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= kv.capacity()) {
@@ -229,16 +255,21 @@ impl FastBackend {
             )));
         }
         let barriers_before = self.pool.barriers();
-        let FastKvCache { data, layers, .. } = kv;
+        let kv_type = kv.dtype();
+        let FastKvCache {
+            f16, q8, layers, ..
+        } = kv;
         let capacity = prog.kv_capacity;
         let arena = SharedSlice::new(&mut self.arena);
-        let kv_data = SharedSlice::new(data);
+        let (kv16, kv8) = (SharedSlice::new(f16), SharedSlice::new(q8));
         let ctx = Ctx {
             w: &self.weights,
             tokens,
             positions,
             arena: &arena,
-            kv: &kv_data,
+            kv16: &kv16,
+            kv8: &kv8,
+            kv_type,
             kv_layers: layers,
             capacity,
             n_threads: self.pool.n_threads(),
@@ -246,9 +277,11 @@ impl FastBackend {
         };
         let failure: Mutex<Option<FastError>> = Mutex::new(None);
         let scratch = &self.scratch;
+        let profile = self.profile.as_ref();
         self.pool.run(&|tid, barrier| {
             let mut s = scratch[tid].lock().unwrap_or_else(|e| e.into_inner());
             for (i, step) in prog.steps.iter().enumerate() {
+                let start = (tid == 0 && profile.is_some()).then(std::time::Instant::now);
                 if let Err(e) = exec::run_step(step, tid, &ctx, &mut s) {
                     failure
                         .lock()
@@ -257,6 +290,9 @@ impl FastBackend {
                 }
                 if i + 1 < prog.steps.len() {
                     barrier.wait();
+                }
+                if let (Some(start), Some(p)) = (start, profile) {
+                    record(p, &prog.step_keys[i], start.elapsed().as_nanos() as u64);
                 }
             }
         });
@@ -297,6 +333,17 @@ impl FastBackend {
             })
             .sum();
         small + self.arena.len() * 4 + scratch
+    }
+}
+
+fn record(p: &Mutex<Vec<(String, u64, u64)>>, key: &str, ns: u64) {
+    let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+    match p.iter_mut().find(|(k, _, _)| k == key) {
+        Some(e) => {
+            e.1 += ns;
+            e.2 += 1;
+        }
+        None => p.push((key.to_string(), ns, 1)),
     }
 }
 

@@ -8,7 +8,7 @@ use smelt_gguf::{GgmlType, Gguf, GgufWriter};
 use smelt_graph::FuseOptions;
 use smelt_models::{Architecture, Output};
 
-use super::{FastBackend, FastKvCache, WeightSpec};
+use super::{FastBackend, FastKvCache, KvType, WeightSpec};
 use crate::{KvCache, ReferenceBackend};
 
 /// A deterministic generator (xorshift64*), uniform in [-1, 1).
@@ -206,7 +206,7 @@ fn small(arch: &'static str, wtype: GgmlType, bias: bool) -> Spec {
     let (k, head_dim) = if wtype.block_size() == 256 {
         (256, 64)
     } else {
-        (64, 16)
+        (64, 32)
     };
     Spec {
         arch,
@@ -236,7 +236,13 @@ const TOKENS: [u32; 9] = [3, 17, 5, 39, 0, 22, 8, 8, 31];
 
 /// Fast logits (with the given fusion) of every token of one prompt, and their largest
 /// difference from the reference's, relative to the largest logit.
-fn compare(spec: &Spec, threads: usize, fusion: FuseOptions, exact: bool) -> (Vec<f32>, f32) {
+fn compare(
+    spec: &Spec,
+    threads: usize,
+    fusion: FuseOptions,
+    exact: bool,
+    kv_type: KvType,
+) -> (Vec<f32>, f32) {
     let g = synth(spec, 7);
     let arch = smelt_models::load(&g).unwrap();
     let n = TOKENS.len();
@@ -248,8 +254,8 @@ fn compare(spec: &Spec, threads: usize, fusion: FuseOptions, exact: bool) -> (Ve
     let mut fb = FastBackend::new(Arc::clone(&g), &specs(arch.as_ref()), threads).unwrap();
     fb.set_fusion(fusion);
     fb.set_exact(exact);
-    let prog = fb.lower(&graph, 16).unwrap();
-    let mut kv = FastKvCache::new(16, &arch.kv_widths());
+    let mut kv = FastKvCache::with_type(16, &arch.kv_widths(), kv_type).unwrap();
+    let prog = fb.lower(&graph, &kv).unwrap();
     let got = fb
         .execute(&prog, &TOKENS, &positions, &mut kv)
         .unwrap()
@@ -273,18 +279,18 @@ fn fused_matches_reference_on_both_architectures() {
             let spec = small(arch, wtype, bias);
             // With the reference's arithmetic in the matmuls, only the f16 keys and values
             // (~5e-4 relative rounding) separate the two.
-            let exact = compare(&spec, 3, FuseOptions::ALL, true);
+            let exact = compare(&spec, 3, FuseOptions::ALL, true, KvType::F16);
             assert!(exact.1 < 1e-3, "{arch} {wtype:?} exact: {}", exact.1);
             // One kernel per op computes the same numbers, on any thread count.
-            let unfused = compare(&spec, 2, FuseOptions::NONE, true);
+            let unfused = compare(&spec, 2, FuseOptions::NONE, true, KvType::F16);
             assert!(
                 max_rel_diff(&exact.0, &unfused.0) < 1e-6,
                 "{arch} {wtype:?}"
             );
             // The quantised kernels add the 8-bit activation rounding.
-            let fast = compare(&spec, 2, FuseOptions::ALL, false);
+            let fast = compare(&spec, 2, FuseOptions::ALL, false, KvType::F16);
             assert!(fast.1 < 3e-2, "{arch} {wtype:?} quantised: {}", fast.1);
-            let fast_unfused = compare(&spec, 3, FuseOptions::NONE, false);
+            let fast_unfused = compare(&spec, 3, FuseOptions::NONE, false, KvType::F16);
             assert!(
                 max_rel_diff(&fast.0, &fast_unfused.0) < 1e-5,
                 "{arch} {wtype:?} quantised fused vs unfused"
@@ -295,30 +301,35 @@ fn fused_matches_reference_on_both_architectures() {
 
 #[test]
 fn cached_decode_equals_full_evaluation() {
-    for arch in ["llama", "gemma3"] {
+    for (arch, kv_type) in [
+        ("llama", KvType::F16),
+        ("gemma3", KvType::F16),
+        ("llama", KvType::Q8_0),
+        ("gemma3", KvType::Q8_0),
+    ] {
         let spec = small(arch, GgmlType::Q8_0, false);
         let g = synth(&spec, 11);
         let a = smelt_models::load(&g).unwrap();
         let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
         let n = TOKENS.len();
-        let full = fb.lower(&a.build(n, Output::AllLogits), 32).unwrap();
-        let mut kv = FastKvCache::new(32, &a.kv_widths());
+        let mut kv = FastKvCache::with_type(32, &a.kv_widths(), kv_type).unwrap();
+        let full = fb.lower(&a.build(n, Output::AllLogits), &kv).unwrap();
         let positions: Vec<u32> = (0..n as u32).collect();
         let all = fb
             .execute(&full, &TOKENS, &positions, &mut kv)
             .unwrap()
             .to_vec();
         let vocab = a.n_vocab();
-        let mut kv = FastKvCache::new(32, &a.kv_widths());
-        let pre = fb.lower(&a.build(4, Output::LastLogits), 32).unwrap();
-        let step = fb.lower(&a.build(1, Output::LastLogits), 32).unwrap();
+        let mut kv = FastKvCache::with_type(32, &a.kv_widths(), kv_type).unwrap();
+        let pre = fb.lower(&a.build(4, Output::LastLogits), &kv).unwrap();
+        let step = fb.lower(&a.build(1, Output::LastLogits), &kv).unwrap();
         let first = fb
             .execute(&pre, &TOKENS[..4], &positions[..4], &mut kv)
             .unwrap()
             .to_vec();
         assert!(
             max_rel_diff(&first, &all[3 * vocab..4 * vocab]) < 1e-5,
-            "{arch} prefill last row"
+            "{arch} {kv_type:?} prefill last row"
         );
         for t in 4..n {
             let got = fb
@@ -326,13 +337,37 @@ fn cached_decode_equals_full_evaluation() {
                 .unwrap()
                 .to_vec();
             let d = max_rel_diff(&got, &all[t * vocab..(t + 1) * vocab]);
-            assert!(d < 1e-4, "{arch} token {t}: {d}");
+            assert!(d < 1e-4, "{arch} {kv_type:?} token {t}: {d}");
         }
         let stats = fb.stats();
         assert_eq!(stats.executions, 2 + (n as u64 - 4));
         assert_eq!(stats.barriers, stats.dispatches);
         // Five kernels per layer plus the head, for every shape.
         assert_eq!(step.dispatches(), 5 * a.n_layer() + 1);
+        // A program runs only with caches of the shape it was lowered for.
+        let other = FastKvCache::with_type(
+            32,
+            &a.kv_widths(),
+            if kv_type == KvType::F16 {
+                KvType::Q8_0
+            } else {
+                KvType::F16
+            },
+        );
+        let e = fb
+            .execute(&step, &[1], &[0], &mut other.unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("KV"), "{e}");
+    }
+}
+
+#[test]
+fn q8_0_kv_cache_stays_close_to_the_reference() {
+    for arch in ["llama", "gemma3"] {
+        let spec = small(arch, GgmlType::Q8_0, false);
+        let (_, d) = compare(&spec, 2, FuseOptions::ALL, true, KvType::Q8_0);
+        assert!(d < 2e-2, "{arch}: {d}");
     }
 }
 
@@ -343,8 +378,8 @@ fn hidden_output_and_bad_requests() {
     let a = smelt_models::load(&g).unwrap();
     let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
     let graph = a.build(3, Output::Hidden);
-    let prog = fb.lower(&graph, 8).unwrap();
     let mut kv = FastKvCache::new(8, &a.kv_widths());
+    let prog = fb.lower(&graph, &kv).unwrap();
     let rb = reference(&g, a.as_ref(), 1);
     let mut rkv = KvCache::new(8, &a.kv_widths());
     let want = rb.execute(&graph, &[1, 2, 3], &[0, 1, 2], &mut rkv);
