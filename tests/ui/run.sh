@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$TMP/store" "$TMP/ollama"
-SMELT_MODELS="$TMP/store" OLLAMA_MODELS="$TMP/ollama" SMELT_HOST="127.0.0.1:$PORT" SMELT_CONTEXT_LENGTH=1024 \
+SMELT_MODELS="$TMP/store" OLLAMA_MODELS="$TMP/ollama" SMELT_HOST="127.0.0.1:$PORT" SMELT_CONTEXT_LENGTH=1024 SMELT_DEBUG=1 \
     "$SMELT_BIN" serve >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 URL="http://127.0.0.1:$PORT"
