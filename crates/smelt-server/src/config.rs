@@ -245,6 +245,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Engine threads per model (0: all cores).
     pub threads: usize,
+    /// Log one line per generation to stderr (SMELT_DEBUG).
+    pub debug: bool,
 }
 
 impl Default for ServerConfig {
@@ -265,6 +267,7 @@ impl Default for ServerConfig {
             num_parallel: 1,
             max_body_bytes: 32 << 20,
             threads: 0,
+            debug: false,
         }
     }
 }
@@ -272,7 +275,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Defaults overridden by SMELT_HOST (or OLLAMA_HOST), SMELT_API_KEY, SMELT_ORIGINS (comma separated),
     /// SMELT_KEEP_ALIVE, SMELT_CONTEXT_LENGTH, SMELT_MAX_MEMORY, SMELT_MAX_LOADED_MODELS, SMELT_MAX_QUEUE,
-    /// SMELT_NUM_PARALLEL, SMELT_MAX_BODY, SMELT_NUM_THREADS.
+    /// SMELT_NUM_PARALLEL, SMELT_MAX_BODY, SMELT_NUM_THREADS, SMELT_DEBUG.
     pub fn from_env() -> Result<ServerConfig, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
@@ -332,6 +335,7 @@ impl ServerConfig {
             })?;
             c.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        c.debug = get("SMELT_DEBUG").is_some_and(|v| !matches!(v.trim(), "0" | "false" | "no"));
         if let Some(v) = get("SMELT_NUM_THREADS") {
             c.threads = num("SMELT_NUM_THREADS", v)?;
         }

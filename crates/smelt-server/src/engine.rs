@@ -28,7 +28,8 @@ impl ModelLoader for EngineLoader {
     }
 
     fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String> {
-        crate::registry::estimate_memory(path, num_ctx)
+        // The reference backend holds every weight as f32.
+        crate::registry::estimate_memory(path, num_ctx, true)
     }
 }
 

@@ -167,21 +167,18 @@ fn array_json(a: &Array) -> Value {
     }
 }
 
-/// Bytes a model would take: its weights (mapped) plus an f32 KV cache for `num_ctx` positions
-/// and a margin for buffers, read from the file's metadata.
-pub fn estimate_memory(path: &Path, num_ctx: usize) -> Result<u64, String> {
+/// Bytes a model would take: its weights (mapped as stored, or as f32 when `f32_weights`, as
+/// the reference backend holds them) plus an f32 KV cache for `num_ctx` positions and a margin
+/// for buffers, read from the file's metadata.
+pub fn estimate_memory(path: &Path, num_ctx: usize, f32_weights: bool) -> Result<u64, String> {
     let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let arch = g.architecture().unwrap_or("").to_string();
     let get = |k: &str| {
-        g.get_u64(&format!("{arch}.{k}"))
+        let key = format!("{arch}.{k}");
+        g.get_u64(&key)
             .ok()
             .flatten()
-            .or_else(|| {
-                g.get_u32(&format!("{arch}.{k}"))
-                    .ok()
-                    .flatten()
-                    .map(u64::from)
-            })
+            .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from))
     };
     let n_layer = get("block_count").unwrap_or(0);
     let n_embd = get("embedding_length").unwrap_or(0);
@@ -199,8 +196,20 @@ pub fn estimate_memory(path: &Path, num_ctx: usize) -> Result<u64, String> {
         .flatten()
         .map(|a| a.len() as u64)
         .unwrap_or(0);
-    let buffers = (n_vocab + 4 * n_embd).saturating_mul(4 * 512) + (64 << 20);
-    Ok(g.file_size().saturating_add(kv).saturating_add(buffers))
+    // Logits and scratch for the last position, activations for a prompt, and a margin.
+    let buffers = n_vocab
+        .saturating_mul(16)
+        .saturating_add(n_embd.saturating_mul(num_ctx as u64).saturating_mul(16))
+        + (64 << 20);
+    let weights = if f32_weights {
+        g.tensors()
+            .iter()
+            .map(|t| t.n_elements.saturating_mul(4))
+            .fold(0u64, u64::saturating_add)
+    } else {
+        g.file_size()
+    };
+    Ok(weights.saturating_add(kv).saturating_add(buffers))
 }
 
 #[cfg(test)]
@@ -220,8 +229,10 @@ mod tests {
         assert!(info.model_info["tokenizer.ggml.tokens"].is_null());
         assert!(info.chat_template.unwrap().contains("<|im_start|>"));
         // 30 layers x 3 KV heads x (64 + 64) x 4 bytes per position.
-        let e1 = estimate_memory(&path, 1024).unwrap();
-        let e2 = estimate_memory(&path, 2048).unwrap();
+        let e1 = estimate_memory(&path, 1024, false).unwrap();
+        let e2 = estimate_memory(&path, 2048, false).unwrap();
+        let f = estimate_memory(&path, 1024, true).unwrap();
+        assert!(f > e1 + 400_000_000, "134.5M parameters as f32");
         assert_eq!(e2 - e1, 30 * 1024 * 3 * 128 * 4);
     }
 }

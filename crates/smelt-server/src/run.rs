@@ -71,11 +71,14 @@ pub async fn prepare(
     let record = resolve(app, &req.model).await?;
     let options = req.options.clone().or(&model_defaults(&record));
     options.validate()?;
-    app.sched.check_queue()?;
     let num_ctx = options.num_ctx.map(|n| n as usize);
     let (lease, load_duration) = app.sched.acquire(&record, num_ctx, req.keep_alive).await?;
     if !load_duration.is_zero() {
         Metrics::add(&app.metrics.model_loads, 1);
+    }
+    // A busy model with a full queue answers 503 now rather than mid-stream.
+    if lease.slot.is_running() {
+        app.sched.check_queue()?;
     }
     let model = lease.slot.model.clone();
     let ctx = num_ctx
@@ -372,6 +375,20 @@ pub fn start(app: &Arc<AppState>, p: Prepared) -> Generation {
         let out = match result {
             Ok(Ok(r)) => {
                 record_metrics(&app.metrics, &r, started);
+                if app.config.debug {
+                    let u = &r.usage;
+                    eprintln!(
+                        "smelt: {} prompt={} cached={} generated={} prefill={:.2}s decode={:.2}s total={:.2}s finish={:?}",
+                        lease.slot.name(),
+                        u.prompt_tokens,
+                        u.cached_tokens,
+                        u.completion_tokens,
+                        u.prompt_eval_duration.as_secs_f64(),
+                        u.eval_duration.as_secs_f64(),
+                        total.as_secs_f64(),
+                        r.reason
+                    );
+                }
                 let finish = match r.reason {
                     FinishReason::Cancelled => Finish::Cancelled,
                     _ if r.tool_calls > 0 => Finish::ToolCalls,

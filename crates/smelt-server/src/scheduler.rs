@@ -40,6 +40,8 @@ pub struct Slot {
 
 #[derive(Debug)]
 struct Life {
+    /// The name it was last requested by (several names may share one file).
+    name: String,
     active: usize,
     last_used: Instant,
     keep_alive: KeepAlive,
@@ -59,8 +61,15 @@ impl Slot {
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.life().expires_wall
     }
+    pub fn name(&self) -> String {
+        self.life().name.clone()
+    }
     pub fn keep_alive(&self) -> KeepAlive {
         self.life().keep_alive
+    }
+    /// Every run slot is taken (a new request would wait).
+    pub fn is_running(&self) -> bool {
+        self.run.available_permits() == 0
     }
     pub fn is_busy(&self) -> bool {
         self.life().active > 0
@@ -142,12 +151,12 @@ impl Scheduler {
     ) -> Result<(Lease, Duration), ApiError> {
         let keep_alive = keep_alive.unwrap_or(self.cfg.keep_alive);
         loop {
-            if let Some(lease) = self.try_reuse(&record.path, num_ctx, keep_alive) {
+            if let Some(lease) = self.try_reuse(record, num_ctx, keep_alive) {
                 return Ok((lease, Duration::ZERO));
             }
             let _loading = self.load_lock.lock().await;
             // Another request may have loaded it while this one waited.
-            if let Some(lease) = self.try_reuse(&record.path, num_ctx, keep_alive) {
+            if let Some(lease) = self.try_reuse(record, num_ctx, keep_alive) {
                 return Ok((lease, Duration::ZERO));
             }
             // A loaded copy with too small a context is replaced once idle.
@@ -192,6 +201,7 @@ impl Scheduler {
                 model,
                 run: Arc::new(Semaphore::new(self.cfg.num_parallel.max(1))),
                 life: Mutex::new(Life {
+                    name: record.name.clone(),
                     active: 1,
                     last_used: Instant::now(),
                     keep_alive,
@@ -212,18 +222,19 @@ impl Scheduler {
 
     fn try_reuse(
         self: &Arc<Self>,
-        path: &Path,
+        record: &ModelRecord,
         num_ctx: Option<usize>,
         keep_alive: KeepAlive,
     ) -> Option<Lease> {
         let slots = self.slots();
-        let slot = slots.iter().find(|s| s.path() == path)?;
+        let slot = slots.iter().find(|s| s.path() == record.path)?;
         let mut life = slot.life();
         // A request wanting a larger context than loaded needs a reload; smaller ones fit.
         if num_ctx.is_some_and(|n| n > slot.num_ctx) {
             return None;
         }
         life.active += 1;
+        life.name = record.name.clone();
         life.keep_alive = keep_alive;
         life.last_used = Instant::now();
         life.expires_at = None;

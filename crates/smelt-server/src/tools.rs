@@ -99,17 +99,13 @@ pub fn new_call_id(prefix: &str) -> String {
 
 /// The system-prompt section describing tools in the Hermes format.
 pub fn tool_system_prompt(tools: &[ToolDef]) -> String {
-    let mut s = String::from(
-        "You can call functions. The available functions, as JSON schemas, are listed inside <tools></tools>:\n<tools>\n",
-    );
+    let mut s = String::from("You may call these functions:\n<tools>\n");
     for t in tools_json(tools).as_array().into_iter().flatten() {
-        s.push_str(&t.to_string());
+        s.push_str(&t["function"].to_string());
         s.push('\n');
     }
     s.push_str(
-        "</tools>\nTo call a function, reply with only this, once per call:\n<tool_call>\n\
-         {\"name\": \"<function name>\", \"arguments\": <arguments object>}\n</tool_call>\n\
-         Function results come back inside <tool_response></tool_response>.",
+        "</tools>\nTo call one, reply with only:\n<tool_call>\n{\"name\": <name>, \"arguments\": <object>}\n</tool_call>",
     );
     s
 }

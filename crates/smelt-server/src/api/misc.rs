@@ -30,7 +30,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .sched
         .loaded()
         .iter()
-        .map(|s| (s.record.name.clone(), s.size))
+        .map(|s| (s.name(), s.size))
         .collect();
     let text = app.metrics.render(&Gauges {
         queue_depth: app.sched.queue_depth(),

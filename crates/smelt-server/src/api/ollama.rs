@@ -74,6 +74,10 @@ struct ChatBody {
     messages: Vec<WireMessage>,
     #[serde(default)]
     tools: Option<Vec<WireTool>>,
+    /// A smelt extension (Ollama has none): OpenAI's values. Also read from `options`, the only
+    /// free-form field the official client passes through.
+    #[serde(default)]
+    tool_choice: Option<Value>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -374,6 +378,12 @@ pub async fn chat(
         Input::Chat(chat_messages(b.messages).map_err(err)?),
     );
     req.tools = tool_defs(b.tools).map_err(err)?;
+    let choice = b.tool_choice.clone().or_else(|| {
+        b.options
+            .as_ref()
+            .and_then(|o| o.get("tool_choice").cloned())
+    });
+    req.tool_choice = super::openai::tool_choice(choice).map_err(err)?;
     req.options = options(&b.options).map_err(err)?;
     req.format = output_format(b.format).map_err(err)?;
     req.keep_alive = keep;
@@ -680,8 +690,8 @@ pub async fn ps(State(app): State<Arc<AppState>>) -> Response {
                 (None, KeepAlive::For(d)) => timefmt::rfc3339(std::time::SystemTime::now() + d),
             };
             json!({
-                "name": s.record.name,
-                "model": s.record.name,
+                "name": s.name(),
+                "model": s.name(),
                 "size": s.size,
                 "digest": s.record.digest,
                 "details": s.record.details,

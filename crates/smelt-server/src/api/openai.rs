@@ -330,7 +330,7 @@ fn tool_defs(tools: Option<Vec<WireTool>>) -> std::result::Result<Vec<ToolDef>, 
         .collect()
 }
 
-fn tool_choice(v: Option<Value>) -> std::result::Result<ToolChoice, ApiError> {
+pub(crate) fn tool_choice(v: Option<Value>) -> std::result::Result<ToolChoice, ApiError> {
     let bad = || {
         ApiError::invalid_param("tool_choice", "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}")
     };
