@@ -187,7 +187,9 @@ fn bench_gemv(args: &Args, kernel: &MatmulKernel, mats: &[Vec<u8>], xq: &[u8]) {
         let body = |t: usize, i: usize| {
             let w = &mats[i % mats.len()];
             let mut out = outs.0[t].lock().unwrap();
-            kernel.gemv(args.n, w, ranges[t].clone(), xq, &mut out).unwrap();
+            kernel
+                .gemv(args.n, w, ranges[t].clone(), xq, &mut out)
+                .unwrap();
             black_box(&out);
         };
         // One pass over every copy to fault the pages in, then time enough passes.
