@@ -228,12 +228,12 @@ mod tests {
         assert_eq!(info.model_info["llama.context_length"], 8192);
         assert!(info.model_info["tokenizer.ggml.tokens"].is_null());
         assert!(info.chat_template.unwrap().contains("<|im_start|>"));
-        // 30 layers x 3 KV heads x (64 + 64) x 4 bytes per position.
+        // Per position: 30 layers x 3 KV heads x (64 + 64) x 4 bytes of KV, 576 x 16 of activations.
         let e1 = estimate_memory(&path, 1024, false).unwrap();
         let e2 = estimate_memory(&path, 2048, false).unwrap();
         let f = estimate_memory(&path, 1024, true).unwrap();
         assert!(f > e1 + 400_000_000, "134.5M parameters as f32");
-        assert_eq!(e2 - e1, 30 * 1024 * 3 * 128 * 4);
+        assert_eq!(e2 - e1, 1024 * (30 * 3 * 128 * 4 + 576 * 16));
     }
 }
 
