@@ -10,6 +10,9 @@ This script does the same with jinja2 directly (no transformers install needed).
 Templates:
   smollm2   tokenizer.chat_template of the SmolLM2 GGUF (read with the `gguf` package)
   gemma3    the official Gemma 3 template (the GGUF has none; smelt ships it built in)
+  chatml, llama3, plain
+            smelt's other built-in templates (ChatML; Llama 3 Instruct's published template;
+            contents separated by blank lines for models without a template)
   exercise  a ChatML-with-tools template written here to exercise tojson, namespace, loop
             variables, Python string methods, tests and printing of non-string values
 
@@ -69,6 +72,19 @@ GEMMA3 = """{{ bos_token }}
     {{'<start_of_turn>model\\n'}}
 {%- endif -%}
 """
+
+CHATML = ("{%- for message in messages %}"
+          "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+          "{%- endfor %}"
+          "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}"
+          "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}"
+          "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+PLAIN = ("{%- for message in messages %}{{ message['content'] }}"
+         "{%- if not loop.last %}{{ '\\n\\n' }}{% endif %}{%- endfor %}")
 
 EXERCISE = """{%- set ns = namespace(n_tool=0, last_user=-1, sys='') -%}
 {%- for m in messages -%}
@@ -218,6 +234,9 @@ def main():
         # Special-token strings as smelt derives them from each GGUF's token ids.
         "smollm2": {"source": smollm2_template(), "tokens": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"}},
         "gemma3": {"source": GEMMA3, "tokens": {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}},
+        "chatml": {"source": CHATML, "tokens": {"bos_token": "", "eos_token": "<|im_end|>"}},
+        "llama3": {"source": LLAMA3, "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}},
+        "plain": {"source": PLAIN, "tokens": {"bos_token": "", "eos_token": ""}},
         "exercise": {"source": EXERCISE, "tokens": {"bos_token": "<s>", "eos_token": "</s>"}},
     }
     out = {"conversations": [], "templates": {}}

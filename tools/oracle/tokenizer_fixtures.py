@@ -13,6 +13,10 @@ Writes
                as {"text": str} or, when not UTF-8, {"hex": str}
     pieces  : {id: hex of token_to_piece(id, special=True), ...} for a sample of ids, and the
               same with special=False in pieces_plain
+  fixtures/tokenizer/smollm2-pre-<name>.json
+              the same cases (no pieces) for copies of the SmolLM2 GGUF's metadata whose
+              tokenizer.ggml.pre names another pre-tokenizer (llama-bpe, qwen2, default, gpt-2,
+              qwen35), to check those splitters against llama.cpp with a real BPE vocabulary
 
 Run with the oracle venv:  /work/oracle-venv/bin/python tools/oracle/tokenizer_fixtures.py
 Models come from ~/.cache/smelt/test-models (or $SMELT_TEST_MODELS); see scripts/fetch_models.py.
@@ -28,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "fixtures" / "tokenizer"
 MODELS_DIR = Path(os.environ.get("SMELT_TEST_MODELS", Path.home() / ".cache" / "smelt" / "test-models"))
 MODELS = ["smollm2-135m-instruct-q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"]
+PRE_VARIANTS = ["llama-bpe", "qwen2", "default", "gpt-2", "qwen35"]
 
 
 # ---- the corpus --------------------------------------------------------------------------------
@@ -175,7 +180,38 @@ def as_text(b: bytes):
         return {"hex": b.hex()}
 
 
+def write_pre_variant(src, dst, pre):
+    """A tensor-less copy of `src`'s metadata with tokenizer.ggml.pre set to `pre`."""
+    from gguf import GGUFReader, GGUFValueType as T, GGUFWriter
+
+    r = GGUFReader(str(src))
+    arch_field = r.fields["general.architecture"]
+    w = GGUFWriter(str(dst), bytes(arch_field.parts[arch_field.data[0]]).decode())
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        t = f.types[0]
+        if t == T.ARRAY:
+            sub = f.types[1]
+            if sub == T.STRING:
+                val = [bytes(f.parts[i]) for i in f.data]
+            else:
+                val = [f.parts[i].tolist()[0] for i in f.data]
+            w.add_key_value(key, val, t, sub)
+        elif t == T.STRING:
+            val = pre.encode() if key == "tokenizer.ggml.pre" else bytes(f.parts[f.data[0]])
+            w.add_key_value(key, val, t)
+        else:
+            w.add_key_value(key, f.parts[f.data[0]].tolist()[0], t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main():
+    import tempfile
+
     import llama_cpp
 
     strings = corpus()
@@ -183,8 +219,15 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "corpus.json").write_text(json.dumps({"strings": strings}, ensure_ascii=False, indent=0) + "\n")
 
-    for name in MODELS:
-        llm = llama_cpp.Llama(model_path=str(MODELS_DIR / name), vocab_only=True, verbose=False)
+    tmp = tempfile.TemporaryDirectory()
+    jobs = [(name, MODELS_DIR / name, name[: -len(".gguf")], True) for name in MODELS]
+    for pre in PRE_VARIANTS:
+        path = Path(tmp.name) / f"smollm2-pre-{pre}.gguf"
+        write_pre_variant(MODELS_DIR / MODELS[0], path, pre)
+        jobs.append((MODELS[0], path, f"smollm2-pre-{pre}", False))
+
+    for name, path, stem, with_pieces in jobs:
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
         vocab = llm._model.vocab
         n_tokens = llama_cpp.llama_vocab_n_tokens(vocab)
 
@@ -214,6 +257,12 @@ def main():
                 "detok_special": as_text(detok(special, True)),
             })
 
+        if not with_pieces:
+            out = {"model": name, "pre": stem.split("smollm2-pre-")[1], "cases": cases}
+            (OUT / f"{stem}.json").write_text(json.dumps(out, ensure_ascii=False, separators=(",", ":")) + "\n")
+            print(f"{stem}: {len(cases)} cases", file=sys.stderr)
+            continue
+
         # Pieces: the first ids (specials, bytes), every non-normal token, and a stride.
         sample = set(range(min(400, n_tokens))) | set(range(0, n_tokens, 97)) | {n_tokens - 1}
         for i in range(n_tokens):
@@ -236,7 +285,6 @@ def main():
             "pieces_plain": {str(i): piece(i, False) for i in sample},
             "cases": cases,
         }
-        stem = name[: -len(".gguf")]
         (OUT / f"{stem}.json").write_text(json.dumps(ret, ensure_ascii=False, separators=(",", ":")) + "\n")
         print(f"{name}: {len(cases)} cases, {len(sample)} pieces", file=sys.stderr)
 

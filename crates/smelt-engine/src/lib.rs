@@ -12,5 +12,6 @@ pub mod stop;
 pub use api::*;
 pub use error::EngineError;
 pub use model::{LoadOptions, Model, ModelInfo};
-pub use runner::Runner;
+pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
+pub use smelt_cpu::KvType;
 pub use sampler::Sampler;

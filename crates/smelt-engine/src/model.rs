@@ -2,7 +2,7 @@
 //! message-shaped API of [`crate::api`].
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use smelt_gguf::Gguf;
@@ -57,7 +57,7 @@ pub struct Model {
 
 impl Model {
     pub fn load(path: &Path, opts: LoadOptions) -> Result<Model, EngineError> {
-        let gguf = Gguf::open(path)?;
+        let gguf = Arc::new(Gguf::open(path)?);
         let vocab =
             Vocab::from_gguf(&gguf).map_err(|e| EngineError::Invalid(format!("tokenizer: {e}")))?;
         let tokenizer =
@@ -77,7 +77,7 @@ impl Model {
         } else {
             opts.num_ctx
         };
-        let runner = Runner::load(&gguf, n_ctx, threads)?;
+        let runner = Runner::load(gguf.clone(), n_ctx, threads)?;
         let info = describe(&gguf, &runner, path);
         Ok(Model {
             info,
@@ -143,7 +143,7 @@ impl Model {
         let t1 = Instant::now();
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut history = req.prompt.clone();
-        let mut decoder = StreamDecoder::new(false);
+        let mut decoder = StreamDecoder::new(&self.tokenizer, false);
         let mut stop = StopMatcher::new(&req.stop);
         let (mut held_tokens, mut held_logprobs) = (Vec::new(), Vec::new());
         let mut stopped_by_string = false;
@@ -151,7 +151,11 @@ impl Model {
             if req.cancel.is_cancelled() {
                 break FinishReason::Cancelled;
             }
-            let raw = logits.clone();
+            let raw = if req.logprobs {
+                logits.clone()
+            } else {
+                Vec::new()
+            };
             sampler.apply_penalties(&mut logits, &history);
             if let Some(c) = req.constraint.as_mut() {
                 c.mask(&mut logits);
@@ -167,7 +171,7 @@ impl Model {
             }
             held_tokens.push(tok);
             let done = req.constraint.as_mut().is_some_and(|c| c.accept(tok));
-            let text = decoder.push(&self.tokenizer, tok);
+            let text = decoder.push(tok);
             match stop.push(&text) {
                 StopStep::Emit(s) => {
                     if !s.is_empty() {
@@ -206,7 +210,9 @@ impl Model {
             {
                 break FinishReason::Length;
             }
-            logits = runner.eval(&[tok], Output::LastLogits)?;
+            let next = runner.eval_slice(&[tok], Output::LastLogits)?;
+            logits.clear();
+            logits.extend_from_slice(next);
         };
         if !stopped_by_string {
             let rest = stop.push_final(&decoder.finish());
@@ -237,8 +243,7 @@ impl Model {
             idx.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
             best = idx;
         }
-        let text =
-            |t: u32| String::from_utf8_lossy(&self.tokenizer.token_to_piece(t, false)).into_owned();
+        let text = |t: u32| String::from_utf8_lossy(self.tokenizer.token_to_piece(t)).into_owned();
         TokenLogprob {
             token: tok,
             text: text(tok),

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use smelt_engine::sampler::{argmax, log_softmax};
-use smelt_engine::Runner;
+use std::sync::Arc;
+
+use smelt_engine::{BackendKind, Runner, RunnerOptions};
 use smelt_gguf::Gguf;
 use smelt_models::Output;
 use smelt_testutil::{fixture, model_path, GEMMA3, SMOLLM2};
@@ -46,7 +48,7 @@ impl Fixture {
 }
 
 /// Teacher-forced comparison and perplexity at n_ctx = 512 over the fixture's chunks.
-fn teacher_forced(model_file: &str) {
+fn teacher_forced(model_file: &str, backend: BackendKind) {
     let fx = Fixture::load(model_file);
     let corpus: Vec<u32> = fx
         .i32s("corpus_tokens.i32")
@@ -65,8 +67,16 @@ fn teacher_forced(model_file: &str) {
     let add_bos = fx.meta["model"]["add_bos"].as_bool().unwrap();
     let bos = fx.meta["model"]["bos_id"].as_u64().unwrap() as u32;
 
-    let g = Gguf::open(model_path(model_file)).unwrap();
-    let mut r = Runner::load(&g, n_ctx, 2).unwrap();
+    let g = Arc::new(Gguf::open(model_path(model_file)).unwrap());
+    let mut r = Runner::load_with(
+        g,
+        RunnerOptions {
+            n_ctx,
+            threads: 2,
+            backend,
+        },
+    )
+    .unwrap();
     let n_vocab = r.arch().n_vocab();
     let first = n_ctx / 2;
     let (mut agree, mut kl_sum, mut n_pos) = (0usize, 0.0f64, 0usize);
@@ -114,7 +124,7 @@ fn teacher_forced(model_file: &str) {
     let ppl_ref = fx.meta["perplexity"]["512"]["ppl"].as_f64().unwrap();
     let calib = &fx.meta["calibration_flash_attn"];
     eprintln!(
-        "{model_file}: {n_pos} positions: argmax agreement {:.4} (llama.cpp FA on/off {:.4}), mean KL {:.5} (llama.cpp FA on/off top-{k} estimate {:.5}), ppl {:.4} vs llama.cpp {:.4} ({:+.3}%)",
+        "{model_file} ({backend:?}): {n_pos} positions: argmax agreement {:.4} (llama.cpp FA on/off {:.4}), mean KL {:.5} (llama.cpp FA on/off top-{k} estimate {:.5}), ppl {:.4} vs llama.cpp {:.4} ({:+.3}%)",
         agreement,
         calib["argmax_agreement"].as_f64().unwrap(),
         mean_kl,
@@ -138,12 +148,20 @@ fn teacher_forced(model_file: &str) {
 
 /// Greedy continuations: equal to llama.cpp's up to the first difference, which must sit at a
 /// near tie (llama.cpp's top-2 logits within 0.5).
-fn greedy(model_file: &str) {
+fn greedy(model_file: &str, backend: BackendKind) {
     let fx = Fixture::load(model_file);
     let greedy: Value =
         serde_json::from_slice(&std::fs::read(fx.dir.join("greedy.json")).unwrap()).unwrap();
-    let g = Gguf::open(model_path(model_file)).unwrap();
-    let mut r = Runner::load(&g, 512, 2).unwrap();
+    let g = Arc::new(Gguf::open(model_path(model_file)).unwrap());
+    let mut r = Runner::load_with(
+        g,
+        RunnerOptions {
+            n_ctx: 512,
+            threads: 2,
+            backend,
+        },
+    )
+    .unwrap();
     let prompts = greedy["prompts"].as_array().unwrap();
     assert_eq!(prompts.len(), 10);
     let mut identical = 0;
@@ -194,25 +212,39 @@ fn greedy(model_file: &str) {
             identical += 1;
         }
     }
-    eprintln!("{model_file}: {identical}/10 greedy continuations identical to llama.cpp's");
+    eprintln!(
+        "{model_file} ({backend:?}): {identical}/10 greedy continuations identical to llama.cpp's"
+    );
 }
 
 #[test]
 fn smollm2_teacher_forced_matches_llama_cpp() {
-    teacher_forced(SMOLLM2);
+    teacher_forced(SMOLLM2, BackendKind::Fast);
 }
 
 #[test]
 fn gemma3_teacher_forced_matches_llama_cpp() {
-    teacher_forced(GEMMA3);
+    teacher_forced(GEMMA3, BackendKind::Fast);
+}
+
+#[test]
+fn smollm2_teacher_forced_reference_matches_llama_cpp() {
+    teacher_forced(SMOLLM2, BackendKind::Reference);
+}
+
+#[test]
+fn gemma3_teacher_forced_reference_matches_llama_cpp() {
+    teacher_forced(GEMMA3, BackendKind::Reference);
 }
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    greedy(SMOLLM2);
+    greedy(SMOLLM2, BackendKind::Fast);
+    greedy(SMOLLM2, BackendKind::Reference);
 }
 
 #[test]
 fn gemma3_greedy_matches_llama_cpp() {
-    greedy(GEMMA3);
+    greedy(GEMMA3, BackendKind::Fast);
+    greedy(GEMMA3, BackendKind::Reference);
 }

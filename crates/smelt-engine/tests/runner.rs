@@ -1,5 +1,7 @@
 //! The runner on the real models: cached decoding equals a full re-evaluation.
 
+use std::sync::Arc;
+
 use smelt_engine::Runner;
 use smelt_gguf::Gguf;
 use smelt_models::Output;
@@ -13,8 +15,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn cache_equals_full(model: &str) {
-    let g = Gguf::open(model_path(model)).unwrap();
-    let mut r = Runner::load(&g, 64, 2).unwrap();
+    let g = Arc::new(Gguf::open(model_path(model)).unwrap());
+    let mut r = Runner::load(g, 64, 2).unwrap();
     let toks = [2u32, 651, 6037, 576, 3281, 603, 11];
     let all = r.eval(&toks, Output::AllLogits).unwrap();
     let n_vocab = r.arch().n_vocab();
@@ -45,8 +47,8 @@ fn gemma3_cache_equals_full() {
 
 #[test]
 fn context_and_vocab_are_checked() {
-    let g = Gguf::open(model_path(SMOLLM2)).unwrap();
-    let mut r = Runner::load(&g, 4, 1).unwrap();
+    let g = Arc::new(Gguf::open(model_path(SMOLLM2)).unwrap());
+    let mut r = Runner::load(g, 4, 1).unwrap();
     assert!(r
         .eval(&[1, 2, 3, 4, 5], Output::LastLogits)
         .unwrap_err()

@@ -93,7 +93,7 @@ impl LoadedModel for EngineModel {
             .get_or_init(|| {
                 let t = self.model.tokenizer();
                 let bytes: Vec<Vec<u8>> = (0..t.vocab_size() as u32)
-                    .map(|id| t.token_to_piece(id, false).to_vec())
+                    .map(|id| t.piece(id, false).to_vec())
                     .collect();
                 Arc::new(TokenTable::new(
                     bytes,

@@ -28,12 +28,27 @@ pub struct CreateSpec {
     /// Typed parameters; they are merged over the base model's.
     #[serde(default)]
     pub parameters: Map<String, Value>,
-    /// Added after the base model's licenses.
-    #[serde(default)]
+    /// Added after the base model's licenses (`/api/create` sends a string or a list).
+    #[serde(default, deserialize_with = "one_or_many")]
     pub license: Vec<String>,
     /// Replace the base model's messages when non-empty.
     #[serde(default)]
     pub messages: Vec<Message>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl CreateSpec {
@@ -265,4 +280,24 @@ pub(crate) fn write_gguf_manifest(
         layers,
     );
     store.write_manifest(name, &manifest.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_create_bodies_deserialize() {
+        let spec: CreateSpec = serde_json::from_str(
+            r#"{"from":"smollm2:135m","system":"hi","license":"MIT","parameters":{"temperature":0.5},
+                "messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.license, vec!["MIT".to_string()]);
+        assert_eq!(spec.parameters["temperature"], serde_json::json!(0.5));
+        let spec: CreateSpec = serde_json::from_str(r#"{"from":"a","license":["A","B"]}"#).unwrap();
+        assert_eq!(spec.license.len(), 2);
+        let spec: CreateSpec = serde_json::from_str(r#"{"from":"a"}"#).unwrap();
+        assert!(spec.license.is_empty() && spec.template.is_none());
+    }
 }

@@ -97,6 +97,31 @@ pub fn details_from_gguf(path: &Path) -> Result<ModelDetails> {
     })
 }
 
+/// RFC 3339 in UTC with nanoseconds (`2026-11-26T01:10:00.5Z`), as Ollama's `modified_at`.
+pub fn format_rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let nanos = d.subsec_nanos();
+    let frac = if nanos == 0 {
+        String::new()
+    } else {
+        format!(".{nanos:09}").trim_end_matches('0').to_string()
+    };
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
+}
+
 /// llama.cpp's `llama_ftype` numbering (ids 4 to 6 were retired formats).
 fn file_type_name(id: u32) -> Option<&'static str> {
     Some(match id {
@@ -164,6 +189,20 @@ mod tests {
         assert_eq!(format_parameter_count(1_200_000_000), "1.2B");
         assert_eq!(format_parameter_count(7_000_000_000), "7B");
         assert_eq!(format_parameter_count(999), "999");
+    }
+
+    #[test]
+    fn rfc3339() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(format_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_655_400_500)),
+            "2026-11-26T01:10:00.5Z"
+        );
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub enum Error {
     #[error("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>")]
     InvalidDigest { digest: String },
 
-    #[error("model {name:?} not found; try `smelt pull {name}`")]
+    #[error("model {name:?} not found")]
     ModelNotFound { name: String },
 
     #[error("model {name:?} not found at {url} (HTTP 404)")]

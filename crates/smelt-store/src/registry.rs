@@ -60,6 +60,10 @@ pub(crate) fn pull_registry(
     store.write_manifest(target, &bytes)
 }
 
+/// Manifest fetches retry at most this often: a user waits on them, and a registry that fails
+/// them twice in a row is better reported than waited for.
+const MANIFEST_RETRIES: u32 = 2;
+
 /// Fetches the manifest, retrying server-side failures; an unreachable host fails at once so
 /// the next source is tried quickly.
 fn fetch_manifest(
@@ -95,10 +99,16 @@ fn fetch_manifest(
             Err(e)
                 if e.is_transient()
                     && !matches!(e, Error::Unreachable { .. })
-                    && attempt < opts.retries =>
+                    && attempt < opts.retries.min(MANIFEST_RETRIES) =>
             {
                 attempt += 1;
-                thread::sleep(opts.backoff.saturating_mul(1 << (attempt - 1).min(6)));
+                thread::sleep(opts.backoff.saturating_mul(1 << (attempt - 1)));
+            }
+            // A TLS handshake with a plain-HTTP server breaks off like this.
+            Err(Error::Protocol { url, reason }) if url.starts_with("https://") => {
+                let reason =
+                    format!("{reason} (if this registry speaks plain HTTP, pass --insecure)");
+                return Err(Error::Protocol { url, reason });
             }
             other => return other,
         }

@@ -164,6 +164,11 @@ impl Store {
     /// Resolves what a user typed: a path to a `.gguf` file, or a model name.
     pub fn resolve_spec(&self, spec: &str) -> Result<ResolvedModel> {
         if let Some(path) = as_gguf_path(spec) {
+            if !path.is_file() {
+                // A mistyped path must not turn into a pull of a model named like a file.
+                let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no such GGUF file");
+                return Err(Error::io("open model", &path, e));
+            }
             let name = name_from_file_stem(&path).ok_or_else(|| Error::InvalidName {
                 name: spec.to_string(),
                 reason: "cannot derive a model name from this file name".into(),
@@ -214,19 +219,19 @@ impl Store {
     }
 }
 
-/// `spec` as a path to an existing GGUF file when it looks like one (ends in `.gguf`, or is
-/// absolute or explicitly relative and names a file).
+/// `spec` as a path when it looks like one: it ends in `.gguf`, or it is absolute or explicitly
+/// relative and names an existing file.
 fn as_gguf_path(spec: &str) -> Option<PathBuf> {
     let expanded = match spec.strip_prefix("~/") {
         Some(rest) => PathBuf::from(std::env::var_os("HOME")?).join(rest),
         None => PathBuf::from(spec),
     };
-    let looks_like_path = spec.to_ascii_lowercase().ends_with(".gguf")
-        || spec.starts_with('/')
+    let looks_like_path = spec.starts_with('/')
         || spec.starts_with("./")
         || spec.starts_with("../")
         || spec.starts_with("~/");
-    (looks_like_path && expanded.is_file()).then_some(expanded)
+    let is_gguf_name = spec.to_ascii_lowercase().ends_with(".gguf");
+    (is_gguf_name || (looks_like_path && expanded.is_file())).then_some(expanded)
 }
 
 fn entry_from_manifest(

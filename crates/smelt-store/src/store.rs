@@ -220,16 +220,25 @@ impl Store {
         Ok((digest, size))
     }
 
-    /// Every manifest in this store, sorted by name.
+    /// Every readable manifest in this store, sorted by name. An unparseable manifest (damaged by
+    /// hand, or written by a newer program) is skipped rather than failing the whole listing.
     pub fn manifests(&self) -> Result<Vec<(ModelName, StoredManifest)>> {
+        Ok(self.manifests_checked()?.0)
+    }
+
+    /// The readable manifests, and whether every manifest file was readable.
+    fn manifests_checked(&self) -> Result<(Vec<(ModelName, StoredManifest)>, bool)> {
         let mut out = Vec::new();
+        let mut all_readable = true;
         for (name, path) in walk_manifests(&self.manifests)? {
-            // A manifest another process is removing right now is simply skipped.
-            if let Some(m) = read_manifest_file(&path)? {
-                out.push((name, m));
+            match read_manifest_file(&path) {
+                Ok(Some(m)) => out.push((name, m)),
+                // Removed by another process meanwhile.
+                Ok(None) => {}
+                Err(_) => all_readable = false,
             }
         }
-        Ok(out)
+        Ok((out, all_readable))
     }
 
     /// Removes a model from this store and then the blobs nothing else references.
@@ -284,8 +293,16 @@ impl Store {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io("lock store", &lock_path, e)),
         }
+        let (manifests, all_readable) = self.manifests_checked()?;
+        if !all_readable {
+            // An unreadable manifest may reference any blob: deleting nothing is the safe answer.
+            return Ok(RemoveReport {
+                gc_deferred: true,
+                ..Default::default()
+            });
+        }
         let mut referenced = HashSet::new();
-        for (_, stored) in self.manifests()? {
+        for (_, stored) in manifests {
             referenced.extend(stored.manifest.blobs().map(|l| l.digest));
         }
         let mut report = RemoveReport::default();

@@ -338,3 +338,32 @@ fn ensure_pulls_a_missing_model_once() {
         "a present model is not pulled again"
     );
 }
+
+#[test]
+fn a_damaged_manifest_hides_one_model_and_blocks_blob_deletion() {
+    let (_dir, store) = temp_store("damaged");
+    let spec = CreateSpec::from_path(&smollm2_path());
+    store
+        .create(&name("good"), &spec, Path::new("/"), &mut |_| {})
+        .unwrap();
+    store
+        .create(&name("other"), &spec, Path::new("/"), &mut |_| {})
+        .unwrap();
+    let broken = store.manifest_path(&name("broken"));
+    fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    fs::write(&broken, b"{not json").unwrap();
+    let names: Vec<String> = store
+        .list()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let err = store.resolve(&name("broken")).unwrap_err();
+    assert!(matches!(err, Error::BadManifest { .. }), "{err}");
+    // With a manifest it cannot read, rm removes the model but keeps every blob.
+    store.remove(&name("good")).unwrap();
+    let r = store.remove(&name("other")).unwrap();
+    assert!(r.gc_deferred && r.blobs_removed.is_empty(), "{r:?}");
+    assert!(store.blob_path(&smollm2_digest()).exists());
+}

@@ -57,6 +57,11 @@ pub const LLAMA3: &str = "{% set loop_messages = messages %}{% for message in lo
 {% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}\
 {% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
 
+/// For models without a template or a known family (base models): the message contents, one
+/// after another, separated by blank lines.
+pub const PLAIN: &str = "{%- for message in messages %}{{ message['content'] }}\
+{%- if not loop.last %}{{ '\\n\\n' }}{% endif %}{%- endfor %}";
+
 /// The built-in template for a family name or a GGUF `general.architecture`.
 pub fn builtin_source(name: &str) -> Option<&'static str> {
     match name.to_ascii_lowercase().as_str() {
@@ -65,6 +70,7 @@ pub fn builtin_source(name: &str) -> Option<&'static str> {
             Some(CHATML)
         }
         "llama3" | "llama" => Some(LLAMA3),
+        "plain" => Some(PLAIN),
         _ => None,
     }
 }

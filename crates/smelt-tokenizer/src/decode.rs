@@ -1,14 +1,21 @@
 //! Token ids back to text: pieces, whole-sequence detokenisation, and UTF-8-safe streaming.
 
 use crate::special::attr;
+use crate::strtable::StrTable;
 use crate::unicode::char_to_byte;
 use crate::{Tokenizer, TokenizerKind};
 
 impl Tokenizer {
-    /// The bytes a token stands for. Control and unknown tokens render as their text only when
-    /// `special` is set (empty otherwise); an id outside the vocabulary renders as nothing.
-    /// A piece may be part of a UTF-8 sequence (byte tokens, byte-level BPE).
-    pub fn token_to_piece(&self, id: u32, special: bool) -> &[u8] {
+    /// The bytes a token stands for, control tokens rendering as nothing (llama.cpp's default
+    /// for generated text). A piece may be part of a UTF-8 sequence (byte tokens, byte-level
+    /// BPE); an id outside the vocabulary renders as nothing.
+    pub fn token_to_piece(&self, id: u32) -> &[u8] {
+        self.piece(id, false)
+    }
+
+    /// [`Tokenizer::token_to_piece`], with control and unknown tokens rendered as their text
+    /// when `special` is set.
+    pub fn piece(&self, id: u32, special: bool) -> &[u8] {
         if !self.valid(id) {
             return &[];
         }
@@ -16,25 +23,6 @@ impl Tokenizer {
             return &[];
         }
         self.pieces.get(id)
-    }
-
-    /// The piece of a token with special tokens rendered (built once for the piece cache).
-    pub(crate) fn render_piece(&self, id: u32) -> Vec<u8> {
-        let a = self.attrs[id as usize];
-        let text = self.texts.get(id);
-        if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
-            text.to_vec()
-        } else if a & attr::NORMAL != 0 {
-            match self.kind() {
-                TokenizerKind::Spm => unescape_spaces(text),
-                TokenizerKind::Bpe => decode_byte_level(text),
-            }
-        } else if a & attr::BYTE != 0 {
-            vec![byte_token_value(text)]
-        } else {
-            // Unused and undefined tokens render as nothing.
-            Vec::new()
-        }
     }
 
     /// Token ids to bytes exactly as llama.cpp's `llama_detokenize`: `remove_special` drops a
@@ -57,7 +45,7 @@ impl Tokenizer {
         }
         let mut text = Vec::new();
         for &id in ids {
-            let mut piece = self.token_to_piece(id, unparse_special);
+            let mut piece = self.piece(id, unparse_special);
             if remove_space {
                 piece = piece.strip_prefix(b" ").unwrap_or(piece);
             }
@@ -77,9 +65,32 @@ impl Tokenizer {
     }
 }
 
+/// Every token's piece with special tokens rendered (llama.cpp's piece cache, built once).
+pub(crate) fn render_pieces(kind: TokenizerKind, texts: &StrTable, attrs: &[u16]) -> StrTable {
+    let mut pieces = StrTable::default();
+    let mut buf = Vec::new();
+    for id in 0..texts.len() as u32 {
+        let a = attrs[id as usize];
+        let text = texts.get(id);
+        buf.clear();
+        if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
+            buf.extend_from_slice(text);
+        } else if a & attr::NORMAL != 0 {
+            match kind {
+                TokenizerKind::Spm => unescape_spaces(text, &mut buf),
+                TokenizerKind::Bpe => decode_byte_level(text, &mut buf),
+            }
+        } else if a & attr::BYTE != 0 {
+            buf.push(byte_token_value(text));
+        }
+        // Unused and undefined tokens render as nothing.
+        pieces.push(&buf);
+    }
+    pieces
+}
+
 /// SentencePiece pieces spell spaces as U+2581.
-fn unescape_spaces(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+fn unescape_spaces(text: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while i < text.len() {
         if text[i..].starts_with("\u{2581}".as_bytes()) {
@@ -90,7 +101,6 @@ fn unescape_spaces(text: &[u8]) -> Vec<u8> {
             i += 1;
         }
     }
-    out
 }
 
 /// A `<0xXX>` byte token's byte (as C's `strtol` on the two hex digits: garbage reads as 0).
@@ -108,8 +118,7 @@ fn byte_token_value(text: &[u8]) -> u8 {
 
 /// Byte-level BPE text back to bytes. A codepoint outside the byte alphabet is spelled out as
 /// `[UNK_BYTE_0x<its utf8 hex><the token text>]`, as llama.cpp does.
-fn decode_byte_level(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+fn decode_byte_level(text: &[u8], out: &mut Vec<u8>) {
     for c in lenient_chars(text) {
         match char_to_byte(c) {
             Some(b) => out.push(b),
@@ -124,7 +133,6 @@ fn decode_byte_level(text: &[u8]) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// The codepoints of possibly invalid UTF-8, each bad byte read as U+FFFD.
@@ -209,29 +217,22 @@ fn clean_up_spaces(t: &mut Vec<u8>) {
     t.truncate(total);
 }
 
-/// Turns generated token ids into text one at a time, emitting only complete UTF-8: bytes of
-/// a character split across tokens wait for the rest. Its output, concatenated, is the pieces
-/// of all tokens (what llama.cpp's server streams); for vocabularies without a space prefix or
-/// space clean-up that equals [`Tokenizer::decode`].
+/// Assembles bytes arriving in pieces into text, emitting only complete UTF-8: the bytes of a
+/// character split across pieces wait for the rest, and bytes that can never become valid
+/// are replaced by U+FFFD at once. Owns no tokenizer, so it can live in long-lived state.
 #[derive(Clone, Debug, Default)]
-pub struct StreamDecoder {
+pub struct Utf8Stream {
     pending: Vec<u8>,
-    special: bool,
 }
 
-impl StreamDecoder {
-    /// A decoder; `special` renders control tokens as their text.
-    pub fn new(special: bool) -> StreamDecoder {
-        StreamDecoder {
-            pending: Vec::new(),
-            special,
-        }
+impl Utf8Stream {
+    pub fn new() -> Utf8Stream {
+        Utf8Stream::default()
     }
 
-    /// Adds one token; returns the text that is now complete (possibly empty).
-    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> String {
-        self.pending
-            .extend_from_slice(tokenizer.token_to_piece(id, self.special));
+    /// Adds bytes; returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         loop {
             match std::str::from_utf8(&self.pending) {
@@ -275,6 +276,50 @@ impl StreamDecoder {
     }
 }
 
+/// Turns generated token ids into text one at a time, emitting only complete UTF-8 (see
+/// [`Utf8Stream`]). Its output, concatenated, is the pieces of all tokens (what llama.cpp's
+/// server streams); for vocabularies without a space prefix or space clean-up that equals
+/// [`Tokenizer::decode`].
+#[derive(Clone, Debug)]
+pub struct StreamDecoder<'t> {
+    tokenizer: &'t Tokenizer,
+    special: bool,
+    bytes: Utf8Stream,
+}
+
+impl<'t> StreamDecoder<'t> {
+    /// A decoder; `special` renders control tokens as their text.
+    pub fn new(tokenizer: &'t Tokenizer, special: bool) -> StreamDecoder<'t> {
+        StreamDecoder {
+            tokenizer,
+            special,
+            bytes: Utf8Stream::new(),
+        }
+    }
+
+    /// Adds one token; returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, id: u32) -> String {
+        self.bytes.push(self.tokenizer.piece(id, self.special))
+    }
+
+    /// Whether bytes are waiting for the rest of a character.
+    pub fn has_pending(&self) -> bool {
+        self.bytes.has_pending()
+    }
+
+    /// Ends the stream: returns what is still pending, invalid bytes as U+FFFD.
+    pub fn finish(&mut self) -> String {
+        self.bytes.finish()
+    }
+}
+
+impl Tokenizer {
+    /// A [`StreamDecoder`] for generated text (control tokens render as nothing).
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder::new(self, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,11 +352,13 @@ mod tests {
 
     #[test]
     fn byte_level_text_decodes_and_flags_strangers() {
-        assert_eq!(decode_byte_level("ĠhelloĊ".as_bytes()), b" hello\n");
-        assert_eq!(
-            decode_byte_level("a中".as_bytes()),
-            "a[UNK_BYTE_0xe4b8ada中]".as_bytes()
-        );
+        let decoded = |s: &str| {
+            let mut out = vec![];
+            decode_byte_level(s.as_bytes(), &mut out);
+            out
+        };
+        assert_eq!(decoded("ĠhelloĊ"), b" hello\n");
+        assert_eq!(decoded("a中"), "a[UNK_BYTE_0xe4b8ada中]".as_bytes());
         assert_eq!(lenient_chars(b"a\xffb").collect::<String>(), "a\u{FFFD}b");
     }
 }

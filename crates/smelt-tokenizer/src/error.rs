@@ -61,6 +61,10 @@ pub enum TemplateError {
     #[error("[chat_template] messages must be a JSON array, got {0}")]
     MessagesNotArray(&'static str),
 
+    /// The GGUF metadata could not be read.
+    #[error("[chat_template] reading GGUF metadata: {0}")]
+    Gguf(#[from] smelt_gguf::GgufError),
+
     /// No built-in template is known for this architecture or name.
     #[error("[chat_template] no built-in chat template for '{0}'")]
     NoBuiltin(String),

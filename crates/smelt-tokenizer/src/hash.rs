@@ -53,9 +53,13 @@ impl Hasher for FxHasher {
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
     }
+    /// The multiply leaves the low bits depending only on the input's low bits (for short
+    /// keys: the first byte), and hashbrown picks buckets by the low bits; a final mix spreads
+    /// the high bits down.
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        let h = self.hash;
+        (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ (h >> 29)
     }
 }
 

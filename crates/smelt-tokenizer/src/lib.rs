@@ -5,7 +5,8 @@
 //! - [`Tokenizer`] encodes and decodes exactly as llama.cpp does for byte-level BPE
 //!   (`gpt2`, with the pre-tokenizers `default`, `gpt-2`, `smollm`/`starcoder`, `llama-bpe`,
 //!   `qwen2`, `qwen35` and their aliases) and SentencePiece (`llama`) vocabularies.
-//! - [`StreamDecoder`] turns generated ids into text without ever splitting a character.
+//! - [`StreamDecoder`] turns generated ids into text without ever splitting a character
+//!   ([`Utf8Stream`] is the same for raw bytes, without a borrowed tokenizer).
 //! - [`ChatTemplate`] renders a model's Jinja chat template with Hugging Face semantics, or a
 //!   built-in one ([`ChatTemplate::builtin_for`]) for files without a template.
 
@@ -25,8 +26,8 @@ mod unicode;
 mod unicode_table;
 mod vocab;
 
-pub use builtin_templates::{builtin_source, CHATML, GEMMA3, LLAMA3};
-pub use decode::StreamDecoder;
+pub use builtin_templates::{builtin_source, CHATML, GEMMA3, LLAMA3, PLAIN};
+pub use decode::{StreamDecoder, Utf8Stream};
 pub use error::{TemplateError, TokenizerError};
 pub use template::ChatTemplate;
 pub use tokenizer::{Tokenizer, TokenizerKind};

@@ -429,3 +429,67 @@ impl Chunk<'_> {
         em.word_to(self.end);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words<'a>(text: &'a str, steps: &[Step]) -> Vec<&'a str> {
+        split(text, steps).into_iter().map(|r| &text[r]).collect()
+    }
+
+    #[test]
+    fn gpt2_words() {
+        assert_eq!(
+            words("Hello world's  test\n\n", GPT2),
+            ["Hello", " world", "'s", " ", " test", "\n\n"]
+        );
+        // Case-sensitive contractions; punctuation runs take one leading space.
+        assert_eq!(
+            words("it'S ok!!  ?", GPT2),
+            ["it", "'", "S", " ok", "!!", " ", " ?"]
+        );
+        assert_eq!(words("", GPT2), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn llama3_words() {
+        assert_eq!(
+            words("I'VE 12345 abc\r\n\r\nx", LLAMA3),
+            ["I", "'VE", " ", "123", "45", " abc", "\r\n\r\n", "x"]
+        );
+        // A non-letter prefix joins the letter run; punctuation takes trailing newlines.
+        assert_eq!(
+            words("(hello)...\n\nok", LLAMA3),
+            ["(hello", ")...\n\n", "ok"]
+        );
+    }
+
+    #[test]
+    fn qwen2_splits_every_digit() {
+        assert_eq!(words("ab12345", QWEN2), ["ab", "1", "2", "3", "4", "5"]);
+    }
+
+    #[test]
+    fn starcoder_isolates_digits_before_gpt2() {
+        assert_eq!(words(" 123 abc", STARCODER), [" ", "1", "2", "3", " abc"]);
+    }
+
+    #[test]
+    fn default_splits_punctuation_numbers_and_digit_triples() {
+        assert_eq!(
+            words("a+b 1234567", DEFAULT),
+            ["a", "+", "b", " ", "123", "456", "7"]
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_none() {
+        assert!(pre_config("no-such-pre").is_none());
+        assert_eq!(pre_config("smollm").map(|c| c.steps), Some(STARCODER));
+        assert_eq!(
+            pre_config("llama-bpe").map(|c| (c.ignore_merges, c.add_bos)),
+            Some((true, true))
+        );
+    }
+}

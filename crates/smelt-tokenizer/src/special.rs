@@ -184,48 +184,58 @@ impl SpecialSplitter {
         s
     }
 
-    /// Splits `text` at special-token strings, longest tokens first, each token splitting all
-    /// remaining text leftmost-first. Without `parse_special`, only user-defined tokens split.
+    /// Splits `text` at special-token strings: longest tokens first, each token taking its
+    /// leftmost non-overlapping occurrences in the text no longer token has taken (llama.cpp's
+    /// `tokenizer_st_partition`). Without `parse_special`, only user-defined tokens split.
+    ///
+    /// llama.cpp rescans every remaining fragment once per special token; here one trie pass
+    /// lists every occurrence of every special token, and the same rule is applied to that
+    /// list: a token's occurrences are taken left to right when they lie wholly in unclaimed
+    /// text and start after the token's previous taken occurrence.
     pub fn split(&self, text: &[u8], texts: &StrTable, parse_special: bool) -> Vec<Fragment> {
-        let mut frags = Vec::new();
         if text.is_empty() {
-            return frags;
+            return Vec::new();
         }
-        frags.push(Fragment::Text(0..text.len()));
-        for pos in self.occurring(text) {
-            let (id, a) = self.order[pos];
-            if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
-                continue;
-            }
-            let needle = texts.get(id);
-            let mut out = Vec::with_capacity(frags.len() + 2);
-            for f in frags {
-                let Fragment::Text(r) = f else {
-                    out.push(f);
-                    continue;
-                };
-                let mut start = r.start;
-                while let Some(m) = find(&text[start..r.end], needle) {
-                    let at = start + m;
-                    if at > start {
-                        out.push(Fragment::Text(start..at));
-                    }
-                    out.push(Fragment::Token(id));
-                    start = at + needle.len();
-                }
-                if start < r.end {
-                    out.push(Fragment::Text(start..r.end));
+        // Start positions of every occurrence, per token (keyed by position in `order`).
+        let occ = self.occurrences(text, parse_special);
+        let mut tokens: Vec<u32> = occ.keys().copied().collect();
+        tokens.sort_unstable();
+
+        let mut claimed = vec![false; text.len()];
+        let mut taken: Vec<(usize, usize, u32)> = Vec::new(); // (start, end, token id)
+        for pos in tokens {
+            let id = self.order[pos as usize].0;
+            let len = texts.get(id).len();
+            let mut cursor = 0;
+            for &start in &occ[&pos] {
+                if start >= cursor && !claimed[start..start + len].contains(&true) {
+                    claimed[start..start + len].fill(true);
+                    taken.push((start, start + len, id));
+                    cursor = start + len;
                 }
             }
-            frags = out;
+        }
+        taken.sort_unstable();
+
+        let mut frags = Vec::with_capacity(2 * taken.len() + 1);
+        let mut at = 0;
+        for (start, end, id) in taken {
+            if start > at {
+                frags.push(Fragment::Text(at..start));
+            }
+            frags.push(Fragment::Token(id));
+            at = end;
+        }
+        if at < text.len() {
+            frags.push(Fragment::Text(at..text.len()));
         }
         frags
     }
 
-    /// Positions in `order` of the special tokens whose text occurs somewhere in `text`, in
-    /// `order`. Only those can split anything, and the scan is one pass over the text.
-    fn occurring(&self, text: &[u8]) -> Vec<usize> {
-        let mut seen = vec![false; self.order.len()];
+    /// Where each special token's text occurs in `text` (ascending starts), keyed by the
+    /// token's position in `order`; control and unknown tokens only with `parse_special`.
+    fn occurrences(&self, text: &[u8], parse_special: bool) -> FxMap<u32, Vec<usize>> {
+        let mut occ: FxMap<u32, Vec<usize>> = FxMap::default();
         for start in 0..text.len() {
             if !self.first_bytes[text[start] as usize] {
                 continue;
@@ -237,31 +247,16 @@ impl SpecialSplitter {
                     None => break,
                 }
                 if let Some(pos) = self.terminal[node as usize] {
-                    seen[pos as usize] = true;
+                    if parse_special
+                        || self.order[pos as usize].1 & (attr::CONTROL | attr::UNKNOWN) == 0
+                    {
+                        occ.entry(pos).or_default().push(start);
+                    }
                 }
             }
         }
-        (0..self.order.len()).filter(|&p| seen[p]).collect()
+        occ
     }
-}
-
-/// The first occurrence of `needle` in `hay`.
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > hay.len() {
-        return None;
-    }
-    let first = needle[0];
-    let last_start = hay.len() - needle.len();
-    let mut i = 0;
-    while i <= last_start {
-        let p = hay[i..=last_start].iter().position(|&b| b == first)?;
-        i += p;
-        if &hay[i..i + needle.len()] == needle {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
 }
 
 #[cfg(test)]
@@ -321,10 +316,102 @@ mod tests {
         assert_eq!(sp.split(b"", &texts, true), vec![]);
     }
 
+    /// llama.cpp's algorithm as written: one pass over all fragments per special token.
+    fn reference_split(
+        sp: &SpecialSplitter,
+        text: &[u8],
+        texts: &StrTable,
+        parse_special: bool,
+    ) -> Vec<Fragment> {
+        let mut frags = vec![Fragment::Text(0..text.len())];
+        if text.is_empty() {
+            return vec![];
+        }
+        for &(id, a) in &sp.order {
+            if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
+                continue;
+            }
+            let needle = texts.get(id);
+            let mut out = vec![];
+            for f in frags {
+                let Fragment::Text(r) = f else {
+                    out.push(f);
+                    continue;
+                };
+                let mut start = r.start;
+                while let Some(m) = text[start..r.end]
+                    .windows(needle.len())
+                    .position(|w| w == needle)
+                {
+                    if m > 0 {
+                        out.push(Fragment::Text(start..start + m));
+                    }
+                    out.push(Fragment::Token(id));
+                    start += m + needle.len();
+                }
+                if start < r.end {
+                    out.push(Fragment::Text(start..r.end));
+                }
+            }
+            frags = out;
+        }
+        frags
+    }
+
     #[test]
-    fn find_is_a_substring_search() {
-        assert_eq!(find(b"abcabd", b"abd"), Some(3));
-        assert_eq!(find(b"ab", b"abc"), None);
-        assert_eq!(find(b"aaa", b"aa"), Some(0));
+    fn single_pass_split_equals_per_token_passes() {
+        let words = [
+            "<|a|>", "<|a", "a|>", "aa", "aaa", "  ", "   ", "x", " ", "<", "|", ">", "a", "b<|",
+        ];
+        let texts: StrTable = words.iter().map(|s| s.as_bytes()).collect();
+        let attrs: Vec<u16> = (0..words.len())
+            .map(|i| match i % 3 {
+                0 => attr::CONTROL,
+                1 => attr::USER_DEFINED,
+                _ => attr::NORMAL,
+            })
+            .collect();
+        let sp = SpecialSplitter::new(&texts, &attrs);
+        // A small deterministic generator: overlapping and adjacent candidates everywhere.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3000 {
+            let mut t = Vec::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for k in 0..(state % 12) {
+                t.extend_from_slice(
+                    words[((state >> (5 * k)) % words.len() as u64) as usize].as_bytes(),
+                );
+            }
+            for parse in [false, true] {
+                assert_eq!(
+                    sp.split(&t, &texts, parse),
+                    reference_split(&sp, &t, &texts, parse),
+                    "{:?}",
+                    String::from_utf8_lossy(&t)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn recognised_texts_start_with_the_prefilter_bytes() {
+        // tokenizer.rs skips tokens not starting with one of these bytes before comparing.
+        let lists = [
+            EOT_TEXTS,
+            EOM_TEXTS,
+            FIM_PRE_TEXTS,
+            FIM_SUF_TEXTS,
+            FIM_MID_TEXTS,
+            FIM_PAD_TEXTS,
+            FIM_REP_TEXTS,
+            FIM_SEP_TEXTS,
+            EOG_TEXTS,
+            ALWAYS_RENDERED_TEXTS,
+        ];
+        for t in lists.iter().flat_map(|l| l.iter()) {
+            assert!(matches!(t.as_bytes()[0], b'<' | b'[' | b'_' | 0xE2), "{t}");
+        }
     }
 }

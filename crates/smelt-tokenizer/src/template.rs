@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use minijinja::value::{Kwargs, Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
-use crate::builtin_templates::builtin_source;
+use crate::builtin_templates::{builtin_source, PLAIN};
 use crate::pyfmt::{self, DateTime, JsonOptions};
-use crate::{TemplateError, Tokenizer, Vocab};
+use crate::tokenizer::resolve_special_ids;
+use crate::{SpecialIds, TemplateError, Tokenizer, Vocab};
 
 const NAME: &str = "chat_template";
 /// Marks errors raised by the template itself, to tell them from engine errors.
@@ -96,31 +97,66 @@ impl ChatTemplate {
         ChatTemplate::new(src, bos_token, eos_token)
     }
 
-    /// The template for a model: its own (`tokenizer.chat_template`) or else the built-in one
-    /// for its architecture, with BOS/EOS strings taken from the vocabulary.
+    /// The template for a model: its own (`tokenizer.chat_template`), else the built-in one
+    /// for its architecture, else [`PLAIN`](crate::PLAIN); special-token strings
+    /// (`bos_token`, `eos_token`, `unk_token`, `pad_token`, ...) from the vocabulary.
     pub fn for_model(vocab: &Vocab, tokenizer: &Tokenizer) -> Result<ChatTemplate, TemplateError> {
-        let text = |id: Option<u32>| {
-            id.and_then(|i| tokenizer.token_text(i))
+        let text = |id: u32| {
+            tokenizer
+                .token_text(id)
                 .map(|t| String::from_utf8_lossy(t).into_owned())
-                .unwrap_or_default()
         };
-        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
-        let mut t = match &vocab.chat_template {
-            Some(src) => ChatTemplate::new(src, &bos, &eos)?,
-            None => {
-                let arch = vocab.architecture.as_deref().unwrap_or("");
-                ChatTemplate::builtin_for(arch, &bos, &eos)?
-            }
+        let arch = vocab.architecture.as_deref().unwrap_or("");
+        ChatTemplate::assemble(
+            vocab.chat_template.as_deref(),
+            arch,
+            tokenizer.special_ids(),
+            text,
+        )
+    }
+
+    /// [`ChatTemplate::for_model`] straight from GGUF metadata, without building a tokenizer.
+    /// `arch` picks the built-in template when the file has none (empty: the file's
+    /// `general.architecture`).
+    pub fn from_gguf(g: &smelt_gguf::Gguf, arch: &str) -> Result<ChatTemplate, TemplateError> {
+        let tokens = g.get_string_array("tokenizer.ggml.tokens")?;
+        let n_tokens = tokens.map_or(0, |t| t.len());
+        let model = g.get_str("tokenizer.ggml.model")?.unwrap_or_default();
+        let ids = resolve_special_ids(model, &SpecialIds::from_gguf(g)?, n_tokens);
+        let text = |id: u32| {
+            tokens
+                .and_then(|t| t.get(id as usize))
+                .map(|t| String::from_utf8_lossy(t).into_owned())
         };
-        let ids = tokenizer.special_ids();
+        let arch = if arch.is_empty() {
+            g.architecture().unwrap_or_default()
+        } else {
+            arch
+        };
+        ChatTemplate::assemble(g.get_str("tokenizer.chat_template")?, arch, &ids, text)
+    }
+
+    fn assemble(
+        source: Option<&str>,
+        arch: &str,
+        ids: &SpecialIds,
+        text: impl Fn(u32) -> Option<String>,
+    ) -> Result<ChatTemplate, TemplateError> {
+        let source = source.or_else(|| builtin_source(arch)).unwrap_or(PLAIN);
+        let token = |id: Option<u32>| id.and_then(&text);
+        let mut t = ChatTemplate::new(
+            source,
+            &token(ids.bos).unwrap_or_default(),
+            &token(ids.eos).unwrap_or_default(),
+        )?;
         for (name, id) in [
             ("unk_token", ids.unk),
             ("pad_token", ids.pad),
             ("sep_token", ids.sep),
             ("mask_token", ids.mask),
         ] {
-            if id.is_some() {
-                t.set_token(name, &text(id));
+            if let Some(s) = token(id) {
+                t.set_token(name, &s);
             }
         }
         Ok(t)
@@ -281,4 +317,81 @@ fn tojson(value: Value, args: Rest<Value>, kwargs: Kwargs) -> Result<Value, Erro
     kwargs.assert_all_used()?;
     let opts = JsonOptions::new(ensure_ascii, indent, separators, sort_keys);
     Ok(Value::from(pyfmt::to_json(&value, &opts)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(src: &str, messages: serde_json::Value) -> Result<String, TemplateError> {
+        ChatTemplate::new(src, "<s>", "</s>")?.render(&messages, None, false)
+    }
+
+    #[test]
+    fn functions_and_errors() {
+        let year = render("{{ strftime_now('%Y') }}", json!([])).unwrap();
+        assert!(year.len() == 4 && year.as_str() >= "2024", "{year}");
+        match render(
+            "{{ raise_exception('no system role, ' + messages[0].role) }}",
+            json!([{"role": "system"}]),
+        ) {
+            Err(TemplateError::Raised(m)) => assert_eq!(m, "no system role, system"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(TemplateError::Syntax(_))
+        ));
+        assert!(matches!(
+            render("{{ messages[0].x.y }}", json!([])),
+            Err(TemplateError::Render(_))
+        ));
+        assert!(matches!(
+            render("", json!({"role": "user"})),
+            Err(TemplateError::MessagesNotArray("an object"))
+        ));
+        assert!(matches!(
+            ChatTemplate::builtin_for("no-such-family", "", ""),
+            Err(TemplateError::NoBuiltin(_))
+        ));
+    }
+
+    #[test]
+    fn tokens_and_extra_variables_reach_the_template() {
+        let mut t = ChatTemplate::new(
+            "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ enable_thinking }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        t.set_token("unk_token", "<unk>");
+        let mut extra = serde_json::Map::new();
+        extra.insert("enable_thinking".into(), json!(false));
+        assert_eq!(
+            t.render_with(&json!([]), None, false, &extra).unwrap(),
+            "<s>|</s>|<unk>|False"
+        );
+    }
+
+    #[test]
+    fn builtin_families_render() {
+        let msgs = json!([{"role": "system", "content": "S"}, {"role": "user", "content": " Hi "}]);
+        let g = ChatTemplate::builtin_for("gemma3", "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            g.render(&msgs, None, true).unwrap(),
+            "<bos><start_of_turn>user\nS\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let c = ChatTemplate::builtin_for("qwen2", "", "").unwrap();
+        assert_eq!(
+            c.render(&msgs, None, true).unwrap(),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\n"
+        );
+        let l = ChatTemplate::builtin_for("llama3", "<|begin_of_text|>", "<|eot_id|>").unwrap();
+        assert_eq!(
+            l.render(&msgs, None, true).unwrap(),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+    }
 }

@@ -10,9 +10,9 @@ use crate::bpe::Bpe;
 use crate::hash::FxMap;
 use crate::pretokenize::{self, PreConfig};
 use crate::special::{self, attr, Fragment, SpecialSplitter};
-use crate::strtable::StrTable;
+use crate::strtable::{StrIndex, StrTable};
 use crate::unicode::BYTE_TO_CHAR;
-use crate::{spm, SpecialIds, TokenizerError, Vocab};
+use crate::{decode, spm, SpecialIds, TokenizerError, Vocab};
 
 /// Which algorithm turns text fragments into ids.
 enum Algorithm {
@@ -37,7 +37,7 @@ pub struct Tokenizer {
     pub(crate) texts: StrTable,
     scores: Vec<f32>,
     pub(crate) attrs: Vec<u16>,
-    token_to_id: FxMap<Box<[u8]>, u32>,
+    token_to_id: StrIndex,
     /// Every token's piece with special tokens rendered (llama.cpp's piece cache).
     pub(crate) pieces: StrTable,
     splitter: SpecialSplitter,
@@ -80,18 +80,15 @@ impl Tokenizer {
 
         // Defaults per tokenizer model, before the metadata has its say.
         let kind;
-        let mut ids = SpecialIds::default();
         let (mut add_bos, mut add_eos, mut add_space_prefix, clean_spaces);
         let mut pre = None;
         match v.model.as_str() {
             "llama" => {
                 kind = TokenizerKind::Spm;
-                (ids.bos, ids.eos, ids.unk) = (Some(1), Some(2), Some(0));
                 (add_bos, add_eos, add_space_prefix, clean_spaces) = (true, false, true, false);
             }
             "gpt2" => {
                 kind = TokenizerKind::Bpe;
-                (ids.bos, ids.eos) = (Some(11), Some(11));
                 // llama.cpp falls back to "default" (with a loud warning) when the name is absent.
                 let name = v.pre.as_deref().unwrap_or("default");
                 let cfg = pretokenize::pre_config(name)
@@ -108,8 +105,6 @@ impl Tokenizer {
 
         // Token texts (an empty one gets a placeholder, as llama.cpp), attributes, lookup.
         let mut texts = StrTable::default();
-        let mut token_to_id: FxMap<Box<[u8]>, u32> = FxMap::default();
-        token_to_id.reserve(n);
         let mut attrs = Vec::with_capacity(n);
         for (i, t) in v.tokens.iter().enumerate() {
             let placeholder;
@@ -120,7 +115,6 @@ impl Tokenizer {
                 t
             };
             texts.push(t);
-            token_to_id.insert(t.into(), i as u32);
             attrs.push(
                 v.token_types
                     .as_ref()
@@ -132,39 +126,17 @@ impl Tokenizer {
             .as_ref()
             .map_or_else(|| vec![0.0; n], |s| s[..n].to_vec());
 
-        // Special ids: defaults outside the vocabulary are dropped; metadata ids outside it are
-        // ignored (keeping the default).
-        let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n);
-        let set = |slot: &mut Option<u32>, meta: Option<u32>| {
-            *slot = in_range(*slot);
-            if let Some(m) = in_range(meta) {
-                *slot = Some(m);
-            }
-        };
-        let m = &v.special;
-        set(&mut ids.bos, m.bos);
-        set(&mut ids.eos, m.eos);
-        set(&mut ids.eot, m.eot);
-        set(&mut ids.eom, m.eom);
-        set(&mut ids.unk, m.unk);
-        set(&mut ids.sep, m.sep);
-        set(&mut ids.pad, m.pad);
-        set(&mut ids.mask, m.mask);
-        set(&mut ids.fim_pre, m.fim_pre);
-        set(&mut ids.fim_suf, m.fim_suf);
-        set(&mut ids.fim_mid, m.fim_mid);
-        set(&mut ids.fim_pad, m.fim_pad);
-        set(&mut ids.fim_rep, m.fim_rep);
-        set(&mut ids.fim_sep, m.fim_sep);
+        let mut ids = resolve_special_ids(&v.model, &v.special, n);
         add_bos = v.add_bos.unwrap_or(add_bos);
         add_eos = v.add_eos.unwrap_or(add_eos);
 
+        let token_to_id = StrIndex::new(&texts);
         let eog = detect_special_tokens(&texts, &mut attrs, &mut ids);
 
         let algorithm = match (kind, pre) {
             (TokenizerKind::Bpe, Some(pre)) => {
                 let merges = v.merges.as_deref().ok_or(TokenizerError::MissingMerges)?;
-                let lookup = |s: &[u8]| token_to_id.get(s).copied();
+                let lookup = |s: &[u8]| token_to_id.get(&texts, s);
                 Algorithm::Bpe {
                     bpe: Bpe::new(merges, n as u32, &lookup),
                     pre,
@@ -173,13 +145,14 @@ impl Tokenizer {
             _ => Algorithm::Spm,
         };
         let splitter = SpecialSplitter::new(&texts, &attrs);
-        let mut tok = Tokenizer {
+        let pieces = decode::render_pieces(kind, &texts, &attrs);
+        Ok(Tokenizer {
             algorithm,
             texts,
             scores,
             attrs,
             token_to_id,
-            pieces: StrTable::default(),
+            pieces,
             splitter,
             ids,
             eog,
@@ -187,14 +160,7 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
             clean_spaces,
-        };
-        tok.pieces = (0..n as u32)
-            .map(|id| tok.render_piece(id))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(Vec::as_slice)
-            .collect();
-        Ok(tok)
+        })
     }
 
     // ---- encoding ---------------------------------------------------------------------------
@@ -210,7 +176,7 @@ impl Tokenizer {
         let frags = self
             .splitter
             .split(text.as_bytes(), &self.texts, parse_special);
-        let lookup = |s: &[u8]| self.token_to_id.get(s).copied();
+        let lookup = |s: &[u8]| self.token_to_id.get(&self.texts, s);
         match &self.algorithm {
             Algorithm::Spm => {
                 // A space goes in front of text that starts the input or follows a special token.
@@ -285,7 +251,7 @@ impl Tokenizer {
 
     /// The id of the token whose stored text is exactly `text` (`"<|im_end|>"`, `"Ġthe"`, `"▁the"`).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text.as_bytes()).copied()
+        self.token_to_id.get(&self.texts, text.as_bytes())
     }
 
     /// The stored text of a token (byte-level or `▁`-escaped as in the file).
@@ -336,9 +302,21 @@ impl Tokenizer {
     }
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("vocab_size", &self.vocab_size())
+            .field("special_ids", &self.ids)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish_non_exhaustive()
+    }
+}
+
 impl spm::SpmVocab for Tokenizer {
     fn token_id(&self, text: &[u8]) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.token_to_id.get(&self.texts, text)
     }
     fn score(&self, id: u32) -> f32 {
         self.scores[id as usize]
@@ -347,11 +325,40 @@ impl spm::SpmVocab for Tokenizer {
         // `<0xXX>`, else the byte itself as a token, else the unknown token.
         let hex = format!("<0x{b:02X}>");
         self.token_to_id
-            .get(hex.as_bytes())
-            .or_else(|| self.token_to_id.get(&[b][..]))
-            .copied()
+            .get(&self.texts, hex.as_bytes())
+            .or_else(|| self.token_to_id.get(&self.texts, &[b]))
             .or(self.ids.unk)
     }
+}
+
+/// The special ids of a vocabulary of `n_tokens` tokens: the metadata's where they are in
+/// range, else llama.cpp's defaults for the tokenizer model (SentencePiece: BOS 1, EOS 2,
+/// UNK 0; byte-level BPE: BOS = EOS = 11) where those are in range.
+pub(crate) fn resolve_special_ids(model: &str, meta: &SpecialIds, n_tokens: usize) -> SpecialIds {
+    let mut ids = SpecialIds::default();
+    match model {
+        "llama" => (ids.bos, ids.eos, ids.unk) = (Some(1), Some(2), Some(0)),
+        "gpt2" => (ids.bos, ids.eos) = (Some(11), Some(11)),
+        _ => {}
+    }
+    let in_range = |id: Option<u32>| id.filter(|&i| (i as usize) < n_tokens);
+    let set =
+        |slot: &mut Option<u32>, meta: Option<u32>| *slot = in_range(meta).or(in_range(*slot));
+    set(&mut ids.bos, meta.bos);
+    set(&mut ids.eos, meta.eos);
+    set(&mut ids.eot, meta.eot);
+    set(&mut ids.eom, meta.eom);
+    set(&mut ids.unk, meta.unk);
+    set(&mut ids.sep, meta.sep);
+    set(&mut ids.pad, meta.pad);
+    set(&mut ids.mask, meta.mask);
+    set(&mut ids.fim_pre, meta.fim_pre);
+    set(&mut ids.fim_suf, meta.fim_suf);
+    set(&mut ids.fim_mid, meta.fim_mid);
+    set(&mut ids.fim_pad, meta.fim_pad);
+    set(&mut ids.fim_rep, meta.fim_rep);
+    set(&mut ids.fim_sep, meta.fim_sep);
+    ids
 }
 
 /// SentencePiece sees spaces as U+2581.
@@ -373,9 +380,20 @@ fn detect_special_tokens(
     attrs: &mut [u16],
     ids: &mut SpecialIds,
 ) -> BTreeSet<u32> {
-    let text_is = |id: u32, list: &[&str]| list.iter().any(|t| t.as_bytes() == texts.get(id));
+    // Every recognised text starts with one of these bytes; most tokens are rejected by that.
+    let may_match = |id: u32| matches!(texts.get(id).first(), Some(b'<' | b'[' | b'_' | 0xE2));
+    let text_is = |id: u32, list: &[&str]| {
+        may_match(id) && list.iter().any(|t| t.as_bytes() == texts.get(id))
+    };
     let n = texts.len() as u32;
-    // The lowest id wins where several texts match (llama.cpp takes its hash map's first).
+    // Where several texts of a list occur, the earliest in the list wins (llama.cpp takes
+    // whichever its hash map yields first; the list order puts the usual spelling first).
+    let mut by_text: FxMap<&[u8], u32> = FxMap::default();
+    for id in 0..n {
+        if may_match(id) {
+            by_text.insert(texts.get(id), id);
+        }
+    }
     for (slot, list) in [
         (&mut ids.eot, special::EOT_TEXTS),
         (&mut ids.eom, special::EOM_TEXTS),
@@ -387,7 +405,7 @@ fn detect_special_tokens(
         (&mut ids.fim_sep, special::FIM_SEP_TEXTS),
     ] {
         if slot.is_none() {
-            if let Some(id) = (0..n).find(|&id| text_is(id, list)) {
+            if let Some(&id) = list.iter().find_map(|t| by_text.get(t.as_bytes())) {
                 *slot = Some(id);
                 attrs[id as usize] |= attr::CONTROL;
             }
@@ -437,4 +455,75 @@ fn detect_special_tokens(
         }
     }
     eog
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(model: &str, pre: Option<&str>, tokens: &[&str]) -> Vocab {
+        Vocab {
+            model: model.into(),
+            pre: pre.map(Into::into),
+            tokens: tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            merges: Some(vec![]),
+            ..Vocab::default()
+        }
+    }
+
+    #[test]
+    fn tokenizer_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<crate::ChatTemplate>();
+    }
+
+    #[test]
+    fn bad_vocabularies_are_clear_errors() {
+        let err = |v: &Vocab| {
+            Tokenizer::new(v)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err(&vocab("bert", None, &["a"])).contains("unsupported tokenizer model 'bert'"));
+        assert!(
+            err(&vocab("gpt2", Some("nope"), &["a"])).contains("unknown BPE pre-tokenizer 'nope'")
+        );
+        assert!(err(&vocab("llama", None, &[])).contains("empty"));
+        let mut v = vocab("llama", None, &["a", "b"]);
+        v.scores = Some(vec![0.0]);
+        assert!(err(&v).contains("'tokenizer.ggml.scores' has 1 entries, fewer than the 2 tokens"));
+        let mut v = vocab("gpt2", Some("gpt-2"), &["a"]);
+        v.merges = None;
+        assert!(err(&v).contains("no 'tokenizer.ggml.merges'"));
+    }
+
+    #[test]
+    fn defaults_follow_the_tokenizer_model() {
+        // SentencePiece: BOS 1, EOS 2, UNK 0 when the file names none; a BOS is added.
+        let t = Tokenizer::new(&vocab(
+            "llama",
+            None,
+            &["<unk>", "<s>", "</s>", "\u{2581}a"],
+        ))
+        .unwrap();
+        assert_eq!(
+            (t.bos(), t.eos(), t.special_ids().unk),
+            (Some(1), Some(2), Some(0))
+        );
+        assert!(t.adds_bos() && !t.adds_eos());
+        // The space prefix makes "a" into "▁a".
+        assert_eq!(t.encode("a", true, false), vec![1, 3]);
+        // Out-of-range metadata ids are ignored; the "</s>" text marks an end of generation.
+        let mut v = vocab("llama", None, &["<unk>", "<s>", "</s>"]);
+        v.special.bos = Some(99);
+        let t = Tokenizer::new(&v).unwrap();
+        assert_eq!(t.bos(), Some(1));
+        assert!(t.is_eog(2));
+        // Byte-level BPE: ids 11 don't exist in a 2-token vocabulary, so no BOS/EOS.
+        let t = Tokenizer::new(&vocab("gpt2", Some("gpt-2"), &["a", "b"])).unwrap();
+        assert_eq!((t.bos(), t.eos()), (None, None));
+        assert_eq!(t.encode("ab", true, true), vec![0, 1]);
+    }
 }

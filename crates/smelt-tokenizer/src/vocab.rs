@@ -55,28 +55,15 @@ pub struct SpecialIds {
     pub fim_sep: Option<u32>,
 }
 
-impl Vocab {
-    /// Reads the tokenizer keys of a GGUF file.
-    pub fn from_gguf(g: &Gguf) -> Result<Vocab, TokenizerError> {
-        let model = g
-            .get_str("tokenizer.ggml.model")?
-            .ok_or(TokenizerError::MissingKey("tokenizer.ggml.model"))?
-            .to_owned();
-        let tokens: Vec<Vec<u8>> = g
-            .get_string_array("tokenizer.ggml.tokens")?
-            .ok_or(TokenizerError::MissingKey("tokenizer.ggml.tokens"))?
-            .iter()
-            .map(<[u8]>::to_vec)
-            .collect();
-        let merges = g
-            .get_string_array("tokenizer.ggml.merges")?
-            .map(|a| a.iter().map(<[u8]>::to_vec).collect());
+impl SpecialIds {
+    /// Reads the `tokenizer.ggml.*_token_id` keys.
+    pub fn from_gguf(g: &Gguf) -> Result<SpecialIds, smelt_gguf::GgufError> {
         let id = |key: &str| g.get_u32(key);
         // llama.cpp reads the deprecated FIM keys after the current ones, so they win.
         let either = |new: &str, old: &str| -> Result<Option<u32>, smelt_gguf::GgufError> {
             Ok(id(old)?.or(id(new)?))
         };
-        let special = SpecialIds {
+        Ok(SpecialIds {
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
             eot: id("tokenizer.ggml.eot_token_id")?,
@@ -100,7 +87,27 @@ impl Vocab {
             fim_pad: id("tokenizer.ggml.fim_pad_token_id")?,
             fim_rep: id("tokenizer.ggml.fim_rep_token_id")?,
             fim_sep: id("tokenizer.ggml.fim_sep_token_id")?,
-        };
+        })
+    }
+}
+
+impl Vocab {
+    /// Reads the tokenizer keys of a GGUF file.
+    pub fn from_gguf(g: &Gguf) -> Result<Vocab, TokenizerError> {
+        let model = g
+            .get_str("tokenizer.ggml.model")?
+            .ok_or(TokenizerError::MissingKey("tokenizer.ggml.model"))?
+            .to_owned();
+        let tokens: Vec<Vec<u8>> = g
+            .get_string_array("tokenizer.ggml.tokens")?
+            .ok_or(TokenizerError::MissingKey("tokenizer.ggml.tokens"))?
+            .iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        let merges = g
+            .get_string_array("tokenizer.ggml.merges")?
+            .map(|a| a.iter().map(<[u8]>::to_vec).collect());
+        let special = SpecialIds::from_gguf(g)?;
         Ok(Vocab {
             model,
             pre: g.get_str("tokenizer.ggml.pre")?.map(str::to_owned),

@@ -95,3 +95,36 @@ fn exercise_template_matches_jinja2() {
     .expect("compile");
     check_all("exercise", &t, &fx);
 }
+
+#[test]
+fn other_builtin_templates_match_jinja2() {
+    let fx = fixture();
+    for (name, family) in [
+        ("chatml", "chatml"),
+        ("llama3", "llama3"),
+        ("plain", "plain"),
+    ] {
+        let tokens = &fx["templates"][name]["tokens"];
+        let t = ChatTemplate::builtin_for(
+            family,
+            tokens["bos_token"].as_str().unwrap(),
+            tokens["eos_token"].as_str().unwrap(),
+        )
+        .expect("builtin");
+        check_all(name, &t, &fx);
+    }
+}
+
+#[test]
+fn from_gguf_agrees_with_for_model() {
+    let fx = fixture();
+    let conv = &fx["conversations"][3];
+    for model in [smelt_testutil::SMOLLM2, smelt_testutil::GEMMA3] {
+        let g = smelt_gguf::Gguf::open(smelt_testutil::model_path(model)).expect("open gguf");
+        let (_, via_vocab) = model_template(model);
+        let direct = ChatTemplate::from_gguf(&g, "").expect("template");
+        assert_eq!(direct.source(), via_vocab.source());
+        let render = |t: &ChatTemplate| t.render(&conv["messages"], None, true).unwrap();
+        assert_eq!(render(&direct), render(&via_vocab), "{model}");
+    }
+}

@@ -9,7 +9,7 @@ use smelt_engine::{Event, GenerateRequest, LoadOptions, Model, SamplingOptions};
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// A model: a path to a .gguf file.
+    /// A model: a name in the store (pulled when missing, e.g. smollm2:135m) or a path to a .gguf file.
     pub model: String,
     /// Context length to allocate (default: min(training context, 4096)).
     #[arg(long = "ctx", alias = "num-ctx")]
@@ -141,7 +141,7 @@ fn stream(model: &Model, req: GenerateRequest, verbose: bool) -> Result<String> 
     Ok(text)
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
+pub fn run(a: &RunArgs) -> Result<()> {
     let model = a.model.load()?;
     let prompt = match &a.prompt {
         Some(p) => Some(p.clone()),
@@ -209,13 +209,14 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// A path to a .gguf file.
+    /// A model name or a path to a .gguf file.
     pub model: String,
     pub text: String,
 }
 
-pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let g = smelt_gguf::Gguf::open(&a.model).with_context(|| format!("opening {}", a.model))?;
+pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
+    let path = crate::store_cmd::ensure_model(&a.model, false)?.gguf_path;
+    let g = smelt_gguf::Gguf::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let tok = smelt_tokenizer::Tokenizer::from_gguf(&g)?;
     let ids = tok.encode(&a.text, false, false);
     println!("{}", serde_json::to_string(&ids)?);
@@ -233,7 +234,7 @@ pub struct PerplexityArgs {
     pub chunks: Option<usize>,
 }
 
-pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     let n_ctx = a.model.ctx.unwrap_or(512);
@@ -262,69 +263,5 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     println!("chunks: {}", r.chunks);
     println!("scored tokens: {}", r.scored);
     println!("ppl: {:.4}", r.ppl);
-    Ok(())
-}
-
-#[derive(Args)]
-pub struct ShowArgs {
-    /// A path to a .gguf file.
-    pub model: String,
-    /// Print the chat template.
-    #[arg(long)]
-    pub template: bool,
-    /// Print the license.
-    #[arg(long)]
-    pub license: bool,
-}
-
-pub fn show(a: ShowArgs) -> Result<()> {
-    let g = smelt_gguf::Gguf::open(&a.model).with_context(|| format!("opening {}", a.model))?;
-    let arch = smelt_models::load(&g)?;
-    let vocab = smelt_tokenizer::Vocab::from_gguf(&g)?;
-    let tok = smelt_tokenizer::Tokenizer::new(&vocab)?;
-    let tmpl = smelt_tokenizer::ChatTemplate::for_model(&vocab, &tok)?;
-    if a.template {
-        println!("{}", tmpl.source());
-        return Ok(());
-    }
-    let license = g.get_str("general.license")?.map(str::to_string);
-    if a.license {
-        println!("{}", license.unwrap_or_default());
-        return Ok(());
-    }
-    let mut mix: Vec<(&str, usize)> = Vec::new();
-    for e in arch.weights().entries() {
-        match mix.iter_mut().find(|(n, _)| *n == e.dtype.name()) {
-            Some((_, c)) => *c += 1,
-            None => mix.push((e.dtype.name(), 1)),
-        }
-    }
-    mix.sort_by(|a, b| b.1.cmp(&a.1));
-    let mix: Vec<String> = mix.iter().map(|(n, c)| format!("{n} x{c}")).collect();
-    let params = arch.weights().n_params() as f64;
-    println!("  Model");
-    println!(
-        "    name                {}",
-        g.get_str("general.name")?.unwrap_or("-")
-    );
-    println!("    architecture        {}", arch.arch());
-    println!("    parameters          {:.1}M", params / 1e6);
-    println!("    context length      {}", arch.context_length());
-    println!("    embedding length    {}", arch.n_embd());
-    println!("    layers              {}", arch.n_layer());
-    println!("    vocabulary          {}", arch.n_vocab());
-    println!("    quantization        {}", mix.join(", "));
-    println!(
-        "    file size           {:.1} MB",
-        g.file_size() as f64 / 1e6
-    );
-    println!("  Template");
-    for line in tmpl.source().lines().take(6) {
-        println!("    {line}");
-    }
-    if let Some(l) = license {
-        println!("  License");
-        println!("    {}", l.lines().next().unwrap_or(""));
-    }
     Ok(())
 }
