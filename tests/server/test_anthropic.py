@@ -15,6 +15,7 @@ def ant(server):
 
 def test_messages_stream_matches_non_stream(ant):
     kw = dict(model=MODEL, max_tokens=8, extra_body={"temperature": 0}, system="Be short.", messages=[{"role": "user", "content": "Name an animal."}])
+    ant.messages.create(**kw)  # the same prefix-cache state for both compared requests
     r = ant.messages.create(**kw)
     assert r.type == "message" and r.role == "assistant" and r.id.startswith("msg_")
     assert r.stop_reason in ("end_turn", "max_tokens")

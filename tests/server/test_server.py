@@ -201,8 +201,23 @@ def test_metrics_health_and_ui(server):
 
 
 def test_memory_budget_evicts_lru_and_refuses_what_cannot_fit(make_server):
-    # Room for either model but not both: loading one evicts the other.
-    s = make_server(env={"SMELT_MAX_MEMORY": "1200MiB", "SMELT_CONTEXT_LENGTH": "512"})
+    ctx = {"SMELT_CONTEXT_LENGTH": "512"}
+    # What each model takes, loaded alone.
+    probe = make_server(env=ctx)
+    probe.create("smollm2", SMOLLM2)
+    probe.create("gemma3", GEMMA3)
+    c = ollama.Client(host=probe.url, timeout=300)
+    sizes = {}
+    for name in ["smollm2", "gemma3"]:
+        c.generate(model=name, prompt="Hi", options={"num_predict": 1})
+        sizes[name] = next(m.size for m in c.ps().models if m.model == f"{name}:latest")
+        c.generate(model=name, prompt="", keep_alive=0)
+    probe.stop()
+
+    # Room for either model but not both: loading one evicts the other (least recently used).
+    budget = max(sizes.values()) + (8 << 20)
+    assert budget < sum(sizes.values())
+    s = make_server(env={**ctx, "SMELT_MAX_MEMORY": str(budget)})
     s.create("smollm2", SMOLLM2)
     s.create("gemma3", GEMMA3)
     c = ollama.Client(host=s.url, timeout=300)
@@ -210,8 +225,11 @@ def test_memory_budget_evicts_lru_and_refuses_what_cannot_fit(make_server):
     assert [m.model for m in c.ps().models] == ["smollm2:latest"]
     c.generate(model="gemma3", prompt="Hi", options={"num_predict": 1})
     assert [m.model for m in c.ps().models] == ["gemma3:latest"]
+    c.generate(model="smollm2", prompt="Hi", options={"num_predict": 1})
+    assert [m.model for m in c.ps().models] == ["smollm2:latest"]
 
-    tiny = make_server(env={"SMELT_MAX_MEMORY": "50MiB"})
+    # A model that cannot fit at all is refused, not swapped.
+    tiny = make_server(env={**ctx, "SMELT_MAX_MEMORY": "1MiB"})
     tiny.create("smollm2", SMOLLM2)
     status, _, raw = request("POST", tiny.url + "/api/generate", {"model": "smollm2", "prompt": "Hi", "stream": False})
     assert status == 507 and "needs" in json.loads(raw)["error"]

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
-use smelt_engine::{Event, GenerateRequest, LoadOptions, Model, Usage};
+use smelt_engine::{BackendKind, Event, GenerateRequest, LoadOptions, Model, Usage};
 
 use crate::backend::{LoadedModel, ModelFacts, ModelLoader};
 use crate::constrain::TokenTable;
@@ -21,21 +21,31 @@ impl ModelLoader for EngineLoader {
     ) -> Result<Arc<dyn LoadedModel>, String> {
         let model =
             Model::load(path, LoadOptions { num_ctx, threads }).map_err(|e| e.to_string())?;
+        // Weights read through the file mapping occupy memory too (page cache), though the
+        // engine does not allocate them.
+        let mapped = model.with_runner(|r| r.mapped_weight_bytes()) as u64;
         Ok(Arc::new(EngineModel {
             model,
+            mapped,
             table: OnceLock::new(),
         }))
     }
 
     fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String> {
-        // The reference backend holds every weight as f32.
-        crate::registry::estimate_memory(path, num_ctx, true)
+        match BackendKind::from_env().map_err(|e| e.to_string())? {
+            // Every weight as f32, and an f32 KV cache.
+            BackendKind::Reference => crate::registry::estimate_memory(path, num_ctx, true, 4),
+            // Weights mapped as stored, an f16 KV cache.
+            BackendKind::Fast => crate::registry::estimate_memory(path, num_ctx, false, 2),
+        }
     }
 }
 
 /// A loaded engine model.
 pub struct EngineModel {
     model: Model,
+    /// Bytes of weights used through the file mapping.
+    mapped: u64,
     /// The vocabulary for constrained decoding, built on first use.
     table: OnceLock<Arc<TokenTable>>,
 }
@@ -50,7 +60,7 @@ impl LoadedModel for EngineModel {
             quantization: i.quantization.clone(),
             file_size: i.file_size,
             n_embd: i.n_embd,
-            memory_bytes: i.memory_bytes,
+            memory_bytes: i.memory_bytes + self.mapped,
         }
     }
 

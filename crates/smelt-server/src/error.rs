@@ -20,7 +20,7 @@ pub enum ConfigError {
          `Authorization: Bearer <key>` or `x-api-key`), or pass --no-auth to share without one"
     )]
     AuthRequired { bind: String },
-    #[error("cannot listen on {bind}: {source}")]
+    #[error("cannot listen on {bind}")]
     Bind {
         bind: String,
         source: std::io::Error,

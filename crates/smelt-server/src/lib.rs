@@ -118,6 +118,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

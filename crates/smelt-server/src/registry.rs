@@ -168,9 +168,14 @@ fn array_json(a: &Array) -> Value {
 }
 
 /// Bytes a model would take: its weights (mapped as stored, or as f32 when `f32_weights`, as
-/// the reference backend holds them) plus an f32 KV cache for `num_ctx` positions and a margin
-/// for buffers, read from the file's metadata.
-pub fn estimate_memory(path: &Path, num_ctx: usize, f32_weights: bool) -> Result<u64, String> {
+/// the reference backend holds them), a KV cache of `kv_elem_bytes` per element for `num_ctx`
+/// positions, and a margin for buffers, read from the file's metadata.
+pub fn estimate_memory(
+    path: &Path,
+    num_ctx: usize,
+    f32_weights: bool,
+    kv_elem_bytes: u64,
+) -> Result<u64, String> {
     let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let arch = g.architecture().unwrap_or("").to_string();
     let get = |k: &str| {
@@ -189,7 +194,7 @@ pub fn estimate_memory(path: &Path, num_ctx: usize, f32_weights: bool) -> Result
     let kv = n_layer
         .saturating_mul(num_ctx as u64)
         .saturating_mul(n_head_kv * (head_k + head_v))
-        .saturating_mul(4);
+        .saturating_mul(kv_elem_bytes);
     let n_vocab = g
         .get_string_array("tokenizer.ggml.tokens")
         .ok()
@@ -228,12 +233,12 @@ mod tests {
         assert_eq!(info.model_info["llama.context_length"], 8192);
         assert!(info.model_info["tokenizer.ggml.tokens"].is_null());
         assert!(info.chat_template.unwrap().contains("<|im_start|>"));
-        // 30 layers x 3 KV heads x (64 + 64) x 4 bytes per position.
-        let e1 = estimate_memory(&path, 1024, false).unwrap();
-        let e2 = estimate_memory(&path, 2048, false).unwrap();
-        let f = estimate_memory(&path, 1024, true).unwrap();
+        // Per position: 30 layers x 3 KV heads x (64 + 64) x 4 bytes of KV, 576 x 16 of activations.
+        let e1 = estimate_memory(&path, 1024, false, 4).unwrap();
+        let e2 = estimate_memory(&path, 2048, false, 4).unwrap();
+        let f = estimate_memory(&path, 1024, true, 4).unwrap();
         assert!(f > e1 + 400_000_000, "134.5M parameters as f32");
-        assert_eq!(e2 - e1, 30 * 1024 * 3 * 128 * 4);
+        assert_eq!(e2 - e1, 1024 * (30 * 3 * 128 * 4 + 576 * 16));
     }
 }
 

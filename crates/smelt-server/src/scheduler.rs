@@ -193,11 +193,8 @@ impl Scheduler {
             let slot = Arc::new(Slot {
                 record: record.clone(),
                 num_ctx: model.context_length(),
-                size: if facts.memory_bytes > 0 {
-                    facts.memory_bytes
-                } else {
-                    estimate
-                },
+                // The larger of the estimate and what the engine reports.
+                size: facts.memory_bytes.max(estimate),
                 model,
                 run: Arc::new(Semaphore::new(self.cfg.num_parallel.max(1))),
                 life: Mutex::new(Life {

@@ -126,6 +126,35 @@ fn text_of(v: &Value, what: &str) -> std::result::Result<String, ApiError> {
     }
 }
 
+/// Claude Code starts its system prompt with a per-request `x-anthropic-billing-header: ...`
+/// block: metadata for Anthropic's billing, not an instruction, and different on every request,
+/// so it would defeat the prefix cache. It is dropped.
+fn without_billing_header(system: &Value) -> Value {
+    match system {
+        Value::Array(blocks) => Value::Array(
+            blocks
+                .iter()
+                .filter(|b| {
+                    !b.get("text")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| t.trim_start().starts_with("x-anthropic-billing-header"))
+                })
+                .cloned()
+                .collect(),
+        ),
+        Value::String(s) if s.trim_start().starts_with("x-anthropic-billing-header") => {
+            // A header line, then (maybe) the real prompt.
+            Value::String(
+                s.trim_start()
+                    .split_once('\n')
+                    .map(|(_, rest)| rest.to_string())
+                    .unwrap_or_default(),
+            )
+        }
+        other => other.clone(),
+    }
+}
+
 /// Anthropic turns to chat messages: tool_use blocks become the assistant's calls, tool_result
 /// blocks become tool messages (before the user's text of the same turn).
 fn chat_messages(
@@ -134,7 +163,7 @@ fn chat_messages(
 ) -> std::result::Result<Vec<ChatMessage>, ApiError> {
     let mut out = Vec::new();
     if let Some(s) = system {
-        let text = text_of(s, "system")?;
+        let text = text_of(&without_billing_header(s), "system")?;
         if !text.is_empty() {
             out.push(ChatMessage::new("system", text));
         }
@@ -449,7 +478,14 @@ pub async fn messages(
         }
         frames
     };
-    Ok(stream_response("text/event-stream", gen, head, translate))
+    let ping = sse_event("ping", &json!({"type": "ping"}));
+    Ok(stream_response(
+        "text/event-stream",
+        gen,
+        head,
+        Some(ping),
+        translate,
+    ))
 }
 
 pub async fn count_tokens(
@@ -508,6 +544,33 @@ mod tests {
         );
         assert_eq!(r.options.num_predict, Some(32000));
         assert_eq!(r.tools.len(), 1);
+    }
+
+    #[test]
+    fn billing_header_is_dropped_from_the_system_prompt() {
+        let sys = json!([
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1; cch=abc;"},
+            {"type": "text", "text": "You are Claude Code."}
+        ]);
+        let m = chat_messages(
+            &Some(sys),
+            vec![WireMessage {
+                role: "user".into(),
+                content: json!("hi"),
+            }],
+        )
+        .unwrap();
+        assert_eq!(m[0].content, "You are Claude Code.");
+        let s = json!("x-anthropic-billing-header: cc_version=2.1\nBe brief.");
+        let m = chat_messages(
+            &Some(s),
+            vec![WireMessage {
+                role: "user".into(),
+                content: json!("hi"),
+            }],
+        )
+        .unwrap();
+        assert_eq!(m[0].content, "Be brief.");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -46,6 +46,14 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 
 pub async fn ui() -> Html<&'static str> {
     Html(include_str!("../ui.html"))
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    let mut r = ApiError::invalid(format!("{method} is not allowed on {path}"))
+        .into_response(Dialect::of_path(path));
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
 }
 
 pub async fn not_found(uri: Uri) -> Response {

@@ -37,12 +37,14 @@ pub fn body_bytes(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 /// A streamed response whose frames come from translating a generation's events.
-/// `head` frames go first; `translate` returns the frames for each event (`last` is set for the
-/// final one); the stream ends after Done or Error.
+/// `head` frames go first; `translate` returns the frames for each event; the stream ends after
+/// Done or Error. `keepalive` is sent when nothing else was for [`KEEPALIVE_EVERY`] (a long
+/// prompt evaluating), so proxies and clients do not give up on a quiet connection.
 pub fn stream_response<F>(
     content_type: &'static str,
     gen: Generation,
     head: Vec<Bytes>,
+    keepalive: Option<Bytes>,
     translate: F,
 ) -> Response
 where
@@ -53,12 +55,14 @@ where
         pending: VecDeque<Bytes>,
         translate: F,
         ended: bool,
+        keepalive: Option<Bytes>,
     }
     let st = St {
         gen,
         pending: head.into(),
         translate,
         ended: false,
+        keepalive,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         loop {
@@ -68,7 +72,17 @@ where
             if st.ended {
                 return None;
             }
-            match st.gen.recv().await {
+            let next = match &st.keepalive {
+                Some(k) => match tokio::time::timeout(KEEPALIVE_EVERY, st.gen.recv()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        let k = k.clone();
+                        return Some((Ok(k), st));
+                    }
+                },
+                None => st.gen.recv().await,
+            };
+            match next {
                 Some(ev) => {
                     st.ended = matches!(ev, Out::Done { .. } | Out::Error(_));
                     st.pending.extend((st.translate)(ev));
@@ -85,6 +99,9 @@ where
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
+
+/// Quiet time after which a keepalive frame is sent.
+pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One NDJSON line.
 pub fn ndjson(v: &serde_json::Value) -> Bytes {

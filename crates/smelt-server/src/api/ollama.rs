@@ -470,10 +470,12 @@ async fn respond(
         }
         vec![ndjson(&Value::Object(o))]
     };
+    // NDJSON has no comment syntax: no keepalive frames.
     Ok(stream_response(
         "application/x-ndjson",
         gen,
         Vec::new(),
+        None,
         translate,
     ))
 }

@@ -541,7 +541,15 @@ pub async fn chat_completions(
             ],
         }
     };
-    Ok(stream_response("text/event-stream", gen, head, translate))
+    // An SSE comment: clients skip it.
+    let keepalive = Bytes::from_static(b": keepalive\n\n");
+    Ok(stream_response(
+        "text/event-stream",
+        gen,
+        head,
+        Some(keepalive),
+        translate,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -692,12 +700,23 @@ pub async fn completions(
         "text/event-stream",
         gen,
         Vec::new(),
+        Some(Bytes::from_static(b": keepalive\n\n")),
         translate,
     ))
 }
 
+/// A model as OpenAI lists it, with Anthropic's fields too (Claude Code lists models at the same
+/// path): clients ignore the fields they do not know.
 fn model_json(r: &crate::backend::ModelRecord) -> Value {
-    json!({"id": r.name, "object": "model", "created": timefmt::unix_secs(r.modified), "owned_by": "library"})
+    json!({
+        "id": r.name,
+        "object": "model",
+        "created": timefmt::unix_secs(r.modified),
+        "owned_by": "library",
+        "type": "model",
+        "display_name": r.name,
+        "created_at": timefmt::rfc3339(r.modified),
+    })
 }
 
 pub async fn models(State(app): State<Arc<AppState>>) -> Result<Response> {
@@ -706,10 +725,14 @@ pub async fn models(State(app): State<Arc<AppState>>) -> Result<Response> {
         .await
         .map_err(|e| err(ApiError::internal(e.to_string())))?
         .map_err(|e| err(registry_error("", e)))?;
-    Ok(
-        Json(json!({"object": "list", "data": list.iter().map(model_json).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    Ok(Json(json!({
+        "object": "list",
+        "data": list.iter().map(model_json).collect::<Vec<_>>(),
+        "has_more": false,
+        "first_id": list.first().map(|r| r.name.clone()),
+        "last_id": list.last().map(|r| r.name.clone()),
+    }))
+    .into_response())
 }
 
 pub async fn model(
