@@ -298,7 +298,7 @@ fn matmul(x: &[f32], w: &[f32], rows: usize, out_cols: usize, threads: usize) ->
             .collect();
     });
     for (j0, part) in parts {
-        let width = if rows == 0 { 0 } else { part.len() / rows };
+        let width = part.len().checked_div(rows).unwrap_or(0);
         for t in 0..rows {
             out[t * out_cols + j0..t * out_cols + j0 + width]
                 .copy_from_slice(&part[t * width..(t + 1) * width]);

@@ -71,10 +71,8 @@ fn teacher_forced(model_file: &str, backend: BackendKind) {
     let mut r = Runner::load_with(
         g,
         RunnerOptions {
-            n_ctx,
-            threads: 2,
             backend,
-            kv_type: smelt_engine::KvType::F16,
+            ..RunnerOptions::new(n_ctx, 2).unwrap()
         },
     )
     .unwrap();
@@ -157,10 +155,8 @@ fn greedy(model_file: &str, backend: BackendKind) {
     let mut r = Runner::load_with(
         g,
         RunnerOptions {
-            n_ctx: 512,
-            threads: 2,
             backend,
-            kv_type: smelt_engine::KvType::F16,
+            ..RunnerOptions::new(512, 2).unwrap()
         },
     )
     .unwrap();

@@ -219,7 +219,7 @@ impl Graph {
     ) -> NodeId {
         let shape = self.shape(x);
         assert!(
-            group > 0 && shape[1] % group == 0,
+            group > 0 && shape[1].is_multiple_of(group),
             "[{name}] group {group} does not divide {}",
             shape[1]
         );
@@ -298,7 +298,7 @@ impl Graph {
     ) -> NodeId {
         let shape = self.shape(x);
         assert!(
-            shape[1] % head_dim == 0 && n_rot <= head_dim && n_rot % 2 == 0,
+            shape[1].is_multiple_of(head_dim) && n_rot <= head_dim && n_rot.is_multiple_of(2),
             "[{name}] bad rope dims"
         );
         if let Some(f) = factors {
@@ -347,7 +347,7 @@ impl Graph {
             "[{name}] v shape"
         );
         assert!(
-            n_head_kv > 0 && n_head % n_head_kv == 0,
+            n_head_kv > 0 && n_head.is_multiple_of(n_head_kv),
             "[{name}] n_head {n_head} not a multiple of n_head_kv {n_head_kv}"
         );
         let op = Op::Attention {

@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod gen_cmd;
+mod serve_cmd;
 mod store_cmd;
 
 use anyhow::Result;
@@ -23,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Chat with a model (or complete a prompt with --raw); pulls it first when missing.
     Run(gen_cmd::RunArgs),
+    /// Serve the Ollama, OpenAI and Anthropic APIs (127.0.0.1:11434 by default).
+    Serve(serve_cmd::ServeArgs),
     /// Pull a model from a registry, Hugging Face, or the built-in catalog.
     Pull(store_cmd::PullArgs),
     /// Create a model from a Modelfile or a GGUF file.
@@ -50,6 +53,7 @@ fn main() {
     let cli = Cli::parse();
     let res: Result<()> = match cli.cmd {
         Cmd::Run(a) => gen_cmd::run(&a),
+        Cmd::Serve(a) => serve_cmd::run_serve(a),
         Cmd::Pull(a) => store_cmd::run_pull(&a),
         Cmd::Create(a) => store_cmd::run_create(&a),
         Cmd::List(a) => store_cmd::run_list(&a),

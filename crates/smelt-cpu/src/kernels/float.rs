@@ -71,7 +71,7 @@ macro_rules! float_tile {
         use std::arch::x86_64::*;
 
         use super::{value, Float, Kind};
-        use crate::kernels::tile::TileArgs;
+        use crate::kernels::tile::{unroll, TileArgs};
 
         /// 8 weights of row `w` from value `i`, widened.
         ///
@@ -102,21 +102,21 @@ macro_rules! float_tile {
             let mut i = 0;
             while i + 8 <= n {
                 let mut xv = [_mm256_setzero_ps(); T];
-                for t in 0..T {
+                unroll!(T, t, {
                     // SAFETY: values i..i+8 < n of activation row t.
                     xv[t] = unsafe { _mm256_loadu_ps(a.x.add(t * a.xs + 4 * i).cast()) };
-                }
-                for r in 0..R {
+                });
+                unroll!(R, r, {
                     // SAFETY: values i..i+8 < n of weight row r.
                     let wv = unsafe { load8::<F>(a.w.add(r * a.ws), i) };
-                    for t in 0..T {
+                    unroll!(T, t, {
                         acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
-                    }
-                }
+                    });
+                });
                 i += 8;
             }
-            for r in 0..R {
-                for t in 0..T {
+            unroll!(R, r, {
+                unroll!(T, t, {
                     let mut sum = hsum(acc[r][t]);
                     if i < n {
                         // SAFETY: the last n - i values of weight row r and activation row t.
@@ -138,8 +138,8 @@ macro_rules! float_tile {
                     }
                     // SAFETY: the caller vouches for output t * os + r.
                     unsafe { *a.out.add(t * a.os + r) = sum };
-                }
-            }
+                });
+            });
         }
     };
 }

@@ -149,9 +149,11 @@ macro_rules! k16_tile {
         use std::arch::x86_64::*;
 
         use super::{q3_scales, zero_point, Kind, K16};
-        use crate::kernels::tile::TileArgs;
+        use crate::kernels::tile::{unroll, TileArgs};
 
         /// `R` rows x `T` tokens; see [`crate::kernels::tile::TileFn`] for the contract.
+        // The running shifts of the unrolled chunk loop leave a final, unused shift.
+        #[allow(unused_assignments)]
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn tile<const R: usize, const T: usize, F: K16>(a: &TileArgs) {
             let m4 = _mm256_set1_epi8(0x0f);
@@ -159,18 +161,18 @@ macro_rules! k16_tile {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
             for b in 0..a.nb {
                 let mut xb = [a.x; T];
-                let mut dx = [0f32; T];
+                let mut dx = [_mm256_setzero_ps(); T];
                 let mut bsums = [_mm256_setzero_si256(); T];
-                for t in 0..T {
+                unroll!(T, t, {
                     // SAFETY: t < T and b < nb, so the 292-byte block is inside activation
                     // row t: d at 0, quants at 4..260, sums at 260..292.
                     unsafe {
                         xb[t] = a.x.add(t * a.xs + b * 292);
-                        dx[t] = f32_at(xb[t]);
+                        dx[t] = f32_splat(xb[t]);
                         bsums[t] = load256(xb[t].add(260));
                     }
-                }
-                for r in 0..R {
+                });
+                unroll!(R, r, {
                     // SAFETY: r < R and b < nb, so the block is inside weight row r.
                     let wb = unsafe { a.w.add(r * a.ws + b * F::BYTES) };
                     // SAFETY (this block): every offset read lies inside the block's bytes.
@@ -183,33 +185,33 @@ macro_rules! k16_tile {
                             }
                             Kind::Q6 => load128(wb.add(192)),
                         };
-                        (f16_at(wb.add(F::D)), scales)
+                        (f16_splat(wb.add(F::D)), scales)
                     };
                     let mut sumi = [_mm256_setzero_si256(); T];
                     if F::KIND == Kind::Q2 {
                         // SAFETY: the scale bytes (mins in the high nibbles) and dmin.
-                        let (mins, dmin) = unsafe { (load128(wb), f16_at(wb.add(82))) };
+                        let (mins, dmin) = unsafe { (load128(wb), f16_splat(wb.add(82))) };
                         let mins = _mm256_cvtepu8_epi16(_mm_and_si128(
                             _mm_srli_epi16(mins, 4),
                             _mm_set1_epi8(0x0f),
                         ));
-                        for t in 0..T {
+                        unroll!(T, t, {
                             let m = _mm256_madd_epi16(mins, bsums[t]);
-                            acc[r][t] = fma_i32(acc[r][t], m, -dmin * dx[t]);
-                        }
+                            acc[r][t] = fnma_i32(acc[r][t], m, _mm256_mul_ps(dmin, dx[t]));
+                        });
                     } else {
                         let wide = _mm256_cvtepi8_epi16(scales);
-                        for t in 0..T {
+                        unroll!(T, t, {
                             sumi[t] =
                                 neg_times(_mm256_madd_epi16(wide, bsums[t]), zero_point(F::KIND));
-                        }
+                        });
                     }
                     // SAFETY: Q3_K's 32 bytes of third bits are the block's first bytes.
                     let mut hm = match F::KIND {
                         Kind::Q3 => unsafe { load256(wb) },
                         _ => _mm256_setzero_si256(),
                     };
-                    for n in 0..2 {
+                    unroll!(2, n, {
                         // SAFETY: each load is 32 bytes inside the block (Q2_K quants at 16,
                         // Q3_K at 32, Q6_K low nibbles at 0 and high bits at 128).
                         let (v0, v1, mut vh) = unsafe {
@@ -232,7 +234,7 @@ macro_rules! k16_tile {
                             }
                         };
                         let mut low2 = v0;
-                        for k in 0..4 {
+                        unroll!(4, k, {
                             let q = match F::KIND {
                                 Kind::Q2 => _mm256_and_si256(low2, m2),
                                 Kind::Q3 => {
@@ -280,24 +282,24 @@ macro_rules! k16_tile {
                                 2 * j + 1,
                             );
                             let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
-                            for t in 0..T {
+                            unroll!(T, t, {
                                 // SAFETY: quants 128n + 32k .. +32 of the activation block.
                                 let xv = unsafe { load256(xb[t].add(4 + 128 * n + 32 * k)) };
                                 sumi[t] = dot_i16(sumi[t], _mm256_maddubs_epi16(q, xv), sc);
-                            }
-                        }
-                    }
-                    for t in 0..T {
-                        acc[r][t] = fma_i32(acc[r][t], sumi[t], d * dx[t]);
-                    }
-                }
+                            });
+                        });
+                    });
+                    unroll!(T, t, {
+                        acc[r][t] = fma_i32(acc[r][t], sumi[t], _mm256_mul_ps(d, dx[t]));
+                    });
+                });
             }
-            for r in 0..R {
-                for t in 0..T {
+            unroll!(R, r, {
+                unroll!(T, t, {
                     // SAFETY: the caller vouches for output t * os + r.
                     unsafe { *a.out.add(t * a.os + r) = hsum(acc[r][t]) };
-                }
-            }
+                });
+            });
         }
     };
 }

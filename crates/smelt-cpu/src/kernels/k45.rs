@@ -100,24 +100,27 @@ macro_rules! k45_tile {
         use std::arch::x86_64::*;
 
         use super::{scales_mins, K45};
-        use crate::kernels::tile::TileArgs;
+        use crate::kernels::tile::{unroll, TileArgs};
 
         /// `R` rows x `T` tokens; see [`crate::kernels::tile::TileFn`] for the contract.
+        // The running shifts of the unrolled chunk loop leave a final, unused shift.
+        #[allow(unused_assignments)]
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn tile<const R: usize, const T: usize, F: K45>(a: &TileArgs) {
             let m4 = _mm256_set1_epi8(0x0f);
             let m_fifth = _mm256_set1_epi8(0x10);
             let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let pf = crate::kernels::tile::prefetch_distance();
             for b in 0..a.nb {
                 let mut xb = [a.x; T];
-                let mut dx = [0f32; T];
+                let mut dx = [_mm256_setzero_ps(); T];
                 let mut bsums = [_mm_setzero_si128(); T];
-                for t in 0..T {
+                unroll!(T, t, {
                     // SAFETY: t < T and b < nb, so the 292-byte block is inside activation
                     // row t: d at 0, quants at 4..260, sums at 260..292.
                     unsafe {
                         xb[t] = a.x.add(t * a.xs + b * 292);
-                        dx[t] = f32_at(xb[t]);
+                        dx[t] = f32_splat(xb[t]);
                         let s = load256(xb[t].add(260));
                         // Sixteen sums of 16 -> eight sums of 32, one per group.
                         bsums[t] = _mm_hadd_epi16(
@@ -125,29 +128,33 @@ macro_rules! k45_tile {
                             _mm256_extracti128_si256(s, 1),
                         );
                     }
-                }
-                for r in 0..R {
+                });
+                unroll!(R, r, {
                     // SAFETY: r < R and b < nb, so the block is inside weight row r.
                     let wb = unsafe { a.w.add(r * a.ws + b * F::BYTES) };
+                    if pf != 0 {
+                        // A hint only: prefetching past the end of the data is harmless.
+                        _mm_prefetch(wb.wrapping_add(pf) as *const i8, _MM_HINT_T0);
+                    }
                     // SAFETY: d, dmin and the 12 scale bytes are the block's first 16 bytes.
                     let (d, dmin, (scales, mins)) = unsafe {
                         let s = std::slice::from_raw_parts(wb.add(4), 12);
-                        (f16_at(wb), f16_at(wb.add(2)), scales_mins(s))
+                        (f16_splat(wb), f16_splat(wb.add(2)), scales_mins(s))
                     };
                     let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
                     let scales = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64));
                     let scales = _mm256_set_m128i(scales, scales);
                     let mut sumi = [_mm256_setzero_si256(); T];
-                    for t in 0..T {
+                    unroll!(T, t, {
                         let m = _mm256_zextsi128_si256(_mm_madd_epi16(mins, bsums[t]));
-                        acc[r][t] = fma_i32(acc[r][t], m, -dmin * dx[t]);
-                    }
+                        acc[r][t] = fnma_i32(acc[r][t], m, _mm256_mul_ps(dmin, dx[t]));
+                    });
                     // SAFETY: Q5_K's 32 bytes of fifth bits lie inside the block.
                     let mut qh = match F::QH {
                         Some(at) => unsafe { load256(wb.add(at)) },
                         None => _mm256_setzero_si256(),
                     };
-                    for c in 0..4 {
+                    unroll!(4, c, {
                         // SAFETY: 32 bytes of quants at QS + 32c, inside the block.
                         let qv = unsafe { load256(wb.add(F::QS + 32 * c)) };
                         let mut lo = _mm256_and_si256(qv, m4);
@@ -174,7 +181,7 @@ macro_rules! k45_tile {
                             scales,
                             _mm256_set1_epi16(((4 * c + 3) << 8 | (4 * c + 2)) as i16),
                         );
-                        for t in 0..T {
+                        unroll!(T, t, {
                             // SAFETY: quants 64c..64c+64 of the activation block.
                             let (x0, x1) = unsafe {
                                 (
@@ -184,19 +191,19 @@ macro_rules! k45_tile {
                             };
                             sumi[t] = dot_i16(sumi[t], _mm256_maddubs_epi16(lo, x0), s_lo);
                             sumi[t] = dot_i16(sumi[t], _mm256_maddubs_epi16(hi, x1), s_hi);
-                        }
-                    }
-                    for t in 0..T {
-                        acc[r][t] = fma_i32(acc[r][t], sumi[t], d * dx[t]);
-                    }
-                }
+                        });
+                    });
+                    unroll!(T, t, {
+                        acc[r][t] = fma_i32(acc[r][t], sumi[t], _mm256_mul_ps(d, dx[t]));
+                    });
+                });
             }
-            for r in 0..R {
-                for t in 0..T {
+            unroll!(R, r, {
+                unroll!(T, t, {
                     // SAFETY: the caller vouches for output t * os + r.
                     unsafe { *a.out.add(t * a.os + r) = hsum(acc[r][t]) };
-                }
-            }
+                });
+            });
         }
     };
 }

@@ -114,27 +114,29 @@ macro_rules! legacy_tile {
         use std::arch::x86_64::*;
 
         use super::Legacy;
-        use crate::kernels::tile::TileArgs;
+        use crate::kernels::tile::{unroll, TileArgs};
 
         /// `R` rows x `T` tokens; see [`crate::kernels::tile::TileFn`] for the contract.
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn tile<const R: usize, const T: usize, F: Legacy>(a: &TileArgs) {
             let x_qs = F::X_BYTES - 32;
             let mut acc = [[_mm256_setzero_ps(); T]; R];
-            let mut mins = [[0f32; T]; R];
+            let pf = crate::kernels::tile::prefetch_distance();
             for b in 0..a.nb {
                 let mut xv = [_mm256_setzero_si256(); T];
                 let mut bias = [_mm256_setzero_si256(); T];
-                let mut dx = [0f32; T];
-                let mut sx = [0f32; T];
-                for t in 0..T {
+                let mut dx = [_mm256_setzero_ps(); T];
+                // Q8_1's d * sum(q), over 8: added to all 8 lanes of the accumulator, the
+                // final horizontal sum restores it.
+                let mut sx8 = [_mm256_setzero_ps(); T];
+                unroll!(T, t, {
                     // SAFETY: t < T and b < nb, so the block is inside activation row t.
                     let xb = unsafe { a.x.add(t * a.xs + b * F::X_BYTES) };
                     // SAFETY: the block has X_BYTES bytes: d at 0, s at 2, 32 quants at x_qs.
                     unsafe {
-                        dx[t] = f16_at(xb);
+                        dx[t] = f16_splat(xb);
                         if F::MIN.is_some() {
-                            sx[t] = f16_at(xb.add(2));
+                            sx8[t] = _mm256_mul_ps(f16_splat(xb.add(2)), _mm256_set1_ps(0.125));
                         }
                         xv[t] = load256(xb.add(x_qs));
                     }
@@ -145,10 +147,14 @@ macro_rules! legacy_tile {
                     } else {
                         _mm256_setzero_si256()
                     };
-                }
-                for r in 0..R {
+                });
+                unroll!(R, r, {
                     // SAFETY: r < R and b < nb, so the block is inside weight row r.
                     let wb = unsafe { a.w.add(r * a.ws + b * F::BYTES) };
+                    if pf != 0 {
+                        // A hint only: prefetching past the end of the data is harmless.
+                        _mm_prefetch(wb.wrapping_add(pf) as *const i8, _MM_HINT_T0);
+                    }
                     // SAFETY: every offset read below lies inside the block's BYTES bytes.
                     let (dw, q) = unsafe {
                         let q = if F::BITS8 {
@@ -160,31 +166,31 @@ macro_rules! legacy_tile {
                                 None => low,
                             }
                         };
-                        (f16_at(wb), q)
+                        (f16_splat(wb), q)
                     };
-                    for t in 0..T {
+                    unroll!(T, t, {
                         let dot = if F::BITS8 {
                             dot_i8i8(bias[t], q, xv[t])
                         } else {
                             dot_u8i8(bias[t], q, xv[t])
                         };
-                        acc[r][t] = fma_i32(acc[r][t], dot, dw * dx[t]);
-                    }
+                        acc[r][t] = fma_i32(acc[r][t], dot, _mm256_mul_ps(dw, dx[t]));
+                    });
                     if let Some(at) = F::MIN {
                         // SAFETY: the minimum lies inside the block.
-                        let mw = unsafe { f16_at(wb.add(at)) };
-                        for t in 0..T {
-                            mins[r][t] += mw * sx[t];
-                        }
+                        let mw = unsafe { f16_splat(wb.add(at)) };
+                        unroll!(T, t, {
+                            acc[r][t] = _mm256_fmadd_ps(mw, sx8[t], acc[r][t]);
+                        });
                     }
-                }
+                });
             }
-            for r in 0..R {
-                for t in 0..T {
+            unroll!(R, r, {
+                unroll!(T, t, {
                     // SAFETY: the caller vouches for output t * os + r.
-                    unsafe { *a.out.add(t * a.os + r) = hsum(acc[r][t]) + mins[r][t] };
-                }
-            }
+                    unsafe { *a.out.add(t * a.os + r) = hsum(acc[r][t]) };
+                });
+            });
         }
     };
 }

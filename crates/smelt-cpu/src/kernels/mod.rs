@@ -25,6 +25,8 @@ mod isa;
 mod k16;
 mod k45;
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 mod table;
 mod tile;
 #[cfg(target_arch = "x86_64")]
@@ -45,6 +47,9 @@ pub use table::SUPPORTED_TYPES;
 use act::check_isa;
 use table::Entry;
 
+/// Weight rows per gemv tile unless [`MatmulKernel::with_gemv_rows`] says otherwise.
+const DEFAULT_GEMV_ROWS: usize = 4;
+
 /// The kernel for one weight type at one instruction-set level, ready to call. Only obtainable
 /// for a level the CPU supports, which is what makes its methods safe.
 #[derive(Clone, Copy)]
@@ -52,6 +57,7 @@ pub struct MatmulKernel {
     wtype: GgmlType,
     isa: Isa,
     entry: Entry,
+    gemv_rows: usize,
 }
 
 impl std::fmt::Debug for MatmulKernel {
@@ -61,6 +67,7 @@ impl std::fmt::Debug for MatmulKernel {
             .field("isa", &self.isa)
             .field("code_isa", &self.entry.code_isa)
             .field("act", &self.entry.act)
+            .field("gemv_rows", &self.gemv_rows)
             .finish()
     }
 }
@@ -74,7 +81,35 @@ impl MatmulKernel {
             op: OP,
             dtype: wtype,
         })?;
-        Ok(MatmulKernel { wtype, isa, entry })
+        Ok(MatmulKernel {
+            wtype,
+            isa,
+            entry,
+            gemv_rows: DEFAULT_GEMV_ROWS,
+        })
+    }
+
+    /// The same kernel with gemv interleaving `rows` weight rows per tile (1..=4). For the
+    /// kernel lab: the default is what measured best.
+    pub fn with_gemv_rows(self, rows: usize) -> Result<MatmulKernel, KernelError> {
+        if !(1..=4).contains(&rows) {
+            return Err(KernelError::Length {
+                op: "with_gemv_rows",
+                what: "gemv tile",
+                unit: "rows",
+                expected: 4,
+                actual: rows,
+            });
+        }
+        Ok(MatmulKernel {
+            gemv_rows: rows,
+            ..self
+        })
+    }
+
+    /// Weight rows per gemv tile.
+    pub fn gemv_rows(&self) -> usize {
+        self.gemv_rows
     }
 
     /// The kernel for `wtype` at the level [`Isa::detect`] picks.
@@ -164,6 +199,7 @@ impl MatmulKernel {
         unsafe {
             tile::gemv(
                 self.entry.tiles,
+                self.gemv_rows,
                 shape.nb,
                 w.as_ptr().add(rows.start * shape.row_bytes),
                 shape.row_bytes,
@@ -226,6 +262,29 @@ impl MatmulKernel {
         const OP: &str = "gemm";
         let shape = self.check(OP, n, w, &rows, xq, n_tokens)?;
         gemm_out_len(OP, rows.len(), n_tokens, out_stride)?;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self
+            .entry
+            .panel
+            .filter(|_| n_tokens >= panel::PANEL_MIN_TOKENS)
+        {
+            // SAFETY: as below; panels exist only in AVX-512 VNNI entries, which the CPU runs.
+            unsafe {
+                panel::gemm(
+                    p,
+                    shape.nb,
+                    w.as_ptr().add(rows.start * shape.row_bytes),
+                    shape.row_bytes,
+                    rows.len(),
+                    xq.as_ptr(),
+                    shape.act_row_bytes,
+                    n_tokens,
+                    out,
+                    out_stride,
+                )
+            };
+            return Ok(());
+        }
         // SAFETY: `check` proved the rows lie inside `w` and `xq` holds n_tokens activation rows
         // of the same block count; the caller vouches for the output; the kernel's level is
         // supported by this CPU.

@@ -16,6 +16,9 @@ pub(crate) struct Entry {
     pub act: ActType,
     pub code_isa: Isa,
     pub tiles: &'static Tiles,
+    /// The AVX-512 panel gemm's format, for prefill with many tokens.
+    #[cfg(target_arch = "x86_64")]
+    pub panel: Option<super::panel::Panel>,
 }
 
 /// One line per weight type: its code (family module and format marker) and the prefill tile of
@@ -92,6 +95,12 @@ pub(crate) fn lookup(wtype: GgmlType, isa: Isa) -> Option<Entry> {
         act,
         code_isa,
         tiles,
+        #[cfg(target_arch = "x86_64")]
+        panel: if code_isa == Isa::Avx512Vnni {
+            super::panel::Panel::of(wtype)
+        } else {
+            None
+        },
     })
 }
 

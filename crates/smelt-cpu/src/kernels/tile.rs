@@ -54,17 +54,63 @@ macro_rules! tiles {
 }
 pub(crate) use tiles;
 
+/// `for $i in 0..$n { $body }` for a constant `$n <= 4`, written out as copies with `$i` a
+/// literal in each. The tiles index their accumulator arrays by row and token; only when every
+/// index is a constant does LLVM keep those arrays in registers (a loop it declines to unroll,
+/// because its body is large, leaves them on the stack with a load and a store per update).
+/// Nested uses multiply the copies the compiler must fold away, hence the small bound;
+/// [`unroll16`] is for a single level of up to 16.
+macro_rules! unroll {
+    ($n:expr, $i:ident, $body:block) => {
+        $crate::kernels::tile::unroll!(@copies $n, $i, $body, 4, 0 1 2 3)
+    };
+    (@copies $n:expr, $i:ident, $body:block, $max:literal, $($k:literal)*) => {{
+        const { assert!($n <= $max, "unroll! count above its bound") };
+        $(
+            if $k < $n {
+                let $i: usize = $k;
+                $body
+            }
+        )*
+    }};
+}
+pub(crate) use unroll;
+
+/// [`unroll`] for counts up to 16 (the panel microkernel's rows).
+macro_rules! unroll16 {
+    ($n:expr, $i:ident, $body:block) => {
+        $crate::kernels::tile::unroll!(
+            @copies $n, $i, $body, 16, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+        )
+    };
+}
+pub(crate) use unroll16;
+
+/// Experimental: bytes ahead of the current weight block that the tiles prefetch (0: none),
+/// from `SMELT_PREFETCH`, read once. For the kernel lab.
+pub(crate) fn prefetch_distance() -> usize {
+    static DISTANCE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *DISTANCE.get_or_init(|| {
+        std::env::var("SMELT_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// Activation bytes a token chunk of a gemm may take, so the chunk stays in L2 while every row
 /// group of the weights streams past it.
 const GEMM_ACT_BUDGET: usize = 256 * 1024;
 
-/// `out[r] = dot(row r, x)` for `n_rows` rows starting at `w`.
+/// `out[r] = dot(row r, x)` for `n_rows` rows starting at `w`, `rows_per_tile` (1..=4) at a time.
 ///
 /// # Safety
 /// `w` points at `n_rows` rows of `ws` bytes, each `nb` blocks; `x` at one activation row of `nb`
 /// blocks; `out` at `n_rows` writable floats; the CPU supports the tiles' instruction set.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemv(
     tiles: &Tiles,
+    rows_per_tile: usize,
     nb: usize,
     w: *const u8,
     ws: usize,
@@ -74,7 +120,7 @@ pub(crate) unsafe fn gemv(
 ) {
     let mut r = 0;
     while r < n_rows {
-        let rows = (n_rows - r).min(4);
+        let rows = (n_rows - r).min(rows_per_tile);
         let args = TileArgs {
             nb,
             // SAFETY (both adds): r < n_rows, so row r and output r are inside the ranges the

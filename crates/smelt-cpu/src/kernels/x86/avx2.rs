@@ -3,27 +3,31 @@
 
 use std::arch::x86_64::*;
 
-/// The f16 at `p` (2 bytes, any alignment), widened.
+/// The f16 at `p` (2 bytes, any alignment), widened and broadcast to 8 lanes.
+///
+/// Broadcasting the raw bits first (`vpbroadcastw` from memory) matters: a scalar load into a
+/// vector register lowers to `vpinsrw`, which merges into whatever register LLVM picks, often an
+/// accumulator, chaining every block's scale onto the previous block's FMA.
 ///
 /// # Safety
 /// 2 readable bytes at `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_splat(p: *const u8) -> __m256 {
     // SAFETY: the caller vouches for 2 bytes at p; x86 is little-endian like the file format.
-    let h = unsafe { p.cast::<u16>().read_unaligned() };
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+    let h = unsafe { p.cast::<i16>().read_unaligned() };
+    _mm256_cvtph_ps(_mm_set1_epi16(h))
 }
 
-/// The f32 at `p` (4 bytes, any alignment).
+/// The f32 at `p` (4 bytes, any alignment), broadcast to 8 lanes.
 ///
 /// # Safety
 /// 4 readable bytes at `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn f32_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn f32_splat(p: *const u8) -> __m256 {
     // SAFETY: the caller vouches for 4 bytes at p.
-    unsafe { p.cast::<f32>().read_unaligned() }
+    _mm256_set1_ps(unsafe { p.cast::<f32>().read_unaligned() })
 }
 
 /// 32 bytes at `p`.
@@ -152,8 +156,15 @@ pub(crate) fn hsum_i32(v: __m256i) -> i32 {
 /// `acc + i * scale` with the i32 lanes of `i` converted to f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn fma_i32(acc: __m256, i: __m256i, scale: f32) -> __m256 {
-    _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(scale), acc)
+pub(crate) fn fma_i32(acc: __m256, i: __m256i, scale: __m256) -> __m256 {
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), scale, acc)
+}
+
+/// `acc - i * scale` with the i32 lanes of `i` converted to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn fnma_i32(acc: __m256, i: __m256i, scale: __m256) -> __m256 {
+    _mm256_fnmadd_ps(_mm256_cvtepi32_ps(i), scale, acc)
 }
 
 /// `-bias * v` per i32 lane (a shift for the power-of-two zero points every format uses).
