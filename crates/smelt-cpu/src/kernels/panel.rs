@@ -158,6 +158,55 @@ pub(crate) unsafe fn gemm(
     os: usize,
 ) {
     let k = nb * p.block_elems();
+    // Tokens per pass: their transposed activations (k bytes each) stay in L2 while every row
+    // panel of the thread streams past; each pass decodes the panels again (cheap next to the
+    // multiply-adds of 128 or more tokens).
+    let chunk = (ACT_BUDGET / k.max(1) / TOKENS * TOKENS).max(TOKENS);
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let count = chunk.min(n_tokens - t0);
+        // SAFETY: tokens t0..t0+count are inside the caller's n_tokens activation rows, and the
+        // outputs of those tokens inside its output region.
+        unsafe {
+            gemm_chunk(
+                p,
+                nb,
+                w,
+                ws,
+                n_rows,
+                x.add(t0 * xs),
+                xs,
+                count,
+                out.add(t0 * os),
+                os,
+            )
+        };
+        t0 += count;
+    }
+}
+
+/// Activation bytes of one pass of [`gemm`].
+const ACT_BUDGET: usize = 512 * 1024;
+
+/// [`gemm`] for one pass of tokens.
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gemm_chunk(
+    p: Panel,
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    n_rows: usize,
+    x: *const u8,
+    xs: usize,
+    n_tokens: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    let k = nb * p.block_elems();
     let groups = k / p.sub();
     let n_tb = n_tokens.div_ceil(TOKENS);
     SCRATCH.with_borrow_mut(|s| {
