@@ -107,6 +107,7 @@ const GEMM_ACT_BUDGET: usize = 256 * 1024;
 /// # Safety
 /// `w` points at `n_rows` rows of `ws` bytes, each `nb` blocks; `x` at one activation row of `nb`
 /// blocks; `out` at `n_rows` writable floats; the CPU supports the tiles' instruction set.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemv(
     tiles: &Tiles,
     rows_per_tile: usize,
