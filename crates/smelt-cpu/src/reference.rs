@@ -26,7 +26,11 @@ impl KvCache {
     pub fn new(capacity: usize, widths: &[usize]) -> KvCache {
         let layers = widths
             .iter()
-            .map(|&width| LayerKv { k: vec![0.0; capacity * width], v: vec![0.0; capacity * width], width })
+            .map(|&width| LayerKv {
+                k: vec![0.0; capacity * width],
+                v: vec![0.0; capacity * width],
+                width,
+            })
             .collect();
         KvCache { layers, capacity }
     }
@@ -37,7 +41,10 @@ impl KvCache {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4).sum()
+        self.layers
+            .iter()
+            .map(|l| (l.k.len() + l.v.len()) * 4)
+            .sum()
     }
 }
 
@@ -50,7 +57,10 @@ pub struct ReferenceBackend {
 impl ReferenceBackend {
     /// `weights[i]` is the f32 data of `WeightId(i)`, row-major `[rows, cols]`.
     pub fn new(weights: Vec<Vec<f32>>, threads: usize) -> ReferenceBackend {
-        ReferenceBackend { weights, threads: threads.max(1) }
+        ReferenceBackend {
+            weights,
+            threads: threads.max(1),
+        }
     }
 
     fn w(&self, id: WeightId) -> &[f32] {
@@ -67,11 +77,24 @@ impl ReferenceBackend {
     ///
     /// Panics if a position is outside the cache or lengths disagree: the engine checks those
     /// before building the request.
-    pub fn execute(&self, g: &Graph, tokens: &[u32], positions: &[u32], kv: &mut KvCache) -> Vec<f32> {
+    pub fn execute(
+        &self,
+        g: &Graph,
+        tokens: &[u32],
+        positions: &[u32],
+        kv: &mut KvCache,
+    ) -> Vec<f32> {
         let n = g.n_tokens();
         assert_eq!(tokens.len(), n, "token count does not match the graph");
-        assert_eq!(positions.len(), n, "position count does not match the graph");
-        assert!(positions.iter().all(|&p| (p as usize) < kv.capacity), "position outside the KV cache");
+        assert_eq!(
+            positions.len(),
+            n,
+            "position count does not match the graph"
+        );
+        assert!(
+            positions.iter().all(|&p| (p as usize) < kv.capacity),
+            "position outside the KV cache"
+        );
         let mut vals: Vec<Vec<f32>> = Vec::with_capacity(g.nodes().len());
         // Free each value after its last use to bound memory on long prompts.
         let last_use = last_uses(g);
@@ -118,7 +141,15 @@ impl ReferenceBackend {
                 Op::Silu { x } => v(x).iter().map(|&a| a / (1.0 + (-a).exp())).collect(),
                 Op::GeluTanh { x } => v(x).iter().map(|&a| gelu_tanh(a)).collect(),
                 Op::Softcap { x, cap } => v(x).iter().map(|&a| cap * (a / cap).tanh()).collect(),
-                Op::Rope { x, head_dim, n_rot, base, freq_scale, neox, factors } => {
+                Op::Rope {
+                    x,
+                    head_dim,
+                    n_rot,
+                    base,
+                    freq_scale,
+                    neox,
+                    factors,
+                } => {
                     let mut out = v(x).clone();
                     let factors = factors.map(|f| self.w(f));
                     for (row, &pos) in out.chunks_mut(cols).zip(positions) {
@@ -128,16 +159,36 @@ impl ReferenceBackend {
                     }
                     out
                 }
-                Op::Attention { q, k, v: vv, layer, n_head, n_head_kv, head_dim, scale, window } => {
+                Op::Attention {
+                    q,
+                    k,
+                    v: vv,
+                    layer,
+                    n_head,
+                    n_head_kv,
+                    head_dim,
+                    scale,
+                    window,
+                } => {
                     let lkv = &mut kv.layers[layer];
                     let width = lkv.width;
-                    assert_eq!(width, n_head_kv * head_dim, "KV cache width of layer {layer}");
+                    assert_eq!(
+                        width,
+                        n_head_kv * head_dim,
+                        "KV cache width of layer {layer}"
+                    );
                     for (t, &pos) in positions.iter().enumerate() {
                         let dst = pos as usize * width;
                         lkv.k[dst..dst + width].copy_from_slice(&v(k)[t * width..(t + 1) * width]);
                         lkv.v[dst..dst + width].copy_from_slice(&v(vv)[t * width..(t + 1) * width]);
                     }
-                    let shape = AttnShape { n_head, n_head_kv, head_dim, scale, window };
+                    let shape = AttnShape {
+                        n_head,
+                        n_head_kv,
+                        head_dim,
+                        scale,
+                        window,
+                    };
                     attention(v(q), lkv, positions, shape, self.threads)
                 }
                 Op::LastRow { x } => {
@@ -174,7 +225,15 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 /// Rotate one head in place. Pair i rotates by `pos * base^(-2i/n_rot) * freq_scale / factor[i]`.
-fn rope_head(head: &mut [f32], pos: u32, n_rot: usize, base: f32, freq_scale: f32, neox: bool, factors: Option<&[f32]>) {
+fn rope_head(
+    head: &mut [f32],
+    pos: u32,
+    n_rot: usize,
+    base: f32,
+    freq_scale: f32,
+    neox: bool,
+    factors: Option<&[f32]>,
+) {
     let half = n_rot / 2;
     for i in 0..half {
         let mut theta = pos as f32 * freq_scale * base.powf(-2.0 * i as f32 / n_rot as f32);
@@ -182,7 +241,11 @@ fn rope_head(head: &mut [f32], pos: u32, n_rot: usize, base: f32, freq_scale: f3
             theta /= f[i];
         }
         let (sin, cos) = theta.sin_cos();
-        let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * cos - x1 * sin;
         head[b] = x0 * sin + x1 * cos;
@@ -229,12 +292,16 @@ fn matmul(x: &[f32], w: &[f32], rows: usize, out_cols: usize, threads: usize) ->
                 })
             })
             .collect();
-        parts = handles.into_iter().map(|h| h.join().expect("matmul worker panicked")).collect();
+        parts = handles
+            .into_iter()
+            .map(|h| h.join().expect("matmul worker panicked"))
+            .collect();
     });
     for (j0, part) in parts {
-        let width = if rows == 0 { 0 } else { part.len() / rows };
+        let width = part.len().checked_div(rows).unwrap_or(0);
         for t in 0..rows {
-            out[t * out_cols + j0..t * out_cols + j0 + width].copy_from_slice(&part[t * width..(t + 1) * width]);
+            out[t * out_cols + j0..t * out_cols + j0 + width]
+                .copy_from_slice(&part[t * width..(t + 1) * width]);
         }
     }
     out
@@ -269,7 +336,8 @@ fn attention(q: &[f32], kv: &LayerKv, positions: &[u32], s: AttnShape, threads: 
                     };
                     for h in 0..s.n_head {
                         let hk = h / group;
-                        let qh = &q[t * width_q + h * s.head_dim..t * width_q + (h + 1) * s.head_dim];
+                        let qh =
+                            &q[t * width_q + h * s.head_dim..t * width_q + (h + 1) * s.head_dim];
                         scores.clear();
                         for p0 in lo..=p1 {
                             let off = p0 * kv.width + hk * s.head_dim;

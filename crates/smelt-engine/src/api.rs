@@ -157,7 +157,11 @@ pub struct Usage {
 pub enum Event {
     /// New output text: always whole UTF-8, never part of a stop string.
     /// `tokens` are the ids that produced it (may be empty when text was held back and released).
-    Text { text: String, tokens: Vec<u32>, logprobs: Vec<TokenLogprob> },
+    Text {
+        text: String,
+        tokens: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The end; always the last event.
     Done { reason: FinishReason, usage: Usage },
 }

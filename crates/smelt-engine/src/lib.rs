@@ -3,10 +3,15 @@
 
 pub mod api;
 mod error;
+mod model;
+pub mod perplexity;
 pub mod runner;
 pub mod sampler;
+pub mod stop;
 
 pub use api::*;
 pub use error::EngineError;
-pub use runner::Runner;
+pub use model::{LoadOptions, Model, ModelInfo};
+pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
 pub use sampler::Sampler;
+pub use smelt_cpu::KvType;

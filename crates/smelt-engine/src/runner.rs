@@ -1,8 +1,17 @@
 //! One model's weights, backend and KV cache for a single sequence: evaluates tokens.
+//!
+//! Two backends: the fast one (fused plans on a thread pool, weights used in place through
+//! the mmap, f16 KV cache; the default) and the reference one (op by op in f32, weights
+//! dequantised at load: the oracle). `SMELT_BACKEND=reference` or [`RunnerOptions::backend`]
+//! selects the reference.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use smelt_cpu::{KvCache, ReferenceBackend};
+use smelt_cpu::{
+    ExecStats, FastBackend, FastKvCache, KvCache, KvType, Program, ReferenceBackend, WeightSpec,
+};
 use smelt_gguf::Gguf;
 use smelt_graph::Graph;
 use smelt_models::{Architecture, Output};
@@ -12,43 +21,186 @@ use crate::EngineError;
 /// Longest chunk of prompt evaluated in one graph.
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Graphs kept per runner; a graph is a few hundred small nodes, cheap to rebuild.
-const MAX_CACHED_GRAPHS: usize = 8;
+/// Plans kept per runner; a plan is a few hundred small nodes, cheap to rebuild.
+const MAX_CACHED_PLANS: usize = 8;
+
+/// The environment variable that picks the backend: `fast` (default) or `reference`.
+pub const BACKEND_ENV: &str = "SMELT_BACKEND";
+
+/// Which backend evaluates the graphs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Fast,
+    Reference,
+}
+
+impl BackendKind {
+    /// From [`BACKEND_ENV`]; fast when unset. An unknown value is an error.
+    pub fn from_env() -> Result<BackendKind, EngineError> {
+        match std::env::var(BACKEND_ENV) {
+            Err(_) => Ok(BackendKind::Fast),
+            Ok(v) => match v.as_str() {
+                "" | "fast" => Ok(BackendKind::Fast),
+                "reference" | "ref" => Ok(BackendKind::Reference),
+                other => Err(EngineError::Invalid(format!(
+                    "{BACKEND_ENV}={other}: expected 'fast' or 'reference'"
+                ))),
+            },
+        }
+    }
+}
+
+/// How to load a [`Runner`].
+#[derive(Clone, Copy, Debug)]
+pub struct RunnerOptions {
+    /// Positions of KV cache.
+    pub n_ctx: usize,
+    pub threads: usize,
+    pub backend: BackendKind,
+    /// How the fast backend stores keys and values (the reference keeps f32).
+    pub kv_type: KvType,
+}
+
+impl RunnerOptions {
+    /// `n_ctx` positions, `threads` threads, the backend [`BackendKind::from_env`] picks
+    /// (fast unless told otherwise), f16 keys and values.
+    pub fn new(n_ctx: usize, threads: usize) -> Result<RunnerOptions, EngineError> {
+        Ok(RunnerOptions {
+            n_ctx,
+            threads,
+            backend: BackendKind::from_env()?,
+            kv_type: KvType::F16,
+        })
+    }
+}
+
+enum Exec {
+    Reference {
+        backend: ReferenceBackend,
+        kv: KvCache,
+        graphs: HashMap<(usize, Output), Graph>,
+    },
+    Fast {
+        backend: Box<FastBackend>,
+        kv: FastKvCache,
+        programs: HashMap<(usize, Output), Program>,
+    },
+}
 
 /// Evaluates tokens for one sequence whose KV cache holds `tokens()` at positions 0..len.
 pub struct Runner {
     arch: Box<dyn Architecture>,
-    backend: ReferenceBackend,
-    kv: KvCache,
+    exec: Exec,
+    n_ctx: usize,
     tokens: Vec<u32>,
-    graphs: HashMap<(usize, Output), Graph>,
+    out: Vec<f32>,
 }
 
 impl Runner {
-    /// Dequantise the weights of `gguf` for the reference backend and allocate `n_ctx` positions of KV.
-    pub fn load(gguf: &Gguf, n_ctx: usize, threads: usize) -> Result<Runner, EngineError> {
-        let arch = smelt_models::load(gguf)?;
-        if n_ctx == 0 {
+    /// Load with the backend [`BackendKind::from_env`] picks and `n_ctx` positions of KV.
+    pub fn load(gguf: Arc<Gguf>, n_ctx: usize, threads: usize) -> Result<Runner, EngineError> {
+        let backend = BackendKind::from_env()?;
+        Runner::load_with(
+            gguf,
+            RunnerOptions {
+                n_ctx,
+                threads,
+                backend,
+                kv_type: KvType::F16,
+            },
+        )
+    }
+
+    pub fn load_with(gguf: Arc<Gguf>, opts: RunnerOptions) -> Result<Runner, EngineError> {
+        let arch = smelt_models::load(&gguf)?;
+        if opts.n_ctx == 0 {
             return Err(EngineError::Invalid("num_ctx must be at least 1".into()));
         }
-        let mut weights = Vec::with_capacity(arch.weights().entries().len());
-        for e in arch.weights().entries() {
-            let t = gguf.tensor(&e.name).ok_or_else(|| EngineError::Invalid(format!("tensor {} vanished", e.name)))?;
-            let data = smelt_quant::dequantize_to_vec(t.dtype, gguf.tensor_data(t))
-                .map_err(|err| EngineError::Invalid(format!("tensor {}: {err}", e.name)))?;
-            weights.push(data);
-        }
-        let kv = KvCache::new(n_ctx, &arch.kv_widths());
-        Ok(Runner { arch, backend: ReferenceBackend::new(weights, threads), kv, tokens: Vec::new(), graphs: HashMap::new() })
+        let exec = match opts.backend {
+            BackendKind::Reference => {
+                let mut weights = Vec::with_capacity(arch.weights().entries().len());
+                for e in arch.weights().entries() {
+                    let t = gguf.tensor(&e.name).ok_or_else(|| {
+                        EngineError::Invalid(format!("tensor {} vanished", e.name))
+                    })?;
+                    let data = smelt_quant::dequantize_to_vec(t.dtype, gguf.tensor_data(t))
+                        .map_err(|err| EngineError::Invalid(format!("tensor {}: {err}", e.name)))?;
+                    weights.push(data);
+                }
+                let kv = KvCache::new(opts.n_ctx, &arch.kv_widths());
+                Exec::Reference {
+                    backend: ReferenceBackend::new(weights, opts.threads),
+                    kv,
+                    graphs: HashMap::new(),
+                }
+            }
+            BackendKind::Fast => {
+                let specs: Vec<WeightSpec> = arch
+                    .weights()
+                    .entries()
+                    .iter()
+                    .map(|e| WeightSpec {
+                        name: e.name.clone(),
+                        shape: e.shape,
+                    })
+                    .collect();
+                let backend = FastBackend::new(gguf, &specs, opts.threads)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                let kv = FastKvCache::with_type(opts.n_ctx, &arch.kv_widths(), opts.kv_type)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                Exec::Fast {
+                    backend: Box::new(backend),
+                    kv,
+                    programs: HashMap::new(),
+                }
+            }
+        };
+        Ok(Runner {
+            arch,
+            exec,
+            n_ctx: opts.n_ctx,
+            tokens: Vec::new(),
+            out: Vec::new(),
+        })
     }
 
     pub fn arch(&self) -> &dyn Architecture {
         self.arch.as_ref()
     }
 
+    pub fn backend(&self) -> BackendKind {
+        match self.exec {
+            Exec::Reference { .. } => BackendKind::Reference,
+            Exec::Fast { .. } => BackendKind::Fast,
+        }
+    }
+
+    /// Dispatches and barriers so far (fast backend only).
+    pub fn stats(&self) -> Option<ExecStats> {
+        match &self.exec {
+            Exec::Fast { backend, .. } => Some(backend.stats()),
+            Exec::Reference { .. } => None,
+        }
+    }
+
+    /// Time every fused kernel from now on (fast backend); see [`Runner::profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        if let Exec::Fast { backend, .. } = &mut self.exec {
+            backend.set_profiling(on);
+        }
+    }
+
+    /// Per kernel kind: total milliseconds and count (fast backend, when profiling).
+    pub fn profile(&self) -> Vec<(String, f64, u64)> {
+        match &self.exec {
+            Exec::Fast { backend, .. } => backend.profile(),
+            Exec::Reference { .. } => Vec::new(),
+        }
+    }
+
     /// Positions the KV cache holds.
     pub fn n_ctx(&self) -> usize {
-        self.kv.capacity()
+        self.n_ctx
     }
 
     /// Tokens whose keys and values are cached, in position order.
@@ -56,9 +208,21 @@ impl Runner {
         &self.tokens
     }
 
-    /// Bytes of weights and KV cache held.
+    /// Bytes this runner allocated: weights (dequantised for the reference backend; the fast
+    /// backend maps them and copies only 1-D ones), KV cache, activations and scratch.
     pub fn memory_bytes(&self) -> usize {
-        self.backend.weight_bytes() + self.kv.bytes()
+        match &self.exec {
+            Exec::Reference { backend, kv, .. } => backend.weight_bytes() + kv.bytes(),
+            Exec::Fast { backend, kv, .. } => backend.allocated_bytes() + kv.bytes(),
+        }
+    }
+
+    /// Bytes of weights read through the file mapping (fast backend), 0 for the reference.
+    pub fn mapped_weight_bytes(&self) -> usize {
+        match &self.exec {
+            Exec::Fast { backend, .. } => backend.mapped_weight_bytes(),
+            Exec::Reference { .. } => 0,
+        }
     }
 
     /// Keep only the first `n` cached tokens (later positions are overwritten when evaluated again).
@@ -74,7 +238,12 @@ impl Runner {
     /// Reuse the cached tokens that `prompt` starts with, keeping at least one prompt token to
     /// evaluate (its logits start generation). Returns how many prompt tokens are cached.
     pub fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let n = common.min(prompt.len().saturating_sub(1));
         self.truncate(n);
         n
@@ -84,37 +253,103 @@ impl Runner {
     /// (`Output::LastLogits`), of every token (`AllLogits`, `[n, n_vocab]`) or the final
     /// hidden states (`Hidden`, `[n, n_embd]`).
     pub fn eval(&mut self, tokens: &[u32], output: Output) -> Result<Vec<f32>, EngineError> {
+        self.eval_slice(tokens, output).map(<[f32]>::to_vec)
+    }
+
+    /// [`Runner::eval`] into a buffer the runner keeps: no allocation once it has grown.
+    pub fn eval_slice(&mut self, tokens: &[u32], output: Output) -> Result<&[f32], EngineError> {
         if tokens.is_empty() {
             return Err(EngineError::Invalid("nothing to evaluate".into()));
         }
         let n_vocab = self.arch.n_vocab();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary ({n_vocab})")));
+            return Err(EngineError::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({n_vocab})"
+            )));
         }
-        if self.tokens.len() + tokens.len() > self.n_ctx() {
-            return Err(EngineError::ContextFull { needed: self.tokens.len() + tokens.len(), n_ctx: self.n_ctx() });
+        if self.tokens.len() + tokens.len() > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                needed: self.tokens.len() + tokens.len(),
+                n_ctx: self.n_ctx,
+            });
         }
-        let mut out = Vec::new();
-        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let last = i + 1 == chunks.len();
+        self.out.clear();
+        let n_chunks = tokens.len().div_ceil(PREFILL_CHUNK);
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            let last = i + 1 == n_chunks;
             let mode = match output {
                 Output::LastLogits if !last => Output::Hidden,
                 m => m,
             };
             let start = self.tokens.len() as u32;
-            let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
-            if self.graphs.len() >= MAX_CACHED_GRAPHS && !self.graphs.contains_key(&(chunk.len(), mode)) {
-                self.graphs.retain(|k, _| k.0 == 1);
-            }
-            let arch = &self.arch;
-            let graph = self.graphs.entry((chunk.len(), mode)).or_insert_with(|| arch.build(chunk.len(), mode));
-            let res = self.backend.execute(graph, chunk, &positions, &mut self.kv);
+            let keep = output != Output::LastLogits || last;
+            self.eval_chunk(chunk, start, mode, keep)?;
             self.tokens.extend_from_slice(chunk);
-            if output != Output::LastLogits || last {
-                out.extend(res);
+        }
+        Ok(&self.out)
+    }
+
+    fn eval_chunk(
+        &mut self,
+        chunk: &[u32],
+        start: u32,
+        mode: Output,
+        keep: bool,
+    ) -> Result<(), EngineError> {
+        let key = (chunk.len(), mode);
+        let arch = &self.arch;
+        match &mut self.exec {
+            Exec::Reference {
+                backend,
+                kv,
+                graphs,
+            } => {
+                if graphs.len() >= MAX_CACHED_PLANS && !graphs.contains_key(&key) {
+                    graphs.retain(|k, _| k.0 == 1);
+                }
+                let graph = graphs
+                    .entry(key)
+                    .or_insert_with(|| arch.build(chunk.len(), mode));
+                let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
+                let res = backend.execute(graph, chunk, &positions, kv);
+                if keep {
+                    self.out.extend_from_slice(&res);
+                }
+            }
+            Exec::Fast {
+                backend,
+                kv,
+                programs,
+            } => {
+                if programs.len() >= MAX_CACHED_PLANS && !programs.contains_key(&key) {
+                    programs.retain(|k, _| k.0 == 1);
+                }
+                if let Entry::Vacant(slot) = programs.entry(key) {
+                    let prog = backend
+                        .lower(&arch.build(chunk.len(), mode), kv)
+                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    slot.insert(prog);
+                }
+                let prog = &programs[&key];
+                // Positions 0..n_ctx fit in u32 (checked against n_ctx above); a decode step
+                // uses a one-element array, so no allocation.
+                let mut one = [start];
+                let many: Vec<u32>;
+                let positions: &[u32] = if chunk.len() == 1 {
+                    one[0] = start;
+                    &one
+                } else {
+                    many = (start..start + chunk.len() as u32).collect();
+                    &many
+                };
+                let res = backend
+                    .execute(prog, chunk, positions, kv)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                if keep {
+                    self.out.extend_from_slice(res);
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }

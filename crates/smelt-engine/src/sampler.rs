@@ -40,10 +40,16 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(opts: SamplingOptions) -> Sampler {
         let seed = opts.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             t.as_nanos() as u64
         });
-        Sampler { opts, rng: Rng::new(seed), cand: Vec::new() }
+        Sampler {
+            opts,
+            rng: Rng::new(seed),
+            cand: Vec::new(),
+        }
     }
 
     pub fn options(&self) -> &SamplingOptions {
@@ -53,11 +59,16 @@ impl Sampler {
     /// Apply repeat, presence and frequency penalties over the recent `history` in place.
     pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
         let o = &self.opts;
-        let no_penalty = o.repeat_penalty == 1.0 && o.presence_penalty == 0.0 && o.frequency_penalty == 0.0;
+        let no_penalty =
+            o.repeat_penalty == 1.0 && o.presence_penalty == 0.0 && o.frequency_penalty == 0.0;
         if no_penalty || o.repeat_last_n == 0 || history.is_empty() {
             return;
         }
-        let n = if o.repeat_last_n < 0 { history.len() } else { (o.repeat_last_n as usize).min(history.len()) };
+        let n = if o.repeat_last_n < 0 {
+            history.len()
+        } else {
+            (o.repeat_last_n as usize).min(history.len())
+        };
         let recent = &history[history.len() - n..];
         let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
         for &t in recent {
@@ -67,7 +78,9 @@ impl Sampler {
             }
         }
         for (t, c) in counts {
-            let Some(l) = logits.get_mut(t as usize) else { continue };
+            let Some(l) = logits.get_mut(t as usize) else {
+                continue;
+            };
             if *l > 0.0 {
                 *l /= o.repeat_penalty;
             } else {
@@ -84,17 +97,29 @@ impl Sampler {
             return argmax(logits);
         }
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l)));
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_finite())
+                .map(|(i, &l)| (i as u32, l)),
+        );
         if self.cand.is_empty() {
             return argmax(logits);
         }
         // top-k (sorting descending is needed by top-p anyway).
-        let k = if o.top_k == 0 { self.cand.len() } else { o.top_k.min(self.cand.len()) };
+        let k = if o.top_k == 0 {
+            self.cand.len()
+        } else {
+            o.top_k.min(self.cand.len())
+        };
         if k < self.cand.len() {
-            self.cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.cand
+                .select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             self.cand.truncate(k);
         }
-        self.cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.cand
+            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         // Softmax at temperature 1 for top-p and min-p, as llama.cpp does before temperature.
         let probs = softmax(self.cand.iter().map(|c| c.1), 1.0);
         let mut keep = self.cand.len();
@@ -158,7 +183,14 @@ mod tests {
     use super::*;
 
     fn opts(temperature: f32, top_k: usize, top_p: f32, min_p: f32, seed: u64) -> SamplingOptions {
-        SamplingOptions { temperature, top_k, top_p, min_p, seed: Some(seed), ..SamplingOptions::greedy() }
+        SamplingOptions {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed: Some(seed),
+            ..SamplingOptions::greedy()
+        }
     }
 
     #[test]

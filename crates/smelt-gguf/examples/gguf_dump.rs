@@ -9,7 +9,8 @@ fn short(v: &Value) -> String {
         }
         Value::Array(Array::String(s)) => format!("{s:?}"),
         Value::String(s) if s.len() > 120 => {
-            format!("{:?}… ({} bytes)", &s.to_string_lossy()[..100], s.len())
+            let head: String = s.to_string_lossy().chars().take(100).collect();
+            format!("{head:?}… ({} bytes)", s.len())
         }
         other => format!("{other:?}"),
     }

@@ -32,8 +32,9 @@ struct PendingTensor<'a> {
 /// Collects metadata and tensors, then writes them as a GGUF v3 file.
 ///
 /// Everything is validated as it is added (key and name rules, shapes, data sizes), so a file
-/// this writer produces always parses with [`Gguf`] and with llama.cpp. Tensor data may be
-/// borrowed (`&'a [u8]`, e.g. from another [`Gguf`]) or owned (`Vec<u8>`).
+/// this writer produces always parses with [`Gguf`], and with llama.cpp as long as no metadata
+/// value is an array of arrays (gguf-py writes those, llama.cpp refuses them). Tensor data may
+/// be borrowed (`&'a [u8]`, e.g. from another [`Gguf`]) or owned (`Vec<u8>`).
 ///
 /// ```
 /// use smelt_gguf::{GgmlType, Gguf, GgufWriter};

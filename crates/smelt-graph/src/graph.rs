@@ -19,7 +19,12 @@ pub enum Op {
     MatMul { x: NodeId, w: WeightId },
     /// RMS normalisation of every `group` consecutive elements of a row (group = cols for a
     /// plain norm, = head_dim for per-head QK-norm), times `w` (length `group`) when given.
-    RmsNorm { x: NodeId, w: Option<WeightId>, eps: f32, group: usize },
+    RmsNorm {
+        x: NodeId,
+        w: Option<WeightId>,
+        eps: f32,
+        group: usize,
+    },
     /// `x + b` for every row, `b` a weight of `cols` elements.
     AddBias { x: NodeId, b: WeightId },
     /// Elementwise `a + b` (same shape).
@@ -127,7 +132,10 @@ impl Graph {
     /// An empty graph for `n_tokens` input tokens.
     pub fn new(n_tokens: usize) -> Self {
         assert!(n_tokens > 0, "a graph needs at least one token");
-        Graph { n_tokens, ..Default::default() }
+        Graph {
+            n_tokens,
+            ..Default::default()
+        }
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -158,23 +166,34 @@ impl Graph {
     /// Declare a weight's `[rows, cols]` (GGUF `[ne1, ne0]`) before using it.
     pub fn declare_weight(&mut self, w: WeightId, shape: [usize; 2]) {
         if let Some(s) = self.weight_shape(w) {
-            assert_eq!(s, shape, "weight {w:?} declared twice with different shapes");
+            assert_eq!(
+                s, shape,
+                "weight {w:?} declared twice with different shapes"
+            );
             return;
         }
         self.weight_shapes.push((w, shape));
     }
 
     fn weight_shape(&self, w: WeightId) -> Option<[usize; 2]> {
-        self.weight_shapes.iter().find(|(id, _)| *id == w).map(|(_, s)| *s)
+        self.weight_shapes
+            .iter()
+            .find(|(id, _)| *id == w)
+            .map(|(_, s)| *s)
     }
 
     fn wshape(&self, w: WeightId) -> [usize; 2] {
-        self.weight_shape(w).unwrap_or_else(|| panic!("weight {w:?} used before declare_weight"))
+        self.weight_shape(w)
+            .unwrap_or_else(|| panic!("weight {w:?} used before declare_weight"))
     }
 
     fn push(&mut self, op: Op, shape: [usize; 2], name: impl Into<String>) -> NodeId {
         let id = NodeId(self.nodes.len() as u32);
-        self.nodes.push(Node { op, shape, name: name.into() });
+        self.nodes.push(Node {
+            op,
+            shape,
+            name: name.into(),
+        });
         id
     }
 
@@ -190,12 +209,28 @@ impl Graph {
         self.push(Op::MatMul { x, w }, [rows, out], name)
     }
 
-    pub fn rms_norm(&mut self, x: NodeId, w: Option<WeightId>, eps: f32, group: usize, name: &str) -> NodeId {
+    pub fn rms_norm(
+        &mut self,
+        x: NodeId,
+        w: Option<WeightId>,
+        eps: f32,
+        group: usize,
+        name: &str,
+    ) -> NodeId {
         let shape = self.shape(x);
-        assert!(group > 0 && shape[1] % group == 0, "[{name}] group {group} does not divide {}", shape[1]);
+        assert!(
+            group > 0 && shape[1].is_multiple_of(group),
+            "[{name}] group {group} does not divide {}",
+            shape[1]
+        );
         if let Some(w) = w {
             let ws = self.wshape(w);
-            assert_eq!(ws[0] * ws[1], group, "[{name}] weight has {} elements, expected {group}", ws[0] * ws[1]);
+            assert_eq!(
+                ws[0] * ws[1],
+                group,
+                "[{name}] weight has {} elements, expected {group}",
+                ws[0] * ws[1]
+            );
         }
         self.push(Op::RmsNorm { x, w, eps, group }, shape, name)
     }
@@ -203,7 +238,13 @@ impl Graph {
     pub fn add_bias(&mut self, x: NodeId, b: WeightId, name: &str) -> NodeId {
         let shape = self.shape(x);
         let bs = self.wshape(b);
-        assert_eq!(bs[0] * bs[1], shape[1], "[{name}] bias has {} elements, expected {}", bs[0] * bs[1], shape[1]);
+        assert_eq!(
+            bs[0] * bs[1],
+            shape[1],
+            "[{name}] bias has {} elements, expected {}",
+            bs[0] * bs[1],
+            shape[1]
+        );
         self.push(Op::AddBias { x, b }, shape, name)
     }
 
@@ -256,12 +297,27 @@ impl Graph {
         name: &str,
     ) -> NodeId {
         let shape = self.shape(x);
-        assert!(shape[1] % head_dim == 0 && n_rot <= head_dim && n_rot % 2 == 0, "[{name}] bad rope dims");
+        assert!(
+            shape[1].is_multiple_of(head_dim) && n_rot <= head_dim && n_rot.is_multiple_of(2),
+            "[{name}] bad rope dims"
+        );
         if let Some(f) = factors {
             let fs = self.wshape(f);
             assert_eq!(fs[0] * fs[1], n_rot / 2, "[{name}] rope factors length");
         }
-        self.push(Op::Rope { x, head_dim, n_rot, base, freq_scale, neox, factors }, shape, name)
+        self.push(
+            Op::Rope {
+                x,
+                head_dim,
+                n_rot,
+                base,
+                freq_scale,
+                neox,
+                factors,
+            },
+            shape,
+            name,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -280,10 +336,31 @@ impl Graph {
     ) -> NodeId {
         let rows = self.n_tokens;
         assert_eq!(self.shape(q), [rows, n_head * head_dim], "[{name}] q shape");
-        assert_eq!(self.shape(k), [rows, n_head_kv * head_dim], "[{name}] k shape");
-        assert_eq!(self.shape(v), [rows, n_head_kv * head_dim], "[{name}] v shape");
-        assert!(n_head_kv > 0 && n_head % n_head_kv == 0, "[{name}] n_head {n_head} not a multiple of n_head_kv {n_head_kv}");
-        let op = Op::Attention { q, k, v, layer, n_head, n_head_kv, head_dim, scale, window };
+        assert_eq!(
+            self.shape(k),
+            [rows, n_head_kv * head_dim],
+            "[{name}] k shape"
+        );
+        assert_eq!(
+            self.shape(v),
+            [rows, n_head_kv * head_dim],
+            "[{name}] v shape"
+        );
+        assert!(
+            n_head_kv > 0 && n_head.is_multiple_of(n_head_kv),
+            "[{name}] n_head {n_head} not a multiple of n_head_kv {n_head_kv}"
+        );
+        let op = Op::Attention {
+            q,
+            k,
+            v,
+            layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale,
+            window,
+        };
         self.push(op, [rows, n_head * head_dim], name)
     }
 
@@ -309,8 +386,19 @@ impl fmt::Display for Graph {
     /// One line per node: `%id name = kind(operands) [rows, cols]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, n) in self.nodes.iter().enumerate() {
-            let ops: Vec<String> = n.op.operands().iter().map(|o| format!("%{}", o.0)).collect();
-            writeln!(f, "%{i} {} = {}({}) {:?}", n.name, n.op.kind(), ops.join(", "), n.shape)?;
+            let ops: Vec<String> =
+                n.op.operands()
+                    .iter()
+                    .map(|o| format!("%{}", o.0))
+                    .collect();
+            writeln!(
+                f,
+                "%{i} {} = {}({}) {:?}",
+                n.name,
+                n.op.kind(),
+                ops.join(", "),
+                n.shape
+            )?;
         }
         Ok(())
     }
@@ -332,7 +420,10 @@ mod tests {
         g.set_output(o);
         assert_eq!(g.shape(y), [3, 6]);
         assert_eq!(g.shape(o), [1, 6]);
-        assert_eq!(g.op_counts(), vec![("embed", 1), ("matmul", 1), ("silu", 1), ("last_row", 1)]);
+        assert_eq!(
+            g.op_counts(),
+            vec![("embed", 1), ("matmul", 1), ("silu", 1), ("last_row", 1)]
+        );
         assert!(g.to_string().contains("%1 proj = matmul(%0) [3, 6]"));
     }
 

@@ -50,7 +50,10 @@ fn swa_layers(g: &Gguf, n_layer: usize) -> Result<Vec<bool>, ModelError> {
     let key = "gemma3.attention.sliding_window_pattern";
     if let Some(Value::Array(Array::Bool(v))) = g.get(key) {
         if v.len() != n_layer {
-            return Err(ModelError::Invalid(format!("{key} has {} entries for {n_layer} layers", v.len())));
+            return Err(ModelError::Invalid(format!(
+                "{key} has {} entries for {n_layer} layers",
+                v.len()
+            )));
         }
         return Ok(v.clone());
     }
@@ -64,31 +67,53 @@ pub(crate) fn load(g: &Gguf, arch: &str) -> Result<Box<dyn Architecture>, ModelE
     let n_layer = m.positive("block_count", m.u32_req("block_count")?)?;
     let n_ff = m.positive("feed_forward_length", m.u32_req("feed_forward_length")?)?;
     let n_head = m.positive("attention.head_count", m.u32_req("attention.head_count")?)?;
-    let n_head_kv = m.positive("attention.head_count_kv", m.u32_or("attention.head_count_kv", n_head)?)?;
+    let n_head_kv = m.positive(
+        "attention.head_count_kv",
+        m.u32_or("attention.head_count_kv", n_head)?,
+    )?;
     if n_head % n_head_kv != 0 {
-        return Err(ModelError::Invalid(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+        return Err(ModelError::Invalid(format!(
+            "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
+        )));
     }
-    let head_dim = m.positive("attention.key_length", m.u32_or("attention.key_length", n_embd / n_head)?)?;
+    let head_dim = m.positive(
+        "attention.key_length",
+        m.u32_or("attention.key_length", n_embd / n_head)?,
+    )?;
     if m.u32_or("attention.value_length", head_dim)? != head_dim {
-        return Err(ModelError::Invalid("value_length differs from key_length".into()));
+        return Err(ModelError::Invalid(
+            "value_length differs from key_length".into(),
+        ));
     }
     let n_rot = m.u32_or("rope.dimension_count", head_dim)?;
     if n_rot != head_dim {
-        return Err(ModelError::Invalid(format!("rope.dimension_count {n_rot} != head_dim {head_dim}")));
+        return Err(ModelError::Invalid(format!(
+            "rope.dimension_count {n_rot} != head_dim {head_dim}"
+        )));
     }
     let eps = m.f32_or("attention.layer_norm_rms_epsilon", 1e-6)?;
     let rope_base = m.f32_or("rope.freq_base", 1_000_000.0)?;
     let rope_base_swa = m.f32_or("rope.freq_base_swa", 10_000.0)?;
     let rope_scale = crate::llama::rope_freq_scale(&m)?;
     let window = m.u32_or("attention.sliding_window", 0)?;
-    let swa = if window > 0 { swa_layers(g, n_layer)? } else { vec![false; n_layer] };
+    let swa = if window > 0 {
+        swa_layers(g, n_layer)?
+    } else {
+        vec![false; n_layer]
+    };
     let softcap = m.f32_opt("final_logit_softcapping")?.filter(|&c| c > 0.0);
     // Gemma scales queries by query_pre_attn_scalar^-1/2: head_dim for every size but the 27B
     // (62 layers), which uses n_embd / n_head (gemma_pytorch config; llama.cpp does the same).
-    let attn_scale = if n_layer == 62 { 1.0 / ((n_embd / n_head) as f32).sqrt() } else { 1.0 / (head_dim as f32).sqrt() };
+    let attn_scale = if n_layer == 62 {
+        1.0 / ((n_embd / n_head) as f32).sqrt()
+    } else {
+        1.0 / (head_dim as f32).sqrt()
+    };
 
     let mut w = WeightTable::default();
-    let tok = g.tensor("token_embd.weight").ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+    let tok = g
+        .tensor("token_embd.weight")
+        .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
     let n_vocab = tok.dims.get(1).copied().unwrap_or(0) as usize;
     let tok_embd = w.require(g, "token_embd.weight", &[n_embd, n_vocab])?;
     let (q_out, kv_out) = (n_head * head_dim, n_head_kv * head_dim);
@@ -115,7 +140,9 @@ pub(crate) fn load(g: &Gguf, arch: &str) -> Result<Box<dyn Architecture>, ModelE
         });
     }
     let output_norm = w.require(g, "output_norm.weight", &[n_embd])?;
-    let output = w.optional(g, "output.weight", &[n_embd, n_vocab])?.unwrap_or(tok_embd);
+    let output = w
+        .optional(g, "output.weight", &[n_embd, n_vocab])?
+        .unwrap_or(tok_embd);
     Ok(Box::new(Gemma3 {
         n_embd,
         n_vocab,
@@ -137,28 +164,70 @@ pub(crate) fn load(g: &Gguf, arch: &str) -> Result<Box<dyn Architecture>, ModelE
 impl Gemma3 {
     fn attention(&self, g: &mut Graph, l: &Layer, il: usize, x: NodeId) -> NodeId {
         let hd = self.head_dim;
-        let h = g.rms_norm(x, Some(l.attn_norm), self.eps, self.n_embd, &format!("attn_norm.{il}"));
+        let h = g.rms_norm(
+            x,
+            Some(l.attn_norm),
+            self.eps,
+            self.n_embd,
+            &format!("attn_norm.{il}"),
+        );
         let q = g.matmul(h, l.wq, &format!("q.{il}"));
         let k = g.matmul(h, l.wk, &format!("k.{il}"));
         let v = g.matmul(h, l.wv, &format!("v.{il}"));
         let q = g.rms_norm(q, Some(l.q_norm), self.eps, hd, &format!("q_norm.{il}"));
         let k = g.rms_norm(k, Some(l.k_norm), self.eps, hd, &format!("k_norm.{il}"));
-        let q = g.rope(q, hd, hd, l.rope_base, l.rope_scale, true, None, &format!("q_rope.{il}"));
-        let k = g.rope(k, hd, hd, l.rope_base, l.rope_scale, true, None, &format!("k_rope.{il}"));
+        let q = g.rope(
+            q,
+            hd,
+            hd,
+            l.rope_base,
+            l.rope_scale,
+            true,
+            None,
+            &format!("q_rope.{il}"),
+        );
+        let k = g.rope(
+            k,
+            hd,
+            hd,
+            l.rope_base,
+            l.rope_scale,
+            true,
+            None,
+            &format!("k_rope.{il}"),
+        );
         let (nh, nkv, s) = (self.n_head, self.n_head_kv, self.attn_scale);
         let a = g.attention(q, k, v, il, nh, nkv, hd, s, l.window, &format!("attn.{il}"));
         let o = g.matmul(a, l.wo, &format!("attn_out.{il}"));
-        g.rms_norm(o, Some(l.attn_post_norm), self.eps, self.n_embd, &format!("attn_post_norm.{il}"))
+        g.rms_norm(
+            o,
+            Some(l.attn_post_norm),
+            self.eps,
+            self.n_embd,
+            &format!("attn_post_norm.{il}"),
+        )
     }
 
     fn ffn(&self, g: &mut Graph, l: &Layer, il: usize, x: NodeId) -> NodeId {
-        let h = g.rms_norm(x, Some(l.ffn_norm), self.eps, self.n_embd, &format!("ffn_norm.{il}"));
+        let h = g.rms_norm(
+            x,
+            Some(l.ffn_norm),
+            self.eps,
+            self.n_embd,
+            &format!("ffn_norm.{il}"),
+        );
         let gate = g.matmul(h, l.gate, &format!("ffn_gate.{il}"));
         let up = g.matmul(h, l.up, &format!("ffn_up.{il}"));
         let act = g.gelu_tanh(gate, &format!("ffn_gelu.{il}"));
         let m = g.mul(act, up, &format!("ffn_mul.{il}"));
         let d = g.matmul(m, l.down, &format!("ffn_down.{il}"));
-        g.rms_norm(d, Some(l.ffn_post_norm), self.eps, self.n_embd, &format!("ffn_post_norm.{il}"))
+        g.rms_norm(
+            d,
+            Some(l.ffn_post_norm),
+            self.eps,
+            self.n_embd,
+            &format!("ffn_post_norm.{il}"),
+        )
     }
 }
 
@@ -198,7 +267,13 @@ impl Architecture for Gemma3 {
         if output == Output::LastLogits {
             x = g.last_row(x, "last");
         }
-        let x = g.rms_norm(x, Some(self.output_norm), self.eps, self.n_embd, "output_norm");
+        let x = g.rms_norm(
+            x,
+            Some(self.output_norm),
+            self.eps,
+            self.n_embd,
+            "output_norm",
+        );
         let mut out = match output {
             Output::Hidden => x,
             _ => g.matmul(x, self.output, "logits"),

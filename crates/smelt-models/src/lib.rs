@@ -53,7 +53,11 @@ pub enum ModelError {
     #[error("missing tensor '{0}'")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {got:?}, expected {want:?}")]
-    Shape { name: String, got: Vec<u64>, want: Vec<u64> },
+    Shape {
+        name: String,
+        got: Vec<u64>,
+        want: Vec<u64>,
+    },
     #[error("invalid hyper-parameter: {0}")]
     Invalid(String),
 }
@@ -79,7 +83,10 @@ pub fn load(gguf: &Gguf) -> Result<Box<dyn Architecture>, ModelError> {
     let arch = gguf.architecture().ok_or(ModelError::NoArch)?;
     match REGISTRY.iter().find(|(n, _)| *n == arch) {
         Some((_, load)) => load(gguf, arch),
-        None => Err(ModelError::UnsupportedArch(arch.to_string(), supported().join(", "))),
+        None => Err(ModelError::UnsupportedArch(
+            arch.to_string(),
+            supported().join(", "),
+        )),
     }
 }
 
@@ -95,10 +102,17 @@ impl Meta<'_> {
     }
     pub fn u32_req(&self, k: &str) -> Result<usize, ModelError> {
         let key = self.key(k);
-        self.gguf.get_u32(&key)?.map(|v| v as usize).ok_or(ModelError::MissingKey(key))
+        self.gguf
+            .get_u32(&key)?
+            .map(|v| v as usize)
+            .ok_or(ModelError::MissingKey(key))
     }
     pub fn u32_or(&self, k: &str, default: usize) -> Result<usize, ModelError> {
-        Ok(self.gguf.get_u32(&self.key(k))?.map(|v| v as usize).unwrap_or(default))
+        Ok(self
+            .gguf
+            .get_u32(&self.key(k))?
+            .map(|v| v as usize)
+            .unwrap_or(default))
     }
     pub fn f32_or(&self, k: &str, default: f32) -> Result<f32, ModelError> {
         Ok(self.gguf.get_f32(&self.key(k))?.unwrap_or(default))

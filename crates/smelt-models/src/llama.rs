@@ -50,18 +50,30 @@ pub(crate) fn load(g: &Gguf, arch: &str) -> Result<Box<dyn Architecture>, ModelE
     let n_layer = m.positive("block_count", m.u32_req("block_count")?)?;
     let n_ff = m.positive("feed_forward_length", m.u32_req("feed_forward_length")?)?;
     let n_head = m.positive("attention.head_count", m.u32_req("attention.head_count")?)?;
-    let n_head_kv = m.positive("attention.head_count_kv", m.u32_or("attention.head_count_kv", n_head)?)?;
+    let n_head_kv = m.positive(
+        "attention.head_count_kv",
+        m.u32_or("attention.head_count_kv", n_head)?,
+    )?;
     if n_head % n_head_kv != 0 {
-        return Err(ModelError::Invalid(format!("head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")));
+        return Err(ModelError::Invalid(format!(
+            "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
+        )));
     }
-    let head_dim = m.positive("attention.key_length", m.u32_or("attention.key_length", n_embd / n_head)?)?;
+    let head_dim = m.positive(
+        "attention.key_length",
+        m.u32_or("attention.key_length", n_embd / n_head)?,
+    )?;
     let v_dim = m.u32_or("attention.value_length", head_dim)?;
     if v_dim != head_dim {
-        return Err(ModelError::Invalid(format!("value_length {v_dim} differs from key_length {head_dim}")));
+        return Err(ModelError::Invalid(format!(
+            "value_length {v_dim} differs from key_length {head_dim}"
+        )));
     }
     let n_rot = m.u32_or("rope.dimension_count", head_dim)?;
     if n_rot > head_dim || n_rot % 2 != 0 {
-        return Err(ModelError::Invalid(format!("rope.dimension_count {n_rot} with head_dim {head_dim}")));
+        return Err(ModelError::Invalid(format!(
+            "rope.dimension_count {n_rot} with head_dim {head_dim}"
+        )));
     }
     let eps = m.f32_or("attention.layer_norm_rms_epsilon", 1e-5)?;
     let rope_base = m.f32_or("rope.freq_base", 10000.0)?;
@@ -72,7 +84,9 @@ pub(crate) fn load(g: &Gguf, arch: &str) -> Result<Box<dyn Architecture>, ModelE
     let neox = matches!(arch, "qwen2" | "qwen3");
 
     let mut w = WeightTable::default();
-    let tok = g.tensor("token_embd.weight").ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+    let tok = g
+        .tensor("token_embd.weight")
+        .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
     let n_vocab = tok.dims.get(1).copied().unwrap_or(0) as usize;
     let tok_embd = w.require(g, "token_embd.weight", &[n_embd, n_vocab])?;
     let (q_out, kv_out) = (n_head * head_dim, n_head_kv * head_dim);
@@ -98,7 +112,9 @@ pub(crate) fn load(g: &Gguf, arch: &str) -> Result<Box<dyn Architecture>, ModelE
         });
     }
     let output_norm = w.require(g, "output_norm.weight", &[n_embd])?;
-    let output = w.optional(g, "output.weight", &[n_embd, n_vocab])?.unwrap_or(tok_embd);
+    let output = w
+        .optional(g, "output.weight", &[n_embd, n_vocab])?
+        .unwrap_or(tok_embd);
     let rope_freqs = w.optional(g, "rope_freqs.weight", &[n_rot / 2])?;
     Ok(Box::new(Llama {
         arch: arch.to_string(),
@@ -129,14 +145,22 @@ pub(crate) fn rope_freq_scale(m: &Meta) -> Result<f32, ModelError> {
     match (m.str_opt("rope.scaling.type")?, factor) {
         (None | Some("none"), _) | (Some("linear"), None) => Ok(1.0),
         (Some("linear"), Some(f)) if f > 0.0 => Ok(1.0 / f),
-        (t, f) => Err(ModelError::Invalid(format!("unsupported rope scaling {t:?} factor {f:?}"))),
+        (t, f) => Err(ModelError::Invalid(format!(
+            "unsupported rope scaling {t:?} factor {f:?}"
+        ))),
     }
 }
 
 impl Llama {
     fn attention(&self, g: &mut Graph, l: &Layer, il: usize, x: NodeId) -> NodeId {
         let hd = self.head_dim;
-        let h = g.rms_norm(x, Some(l.attn_norm), self.eps, self.n_embd, &format!("attn_norm.{il}"));
+        let h = g.rms_norm(
+            x,
+            Some(l.attn_norm),
+            self.eps,
+            self.n_embd,
+            &format!("attn_norm.{il}"),
+        );
         let mut q = g.matmul(h, l.wq, &format!("q.{il}"));
         let mut k = g.matmul(h, l.wk, &format!("k.{il}"));
         let mut v = g.matmul(h, l.wv, &format!("v.{il}"));
@@ -156,15 +180,50 @@ impl Llama {
             k = g.rms_norm(k, Some(n), self.eps, hd, &format!("k_norm.{il}"));
         }
         let (base, scale, neox, f) = (self.rope_base, self.rope_scale, self.neox, self.rope_freqs);
-        let q = g.rope(q, hd, self.n_rot, base, scale, neox, f, &format!("q_rope.{il}"));
-        let k = g.rope(k, hd, self.n_rot, base, scale, neox, f, &format!("k_rope.{il}"));
+        let q = g.rope(
+            q,
+            hd,
+            self.n_rot,
+            base,
+            scale,
+            neox,
+            f,
+            &format!("q_rope.{il}"),
+        );
+        let k = g.rope(
+            k,
+            hd,
+            self.n_rot,
+            base,
+            scale,
+            neox,
+            f,
+            &format!("k_rope.{il}"),
+        );
         let s = 1.0 / (hd as f32).sqrt();
-        let a = g.attention(q, k, v, il, self.n_head, self.n_head_kv, hd, s, None, &format!("attn.{il}"));
+        let a = g.attention(
+            q,
+            k,
+            v,
+            il,
+            self.n_head,
+            self.n_head_kv,
+            hd,
+            s,
+            None,
+            &format!("attn.{il}"),
+        );
         g.matmul(a, l.wo, &format!("attn_out.{il}"))
     }
 
     fn ffn(&self, g: &mut Graph, l: &Layer, il: usize, x: NodeId) -> NodeId {
-        let h = g.rms_norm(x, Some(l.ffn_norm), self.eps, self.n_embd, &format!("ffn_norm.{il}"));
+        let h = g.rms_norm(
+            x,
+            Some(l.ffn_norm),
+            self.eps,
+            self.n_embd,
+            &format!("ffn_norm.{il}"),
+        );
         let gate = g.matmul(h, l.gate, &format!("ffn_gate.{il}"));
         let up = g.matmul(h, l.up, &format!("ffn_up.{il}"));
         let act = g.silu(gate, &format!("ffn_silu.{il}"));
@@ -208,7 +267,13 @@ impl Architecture for Llama {
         if output == Output::LastLogits {
             x = g.last_row(x, "last");
         }
-        let x = g.rms_norm(x, Some(self.output_norm), self.eps, self.n_embd, "output_norm");
+        let x = g.rms_norm(
+            x,
+            Some(self.output_norm),
+            self.eps,
+            self.n_embd,
+            "output_norm",
+        );
         let out = match output {
             Output::Hidden => x,
             _ => g.matmul(x, self.output, "logits"), // [rows, n_vocab]

@@ -15,7 +15,12 @@ fn smollm2_loads() {
     let graph = m.build(5, Output::LastLogits);
     assert_eq!(graph.shape(graph.output()), [1, 49152]);
     // 7 matmuls per layer plus the output head.
-    let matmuls = graph.op_counts().into_iter().find(|(k, _)| *k == "matmul").unwrap().1;
+    let matmuls = graph
+        .op_counts()
+        .into_iter()
+        .find(|(k, _)| *k == "matmul")
+        .unwrap()
+        .1;
     assert_eq!(matmuls, 30 * 7 + 1);
 }
 

@@ -10,6 +10,10 @@ pub trait QuantBlock<const ELEMS: usize, const BYTES: usize>: Sized {
     /// The ggml type this block belongs to.
     const DTYPE: GgmlType;
 
+    /// The activation type ggml pairs with this weight type in dot products (its
+    /// `vec_dot_type`; see [`crate::vec_dot_type`]).
+    const VEC_DOT_TYPE: GgmlType;
+
     /// Parse one block from its stored bytes.
     fn from_bytes(bytes: &[u8; BYTES]) -> Self;
 

@@ -3,7 +3,9 @@
 //!
 //! The searches are reimplemented with the same arithmetic in the same order (each `a*b + c`
 //! rounded twice, sums accumulated left to right) so that our files quantise the way llama.cpp's
-//! `llama-quantize` does without an importance matrix, decision for decision.
+//! `llama-quantize` does without an importance matrix, decision for decision: tests/ggml_quantize.rs
+//! checks the bytes against ggml-quants.c built without floating-point contraction (as ggml-base
+//! is on x86-64; a build that fuses `a*b + c` into FMAs flips a rare rounding decision).
 
 /// Below this magnitude ggml treats a group as all zeros.
 const GROUP_MAX_EPS: f32 = 1e-15;

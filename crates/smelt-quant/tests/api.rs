@@ -32,6 +32,12 @@ fn check_block<B: QuantBlock<E, N>, const E: usize, const N: usize>(rng: &mut Rn
     assert_eq!(B::DTYPE.block_size(), E, "{}", B::DTYPE);
     assert_eq!(B::DTYPE.type_size(), N, "{}", B::DTYPE);
     assert_eq!(std::mem::size_of::<B>(), N, "{}", B::DTYPE);
+    assert_eq!(
+        B::VEC_DOT_TYPE,
+        smelt_quant::vec_dot_type(B::DTYPE),
+        "{}",
+        B::DTYPE
+    );
     for _ in 0..50 {
         let bytes: [u8; N] = std::array::from_fn(|_| rng.next_u64() as u8);
         assert_eq!(B::from_bytes(&bytes).to_bytes(), bytes, "{}", B::DTYPE);

@@ -1,1 +1,207 @@
-//! smelt-server
+//! smelt-server: the HTTP runtime. Ollama, OpenAI and Anthropic adapters translate into one
+//! internal request ([`request::InferRequest`]) and back from its event stream ([`request::Out`]);
+//! the scheduler owns model lifecycle (load on first use, keep-alive, LRU eviction within a
+//! memory budget) and the bounded run queue.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = smelt_server::config::ServerConfig::from_env()?;
+//! let engine = std::sync::Arc::new(smelt_server::engine::EngineLoader);
+//! let registry = std::sync::Arc::new(smelt_server::registry::StoreRegistry::from_env()?);
+//! let (listener, addr) = smelt_server::bind(&config).await?;
+//! eprintln!("listening on http://{addr}");
+//! let app = smelt_server::AppState::new(config, engine, registry);
+//! smelt_server::serve_on(listener, app, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod constrain;
+pub mod engine;
+
+pub mod error;
+pub mod gotmpl;
+pub mod guard;
+pub mod metrics;
+pub mod registry;
+pub mod request;
+pub mod run;
+pub mod scheduler;
+pub mod timefmt;
+pub mod tools;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::backend::{ModelLoader, ModelRegistry};
+use crate::config::ServerConfig;
+use crate::error::ConfigError;
+use crate::metrics::Metrics;
+use crate::scheduler::{SchedConfig, Scheduler};
+
+/// Shared by every handler.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub sched: Arc<Scheduler>,
+    pub registry: Arc<dyn ModelRegistry>,
+    pub metrics: Metrics,
+    /// This machine's name (allowed as a Host header on loopback binds).
+    pub hostname: Option<String>,
+}
+
+impl AppState {
+    pub fn new(
+        config: ServerConfig,
+        loader: Arc<dyn ModelLoader>,
+        registry: Arc<dyn ModelRegistry>,
+    ) -> Arc<AppState> {
+        let sched = Scheduler::new(
+            loader,
+            SchedConfig {
+                keep_alive: config.keep_alive,
+                default_num_ctx: config.default_num_ctx,
+                max_memory: config.max_memory,
+                max_loaded_models: config.max_loaded_models,
+                max_queue: config.max_queue,
+                num_parallel: config.num_parallel,
+                threads: config.threads,
+                wait_for_memory: Duration::from_secs(300),
+            },
+        );
+        let hostname = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        Arc::new(AppState {
+            config,
+            sched,
+            registry,
+            metrics: Metrics::default(),
+            hostname,
+        })
+    }
+}
+
+/// All routes, with the guards (host check, CORS, API key) and the body limit.
+pub fn router(app: Arc<AppState>) -> Router {
+    use api::{anthropic, misc, ollama, openai};
+    Router::new()
+        .route("/", get(misc::root).head(misc::root))
+        .route("/health", get(misc::health))
+        .route("/metrics", get(misc::metrics))
+        .route("/ui", get(misc::ui))
+        .route("/ui/", get(misc::ui))
+        .route("/api/version", get(ollama::version).head(ollama::version))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings_legacy))
+        .route("/api/tags", get(ollama::tags).head(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/delete", axum::routing::delete(ollama::delete))
+        .route("/api/copy", post(ollama::copy))
+        .route("/api/pull", post(ollama::pull))
+        .route("/api/create", post(ollama::create))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{*model}", get(openai::model))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .fallback(misc::not_found)
+        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::guard,
+        ))
+        .with_state(app)
+}
+
+/// Check the settings and bind the listening socket; returns it with its address (port 0 picks one).
+pub async fn bind(
+    config: &ServerConfig,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), ConfigError> {
+    config.check_auth()?;
+    let bind = config.bind.socket_string();
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|source| ConfigError::Bind {
+            bind: bind.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ConfigError::Bind { bind, source })?;
+    Ok((listener, addr))
+}
+
+/// Run the server on its own runtime until Ctrl-C or SIGTERM; `on_bound` hears the address once
+/// listening.
+pub fn run_blocking(
+    config: ServerConfig,
+    loader: Arc<dyn ModelLoader>,
+    registry: Arc<dyn ModelRegistry>,
+    on_bound: impl FnOnce(std::net::SocketAddr, &ServerConfig),
+) -> Result<(), ConfigError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ConfigError::Bind {
+            bind: config.bind.socket_string(),
+            source,
+        })?;
+    rt.block_on(async move {
+        let (listener, addr) = bind(&config).await?;
+        on_bound(addr, &config);
+        let bind_str = config.bind.socket_string();
+        let app = AppState::new(config, loader, registry);
+        serve_on(listener, app, shutdown_signal())
+            .await
+            .map_err(|source| ConfigError::Bind {
+                bind: bind_str,
+                source,
+            })
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Serve on a bound listener (tests bind port 0 and read the address back).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::spawn(app.sched.clone().reap_forever());
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -12,7 +12,9 @@ pub fn models_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SMELT_TEST_MODELS") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("smelt").join("test-models")
 }
 
@@ -29,7 +31,9 @@ pub fn model_path(name: &str) -> PathBuf {
 
 /// The repository's root directory (for fixtures).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
 }
 
 /// A fixture file under `fixtures/`.

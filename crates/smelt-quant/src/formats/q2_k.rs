@@ -40,6 +40,7 @@ const _: () = assert!(size_of::<BlockQ2_K>() == BlockQ2_K::BYTES);
 
 impl QuantBlock<{ BlockQ2_K::ELEMS }, { BlockQ2_K::BYTES }> for BlockQ2_K {
     const DTYPE: GgmlType = GgmlType::Q2_K;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_K;
 
     fn from_bytes(b: &[u8; 84]) -> Self {
         Self {

@@ -52,6 +52,7 @@ const _: () = assert!(size_of::<BlockQ3_K>() == BlockQ3_K::BYTES);
 
 impl QuantBlock<{ BlockQ3_K::ELEMS }, { BlockQ3_K::BYTES }> for BlockQ3_K {
     const DTYPE: GgmlType = GgmlType::Q3_K;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_K;
 
     fn from_bytes(b: &[u8; 110]) -> Self {
         Self {

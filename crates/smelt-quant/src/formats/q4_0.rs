@@ -33,6 +33,7 @@ const _: () = assert!(size_of::<BlockQ4_0>() == BlockQ4_0::BYTES);
 
 impl QuantBlock<{ BlockQ4_0::ELEMS }, { BlockQ4_0::BYTES }> for BlockQ4_0 {
     const DTYPE: GgmlType = GgmlType::Q4_0;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_0;
 
     fn from_bytes(b: &[u8; 18]) -> Self {
         Self {

@@ -35,6 +35,7 @@ const _: () = assert!(size_of::<BlockQ4_1>() == BlockQ4_1::BYTES);
 
 impl QuantBlock<{ BlockQ4_1::ELEMS }, { BlockQ4_1::BYTES }> for BlockQ4_1 {
     const DTYPE: GgmlType = GgmlType::Q4_1;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_1;
 
     fn from_bytes(b: &[u8; 20]) -> Self {
         Self {

@@ -40,6 +40,7 @@ const _: () = assert!(size_of::<BlockQ4_K>() == BlockQ4_K::BYTES);
 
 impl QuantBlock<{ BlockQ4_K::ELEMS }, { BlockQ4_K::BYTES }> for BlockQ4_K {
     const DTYPE: GgmlType = GgmlType::Q4_K;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_K;
 
     fn from_bytes(b: &[u8; 144]) -> Self {
         Self {

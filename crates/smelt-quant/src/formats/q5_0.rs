@@ -35,6 +35,7 @@ const _: () = assert!(size_of::<BlockQ5_0>() == BlockQ5_0::BYTES);
 
 impl QuantBlock<{ BlockQ5_0::ELEMS }, { BlockQ5_0::BYTES }> for BlockQ5_0 {
     const DTYPE: GgmlType = GgmlType::Q5_0;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_0;
 
     fn from_bytes(b: &[u8; 22]) -> Self {
         Self {

@@ -37,6 +37,7 @@ const _: () = assert!(size_of::<BlockQ5_1>() == BlockQ5_1::BYTES);
 
 impl QuantBlock<{ BlockQ5_1::ELEMS }, { BlockQ5_1::BYTES }> for BlockQ5_1 {
     const DTYPE: GgmlType = GgmlType::Q5_1;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_1;
 
     fn from_bytes(b: &[u8; 24]) -> Self {
         Self {

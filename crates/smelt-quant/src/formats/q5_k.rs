@@ -41,6 +41,7 @@ const _: () = assert!(size_of::<BlockQ5_K>() == BlockQ5_K::BYTES);
 
 impl QuantBlock<{ BlockQ5_K::ELEMS }, { BlockQ5_K::BYTES }> for BlockQ5_K {
     const DTYPE: GgmlType = GgmlType::Q5_K;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_K;
 
     fn from_bytes(b: &[u8; 176]) -> Self {
         Self {

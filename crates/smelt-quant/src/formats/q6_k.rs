@@ -40,6 +40,7 @@ const _: () = assert!(size_of::<BlockQ6_K>() == BlockQ6_K::BYTES);
 
 impl QuantBlock<{ BlockQ6_K::ELEMS }, { BlockQ6_K::BYTES }> for BlockQ6_K {
     const DTYPE: GgmlType = GgmlType::Q6_K;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_K;
 
     fn from_bytes(b: &[u8; 210]) -> Self {
         Self {

@@ -32,6 +32,7 @@ const _: () = assert!(size_of::<BlockQ8_0>() == BlockQ8_0::BYTES);
 
 impl QuantBlock<{ BlockQ8_0::ELEMS }, { BlockQ8_0::BYTES }> for BlockQ8_0 {
     const DTYPE: GgmlType = GgmlType::Q8_0;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_0;
 
     fn from_bytes(b: &[u8; 34]) -> Self {
         Self {

@@ -33,6 +33,7 @@ const _: () = assert!(size_of::<BlockQ8_1>() == BlockQ8_1::BYTES);
 
 impl QuantBlock<{ BlockQ8_1::ELEMS }, { BlockQ8_1::BYTES }> for BlockQ8_1 {
     const DTYPE: GgmlType = GgmlType::Q8_1;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_1;
 
     fn from_bytes(b: &[u8; 36]) -> Self {
         Self {

@@ -32,6 +32,8 @@ const _: () = assert!(size_of::<BlockQ8_K>() == BlockQ8_K::BYTES);
 
 impl QuantBlock<{ BlockQ8_K::ELEMS }, { BlockQ8_K::BYTES }> for BlockQ8_K {
     const DTYPE: GgmlType = GgmlType::Q8_K;
+    // ggml gives Q8_K no partner; its zero-initialised table entry reads as F32.
+    const VEC_DOT_TYPE: GgmlType = GgmlType::F32;
 
     fn from_bytes(b: &[u8; 292]) -> Self {
         Self {
@@ -64,6 +66,7 @@ impl QuantBlock<{ BlockQ8_K::ELEMS }, { BlockQ8_K::BYTES }> for BlockQ8_K {
     fn quantize(x: &[f32; 256]) -> Self {
         let max = signed_absmax(x);
         if max == 0.0 {
+            // ggml leaves `bsums` of an all-zero block unwritten; zeros are the consistent value.
             return Self {
                 d: 0.0,
                 qs: [0; 256],
