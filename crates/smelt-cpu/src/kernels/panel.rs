@@ -327,6 +327,7 @@ unsafe fn micro<const RM: usize>(
             )
         };
         unroll16!(RM, r, {
+            // SAFETY: r < RM and g < groups, inside the scale and min rows.
             let (sc, mn) = unsafe { (*scale.add(r * groups + g), *min.add(r * groups + g)) };
             let s = _mm512_mul_ps(_mm512_set1_ps(sc), dx);
             tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), s, tot[r]);
@@ -427,6 +428,7 @@ unsafe fn decode_row(
         match p {
             Panel::Q4_0 | Panel::Q4_1 | Panel::Q5_0 | Panel::Q5_1 | Panel::Q8_0 => {
                 let d = f16(blk, 0);
+                // SAFETY: the offsets read are inside the block (its layout in smelt-quant).
                 let (q, mn) = unsafe {
                     match p {
                         Panel::Q4_0 => (nibbles(wb.add(2)), 8.0 * d),
@@ -454,11 +456,13 @@ unsafe fn decode_row(
                 let (sc, mn) = scales_mins(&blk[4..16]);
                 let qs = if p == Panel::Q5_K { 48 } else { 16 };
                 let mut qh = if p == Panel::Q5_K {
+                    // SAFETY: Q5_K's fifth bits, bytes 16..48 of the block.
                     unsafe { load256(wb.add(16)) }
                 } else {
                     _mm256_setzero_si256()
                 };
                 for ch in 0..4 {
+                    // SAFETY: 32 bytes of quants at qs + 32 ch, inside the block.
                     let qv = unsafe { load256(wb.add(qs + 32 * ch)) };
                     let mut lo = _mm256_and_si256(qv, m4);
                     let mut hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
@@ -483,11 +487,13 @@ unsafe fn decode_row(
                     _ => (f16(blk, 208), std::array::from_fn(|g| blk[192 + g] as i8)),
                 };
                 let mut hm = if p == Panel::Q3_K {
+                    // SAFETY: Q3_K's high-bit mask, the block's first 32 bytes.
                     unsafe { load256(wb) }
                 } else {
                     _mm256_setzero_si256()
                 };
                 for n in 0..2 {
+                    // SAFETY: the quant bytes of half n, inside the block.
                     let (v0, v1, mut vh) = unsafe {
                         match p {
                             Panel::Q2_K => (load256(wb.add(16 + 32 * n)), m4, m4),

@@ -174,16 +174,19 @@ pub(crate) unsafe fn gemm(
                 ws,
                 x: unsafe { x.add(t * xs) },
                 xs,
+                // SAFETY: as above, output (t, r) is the caller's.
                 out: unsafe { out.add(t * os + r) },
                 os,
             };
             if rows == gr {
                 while t + gt <= t0 + tc {
+                    // SAFETY: rows r..r+gr and tokens t..t+gt are inside the caller's ranges.
                     unsafe { (tiles.gemm)(&tile_at(t)) };
                     t += gt;
                 }
             }
             while t < t0 + tc {
+                // SAFETY: rows r..r+rows and token t are inside the caller's ranges.
                 unsafe { (tiles.gemv[rows - 1])(&tile_at(t)) };
                 t += 1;
             }
