@@ -1,301 +1,344 @@
-//! Attention over the f16 KV cache: causal, GQA, optional sliding window.
+//! Attention over the KV cache (causal, GQA, optional sliding window), for prompts and decode
+//! steps alike: a block of queries of one head against chunks of its keys, with an online
+//! softmax (running maximum and sum per query, as FlashAttention does).
 //!
-//! Work items are (token, query head) pairs dealt round-robin to the threads, which balances
-//! both decode (one token, heads split) and causal prefill (later tokens see more keys).
-//! Keys and values of one KV head are contiguous per position (see `kv.rs`).
+//! One code path serves every row count, and chunks lie on a fixed grid of positions, so a
+//! query's result does not depend on how the sequence was split into steps: decoding after a
+//! cached prefix gives exactly the numbers a full evaluation gives.
+//!
+//! Each chunk of keys and values is converted to f32 once for the whole query block, keys
+//! transposed (`kt[d][j]`; the f16 cache stores them so, see `kv.rs`). Scores are then
+//! computed in register tiles of `G` queries x `T` keys (`sum_d q[d] * kt[d][j..j + T]`:
+//! multiply-adds across keys, no horizontal sums, each key vector loaded once for several
+//! queries; `G` is 4 for prompts, 1 for a decode step), and values are added in tiles of `G`
+//! queries x `T` head elements. Keys a query may not see (causal, sliding window) get
+//! probability 0. The loops are plain Rust compiled inside `target_feature` functions, so they
+//! vectorise at the CPU's width (the crate is built for baseline x86-64). Heads whose size is
+//! not a multiple of the tile take a simpler per-query path for the values.
+//!
+//! Work items are (query block, head) pairs dealt round-robin to the threads: decode splits
+//! heads, causal prefill interleaves early (cheap) and late (expensive) blocks.
 
 use smelt_quant::half::f16_to_f32;
 
 use super::exec::Ctx;
+use super::f16::F16Isa;
+use smelt_graph::KvPart;
+
 use super::kv::KvType;
 use super::lower::AttnStep;
 use super::FastError;
 
-/// The f16 dot and axpy used on cache rows, chosen once for the CPU, at the level the
-/// matmul kernels use (so `SMELT_ISA` caps both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum F16Isa {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2F16c,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
+/// Queries per work item.
+pub(crate) const QUERY_BLOCK: usize = 16;
+/// Keys per chunk.
+pub(crate) const KEY_CHUNK: usize = 128;
+/// Queries per register tile.
+const QG: usize = 4;
+const _: () = assert!(QUERY_BLOCK.is_multiple_of(QG) && KEY_CHUNK.is_multiple_of(64));
+
+/// Floats of scratch a thread needs for heads of `head_dim`.
+pub(crate) fn scratch_len(head_dim: usize) -> usize {
+    // q (scaled), accumulators, kt, vf, one row, scores, max, sum and correction per query.
+    2 * QUERY_BLOCK * head_dim
+        + 2 * KEY_CHUNK * head_dim
+        + head_dim
+        + QUERY_BLOCK * KEY_CHUNK
+        + 3 * QUERY_BLOCK
 }
 
-impl F16Isa {
-    pub fn detect() -> F16Isa {
-        F16Isa::for_level(crate::kernels::Isa::detect())
-    }
-
-    /// The variant for kernel level `isa` (which the CPU supports: `Isa` levels are only
-    /// handed out when it does, and each includes F16C).
-    pub fn for_level(isa: crate::kernels::Isa) -> F16Isa {
-        use crate::kernels::Isa;
-        #[cfg(target_arch = "x86_64")]
-        {
-            if isa >= Isa::Avx512Vnni && is_x86_feature_detected!("avx512f") {
-                return F16Isa::Avx512;
-            }
-            if isa >= Isa::Avx2 {
-                return F16Isa::Avx2F16c;
-            }
-        }
-        let _ = isa;
-        F16Isa::Scalar
-    }
-
-    /// `sum(q[i] * k[i])` with `k` in f16.
-    #[inline]
-    pub fn dot(self, q: &[f32], k: &[u16]) -> f32 {
-        assert_eq!(q.len(), k.len());
-        match self {
-            F16Isa::Scalar => dot_scalar(q, k),
-            // SAFETY: chosen only where the CPU has AVX2, FMA and F16C (and AVX-512F for the
-            // second); lengths match.
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx2F16c => unsafe { x86::dot(q, k) },
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx512 => unsafe { x86::dot512(q, k) },
-        }
-    }
-
-    /// `out[i] += w * v[i]` with `v` in f16.
-    #[inline]
-    pub fn axpy(self, out: &mut [f32], w: f32, v: &[u16]) {
-        assert_eq!(out.len(), v.len());
-        match self {
-            F16Isa::Scalar => out
-                .iter_mut()
-                .zip(v)
-                .for_each(|(o, &v)| *o += w * f16_to_f32(v)),
-            // SAFETY: as in `dot`.
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx2F16c => unsafe { x86::axpy(out, w, v) },
-            // SAFETY: as in `dot`.
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx512 => unsafe { x86::axpy512(out, w, v) },
-        }
-    }
-}
-
-/// `sum(q[i] * k[i])` with `k` in q8_0 blocks (f16 scale, 32 i8): per block, the i8 dot in
-/// f32, times the scale.
-fn dot_q8(q: &[f32], k: &[u8]) -> f32 {
-    let mut sum = 0.0;
-    for (qb, kb) in q.chunks_exact(32).zip(k.chunks_exact(34)) {
-        let d = f16_to_f32(u16::from_le_bytes([kb[0], kb[1]]));
-        let mut acc = [0f32; 8];
-        for (qc, kc) in qb.chunks_exact(8).zip(kb[2..].chunks_exact(8)) {
-            for i in 0..8 {
-                acc[i] += qc[i] * f32::from(kc[i] as i8);
-            }
-        }
-        sum += d * acc.iter().sum::<f32>();
-    }
-    sum
-}
-
-/// `out[i] += w * v[i]` with `v` in q8_0 blocks.
-fn axpy_q8(out: &mut [f32], w: f32, v: &[u8]) {
-    for (ob, vb) in out.chunks_exact_mut(32).zip(v.chunks_exact(34)) {
-        let wd = w * f16_to_f32(u16::from_le_bytes([vb[0], vb[1]]));
-        for (o, &x) in ob.iter_mut().zip(&vb[2..]) {
-            *o += wd * f32::from(x as i8);
-        }
-    }
-}
-
-fn dot_scalar(q: &[f32], k: &[u16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
-    let (qr, kr) = (qc.remainder(), kc.remainder());
-    for (a, b) in qc.zip(kc) {
-        for i in 0..8 {
-            acc[i] += a[i] * f16_to_f32(b[i]);
-        }
-    }
-    acc.iter().sum::<f32>()
-        + qr.iter()
-            .zip(kr)
-            .map(|(a, &b)| a * f16_to_f32(b))
-            .sum::<f32>()
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use smelt_quant::half::f16_to_f32;
-
-    /// # Safety
-    /// The CPU supports AVX2, FMA and F16C; `q.len() == k.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(q: &[f32], k: &[u16]) -> f32 {
-        let n = q.len();
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        // SAFETY: every load reads 8 (16) elements at i < n - 7 (n - 15) of slices of length n.
-        unsafe {
-            while i + 16 <= n {
-                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast()));
-                let k1 = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i + 8).cast()));
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), k0, acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i + 8)), k1, acc1);
-                i += 16;
-            }
-            while i + 8 <= n {
-                let k0 = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast()));
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), k0, acc0);
-                i += 8;
-            }
-        }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        let mut sum = _mm_cvtss_f32(s);
-        while i < n {
-            sum += q[i] * f16_to_f32(k[i]);
-            i += 1;
-        }
-        sum
-    }
-
-    /// [`dot`] sixteen at a time.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F, AVX2, FMA and F16C; `q.len() == k.len()`.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn dot512(q: &[f32], k: &[u16]) -> f32 {
-        let n = q.len();
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        // SAFETY: every load reads 16 elements at i < n - 15 of slices of length n; the rest
-        // goes to the AVX2 code with the same contract.
-        unsafe {
-            while i + 16 <= n {
-                let kv = _mm512_cvtph_ps(_mm256_loadu_si256(k.as_ptr().add(i).cast()));
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.as_ptr().add(i)), kv, acc);
-                i += 16;
-            }
-            _mm512_reduce_add_ps(acc) + dot(&q[i..], &k[i..])
-        }
-    }
-
-    /// [`axpy`] sixteen at a time.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F, AVX2, FMA and F16C; `out.len() == v.len()`.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn axpy512(out: &mut [f32], w: f32, v: &[u16]) {
-        let n = out.len();
-        let wv = _mm512_set1_ps(w);
-        let mut i = 0;
-        // SAFETY: as in `dot512`.
-        unsafe {
-            while i + 16 <= n {
-                let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(i).cast()));
-                let o = _mm512_loadu_ps(out.as_ptr().add(i));
-                _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, o));
-                i += 16;
-            }
-            axpy(&mut out[i..], w, &v[i..]);
-        }
-    }
-
-    /// # Safety
-    /// The CPU supports AVX2, FMA and F16C; `out.len() == v.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy(out: &mut [f32], w: f32, v: &[u16]) {
-        let n = out.len();
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        // SAFETY: every access covers 8 elements at i < n - 7 of slices of length n.
-        unsafe {
-            while i + 8 <= n {
-                let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
-                let o = _mm256_loadu_ps(out.as_ptr().add(i));
-                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, o));
-                i += 8;
-            }
-        }
-        while i < n {
-            out[i] += w * f16_to_f32(v[i]);
-            i += 1;
-        }
-    }
-}
-
-/// This thread's share of one attention kernel: (token, query head) items, round-robin.
-///
-/// (Grouping the query heads of one KV head, to load each key row once for all of them, was
-/// measured slower: the per-key dot products, not the loads, dominate.)
+/// This thread's share: items are (query block, head), round-robin (blocks interleave, so
+/// every thread gets early and late, cheap and expensive blocks).
 pub(crate) fn run(
     st: &AttnStep,
     tid: usize,
     ctx: &Ctx,
-    scores: &mut [f32],
+    scratch: &mut [f32],
 ) -> Result<(), FastError> {
-    let (hd, n_head) = (st.head_dim, st.n_head);
-    let group = n_head / st.n_head_kv;
-    let lay = ctx.kv_layers[st.layer];
-    let cap = ctx.capacity;
-    let qcols = n_head * hd;
-    let items = st.rows * n_head;
-    let hr = ctx.kv_type.head_row(hd);
+    let blocks = st.rows.div_ceil(QUERY_BLOCK);
+    let items = blocks * st.n_head;
     let mut i = tid;
     while i < items {
-        let (t, h) = (i / n_head, i % n_head);
+        let (b, h) = (i / st.n_head, i % st.n_head);
         i += ctx.n_threads;
-        let pos = ctx.positions[t] as usize;
-        let lo = st.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let n_keys = pos + 1 - lo;
-        let base = ctx.kv_type.index(cap, hd, lo, (h / group) * hd);
-        let (k_at, v_at, len) = (lay.k + base, lay.v + base, n_keys * hr);
-        // SAFETY (all reads below): q was written by an earlier kernel; the cache rows up to
-        // `pos` were written by earlier kernels (this step's) or earlier steps; nothing writes
-        // them now.
-        let q = unsafe { ctx.arena.get(st.q_off + t * qcols + h * hd, hd) };
-        let sc = &mut scores[..n_keys];
-        match ctx.kv_type {
-            KvType::F16 => {
-                let keys = unsafe { ctx.kv16.get(k_at, len) };
-                sc.iter_mut()
-                    .zip(keys.chunks_exact(hr))
-                    .for_each(|(s, k)| *s = ctx.f16.dot(q, k) * st.scale);
-            }
-            KvType::Q8_0 => {
-                let keys = unsafe { ctx.kv8.get(k_at, len) };
-                sc.iter_mut()
-                    .zip(keys.chunks_exact(hr))
-                    .for_each(|(s, k)| *s = dot_q8(q, k) * st.scale);
-            }
-        }
-        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        sc.iter_mut().for_each(|v| *v = exp_neg(*v - max));
-        let inv_sum = 1.0 / sc.iter().sum::<f32>();
-        // SAFETY: item (t, h) is this thread's alone (round-robin), and its output columns are
-        // head h of row t, which no other item writes.
-        let out = unsafe { ctx.arena.get_mut(st.out_off + t * qcols + h * hd, hd) };
-        out.fill(0.0);
-        match ctx.kv_type {
-            KvType::F16 => {
-                let vals = unsafe { ctx.kv16.get(v_at, len) };
-                sc.iter()
-                    .zip(vals.chunks_exact(hr))
-                    .for_each(|(s, v)| ctx.f16.axpy(out, s * inv_sum, v));
-            }
-            KvType::Q8_0 => {
-                let vals = unsafe { ctx.kv8.get(v_at, len) };
-                sc.iter()
-                    .zip(vals.chunks_exact(hr))
-                    .for_each(|(s, v)| axpy_q8(out, s * inv_sum, v));
-            }
+        let t0 = b * QUERY_BLOCK;
+        let t1 = (t0 + QUERY_BLOCK).min(st.rows);
+        let one = t1 - t0 == 1;
+        match ctx.f16 {
+            // SAFETY: the level was chosen because the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx512 => unsafe { block_avx512(st, ctx, h, t0, t1, scratch, one) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx2F16c => unsafe { block_avx2(st, ctx, h, t0, t1, scratch, one) },
+            F16Isa::Scalar if one => block::<false, 32, 1>(st, ctx, h, t0, t1, scratch),
+            F16Isa::Scalar => block::<false, 32, QG>(st, ctx, h, t0, t1, scratch),
         }
     }
     Ok(())
+}
+
+/// # Safety
+/// The CPU supports AVX-512F, AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn block_avx512(
+    st: &AttnStep,
+    ctx: &Ctx,
+    h: usize,
+    t0: usize,
+    t1: usize,
+    s: &mut [f32],
+    one: bool,
+) {
+    // 4 queries x 64 floats: 16 of the 32 zmm registers. A decode step has one query.
+    if one {
+        block::<true, 64, 1>(st, ctx, h, t0, t1, s)
+    } else {
+        block::<true, 64, QG>(st, ctx, h, t0, t1, s)
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_avx2(
+    st: &AttnStep,
+    ctx: &Ctx,
+    h: usize,
+    t0: usize,
+    t1: usize,
+    s: &mut [f32],
+    one: bool,
+) {
+    // 4 queries x 16 floats: 8 of the 16 ymm registers.
+    if one {
+        block::<true, 16, 1>(st, ctx, h, t0, t1, s)
+    } else {
+        block::<true, 16, QG>(st, ctx, h, t0, t1, s)
+    }
+}
+
+/// `a + b * c`, fused where the caller runs with FMA (where `mul_add` is one instruction;
+/// without it, a library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        b.mul_add(c, a)
+    } else {
+        a + b * c
+    }
+}
+
+/// The slices of one thread's scratch.
+struct Bufs<'a> {
+    qs: &'a mut [f32],
+    acc: &'a mut [f32],
+    kt: &'a mut [f32],
+    vf: &'a mut [f32],
+    row: &'a mut [f32],
+    /// `[QUERY_BLOCK][KEY_CHUNK]` scores, then probabilities.
+    p: &'a mut [f32],
+    mx: &'a mut [f32],
+    sum: &'a mut [f32],
+    corr: &'a mut [f32],
+}
+
+fn bufs(scratch: &mut [f32], hd: usize) -> Bufs<'_> {
+    let (qs, rest) = scratch.split_at_mut(QUERY_BLOCK * hd);
+    let (acc, rest) = rest.split_at_mut(QUERY_BLOCK * hd);
+    let (kt, rest) = rest.split_at_mut(KEY_CHUNK * hd);
+    let (vf, rest) = rest.split_at_mut(KEY_CHUNK * hd);
+    let (row, rest) = rest.split_at_mut(hd);
+    let (p, rest) = rest.split_at_mut(QUERY_BLOCK * KEY_CHUNK);
+    let (mx, rest) = rest.split_at_mut(QUERY_BLOCK);
+    let (sum, rest) = rest.split_at_mut(QUERY_BLOCK);
+    let corr = &mut rest[..QUERY_BLOCK];
+    Bufs {
+        qs,
+        acc,
+        kt,
+        vf,
+        row,
+        p,
+        mx,
+        sum,
+        corr,
+    }
+}
+
+/// Query rows `t0..t1` of head `h`.
+#[inline(always)]
+fn block<const FMA: bool, const T: usize, const G: usize>(
+    st: &AttnStep,
+    ctx: &Ctx,
+    h: usize,
+    t0: usize,
+    t1: usize,
+    scratch: &mut [f32],
+) {
+    let hd = st.head_dim;
+    let nq = t1 - t0;
+    let qcols = st.n_head * hd;
+    let hk = h / (st.n_head / st.n_head_kv);
+    let lay = ctx.kv_layers[st.layer];
+    let hr = ctx.kv_type.head_row(hd);
+    let b = bufs(scratch, hd);
+    let range = |t: usize| {
+        let pos = ctx.positions[t] as usize;
+        (
+            st.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
+            pos + 1,
+        )
+    };
+    let (mut klo, mut khi) = (usize::MAX, 0);
+    // Queries beyond the block's rows stay zero: tiles compute them and nothing reads them.
+    b.qs.fill(0.0);
+    for t in t0..t1 {
+        let (lo, hi) = range(t);
+        klo = klo.min(lo);
+        khi = khi.max(hi);
+        // SAFETY: q was written by an earlier kernel.
+        let q = unsafe { ctx.arena.get(st.q_off + t * qcols + h * hd, hd) };
+        b.qs[(t - t0) * hd..(t - t0 + 1) * hd]
+            .iter_mut()
+            .zip(q)
+            .for_each(|(d, &v)| *d = v * st.scale);
+    }
+    b.acc.fill(0.0);
+    b.mx.fill(f32::NEG_INFINITY);
+    b.sum.fill(0.0);
+    let tiled = hd.is_multiple_of(T);
+    // Chunks on a fixed grid of positions (not relative to this block), so a query's numbers
+    // do not depend on which block it is in.
+    let mut c0 = klo / KEY_CHUNK * KEY_CHUNK;
+    while c0 < khi {
+        let c1 = (c0 + KEY_CHUNK).min(khi);
+        let nk = c1 - c0;
+        // Keys transposed, values as rows, both f32.
+        let v_at = lay.v + ctx.kv_type.index(KvPart::V, ctx.capacity, hd, c0, hk * hd);
+        if ctx.kv_type.keys_transposed() {
+            for d in 0..hd {
+                let at = lay.k
+                    + ctx
+                        .kv_type
+                        .index(KvPart::K, ctx.capacity, hd, c0, hk * hd + d);
+                // SAFETY: positions up to the block's last were written by earlier kernels.
+                let src = unsafe { ctx.kv16.get(at, nk) };
+                ctx.f16
+                    .convert(src, &mut b.kt[d * KEY_CHUNK..d * KEY_CHUNK + nk]);
+            }
+        } else {
+            let k_at = lay.k + ctx.kv_type.index(KvPart::K, ctx.capacity, hd, c0, hk * hd);
+            for j in 0..nk {
+                load_row(ctx, k_at + j * hr, hd, b.row);
+                for (d, &v) in b.row.iter().enumerate() {
+                    b.kt[d * KEY_CHUNK + j] = v;
+                }
+            }
+        }
+        for j in 0..nk {
+            load_row(ctx, v_at + j * hr, hd, &mut b.vf[j * hd..(j + 1) * hd]);
+        }
+        // Scores of every query of the block for every key of the chunk (whole tiles).
+        let nk_tiles = nk.div_ceil(T) * T;
+        for qg in (0..nq.next_multiple_of(G)).step_by(G) {
+            let mut j0 = 0;
+            while j0 < nk_tiles {
+                let mut a = [[0f32; T]; G];
+                for d in 0..hd {
+                    let at = d * KEY_CHUNK + j0;
+                    let k: &[f32; T] = b.kt[at..at + T].try_into().expect("tile");
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        let qd = b.qs[(qg + r) * hd + d];
+                        for i in 0..T {
+                            ar[i] = madd::<FMA>(ar[i], qd, k[i]);
+                        }
+                    }
+                }
+                for (r, ar) in a.iter().enumerate() {
+                    let at = (qg + r) * KEY_CHUNK + j0;
+                    b.p[at..at + T].copy_from_slice(ar);
+                }
+                j0 += T;
+            }
+        }
+        // Online softmax per query over the keys it may see.
+        for qi in 0..nq.next_multiple_of(G) {
+            let p = &mut b.p[qi * KEY_CHUNK..qi * KEY_CHUNK + nk];
+            let (a, z) = if qi < nq {
+                let (lo, hi) = range(t0 + qi);
+                (lo.max(c0).min(c1) - c0, hi.min(c1).max(c0) - c0)
+            } else {
+                (0, 0)
+            };
+            if a >= z {
+                p.fill(0.0);
+                b.corr[qi] = 1.0;
+                continue;
+            }
+            let m_new = p[a..z].iter().fold(b.mx[qi], |m, &v| m.max(v));
+            let corr = exp_neg(b.mx[qi] - m_new);
+            p[..a].fill(0.0);
+            p[z..].fill(0.0);
+            p[a..z].iter_mut().for_each(|v| *v = exp_neg(*v - m_new));
+            b.sum[qi] = b.sum[qi] * corr + p[a..z].iter().sum::<f32>();
+            b.mx[qi] = m_new;
+            b.corr[qi] = corr;
+        }
+        // Values: acc = acc * corr + sum_j p_j v_j.
+        if tiled {
+            for qg in (0..nq.next_multiple_of(G)).step_by(G) {
+                for dt in (0..hd).step_by(T) {
+                    let mut a = [[0f32; T]; G];
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        let at = (qg + r) * hd + dt;
+                        let c = b.corr[qg + r];
+                        ar.iter_mut()
+                            .zip(&b.acc[at..at + T])
+                            .for_each(|(x, &v)| *x = v * c);
+                    }
+                    for j in 0..nk {
+                        let at = j * hd + dt;
+                        let v: &[f32; T] = b.vf[at..at + T].try_into().expect("tile");
+                        for (r, ar) in a.iter_mut().enumerate() {
+                            let pj = b.p[(qg + r) * KEY_CHUNK + j];
+                            for i in 0..T {
+                                ar[i] = madd::<FMA>(ar[i], pj, v[i]);
+                            }
+                        }
+                    }
+                    for (r, ar) in a.iter().enumerate() {
+                        let at = (qg + r) * hd + dt;
+                        b.acc[at..at + T].copy_from_slice(ar);
+                    }
+                }
+            }
+        } else {
+            for qi in 0..nq {
+                let o = &mut b.acc[qi * hd..(qi + 1) * hd];
+                let c = b.corr[qi];
+                o.iter_mut().for_each(|v| *v *= c);
+                for j in 0..nk {
+                    let pj = b.p[qi * KEY_CHUNK + j];
+                    o.iter_mut()
+                        .zip(&b.vf[j * hd..(j + 1) * hd])
+                        .for_each(|(o, &v)| *o = madd::<FMA>(*o, pj, v));
+                }
+            }
+        }
+        c0 = c1;
+    }
+    for qi in 0..nq {
+        let t = t0 + qi;
+        let inv = 1.0 / b.sum[qi];
+        // SAFETY: item (block, h) is this thread's alone; its outputs are head h of its rows.
+        let out = unsafe { ctx.arena.get_mut(st.out_off + t * qcols + h * hd, hd) };
+        out.iter_mut()
+            .zip(&b.acc[qi * hd..(qi + 1) * hd])
+            .for_each(|(o, &a)| *o = a * inv);
+    }
 }
 
 /// `e^x` for the softmax's `x <= 0`, within a few ulp; plain arithmetic, so loops over it
@@ -320,32 +363,31 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use smelt_quant::half::f32_to_f16;
-
-    #[test]
-    fn q8_0_dot_and_axpy_match_dequantised_values() {
-        for n in [32, 64, 256] {
-            let q: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-                .collect();
-            let x: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
-            let k = smelt_quant::quantize_to_vec(smelt_gguf::GgmlType::Q8_0, &x).unwrap();
-            let kd = smelt_quant::dequantize_to_vec(smelt_gguf::GgmlType::Q8_0, &k).unwrap();
-            let want: f32 = q.iter().zip(&kd).map(|(a, b)| a * b).sum();
-            assert!(
-                (dot_q8(&q, &k) - want).abs() < 1e-4 * (1.0 + want.abs()),
-                "n {n}"
-            );
-            let mut out = q.clone();
-            axpy_q8(&mut out, 0.5, &k);
-            for i in 0..n {
-                assert!((out[i] - (q[i] + 0.5 * kd[i])).abs() < 1e-5, "n {n} i {i}");
+/// One head's row at storage offset `at` of the cache, as f32.
+#[inline(always)]
+fn load_row(ctx: &Ctx, at: usize, hd: usize, dst: &mut [f32]) {
+    match ctx.kv_type {
+        KvType::F16 => {
+            // SAFETY: rows up to the block's last position were written by earlier kernels.
+            let src = unsafe { ctx.kv16.get(at, hd) };
+            ctx.f16.convert(src, dst);
+        }
+        KvType::Q8_0 => {
+            // SAFETY: as above.
+            let src = unsafe { ctx.kv8.get(at, hd / 32 * 34) };
+            for (ob, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(34)) {
+                let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                ob.iter_mut()
+                    .zip(&b[2..])
+                    .for_each(|(o, &x)| *o = d * f32::from(x as i8));
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn exp_neg_is_accurate() {
@@ -357,39 +399,5 @@ mod tests {
         }
         assert_eq!(exp_neg(0.0), 1.0);
         assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
-    }
-
-    #[test]
-    fn simd_f16_matches_scalar_on_odd_lengths() {
-        for level in crate::kernels::Isa::supported() {
-            simd_f16_matches_scalar(F16Isa::for_level(level));
-        }
-    }
-
-    fn simd_f16_matches_scalar(isa: F16Isa) {
-        for n in [1, 3, 8, 15, 50, 64, 256, 783] {
-            let q: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-                .collect();
-            let k: Vec<u16> = (0..n)
-                .map(|i| f32_to_f16(((i * 13 % 17) as f32 - 8.0) / 5.0))
-                .collect();
-            let want = dot_scalar(&q, &k);
-            let got = isa.dot(&q, &k);
-            assert!(
-                (want - got).abs() <= 1e-4 * (1.0 + want.abs()),
-                "n {n}: {want} vs {got}"
-            );
-            let mut a = q.clone();
-            let mut b = q.clone();
-            F16Isa::Scalar.axpy(&mut a, 0.37, &k);
-            isa.axpy(&mut b, 0.37, &k);
-            assert!(
-                a.iter()
-                    .zip(&b)
-                    .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs())),
-                "n {n}"
-            );
-        }
     }
 }

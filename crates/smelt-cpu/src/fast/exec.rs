@@ -5,7 +5,8 @@ use smelt_gguf::GgmlType;
 use smelt_graph::KvPart;
 use smelt_quant::half::f32_to_f16;
 
-use super::attn::{self, F16Isa};
+use super::attn;
+use super::f16::F16Isa;
 use super::kv::{KvType, LayerOffsets};
 use super::lower::{Dst, In, MatMulStep, RowOp, Src, Step, TIn, TileCompute};
 use super::rowops::{eval, SegEnv};
@@ -180,8 +181,16 @@ unsafe fn write(
             let pos = ctx.positions[ctx.input_row(rows, r)] as usize;
             let mut c = c0;
             for run in split_heads(vals, c0, head_dim) {
-                let at = base + ctx.kv_type.index(ctx.capacity, head_dim, pos, c);
+                let at = base + ctx.kv_type.index(part, ctx.capacity, head_dim, pos, c);
                 match ctx.kv_type {
+                    KvType::F16 if part == KvPart::K => {
+                        // Transposed keys: one element per dimension, `capacity` apart.
+                        for (i, &v) in run.iter().enumerate() {
+                            // SAFETY: the caller's; this element is column c + i at `pos`.
+                            let slot = unsafe { ctx.kv16.get_mut(at + i * ctx.capacity, 1) };
+                            slot[0] = f32_to_f16(v);
+                        }
+                    }
                     KvType::F16 => {
                         // SAFETY: the caller's; one head's columns at one position are contiguous.
                         let dst = unsafe { ctx.kv16.get_mut(at, run.len()) };

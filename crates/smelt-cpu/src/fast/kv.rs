@@ -1,10 +1,14 @@
 //! The fast backend's KV cache: keys and values in f16 (default) or q8_0, one allocation.
 //!
-//! Each layer holds K and V as `[n_head_kv][capacity][head_dim]`, so one head's keys for a run
-//! of positions are contiguous for attention. The head size is the plan's (from the layer's
-//! attention op); the cache itself only knows each layer's row width `n_head_kv * head_dim`.
-//! In q8_0 a head's row is `head_dim / 32` blocks of 34 bytes (f16 scale, 32 i8), as ggml's
-//! q8_0 KV cache stores it: half the memory of f16, at 8-bit rounding of keys and values.
+//! Each layer holds V as `[n_head_kv][capacity][head_dim]` and, in f16, K transposed as
+//! `[n_head_kv][head_dim][capacity]`: attention computes a chunk of scores as
+//! `sum_d q[d] * K[d][chunk]`, reading each dimension's run of positions contiguously, and adds
+//! values row by row. The head size is the plan's (from the layer's attention op); the cache
+//! itself only knows each layer's row width `n_head_kv * head_dim`. In q8_0 both K and V are
+//! rows of `head_dim / 32` blocks of 34 bytes (f16 scale, 32 i8), as ggml's q8_0 KV cache stores
+//! them: half the memory of f16, at 8-bit rounding of keys and values.
+
+use smelt_graph::KvPart;
 
 use super::FastError;
 
@@ -25,16 +29,29 @@ impl KvType {
         }
     }
 
+    /// Whether keys are stored transposed (`[head][d][position]`).
+    pub(crate) fn keys_transposed(self) -> bool {
+        self == KvType::F16
+    }
+
     /// Offset (in storage units, from the layer's K or V start) of column `col` of a K or V
     /// row at position `pos`, for heads of `head_dim`. For q8_0, `col` starts a block.
     #[inline]
-    pub(crate) fn index(self, capacity: usize, head_dim: usize, pos: usize, col: usize) -> usize {
+    pub(crate) fn index(
+        self,
+        part: KvPart,
+        capacity: usize,
+        head_dim: usize,
+        pos: usize,
+        col: usize,
+    ) -> usize {
         let hr = self.head_row(head_dim);
-        let within = match self {
-            KvType::F16 => col % head_dim,
-            KvType::Q8_0 => (col % head_dim) / 32 * 34,
-        };
-        (col / head_dim) * capacity * hr + pos * hr + within
+        let head = (col / head_dim) * capacity * hr;
+        match self {
+            KvType::F16 if part == KvPart::K => head + (col % head_dim) * capacity + pos,
+            KvType::F16 => head + pos * hr + col % head_dim,
+            KvType::Q8_0 => head + pos * hr + (col % head_dim) / 32 * 34,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -132,8 +149,23 @@ mod tests {
     fn layouts() {
         let c = FastKvCache::with_type(10, &[64, 128], KvType::Q8_0).unwrap();
         assert_eq!(c.bytes(), 2 * 10 * (2 + 4) * 34);
-        assert_eq!(KvType::Q8_0.index(10, 64, 3, 96), 10 * 68 + 3 * 68 + 34);
-        assert_eq!(KvType::F16.index(10, 64, 3, 96), 10 * 64 + 3 * 64 + 32);
+        assert_eq!(
+            KvType::Q8_0.index(KvPart::K, 10, 64, 3, 96),
+            10 * 68 + 3 * 68 + 34
+        );
+        assert_eq!(
+            KvType::Q8_0.index(KvPart::V, 10, 64, 3, 96),
+            10 * 68 + 3 * 68 + 34
+        );
+        assert_eq!(
+            KvType::F16.index(KvPart::V, 10, 64, 3, 96),
+            10 * 64 + 3 * 64 + 32
+        );
+        // Keys transposed: head 1, dimension 32, position 3.
+        assert_eq!(
+            KvType::F16.index(KvPart::K, 10, 64, 3, 96),
+            10 * 64 + 32 * 10 + 3
+        );
         assert!(FastKvCache::with_type(4, &[48], KvType::Q8_0).is_err());
         assert_eq!(FastKvCache::new(4, &[48]).bytes(), 2 * 4 * 48 * 2);
     }

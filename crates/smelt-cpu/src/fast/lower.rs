@@ -210,8 +210,10 @@ impl Program {
     }
 }
 
-/// Rows per prefill tile: each weight tile loaded serves this many tokens.
-const TILE_ROWS: usize = 16;
+/// Rows (tokens) per prefill tile: a whole prompt chunk, so the prefill kernel decodes each
+/// weight tile once for every token (the AVX-512 panel gemm decodes rows to bytes and
+/// transposes activations per call; short calls would redo that work).
+const TILE_ROWS: usize = 512;
 /// Minimum columns per tile and per unit of work split between threads.
 const TILE_COLS: usize = 64;
 /// Columns per tile when there is one row (decode).
@@ -598,8 +600,8 @@ pub(crate) fn lower(
                 else {
                     unreachable!()
                 };
-                l.need.scores = l.need.scores.max(kv_capacity);
                 let rows = g.shape(*node)[0];
+                l.need.scores = l.need.scores.max(super::attn::scratch_len(head_dim));
                 Step::Attention(AttnStep {
                     q_off,
                     out_off,

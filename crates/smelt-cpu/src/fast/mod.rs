@@ -10,6 +10,7 @@
 
 mod attn;
 mod exec;
+mod f16;
 mod kv;
 mod lower;
 mod matvec;
@@ -97,7 +98,7 @@ pub struct FastBackend {
     arena: Vec<f32>,
     scratch: Vec<Mutex<Scratch>>,
     stats: ExecStats,
-    f16: attn::F16Isa,
+    f16: f16::F16Isa,
     fuse: FuseOptions,
     exact: bool,
     /// Per kernel kind (name without layer numbers): nanoseconds and count, when profiling.
@@ -152,7 +153,7 @@ impl FastBackend {
                 .map(|_| Mutex::new(Scratch::default()))
                 .collect(),
             stats: ExecStats::default(),
-            f16: attn::F16Isa::detect(),
+            f16: f16::F16Isa::detect(),
             fuse: FuseOptions::ALL,
             exact: false,
             profile: None,

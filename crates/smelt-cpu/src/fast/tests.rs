@@ -307,7 +307,13 @@ fn cached_decode_equals_full_evaluation() {
         ("llama", KvType::Q8_0),
         ("gemma3", KvType::Q8_0),
     ] {
-        let spec = small(arch, GgmlType::Q8_0, false);
+        // Three query heads per KV head of 64 (the tiled paths), as SmolLM2 has.
+        let spec = Spec {
+            n_head: 6,
+            n_head_kv: 2,
+            head_dim: 64,
+            ..small(arch, GgmlType::Q8_0, false)
+        };
         let g = synth(&spec, 11);
         let a = smelt_models::load(&g).unwrap();
         let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
