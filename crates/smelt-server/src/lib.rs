@@ -160,19 +160,35 @@ pub fn run_blocking(
             bind: config.bind.socket_string(),
             source,
         })?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let (listener, addr) = bind(&config).await?;
         on_bound(addr, &config);
         let bind_str = config.bind.socket_string();
         let app = AppState::new(config, loader, registry);
-        serve_on(listener, app, shutdown_signal())
-            .await
-            .map_err(|source| ConfigError::Bind {
-                bind: bind_str,
-                source,
-            })
-    })
+        // On a signal, stop accepting and let running requests finish, for a few seconds.
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let notify = stopping.clone();
+        let signal = async move {
+            shutdown_signal().await;
+            notify.notify_one();
+        };
+        let serve = serve_on(listener, app, signal);
+        let deadline = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = serve => r.map_err(|source| ConfigError::Bind { bind: bind_str, source }),
+            _ = deadline => Ok(()),
+        }
+    });
+    // Generations still running on blocking threads are abandoned.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }
+
+/// How long running requests may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = async {
