@@ -160,7 +160,7 @@ fn config() -> ServerConfig {
             host: "127.0.0.1".into(),
             port: 0,
         },
-        default_num_ctx: 1024,
+        default_num_ctx: Some(1024),
         ..ServerConfig::default()
     }
 }
