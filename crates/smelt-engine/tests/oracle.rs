@@ -121,8 +121,15 @@ fn teacher_forced(model_file: &str, backend: BackendKind, max_chunks: Option<usi
     let mean_kl = kl_sum / n_pos as f64;
     let ppl = (nll / n_scored as f64).exp();
     // llama.cpp's perplexity over the same chunks (all chunks score equally many tokens).
-    let chunk_nll = fx.meta["perplexity"]["512"]["chunk_mean_nll"].as_array().unwrap();
-    let ppl_ref = (chunk_nll[..n_chunks].iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / n_chunks as f64).exp();
+    let chunk_nll = fx.meta["perplexity"]["512"]["chunk_mean_nll"]
+        .as_array()
+        .unwrap();
+    let ppl_ref = (chunk_nll[..n_chunks]
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum::<f64>()
+        / n_chunks as f64)
+        .exp();
     // llama.cpp against itself: the stored setting (f32 KV) vs its default (f16 KV).
     let calib = &fx.meta["calibration"][0];
     eprintln!(
@@ -136,10 +143,10 @@ fn teacher_forced(model_file: &str, backend: BackendKind, max_chunks: Option<usi
         (ppl / ppl_ref - 1.0) * 100.0
     );
     assert!(n_pos >= 2000, "only {n_pos} positions");
-    assert_eq!(
-        n_scored,
-        fx.meta["perplexity"]["512"]["count"].as_u64().unwrap() as usize
-    );
+    let per_chunk = fx.meta["perplexity"]["512"]["scored_per_chunk"]
+        .as_u64()
+        .unwrap() as usize;
+    assert_eq!(n_scored, n_chunks * per_chunk);
     assert!(agreement >= 0.95, "argmax agreement {agreement}");
     assert!(mean_kl <= 0.01, "mean KL {mean_kl}");
     assert!(
