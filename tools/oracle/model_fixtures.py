@@ -19,6 +19,7 @@ Run (needs the venv with llama-cpp-python, numpy and jinja2; see tools/oracle/RE
 
     /work/oracle-venv/bin/python tools/oracle/model_fixtures.py            # both models
     /work/oracle-venv/bin/python tools/oracle/model_fixtures.py --models smollm2 --out /tmp/x
+    /work/oracle-venv/bin/python tools/oracle/model_fixtures.py --verify 2   # recheck 2 chunks + greedy
 
 Models are read from $SMELT_TEST_MODELS or ~/.cache/smelt/test-models (scripts/fetch_models.py).
 The output is deterministic (same bytes on a rerun with the same llama.cpp build and thread count)
@@ -236,6 +237,20 @@ def kl_stats(lp_p: np.ndarray, lp_q: np.ndarray, top: np.ndarray) -> tuple:
     return full, est
 
 
+def tf_block(lp: np.ndarray, r0: int, orig) -> tuple:
+    """Stored arrays for rows r0.. of a chunk: top-32 ids and log-probs, target ids and
+    log-probs, log of the mass outside the top-32."""
+    top = top_k_rows(lp, TOP_K)
+    rows = np.arange(lp.shape[0])
+    targets = np.array(orig[r0 + 1:r0 + 1 + lp.shape[0]])
+    mask = np.ones_like(lp, dtype=bool)
+    mask[rows[:, None], top] = False
+    rest = np.where(mask, np.exp(lp), 0.0).sum(axis=1)
+    return (top.astype(np.int32), lp[rows[:, None], top].astype(np.float32),
+            targets.astype(np.int32), lp[rows, targets].astype(np.float32),
+            np.log(np.maximum(rest, 1e-300)).astype(np.float32))
+
+
 def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, bos: int):
     """One pass over the n_ctx=512 chunks: top-32 next-token distributions at every position
     0..n_ctx-2 of each chunk and the perplexity from the stored setting, and for each
@@ -257,17 +272,12 @@ def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, b
             r1 = min(r0 + ROW_BLOCK, n_ctx - 1)
             lp = log_softmax_rows(logits[r0:r1])
             ppl.add_rows(r0, lp, orig)
-            top = top_k_rows(lp, TOP_K)
-            rows = np.arange(r1 - r0)
-            targets = np.array(orig[r0 + 1:r1 + 1])
-            ids.append(top.astype(np.int32))
-            lps.append(lp[rows[:, None], top].astype(np.float32))
-            tgt_ids.append(targets.astype(np.int32))
-            tgt_lps.append(lp[rows, targets].astype(np.float32))
-            mask = np.ones_like(lp, dtype=bool)
-            mask[rows[:, None], top] = False
-            rest = np.where(mask, np.exp(lp), 0.0).sum(axis=1)
-            rest_lps.append(np.log(np.maximum(rest, 1e-300)).astype(np.float32))
+            top, top_lp, targets, tgt_lp, rest_lp = tf_block(lp, r0, orig)
+            ids.append(top)
+            lps.append(top_lp)
+            tgt_ids.append(targets)
+            tgt_lps.append(tgt_lp)
+            rest_lps.append(rest_lp)
             for c, lg in zip(cal, logits_cal):
                 lq = log_softmax_rows(lg[r0:r1])
                 c["ppl"].add_rows(r0, lq, orig)
@@ -466,15 +476,64 @@ def run_model(key: str, models_dir: Path, out_root: Path) -> None:
           file=sys.stderr)
 
 
+def verify_model(key: str, models_dir: Path, out_root: Path, n_chunks: int) -> bool:
+    """Recompute the corpus tokens, the first n_chunks chunks of teacher-forced rows and all
+    greedy continuations with the stored setting and compare them bit for bit with the files."""
+    model_file = MODELS[key]
+    out = out_root / model_file[: -len(".gguf")]
+    llm = open_model(models_dir / model_file, TF_N_CTX, STORED)
+    add_bos = bool(llm._model.add_bos_token())
+    bos = llm.token_bos()
+    ok = True
+
+    def check(what: str, same: bool) -> None:
+        nonlocal ok
+        print(f"[{out.name}] {what}: {'identical' if same else 'DIFFERENT'}", file=sys.stderr)
+        ok &= same
+
+    corpus_tokens = llm.tokenize(CORPUS.read_bytes(), add_bos=True, special=False)
+    stored_tokens = np.fromfile(out / "corpus_tokens.i32", dtype="<i4")
+    check("corpus tokens", np.array_equal(stored_tokens, np.array(corpus_tokens)))
+    names = ["tf_top_ids.i32", "tf_top_logprobs.f32", "tf_target_ids.i32",
+             "tf_target_logprobs.f32", "tf_rest_logprobs.f32"]
+    stored = {n: np.fromfile(out / n, dtype="<i4" if n.endswith(".i32") else "<f4") for n in names}
+    n_rows = TF_N_CTX - 1
+    for c in range(n_chunks):
+        inp, orig = chunk_inputs(corpus_tokens, c, TF_N_CTX, add_bos, bos)
+        logits = eval_logits(llm, inp)
+        parts = [[] for _ in names]
+        for r0 in range(0, n_rows, ROW_BLOCK):
+            r1 = min(r0 + ROW_BLOCK, n_rows)
+            for acc, a in zip(parts, tf_block(log_softmax_rows(logits[r0:r1]), r0, orig)):
+                acc.append(a)
+        for n, acc in zip(names, parts):
+            width = TOP_K if n.startswith("tf_top") else 1
+            want = stored[n][c * n_rows * width:(c + 1) * n_rows * width]
+            check(f"chunk {c} {n}", np.concatenate(acc).reshape(-1).tobytes() == want.tobytes())
+    stored_greedy = json.loads((out / "greedy.json").read_text())["prompts"]
+    fresh = json.loads(json.dumps(greedy(llm), ensure_ascii=False))
+    for a, b in zip(stored_greedy, fresh):
+        check(f"greedy {a['name']}", a == b)
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2,gemma", help="comma list of: " + ",".join(MODELS))
     ap.add_argument("--out", default=str(REPO / "fixtures" / "oracle"))
     ap.add_argument("--models-dir", default=os.environ.get(
         "SMELT_TEST_MODELS", str(Path.home() / ".cache" / "smelt" / "test-models")))
+    ap.add_argument("--verify", type=int, metavar="N_CHUNKS", default=None,
+                    help="instead of writing, recompute the first N_CHUNKS teacher-forced chunks and "
+                         "the greedy continuations and compare them with the files in --out")
     args = ap.parse_args()
+    ok = True
     for key in args.models.split(","):
-        run_model(key.strip(), Path(args.models_dir), Path(args.out))
+        if args.verify is not None:
+            ok &= verify_model(key.strip(), Path(args.models_dir), Path(args.out), args.verify)
+        else:
+            run_model(key.strip(), Path(args.models_dir), Path(args.out))
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
