@@ -6,7 +6,9 @@ pub mod anthropic;
 pub mod embed;
 pub mod misc;
 pub mod ollama;
+pub mod ollama_models;
 pub mod openai;
+pub mod openai_more;
 
 use std::collections::VecDeque;
 
