@@ -26,10 +26,12 @@ The output is deterministic (same bytes on a rerun with the same llama.cpp build
 except for meta.json's "generated_at".
 """
 import argparse
+import ctypes
 import datetime
 import hashlib
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -159,13 +161,15 @@ class Perplexity:
     def __init__(self, n_ctx: int):
         self.n_ctx = n_ctx
         self.first = n_ctx // 2
-        self.nll = 0.0
-        self.nll2 = 0.0
-        self.count = 0
-        self.chunk_nll = []
+        # per chunk, the (sum NLL, sum NLL^2, count) of each row block in order; the totals are
+        # summed from these in order, so runs over chunk ranges merge to the same bits
+        self.chunks = []
 
     def begin_chunk(self) -> None:
-        self.chunk_nll.append([0.0, 0])
+        self.chunks.append([])
+
+    def merge(self, other: "Perplexity") -> None:
+        self.chunks.extend(other.chunks)
 
     def add_rows(self, r0: int, lp: np.ndarray, orig) -> None:
         """Log-probabilities of rows r0.. of the current chunk (orig: its original tokens)."""
@@ -174,26 +178,34 @@ class Perplexity:
             return
         targets = np.array([orig[r + 1] for r in rows])
         v = -lp[np.array(rows) - r0, targets]
-        self.nll += float(v.sum())
-        self.nll2 += float((v * v).sum())
-        self.count += len(rows)
-        self.chunk_nll[-1][0] += float(v.sum())
-        self.chunk_nll[-1][1] += len(rows)
+        self.chunks[-1].append((float(v.sum()), float((v * v).sum()), len(rows)))
 
     def result(self) -> dict:
-        mean = self.nll / self.count
-        var = self.nll2 / self.count - mean * mean
+        nll = nll2 = 0.0
+        count = 0
+        chunk_nll = []
+        for blocks in self.chunks:
+            cs, cn = 0.0, 0
+            for b_sum, b_sum2, n in blocks:
+                nll += b_sum
+                nll2 += b_sum2
+                count += n
+                cs += b_sum
+                cn += n
+            chunk_nll.append(cs / cn)
+        mean = nll / count
+        var = nll2 / count - mean * mean
         return {
             "n_ctx": self.n_ctx,
-            "n_chunks": len(self.chunk_nll),
+            "n_chunks": len(self.chunks),
             "first": self.first,
             "scored_per_chunk": self.n_ctx - self.first - 1,
-            "count": self.count,
+            "count": count,
             "mean_nll": mean,
             "ppl": float(np.exp(mean)),
             # llama-perplexity's "+/-": sqrt(var/(count-1)) * ppl
-            "ppl_stderr": float(np.sqrt(var / (self.count - 1)) * np.exp(mean)) if var > 0 else None,
-            "chunk_mean_nll": [s / n for s, n in self.chunk_nll],
+            "ppl_stderr": float(np.sqrt(var / (count - 1)) * np.exp(mean)) if var > 0 else None,
+            "chunk_mean_nll": chunk_nll,
         }
 
 
@@ -251,17 +263,18 @@ def tf_block(lp: np.ndarray, r0: int, orig) -> tuple:
             np.log(np.maximum(rest, 1e-300)).astype(np.float32))
 
 
-def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, bos: int):
+def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, bos: int,
+                   chunks: range) -> dict:
     """One pass over the n_ctx=512 chunks: top-32 next-token distributions at every position
     0..n_ctx-2 of each chunk and the perplexity from the stored setting, and for each
     calibration setting its perplexity and its distance from the stored one."""
     n_ctx = TF_N_CTX
-    n_chunk = len(corpus_tokens) // n_ctx
     ids, lps, tgt_ids, tgt_lps, rest_lps = [], [], [], [], []
     ppl = Perplexity(n_ctx)
-    cal = [{"ppl": Perplexity(n_ctx), "agree": 0, "kl_full": [], "kl_est": []} for _ in calib_llms]
-    for i in range(n_chunk):
-        print(f"  chunk {i + 1}/{n_chunk}", file=sys.stderr, flush=True)
+    cal = [{"ppl": Perplexity(n_ctx), "agree": 0, "kl_full": [], "kl_est": [], "chunks": list(chunks)}
+           for _ in calib_llms]
+    for i in chunks:
+        print(f"  chunk {i + 1} of {chunks}", file=sys.stderr, flush=True)
         inp, orig = chunk_inputs(corpus_tokens, i, n_ctx, add_bos, bos)
         logits = eval_logits(llm, inp)
         logits_cal = [eval_logits(c, inp) for c in calib_llms]
@@ -293,15 +306,44 @@ def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, b
         "tf_target_logprobs.f32": np.concatenate(tgt_lps),
         "tf_rest_logprobs.f32": np.concatenate(rest_lps),
     }
+    for c in cal:
+        c["kl_full"] = np.concatenate(c["kl_full"])
+        c["kl_est"] = np.concatenate(c["kl_est"])
+    return {"chunks": list(chunks), "arrays": arrays, "ppl": ppl, "cal": cal}
+
+
+def merge_tf(parts: list) -> dict:
+    """Join teacher_forced() states of consecutive chunk ranges, in chunk order."""
+    parts = sorted(parts, key=lambda t: t["chunks"][0])
+    out = parts[0]
+    for t in parts[1:]:
+        assert t["chunks"][0] == out["chunks"][-1] + 1, "chunk ranges must be contiguous"
+        out["chunks"] += t["chunks"]
+        for k in out["arrays"]:
+            out["arrays"][k] = np.concatenate([out["arrays"][k], t["arrays"][k]])
+        out["ppl"].merge(t["ppl"])
+        if not out["cal"]:  # parts run with --no-calibration contribute no calibration rows
+            out["cal"] = t["cal"]
+            continue
+        for c, d in zip(out["cal"], t["cal"]):
+            c["chunks"] += d["chunks"]
+            c["ppl"].merge(d["ppl"])
+            c["agree"] += d["agree"]
+            c["kl_full"] = np.concatenate([c["kl_full"], d["kl_full"]])
+            c["kl_est"] = np.concatenate([c["kl_est"], d["kl_est"]])
+    return out
+
+
+def calibration_summary(cal: list) -> list:
     calib = []
     for setting, c in zip(CALIBRATION, cal):
-        kl_full = np.concatenate(c["kl_full"])
-        kl_est = np.concatenate(c["kl_est"])
+        kl_full, kl_est = c["kl_full"], c["kl_est"]
         n_pos = len(kl_full)
         calib.append({
             "p": STORED["name"] + " (the stored fixtures)",
             "q": setting["name"],
             "q_settings": setting,
+            "chunks": c["chunks"],
             "n_positions": n_pos,
             "argmax_agreement": c["agree"] / n_pos,
             "mean_kl_full": float(kl_full.mean()),
@@ -311,28 +353,43 @@ def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, b
             "max_kl_full": float(kl_full.max()),
             "ppl_512": c["ppl"].result()["ppl"],
         })
-    return n_chunk, arrays, calib, ppl.result()
+    return calib
 
 
-def render_chat(llm: Llama, messages) -> str:
+# GGUFs without tokenizer.chat_template (this Gemma 3 270M is the base model) are rendered with
+# llama.cpp's own built-in template of that family (llama_chat_apply_template), which writes no BOS.
+BUILTIN_TEMPLATE = {"gemma3": "gemma"}
+
+
+def render_chat(llm: Llama, messages) -> tuple:
+    """(prompt text, add_special, how it was rendered)."""
     meta = llm.metadata
     template = meta.get("tokenizer.chat_template")
     if template is None:
-        raise SystemExit("model has no tokenizer.chat_template")
+        name = BUILTIN_TEMPLATE[meta["general.architecture"]]
+        chat = (llama_cpp.llama_chat_message * len(messages))()
+        keep = []
+        for m, msg in zip(chat, messages):
+            keep.append((msg["role"].encode(), msg["content"].encode()))
+            m.role, m.content = keep[-1]
+        n = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(messages), True, None, 0)
+        buf = ctypes.create_string_buffer(n + 1)
+        n = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(messages), True, buf, n + 1)
+        return buf.raw[:n].decode("utf-8"), True, f"llama.cpp built-in template '{name}'"
     bos = llm._model.token_get_text(llm.token_bos())
     eos = llm._model.token_get_text(llm.token_eos())
     fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
                               add_generation_prompt=True)
-    return fmt(messages=messages).prompt
+    return fmt(messages=messages).prompt, False, "GGUF tokenizer.chat_template (jinja2)"
 
 
 def greedy(llm: Llama) -> list:
     vocab = llm._model.vocab
     out = []
     for name, kind, prompt in PROMPTS:
+        rendered_by = None
         if kind == "chat":
-            text = render_chat(llm, prompt)
-            add_special = False
+            text, add_special, rendered_by = render_chat(llm, prompt)
         else:
             text = prompt
             add_special = True
@@ -369,6 +426,7 @@ def greedy(llm: Llama) -> list:
         }
         if kind == "chat":
             entry["messages"] = prompt
+            entry["rendered_by"] = rendered_by
         out.append(entry)
     return out
 
@@ -379,46 +437,74 @@ def write_array(path: Path, a: np.ndarray, dtype: str) -> dict:
     return {"dtype": dtype.lstrip("<"), "shape": list(a.shape), "sha256": sha256_file(path)}
 
 
-def run_model(key: str, models_dir: Path, out_root: Path) -> None:
+def run_model(key: str, models_dir: Path, out_root: Path, stage: str, chunks: str,
+              no_calibration: bool = False) -> None:
+    """stage "all" does everything in one process. The stages "tf" (over --chunks A:B),
+    "greedy" and "ppl256" can run as separate processes; they leave their results in
+    <out>/.parts/, and "merge" joins them. Both ways give the same bytes."""
     model_file = MODELS[key]
     model_path = models_dir / model_file
     stem = model_file[: -len(".gguf")]
     out = out_root / stem
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"[{stem}] loading", file=sys.stderr)
+    parts = out / ".parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    print(f"[{stem}] {stage}: loading", file=sys.stderr)
 
     llm = open_model(model_path, TF_N_CTX, STORED)
-    calib_llms = [open_model(model_path, TF_N_CTX, c) for c in CALIBRATION]
     add_bos = bool(llm._model.add_bos_token())
     bos = llm.token_bos()
-
-    text = CORPUS.read_bytes()
     # common_tokenize(ctx, text, add_special=true, parse_special=false), as llama-perplexity does
-    corpus_tokens = llm.tokenize(text, add_bos=True, special=False)
-    files = {"corpus_tokens.i32": write_array(out / "corpus_tokens.i32", np.array(corpus_tokens), "<i4")}
+    corpus_tokens = llm.tokenize(CORPUS.read_bytes(), add_bos=True, special=False)
+    n_chunk = len(corpus_tokens) // TF_N_CTX
 
-    print(f"[{stem}] {len(corpus_tokens)} corpus tokens; n_ctx=512: teacher-forced top-{TOP_K}, "
-          "perplexity, calibration settings", file=sys.stderr)
-    tf_chunks, arrays, calib, ppl512 = teacher_forced(llm, calib_llms, corpus_tokens, add_bos, bos)
-    ppl = {"512": ppl512}
-    for name, a in arrays.items():
-        files[name] = write_array(out / name, a, "<i4" if name.endswith(".i32") else "<f4")
-    del calib_llms
+    if stage in ("all", "tf"):
+        a, b = (0, n_chunk) if stage == "all" or not chunks else map(int, chunks.split(":"))
+        b = min(b, n_chunk)
+        print(f"[{stem}] {len(corpus_tokens)} corpus tokens; n_ctx=512 chunks {a}..{b - 1}: "
+              f"teacher-forced top-{TOP_K}, perplexity, calibration settings", file=sys.stderr)
+        calib_llms = [] if no_calibration else [open_model(model_path, TF_N_CTX, c) for c in CALIBRATION]
+        state = teacher_forced(llm, calib_llms, corpus_tokens, add_bos, bos, range(a, b))
+        del calib_llms
+        with open(parts / f"tf_{a:03d}_{b:03d}.pkl", "wb") as f:
+            pickle.dump(state, f)
 
-    print(f"[{stem}] greedy continuations", file=sys.stderr)
-    greedy_entries = greedy(llm)
-    greedy_path = out / "greedy.json"
-    greedy_path.write_text(json.dumps({"prompts": greedy_entries}, indent=1, ensure_ascii=False) + "\n")
-    files["greedy.json"] = {"sha256": sha256_file(greedy_path)}
+    if stage in ("all", "greedy"):
+        print(f"[{stem}] greedy continuations", file=sys.stderr)
+        greedy_entries = greedy(llm)
+        (out / "greedy.json").write_text(
+            json.dumps({"prompts": greedy_entries}, indent=1, ensure_ascii=False) + "\n")
+        meta_path = out / "meta.json"
+        if stage == "greedy" and meta_path.exists():  # keep an existing file table true
+            meta = json.loads(meta_path.read_text())
+            meta["files"]["greedy.json"] = {"sha256": sha256_file(out / "greedy.json")}
+            meta_path.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
     meta_model = llm.metadata
     n_vocab = llm.n_vocab()
     del llm
 
-    print(f"[{stem}] perplexity n_ctx=256", file=sys.stderr)
-    llm256 = open_model(model_path, 256, STORED)
-    ppl["256"] = perplexity(llm256, corpus_tokens, 256, add_bos, bos)
-    del llm256
+    if stage in ("all", "ppl256"):
+        print(f"[{stem}] perplexity n_ctx=256", file=sys.stderr)
+        llm256 = open_model(model_path, 256, STORED)
+        (parts / "ppl256.json").write_text(
+            json.dumps(perplexity(llm256, corpus_tokens, 256, add_bos, bos)) + "\n")
+        del llm256
+
+    if stage not in ("all", "merge"):
+        return
+    tf_parts = []
+    for path in sorted(parts.glob("tf_*.pkl")):
+        with open(path, "rb") as f:
+            tf_parts.append(pickle.load(f))
+    state = merge_tf(tf_parts)
+    if state["chunks"] != list(range(n_chunk)):
+        raise SystemExit(f"teacher-forced parts cover chunks {state['chunks']}, not 0..{n_chunk - 1}")
+    calib = calibration_summary(state["cal"])
+    ppl = {"512": state["ppl"].result(), "256": json.loads((parts / "ppl256.json").read_text())}
+    files = {"corpus_tokens.i32": write_array(out / "corpus_tokens.i32", np.array(corpus_tokens), "<i4")}
+    for name, a in state["arrays"].items():
+        files[name] = write_array(out / name, a, "<i4" if name.endswith(".i32") else "<f4")
+    files["greedy.json"] = {"sha256": sha256_file(out / "greedy.json")}
 
     version = llama_cpp.__version__
     meta = {
@@ -457,9 +543,9 @@ def run_model(key: str, models_dir: Path, out_root: Path) -> None:
         "perplexity": ppl,
         "teacher_forced": {
             "n_ctx": TF_N_CTX,
-            "n_chunks": tf_chunks,
+            "n_chunks": n_chunk,
             "positions_per_chunk": TF_N_CTX - 1,
-            "n_positions": tf_chunks * (TF_N_CTX - 1),
+            "n_positions": n_chunk * (TF_N_CTX - 1),
             "top_k": TOP_K,
             "chunk_input": "corpus_tokens[c*512:(c+1)*512], first token replaced by bos_id when add_bos",
             "position_order": "chunk-major; row c*511+p holds the distribution after input position p "
@@ -523,6 +609,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "fixtures" / "oracle"))
     ap.add_argument("--models-dir", default=os.environ.get(
         "SMELT_TEST_MODELS", str(Path.home() / ".cache" / "smelt" / "test-models")))
+    ap.add_argument("--stage", default="all", choices=["all", "tf", "greedy", "ppl256", "merge"])
+    ap.add_argument("--chunks", default="", metavar="A:B", help="chunk range of --stage tf")
+    ap.add_argument("--no-calibration", action="store_true",
+                    help="stage tf: evaluate only the stored setting on these chunks")
     ap.add_argument("--verify", type=int, metavar="N_CHUNKS", default=None,
                     help="instead of writing, recompute the first N_CHUNKS teacher-forced chunks and "
                          "the greedy continuations and compare them with the files in --out")
@@ -532,7 +622,8 @@ def main() -> None:
         if args.verify is not None:
             ok &= verify_model(key.strip(), Path(args.models_dir), Path(args.out), args.verify)
         else:
-            run_model(key.strip(), Path(args.models_dir), Path(args.out))
+            run_model(key.strip(), Path(args.models_dir), Path(args.out), args.stage, args.chunks,
+                      args.no_calibration)
     sys.exit(0 if ok else 1)
 
 
