@@ -247,6 +247,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Log one line per generation to stderr (SMELT_DEBUG).
     pub debug: bool,
+    /// Log generation request bodies to stderr (SMELT_LOG_REQUESTS).
+    pub log_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -268,6 +270,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             threads: 0,
             debug: false,
+            log_requests: false,
         }
     }
 }
@@ -335,6 +338,8 @@ impl ServerConfig {
             })?;
             c.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        c.log_requests =
+            get("SMELT_LOG_REQUESTS").is_some_and(|v| !matches!(v.trim(), "0" | "false" | "no"));
         c.debug = get("SMELT_DEBUG").is_some_and(|v| !matches!(v.trim(), "0" | "false" | "no"));
         if let Some(v) = get("SMELT_NUM_THREADS") {
             c.threads = num("SMELT_NUM_THREADS", v)?;

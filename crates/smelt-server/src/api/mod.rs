@@ -38,6 +38,13 @@ pub fn body_bytes(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Print a request body to stderr when SMELT_LOG_REQUESTS is set (to see what a client sends).
+pub fn log_request(app: &crate::AppState, route: &str, body: &[u8]) {
+    if app.config.log_requests {
+        eprintln!("smelt: request {route} {}", String::from_utf8_lossy(body));
+    }
+}
+
 /// A streamed response whose frames come from translating a generation's events.
 /// `head` frames go first; `translate` returns the frames for each event; the stream ends after
 /// Done or Error. `keepalive` is sent when nothing else was for [`KEEPALIVE_EVERY`] (a long

@@ -329,6 +329,7 @@ pub async fn generate(
 ) -> Result<Response> {
     let started = Instant::now();
     let body = body_bytes(body).map_err(err)?;
+    super::log_request(&app, "/api/generate", &body);
     let b: GenerateBody = parse_body(&body).map_err(err)?;
     let keep = keep_alive(&b.keep_alive).map_err(err)?;
     no_images(&b.images).map_err(err)?;
@@ -363,6 +364,7 @@ pub async fn chat(
 ) -> Result<Response> {
     let started = Instant::now();
     let body = body_bytes(body).map_err(err)?;
+    super::log_request(&app, "/api/chat", &body);
     let b: ChatBody = parse_body(&body).map_err(err)?;
     let keep = keep_alive(&b.keep_alive).map_err(err)?;
     if b.model.trim().is_empty() {

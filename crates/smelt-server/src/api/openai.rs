@@ -431,6 +431,7 @@ pub async fn chat_completions(
 ) -> Result<Response> {
     let started = Instant::now();
     let body = body_bytes(body).map_err(err)?;
+    super::log_request(&app, "/v1/chat/completions", &body);
     let b: ChatBody = parse_body(&body).map_err(err)?;
     let mut req = InferRequest::new(
         b.model.clone(),

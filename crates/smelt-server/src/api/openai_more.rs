@@ -62,6 +62,7 @@ pub async fn completions(
 ) -> Result<Response> {
     let started = Instant::now();
     let body = body_bytes(body).map_err(err)?;
+    super::log_request(&app, "/v1/completions", &body);
     let b: CompletionBody = parse_body(&body).map_err(err)?;
     let prompt = match b.prompt {
         Value::String(s) => s,
