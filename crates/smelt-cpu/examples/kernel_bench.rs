@@ -187,7 +187,9 @@ fn bench_gemv(args: &Args, kernel: &MatmulKernel, mats: &[Vec<u8>], xq: &[u8]) {
         let body = |t: usize, i: usize| {
             let w = &mats[i % mats.len()];
             let mut out = outs.0[t].lock().unwrap();
-            kernel.gemv(args.n, w, ranges[t].clone(), xq, &mut out).unwrap();
+            kernel
+                .gemv(args.n, w, ranges[t].clone(), xq, &mut out)
+                .unwrap();
             black_box(&out);
         };
         // One pass over every copy to fault the pages in, then time enough passes.
@@ -197,7 +199,8 @@ fn bench_gemv(args: &Args, kernel: &MatmulKernel, mats: &[Vec<u8>], xq: &[u8]) {
         let secs = parallel(threads, iters, &body);
         let gbs = (bytes * iters) as f64 / secs / 1e9;
         println!(
-            "gemv {:>5} {:>7} (code {:>7}) rows/tile {} threads {threads:>3}: {gbs:7.2} GB/s  {:8.1} us/matrix",
+            "gemv {:>5} {:>7} (code {:>7}) rows/tile {} threads {threads:>3}: \
+             {gbs:7.2} GB/s  {:8.1} us/matrix",
             kernel.weight_type().name(),
             kernel.isa().name(),
             kernel.code_isa().name(),
@@ -236,7 +239,8 @@ fn bench_gemm(args: &Args, kernel: &MatmulKernel, w: &[u8]) {
         let secs = parallel(threads, iters, &body) / iters as f64;
         let flops = 2.0 * (args.n * args.rows * tokens) as f64;
         println!(
-            "gemm {:>5} {:>7} (code {:>7}) threads {threads:>3} tokens {tokens:>4}: {:9.1} tok/s {:8.1} GFLOP/s",
+            "gemm {:>5} {:>7} (code {:>7}) threads {threads:>3} tokens {tokens:>4}: \
+             {:9.1} tok/s {:8.1} GFLOP/s",
             kernel.weight_type().name(),
             kernel.isa().name(),
             kernel.code_isa().name(),

@@ -13,5 +13,5 @@ pub use api::*;
 pub use error::EngineError;
 pub use model::{LoadOptions, Model, ModelInfo};
 pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
-pub use smelt_cpu::KvType;
 pub use sampler::Sampler;
+pub use smelt_cpu::KvType;

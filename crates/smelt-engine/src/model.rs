@@ -137,7 +137,14 @@ impl Model {
         };
         let t0 = Instant::now();
         usage.cached_tokens = runner.reuse_prefix(&req.prompt);
-        let mut logits = runner.eval(&req.prompt[usage.cached_tokens..], Output::LastLogits)?;
+        // The last prompt token always goes through the single-token (decode) path, so its
+        // logits are bit-identical whether the rest of the prompt was prefilled now or came
+        // from the cache: the same seed then gives the same text on a repeated request.
+        let last = req.prompt.len() - 1;
+        if usage.cached_tokens < last {
+            runner.eval_slice(&req.prompt[usage.cached_tokens..last], Output::Hidden)?;
+        }
+        let mut logits = runner.eval(&req.prompt[last..], Output::LastLogits)?;
         usage.prompt_eval_duration = t0.elapsed();
 
         let t1 = Instant::now();

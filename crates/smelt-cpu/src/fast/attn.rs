@@ -11,25 +11,36 @@ use super::kv::KvType;
 use super::lower::AttnStep;
 use super::FastError;
 
-/// The f16 dot and axpy used on cache rows, chosen once for the CPU.
+/// The f16 dot and axpy used on cache rows, chosen once for the CPU, at the level the
+/// matmul kernels use (so `SMELT_ISA` caps both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum F16Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2F16c,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl F16Isa {
     pub fn detect() -> F16Isa {
+        F16Isa::for_level(crate::kernels::Isa::detect())
+    }
+
+    /// The variant for kernel level `isa` (which the CPU supports: `Isa` levels are only
+    /// handed out when it does, and each includes F16C).
+    pub fn for_level(isa: crate::kernels::Isa) -> F16Isa {
+        use crate::kernels::Isa;
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
+            if isa >= Isa::Avx512Vnni && is_x86_feature_detected!("avx512f") {
+                return F16Isa::Avx512;
+            }
+            if isa >= Isa::Avx2 {
                 return F16Isa::Avx2F16c;
             }
         }
+        let _ = isa;
         F16Isa::Scalar
     }
 
@@ -39,9 +50,12 @@ impl F16Isa {
         assert_eq!(q.len(), k.len());
         match self {
             F16Isa::Scalar => dot_scalar(q, k),
-            // SAFETY: `detect` chose this only where the CPU has AVX2, FMA and F16C; lengths match.
+            // SAFETY: chosen only where the CPU has AVX2, FMA and F16C (and AVX-512F for the
+            // second); lengths match.
             #[cfg(target_arch = "x86_64")]
             F16Isa::Avx2F16c => unsafe { x86::dot(q, k) },
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx512 => unsafe { x86::dot512(q, k) },
         }
     }
 
@@ -57,6 +71,9 @@ impl F16Isa {
             // SAFETY: as in `dot`.
             #[cfg(target_arch = "x86_64")]
             F16Isa::Avx2F16c => unsafe { x86::axpy(out, w, v) },
+            // SAFETY: as in `dot`.
+            #[cfg(target_arch = "x86_64")]
+            F16Isa::Avx512 => unsafe { x86::axpy512(out, w, v) },
         }
     }
 }
@@ -146,6 +163,48 @@ mod x86 {
         sum
     }
 
+    /// [`dot`] sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, AVX2, FMA and F16C; `q.len() == k.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot512(q: &[f32], k: &[u16]) -> f32 {
+        let n = q.len();
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY: every load reads 16 elements at i < n - 15 of slices of length n; the rest
+        // goes to the AVX2 code with the same contract.
+        unsafe {
+            while i + 16 <= n {
+                let kv = _mm512_cvtph_ps(_mm256_loadu_si256(k.as_ptr().add(i).cast()));
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.as_ptr().add(i)), kv, acc);
+                i += 16;
+            }
+            _mm512_reduce_add_ps(acc) + dot(&q[i..], &k[i..])
+        }
+    }
+
+    /// [`axpy`] sixteen at a time.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, AVX2, FMA and F16C; `out.len() == v.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn axpy512(out: &mut [f32], w: f32, v: &[u16]) {
+        let n = out.len();
+        let wv = _mm512_set1_ps(w);
+        let mut i = 0;
+        // SAFETY: as in `dot512`.
+        unsafe {
+            while i + 16 <= n {
+                let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(i).cast()));
+                let o = _mm512_loadu_ps(out.as_ptr().add(i));
+                _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, o));
+                i += 16;
+            }
+            axpy(&mut out[i..], w, &v[i..]);
+        }
+    }
+
     /// # Safety
     /// The CPU supports AVX2, FMA and F16C; `out.len() == v.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -169,7 +228,10 @@ mod x86 {
     }
 }
 
-/// This thread's share of one attention kernel.
+/// This thread's share of one attention kernel: (token, query head) items, round-robin.
+///
+/// (Grouping the query heads of one KV head, to load each key row once for all of them, was
+/// measured slower: the per-key dot products, not the loads, dominate.)
 pub(crate) fn run(
     st: &AttnStep,
     tid: usize,
@@ -182,6 +244,7 @@ pub(crate) fn run(
     let cap = ctx.capacity;
     let qcols = n_head * hd;
     let items = st.rows * n_head;
+    let hr = ctx.kv_type.head_row(hd);
     let mut i = tid;
     while i < items {
         let (t, h) = (i / n_head, i % n_head);
@@ -189,59 +252,72 @@ pub(crate) fn run(
         let pos = ctx.positions[t] as usize;
         let lo = st.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let n_keys = pos + 1 - lo;
-        let hk = h / group;
-        let base = ctx.kv_type.index(cap, hd, lo, hk * hd);
-        let hr = ctx.kv_type.head_row(hd);
-        // SAFETY: q was written by an earlier kernel; the cache rows up to `pos` were written
-        // by earlier kernels (this step's) or earlier steps; nothing writes them now.
+        let base = ctx.kv_type.index(cap, hd, lo, (h / group) * hd);
+        let (k_at, v_at, len) = (lay.k + base, lay.v + base, n_keys * hr);
+        // SAFETY (all reads below): q was written by an earlier kernel; the cache rows up to
+        // `pos` were written by earlier kernels (this step's) or earlier steps; nothing writes
+        // them now.
         let q = unsafe { ctx.arena.get(st.q_off + t * qcols + h * hd, hd) };
         let sc = &mut scores[..n_keys];
-        let mut max = f32::NEG_INFINITY;
         match ctx.kv_type {
             KvType::F16 => {
-                // SAFETY: as above.
-                let keys = unsafe { ctx.kv16.get(lay.k + base, n_keys * hr) };
-                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hr)) {
-                    *s = ctx.f16.dot(q, k) * st.scale;
-                    max = max.max(*s);
-                }
+                let keys = unsafe { ctx.kv16.get(k_at, len) };
+                sc.iter_mut()
+                    .zip(keys.chunks_exact(hr))
+                    .for_each(|(s, k)| *s = ctx.f16.dot(q, k) * st.scale);
             }
             KvType::Q8_0 => {
-                // SAFETY: as above.
-                let keys = unsafe { ctx.kv8.get(lay.k + base, n_keys * hr) };
-                for (s, k) in sc.iter_mut().zip(keys.chunks_exact(hr)) {
-                    *s = dot_q8(q, k) * st.scale;
-                    max = max.max(*s);
-                }
+                let keys = unsafe { ctx.kv8.get(k_at, len) };
+                sc.iter_mut()
+                    .zip(keys.chunks_exact(hr))
+                    .for_each(|(s, k)| *s = dot_q8(q, k) * st.scale);
             }
         }
-        let mut sum = 0.0;
-        for s in sc.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        sc.iter_mut().for_each(|v| *v = exp_neg(*v - max));
+        let inv_sum = 1.0 / sc.iter().sum::<f32>();
         // SAFETY: item (t, h) is this thread's alone (round-robin), and its output columns are
         // head h of row t, which no other item writes.
         let out = unsafe { ctx.arena.get_mut(st.out_off + t * qcols + h * hd, hd) };
         out.fill(0.0);
         match ctx.kv_type {
             KvType::F16 => {
-                // SAFETY: as for the keys.
-                let vals = unsafe { ctx.kv16.get(lay.v + base, n_keys * hr) };
-                for (s, v) in sc.iter().zip(vals.chunks_exact(hr)) {
-                    ctx.f16.axpy(out, s / sum, v);
-                }
+                let vals = unsafe { ctx.kv16.get(v_at, len) };
+                sc.iter()
+                    .zip(vals.chunks_exact(hr))
+                    .for_each(|(s, v)| ctx.f16.axpy(out, s * inv_sum, v));
             }
             KvType::Q8_0 => {
-                // SAFETY: as for the keys.
-                let vals = unsafe { ctx.kv8.get(lay.v + base, n_keys * hr) };
-                for (s, v) in sc.iter().zip(vals.chunks_exact(hr)) {
-                    axpy_q8(out, s / sum, v);
-                }
+                let vals = unsafe { ctx.kv8.get(v_at, len) };
+                sc.iter()
+                    .zip(vals.chunks_exact(hr))
+                    .for_each(|(s, v)| axpy_q8(out, s * inv_sum, v));
             }
         }
     }
     Ok(())
+}
+
+/// `e^x` for the softmax's `x <= 0`, within a few ulp; plain arithmetic, so loops over it
+/// vectorise (the library `exp` is a call per element). `x = n ln2 + r` with `n` an integer
+/// (set in the exponent bits) and `|r| <= ln2 / 2`, `ln2` split in two parts so `r` is exact
+/// (Cody and Waite), and `e^r` by its Taylor series to degree 7.
+#[inline]
+pub(crate) fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    // Round to nearest with the 1.5 * 2^23 trick (vectorises, unlike `round`).
+    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -272,8 +348,25 @@ mod tests {
     }
 
     #[test]
+    fn exp_neg_is_accurate() {
+        let mut x = 0.0f32;
+        while x > -87.0 {
+            let (want, got) = (x.exp(), exp_neg(x));
+            assert!((want - got).abs() <= 3e-7 * want, "{x}: {want} vs {got}");
+            x -= 0.0137;
+        }
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
     fn simd_f16_matches_scalar_on_odd_lengths() {
-        let isa = F16Isa::detect();
+        for level in crate::kernels::Isa::supported() {
+            simd_f16_matches_scalar(F16Isa::for_level(level));
+        }
+    }
+
+    fn simd_f16_matches_scalar(isa: F16Isa) {
         for n in [1, 3, 8, 15, 50, 64, 256, 783] {
             let q: Vec<f32> = (0..n)
                 .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)

@@ -19,6 +19,8 @@ mod shared;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_odd;
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};

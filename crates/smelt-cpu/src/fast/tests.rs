@@ -12,7 +12,7 @@ use super::{FastBackend, FastKvCache, KvType, WeightSpec};
 use crate::{KvCache, ReferenceBackend};
 
 /// A deterministic generator (xorshift64*), uniform in [-1, 1).
-pub(crate) struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
     pub fn next(&mut self) -> f32 {

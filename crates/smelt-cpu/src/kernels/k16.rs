@@ -159,7 +159,14 @@ macro_rules! k16_tile {
             let m4 = _mm256_set1_epi8(0x0f);
             let m2 = _mm256_set1_epi8(0x03);
             let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let prefetch = crate::kernels::tile::prefetch_enabled();
             for b in 0..a.nb {
+                if prefetch {
+                    // The next row group, as one linear stream at the pace of this one (a
+                    // hint only: past the end of the data it is harmless). See
+                    // `prefetch_enabled`.
+                    prefetch_span(a.w.wrapping_add(R * a.ws + b * R * F::BYTES), R * F::BYTES);
+                }
                 let mut xb = [a.x; T];
                 let mut dx = [_mm256_setzero_ps(); T];
                 let mut bsums = [_mm256_setzero_si256(); T];

@@ -110,8 +110,14 @@ macro_rules! k45_tile {
             let m4 = _mm256_set1_epi8(0x0f);
             let m_fifth = _mm256_set1_epi8(0x10);
             let mut acc = [[_mm256_setzero_ps(); T]; R];
-            let pf = crate::kernels::tile::prefetch_distance();
+            let prefetch = crate::kernels::tile::prefetch_enabled();
             for b in 0..a.nb {
+                if prefetch {
+                    // The next row group, as one linear stream at the pace of this one (a
+                    // hint only: past the end of the data it is harmless). See
+                    // `prefetch_enabled`.
+                    prefetch_span(a.w.wrapping_add(R * a.ws + b * R * F::BYTES), R * F::BYTES);
+                }
                 let mut xb = [a.x; T];
                 let mut dx = [_mm256_setzero_ps(); T];
                 let mut bsums = [_mm_setzero_si128(); T];
@@ -132,10 +138,6 @@ macro_rules! k45_tile {
                 unroll!(R, r, {
                     // SAFETY: r < R and b < nb, so the block is inside weight row r.
                     let wb = unsafe { a.w.add(r * a.ws + b * F::BYTES) };
-                    if pf != 0 {
-                        // A hint only: prefetching past the end of the data is harmless.
-                        _mm_prefetch(wb.wrapping_add(pf) as *const i8, _MM_HINT_T0);
-                    }
                     // SAFETY: d, dmin and the 12 scale bytes are the block's first 16 bytes.
                     let (d, dmin, (scales, mins)) = unsafe {
                         let s = std::slice::from_raw_parts(wb.add(4), 12);

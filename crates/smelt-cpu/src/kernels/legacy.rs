@@ -121,8 +121,14 @@ macro_rules! legacy_tile {
         pub(crate) unsafe fn tile<const R: usize, const T: usize, F: Legacy>(a: &TileArgs) {
             let x_qs = F::X_BYTES - 32;
             let mut acc = [[_mm256_setzero_ps(); T]; R];
-            let pf = crate::kernels::tile::prefetch_distance();
+            let prefetch = crate::kernels::tile::prefetch_enabled();
             for b in 0..a.nb {
+                if prefetch {
+                    // The next row group, as one linear stream at the pace of this one (a
+                    // hint only: past the end of the data it is harmless). See
+                    // `prefetch_enabled`.
+                    prefetch_span(a.w.wrapping_add(R * a.ws + b * R * F::BYTES), R * F::BYTES);
+                }
                 let mut xv = [_mm256_setzero_si256(); T];
                 let mut bias = [_mm256_setzero_si256(); T];
                 let mut dx = [_mm256_setzero_ps(); T];
@@ -151,10 +157,6 @@ macro_rules! legacy_tile {
                 unroll!(R, r, {
                     // SAFETY: r < R and b < nb, so the block is inside weight row r.
                     let wb = unsafe { a.w.add(r * a.ws + b * F::BYTES) };
-                    if pf != 0 {
-                        // A hint only: prefetching past the end of the data is harmless.
-                        _mm_prefetch(wb.wrapping_add(pf) as *const i8, _MM_HINT_T0);
-                    }
                     // SAFETY: every offset read below lies inside the block's BYTES bytes.
                     let (dw, q) = unsafe {
                         let q = if F::BITS8 {

@@ -8,10 +8,14 @@
 //!   matrix stored as GGUF stores it (rows back to back, used in place through the mmap). Rows
 //!   are interleaved four at a time so several load streams are in flight.
 //! - [`MatmulKernel::gemm`] (prefill): the same for `T` activation rows, in register tiles of
-//!   several rows x several tokens, so every weight block loaded serves several tokens.
+//!   several rows x several tokens, so every weight block loaded serves several tokens; on
+//!   AVX-512 VNNI, from 8 tokens on, the panel gemm (`panel.rs`: rows decoded once to bytes,
+//!   16 tokens per `vpdpbusd`).
 //!
 //! The executor gives each thread a disjoint row range; the calls take that range and its output.
 //! Every call checks its lengths and returns a [`KernelError`] instead of reading out of bounds.
+//!
+//! Measurements and the history of each kernel: `docs/kernel-lab/cpu-gemv.md`.
 //!
 //! Layout: one file per weight-type family (`legacy.rs`: Q4_0 … Q8_0; `k45.rs`: Q4_K, Q5_K;
 //! `k16.rs`: Q2_K, Q3_K, Q6_K; `float.rs`: F32, F16, BF16),

@@ -158,6 +158,55 @@ pub(crate) unsafe fn gemm(
     os: usize,
 ) {
     let k = nb * p.block_elems();
+    // Tokens per pass: their transposed activations (k bytes each) stay in L2 while every row
+    // panel of the thread streams past; each pass decodes the panels again (cheap next to the
+    // multiply-adds of 128 or more tokens).
+    let chunk = (ACT_BUDGET / k.max(1) / TOKENS * TOKENS).max(TOKENS);
+    let mut t0 = 0;
+    while t0 < n_tokens {
+        let count = chunk.min(n_tokens - t0);
+        // SAFETY: tokens t0..t0+count are inside the caller's n_tokens activation rows, and the
+        // outputs of those tokens inside its output region.
+        unsafe {
+            gemm_chunk(
+                p,
+                nb,
+                w,
+                ws,
+                n_rows,
+                x.add(t0 * xs),
+                xs,
+                count,
+                out.add(t0 * os),
+                os,
+            )
+        };
+        t0 += count;
+    }
+}
+
+/// Activation bytes of one pass of [`gemm`].
+const ACT_BUDGET: usize = 512 * 1024;
+
+/// [`gemm`] for one pass of tokens.
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn gemm_chunk(
+    p: Panel,
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    n_rows: usize,
+    x: *const u8,
+    xs: usize,
+    n_tokens: usize,
+    out: *mut f32,
+    os: usize,
+) {
+    let k = nb * p.block_elems();
     let groups = k / p.sub();
     let n_tb = n_tokens.div_ceil(TOKENS);
     SCRATCH.with_borrow_mut(|s| {
@@ -278,6 +327,7 @@ unsafe fn micro<const RM: usize>(
             )
         };
         unroll16!(RM, r, {
+            // SAFETY: r < RM and g < groups, inside the scale and min rows.
             let (sc, mn) = unsafe { (*scale.add(r * groups + g), *min.add(r * groups + g)) };
             let s = _mm512_mul_ps(_mm512_set1_ps(sc), dx);
             tot[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), s, tot[r]);
@@ -378,6 +428,7 @@ unsafe fn decode_row(
         match p {
             Panel::Q4_0 | Panel::Q4_1 | Panel::Q5_0 | Panel::Q5_1 | Panel::Q8_0 => {
                 let d = f16(blk, 0);
+                // SAFETY: the offsets read are inside the block (its layout in smelt-quant).
                 let (q, mn) = unsafe {
                     match p {
                         Panel::Q4_0 => (nibbles(wb.add(2)), 8.0 * d),
@@ -405,11 +456,13 @@ unsafe fn decode_row(
                 let (sc, mn) = scales_mins(&blk[4..16]);
                 let qs = if p == Panel::Q5_K { 48 } else { 16 };
                 let mut qh = if p == Panel::Q5_K {
+                    // SAFETY: Q5_K's fifth bits, bytes 16..48 of the block.
                     unsafe { load256(wb.add(16)) }
                 } else {
                     _mm256_setzero_si256()
                 };
                 for ch in 0..4 {
+                    // SAFETY: 32 bytes of quants at qs + 32 ch, inside the block.
                     let qv = unsafe { load256(wb.add(qs + 32 * ch)) };
                     let mut lo = _mm256_and_si256(qv, m4);
                     let mut hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
@@ -434,11 +487,13 @@ unsafe fn decode_row(
                     _ => (f16(blk, 208), std::array::from_fn(|g| blk[192 + g] as i8)),
                 };
                 let mut hm = if p == Panel::Q3_K {
+                    // SAFETY: Q3_K's high-bit mask, the block's first 32 bytes.
                     unsafe { load256(wb) }
                 } else {
                     _mm256_setzero_si256()
                 };
                 for n in 0..2 {
+                    // SAFETY: the quant bytes of half n, inside the block.
                     let (v0, v1, mut vh) = unsafe {
                         match p {
                             Panel::Q2_K => (load256(wb.add(16 + 32 * n)), m4, m4),

@@ -189,3 +189,15 @@ pub(crate) unsafe fn u32_at(p: *const u8) -> u32 {
     // SAFETY: the caller vouches for 4 bytes at p.
     u32::from_le_bytes(unsafe { p.cast::<[u8; 4]>().read_unaligned() })
 }
+
+/// Prefetch (into L1) the cache lines of `len` bytes from `p`. A hint: any address is allowed,
+/// nothing is read architecturally, so `p` may point past the data.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn prefetch_span(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        _mm_prefetch(p.wrapping_add(off).cast::<i8>(), _MM_HINT_T0);
+        off += 64;
+    }
+}

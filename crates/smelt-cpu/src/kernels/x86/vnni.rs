@@ -9,7 +9,8 @@
 use std::arch::x86_64::*;
 
 pub(crate) use super::avx2::{
-    f16_splat, f32_splat, fma_i32, fnma_i32, hsum, load128, load256, neg_times, nibbles, u32_at,
+    f16_splat, f32_splat, fma_i32, fnma_i32, hsum, load128, load256, neg_times, nibbles,
+    prefetch_span, u32_at,
 };
 
 /// Byte `j` = `val` where bit `j` of `bits` is set, else 0 (one masked move).
