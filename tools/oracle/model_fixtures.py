@@ -313,8 +313,12 @@ def teacher_forced(llm: Llama, calib_llms: list, corpus_tokens, add_bos: bool, b
 
 
 def merge_tf(parts: list) -> dict:
-    """Join teacher_forced() states of consecutive chunk ranges, in chunk order."""
+    """Join teacher_forced() states of consecutive chunk ranges, in chunk order. Parts run with
+    --no-calibration carry no calibration rows; the calibration covers the chunks it lists."""
     parts = sorted(parts, key=lambda t: t["chunks"][0])
+    for t in parts:
+        for c in t["cal"]:
+            c.setdefault("chunks", list(t["chunks"]))
     out = parts[0]
     for t in parts[1:]:
         assert t["chunks"][0] == out["chunks"][-1] + 1, "chunk ranges must be contiguous"
@@ -322,7 +326,9 @@ def merge_tf(parts: list) -> dict:
         for k in out["arrays"]:
             out["arrays"][k] = np.concatenate([out["arrays"][k], t["arrays"][k]])
         out["ppl"].merge(t["ppl"])
-        if not out["cal"]:  # parts run with --no-calibration contribute no calibration rows
+        if not t["cal"]:
+            continue
+        if not out["cal"]:
             out["cal"] = t["cal"]
             continue
         for c, d in zip(out["cal"], t["cal"]):
