@@ -141,8 +141,19 @@ impl Model {
         // logits are bit-identical whether the rest of the prompt was prefilled now or came
         // from the cache: the same seed then gives the same text on a repeated request.
         let last = req.prompt.len() - 1;
-        if usage.cached_tokens < last {
-            runner.eval_slice(&req.prompt[usage.cached_tokens..last], Output::Hidden)?;
+        // Prefill chunk by chunk so a client that goes away stops a long prompt early.
+        for chunk in
+            req.prompt[usage.cached_tokens.min(last)..last].chunks(crate::runner::PREFILL_CHUNK)
+        {
+            if req.cancel.is_cancelled() {
+                usage.prompt_eval_duration = t0.elapsed();
+                on_event(Event::Done {
+                    reason: FinishReason::Cancelled,
+                    usage: usage.clone(),
+                });
+                return Ok(usage);
+            }
+            runner.eval_slice(chunk, Output::Hidden)?;
         }
         let mut logits = runner.eval(&req.prompt[last..], Output::LastLogits)?;
         usage.prompt_eval_duration = t0.elapsed();

@@ -64,6 +64,9 @@ pub trait LoadedModel: Send + Sync {
     }
 }
 
+/// The smallest context picked automatically.
+pub const MIN_DEFAULT_CONTEXT: usize = 2048;
+
 /// Loads models (blocking).
 pub trait ModelLoader: Send + Sync {
     fn load(
@@ -74,6 +77,16 @@ pub trait ModelLoader: Send + Sync {
     ) -> Result<Arc<dyn LoadedModel>, String>;
     /// Bytes loading `path` with `num_ctx` would take, estimated without loading.
     fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String>;
+    /// The context to load `path` with when nothing asks for one: its trained context, halved
+    /// until the model fits in half of `budget` bytes, never below 2048 (or the trained context).
+    fn default_context(&self, path: &Path, budget: u64) -> Result<usize, String> {
+        let trained = crate::registry::trained_context(path)?;
+        let mut n = trained.max(1);
+        while n > MIN_DEFAULT_CONTEXT && self.estimate_memory(path, n)? > budget / 2 {
+            n /= 2;
+        }
+        Ok(n.max(MIN_DEFAULT_CONTEXT.min(trained)))
+    }
 }
 
 /// Ollama's `details` object.

@@ -232,8 +232,9 @@ pub struct ServerConfig {
     /// Extra allowed CORS origins (patterns with `*`), added to the loopback defaults.
     pub origins: Vec<String>,
     pub keep_alive: KeepAlive,
-    /// Default context window when a request does not set num_ctx (clipped to the model's trained one).
-    pub default_num_ctx: usize,
+    /// Context window when a request does not set num_ctx. None: the model's trained context,
+    /// halved until its KV cache fits in half the memory budget (never below 2048).
+    pub default_num_ctx: Option<usize>,
     /// Memory the loaded models may use together; None: what the machine has available.
     pub max_memory: Option<u64>,
     pub max_loaded_models: usize,
@@ -247,6 +248,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Log one line per generation to stderr (SMELT_DEBUG).
     pub debug: bool,
+    /// Log generation request bodies to stderr (SMELT_LOG_REQUESTS).
+    pub log_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -260,7 +263,7 @@ impl Default for ServerConfig {
             no_auth: false,
             origins: Vec::new(),
             keep_alive: KeepAlive::DEFAULT,
-            default_num_ctx: 4096,
+            default_num_ctx: None,
             max_memory: None,
             max_loaded_models: 3,
             max_queue: 512,
@@ -268,6 +271,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             threads: 0,
             debug: false,
+            log_requests: false,
         }
     }
 }
@@ -309,7 +313,7 @@ impl ServerConfig {
             })
         };
         if let Some(v) = get("SMELT_CONTEXT_LENGTH") {
-            c.default_num_ctx = num("SMELT_CONTEXT_LENGTH", v)?.max(1);
+            c.default_num_ctx = Some(num("SMELT_CONTEXT_LENGTH", v)?.max(1));
         }
         if let Some(v) = get("SMELT_MAX_MEMORY") {
             c.max_memory = Some(parse_bytes(&v).ok_or_else(|| ConfigError::Var {
@@ -335,6 +339,8 @@ impl ServerConfig {
             })?;
             c.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        c.log_requests =
+            get("SMELT_LOG_REQUESTS").is_some_and(|v| !matches!(v.trim(), "0" | "false" | "no"));
         c.debug = get("SMELT_DEBUG").is_some_and(|v| !matches!(v.trim(), "0" | "false" | "no"));
         if let Some(v) = get("SMELT_NUM_THREADS") {
             c.threads = num("SMELT_NUM_THREADS", v)?;

@@ -128,3 +128,28 @@ impl LoadedModel for EngineModel {
         self.model.embed(tokens).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_context_follows_the_memory_budget() {
+        let path = smelt_testutil::model_path(smelt_testutil::SMOLLM2);
+        let l = EngineLoader;
+        assert_eq!(
+            l.default_context(&path, 64 << 30).unwrap(),
+            8192,
+            "trained context"
+        );
+        assert_eq!(
+            l.default_context(&path, 100 << 20).unwrap(),
+            2048,
+            "never below 2048"
+        );
+        let mid = l
+            .default_context(&path, 2 * l.estimate_memory(&path, 4096).unwrap())
+            .unwrap();
+        assert_eq!(mid, 4096);
+    }
+}

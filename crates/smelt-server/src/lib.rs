@@ -91,30 +91,36 @@ impl AppState {
 
 /// All routes, with the guards (host check, CORS, API key) and the body limit.
 pub fn router(app: Arc<AppState>) -> Router {
-    use api::{anthropic, misc, ollama, openai};
+    use api::{anthropic, misc, ollama, ollama_models, openai, openai_more};
     Router::new()
         .route("/", get(misc::root).head(misc::root))
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
         .route("/ui", get(misc::ui))
         .route("/ui/", get(misc::ui))
-        .route("/api/version", get(ollama::version).head(ollama::version))
+        .route(
+            "/api/version",
+            get(ollama_models::version).head(ollama_models::version),
+        )
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embeddings_legacy))
-        .route("/api/tags", get(ollama::tags).head(ollama::tags))
-        .route("/api/show", post(ollama::show))
-        .route("/api/ps", get(ollama::ps))
-        .route("/api/delete", axum::routing::delete(ollama::delete))
-        .route("/api/copy", post(ollama::copy))
-        .route("/api/pull", post(ollama::pull))
-        .route("/api/create", post(ollama::create))
+        .route(
+            "/api/tags",
+            get(ollama_models::tags).head(ollama_models::tags),
+        )
+        .route("/api/show", post(ollama_models::show))
+        .route("/api/ps", get(ollama_models::ps))
+        .route("/api/delete", axum::routing::delete(ollama_models::delete))
+        .route("/api/copy", post(ollama_models::copy))
+        .route("/api/pull", post(ollama_models::pull))
+        .route("/api/create", post(ollama_models::create))
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/models", get(openai::models))
-        .route("/v1/models/{*model}", get(openai::model))
-        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/completions", post(openai_more::completions))
+        .route("/v1/models", get(openai_more::models))
+        .route("/v1/models/{*model}", get(openai_more::model))
+        .route("/v1/embeddings", post(openai_more::embeddings))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .fallback(misc::not_found)
@@ -160,19 +166,35 @@ pub fn run_blocking(
             bind: config.bind.socket_string(),
             source,
         })?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let (listener, addr) = bind(&config).await?;
         on_bound(addr, &config);
         let bind_str = config.bind.socket_string();
         let app = AppState::new(config, loader, registry);
-        serve_on(listener, app, shutdown_signal())
-            .await
-            .map_err(|source| ConfigError::Bind {
-                bind: bind_str,
-                source,
-            })
-    })
+        // On a signal, stop accepting and let running requests finish, for a few seconds.
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let notify = stopping.clone();
+        let signal = async move {
+            shutdown_signal().await;
+            notify.notify_one();
+        };
+        let serve = serve_on(listener, app, signal);
+        let deadline = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = serve => r.map_err(|source| ConfigError::Bind { bind: bind_str, source }),
+            _ = deadline => Ok(()),
+        }
+    });
+    // Generations still running on blocking threads are abandoned.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }
+
+/// How long running requests may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

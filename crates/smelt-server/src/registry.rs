@@ -167,6 +167,19 @@ fn array_json(a: &Array) -> Value {
     }
 }
 
+/// The context length a model was trained with (`{arch}.context_length`; 2048 when absent).
+pub fn trained_context(path: &Path) -> Result<usize, String> {
+    let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let arch = g.architecture().unwrap_or("").to_string();
+    let key = format!("{arch}.context_length");
+    let n = g
+        .get_u64(&key)
+        .ok()
+        .flatten()
+        .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from));
+    Ok(n.map(|n| n.min(1 << 20) as usize).unwrap_or(2048))
+}
+
 /// Bytes a model would take: its weights (mapped as stored, or as f32 when `f32_weights`, as
 /// the reference backend holds them), a KV cache of `kv_elem_bytes` per element for `num_ctx`
 /// positions, and a margin for buffers, read from the file's metadata.
@@ -239,6 +252,7 @@ mod tests {
         let f = estimate_memory(&path, 1024, true, 4).unwrap();
         assert!(f > e1 + 400_000_000, "134.5M parameters as f32");
         assert_eq!(e2 - e1, 1024 * (30 * 3 * 128 * 4 + 576 * 16));
+        assert_eq!(trained_context(&path).unwrap(), 8192);
     }
 }
 

@@ -239,21 +239,70 @@ fn render_chat(
     let continue_last = msgs
         .last()
         .is_some_and(|m| m.role == "assistant" && m.tool_calls.is_empty());
-    let json = tools::messages_json(&msgs);
-    if continue_last {
-        let text = model
-            .render_chat(&json, tools_value.as_ref(), false)
-            .map_err(|e| ApiError::invalid(format!("chat template failed: {e}")))?;
+    let render = |msgs: &[ChatMessage]| -> Result<String, String> {
+        let text = model.render_chat(
+            &tools::messages_json(msgs),
+            tools_value.as_ref(),
+            !continue_last,
+        )?;
+        if !continue_last {
+            return Ok(text);
+        }
         let last = &msgs[msgs.len() - 1].content;
         // Cut what the template wrote after the assistant's text (its end-of-turn marker).
-        if let Some(at) = text.rfind(last.as_str()).filter(|_| !last.is_empty()) {
-            return Ok(text[..at + last.len()].to_string());
+        match text.rfind(last.as_str()).filter(|_| !last.is_empty()) {
+            Some(at) => Ok(text[..at + last.len()].to_string()),
+            None => Ok(text),
         }
-        return Ok(text);
+    };
+    match render(&msgs) {
+        Ok(text) => Ok(text),
+        // Strict templates (Gemma's) refuse system messages after the first turn: those join the
+        // user turn next to them, in place (the prompt's prefix stays the same turn to turn).
+        Err(e) if has_late_system(&msgs) => render(&fold_late_system(&msgs))
+            .map_err(|_| ApiError::invalid(format!("chat template failed: {e}"))),
+        Err(e) => Err(ApiError::invalid(format!("chat template failed: {e}"))),
     }
-    model
-        .render_chat(&json, tools_value.as_ref(), true)
-        .map_err(|e| ApiError::invalid(format!("chat template failed: {e}")))
+}
+
+/// A system message anywhere but at the start.
+fn has_late_system(msgs: &[ChatMessage]) -> bool {
+    let lead = msgs.iter().take_while(|m| m.role == "system").count();
+    msgs[lead..].iter().any(|m| m.role == "system")
+}
+
+/// Later system messages merged into the previous user turn, or the next one when the previous
+/// turn is not the user's.
+fn fold_late_system(msgs: &[ChatMessage]) -> Vec<ChatMessage> {
+    let lead = msgs
+        .iter()
+        .take_while(|m| m.role == "system")
+        .count()
+        .min(1);
+    let mut out: Vec<ChatMessage> = msgs[..lead].to_vec();
+    let mut pending: Vec<&str> = Vec::new();
+    for m in &msgs[lead..] {
+        if m.role == "system" {
+            match out.last_mut() {
+                Some(prev) if prev.role == "user" && prev.tool_calls.is_empty() => {
+                    prev.content.push_str("\n\n");
+                    prev.content.push_str(&m.content);
+                }
+                _ => pending.push(&m.content),
+            }
+            continue;
+        }
+        let mut m = m.clone();
+        if m.role == "user" && !pending.is_empty() {
+            m.content = format!("{}\n\n{}", pending.join("\n\n"), m.content);
+            pending.clear();
+        }
+        out.push(m);
+    }
+    if !pending.is_empty() {
+        out.push(ChatMessage::new("user", pending.join("\n\n")));
+    }
+    out
 }
 
 fn build_constraint(
@@ -545,4 +594,35 @@ pub async fn count_prompt_tokens(
         .await
         .map_err(|e| ApiError::internal(format!("prompt rendering failed: {e}")))??;
     Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(role: &str, c: &str) -> ChatMessage {
+        ChatMessage::new(role, c)
+    }
+
+    #[test]
+    fn late_system_messages_join_the_user_turns_in_place() {
+        let msgs = vec![
+            m("system", "S"),
+            m("user", "u1"),
+            m("system", "late"),
+            m("assistant", "a"),
+            m("system", "x"),
+            m("user", "u2"),
+        ];
+        assert!(has_late_system(&msgs));
+        let out = fold_late_system(&msgs);
+        let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(out[1].content, "u1\n\nlate");
+        assert_eq!(out[3].content, "x\n\nu2");
+        assert!(!has_late_system(&[m("system", "a"), m("user", "b")]));
+        let tail = fold_late_system(&[m("user", "u"), m("assistant", "a"), m("system", "end")]);
+        assert_eq!(tail.last().unwrap().content, "end");
+        assert_eq!(tail.last().unwrap().role, "user");
+    }
 }

@@ -17,7 +17,8 @@ use crate::error::{ApiError, ErrorKind};
 #[derive(Clone, Debug)]
 pub struct SchedConfig {
     pub keep_alive: KeepAlive,
-    pub default_num_ctx: usize,
+    /// None: the loader picks from the model and the memory budget.
+    pub default_num_ctx: Option<usize>,
     pub max_memory: Option<u64>,
     pub max_loaded_models: usize,
     pub max_queue: usize,
@@ -169,7 +170,20 @@ impl Scheduler {
                 self.remove(&old);
             }
             let start = Instant::now();
-            let num_ctx = num_ctx.unwrap_or(self.cfg.default_num_ctx).max(1);
+            let num_ctx = match num_ctx.or(self.cfg.default_num_ctx) {
+                Some(n) => n.max(1),
+                None => {
+                    let budget = self.cfg.max_memory.unwrap_or_else(available_memory);
+                    let loader = self.loader.clone();
+                    let path = record.path.clone();
+                    tokio::task::spawn_blocking(move || loader.default_context(&path, budget))
+                        .await
+                        .map_err(|e| ApiError::internal(format!("context choice failed: {e}")))?
+                        .map_err(|e| {
+                            ApiError::internal(format!("cannot read model '{}': {e}", record.name))
+                        })?
+                }
+            };
             let loader = self.loader.clone();
             let path = record.path.clone();
             let estimate =

@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use smelt_engine::{Event, GenerateRequest, LoadOptions, Model, SamplingOptions};
 
@@ -20,15 +20,9 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The GGUF file: a path, or a store name (pulled first when missing, as `ollama run` does).
     fn path(&self) -> Result<PathBuf> {
-        let p = PathBuf::from(&self.model);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!(
-            "model '{}' not found (give a path to a .gguf file)",
-            self.model
-        )
+        Ok(crate::store_cmd::ensure_model(&self.model, false)?.gguf_path)
     }
 
     fn load(&self) -> Result<Model> {

@@ -26,7 +26,8 @@ pub struct ServeArgs {
     /// (default 5m, or SMELT_KEEP_ALIVE).
     #[arg(long)]
     pub keep_alive: Option<String>,
-    /// Default context window when a request does not set num_ctx (default 4096, or SMELT_CONTEXT_LENGTH).
+    /// Context window when a request does not set num_ctx (default: the model's trained context,
+    /// reduced to fit memory; or SMELT_CONTEXT_LENGTH).
     #[arg(long)]
     pub ctx_size: Option<usize>,
     /// Memory the loaded models may use together, e.g. 8GiB (default: what the system has available).
@@ -62,7 +63,7 @@ fn configure(args: &ServeArgs) -> Result<ServerConfig> {
     }
     if let Some(n) = args.ctx_size {
         anyhow::ensure!(n > 0, "--ctx-size must be at least 1");
-        c.default_num_ctx = n;
+        c.default_num_ctx = Some(n);
     }
     if let Some(m) = &args.max_memory {
         c.max_memory = Some(
@@ -137,7 +138,7 @@ mod tests {
             c.keep_alive,
             KeepAlive::For(std::time::Duration::from_secs(10))
         );
-        assert_eq!(c.default_num_ctx, 2048);
+        assert_eq!(c.default_num_ctx, Some(2048));
         assert!(configure(&ServeArgs {
             keep_alive: Some("soon".into()),
             ..Default::default()

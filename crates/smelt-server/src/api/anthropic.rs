@@ -175,11 +175,12 @@ fn chat_messages(
         ));
     }
     for (i, m) in messages.into_iter().enumerate() {
-        if !matches!(m.role.as_str(), "user" | "assistant") {
+        // Claude Code also sends system messages between the turns.
+        if !matches!(m.role.as_str(), "user" | "assistant" | "system") {
             return Err(ApiError::invalid_param(
                 "messages",
                 format!(
-                    "messages[{i}].role must be user or assistant, got {:?}",
+                    "messages[{i}].role must be user, assistant or system, got {:?}",
                     m.role
                 ),
             ));
@@ -346,6 +347,7 @@ pub async fn messages(
 ) -> Result<Response> {
     let started = Instant::now();
     let body = body_bytes(body).map_err(err)?;
+    super::log_request(&app, "/v1/messages", &body);
     let b: MessagesBody = parse_body(&body).map_err(err)?;
     let stream = b.stream;
     let model = b.model.clone();
@@ -493,6 +495,7 @@ pub async fn count_tokens(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let body = body_bytes(body).map_err(err)?;
+    super::log_request(&app, "/v1/messages/count_tokens", &body);
     let b: MessagesBody = parse_body(&body).map_err(err)?;
     let req = translate(b, false).map_err(err)?;
     let n = run::count_prompt_tokens(&app, req).await.map_err(err)?;
@@ -617,6 +620,13 @@ mod tests {
             json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]})
         )
         .is_err());
-        assert!(mk(json!({"messages": [{"role": "system", "content": "x"}]})).is_err());
+        assert!(mk(json!({"messages": [{"role": "tool", "content": "x"}]})).is_err());
+        let late = mk(
+            json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}),
+        );
+        let Input::Chat(m) = late.unwrap().input else {
+            panic!()
+        };
+        assert_eq!(m[1].role, "system");
     }
 }

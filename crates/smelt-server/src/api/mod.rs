@@ -6,7 +6,9 @@ pub mod anthropic;
 pub mod embed;
 pub mod misc;
 pub mod ollama;
+pub mod ollama_models;
 pub mod openai;
+pub mod openai_more;
 
 use std::collections::VecDeque;
 
@@ -34,6 +36,13 @@ pub fn body_bytes(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
             ))
         }
     })
+}
+
+/// Print a request body to stderr when SMELT_LOG_REQUESTS is set (to see what a client sends).
+pub fn log_request(app: &crate::AppState, route: &str, body: &[u8]) {
+    if app.config.log_requests {
+        eprintln!("smelt: request {route} {}", String::from_utf8_lossy(body));
+    }
 }
 
 /// A streamed response whose frames come from translating a generation's events.
