@@ -205,17 +205,26 @@ fn name_seed(name: &str) -> u64 {
     })
 }
 
-/// The quantised bytes of tensor `t`, rows generated and quantised on every core.
+/// Distinct quantised rows per tensor; every row of the file is one of them, picked by a seeded
+/// generator. Quantising every row with the reference quantisers takes minutes per billion
+/// weights (the K-quant search is slow); a pool keeps an 8B-class file to seconds per core while
+/// every row is still a real quantised row of random weights, at its own address, so a matmul
+/// still streams every byte of the tensor.
+const POOL_ROWS: usize = 64;
+
+/// The quantised bytes of tensor `t`: a pool of rows generated and quantised on every core, then
+/// placed row by row in a seeded random order.
 fn generate(t: &Spec) -> Result<Vec<u8>> {
     let cols = t.dims[0] as usize;
     let rows = t.dims.get(1).copied().unwrap_or(1) as usize;
     let row_bytes = smelt_quant::row_size(t.dtype, cols)?;
-    let mut out = vec![0u8; rows * row_bytes];
+    let pool_rows = rows.min(POOL_ROWS);
+    let mut pool = vec![0u8; pool_rows * row_bytes];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = rows.div_ceil(threads).max(1);
+    let per = pool_rows.div_ceil(threads).max(1);
     let seed = name_seed(&t.name);
     std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = out
+        let handles: Vec<_> = pool
             .chunks_mut(per * row_bytes)
             .enumerate()
             .map(|(ci, part)| {
@@ -237,6 +246,16 @@ fn generate(t: &Spec) -> Result<Vec<u8>> {
         }
         Ok(())
     })?;
+    if rows == pool_rows {
+        return Ok(pool);
+    }
+    let mut out = vec![0u8; rows * row_bytes];
+    let mut order = Rng::new(seed.rotate_left(17) ^ 0x5eed);
+    for dst in out.chunks_mut(row_bytes) {
+        order.uniform();
+        let pick = (order.0 >> 33) as usize % pool_rows;
+        dst.copy_from_slice(&pool[pick * row_bytes..(pick + 1) * row_bytes]);
+    }
     Ok(out)
 }
 
