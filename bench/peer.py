@@ -77,7 +77,13 @@ def table(name, smelt_runs, lcp_runs):
         ("achieved_gbps", "smelt achieved GB/s (decode)", "{:.2f}"),
         ("membw_gbps", "measured memory bandwidth GB/s", "{:.2f}"),
         ("bandwidth_share", "smelt share of bandwidth", "{:.0%}"),
+        ("token_ms", "smelt decode step (ms)", "{:.2f}"),
+        ("floor_ms", "  bandwidth floor: weight bytes / measured bandwidth (ms)", "{:.2f}"),
+        ("dispatch_ms", "  dispatch overhead: empty barriers, same count and threads (ms)", "{:.2f}"),
+        ("other_ms", "  compute and latency above the floor (ms)", "{:.2f}"),
     ]
+    lcp_token = 1e3 / med(lcp_runs, "decode_tps")
+    lines.append(f"| llama.cpp decode step (ms) | | {lcp_token:.2f} | |")
     for key, label, fmt in extra:
         v = med(smelt_runs, key)
         if key == "weight_bytes_per_token":

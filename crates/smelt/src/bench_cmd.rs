@@ -28,6 +28,10 @@
 //! | `bandwidth_share` | `achieved_gbps / membw_gbps` |
 //! | `peak_rss_bytes` | the process's peak resident set (VmHWM), mapped weight pages included |
 //! | `allocated_bytes` | what the backend allocated (activations, scratch, KV cache, 1-D weights) |
+//! | `token_ms` | one decode step: `1000 / decode_tps` |
+//! | `floor_ms` | the bandwidth floor: `weight_bytes_per_token / membw_gbps` (no engine decodes faster) |
+//! | `dispatch_ms` | dispatch overhead: one pool job with `dispatches_per_token` barriers and no work, timed on the same threads (median of 200) |
+//! | `other_ms` | the rest, `token_ms - floor_ms - dispatch_ms`: compute not hidden under memory traffic, load latency, imbalance |
 
 mod membw;
 mod synth;
@@ -132,7 +136,8 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     // Peak RSS before the bandwidth probe's buffer raises it.
     let peak_rss = peak_rss_bytes();
     let membw_gbps = membw::measure(threads);
-    let report = r.report(&model, &a, threads, membw_gbps, peak_rss);
+    let dispatch_ms = dispatch_overhead_ms(threads, r.dispatches_per_token.round() as usize);
+    let report = r.report(&model, &a, threads, membw_gbps, peak_rss, dispatch_ms);
     if a.json {
         println!("{report}");
     } else {
@@ -322,6 +327,33 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The fixed cost of `dispatches` fused kernels on `threads` threads: one pool job (as the
+/// executor runs one per step) whose threads meet at `dispatches` barriers with no work between
+/// them. Median over 200 jobs, in ms.
+fn dispatch_overhead_ms(threads: usize, dispatches: usize) -> f64 {
+    if dispatches == 0 {
+        return 0.0;
+    }
+    let pool = smelt_cpu::fast::Pool::new(threads);
+    let job = |_tid: usize, barrier: &smelt_cpu::fast::Barrier| {
+        // The pool adds the barrier that ends the job.
+        for _ in 1..dispatches {
+            barrier.wait();
+        }
+    };
+    for _ in 0..20 {
+        pool.run(&job);
+    }
+    let times: Vec<f64> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            pool.run(&job);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    median(&times)
+}
+
 /// Peak resident set of this process (Linux VmHWM), 0 where unknown.
 fn peak_rss_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
@@ -341,6 +373,7 @@ impl Measured {
         threads: usize,
         membw_gbps: f64,
         peak_rss: u64,
+        dispatch_ms: f64,
     ) -> serde_json::Value {
         let (pre, pre_min, pre_max) = rates(a.n_prompt, &self.prefill_s);
         let (dec, dec_min, dec_max) = if a.n_gen > 0 {
@@ -349,6 +382,12 @@ impl Measured {
             (0.0, 0.0, 0.0)
         };
         let achieved = self.weight_bytes_per_token as f64 * dec / 1e9;
+        let token_ms = if dec > 0.0 { 1e3 / dec } else { 0.0 };
+        let floor_ms = if membw_gbps > 0.0 {
+            self.weight_bytes_per_token as f64 / membw_gbps / 1e6
+        } else {
+            0.0
+        };
         serde_json::json!({
             "model": model.display().to_string(),
             "backend": format!("{:?}", a.backend).to_lowercase(),
@@ -379,6 +418,10 @@ impl Measured {
             "bandwidth_share": if membw_gbps > 0.0 { achieved / membw_gbps } else { 0.0 },
             "peak_rss_bytes": peak_rss,
             "allocated_bytes": self.allocated_bytes,
+            "token_ms": token_ms,
+            "floor_ms": floor_ms,
+            "dispatch_ms": dispatch_ms,
+            "other_ms": token_ms - floor_ms - dispatch_ms,
         })
     }
 }
@@ -429,5 +472,12 @@ fn print_text(r: &serde_json::Value) {
         f("bandwidth_share") * 100.0,
         f("membw_gbps"),
         f("peak_rss_bytes") / 1e6
+    );
+    println!(
+        "per token  {:8.2} ms = floor {:.2} (bandwidth) + dispatch {:.2} + other {:.2}",
+        f("token_ms"),
+        f("floor_ms"),
+        f("dispatch_ms"),
+        f("other_ms")
     );
 }
