@@ -3,11 +3,39 @@
 
 use std::arch::x86_64::*;
 
+/// Every f16 bit pattern as f32: 256 KiB, of which a kernel touches the few lines its scales
+/// fall in (block scales of one tensor cluster in a narrow range), so lookups hit L1.
+static F16_TO_F32: [f32; 65536] = {
+    let mut t = [0f32; 65536];
+    let mut h = 0;
+    while h < 65536 {
+        t[h] = f16_bits_to_f32(h as u16);
+        h += 1;
+    }
+    t
+};
+
+/// IEEE half to single, exact (as `smelt_quant::half::f16_to_f32`, usable in a constant).
+const fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h & 0x8000) as u32) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x03ff) as u32;
+    let bits = match exp {
+        0 => sign | (mant as f32 * (1.0 / 16_777_216.0)).to_bits(),
+        0x1f => sign | 0x7f80_0000 | (mant << 13),
+        _ => sign | ((exp + 112) << 23) | (mant << 13),
+    };
+    f32::from_bits(bits)
+}
+
 /// The f16 at `p` (2 bytes, any alignment), widened and broadcast to 8 lanes.
 ///
-/// Broadcasting the raw bits first (`vpbroadcastw` from memory) matters: a scalar load into a
-/// vector register lowers to `vpinsrw`, which merges into whatever register LLVM picks, often an
-/// accumulator, chaining every block's scale onto the previous block's FMA.
+/// Through a table: `vbroadcastss` from memory is a pure load, where widening in registers
+/// (`vpbroadcastw` + `vcvtph2ps`) takes two shuffle-port µops per scale, the port the nibble
+/// unpacking also needs; with one or two scales per 32-weight block that port was the limit of
+/// the 4- and 5-bit gemv in cache (`docs/kernel-lab/cpu-gemv.md`, v6). Never a scalar load
+/// into a vector register: that lowers to `vpinsrw`, which merges into whatever register LLVM
+/// picks, often an accumulator, chaining every block's scale onto the previous block's FMA.
 ///
 /// # Safety
 /// 2 readable bytes at `p`.
@@ -15,8 +43,8 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn f16_splat(p: *const u8) -> __m256 {
     // SAFETY: the caller vouches for 2 bytes at p; x86 is little-endian like the file format.
-    let h = unsafe { p.cast::<i16>().read_unaligned() };
-    _mm256_cvtph_ps(_mm_set1_epi16(h))
+    let h = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm256_set1_ps(F16_TO_F32[h as usize])
 }
 
 /// The f32 at `p` (4 bytes, any alignment), broadcast to 8 lanes.
@@ -60,10 +88,14 @@ pub(crate) unsafe fn load128(p: *const u8) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn nibbles(p: *const u8) -> __m256i {
-    // SAFETY: forwarded to the caller.
-    let v = unsafe { load128(p) };
-    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    // SAFETY: forwarded to the caller; loadu takes any alignment.
+    let v = unsafe { _mm_loadu_si128(p.cast()) };
+    // The 16 bytes in both halves (`vbroadcasti128` from memory is a pure load, where inserting
+    // a shifted copy is a shuffle-port µop), the upper half shifted by 4 per dword: the bits
+    // that cross from the next byte are masked off with the rest of the high nibble.
+    let both = _mm256_broadcastsi128_si256(v);
+    let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
 /// Byte `j` = `val` where bit `j` of `bits` is set, else 0.
