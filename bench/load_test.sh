@@ -5,7 +5,8 @@
 #   bench/load_test.sh [MODEL] [extra smelt bench flags...]
 #
 # MODEL defaults to the SmolLM2 test model. Environment: SMELT_BIN (default: a release build,
-# built when missing), CLIENTS (64), DURATION (120 s), MAX_RSS_GROWTH (MiB, default 64),
+# built when missing), CLIENTS (64), DURATION (120 s), PROMPT_TOKENS (128), MAX_TOKENS (64),
+# SHARED_PREFIX (0.5), MAX_RSS_GROWTH (MiB, default 64),
 # OUT (the JSON report, default $TMPDIR/smelt-load-test.json). The server inherits the environment, so
 # SMELT_NUM_PARALLEL etc. apply. Run it on a quiet machine: it keeps every core busy.
 set -euo pipefail
@@ -22,7 +23,8 @@ OUT="${OUT:-${TMPDIR:-/tmp}/smelt-load-test.json}"
 set +e
 "$SMELT_BIN" bench --serve "$MODEL" \
     --clients "${CLIENTS:-64}" --duration "${DURATION:-120}" \
-    --prompt-tokens 128 --max-tokens 64 --shared-prefix 0.5 \
+    --prompt-tokens "${PROMPT_TOKENS:-128}" --max-tokens "${MAX_TOKENS:-64}" \
+    --shared-prefix "${SHARED_PREFIX:-0.5}" \
     --max-rss-growth "${MAX_RSS_GROWTH:-64}" --json "$@" >"$OUT"
 rc=$?
 set -e
