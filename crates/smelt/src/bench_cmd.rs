@@ -7,6 +7,9 @@
 //! `-r` repetitions of: clear the KV cache, prefill `-p` prompt tokens (one graph per 512
 //! tokens), then decode `-n` tokens greedily, one at a time. Medians over the repetitions.
 //!
+//! `--serve` benchmarks the HTTP server with concurrent streaming clients instead; its procedure
+//! and JSON keys are documented in `bench_cmd/serve.rs`.
+//!
 //! `--json` prints one object with these keys:
 //!
 //! | key | meaning |
@@ -34,6 +37,7 @@
 //! | `other_ms` | the rest, `token_ms - floor_ms - dispatch_ms`: compute not hidden under memory traffic, load latency, imbalance |
 
 mod membw;
+mod serve;
 mod synth;
 
 use std::collections::HashSet;
@@ -64,7 +68,7 @@ pub enum BenchKv {
 /// Arguments of `smelt bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The GGUF model to benchmark.
+    /// The GGUF model to benchmark (with --serve, also a model name in the store).
     pub model: Option<PathBuf>,
     /// Prompt tokens to prefill.
     #[arg(short = 'p', long = "prompt", default_value_t = 512)]
@@ -100,15 +104,31 @@ pub struct BenchArgs {
     /// KV cache storage of the fast backend.
     #[arg(long, value_enum, default_value_t = BenchKv::F16)]
     pub kv: BenchKv,
-    /// Print the fused plan of a decode step and the time per kernel kind.
+    /// Print the fused plan of a decode step and the time per kernel kind (with --serve: the
+    /// server's log).
     #[arg(long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub serve: serve::ServeBenchArgs,
 }
 
 /// Run `smelt bench`.
 pub fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(spec) = &a.synthetic {
         return write_synthetic(spec, &a);
+    }
+    if a.serve.serve {
+        let model = a
+            .model
+            .as_ref()
+            .context("smelt bench --serve needs a MODEL")?;
+        return serve::run(
+            &model.to_string_lossy(),
+            &a.serve,
+            a.threads,
+            a.json,
+            a.verbose,
+        );
     }
     let threads = a
         .threads
