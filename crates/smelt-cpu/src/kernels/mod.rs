@@ -396,3 +396,17 @@ fn gemm_out_len(
         .and_then(|v| v.checked_add(n_rows))
         .ok_or(KernelError::Overflow { op, what: "output" })
 }
+
+/// Ask the cache hierarchy to fetch the line holding `p` for reading. A hint only: it never
+/// faults, whatever `p` is (used by `smelt bench --membw`'s prefetching read pattern).
+#[inline]
+pub fn prefetch_read(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` is SSE (baseline on x86-64) and does not dereference: an invalid
+    // address is ignored.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
