@@ -124,7 +124,8 @@ pub(crate) fn generate(
         w,
         kv,
         t,
-        max_grid: 2 * sm_count.max(1),
+        // Up to 8 blocks per SM in flight: memory-level parallelism for the gemv.
+        max_grid: 8 * sm_count.max(1),
         scratch: plan.arena_len().div_ceil(64) * 64,
         counters: 0,
         bodies: HashMap::new(),
