@@ -252,27 +252,19 @@ DEF_FX(f16, h2f(((const u16*)row)[k]))
 DEF_FX(bf16, bf2f(((const u16*)row)[k]))
 
 // Decode gemv: one warp, up to 4 weight rows (stride rb bytes) against x (padded, shared).
-// Two units per lane are loaded before either is used, so 8 independent 16/32-byte loads
-// per lane are in flight.
-#define GEMV_STEP(T, WR, UU) { int base = ubase_##T(UU); \
-    _Pragma("unroll") for (int c = 0; c < UE_##T / 8; c++) { \
-      const float* xp = xs + xpad(base + xo_##T(c)); F4 xa = *(const F4*)xp, xb = *(const F4*)(xp + 4); \
-      _Pragma("unroll") for (int i = 0; i < 4; i++) if (i < nrows) { float v[8]; dq_##T(WR[i], c, v); \
-        acc[i] += v[0] * xa.x + v[1] * xa.y + v[2] * xa.z + v[3] * xa.w + v[4] * xb.x + v[5] * xb.y + v[6] * xb.z + v[7] * xb.w; } } }
 #define DEF_GEMV(T) \
 __device__ __forceinline__ void gemv_##T(const u8* W, u64 rb, int nrows, int K, const float* xs, float* out) { \
   int lane = threadIdx.x & 31; float acc[4] = {0.f, 0.f, 0.f, 0.f}; \
   int units = (K + UE_##T - 1) / UE_##T; \
-  int u = lane; \
-  for (; u + 32 < units; u += 64) { \
-    U_##T w[4], w2[4]; \
-    _Pragma("unroll") for (int i = 0; i < 4; i++) if (i < nrows) { ld_##T(w[i], W + i * rb, u, K); ld_##T(w2[i], W + i * rb, u + 32, K); } \
-    GEMV_STEP(T, w, u) GEMV_STEP(T, w2, u + 32) \
-  } \
-  if (u < units) { \
+  for (int u = lane; u < units; u += 32) { \
     U_##T w[4]; \
     _Pragma("unroll") for (int i = 0; i < 4; i++) if (i < nrows) ld_##T(w[i], W + i * rb, u, K); \
-    GEMV_STEP(T, w, u) \
+    int base = ubase_##T(u); \
+    _Pragma("unroll") for (int c = 0; c < UE_##T / 8; c++) { \
+      const float* xp = xs + xpad(base + xo_##T(c)); F4 xa = *(const F4*)xp, xb = *(const F4*)(xp + 4); \
+      _Pragma("unroll") for (int i = 0; i < 4; i++) if (i < nrows) { float v[8]; dq_##T(w[i], c, v); \
+        acc[i] += v[0] * xa.x + v[1] * xa.y + v[2] * xa.z + v[3] * xa.w + v[4] * xb.x + v[5] * xb.y + v[6] * xb.z + v[7] * xb.w; } \
+    } \
   } \
   _Pragma("unroll") for (int i = 0; i < 4; i++) acc[i] = warp_sum(acc[i]); \
   if (lane == 0) { _Pragma("unroll") for (int i = 0; i < 4; i++) if (i < nrows) out[i] = acc[i]; } \
