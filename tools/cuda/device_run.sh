@@ -13,7 +13,7 @@ chmod +x $C/smelt $C/smelt_cuda_tests
 $C/smelt --version
 if [ "$MODE" != "smelt" ]; then
   # llama.cpp with CUDA, in its own session so it survives this command if needed.
-  ( mkdir -p /tmp/l && tar xJf $C/lcp.tar.xz -C /tmp/l && cd /tmp/l/lcp && \
+  ( mkdir -p /tmp/l && tar xJf $C/lcp.tar.xz -C /tmp/l && cd /tmp/l/lcp && sed -i "/add_subdirectory(app)/d" CMakeLists.txt && \
     cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
       -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON > /tmp/lcp_cmake.log 2>&1 && \
     cmake --build build --target llama-bench -j14 > /tmp/lcp_build.log 2>&1; echo $? > /tmp/lcp_done ) &
