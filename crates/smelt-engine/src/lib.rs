@@ -2,6 +2,8 @@
 //! Its boundary is message-shaped ([`api`]): requests in, events out.
 
 pub mod api;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod error;
 mod model;
 pub mod perplexity;
@@ -12,6 +14,6 @@ pub mod stop;
 pub use api::*;
 pub use error::EngineError;
 pub use model::{LoadOptions, Model, ModelInfo};
-pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
+pub use runner::{cuda_available, BackendKind, Runner, RunnerOptions, BACKEND_ENV, DEVICE_ENV};
 pub use sampler::Sampler;
 pub use smelt_cpu::KvType;

@@ -24,29 +24,59 @@ pub const PREFILL_CHUNK: usize = 512;
 /// Plans kept per runner; a plan is a few hundred small nodes, cheap to rebuild.
 const MAX_CACHED_PLANS: usize = 8;
 
-/// The environment variable that picks the backend: `fast` (default) or `reference`.
+/// The environment variable that picks the backend: `fast`, `reference` or `cuda`.
 pub const BACKEND_ENV: &str = "SMELT_BACKEND";
+/// The environment variable behind `--device`: `auto` (default), `cpu` or `cuda`.
+pub const DEVICE_ENV: &str = "SMELT_DEVICE";
 
 /// Which backend evaluates the graphs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
     Fast,
     Reference,
+    /// The GPU (`smelt-cuda`, cargo feature `cuda`).
+    Cuda,
+    /// CUDA when a driver and GPU load and the model's types are supported, else fast.
+    Auto,
 }
 
 impl BackendKind {
-    /// From [`BACKEND_ENV`]; fast when unset. An unknown value is an error.
+    /// From [`BACKEND_ENV`] when set, else from [`DEVICE_ENV`] (auto when unset). An unknown
+    /// value is an error.
     pub fn from_env() -> Result<BackendKind, EngineError> {
-        match std::env::var(BACKEND_ENV) {
-            Err(_) => Ok(BackendKind::Fast),
-            Ok(v) => match v.as_str() {
-                "" | "fast" => Ok(BackendKind::Fast),
-                "reference" | "ref" => Ok(BackendKind::Reference),
-                other => Err(EngineError::Invalid(format!(
-                    "{BACKEND_ENV}={other}: expected 'fast' or 'reference'"
-                ))),
-            },
+        if let Ok(v) = std::env::var(BACKEND_ENV) {
+            match v.as_str() {
+                "" => {}
+                "fast" => return Ok(BackendKind::Fast),
+                "reference" | "ref" => return Ok(BackendKind::Reference),
+                "cuda" => return Ok(BackendKind::Cuda),
+                other => {
+                    return Err(EngineError::Invalid(format!(
+                        "{BACKEND_ENV}={other}: expected 'fast', 'reference' or 'cuda'"
+                    )))
+                }
+            }
         }
+        match std::env::var(DEVICE_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(BackendKind::Auto),
+            Ok("cpu") => Ok(BackendKind::Fast),
+            Ok("cuda") | Ok("gpu") => Ok(BackendKind::Cuda),
+            Ok(other) => Err(EngineError::Invalid(format!(
+                "{DEVICE_ENV}={other}: expected 'auto', 'cpu' or 'cuda'"
+            ))),
+        }
+    }
+}
+
+/// Whether this build has the CUDA backend and a GPU is usable now.
+pub fn cuda_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        smelt_cuda::available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
     }
 }
 
@@ -85,6 +115,8 @@ enum Exec {
         kv: FastKvCache,
         programs: HashMap<(usize, Output), Program>,
     },
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::cuda::CudaExec>),
 }
 
 /// Evaluates tokens for one sequence whose KV cache holds `tokens()` at positions 0..len.
@@ -116,7 +148,41 @@ impl Runner {
         if opts.n_ctx == 0 {
             return Err(EngineError::Invalid("num_ctx must be at least 1".into()));
         }
-        let exec = match opts.backend {
+        let kind = match opts.backend {
+            BackendKind::Auto if cuda_available() => {
+                #[cfg(feature = "cuda")]
+                match crate::cuda::CudaExec::load(&gguf, arch.as_ref(), opts.n_ctx) {
+                    Ok(c) => {
+                        return Ok(Runner {
+                            arch,
+                            exec: Exec::Cuda(Box::new(c)),
+                            n_ctx: opts.n_ctx,
+                            tokens: Vec::new(),
+                            out: Vec::new(),
+                        })
+                    }
+                    Err(e) => eprintln!("smelt: GPU not used ({e}); running on the CPU"),
+                }
+                BackendKind::Fast
+            }
+            BackendKind::Auto => BackendKind::Fast,
+            k => k,
+        };
+        let exec = match kind {
+            BackendKind::Cuda | BackendKind::Auto => {
+                #[cfg(feature = "cuda")]
+                {
+                    Exec::Cuda(Box::new(crate::cuda::CudaExec::load(
+                        &gguf,
+                        arch.as_ref(),
+                        opts.n_ctx,
+                    )?))
+                }
+                #[cfg(not(feature = "cuda"))]
+                return Err(EngineError::Invalid(
+                    "this build has no CUDA backend".into(),
+                ));
+            }
             BackendKind::Reference => {
                 let mut weights = Vec::with_capacity(arch.weights().entries().len());
                 for e in arch.weights().entries() {
@@ -172,6 +238,26 @@ impl Runner {
         match self.exec {
             Exec::Reference { .. } => BackendKind::Reference,
             Exec::Fast { .. } => BackendKind::Fast,
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(_) => BackendKind::Cuda,
+        }
+    }
+
+    /// Where the model runs: `cpu`, or `cuda: <GPU name, capability, driver>`.
+    pub fn device(&self) -> String {
+        match &self.exec {
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => format!("cuda: {}", c.backend.describe()),
+            _ => "cpu".into(),
+        }
+    }
+
+    /// The GPU's device-to-device copy bandwidth in GB/s (CUDA backend only).
+    pub fn device_copy_gbps(&self) -> Option<f64> {
+        match &self.exec {
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => c.backend.copy_bandwidth().ok(),
+            _ => None,
         }
     }
 
@@ -180,6 +266,16 @@ impl Runner {
         match &self.exec {
             Exec::Fast { backend, .. } => Some(backend.stats()),
             Exec::Reference { .. } => None,
+            // Kernel launches as dispatches, host submissions as barriers.
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => {
+                let s = c.backend.stats();
+                Some(ExecStats {
+                    executions: s.executions,
+                    dispatches: s.kernels,
+                    barriers: s.submissions,
+                })
+            }
         }
     }
 
@@ -194,7 +290,7 @@ impl Runner {
     pub fn profile(&self) -> Vec<(String, f64, u64)> {
         match &self.exec {
             Exec::Fast { backend, .. } => backend.profile(),
-            Exec::Reference { .. } => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -214,6 +310,8 @@ impl Runner {
         match &self.exec {
             Exec::Reference { backend, kv, .. } => backend.weight_bytes() + kv.bytes(),
             Exec::Fast { backend, kv, .. } => backend.allocated_bytes() + kv.bytes(),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => c.backend.allocated_bytes() + c.kv.bytes(),
         }
     }
 
@@ -221,7 +319,7 @@ impl Runner {
     pub fn mapped_weight_bytes(&self) -> usize {
         match &self.exec {
             Exec::Fast { backend, .. } => backend.mapped_weight_bytes(),
-            Exec::Reference { .. } => 0,
+            _ => 0,
         }
     }
 
@@ -345,6 +443,13 @@ impl Runner {
                 let res = backend
                     .execute(prog, chunk, positions, kv)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                if keep {
+                    self.out.extend_from_slice(res);
+                }
+            }
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => {
+                let res = c.eval(arch.as_ref(), chunk, start, mode)?;
                 if keep {
                     self.out.extend_from_slice(res);
                 }

@@ -36,7 +36,9 @@ impl ModelLoader for EngineLoader {
             // Every weight as f32, and an f32 KV cache.
             BackendKind::Reference => crate::registry::estimate_memory(path, num_ctx, true, 4),
             // Weights mapped as stored, an f16 KV cache.
-            BackendKind::Fast => crate::registry::estimate_memory(path, num_ctx, false, 2),
+            BackendKind::Fast | BackendKind::Cuda | BackendKind::Auto => {
+                crate::registry::estimate_memory(path, num_ctx, false, 2)
+            }
         }
     }
 }

@@ -23,11 +23,13 @@
 //! | `first_token_ms` | cold: the warm-up repetition's prefill (plans built, weights paged in) |
 //! | `load_ms` | opening the file and loading the model (weights are mapped, not read) |
 //! | `load_to_first_token_ms` | `load_ms + first_token_ms` |
-//! | `dispatches_per_token` | parallel regions (fused kernels) per decoded token |
-//! | `barriers_per_token` | thread-pool barriers per decoded token (one per dispatch) |
+//! | `device` | `cpu`, or `cuda: <GPU, capability, SMs, driver>` (`--device auto|cpu|cuda`) |
+//! | `dispatches_per_token` | parallel regions (fused kernels; GPU: kernel launches) per decoded token |
+//! | `barriers_per_token` | thread-pool barriers per decoded token (one per dispatch; GPU: host submissions) |
+//! | `kernels_per_token`, `submissions_per_token` | GPU only: kernel launches, and host submissions (graph launches) per decoded token |
 //! | `weight_bytes_per_token` | bytes of weights one decode step reads: every matmul weight once, one embedding row |
 //! | `achieved_gbps` | `weight_bytes_per_token * decode_tps / 1e9` |
-//! | `membw_gbps` | this machine's read bandwidth with the same threads (`--membw`) |
+//! | `membw_gbps` | this machine's read bandwidth with the same threads (`--membw`); on the GPU its measured device-to-device copy bandwidth (bytes read + written) |
 //! | `bandwidth_share` | `achieved_gbps / membw_gbps` |
 //! | `peak_rss_bytes` | the process's peak resident set (VmHWM), mapped weight pages included |
 //! | `allocated_bytes` | what the backend allocated (activations, scratch, KV cache, 1-D weights) |
@@ -155,8 +157,15 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let r = measure(&model, &a, threads)?;
     // Peak RSS before the bandwidth probe's buffer raises it.
     let peak_rss = peak_rss_bytes();
-    let membw_gbps = membw::measure(threads);
-    let dispatch_ms = dispatch_overhead_ms(threads, r.dispatches_per_token.round() as usize);
+    // On the GPU the roofline is the device's own copy bandwidth, measured by the backend, and
+    // the CPU pool's barrier cost does not apply (one graph launch per token).
+    let (membw_gbps, dispatch_ms) = match r.device_copy_gbps {
+        Some(gbps) => (gbps, 0.0),
+        None => (
+            membw::measure(threads),
+            dispatch_overhead_ms(threads, r.dispatches_per_token.round() as usize),
+        ),
+    };
     let report = r.report(&model, &a, threads, membw_gbps, peak_rss, dispatch_ms);
     if a.json {
         println!("{report}");
@@ -213,6 +222,10 @@ struct Measured {
     file_bytes: u64,
     weight_bytes_per_token: u64,
     allocated_bytes: usize,
+    backend: String,
+    device: String,
+    /// The GPU's measured device-to-device copy bandwidth (read + write), GB/s.
+    device_copy_gbps: Option<f64>,
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -224,8 +237,12 @@ fn argmax(x: &[f32]) -> u32 {
 fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Measured> {
     let t = Instant::now();
     let gguf = Arc::new(Gguf::open(model).with_context(|| format!("opening {}", model.display()))?);
+    // `--backend fast` runs where `--device` says (auto: the GPU when there is one).
     let backend = match a.backend {
-        BenchBackend::Fast => BackendKind::Fast,
+        BenchBackend::Fast => match BackendKind::from_env()? {
+            BackendKind::Reference => BackendKind::Fast,
+            k => k,
+        },
         BenchBackend::Reference => BackendKind::Reference,
     };
     let n_ctx = a.n_prompt + a.n_gen + 1;
@@ -298,6 +315,9 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         file_bytes: gguf.file_size(),
         weight_bytes_per_token,
         allocated_bytes: runner.memory_bytes(),
+        backend: format!("{:?}", runner.backend()).to_lowercase(),
+        device: runner.device(),
+        device_copy_gbps: runner.device_copy_gbps(),
     })
 }
 
@@ -410,7 +430,8 @@ impl Measured {
         };
         serde_json::json!({
             "model": model.display().to_string(),
-            "backend": format!("{:?}", a.backend).to_lowercase(),
+            "backend": self.backend,
+            "device": self.device,
             "isa": smelt_cpu::kernels::Isa::detect().name(),
             "threads": threads,
             "kv_type": format!("{:?}", a.kv).to_lowercase(),
@@ -432,6 +453,8 @@ impl Measured {
             "load_to_first_token_ms": self.load_ms + self.first_token_ms,
             "dispatches_per_token": self.dispatches_per_token,
             "barriers_per_token": self.barriers_per_token,
+            "kernels_per_token": if self.device_copy_gbps.is_some() { self.dispatches_per_token } else { 0.0 },
+            "submissions_per_token": if self.device_copy_gbps.is_some() { self.barriers_per_token } else { 0.0 },
             "weight_bytes_per_token": self.weight_bytes_per_token,
             "achieved_gbps": achieved,
             "membw_gbps": membw_gbps,
@@ -455,8 +478,9 @@ fn print_text(r: &serde_json::Value) {
         f("file_bytes") / 1e6
     );
     println!(
-        "backend    {} ({}), {} threads",
+        "backend    {} on {} ({}), {} threads",
         r["backend"].as_str().unwrap_or("?"),
+        r["device"].as_str().unwrap_or("?"),
         r["isa"].as_str().unwrap_or("?"),
         r["threads"]
     );

@@ -16,8 +16,18 @@ use clap::{Parser, Subcommand};
     about = "Local LLM inference: GGUF models, fused CPU engine, Ollama/OpenAI/Anthropic server"
 )]
 struct Cli {
+    /// Where models run: auto (the GPU when a CUDA driver and GPU load), cpu, or cuda.
+    #[arg(long, global = true, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +61,12 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // The engine reads the device choice from the environment (also in the server's loader
+    // threads); set before any thread starts. An explicit SMELT_DEVICE wins over the default.
+    if cli.device != Device::Auto || std::env::var_os(smelt_engine::DEVICE_ENV).is_none() {
+        let v = format!("{:?}", cli.device).to_lowercase();
+        std::env::set_var(smelt_engine::DEVICE_ENV, v);
+    }
     let res: Result<()> = match cli.cmd {
         Cmd::Run(a) => gen_cmd::run(&a),
         Cmd::Serve(a) => serve_cmd::run_serve(a),

@@ -1,0 +1,514 @@
+//! The CUDA backend for one model: weights uploaded once, KV cache on the device, programs
+//! (generated, NVRTC-compiled plans) executed with one host submission per decode step.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{sys, CudaFunction, CudaModule};
+use smelt_gguf::Gguf;
+use smelt_graph::{fuse_with, FuseOptions, Graph};
+
+use crate::codegen::{self, KvInfo, WeightInfo};
+use crate::device::{check, DevBuf, Device, Pinned};
+use crate::CudaError;
+
+/// A weight the graphs use: its GGUF tensor name and `[rows, cols]` shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CudaWeightSpec {
+    pub name: String,
+    pub shape: [usize; 2],
+}
+
+/// Counters for `smelt bench`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaStats {
+    pub executions: u64,
+    /// Kernel launches (inside graphs too).
+    pub kernels: u64,
+    /// Host submissions: graph launches, or kernel launches and copies when not replayed.
+    pub submissions: u64,
+}
+
+/// Keys and values of every layer on the device, f16, `[capacity, width]` per layer and part.
+pub struct CudaKvCache {
+    buf: DevBuf,
+    info: KvInfo,
+}
+
+impl CudaKvCache {
+    pub fn capacity(&self) -> usize {
+        self.info.capacity
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.bytes
+    }
+}
+
+/// A plan lowered for this GPU: its module, launches and (decode) its captured graph.
+pub struct CudaProgram {
+    n_tokens: usize,
+    _module: Arc<CudaModule>,
+    funcs: Vec<CudaFunction>,
+    /// (function index, grid, block, shared bytes, parameter pointer).
+    launches: Vec<LaunchRec>,
+    /// Launch parameters (`P`) of every kernel; launches point into it.
+    _params: DevBuf,
+    arena_len: usize,
+    counters: usize,
+    out_off: usize,
+    out_len: usize,
+    kv_capacity: usize,
+    /// (buffer generation, kv pointer) the graph was captured with, and the graph.
+    graph: Mutex<Option<(u64, u64, Graph2)>>,
+}
+
+type LaunchRec = (usize, (u32, u32, u32), u32, u32, u64);
+
+struct Graph2 {
+    exec: sys::CUgraphExec,
+    graph: sys::CUgraph,
+}
+
+impl Drop for Graph2 {
+    fn drop(&mut self) {
+        // SAFETY: handles from a successful capture and instantiation, destroyed once.
+        unsafe {
+            let _ = sys::cuGraphExecDestroy(self.exec);
+            let _ = sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
+
+// SAFETY: graph handles are used only under the program's mutex and the backend's &mut.
+unsafe impl Send for Graph2 {}
+
+impl CudaProgram {
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// Kernel launches per execution.
+    pub fn kernels(&self) -> usize {
+        self.launches.len()
+    }
+}
+
+/// Buffers whose addresses programs bake in (graphs are recaptured when they move).
+struct IoBufs {
+    gen: u64,
+    arena: DevBuf,
+    counters: DevBuf,
+    tok: DevBuf,
+    pos: DevBuf,
+    pinned: Pinned,
+    max_tokens: usize,
+    max_out: usize,
+}
+
+pub struct CudaBackend {
+    dev: Device,
+    weights: DevBuf,
+    winfo: Vec<WeightInfo>,
+    io: IoBufs,
+    out: Vec<f32>,
+    stats: CudaStats,
+    fuse: FuseOptions,
+    graphs: bool,
+}
+
+impl CudaBackend {
+    /// Open the GPU and upload the weights `specs` (indexed like the graphs' `WeightId`s).
+    pub fn new(gguf: Arc<Gguf>, specs: &[CudaWeightSpec]) -> Result<CudaBackend, CudaError> {
+        let dev = Device::open()?;
+        let data_offset = gguf.data_offset() as usize;
+        let mut winfo = Vec::with_capacity(specs.len());
+        let mut total = 0u64;
+        let mut small: Vec<Option<Vec<u8>>> = Vec::new();
+        for s in specs {
+            let t = gguf
+                .tensor(&s.name)
+                .ok_or_else(|| CudaError::Invalid(format!("missing tensor '{}'", s.name)))?;
+            let [rows, cols] = s.shape;
+            if t.n_elements != (rows * cols) as u64 {
+                return Err(CudaError::Invalid(format!(
+                    "tensor '{}' has {} elements, expected {rows}x{cols}",
+                    s.name, t.n_elements
+                )));
+            }
+            let row_bytes = smelt_quant::row_size(t.dtype, cols)
+                .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?
+                as u64;
+            let (dtype, bytes, sm) = if rows == 1 {
+                let v = smelt_quant::dequantize_to_vec(t.dtype, gguf.tensor_data(t))
+                    .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?;
+                let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                (smelt_gguf::GgmlType::F32, b.len() as u64, Some(b))
+            } else {
+                if codegen::type_suffix(t.dtype).is_none() {
+                    return Err(CudaError::Unsupported(format!(
+                        "tensor '{}' of type {:?}",
+                        s.name, t.dtype
+                    )));
+                }
+                (t.dtype, t.n_bytes, None)
+            };
+            winfo.push(WeightInfo {
+                off: total,
+                dtype,
+                row_bytes: if rows == 1 {
+                    cols as u64 * 4
+                } else {
+                    row_bytes
+                },
+            });
+            small.push(sm);
+            total += bytes.div_ceil(256) * 256;
+        }
+        let weights = dev.alloc(total as usize)?;
+        for ((s, w), sm) in specs.iter().zip(&winfo).zip(&small) {
+            let bytes: &[u8] = match sm {
+                Some(b) => b,
+                None => {
+                    let t = gguf.tensor(&s.name).expect("checked above");
+                    let start = data_offset + t.offset as usize;
+                    &gguf.bytes()[start..start + t.n_bytes as usize]
+                }
+            };
+            dev.upload(weights.ptr + w.off, bytes)?;
+        }
+        let io = IoBufs {
+            gen: 0,
+            arena: dev.alloc(0)?,
+            counters: dev.alloc(0)?,
+            tok: dev.alloc(0)?,
+            pos: dev.alloc(0)?,
+            pinned: dev.alloc_pinned(0)?,
+            max_tokens: 0,
+            max_out: 0,
+        };
+        Ok(CudaBackend {
+            dev,
+            weights,
+            winfo,
+            io,
+            out: Vec::new(),
+            stats: CudaStats::default(),
+            fuse: FuseOptions::ALL,
+            graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// A one-line description: GPU name, compute capability, driver.
+    pub fn describe(&self) -> String {
+        let d = &self.dev;
+        format!(
+            "{} (sm_{}{}, {} SMs, driver {}.{})",
+            d.name,
+            d.cc.0,
+            d.cc.1,
+            d.sm_count,
+            d.driver_version / 1000,
+            d.driver_version % 1000 / 10
+        )
+    }
+
+    pub fn set_fusion(&mut self, opts: FuseOptions) {
+        self.fuse = opts;
+    }
+
+    /// Replay decode steps as CUDA graphs (default on; `SMELT_CUDA_GRAPHS=0` turns it off).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+    }
+
+    pub fn stats(&self) -> CudaStats {
+        self.stats
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes
+    }
+
+    /// Device bytes: weights, arena, scratch (not the KV cache).
+    pub fn allocated_bytes(&self) -> usize {
+        self.weights.bytes + self.io.arena.bytes + self.io.counters.bytes
+    }
+
+    /// A KV cache on this device.
+    pub fn new_kv(&self, capacity: usize, widths: &[usize]) -> Result<CudaKvCache, CudaError> {
+        let mut layers = Vec::with_capacity(widths.len());
+        let mut off = 0u64;
+        for &w in widths {
+            let n = (capacity * w) as u64;
+            layers.push((off, off + n, w));
+            off += 2 * n;
+        }
+        let buf = self.dev.alloc(off as usize * 2)?;
+        Ok(CudaKvCache {
+            buf,
+            info: KvInfo { capacity, layers },
+        })
+    }
+
+    /// Fuse, generate, compile (or load from the disk cache) and prepare `g`.
+    pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
+        let plan = fuse_with(g, self.fuse);
+        let gen = codegen::generate(&plan, &self.winfo, &kv.info, self.dev.sm_count as usize)?;
+        let module = self.dev.compile(&gen.src)?;
+        let mut funcs = Vec::new();
+        let mut index = HashMap::new();
+        let mut fn_smem: HashMap<String, usize> = gen.funcs.iter().cloned().collect();
+        for l in &gen.launches {
+            if !index.contains_key(&l.func) {
+                let smem = fn_smem.remove(&l.func).unwrap_or(l.smem as usize);
+                index.insert(l.func.clone(), funcs.len());
+                funcs.push(self.dev.function(&module, &l.func, smem)?);
+            }
+        }
+        let flat: Vec<u64> = gen
+            .launches
+            .iter()
+            .flat_map(|l| l.params.iter().copied())
+            .collect();
+        let params = self.dev.alloc(flat.len().max(1) * 8)?;
+        let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.dev.upload(params.ptr, &bytes)?;
+        let mut launches = Vec::new();
+        let mut at = 0u64;
+        for l in &gen.launches {
+            launches.push((index[&l.func], l.grid, l.block, l.smem, params.ptr + at * 8));
+            at += l.params.len() as u64;
+        }
+        let prog = CudaProgram {
+            n_tokens: g.n_tokens(),
+            _module: module,
+            funcs,
+            launches,
+            _params: params,
+            arena_len: gen.arena_len,
+            counters: gen.counters,
+            out_off: gen.out_off,
+            out_len: gen.out_len,
+            kv_capacity: kv.capacity(),
+            graph: Mutex::new(None),
+        };
+        self.ensure(&prog)?;
+        Ok(prog)
+    }
+
+    /// Grow the shared buffers to what `prog` needs; moving them invalidates captured graphs.
+    fn ensure(&mut self, prog: &CudaProgram) -> Result<(), CudaError> {
+        let io = &mut self.io;
+        let mut moved = false;
+        if io.arena.bytes < prog.arena_len * 4 {
+            io.arena = self.dev.alloc(prog.arena_len * 4)?;
+            moved = true;
+        }
+        if io.counters.bytes < prog.counters * 4 {
+            io.counters = self.dev.alloc(prog.counters * 4)?;
+            moved = true;
+        }
+        if io.max_tokens < prog.n_tokens || io.max_out < prog.out_len {
+            io.max_tokens = io.max_tokens.max(prog.n_tokens);
+            io.max_out = io.max_out.max(prog.out_len);
+            io.tok = self.dev.alloc(io.max_tokens * 4)?;
+            io.pos = self.dev.alloc(io.max_tokens * 4)?;
+            io.pinned = self.dev.alloc_pinned(io.max_tokens * 8 + io.max_out * 4)?;
+            moved = true;
+        }
+        if moved {
+            io.gen += 1;
+        }
+        Ok(())
+    }
+
+    /// Enqueue: copy tokens/positions in, run every kernel, copy the output out.
+    fn enqueue(&self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<(), CudaError> {
+        let io = &self.io;
+        let n = prog.n_tokens;
+        let stream = self.dev.cu_stream();
+        // SAFETY: the pinned buffer holds max_tokens u32 tokens, then positions, then outputs;
+        // device buffers are at least as large (checked in `ensure`); kernels read only within
+        // the arena, weights and KV sizes their program was generated for.
+        unsafe {
+            let pin = io.pinned.ptr;
+            let pos_host = pin.add(io.max_tokens * 4);
+            let out_host = pin.add(io.max_tokens * 8);
+            check(
+                sys::cuMemcpyHtoDAsync_v2(io.tok.ptr, pin as *const c_void, n * 4, stream),
+                "copy tokens",
+            )?;
+            check(
+                sys::cuMemcpyHtoDAsync_v2(io.pos.ptr, pos_host as *const c_void, n * 4, stream),
+                "copy positions",
+            )?;
+            for &(fi, grid, block, smem, pptr) in &prog.launches {
+                let mut args: [u64; 7] = [
+                    self.weights.ptr,
+                    io.arena.ptr,
+                    kv.buf.ptr,
+                    io.tok.ptr,
+                    io.pos.ptr,
+                    pptr,
+                    io.counters.ptr,
+                ];
+                let mut ptrs: [*mut c_void; 7] =
+                    std::array::from_fn(|i| (&mut args[i]) as *mut u64 as *mut c_void);
+                check(
+                    sys::cuLaunchKernel(
+                        prog.funcs[fi].cu_function(),
+                        grid.0,
+                        grid.1,
+                        grid.2,
+                        block,
+                        1,
+                        1,
+                        smem,
+                        stream,
+                        ptrs.as_mut_ptr(),
+                        std::ptr::null_mut(),
+                    ),
+                    "cuLaunchKernel",
+                )?;
+            }
+            check(
+                sys::cuMemcpyDtoHAsync_v2(
+                    out_host as *mut c_void,
+                    io.arena.ptr + prog.out_off as u64 * 4,
+                    prog.out_len * 4,
+                    stream,
+                ),
+                "copy output",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Run `prog` for `tokens` at `positions`, writing their keys and values into `kv`.
+    pub fn execute(
+        &mut self,
+        prog: &CudaProgram,
+        tokens: &[u32],
+        positions: &[u32],
+        kv: &mut CudaKvCache,
+    ) -> Result<&[f32], CudaError> {
+        let n = prog.n_tokens;
+        if tokens.len() != n || positions.len() != n {
+            return Err(CudaError::Invalid(format!(
+                "{} tokens and {} positions for a program of {n}",
+                tokens.len(),
+                positions.len()
+            )));
+        }
+        if prog.kv_capacity != kv.capacity() {
+            return Err(CudaError::Invalid(
+                "program lowered for another KV capacity".into(),
+            ));
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= kv.capacity()) {
+            return Err(CudaError::Invalid(format!(
+                "position {p} outside the KV cache ({})",
+                kv.capacity()
+            )));
+        }
+        self.ensure(prog)?;
+        self.dev.bind()?;
+        // SAFETY: the pinned buffer holds at least max_tokens tokens and positions (ensure).
+        unsafe {
+            let pin = self.io.pinned.ptr as *mut u32;
+            std::ptr::copy_nonoverlapping(tokens.as_ptr(), pin, n);
+            std::ptr::copy_nonoverlapping(positions.as_ptr(), pin.add(self.io.max_tokens), n);
+        }
+        let use_graph = self.graphs && n == 1;
+        if use_graph {
+            let mut slot = prog.graph.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh =
+                matches!(&*slot, Some((gen, kvp, _)) if *gen == self.io.gen && *kvp == kv.buf.ptr);
+            if !fresh {
+                *slot = None;
+                let stream = self.dev.cu_stream();
+                // SAFETY: capture of the enqueue sequence on our own stream; the graph is
+                // instantiated and owned by Graph2.
+                unsafe {
+                    check(
+                        sys::cuStreamBeginCapture_v2(
+                            stream,
+                            sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                        ),
+                        "begin capture",
+                    )?;
+                    let r = self.enqueue(prog, kv);
+                    let mut graph = std::ptr::null_mut();
+                    let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
+                    r?;
+                    end?;
+                    let mut exec = std::ptr::null_mut();
+                    let inst = check(
+                        sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+                        "instantiate",
+                    );
+                    if let Err(e) = inst {
+                        let _ = sys::cuGraphDestroy(graph);
+                        return Err(e);
+                    }
+                    *slot = Some((self.io.gen, kv.buf.ptr, Graph2 { exec, graph }));
+                }
+            }
+            let (_, _, g) = slot.as_ref().expect("captured above");
+            // SAFETY: launching an instantiated graph on our stream.
+            unsafe {
+                check(
+                    sys::cuGraphLaunch(g.exec, self.dev.cu_stream()),
+                    "graph launch",
+                )?
+            };
+            self.stats.submissions += 1;
+        } else {
+            self.enqueue(prog, kv)?;
+            self.stats.submissions += prog.launches.len() as u64 + 3;
+        }
+        self.dev.sync()?;
+        self.stats.executions += 1;
+        self.stats.kernels += prog.launches.len() as u64;
+        self.out.resize(prog.out_len, 0.0);
+        // SAFETY: the output was copied to the pinned buffer after tokens and positions, and
+        // the stream is synchronised.
+        unsafe {
+            let out_host = self.io.pinned.ptr.add(self.io.max_tokens * 8) as *const f32;
+            std::ptr::copy_nonoverlapping(out_host, self.out.as_mut_ptr(), prog.out_len);
+        }
+        Ok(&self.out)
+    }
+
+    /// Device-to-device copy bandwidth in GB/s (bytes read + written), the roofline that
+    /// `smelt bench` compares decode against.
+    pub fn copy_bandwidth(&self) -> Result<f64, CudaError> {
+        let bytes = 1usize << 30;
+        let a = self.dev.alloc(bytes)?;
+        let b = self.dev.alloc(bytes)?;
+        let stream = self.dev.cu_stream();
+        let run = |n: usize| -> Result<f64, CudaError> {
+            let t0 = std::time::Instant::now();
+            for _ in 0..n {
+                // SAFETY: both buffers hold `bytes` bytes.
+                unsafe {
+                    check(
+                        sys::cuMemcpyDtoDAsync_v2(b.ptr, a.ptr, bytes, stream),
+                        "copy",
+                    )?
+                };
+            }
+            self.dev.sync()?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        run(2)?;
+        let t = run(10)?;
+        Ok(2.0 * bytes as f64 * 10.0 / t / 1e9)
+    }
+}

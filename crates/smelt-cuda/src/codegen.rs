@@ -1,0 +1,833 @@
+//! Plan kernels as CUDA C: each fused kernel of the plan becomes source specialised to its
+//! shapes and weight types. Offsets into the weights, the arena and the KV cache are kernel
+//! parameters (`P[i]`), so the layers of a model share one compiled kernel per distinct shape.
+//!
+//! Decode (one token): a matmul kernel is one launch. Every block computes the prologue for the
+//! row in shared memory (norms, residual adds, embedding), stages it as the gemv input, then
+//! loops over its tiles of output columns: a warp takes 4 weight rows at a time, and the tile's
+//! epilogue (bias, RoPE, QK-norm, SiLU*up, residual, KV write) runs on the tile in shared memory.
+//! Prefill (several tokens): prologue kernel (one block per row) -> tensor-core GEMM per matmul
+//! -> epilogue kernel per bundle. Attention: one kernel, split over keys for decode with the
+//! last block of each head combining the partial softmaxes.
+
+// Generated CUDA is written line by line with explicit newlines inside larger templates.
+#![allow(clippy::write_with_newline)]
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use smelt_gguf::GgmlType;
+use smelt_graph::{Dest, KernelKind, KvPart, NodeId, Op, Plan};
+
+use crate::CudaError;
+
+pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
+/// Threads of row, gemv and epilogue kernels.
+const NT: usize = 256;
+const NWARPS: usize = NT / 32;
+/// Keys per split of decode attention.
+const ATTN_CHUNK: usize = 128;
+
+/// A weight on the device: byte offset into the weight buffer. 1-D weights are stored as f32.
+#[derive(Clone, Debug)]
+pub(crate) struct WeightInfo {
+    pub off: u64,
+    pub dtype: GgmlType,
+    pub row_bytes: u64,
+}
+
+/// KV cache geometry: per layer, element offsets of K and V (f16) and the row width.
+#[derive(Clone, Debug)]
+pub(crate) struct KvInfo {
+    pub capacity: usize,
+    pub layers: Vec<(u64, u64, usize)>,
+}
+
+/// One kernel launch of a program.
+#[derive(Clone, Debug)]
+pub(crate) struct Launch {
+    pub func: String,
+    pub grid: (u32, u32, u32),
+    pub block: u32,
+    pub smem: u32,
+    pub params: Vec<u64>,
+}
+
+/// A lowered plan: source of every distinct kernel, launches in order, arena geometry.
+pub(crate) struct Generated {
+    pub src: String,
+    pub funcs: Vec<(String, usize)>,
+    pub launches: Vec<Launch>,
+    pub arena_len: usize,
+    pub counters: usize,
+    pub out_off: usize,
+    pub out_len: usize,
+}
+
+pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
+    Some(match t {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::BF16 => "bf16",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q5_1 => "q5_1",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q4_K => "q4_k",
+        GgmlType::Q5_K => "q5_k",
+        GgmlType::Q6_K => "q6_k",
+        _ => return None,
+    })
+}
+
+fn lit(x: f32) -> String {
+    format!("{x:e}f")
+}
+
+/// Parameters of one launch, referenced from the source as `P[i]`.
+#[derive(Default)]
+struct Params(Vec<u64>);
+
+impl Params {
+    fn p(&mut self, v: u64) -> String {
+        self.0.push(v);
+        format!("P[{}]", self.0.len() - 1)
+    }
+}
+
+struct Gen<'a> {
+    plan: &'a Plan,
+    w: &'a [WeightInfo],
+    kv: &'a KvInfo,
+    t: usize,
+    max_grid: usize,
+    scratch: usize,
+    counters: usize,
+    bodies: HashMap<String, String>,
+    funcs: Vec<(String, usize)>,
+    src: String,
+    gemm_types: Vec<&'static str>,
+    launches: Vec<Launch>,
+}
+
+/// Generate the kernels of `plan` (all its weights described by `w`).
+pub(crate) fn generate(
+    plan: &Plan,
+    w: &[WeightInfo],
+    kv: &KvInfo,
+    sm_count: usize,
+) -> Result<Generated, CudaError> {
+    let t = plan.graph().n_tokens();
+    let mut g = Gen {
+        plan,
+        w,
+        kv,
+        t,
+        // Two blocks per SM, each computing its prologue once and looping over tiles (v1; v2's 8
+        // blocks per SM with two units in flight per lane measured 22% slower on the 8B).
+        max_grid: 2 * sm_count.max(1),
+        scratch: plan.arena_len().div_ceil(64) * 64,
+        counters: 0,
+        bodies: HashMap::new(),
+        funcs: Vec::new(),
+        src: String::new(),
+        gemm_types: Vec::new(),
+        launches: Vec::new(),
+    };
+    for ki in 0..plan.kernels().len() {
+        let k = &plan.kernels()[ki];
+        match &k.kind {
+            KernelKind::Rows => g.rows_kernel(&k.rows, None)?,
+            KernelKind::Attention { node } => g.attention(*node)?,
+            KernelKind::MatMul { input, .. } => {
+                if t == 1 {
+                    g.decode_matmul(ki)?
+                } else {
+                    g.prefill_matmul(ki, *input)?
+                }
+            }
+        }
+    }
+    let out = plan.output_buffer();
+    let ob = plan.buffer(out);
+    let mut src = String::from(PRELUDE);
+    for ty in &g.gemm_types {
+        writeln!(src, "DEF_GEMM({ty})").unwrap();
+    }
+    src.push_str(&g.src);
+    Ok(Generated {
+        src,
+        funcs: g.funcs,
+        launches: g.launches,
+        arena_len: g.scratch,
+        counters: g.counters.max(1),
+        out_off: ob.offset,
+        out_len: ob.rows * ob.cols,
+    })
+}
+
+const SIG: &str =
+    "(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C)";
+
+impl<'a> Gen<'a> {
+    fn node(&self, n: NodeId) -> &'a smelt_graph::Node {
+        self.plan.graph().node(n)
+    }
+
+    fn weight(&self, id: smelt_graph::WeightId) -> &'a WeightInfo {
+        &self.w[id.0 as usize]
+    }
+
+    fn alloc_scratch(&mut self, floats: usize) -> usize {
+        let off = self.scratch;
+        self.scratch += floats.div_ceil(64) * 64;
+        off
+    }
+
+    /// Register a kernel body (dedup by text), return its function name.
+    fn kernel(&mut self, bounds: usize, body: String, smem: usize) -> String {
+        if let Some(n) = self.bodies.get(&body) {
+            return n.clone();
+        }
+        let name = format!("k{}", self.bodies.len());
+        writeln!(
+            self.src,
+            "extern \"C\" __global__ void __launch_bounds__({bounds}) {name}{SIG} {{\n{body}}}"
+        )
+        .unwrap();
+        self.bodies.insert(body, name.clone());
+        self.funcs.push((name.clone(), smem));
+        name
+    }
+
+    fn launch(
+        &mut self,
+        func: String,
+        grid: (usize, usize, usize),
+        block: usize,
+        smem: usize,
+        p: Params,
+    ) {
+        self.launches.push(Launch {
+            func,
+            grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+            block: block as u32,
+            smem: smem as u32,
+            params: p.0,
+        });
+    }
+
+    fn kv_off(&self, layer: usize, part: KvPart) -> Result<(u64, usize), CudaError> {
+        let &(k, v, width) = self.kv.layers.get(layer).ok_or_else(|| {
+            CudaError::Invalid(format!(
+                "plan writes KV of layer {layer}, cache has {}",
+                self.kv.layers.len()
+            ))
+        })?;
+        Ok((if part == KvPart::K { k } else { v }, width))
+    }
+
+    /// Code storing value `val` (an expression of local column `c`) of node `n` to every
+    /// destination; `col0` is the global column of `c = 0`, `r`/`rp` the buffer row and
+    /// position row.
+    fn stores(
+        &self,
+        n: NodeId,
+        val: &str,
+        col0: &str,
+        p: &mut Params,
+    ) -> Result<String, CudaError> {
+        let [rows, cols] = self.node(n).shape;
+        let mut s = String::new();
+        for d in self.plan.dests(n) {
+            match *d {
+                Dest::Buffer(b) => {
+                    let off = self.plan.buffer(b).offset as u64;
+                    let row = if rows == 1 { "0" } else { "r" };
+                    writeln!(
+                        s,
+                        "A[{} + (u64){row} * {cols} + {col0} + c] = {val};",
+                        p.p(off)
+                    )
+                    .unwrap();
+                }
+                Dest::Kv { layer, part } => {
+                    let (off, width) = self.kv_off(layer, part)?;
+                    if width != cols {
+                        return Err(CudaError::Invalid(format!("KV width {width} != {cols}")));
+                    }
+                    writeln!(
+                        s,
+                        "KV[{} + (u64)pos[rp] * {cols} + {col0} + c] = f2h({val});",
+                        p.p(off)
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Read of node `n` at column expression `c` from a buffer written by an earlier kernel.
+    fn buf_read(&self, n: NodeId, c: &str, p: &mut Params) -> Result<String, CudaError> {
+        let [rows, cols] = self.node(n).shape;
+        let b = self.plan.buffer_of(n).ok_or_else(|| {
+            CudaError::Invalid(format!(
+                "%{} ({}) is read but not materialised",
+                n.0,
+                self.node(n).name
+            ))
+        })?;
+        let off = self.plan.buffer(b).offset as u64;
+        let row = if rows == 1 { "0" } else { "r" };
+        Ok(format!("A[{} + (u64){row} * {cols} + {c}]", p.p(off)))
+    }
+
+    /// Row-stage code for one row (`r`, positions `rp`): each node into a shared slot.
+    /// Returns the code and the slot offsets (floats from `sm`).
+    fn row_code(
+        &self,
+        nodes: &[NodeId],
+        store_guard: &str,
+        p: &mut Params,
+        slots: &mut HashMap<NodeId, usize>,
+        next: &mut usize,
+    ) -> Result<String, CudaError> {
+        let mut s = String::new();
+        for &n in nodes {
+            let node = self.node(n);
+            let [rows, cols] = node.shape;
+            let o = *next;
+            *next += cols.div_ceil(4) * 4;
+            slots.insert(n, o);
+            let rd = |x: NodeId, c: &str, p: &mut Params| -> Result<String, CudaError> {
+                match slots.get(&x) {
+                    Some(off) => Ok(format!("sm[{off} + {c}]")),
+                    None => self.buf_read(x, c, p),
+                }
+            };
+            let last_only = rows == 1 && self.t > 1;
+            if last_only {
+                writeln!(s, "if (r == {}) {{", self.t - 1).unwrap();
+            }
+            let each = |e: String| {
+                format!("for (int c = tid; c < {cols}; c += {NT}) sm[{o} + c] = {e};\n")
+            };
+            match node.op {
+                Op::Embed { table } => {
+                    let wi = self.weight(table);
+                    let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
+                    let (wo, rb) = (p.p(wi.off), p.p(wi.row_bytes));
+                    s += &each(format!("deq_{ty}(W + {wo} + (u64)tok[r] * {rb}, c)"));
+                }
+                Op::RmsNorm { x, w, eps, group } => {
+                    let xv = rd(x, "c", p)?;
+                    let wv = match w {
+                        Some(w) => format!(
+                            " * ((const float*)(W + {}))[c % {group}]",
+                            p.p(self.weight(w).off)
+                        ),
+                        None => String::new(),
+                    };
+                    if group == cols {
+                        write!(s, "{{ float ss = 0.f; for (int c = tid; c < {cols}; c += {NT}) {{ float v = {xv}; ss += v * v; }}\n\
+                            ss = warp_sum(ss); if (lane == 0) red[warp] = ss; __syncthreads();\n\
+                            if (warp == 0) {{ ss = lane < {NWARPS} ? red[lane] : 0.f; ss = warp_sum(ss); if (lane == 0) red[32] = ss; }} __syncthreads();\n\
+                            float sc = 1.0f / sqrtf(red[32] / {cols}.0f + {eps}); __syncthreads();\n\
+                            for (int c = tid; c < {cols}; c += {NT}) sm[{o} + c] = {xv} * sc{wv}; }}\n", eps = lit(eps)).unwrap();
+                    } else {
+                        let xg = rd(x, "c", p)?;
+                        write!(s, "for (int gi = warp; gi < {ng}; gi += {NWARPS}) {{ float ss = 0.f;\n\
+                            for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) {{ float v = {xg}; ss += v * v; }}\n\
+                            ss = warp_sum(ss); float sc = 1.0f / sqrtf(ss / {group}.0f + {eps});\n\
+                            for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) sm[{o} + c] = {xg} * sc{wv}; }}\n",
+                            ng = cols / group, eps = lit(eps)).unwrap();
+                    }
+                }
+                Op::AddBias { x, b } => {
+                    let e = format!(
+                        "{} + ((const float*)(W + {}))[c]",
+                        rd(x, "c", p)?,
+                        p.p(self.weight(b).off)
+                    );
+                    s += &each(e);
+                }
+                Op::Add { a, b } => s += &each(format!("{} + {}", rd(a, "c", p)?, rd(b, "c", p)?)),
+                Op::Mul { a, b } => s += &each(format!("{} * {}", rd(a, "c", p)?, rd(b, "c", p)?)),
+                Op::Scale { x, s: k } => s += &each(format!("{} * {}", rd(x, "c", p)?, lit(k))),
+                Op::Silu { x } => s += &each(format!("silu_f({})", rd(x, "c", p)?)),
+                Op::GeluTanh { x } => s += &each(format!("gelu_f({})", rd(x, "c", p)?)),
+                Op::Softcap { x, cap } => {
+                    s += &each(format!(
+                        "{c} * tanhf({} / {c})",
+                        rd(x, "c", p)?,
+                        c = lit(cap)
+                    ))
+                }
+                Op::LastRow { x } => s += &each(rd(x, "c", p)?),
+                Op::Rope { x, .. } => {
+                    s += &each(rd(x, "c", p)?);
+                    s += "__syncthreads();\n";
+                    s += &self.rope_code(n, &format!("sm + {o}"), "0", p)?;
+                }
+                Op::MatMul { .. } | Op::Attention { .. } => {
+                    return Err(CudaError::Invalid(format!(
+                        "{} in a row stage",
+                        node.op.kind()
+                    )))
+                }
+            }
+            s += "__syncthreads();\n";
+            let st = self.stores(n, &format!("sm[{o} + c]"), "0", p)?;
+            if !st.is_empty() {
+                write!(
+                    s,
+                    "if ({store_guard}) for (int c = tid; c < {cols}; c += {NT}) {{ {st} }}\n"
+                )
+                .unwrap();
+            }
+            if last_only {
+                s += "}\n";
+            }
+        }
+        Ok(s)
+    }
+
+    /// In-place RoPE of node `n`'s values at `base` (local column 0 = global column `col0`,
+    /// `nv` columns, a whole number of heads), position `pos[rp]`.
+    fn rope_code(
+        &self,
+        n: NodeId,
+        base: &str,
+        col0: &str,
+        p: &mut Params,
+    ) -> Result<String, CudaError> {
+        let Op::Rope {
+            head_dim,
+            n_rot,
+            base: fb,
+            freq_scale,
+            neox,
+            factors,
+            ..
+        } = self.node(n).op
+        else {
+            unreachable!()
+        };
+        let cols = self.node(n).shape[1];
+        let half = n_rot / 2;
+        let fac = match factors {
+            Some(f) => format!(" / ((const float*)(W + {}))[i]", p.p(self.weight(f).off)),
+            None => String::new(),
+        };
+        let (a, b) = if neox {
+            ("i".to_string(), format!("i + {half}"))
+        } else {
+            ("2 * i".into(), "2 * i + 1".into())
+        };
+        let _ = col0;
+        Ok(format!(
+            "for (int idx = tid; idx < (nv_rope / {head_dim}) * {half}; idx += {NT}) {{\n\
+             int hh = idx / {half}, i = idx % {half}; float* hp = {base} + hh * {head_dim};\n\
+             float th = (float)pos[rp] * {fs} * powf({fb}, -2.0f * (float)i / {n_rot}.0f){fac};\n\
+             float sn, cs; sincosf(th, &sn, &cs); float x0 = hp[{a}], x1 = hp[{b}];\n\
+             hp[{a}] = x0 * cs - x1 * sn; hp[{b}] = x0 * sn + x1 * cs; }}\n",
+            fs = lit(freq_scale),
+            fb = lit(fb),
+        )
+        .replace(
+            "nv_rope",
+            &if col0 == "0" {
+                cols.to_string()
+            } else {
+                "nv".to_string()
+            },
+        ))
+    }
+
+    /// Epilogue of bundle `bi` of kernel `ki` on a tile (`c0`, `nv` columns) whose matmul
+    /// outputs are in shared slots; returns code and the slot of each bundle node.
+    fn epilogue_code(
+        &self,
+        ki: usize,
+        bi: usize,
+        bc: usize,
+        p: &mut Params,
+    ) -> Result<(String, HashMap<NodeId, usize>), CudaError> {
+        let KernelKind::MatMul { bundles, .. } = &self.plan.kernels()[ki].kind else {
+            unreachable!()
+        };
+        let b = &bundles[bi];
+        let mut slots = HashMap::new();
+        let mut next = 0;
+        for &m in &b.matmuls {
+            slots.insert(m, next);
+            next += bc;
+        }
+        let mut s = String::new();
+        for &n in &b.epilogue {
+            let o = next;
+            next += bc;
+            slots.insert(n, o);
+            let rd = |x: NodeId, p: &mut Params| -> Result<String, CudaError> {
+                match slots.get(&x) {
+                    Some(off) => Ok(format!("se[{off} + c]")),
+                    None => self.buf_read(x, "c0 + c", p),
+                }
+            };
+            let each =
+                |e: String| format!("for (int c = tid; c < nv; c += {NT}) se[{o} + c] = {e};\n");
+            match self.node(n).op {
+                Op::AddBias { x, b } => {
+                    let e = format!(
+                        "{} + ((const float*)(W + {}))[c0 + c]",
+                        rd(x, p)?,
+                        p.p(self.weight(b).off)
+                    );
+                    s += &each(e);
+                }
+                Op::Add { a, b } => s += &each(format!("{} + {}", rd(a, p)?, rd(b, p)?)),
+                Op::Mul { a, b } => s += &each(format!("{} * {}", rd(a, p)?, rd(b, p)?)),
+                Op::Scale { x, s: k } => s += &each(format!("{} * {}", rd(x, p)?, lit(k))),
+                Op::Silu { x } => s += &each(format!("silu_f({})", rd(x, p)?)),
+                Op::GeluTanh { x } => s += &each(format!("gelu_f({})", rd(x, p)?)),
+                Op::Softcap { x, cap } => {
+                    s += &each(format!("{c} * tanhf({} / {c})", rd(x, p)?, c = lit(cap)))
+                }
+                Op::Rope { x, .. } => {
+                    s += &each(rd(x, p)?);
+                    s += "__syncthreads();\n";
+                    s += &self.rope_code(n, &format!("se + {o}"), "c0", p)?;
+                }
+                Op::RmsNorm { x, w, eps, group } => {
+                    let xv = rd(x, p)?;
+                    let wv = match w {
+                        Some(w) => format!(
+                            " * ((const float*)(W + {}))[c % {group}]",
+                            p.p(self.weight(w).off)
+                        ),
+                        None => String::new(),
+                    };
+                    write!(s, "for (int gi = warp; gi < nv / {group}; gi += {NWARPS}) {{ float ss = 0.f;\n\
+                        for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) {{ float v = {xv}; ss += v * v; }}\n\
+                        ss = warp_sum(ss); float sc = 1.0f / sqrtf(ss / {group}.0f + {eps});\n\
+                        for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) se[{o} + c] = {xv} * sc{wv}; }}\n",
+                        eps = lit(eps)).unwrap();
+                }
+                ref op => return Err(CudaError::Invalid(format!("{} in an epilogue", op.kind()))),
+            }
+            s += "__syncthreads();\n";
+        }
+        for (&n, &o) in b.matmuls.iter().chain(&b.epilogue).map(|n| (n, &slots[n])) {
+            let st = self.stores(n, &format!("se[{o} + c]"), "c0", p)?;
+            if !st.is_empty() {
+                write!(s, "for (int c = tid; c < nv; c += {NT}) {{ {st} }}\n").unwrap();
+            }
+        }
+        s += "__syncthreads();\n";
+        let _ = next;
+        Ok((s, slots))
+    }
+
+    fn tile_cols(align: usize, min: usize) -> usize {
+        align * min.div_ceil(align).max(1)
+    }
+
+    fn bundle_slots(&self, ki: usize, bi: usize) -> usize {
+        let KernelKind::MatMul { bundles, .. } = &self.plan.kernels()[ki].kind else {
+            unreachable!()
+        };
+        bundles[bi].matmuls.len() + bundles[bi].epilogue.len()
+    }
+
+    fn decode_matmul(&mut self, ki: usize) -> Result<(), CudaError> {
+        let k = &self.plan.kernels()[ki];
+        let KernelKind::MatMul { input, bundles } = &k.kind else {
+            unreachable!()
+        };
+        let kdim = self.node(*input).shape[1];
+        let kp = kdim.div_ceil(256) * 256;
+        let mut p = Params::default();
+        let mut slots = HashMap::new();
+        let mut next = 0usize;
+        let mut body = String::from("extern __shared__ float sm[]; __shared__ float red[33];\n\
+            const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = 0, rp = 0; (void)lane; (void)rp;\n");
+        body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
+        let xs = next;
+        next += kp + kp / 32 * 4;
+        let xin = match slots.get(input) {
+            Some(o) => format!("sm[{o} + c]"),
+            None => self.buf_read(*input, "c", &mut p)?,
+        };
+        write!(body, "for (int c = tid; c < {kp}; c += {NT}) sm[{xs} + xpad(c)] = c < {kdim} ? {xin} : 0.f;\n__syncthreads();\n\
+            const float* xs = sm + {xs}; float* se = sm + {next};\n").unwrap();
+        let se = next;
+        let mut tiles = 0usize;
+        let mut se_len = 0usize;
+        let mut branches = String::new();
+        for (bi, b) in bundles.iter().enumerate() {
+            let bc = Self::tile_cols(b.align, 32);
+            let nt = b.width.div_ceil(bc);
+            let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
+            se_len = se_len.max(self.bundle_slots(ki, bi) * bc);
+            let mut mm = String::new();
+            for &m in &b.matmuls {
+                let Op::MatMul { w, .. } = self.node(m).op else {
+                    unreachable!()
+                };
+                let wi = self.weight(w);
+                let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
+                let (wo, rb) = (p.p(wi.off), p.p(wi.row_bytes));
+                write!(mm, "for (int rr = warp * 4; rr < nv; rr += {}) gemv_{ty}(W + {wo} + (u64)(c0 + rr) * {rb}, {rb}, min(4, nv - rr), {kdim}, xs, se + {} + rr);\n",
+                    NWARPS * 4, bslots[&m]).unwrap();
+                self.need_gemv(ty);
+            }
+            write!(branches, "{}if (tile < {}) {{ const int c0 = (tile - {tiles}) * {bc}; const int nv = min({bc}, {} - c0);\n{mm}__syncthreads();\n{code}}}\n",
+                if bi == 0 { "" } else { "else " }, tiles + nt, b.width).unwrap();
+            tiles += nt;
+        }
+        write!(
+            body,
+            "for (int tile = blockIdx.x; tile < {tiles}; tile += gridDim.x) {{\n{branches}}}\n"
+        )
+        .unwrap();
+        let _ = se;
+        let smem = (next + se_len) * 4;
+        let name = self.kernel(NT, body, smem);
+        self.launch(name, (tiles.min(self.max_grid), 1, 1), NT, smem, p);
+        Ok(())
+    }
+
+    fn need_gemv(&mut self, ty: &'static str) {
+        let line = format!("DEF_GEMV({ty})\n");
+        if !self.src.contains(&line) {
+            self.src.insert_str(0, &line);
+        }
+    }
+
+    /// A row kernel (one block per row): computes `rows`, stores what is materialised, and
+    /// when `xin` is given writes the matmul input node there (`[rows, cols]` f32).
+    fn rows_kernel(
+        &mut self,
+        rows: &[NodeId],
+        xin: Option<(NodeId, usize)>,
+    ) -> Result<(), CudaError> {
+        let mut p = Params::default();
+        let mut slots = HashMap::new();
+        let mut next = 0usize;
+        let mut body = String::from("extern __shared__ float sm[]; __shared__ float red[33];\n\
+            const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = blockIdx.x, rp = r; (void)lane; (void)warp;\n");
+        body += &self.row_code(rows, "true", &mut p, &mut slots, &mut next)?;
+        if let Some((n, off)) = xin {
+            let [nrows, cols] = self.node(n).shape;
+            let o = slots[&n];
+            let (guard, row) = if nrows == 1 && self.t > 1 {
+                (format!("r == {}", self.t - 1), "0")
+            } else {
+                ("true".into(), "r")
+            };
+            write!(body, "if ({guard}) for (int c = tid; c < {cols}; c += {NT}) A[{} + (u64){row} * {cols} + c] = sm[{o} + c];\n", p.p(off as u64)).unwrap();
+        }
+        let smem = next.max(1) * 4;
+        let name = self.kernel(NT, body, smem);
+        self.launch(name, (self.t, 1, 1), NT, smem, p);
+        Ok(())
+    }
+
+    fn prefill_matmul(&mut self, ki: usize, input: NodeId) -> Result<(), CudaError> {
+        let k = self.plan.kernels()[ki].clone();
+        let KernelKind::MatMul { bundles, .. } = &k.kind else {
+            unreachable!()
+        };
+        let [m_rows, kdim] = self.node(input).shape;
+        let xin = match self.plan.buffer_of(input) {
+            Some(b) => self.plan.buffer(b).offset,
+            None => self.alloc_scratch(m_rows * kdim),
+        };
+        if !k.rows.is_empty() {
+            let write = self.plan.buffer_of(input).is_none().then_some((input, xin));
+            self.rows_kernel(&k.rows, write)?;
+        }
+        for (bi, b) in bundles.iter().enumerate() {
+            let mut outs = Vec::new();
+            for &m in &b.matmuls {
+                let Op::MatMul { w, .. } = self.node(m).op else {
+                    unreachable!()
+                };
+                let wi = self.weight(w).clone();
+                let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
+                if !self.gemm_types.contains(&ty) {
+                    self.gemm_types.push(ty);
+                }
+                let out = self.alloc_scratch(m_rows * b.width);
+                outs.push((m, out));
+                let mut p = Params::default();
+                for v in [
+                    xin as u64,
+                    wi.off,
+                    wi.row_bytes,
+                    out as u64,
+                    m_rows as u64,
+                    b.width as u64,
+                    kdim as u64,
+                ] {
+                    p.p(v);
+                }
+                self.launch(
+                    format!("gemm_{ty}"),
+                    (b.width.div_ceil(64), m_rows.div_ceil(64), 1),
+                    128,
+                    0,
+                    p,
+                );
+            }
+            // Epilogue kernel: one block per (tile, row).
+            let bc = Self::tile_cols(b.align, 256);
+            let nt = b.width.div_ceil(bc);
+            let mut p = Params::default();
+            let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
+            let rp = if m_rows == 1 {
+                format!("{}", self.t - 1)
+            } else {
+                "r".into()
+            };
+            let mut body = format!("extern __shared__ float sm[]; float* se = sm;\n\
+                const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = blockIdx.y, rp = {rp}; (void)lane; (void)warp; (void)rp;\n\
+                const int c0 = blockIdx.x * {bc}; const int nv = min({bc}, {} - c0);\n", b.width);
+            for (m, out) in outs {
+                write!(body, "for (int c = tid; c < nv; c += {NT}) se[{} + c] = A[{} + (u64)r * {} + c0 + c];\n", bslots[&m], p.p(out as u64), b.width).unwrap();
+            }
+            body += "__syncthreads();\n";
+            body += &code;
+            let smem = self.bundle_slots(ki, bi) * bc * 4;
+            let name = self.kernel(NT, body, smem);
+            self.launch(name, (nt, m_rows, 1), NT, smem, p);
+        }
+        Ok(())
+    }
+
+    fn attention(&mut self, n: NodeId) -> Result<(), CudaError> {
+        let Op::Attention {
+            q,
+            layer,
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale,
+            window,
+            ..
+        } = self.node(n).op
+        else {
+            unreachable!()
+        };
+        let t = self.t;
+        let (kb, kw) = self.kv_off(layer, KvPart::K)?;
+        let (vb, _) = self.kv_off(layer, KvPart::V)?;
+        if kw != n_head_kv * hd {
+            return Err(CudaError::Invalid(format!("layer {layer}: KV width {kw}")));
+        }
+        let (nwarp, nsplit) = if t == 1 {
+            (1, self.kv.capacity.div_ceil(ATTN_CHUNK).max(1))
+        } else {
+            (4, 1)
+        };
+        let chunk = if nsplit == 1 {
+            self.kv.capacity.max(1)
+        } else {
+            ATTN_CHUNK
+        };
+        let mut p = Params::default();
+        let qv = self.buf_read(q, "0", &mut p)?.replace("(u64)r", "(u64)rq");
+        let qbase = qv
+            .trim_end_matches(" + 0]")
+            .trim_start_matches("A[")
+            .to_string();
+        let part = if nsplit > 1 {
+            self.alloc_scratch(t * n_head * nsplit * (hd + 2))
+        } else {
+            0
+        };
+        let cnt = self.counters;
+        self.counters = self.counters.max(t * n_head);
+        let mut outs = String::new();
+        for d in self.plan.dests(n) {
+            if let Dest::Buffer(b) = d {
+                let off = self.plan.buffer(*b).offset as u64;
+                write!(
+                    outs,
+                    "A[{} + (u64)rq * {} + h * {hd} + d] = v;",
+                    p.p(off),
+                    n_head * hd
+                )
+                .unwrap();
+            }
+        }
+        let (kbp, vbp, partp) = (p.p(kb), p.p(vb), p.p(part as u64));
+        let _ = cnt;
+        let nacc = hd.div_ceil(32);
+        let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        let dot = if hd % 8 == 0 {
+            format!("for (int e = 0; e < {hd}; e += 8) {{ V4 kk = *(const V4*)(kr + e); const float* qq = qs + e;\n\
+                d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
+                   + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}")
+        } else {
+            format!("for (int e = 0; e < {hd}; e++) d += qs[e] * h2f(kr[e]);")
+        };
+        let body = format!(
+            "__shared__ alignas(16) float qsh[{nwarp}][{hdp}];\n\
+            const int h = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;\n\
+            const int rq = blockIdx.z * {nwarp} + warp; if (rq >= {t}) return;\n\
+            const int hk = h / {grp}; const int p1 = pos[rq]; const int lo = {win};\n\
+            const int k0 = max(lo, s * {chunk}), k1 = min(p1 + 1, (s + 1) * {chunk});\n\
+            float* qs = qsh[warp];\n\
+            for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
+            __syncwarp();\n\
+            float m = -INFINITY, l = 0.f, acc[{nacc}];\n\
+            for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
+            const u16* Kp = KV + {kbp} + hk * {hd}; const u16* Vp = KV + {vbp} + hk * {hd};\n\
+            for (int j0 = k0; j0 < k1; j0 += 32) {{\n\
+              int j = j0 + lane; float sc = -INFINITY;\n\
+              if (j < k1) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f; {dot} sc = d; }}\n\
+              float mx = warp_max(sc); float mn = fmaxf(m, mx);\n\
+              float corr = m == -INFINITY ? 0.f : expf(m - mn); float pj = j < k1 ? expf(sc - mn) : 0.f;\n\
+              l = l * corr + warp_sum(pj);\n\
+              for (int i = 0; i < {nacc}; i++) acc[i] *= corr;\n\
+              int nk = min(32, k1 - j0);\n\
+              for (int jj = 0; jj < nk; jj++) {{ float pw = __shfl_sync(0xffffffffu, pj, jj); const u16* vr = Vp + (u64)(j0 + jj) * {kw};\n\
+                for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += pw * h2f(vr[d]); }} }}\n\
+              m = mn;\n\
+            }}\n\
+            if ({nsplit} == 1) {{\n\
+              for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n\
+              return;\n\
+            }}\n\
+            float* pp = A + {partp} + ((u64)(rq * {nh} + h) * {nsplit} + s) * {hd2};\n\
+            if (lane == 0) {{ pp[0] = m; pp[1] = l; }}\n\
+            for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) pp[2 + d] = acc[i]; }}\n\
+            __threadfence();\n\
+            u32 old = 0; if (lane == 0) old = atomicAdd(&C[rq * {nh} + h], 1u); old = __shfl_sync(0xffffffffu, old, 0);\n\
+            if (old != {nsplit} - 1) return;\n\
+            __threadfence();\n\
+            volatile float* base = A + {partp} + (u64)(rq * {nh} + h) * {nsplit} * {hd2};\n\
+            float M = -INFINITY; for (int q = 0; q < {nsplit}; q++) if (base[q * {hd2} + 1] > 0.f) M = fmaxf(M, base[q * {hd2}]);\n\
+            float L = 0.f; for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
+            for (int q = 0; q < {nsplit}; q++) {{ float lq = base[q * {hd2} + 1]; if (lq > 0.f) {{ float f = expf(base[q * {hd2}] - M); L += lq * f;\n\
+              for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += base[q * {hd2} + 2 + d] * f; }} }} }}\n\
+            for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = L > 0.f ? acc[i] / L : 0.f; {outs} }} }}\n\
+            if (lane == 0) C[rq * {nh} + h] = 0u;\n",
+            hdp = hd.div_ceil(4) * 4,
+            grp = n_head / n_head_kv,
+            sc = lit(scale),
+            nh = n_head,
+            hd2 = hd + 2,
+        );
+        let name = self.kernel(nwarp * 32, body, 0);
+        self.launch(name, (n_head, nsplit, t.div_ceil(nwarp)), nwarp * 32, 0, p);
+        Ok(())
+    }
+}
+
+fn unsupported(t: GgmlType) -> CudaError {
+    CudaError::Unsupported(format!("weight type {t:?}"))
+}

@@ -1,0 +1,272 @@
+//! The GPU: context, stream, raw device memory, NVRTC compilation with a disk cache.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use crate::CudaError;
+
+pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<(), CudaError> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(CudaError::Driver(format!("{what}: {r:?}")))
+    }
+}
+
+/// Whether the CUDA driver library loads and reports at least one device. Never panics.
+pub fn available() -> bool {
+    probe().is_ok()
+}
+
+fn probe() -> Result<(), CudaError> {
+    // SAFETY: only checks whether the shared library can be opened.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaError::NoDriver("libcuda not found".into()));
+    }
+    // SAFETY: cuInit and cuDeviceGetCount have no preconditions once the library is loaded.
+    unsafe {
+        check(sys::cuInit(0), "cuInit")?;
+        let mut n = 0;
+        check(sys::cuDeviceGetCount(&mut n), "cuDeviceGetCount")?;
+        if n < 1 {
+            return Err(CudaError::NoDriver("no CUDA device".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A device allocation, freed on drop.
+pub(crate) struct DevBuf {
+    pub ptr: sys::CUdeviceptr,
+    pub bytes: usize,
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            // SAFETY: ptr came from cuMemAlloc in Device::alloc and is freed once.
+            unsafe {
+                let _ = sys::cuMemFree_v2(self.ptr);
+            }
+        }
+    }
+}
+
+/// Pinned host memory (the CUDA graph copies tokens, positions and outputs through it).
+pub(crate) struct Pinned {
+    pub ptr: *mut u8,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from cuMemAllocHost and is freed once.
+        unsafe {
+            let _ = sys::cuMemFreeHost(self.ptr.cast());
+        }
+    }
+}
+
+// SAFETY: the pinned buffer is plain memory owned by one backend; access is serialised by &mut.
+unsafe impl Send for Pinned {}
+
+/// One GPU: its context and the stream every kernel runs on.
+pub struct Device {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub name: String,
+    /// Compute capability, e.g. (9, 0).
+    pub cc: (i32, i32),
+    pub sm_count: i32,
+    /// cuDriverGetVersion, e.g. 13000.
+    pub driver_version: i32,
+    pub total_mem: usize,
+}
+
+impl Device {
+    /// Open device 0. Errors (never panics) when there is no driver or no GPU.
+    pub fn open() -> Result<Device, CudaError> {
+        probe()?;
+        let ctx = CudaContext::new(0).map_err(|e| CudaError::Driver(format!("context: {e:?}")))?;
+        // SAFETY: the backend uses one stream; cudarc's per-buffer events are not needed and
+        // would be recorded inside graph captures.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::Driver(format!("stream: {e:?}")))?;
+        let attr = |a| {
+            ctx.attribute(a)
+                .map_err(|e| CudaError::Driver(format!("attribute: {e:?}")))
+        };
+        use sys::CUdevice_attribute::*;
+        let cc = (
+            attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        );
+        let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let mut driver_version = 0;
+        // SAFETY: plain out-parameter queries on an initialised driver.
+        let (name, total_mem) = unsafe {
+            check(
+                sys::cuDriverGetVersion(&mut driver_version),
+                "cuDriverGetVersion",
+            )?;
+            let dev = cudarc::driver::result::device::get(0)
+                .map_err(|e| CudaError::Driver(format!("device: {e:?}")))?;
+            let name = cudarc::driver::result::device::get_name(dev).unwrap_or_default();
+            let mem = cudarc::driver::result::device::total_mem(dev).unwrap_or(0);
+            (name, mem)
+        };
+        Ok(Device {
+            ctx,
+            stream,
+            name,
+            cc,
+            sm_count,
+            driver_version,
+            total_mem,
+        })
+    }
+
+    pub(crate) fn bind(&self) -> Result<(), CudaError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| CudaError::Driver(format!("bind: {e:?}")))
+    }
+
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<DevBuf, CudaError> {
+        self.bind()?;
+        let mut ptr = 0;
+        if bytes > 0 {
+            // SAFETY: out-parameter allocation; freed by DevBuf::drop.
+            unsafe { check(sys::cuMemAlloc_v2(&mut ptr, bytes), "cuMemAlloc")? };
+            // SAFETY: ptr is a fresh allocation of `bytes` bytes.
+            unsafe { check(sys::cuMemsetD8_v2(ptr, 0, bytes), "cuMemset")? };
+        }
+        Ok(DevBuf { ptr, bytes })
+    }
+
+    pub(crate) fn alloc_pinned(&self, bytes: usize) -> Result<Pinned, CudaError> {
+        self.bind()?;
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: out-parameter allocation of pinned host memory; freed by Pinned::drop.
+        unsafe {
+            check(
+                sys::cuMemAllocHost_v2(&mut p, bytes.max(16)),
+                "cuMemAllocHost",
+            )?
+        };
+        Ok(Pinned { ptr: p.cast() })
+    }
+
+    /// Synchronous copy of `src` to device address `dst`.
+    pub(crate) fn upload(&self, dst: sys::CUdeviceptr, src: &[u8]) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the caller passes a destination inside an allocation of at least src.len() bytes.
+        unsafe {
+            check(
+                sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len()),
+                "cuMemcpyHtoD",
+            )
+        }
+    }
+
+    pub(crate) fn sync(&self) -> Result<(), CudaError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::Driver(format!("synchronize: {e:?}")))
+    }
+
+    /// Compile `src` for this GPU (or take the PTX from the disk cache) and load it.
+    pub(crate) fn compile(&self, src: &str) -> Result<Arc<CudaModule>, CudaError> {
+        self.bind()?;
+        let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
+        let key = cache_key(src, &arch, self.driver_version);
+        let path = cache_dir().map(|d| d.join(format!("{key:016x}.ptx")));
+        let cached = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let ptx = match cached {
+            Some(p) => p,
+            None => {
+                let opts = CompileOptions {
+                    options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()],
+                    ..Default::default()
+                };
+                let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
+                    CudaError::Compile(format!(
+                        "{e:?}\n--- source (first lines) ---\n{}",
+                        head(src)
+                    ))
+                })?;
+                let text = ptx.to_src();
+                if let Some(p) = &path {
+                    // A failed cache write only costs a recompile next time.
+                    if let Some(dir) = p.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, &text).is_ok() {
+                        let _ = std::fs::rename(&tmp, p);
+                    }
+                }
+                text
+            }
+        };
+        self.ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| CudaError::Driver(format!("load module: {e:?}")))
+    }
+
+    pub(crate) fn function(
+        &self,
+        m: &Arc<CudaModule>,
+        name: &str,
+        smem: usize,
+    ) -> Result<CudaFunction, CudaError> {
+        let f = m
+            .load_function(name)
+            .map_err(|e| CudaError::Driver(format!("function {name}: {e:?}")))?;
+        if smem > 48 * 1024 {
+            // SAFETY: raising the dynamic shared-memory limit of a loaded function.
+            unsafe {
+                check(
+                    sys::cuFuncSetAttribute(
+                        f.cu_function(),
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem as i32,
+                    ),
+                    "cuFuncSetAttribute",
+                )?
+            };
+        }
+        Ok(f)
+    }
+}
+
+fn head(src: &str) -> String {
+    src.lines().take(0).collect::<Vec<_>>().join("\n")
+}
+
+/// FNV-1a over the source, the architecture and the driver version.
+fn cache_key(src: &str, arch: &str, driver: i32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in src.bytes().chain(arch.bytes()).chain(driver.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `SMELT_CUDA_CACHE`, else `~/.cache/smelt/cuda`; None disables the cache.
+fn cache_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("SMELT_CUDA_CACHE") {
+        return (!d.is_empty()).then(|| PathBuf::from(d));
+    }
+    let home = std::env::var_os("HOME")?;
+    Some(PathBuf::from(home).join(".cache/smelt/cuda"))
+}
