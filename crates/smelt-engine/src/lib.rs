@@ -2,7 +2,11 @@
 //! Its boundary is message-shaped ([`api`]): requests in, events out.
 
 pub mod api;
+pub mod batch;
+mod batcher;
+mod decoding;
 mod error;
+pub mod kvpool;
 mod model;
 pub mod perplexity;
 pub mod runner;
@@ -10,8 +14,10 @@ pub mod sampler;
 pub mod stop;
 
 pub use api::*;
+pub use batch::{BatchOptions, BatchRunner, KvSeq, BLOCK_SIZE};
+pub use batcher::{BatchSnapshot, BatchStats};
 pub use error::EngineError;
-pub use model::{LoadOptions, Model, ModelInfo};
+pub use model::{LoadOptions, Model, ModelInfo, STEP_TOKENS};
 pub use runner::{BackendKind, Runner, RunnerOptions, BACKEND_ENV};
 pub use sampler::Sampler;
 pub use smelt_cpu::KvType;
