@@ -11,7 +11,10 @@
 
 use std::sync::Arc;
 
-use smelt_engine::{BatchOptions, BatchRunner, KvSeq, KvType, Runner, BLOCK_SIZE};
+use smelt_engine::{
+    BatchOptions, BatchRunner, Event, FinishReason, GenerateRequest, KvSeq, KvType, LoadOptions,
+    Model, Runner, SamplingOptions, Usage, BLOCK_SIZE,
+};
 use smelt_gguf::Gguf;
 use smelt_models::Output;
 use smelt_testutil::{model_path, GEMMA3, SMOLLM2};
@@ -154,4 +157,91 @@ fn smollm2_batch_equals_alone() {
 #[test]
 fn gemma3_batch_equals_alone() {
     batch_equals_alone(GEMMA3);
+}
+
+fn generate(m: &Model, prompt: Vec<u32>, n: usize) -> (String, Usage) {
+    let mut req = GenerateRequest::new(prompt, SamplingOptions::greedy());
+    req.max_tokens = Some(n);
+    let mut text = String::new();
+    let usage = m
+        .generate(req, &mut |ev| {
+            if let Event::Text { text: t, .. } = ev {
+                text.push_str(&t);
+            }
+        })
+        .unwrap();
+    (text, usage)
+}
+
+/// The batch loop: requests from many threads (more than run at once) get what the
+/// single-sequence model gives them; a repeated prompt comes from the prefix cache; a
+/// cancelled request ends at once and frees its blocks.
+#[test]
+fn batch_loop_serves_concurrent_requests() {
+    avx2_kernels();
+    let path = model_path(SMOLLM2);
+    let g = Gguf::open(&path).unwrap();
+    let ps = prompts(&g);
+    let single = Model::load(
+        &path,
+        LoadOptions {
+            num_ctx: 256,
+            threads: 2,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let want: Vec<String> = ps
+        .iter()
+        .map(|p| generate(&single, p.clone(), 8).0)
+        .collect();
+    drop(single);
+    let m = Arc::new(
+        Model::load(
+            &path,
+            LoadOptions {
+                num_ctx: 256,
+                threads: 2,
+                parallel: 3,
+                kv_positions: 1024,
+            },
+        )
+        .unwrap(),
+    );
+    let handles: Vec<_> = ps
+        .iter()
+        .chain(&ps[..2])
+        .cloned()
+        .map(|p| {
+            let m = m.clone();
+            std::thread::spawn(move || generate(&m, p, 8))
+        })
+        .collect();
+    let got: Vec<(String, Usage)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, (text, usage)) in got.iter().enumerate() {
+        assert_eq!(text, &want[i % ps.len()], "request {i}");
+        assert_eq!(usage.prompt_tokens, ps[i % ps.len()].len());
+    }
+    // Again, alone: the prompt's whole blocks come from the cache.
+    let (text, usage) = generate(&m, ps[1].clone(), 8);
+    assert_eq!(text, want[1]);
+    assert_eq!(
+        usage.cached_tokens,
+        (ps[1].len() - 1) / BLOCK_SIZE * BLOCK_SIZE
+    );
+    // Cancelled after its first text: done at once, every block back in the pool.
+    let req = GenerateRequest::new(ps[2].clone(), SamplingOptions::greedy());
+    let cancel = req.cancel.clone();
+    let mut reason = None;
+    m.generate(req, &mut |ev| match ev {
+        Event::Text { .. } => cancel.cancel(),
+        Event::Done { reason: r, .. } => reason = Some(r),
+    })
+    .unwrap();
+    assert_eq!(reason, Some(FinishReason::Cancelled));
+    let st = m.batch_stats().unwrap();
+    assert_eq!(st.blocks_used, 0, "{st:?}");
+    assert!(st.blocks_cached > 0);
+    // Embeddings go through the loop too.
+    assert_eq!(m.embed(&ps[0]).unwrap().len(), m.info().n_embd);
 }

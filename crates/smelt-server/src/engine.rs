@@ -4,26 +4,26 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
-use smelt_engine::{BackendKind, Event, GenerateRequest, LoadOptions, Model, Usage};
+use smelt_engine::{BackendKind, Event, GenerateRequest, LoadOptions, Model, Usage, BLOCK_SIZE};
 
-use crate::backend::{LoadedModel, ModelFacts, ModelLoader};
+use crate::backend::{KvCacheInfo, LoadSpec, LoadedModel, ModelFacts, ModelLoader};
 use crate::constrain::TokenTable;
 
 /// Loads GGUF models with the engine.
 pub struct EngineLoader;
 
 impl ModelLoader for EngineLoader {
-    fn load(
-        &self,
-        path: &Path,
-        num_ctx: usize,
-        threads: usize,
-    ) -> Result<Arc<dyn LoadedModel>, String> {
-        let model =
-            Model::load(path, LoadOptions { num_ctx, threads }).map_err(|e| e.to_string())?;
+    fn load(&self, path: &Path, spec: LoadSpec) -> Result<Arc<dyn LoadedModel>, String> {
+        let opts = LoadOptions {
+            num_ctx: spec.num_ctx,
+            threads: spec.threads,
+            parallel: spec.parallel.max(1),
+            kv_positions: spec.kv_positions,
+        };
+        let model = Model::load(path, opts).map_err(|e| e.to_string())?;
         // Weights read through the file mapping occupy memory too (page cache), though the
         // engine does not allocate them.
-        let mapped = model.with_runner(|r| r.mapped_weight_bytes()) as u64;
+        let mapped = model.mapped_weight_bytes() as u64;
         Ok(Arc::new(EngineModel {
             model,
             mapped,
@@ -126,6 +126,28 @@ impl LoadedModel for EngineModel {
 
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, String> {
         self.model.embed(tokens).map_err(|e| e.to_string())
+    }
+
+    fn kv_cache(&self) -> Option<KvCacheInfo> {
+        let bytes = self.model.kv_bytes() as u64;
+        Some(match self.model.batch_stats() {
+            Some(s) => KvCacheInfo {
+                bytes,
+                block_positions: BLOCK_SIZE as u64,
+                blocks_total: s.blocks_total,
+                blocks_used: s.blocks_used,
+                blocks_cached: s.blocks_cached,
+                running: s.running,
+                waiting: s.waiting,
+            },
+            // One sequence's contiguous cache (the reference backend).
+            None => KvCacheInfo {
+                bytes,
+                block_positions: self.model.context_length() as u64,
+                blocks_total: 1,
+                ..KvCacheInfo::default()
+            },
+        })
     }
 }
 
