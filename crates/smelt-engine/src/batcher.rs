@@ -2,9 +2,10 @@
 //! request.
 //!
 //! Each step evaluates, in one [`BatchRunner::step`], one row of every decoding sequence and
-//! a chunk of prompt rows (at most [`BatchConfig::step_tokens`], dealt round-robin among the
+//! a chunk of prompt rows (at most [`BatchConfig::step_tokens`], shared evenly among the
 //! sequences still prefilling, so a long prompt advances a chunk per step while every running
-//! stream keeps producing a token per step). Between steps the loop takes new requests, admits
+//! stream keeps producing a token per step, and a short prompt is read in the first step it
+//! joins). Between steps the loop takes new requests, admits
 //! waiting ones when their prompt's KV blocks fit in the pool (next to the blocks the running
 //! sequences still need), and ends cancelled ones at once, freeing their blocks. When decoding
 //! sequences outgrow the pool the newest one is preempted: its blocks are released (its full
@@ -113,8 +114,6 @@ struct Loop {
     stats: Arc<BatchStats>,
     waiting: VecDeque<Request>,
     running: Vec<Request>,
-    /// Where round-robin prompt chunks start.
-    rr: usize,
     logits: Vec<f32>,
 }
 
@@ -133,7 +132,6 @@ pub(crate) fn run(
         stats,
         waiting: VecDeque::new(),
         running: Vec::new(),
-        rr: 0,
         logits: Vec::new(),
     };
     l.publish();
@@ -212,7 +210,8 @@ impl Loop {
         self.waiting = keep;
     }
 
-    /// Finish a request: its last events, its blocks back to the pool.
+    /// Finish a request: its last events, its blocks back to the pool (before the caller
+    /// hears the end, so the pool's numbers are current when it does).
     fn end(&mut self, mut r: Request, reason: FinishReason) {
         if r.started {
             r.dec.usage.eval_duration = r.t_first.map_or(Duration::ZERO, |t| t.elapsed());
@@ -224,13 +223,15 @@ impl Loop {
         let usage = r.dec.finish(reason, &mut |ev| {
             let _ = tx.send(Msg::Event(ev));
         });
-        let _ = r.tx.send(Msg::End(Ok(usage)));
         self.runner.release(&mut r.seq);
+        self.publish();
+        let _ = r.tx.send(Msg::End(Ok(usage)));
     }
 
     fn fail(&mut self, mut r: Request, e: EngineError) {
-        let _ = r.tx.send(Msg::End(Err(e)));
         self.runner.release(&mut r.seq);
+        self.publish();
+        let _ = r.tx.send(Msg::End(Err(e)));
     }
 
     /// Blocks the running sequences still need for their pending tokens, plus one per
@@ -293,27 +294,29 @@ impl Loop {
         }
     }
 
-    /// Rows per running sequence for the next step: one for each decoding sequence, prompt
-    /// chunks round-robin within the step's budget.
-    fn plan(&mut self) -> Vec<usize> {
-        let n = self.running.len();
-        let mut rows = vec![0; n];
+    /// Rows per running sequence for the next step: one for each decoding sequence, and the
+    /// step's prompt budget shared evenly among the sequences still prefilling (water-filling:
+    /// the shortest take what they need, the rest split what remains), so a short prompt is
+    /// read in the first step it joins however long the prompts beside it are.
+    fn plan(&self) -> Vec<usize> {
+        let mut rows: Vec<usize> = self
+            .running
+            .iter()
+            .map(|r| usize::from(r.seq.pending() == 1))
+            .collect();
+        let mut prefilling: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].seq.pending() > 1)
+            .collect();
+        prefilling.sort_by_key(|&i| self.running[i].seq.pending());
         let mut budget = self.cfg.step_tokens.max(1);
-        for (i, r) in self.running.iter().enumerate() {
-            if r.seq.pending() == 1 {
-                rows[i] = 1;
+        for (k, &i) in prefilling.iter().enumerate() {
+            let share = (budget / (prefilling.len() - k)).max(1).min(budget);
+            rows[i] = self.running[i].seq.pending().min(share);
+            budget -= rows[i];
+            if budget == 0 {
+                break;
             }
         }
-        let start = self.rr % n.max(1);
-        for k in 0..n {
-            let i = (start + k) % n;
-            let p = self.running[i].seq.pending();
-            if p > 1 && budget > 0 {
-                rows[i] = p.min(budget);
-                budget -= rows[i];
-            }
-        }
-        self.rr = self.rr.wrapping_add(1);
         rows
     }
 
