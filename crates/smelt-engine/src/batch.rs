@@ -340,7 +340,8 @@ impl BatchRunner {
     fn hidden_chunks(&mut self, seq: &KvSeq) -> Result<Vec<f32>, EngineError> {
         let mut out = Vec::new();
         let mut at = 0;
-        for chunk in seq.tokens.chunks(crate::runner::PREFILL_CHUNK) {
+        // Chunks of a step's prompt budget: the activations stay within what `prepare` sized.
+        for chunk in seq.tokens.chunks(crate::model::STEP_TOKENS) {
             let graph = self.arch.build(chunk.len(), Output::Hidden);
             let prog = self
                 .backend
