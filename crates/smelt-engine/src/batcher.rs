@@ -23,6 +23,7 @@ use smelt_tokenizer::Tokenizer;
 use crate::api::{Event, FinishReason, GenerateRequest, Usage};
 use crate::batch::{BatchRunner, KvSeq};
 use crate::decoding::{Decoding, Next};
+use crate::pacer::Pacer;
 use crate::EngineError;
 
 /// Limits of the batch loop.
@@ -30,8 +31,11 @@ use crate::EngineError;
 pub struct BatchConfig {
     /// Sequences running at once.
     pub max_seqs: usize,
-    /// Prompt tokens evaluated per step (besides one row per decoding sequence).
+    /// Prompt tokens evaluated per step (besides one row per decoding sequence) at most.
     pub step_tokens: usize,
+    /// While requests are generating, steps carrying prompt tokens take at most this many
+    /// times a step of decode rows alone (see `pacer.rs`).
+    pub latency_factor: f64,
 }
 
 /// Work for the loop.
@@ -114,6 +118,7 @@ struct Loop {
     stats: Arc<BatchStats>,
     waiting: VecDeque<Request>,
     running: Vec<Request>,
+    pacer: Pacer,
     logits: Vec<f32>,
 }
 
@@ -132,6 +137,7 @@ pub(crate) fn run(
         stats,
         waiting: VecDeque::new(),
         running: Vec::new(),
+        pacer: Pacer::new(cfg.step_tokens, cfg.latency_factor),
         logits: Vec::new(),
     };
     l.publish();
@@ -308,7 +314,8 @@ impl Loop {
             .filter(|&i| self.running[i].seq.pending() > 1)
             .collect();
         prefilling.sort_by_key(|&i| self.running[i].seq.pending());
-        let mut budget = self.cfg.step_tokens.max(1);
+        let decoding = self.running.iter().any(|r| r.seq.pending() == 1);
+        let mut budget = self.pacer.budget(decoding);
         for (k, &i) in prefilling.iter().enumerate() {
             let share = (budget / (prefilling.len() - k)).max(1).min(budget);
             rows[i] = self.running[i].seq.pending().min(share);
@@ -363,8 +370,16 @@ impl Loop {
         if batch.is_empty() {
             return;
         }
+        let t0 = Instant::now();
         let result = self.runner.step(&mut batch);
         drop(batch);
+        let decode_rows = in_step
+            .iter()
+            .filter(|&&i| rows[i] == 1 && self.running[i].seq.pending() == 0)
+            .count();
+        let all_rows: usize = rows.iter().sum();
+        self.pacer
+            .record(all_rows - decode_rows, decode_rows, t0.elapsed());
         match result {
             Ok(logits) => {
                 self.logits.clear();

@@ -8,6 +8,7 @@ mod decoding;
 mod error;
 pub mod kvpool;
 mod model;
+mod pacer;
 pub mod perplexity;
 pub mod runner;
 pub mod sampler;

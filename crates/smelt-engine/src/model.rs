@@ -35,6 +35,10 @@ pub struct LoadOptions {
 /// this much per step while the running streams keep flowing.
 pub const STEP_TOKENS: usize = 256;
 
+/// While requests generate, a step carrying prompt tokens takes at most this many times a step
+/// of their decode rows alone: inter-token latency under load stays within this factor.
+pub const LATENCY_FACTOR: f64 = 3.0;
+
 /// What `show`, `/api/show` and `/api/ps` report about a model.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelInfo {
@@ -127,6 +131,7 @@ impl Model {
         let cfg = BatchConfig {
             max_seqs: opts.parallel,
             step_tokens: STEP_TOKENS,
+            latency_factor: LATENCY_FACTOR,
         };
         // Lower the largest step now, so its activations are allocated (and counted) at load.
         runner.prepare(STEP_TOKENS + opts.parallel, opts.parallel)?;
