@@ -103,6 +103,17 @@ pub trait ModelLoader: Send + Sync {
     /// Bytes loading `path` with `num_ctx` positions of KV cache would take, estimated
     /// without loading.
     fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String>;
+    /// Bytes loading `path` for requests of up to `num_ctx` positions with a KV pool of
+    /// `kv_positions` would take (activations follow one request, the KV cache the pool).
+    fn estimate_pool_memory(
+        &self,
+        path: &Path,
+        num_ctx: usize,
+        kv_positions: usize,
+    ) -> Result<u64, String> {
+        let _ = num_ctx;
+        self.estimate_memory(path, kv_positions)
+    }
     /// The context to load `path` with when nothing asks for one: its trained context, halved
     /// until the model fits in half of `budget` bytes, never below 2048 (or the trained context).
     fn default_context(&self, path: &Path, budget: u64) -> Result<usize, String> {
@@ -132,7 +143,9 @@ pub trait ModelLoader: Send + Sync {
             parallel
         };
         let mut positions = num_ctx.saturating_mul(want);
-        while positions > num_ctx && self.estimate_memory(path, positions)? > budget / 2 {
+        while positions > num_ctx
+            && self.estimate_pool_memory(path, num_ctx, positions)? > budget / 2
+        {
             positions = (positions / 2).max(num_ctx);
         }
         let parallel = if parallel == 0 {

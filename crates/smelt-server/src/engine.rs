@@ -39,6 +39,25 @@ impl ModelLoader for EngineLoader {
             BackendKind::Fast => crate::registry::estimate_memory(path, num_ctx, false, 2),
         }
     }
+
+    fn estimate_pool_memory(
+        &self,
+        path: &Path,
+        num_ctx: usize,
+        kv_positions: usize,
+    ) -> Result<u64, String> {
+        match BackendKind::from_env().map_err(|e| e.to_string())? {
+            // One sequence's cache: the pool is not used.
+            BackendKind::Reference => self.estimate_memory(path, num_ctx),
+            BackendKind::Fast => {
+                let extra = kv_positions.saturating_sub(num_ctx) as u64;
+                let per = crate::registry::kv_position_bytes(path, 2)?;
+                Ok(self
+                    .estimate_memory(path, num_ctx)?
+                    .saturating_add(per.saturating_mul(extra)))
+            }
+        }
+    }
 }
 
 /// A loaded engine model.
@@ -173,5 +192,25 @@ mod tests {
             .default_context(&path, 2 * l.estimate_memory(&path, 4096).unwrap())
             .unwrap();
         assert_eq!(mid, 4096);
+    }
+
+    #[test]
+    fn batch_shape_follows_the_memory_budget() {
+        let path = smelt_testutil::model_path(smelt_testutil::SMOLLM2);
+        let l = EngineLoader;
+        // Room for everything: 8 requests of the whole context.
+        assert_eq!(
+            l.batch_shape(&path, 4096, 0, 64 << 30).unwrap(),
+            (8, 8 * 4096)
+        );
+        // Room for one request's context only: the pool holds two of 2048.
+        let one = l.estimate_pool_memory(&path, 4096, 4096).unwrap();
+        assert_eq!(l.batch_shape(&path, 4096, 0, 2 * one).unwrap(), (2, 4096));
+        // A configured parallelism is kept; the pool still fits the budget.
+        let (p, positions) = l.batch_shape(&path, 4096, 3, 2 * one).unwrap();
+        assert_eq!((p, positions), (3, 4096));
+        // The pool's keys and values, not its activations, scale with its positions.
+        let two = l.estimate_pool_memory(&path, 4096, 8192).unwrap();
+        assert_eq!(two - one, 4096 * 30 * 3 * 128 * 2);
     }
 }

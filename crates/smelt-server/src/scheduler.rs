@@ -187,7 +187,7 @@ impl Scheduler {
         let want = self.cfg.num_parallel;
         let (spec, estimate) = tokio::task::spawn_blocking(move || {
             let (parallel, kv_positions) = loader.batch_shape(&path, num_ctx, want, budget)?;
-            let estimate = loader.estimate_memory(&path, kv_positions)?;
+            let estimate = loader.estimate_pool_memory(&path, num_ctx, kv_positions)?;
             Ok::<_, String>(((parallel, kv_positions), estimate))
         })
         .await

@@ -17,7 +17,16 @@ const PROMPTS: [&[u32]; 3] = [
 
 /// Logits of every row of `toks` in one contiguous cache.
 fn contiguous(fb: &mut FastBackend, a: &dyn smelt_models::Architecture, toks: &[u32]) -> Vec<f32> {
-    let mut kv = FastKvCache::new(32, &a.kv_widths());
+    contiguous_as(fb, a, toks, KvType::F16)
+}
+
+fn contiguous_as(
+    fb: &mut FastBackend,
+    a: &dyn smelt_models::Architecture,
+    toks: &[u32],
+    kv_type: KvType,
+) -> Vec<f32> {
+    let mut kv = FastKvCache::with_type(32, &a.kv_widths(), kv_type).unwrap();
     let prog = fb
         .lower(&a.build(toks.len(), Output::AllLogits), &kv)
         .unwrap();
@@ -27,15 +36,19 @@ fn contiguous(fb: &mut FastBackend, a: &dyn smelt_models::Architecture, toks: &[
 
 #[test]
 fn paged_blocks_in_any_order_equal_a_contiguous_cache() {
-    for arch in ["llama", "gemma3"] {
+    for (arch, kv_type) in [
+        ("llama", KvType::F16),
+        ("gemma3", KvType::F16),
+        ("llama", KvType::Q8_0),
+    ] {
         let spec = small(arch, GgmlType::Q8_0, false);
         let g = synth(&spec, 7);
         let a = smelt_models::load(&g).unwrap();
         let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
         let toks = PROMPTS[0];
-        let want = contiguous(&mut fb, a.as_ref(), toks);
+        let want = contiguous_as(&mut fb, a.as_ref(), toks, kv_type);
         // Blocks of 4 positions, the sequence's table scrambled over a pool of 6.
-        let mut kv = FastKvCache::paged(6, 4, &a.kv_widths(), KvType::F16).unwrap();
+        let mut kv = FastKvCache::paged(6, 4, &a.kv_widths(), kv_type).unwrap();
         let table = [4u32, 1, 5];
         let prog = fb
             .lower(&a.build(toks.len(), Output::AllLogits), &kv)
@@ -49,11 +62,11 @@ fn paged_blocks_in_any_order_equal_a_contiguous_cache() {
             .execute_batch(&prog, toks, &pos, &seqs, &mut kv)
             .unwrap()
             .to_vec();
-        assert_eq!(got, want, "{arch}: paged attention differs");
+        assert_eq!(got, want, "{arch} {kv_type:?}: paged attention differs");
         // Decode one more token over the paged cache: equals the full evaluation's last row.
         let mut more = toks.to_vec();
         more.push(6);
-        let want = contiguous(&mut fb, a.as_ref(), &more);
+        let want = contiguous_as(&mut fb, a.as_ref(), &more, kv_type);
         let prog1 = fb.lower(&a.build(1, Output::LastLogits), &kv).unwrap();
         let seqs = [SeqRows {
             rows: 1,
@@ -66,7 +79,7 @@ fn paged_blocks_in_any_order_equal_a_contiguous_cache() {
         let nv = a.n_vocab();
         assert!(
             max_rel_diff(&got, &want[toks.len() * nv..]) < 1e-5,
-            "{arch}: paged decode"
+            "{arch} {kv_type:?}: paged decode"
         );
     }
 }
