@@ -37,10 +37,18 @@ impl Pacer {
         }
     }
 
-    /// Prompt rows for the next step, given whether any request is generating.
+    /// Prompt rows for the next step, given whether any request is generating. Rounded down
+    /// to a few sizes (4, 6, 8, 12, 16, 24, ...), so steps come in few shapes (a plan each).
     pub fn budget(&self, decoding: bool) -> usize {
         if decoding && self.decode.is_some() {
-            (self.budget as usize).clamp(MIN_PROMPT_ROWS, self.max_rows)
+            let b = (self.budget as usize).clamp(MIN_PROMPT_ROWS, self.max_rows);
+            let pow = 1usize << (usize::BITS - 1 - b.leading_zeros());
+            let size = if b >= pow + pow / 2 {
+                pow + pow / 2
+            } else {
+                pow
+            };
+            size.max(MIN_PROMPT_ROWS)
         } else {
             self.max_rows
         }
@@ -91,12 +99,25 @@ mod tests {
         }
         assert_eq!(p.budget(true), MIN_PROMPT_ROWS);
         // Steps within the limit let it grow again, up to the maximum.
-        p.record(4, 4, ms(60));
+        for _ in 0..3 {
+            p.record(4, 4, ms(60));
+        }
         assert!(p.budget(true) > MIN_PROMPT_ROWS);
         for _ in 0..200 {
             p.record(p.budget(true), 4, ms(60));
         }
         assert_eq!(p.budget(true), 256);
+        // Few sizes.
+        let mut q = Pacer::new(256, 3.0);
+        q.record(0, 1, ms(10));
+        let sizes: Vec<usize> = [4.0, 5.0, 6.0, 7.0, 9.0, 13.0, 100.0, 200.0]
+            .iter()
+            .map(|&b| {
+                q.budget = b;
+                q.budget(true)
+            })
+            .collect();
+        assert_eq!(sizes, vec![4, 4, 6, 6, 8, 12, 96, 192]);
         // Prompt-only steps teach nothing about latency.
         p.record(256, 0, ms(5000));
         assert_eq!(p.budget(true), 256);
@@ -114,7 +135,7 @@ mod tests {
             seen.push(rows);
         }
         let tail = &seen[200..];
-        assert!(tail.iter().all(|&r| (4..=20).contains(&r)), "{tail:?}");
+        assert!(tail.iter().all(|&r| (4..=16).contains(&r)), "{tail:?}");
         let over = tail.iter().filter(|&&r| 30 + 5 * r > 90).count();
         assert!(over * 3 < tail.len(), "most steps fit: {tail:?}");
     }
