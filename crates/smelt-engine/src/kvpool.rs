@@ -241,4 +241,61 @@ mod tests {
         p.release(x);
         assert_eq!(p.cached(), 1);
     }
+
+    /// Random sequences over a tiny alphabet (so prefixes are shared) in a small pool: every
+    /// block a lookup hands out holds exactly the tokens asked for, no block is handed to a
+    /// writer while held, and everything returns to the pool.
+    #[test]
+    fn random_sequences_keep_the_pool_consistent() {
+        const BS: usize = 4;
+        let mut p = BlockPool::new(24, BS);
+        // What each block holds, as the sequences wrote it.
+        let mut content: Vec<Vec<u32>> = vec![Vec::new(); 24];
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut live: Vec<Vec<u32>> = Vec::new();
+        for _ in 0..2000 {
+            if live.len() < 4 && next(2) == 0 {
+                let len = 1 + next(14) as usize;
+                let toks: Vec<u32> = (0..len).map(|_| next(2) as u32).collect();
+                let (found, mut chain) = p.lookup(&toks, (len - 1) / BS);
+                for (i, &b) in found.iter().enumerate() {
+                    assert_eq!(content[b as usize], toks[i * BS..(i + 1) * BS]);
+                }
+                let mut blocks = found.clone();
+                let mut ok = true;
+                for i in found.len()..len.div_ceil(BS) {
+                    let Some(b) = p.alloc() else {
+                        ok = false;
+                        break;
+                    };
+                    assert!(!live.iter().any(|l| l.contains(&b)), "block {b} is held");
+                    let end = ((i + 1) * BS).min(len);
+                    content[b as usize] = toks[i * BS..end].to_vec();
+                    if end - i * BS == BS {
+                        chain = p.register(b, chain, &toks[i * BS..end]);
+                    }
+                    blocks.push(b);
+                }
+                if ok {
+                    live.push(blocks);
+                } else {
+                    blocks.into_iter().for_each(|b| p.release(b));
+                }
+            } else if !live.is_empty() {
+                let i = next(live.len() as u64) as usize;
+                live.swap_remove(i).into_iter().for_each(|b| p.release(b));
+            }
+            let held: usize = p.refs.iter().filter(|&&r| r > 0).count();
+            assert_eq!(held + p.available(), p.n_blocks());
+        }
+        live.into_iter().flatten().for_each(|b| p.release(b));
+        assert_eq!(p.available(), p.n_blocks());
+        assert!(p.hits > 0, "prefixes were shared");
+    }
 }
