@@ -125,10 +125,11 @@ pub trait ModelLoader: Send + Sync {
         Ok(n.max(MIN_DEFAULT_CONTEXT.min(trained)))
     }
     /// Requests to run at once and the KV pool they share, for requests of up to `num_ctx`
-    /// positions: `parallel` (0: from memory) sequences of `num_ctx`, the pool halved while it
-    /// does not fit in half of `budget` (never below one full-length request). The default
-    /// parallelism is what the pool holds at 2048 positions a request, at most
-    /// [`DEFAULT_PARALLEL`]; admission by KV blocks queues what does not fit at a given moment.
+    /// positions: `parallel` sequences of `num_ctx` (0: [`DEFAULT_PARALLEL`], the pool at most
+    /// [`DEFAULT_POOL_POSITIONS`] or one request), the pool halved while it does not fit in
+    /// half of `budget` (never below one full-length request). The default parallelism is what
+    /// the pool holds at 2048 positions a request, at most [`DEFAULT_PARALLEL`]; admission by
+    /// KV blocks queues what does not fit at a given moment.
     fn batch_shape(
         &self,
         path: &Path,
@@ -143,6 +144,11 @@ pub trait ModelLoader: Send + Sync {
             parallel
         };
         let mut positions = num_ctx.saturating_mul(want);
+        if parallel == 0 {
+            // Eight requests of the whole context are rare with long contexts: the default
+            // pool stops at DEFAULT_POOL_POSITIONS (one full-length request always fits).
+            positions = positions.min(num_ctx.max(DEFAULT_POOL_POSITIONS));
+        }
         while positions > num_ctx
             && self.estimate_pool_memory(path, num_ctx, positions)? > budget / 2
         {
@@ -159,6 +165,9 @@ pub trait ModelLoader: Send + Sync {
 
 /// Requests a model runs at once when memory allows and nothing else is configured.
 pub const DEFAULT_PARALLEL: usize = 8;
+
+/// The largest KV pool picked automatically (positions), unless one request needs more.
+pub const DEFAULT_POOL_POSITIONS: usize = 65536;
 
 /// Ollama's `details` object.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
