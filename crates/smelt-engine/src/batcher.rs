@@ -317,9 +317,14 @@ impl Loop {
         let decoding = self.running.iter().any(|r| r.seq.pending() == 1);
         let mut budget = self.pacer.budget(decoding);
         for (k, &i) in prefilling.iter().enumerate() {
-            let share = (budget / (prefilling.len() - k)).max(1).min(budget);
-            rows[i] = self.running[i].seq.pending().min(share);
-            budget -= rows[i];
+            // A prompt's last token is left for a step of its own, as `Model::generate` does
+            // in single mode, and prompt chunks take at least two rows where they can: the
+            // kernels pick their algorithm by whether a sequence has one row or several in a
+            // step (see smelt-cpu's `Ctx::panel_row`), so a token gets the same numbers batched
+            // or alone.
+            let share = (budget / (prefilling.len() - k)).max(2);
+            rows[i] = (self.running[i].seq.pending() - 1).min(share);
+            budget = budget.saturating_sub(rows[i]);
             if budget == 0 {
                 break;
             }

@@ -43,6 +43,16 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether row `r` of a `rows`-row matmul input is multiplied by the panel gemm: rows of a
+    /// sequence that has several rows in this step (prompt chunks) are, a sequence's single
+    /// row (a decode step, or the last prompt token, which the engine evaluates alone) is not.
+    /// Choosing by the row's role rather than by how many rows the step has keeps every
+    /// token's numbers independent of what it was batched with (the two algorithms sum in
+    /// different orders).
+    pub(crate) fn panel_row(&self, rows: usize, r: usize) -> bool {
+        self.seqs[self.seq_of(self.input_row(rows, r))].rows >= 2
+    }
+
     /// The last input row of sequence `s`.
     pub(crate) fn last_row_of(&self, s: usize) -> usize {
         let sp = &self.seqs[s];
@@ -299,9 +309,30 @@ fn run_matmul(st: &MatMulStep, tid: usize, ctx: &Ctx, s: &mut Scratch) -> Result
                     match &node.compute {
                         TileCompute::MatMul { weight, mv, act } => {
                             let a = &st.acts[*act];
-                            let xq = &s.acts[a.off + r0 * a.row_bytes..a.off + r1 * a.row_bytes];
                             let (wbytes, _, _) = ctx.w.big(*weight);
-                            mv.gemm(wbytes, cc0..cc1, xq, nt, tile, st.tc_max, &mut s.wrow)?;
+                            // Runs of rows with the same algorithm (see `Ctx::panel_row`).
+                            let mut s0 = r0;
+                            while s0 < r1 {
+                                let panel = ctx.panel_row(st.rows, s0);
+                                let mut s1 = s0 + 1;
+                                while s1 < r1 && ctx.panel_row(st.rows, s1) == panel {
+                                    s1 += 1;
+                                }
+                                let xq =
+                                    &s.acts[a.off + s0 * a.row_bytes..a.off + s1 * a.row_bytes];
+                                let out = &mut tile[(s0 - r0) * st.tc_max..];
+                                mv.gemm(
+                                    wbytes,
+                                    cc0..cc1,
+                                    xq,
+                                    s1 - s0,
+                                    out,
+                                    st.tc_max,
+                                    &mut s.wrow,
+                                    panel,
+                                )?;
+                                s0 = s1;
+                            }
                         }
                         TileCompute::Seg { op, ins } => {
                             for t in 0..nt {
