@@ -90,11 +90,12 @@ impl Decoding {
                     self.emit(s, on_event);
                 }
             }
-            StopStep::Stop(s) => {
-                if !s.is_empty() {
-                    self.emit(s, on_event);
+            StopStep::Stop { text, matched } => {
+                if !text.is_empty() {
+                    self.emit(text, on_event);
                 }
                 self.stopped_by_string = true;
+                self.usage.stop_sequence = Some(matched);
                 return Next::Finish(FinishReason::Stop);
             }
         }
