@@ -37,7 +37,7 @@ pub const STEP_TOKENS: usize = 256;
 
 /// While requests generate, a step carrying prompt tokens takes at most this many times a step
 /// of their decode rows alone: inter-token latency under load stays within this factor.
-pub const LATENCY_FACTOR: f64 = 3.0;
+pub const LATENCY_FACTOR: f64 = 1.5;
 
 /// What `show`, `/api/show` and `/api/ps` report about a model.
 #[derive(Clone, Debug, Default, PartialEq)]
