@@ -137,9 +137,8 @@ impl CudaBackend {
                     s.name, t.n_elements
                 )));
             }
-            let row_bytes = smelt_quant::row_size(t.dtype, cols)
-                .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?
-                as u64;
+            let row_bytes = crate::layout::dev_row_bytes(t.dtype, cols)
+                .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?;
             let (dtype, bytes, sm) = if rows == 1 {
                 let v = smelt_quant::dequantize_to_vec(t.dtype, gguf.tensor_data(t))
                     .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?;
@@ -152,7 +151,7 @@ impl CudaBackend {
                         s.name, t.dtype
                     )));
                 }
-                (t.dtype, t.n_bytes, None)
+                (t.dtype, row_bytes * rows as u64, None)
             };
             winfo.push(WeightInfo {
                 off: total,
@@ -176,7 +175,11 @@ impl CudaBackend {
                     &gguf.bytes()[start..start + t.n_bytes as usize]
                 }
             };
-            dev.upload(weights.ptr + w.off, bytes)?;
+            // Blocks that GGUF leaves 2-byte aligned are padded on the way (see `layout`).
+            match crate::layout::to_device(w.dtype, bytes) {
+                Some(padded) => dev.upload(weights.ptr + w.off, &padded)?,
+                None => dev.upload(weights.ptr + w.off, bytes)?,
+            }
         }
         let io = IoBufs {
             gen: 0,
