@@ -41,8 +41,13 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   bench 1b /tmp/llama-1b.gguf
   bench 8b /tmp/llama-8b.gguf
   bench smol /tmp/smollm2-135m.gguf
-  bench 8b_blocks1 /tmp/llama-8b.gguf SMELT_CUDA_DECODE_BLOCKS=1
   bench 1b_blocks1 /tmp/llama-1b.gguf SMELT_CUDA_DECODE_BLOCKS=1
+  el "ncu: per-kernel times of 8B and SmolLM2 decode steps (graphs off)"
+  for m in llama-8b smollm2-135m; do
+    SMELT_CUDA_GRAPHS=0 timeout 150 ncu --clock-control none --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size \
+      --launch-skip ${NCU_SKIP:-0} --launch-count 1200 $C/smelt bench /tmp/$m.gguf -p 512 -n 3 -r 1 > /tmp/ncu_$m.csv 2> /tmp/ncu.err; echo "ncu $m rc=$?"
+  done
+  tar czf $OUT/ncu.tgz -C /tmp ncu_llama-8b.csv ncu_smollm2-135m.csv 2>/dev/null
   el "perplexity gpu vs cpu (1b)"
   for d in cuda cpu; do timeout 150 $C/smelt --device $d perplexity /tmp/llama-1b.gguf README.md --chunks 2 --ctx 256 >> $OUT/ppl.log 2>&1; echo "$d rc=$? $(tail -1 $OUT/ppl.log)"; done
 fi

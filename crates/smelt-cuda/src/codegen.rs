@@ -24,8 +24,9 @@ pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
 /// Threads of row, gemv and epilogue kernels.
 const NT: usize = 512;
 const NWARPS: usize = NT / 32;
-/// Keys per split of decode attention.
-const ATTN_CHUNK: usize = 128;
+/// Keys per split of decode attention: one warp's 32 keys, so the value loop (a chain of
+/// dependent-issue loads) is short; splits past the current position exit at once.
+const ATTN_CHUNK: usize = 32;
 
 /// A weight on the device: byte offset into the weight buffer. 1-D weights are stored as f32.
 #[derive(Clone, Debug)]
@@ -723,6 +724,7 @@ impl<'a> Gen<'a> {
             const int rq = blockIdx.z * {nwarp} + warp; if (rq >= {t}) return;\n\
             const int hk = h / {grp}; const int p1 = pos[rq]; const int lo = {win};\n\
             const int k0 = max(lo, s * {chunk}), k1 = min(p1 + 1, (s + 1) * {chunk});\n\
+            if (s > p1 / {chunk}) return; // no keys here, and not counted by the combine\n\
             float* qs = qsh[warp];\n\
             for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
             __syncwarp();\n\
@@ -737,6 +739,7 @@ impl<'a> Gen<'a> {
               l = l * corr + warp_sum(pj);\n\
               for (int i = 0; i < {nacc}; i++) acc[i] *= corr;\n\
               int nk = min(32, k1 - j0);\n\
+              #pragma unroll 8\n\
               for (int jj = 0; jj < nk; jj++) {{ float pw = __shfl_sync(0xffffffffu, pj, jj); const u16* vr = Vp + (u64)(j0 + jj) * {kw};\n\
                 for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += pw * h2f(vr[d]); }} }}\n\
               m = mn;\n\
@@ -745,18 +748,21 @@ impl<'a> Gen<'a> {
               for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n\
               return;\n\
             }}\n\
+            const int ns = min({nsplit}, p1 / {chunk} + 1);\n\
             float* pp = A + {partp} + ((u64)(rq * {nh} + h) * {nsplit} + s) * {hd2};\n\
             if (lane == 0) {{ pp[0] = m; pp[1] = l; }}\n\
             for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) pp[2 + d] = acc[i]; }}\n\
             __threadfence();\n\
             u32 old = 0; if (lane == 0) old = atomicAdd(&C[rq * {nh} + h], 1u); old = __shfl_sync(0xffffffffu, old, 0);\n\
-            if (old != {nsplit} - 1) return;\n\
+            if (old != (u32)ns - 1) return;\n\
             __threadfence();\n\
-            volatile float* base = A + {partp} + (u64)(rq * {nh} + h) * {nsplit} * {hd2};\n\
-            float M = -INFINITY; for (int q = 0; q < {nsplit}; q++) if (base[q * {hd2} + 1] > 0.f) M = fmaxf(M, base[q * {hd2}]);\n\
-            float L = 0.f; for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
-            for (int q = 0; q < {nsplit}; q++) {{ float lq = base[q * {hd2} + 1]; if (lq > 0.f) {{ float f = expf(base[q * {hd2}] - M); L += lq * f;\n\
-              for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += base[q * {hd2} + 2 + d] * f; }} }} }}\n\
+            const float* base = A + {partp} + (u64)(rq * {nh} + h) * {nsplit} * {hd2};\n\
+            float M = -INFINITY, L = 0.f; for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
+            #pragma unroll 4\n\
+            for (int q = 0; q < ns; q++) {{ const float* bq = base + q * {hd2}; float lq = __ldcg(bq + 1), mq = __ldcg(bq);\n\
+              float pv[{nacc}]; for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; pv[i] = d < {hd} ? __ldcg(bq + 2 + d) : 0.f; }}\n\
+              if (lq > 0.f) {{ float mn = fmaxf(M, mq); float fo = M == -INFINITY ? 0.f : expf(M - mn), fq = expf(mq - mn);\n\
+                L = L * fo + lq * fq; for (int i = 0; i < {nacc}; i++) acc[i] = acc[i] * fo + pv[i] * fq; M = mn; }} }}\n\
             for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = L > 0.f ? acc[i] / L : 0.f; {outs} }} }}\n\
             if (lane == 0) C[rq * {nh} + h] = 0u;\n",
             hdp = hd.div_ceil(4) * 4,
