@@ -41,6 +41,7 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   bench 1b /tmp/llama-1b.gguf
   bench 8b /tmp/llama-8b.gguf
   bench smol /tmp/smollm2-135m.gguf
+  bench 8b_blocks1 /tmp/llama-8b.gguf SMELT_CUDA_DECODE_BLOCKS=1
   bench 1b_blocks1 /tmp/llama-1b.gguf SMELT_CUDA_DECODE_BLOCKS=1
   el "ncu: per-kernel times of 8B and SmolLM2 decode steps (graphs off)"
   for m in llama-8b smollm2-135m; do
