@@ -462,7 +462,9 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
                     )
                     .unwrap();
                 // Quantised weights: decode rounds activations to 8 bits, as the CPU fast path
-                // does; allow 1.5x the fast path's own distance from the reference.
+                // does, and attends over keys and values from the f16 tensor-core prefill; allow
+                // twice the fast path's own distance from the reference (an indexing bug gives
+                // errors of the order of the logits themselves).
                 let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
                 let tol = if quantised {
                     let fd = max_diff(&fast[step as usize - 5], &want);
@@ -470,7 +472,7 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
                         "case {ci} {dtype:?} decode {step}: gpu {} cpu fast {fd} of {scale}",
                         max_diff(got, &want)
                     );
-                    (1.5 * fd / scale).max(2e-2)
+                    (2.0 * fd / scale).max(2e-2)
                 } else {
                     2e-2
                 };
