@@ -66,6 +66,21 @@ pub struct CudaProgram {
 
 type LaunchRec = (usize, (u32, u32, u32), u32, u32, u64);
 
+impl Drop for CudaProgram {
+    fn drop(&mut self) {
+        // The graph's kernel nodes point into the module and the parameter buffer: destroy it
+        // before they go (fields drop in declaration order, the graph last). Destroying it
+        // after the module was unloaded crashed the driver (SIGSEGV in cuGraphExecDestroy,
+        // seen on the device when `smelt bench` dropped a runner).
+        let graph = self
+            .graph
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(graph);
+    }
+}
+
 struct Graph2 {
     exec: sys::CUgraphExec,
     graph: sys::CUgraph,
@@ -108,7 +123,6 @@ struct IoBufs {
 }
 
 pub struct CudaBackend {
-    dev: Device,
     weights: DevBuf,
     winfo: Vec<WeightInfo>,
     io: IoBufs,
@@ -116,6 +130,8 @@ pub struct CudaBackend {
     stats: CudaStats,
     fuse: FuseOptions,
     graphs: bool,
+    /// Last: fields drop in order, and the buffers above are freed in its context.
+    dev: Device,
 }
 
 impl CudaBackend {
