@@ -47,6 +47,20 @@ def test_exact_event_sequence(server):
     assert delta["delta"]["stop_reason"] in ("end_turn", "max_tokens") and delta["usage"]["output_tokens"] >= 1
 
 
+def test_stop_sequence_is_reported(ant):
+    # Greedy output of this prompt, then the same request stopped at a word inside it.
+    kw = dict(model=MODEL, max_tokens=24, extra_body={"temperature": 0}, messages=[{"role": "user", "content": "Count from one to ten in words."}])
+    full = ant.messages.create(**kw).content[0].text
+    assert len(full) >= 6, full
+    stop = full[4:6]
+    r = ant.messages.create(stop_sequences=[stop], **kw)
+    assert r.stop_reason == "stop_sequence" and r.stop_sequence == stop
+    assert stop not in r.content[0].text and full.startswith(r.content[0].text)
+    with ant.messages.stream(stop_sequences=[stop], **kw) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+
+
 def test_count_tokens(ant):
     r = ant.messages.count_tokens(model=MODEL, system=[{"type": "text", "text": "You are terse."}], messages=[{"role": "user", "content": "Hello there"}])
     assert 5 < r.input_tokens < 60

@@ -30,7 +30,8 @@ def test_chat_stream_matches_non_stream(ol):
     r = ol.chat(model=MODEL, messages=messages, options=opts)
     assert r.message.role == "assistant" and r.message.content
     assert r.done and r.done_reason in ("stop", "length")
-    assert r.eval_count >= 1 and r.prompt_eval_count >= 5
+    # prompt_eval_count counts what was evaluated: the prompt's cached blocks are not.
+    assert r.eval_count >= 1 and 1 <= r.prompt_eval_count < 32
     assert r.total_duration >= r.eval_duration > 0 and r.prompt_eval_duration > 0
     parts = list(ol.chat(model=MODEL, messages=messages, options=opts, stream=True))
     assert all(not p.done for p in parts[:-1]) and parts[-1].done

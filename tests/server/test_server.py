@@ -59,7 +59,8 @@ def test_dropped_stream_cancels_its_generation(server):
 
 
 def test_full_queue_answers_503_with_retry_after(make_server):
-    s = make_server(env={"SMELT_MAX_QUEUE": "1"})
+    # One request at a time (continuous batching would run the second next to the first).
+    s = make_server(env={"SMELT_MAX_QUEUE": "1", "SMELT_NUM_PARALLEL": "1"})
     s.create("smollm2", SMOLLM2)
     body = {"model": MODEL, "prompt": "Write a long story.", "options": {"num_predict": 500}}
     running = stream_open(s, "/api/generate", body)

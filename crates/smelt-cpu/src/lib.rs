@@ -8,5 +8,7 @@ pub mod fast;
 pub mod kernels;
 pub mod reference;
 
-pub use fast::{ExecStats, FastBackend, FastError, FastKvCache, KvType, Program, WeightSpec};
+pub use fast::{
+    ExecStats, FastBackend, FastError, FastKvCache, KvType, Program, SeqRows, WeightSpec,
+};
 pub use reference::{KvCache, ReferenceBackend};

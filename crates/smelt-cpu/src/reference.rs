@@ -192,6 +192,8 @@ impl ReferenceBackend {
                     attention(v(q), lkv, positions, shape, self.threads)
                 }
                 Op::LastRow { x } => {
+                    // One sequence: its last row (batches of sequences are the fast backend's).
+                    assert_eq!(rows, 1, "the reference backend evaluates one sequence");
                     let src = v(x);
                     src[src.len() - cols..].to_vec()
                 }

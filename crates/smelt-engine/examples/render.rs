@@ -6,6 +6,7 @@ fn main() {
     let opts = smelt_engine::LoadOptions {
         num_ctx: 64,
         threads: 1,
+        ..Default::default()
     };
     let m = smelt_engine::Model::load(std::path::Path::new(&args[1]), opts).expect("load");
     let msgs = serde_json::json!([{"role": "user", "content": args[2]}]);

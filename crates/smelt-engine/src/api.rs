@@ -150,6 +150,8 @@ pub struct Usage {
     pub completion_tokens: usize,
     pub prompt_eval_duration: Duration,
     pub eval_duration: Duration,
+    /// The stop string that ended generation, if one did (the reason is then `Stop`).
+    pub stop_sequence: Option<String>,
 }
 
 /// What a generation streams back.

@@ -1,27 +1,43 @@
-//! A loaded model: weights, tokenizer, chat template and one sequence's runner, behind the
-//! message-shaped API of [`crate::api`].
+//! A loaded model: weights, tokenizer, chat template and either one sequence's runner or a
+//! batch loop serving many sequences at once, behind the message-shaped API of [`crate::api`].
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use smelt_gguf::Gguf;
 use smelt_models::Output;
-use smelt_tokenizer::{ChatTemplate, StreamDecoder, Tokenizer, Vocab};
+use smelt_tokenizer::{ChatTemplate, Tokenizer, Vocab};
 
-use crate::api::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
-use crate::sampler::{log_softmax, Sampler};
-use crate::stop::{StopMatcher, StopStep};
-use crate::{EngineError, Runner};
+use crate::api::{Event, FinishReason, GenerateRequest, Usage};
+use crate::batch::{BatchOptions, BatchRunner};
+use crate::batcher::{BatchConfig, BatchSnapshot, BatchStats, Job, Msg};
+use crate::decoding::{Decoding, Next};
+use crate::{BackendKind, EngineError, KvType, Runner};
 
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// KV positions to allocate; 0 picks min(training context, 4096).
+    /// Longest sequence (KV positions of one request); 0 picks min(training context, 4096).
     pub num_ctx: usize,
     /// Worker threads; 0 uses every core.
     pub threads: usize,
+    /// Requests generating at once. 0: one sequence's runner, requests take turns (the CLI).
+    /// 1 or more: a batch loop over a paged KV pool, with a prefix cache (the fast backend
+    /// only; the reference backend takes turns).
+    pub parallel: usize,
+    /// Positions of the shared KV pool in batch mode; 0: `num_ctx * parallel`. At least
+    /// `num_ctx`.
+    pub kv_positions: usize,
 }
+
+/// Prompt tokens per batch step (besides one row per decoding sequence): long prompts advance
+/// this much per step while the running streams keep flowing.
+pub const STEP_TOKENS: usize = 256;
+
+/// While requests generate, a step carrying prompt tokens takes at most this many times a step
+/// of their decode rows alone: inter-token latency under load stays within this factor.
+pub const LATENCY_FACTOR: f64 = 1.5;
 
 /// What `show`, `/api/show` and `/api/ps` report about a model.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,9 +66,19 @@ pub struct ModelInfo {
 /// A model ready to generate.
 pub struct Model {
     info: ModelInfo,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
-    runner: Mutex<Runner>,
+    exec: Exec,
+}
+
+enum Exec {
+    Single(Mutex<Runner>),
+    Batched {
+        jobs: Mutex<mpsc::Sender<Job>>,
+        stats: Arc<BatchStats>,
+        mapped: usize,
+        kv_bytes: usize,
+    },
 }
 
 impl Model {
@@ -77,14 +103,100 @@ impl Model {
         } else {
             opts.num_ctx
         };
-        let runner = Runner::load(gguf.clone(), n_ctx, threads)?;
-        let info = describe(&gguf, &runner, path);
+        let tokenizer = Arc::new(tokenizer);
+        // The batch engine runs on the CPU fast backend; the reference and CUDA backends serve
+        // one sequence at a time.
+        let kind = BackendKind::from_env()?;
+        let single_backend = match kind {
+            BackendKind::Reference | BackendKind::Cuda => true,
+            BackendKind::Auto => crate::cuda_available(),
+            BackendKind::Fast => false,
+        };
+        if opts.parallel == 0 || single_backend {
+            let runner = Runner::load(gguf.clone(), n_ctx, threads)?;
+            let info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
+            return Ok(Model {
+                info,
+                tokenizer,
+                template,
+                exec: Exec::Single(Mutex::new(runner)),
+            });
+        }
+        let kv_positions = if opts.kv_positions == 0 {
+            n_ctx.saturating_mul(opts.parallel)
+        } else {
+            opts.kv_positions
+        };
+        let mut runner = BatchRunner::load(
+            gguf.clone(),
+            BatchOptions {
+                n_ctx,
+                kv_positions: kv_positions.max(n_ctx),
+                threads,
+                kv_type: KvType::F16,
+            },
+        )?;
+        let cfg = BatchConfig {
+            max_seqs: opts.parallel,
+            step_tokens: STEP_TOKENS,
+            latency_factor: LATENCY_FACTOR,
+        };
+        // Lower the largest step now, so its activations are allocated (and counted) at load.
+        runner.prepare(STEP_TOKENS + opts.parallel, opts.parallel)?;
+        let info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
+        let (mapped, kv_bytes) = (runner.mapped_weight_bytes(), runner.kv_bytes());
+        let stats = Arc::new(BatchStats::default());
+        let (tx, rx) = mpsc::channel();
+        let (tok, st) = (tokenizer.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("smelt-batch".into())
+            .spawn(move || crate::batcher::run(runner, tok, cfg, st, rx))
+            .map_err(|e| EngineError::Invalid(format!("cannot start the batch loop: {e}")))?;
         Ok(Model {
             info,
             tokenizer,
             template,
-            runner: Mutex::new(runner),
+            exec: Exec::Batched {
+                jobs: Mutex::new(tx),
+                stats,
+                mapped,
+                kv_bytes,
+            },
         })
+    }
+
+    /// The batch loop's live numbers (None for a single-sequence model).
+    pub fn batch_stats(&self) -> Option<BatchSnapshot> {
+        match &self.exec {
+            Exec::Batched { stats, .. } => Some(stats.snapshot()),
+            Exec::Single(_) => None,
+        }
+    }
+
+    /// Bytes of the KV cache (the pool in batch mode).
+    pub fn kv_bytes(&self) -> usize {
+        match &self.exec {
+            Exec::Batched { kv_bytes, .. } => *kv_bytes,
+            Exec::Single(r) => lock(r).kv_bytes(),
+        }
+    }
+
+    /// Bytes of weights read through the file mapping (fast backend).
+    pub fn mapped_weight_bytes(&self) -> usize {
+        match &self.exec {
+            Exec::Batched { mapped, .. } => *mapped,
+            Exec::Single(r) => lock(r).mapped_weight_bytes(),
+        }
+    }
+
+    fn submit(&self, job: Job) -> Result<(), EngineError> {
+        let Exec::Batched { jobs, .. } = &self.exec else {
+            unreachable!("only batch models submit jobs")
+        };
+        jobs.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| EngineError::Invalid("the batch loop has stopped".into()))
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -104,20 +216,22 @@ impl Model {
         self.info.context_length
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Runner> {
-        // A panic in another request must not take the model down with it.
-        self.runner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Run `f` with exclusive use of the runner (perplexity, scoring).
-    pub fn with_runner<T>(&self, f: impl FnOnce(&mut Runner) -> T) -> T {
-        f(&mut self.lock())
+    /// Run `f` with exclusive use of the runner (perplexity, scoring); a model loaded for
+    /// batches (`LoadOptions::parallel`) has none.
+    pub fn with_runner<T>(&self, f: impl FnOnce(&mut Runner) -> T) -> Result<T, EngineError> {
+        match &self.exec {
+            Exec::Single(r) => Ok(f(&mut lock(r))),
+            Exec::Batched { .. } => Err(EngineError::Invalid(
+                "this model was loaded for batches: it has no single-sequence runner".into(),
+            )),
+        }
     }
 
     /// Generate from `req`, streaming events to `on_event`; the last event is `Event::Done`.
+    /// In batch mode the request joins the model's running batch and this call waits for it.
     pub fn generate(
         &self,
-        mut req: GenerateRequest,
+        req: GenerateRequest,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Usage, EngineError> {
         let n_ctx = self.context_length();
@@ -130,147 +244,60 @@ impl Model {
                 n_ctx,
             });
         }
-        let mut runner = self.lock();
-        let mut usage = Usage {
-            prompt_tokens: req.prompt.len(),
-            ..Usage::default()
+        let runner = match &self.exec {
+            Exec::Single(r) => r,
+            Exec::Batched { .. } => {
+                let (tx, rx) = mpsc::channel();
+                self.submit(Job::Generate { req, tx })?;
+                for msg in rx {
+                    match msg {
+                        Msg::Event(ev) => on_event(ev),
+                        Msg::End(r) => return r,
+                    }
+                }
+                return Err(EngineError::Invalid("the batch loop has stopped".into()));
+            }
         };
+        let mut runner = lock(runner);
+        let prompt = req.prompt.clone();
+        let mut dec = Decoding::new(req);
         let t0 = Instant::now();
-        usage.cached_tokens = runner.reuse_prefix(&req.prompt);
+        dec.usage.cached_tokens = runner.reuse_prefix(&prompt);
         // The last prompt token always goes through the single-token (decode) path, so its
         // logits are bit-identical whether the rest of the prompt was prefilled now or came
         // from the cache: the same seed then gives the same text on a repeated request.
-        let last = req.prompt.len() - 1;
+        let last = prompt.len() - 1;
         // Prefill chunk by chunk so a client that goes away stops a long prompt early.
         for chunk in
-            req.prompt[usage.cached_tokens.min(last)..last].chunks(crate::runner::PREFILL_CHUNK)
+            prompt[dec.usage.cached_tokens.min(last)..last].chunks(crate::runner::PREFILL_CHUNK)
         {
-            if req.cancel.is_cancelled() {
-                usage.prompt_eval_duration = t0.elapsed();
-                on_event(Event::Done {
-                    reason: FinishReason::Cancelled,
-                    usage: usage.clone(),
-                });
-                return Ok(usage);
+            if dec.req.cancel.is_cancelled() {
+                dec.usage.prompt_eval_duration = t0.elapsed();
+                return Ok(dec.finish(FinishReason::Cancelled, on_event));
             }
             runner.eval_slice(chunk, Output::Hidden)?;
         }
-        let mut logits = runner.eval(&req.prompt[last..], Output::LastLogits)?;
-        usage.prompt_eval_duration = t0.elapsed();
-
+        let mut logits = runner.eval(&prompt[last..], Output::LastLogits)?;
+        dec.usage.prompt_eval_duration = t0.elapsed();
         let t1 = Instant::now();
-        let mut sampler = Sampler::new(req.sampling.clone());
-        let mut history = req.prompt.clone();
-        let mut decoder = StreamDecoder::new(&self.tokenizer, false);
-        let mut stop = StopMatcher::new(&req.stop);
-        let (mut held_tokens, mut held_logprobs) = (Vec::new(), Vec::new());
-        let mut stopped_by_string = false;
         let reason = loop {
-            if req.cancel.is_cancelled() {
-                break FinishReason::Cancelled;
-            }
-            let raw = if req.logprobs {
-                logits.clone()
-            } else {
-                Vec::new()
-            };
-            sampler.apply_penalties(&mut logits, &history);
-            if let Some(c) = req.constraint.as_mut() {
-                c.mask(&mut logits);
-            }
-            let tok = sampler.sample(&logits);
-            if self.tokenizer.is_eog(tok) {
-                break FinishReason::Stop;
-            }
-            usage.completion_tokens += 1;
-            history.push(tok);
-            if req.logprobs {
-                held_logprobs.push(self.logprob(&raw, tok, req.top_logprobs));
-            }
-            held_tokens.push(tok);
-            let done = req.constraint.as_mut().is_some_and(|c| c.accept(tok));
-            let text = decoder.push(tok);
-            match stop.push(&text) {
-                StopStep::Emit(s) => {
-                    if !s.is_empty() {
-                        let (tokens, logprobs) = (
-                            std::mem::take(&mut held_tokens),
-                            std::mem::take(&mut held_logprobs),
-                        );
-                        on_event(Event::Text {
-                            text: s,
-                            tokens,
-                            logprobs,
-                        });
-                    }
-                }
-                StopStep::Stop(s) => {
-                    let (tokens, logprobs) = (
-                        std::mem::take(&mut held_tokens),
-                        std::mem::take(&mut held_logprobs),
-                    );
-                    if !s.is_empty() {
-                        on_event(Event::Text {
-                            text: s,
-                            tokens,
-                            logprobs,
-                        });
-                    }
-                    stopped_by_string = true;
-                    break FinishReason::Stop;
+            match dec.next(
+                &self.tokenizer,
+                &mut logits,
+                runner.tokens().len(),
+                n_ctx,
+                on_event,
+            ) {
+                Next::Finish(reason) => break reason,
+                Next::Eval(tok) => {
+                    let next = runner.eval_slice(&[tok], Output::LastLogits)?;
+                    logits.clear();
+                    logits.extend_from_slice(next);
                 }
             }
-            if done {
-                break FinishReason::Stop;
-            }
-            if req.max_tokens.is_some_and(|m| usage.completion_tokens >= m)
-                || runner.tokens().len() + 1 >= n_ctx
-            {
-                break FinishReason::Length;
-            }
-            let next = runner.eval_slice(&[tok], Output::LastLogits)?;
-            logits.clear();
-            logits.extend_from_slice(next);
         };
-        if !stopped_by_string {
-            let rest = stop.push_final(&decoder.finish());
-            if !rest.is_empty() || !held_tokens.is_empty() {
-                on_event(Event::Text {
-                    text: rest,
-                    tokens: held_tokens,
-                    logprobs: held_logprobs,
-                });
-            }
-        }
-        usage.eval_duration = t1.elapsed();
-        on_event(Event::Done {
-            reason,
-            usage: usage.clone(),
-        });
-        Ok(usage)
-    }
-
-    fn logprob(&self, logits: &[f32], tok: u32, top: usize) -> TokenLogprob {
-        let lp = log_softmax(logits);
-        let mut best: Vec<u32> = Vec::new();
-        if top > 0 {
-            let mut idx: Vec<u32> = (0..lp.len() as u32).collect();
-            let k = top.min(idx.len());
-            idx.select_nth_unstable_by(k - 1, |a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
-            idx.truncate(k);
-            idx.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
-            best = idx;
-        }
-        let text = |t: u32| String::from_utf8_lossy(self.tokenizer.token_to_piece(t)).into_owned();
-        TokenLogprob {
-            token: tok,
-            text: text(tok),
-            logprob: lp[tok as usize],
-            top: best
-                .into_iter()
-                .map(|t| (t, text(t), lp[t as usize]))
-                .collect(),
-        }
+        dec.usage.eval_duration = t1.elapsed();
+        Ok(dec.finish(reason, on_event))
     }
 
     /// A normalised mean-pooled embedding of `tokens` (final hidden states).
@@ -284,11 +311,24 @@ impl Model {
                 n_ctx: self.context_length(),
             });
         }
-        let mut runner = self.lock();
-        runner.clear();
-        let hidden = runner.eval(tokens, Output::Hidden);
-        runner.clear();
-        let hidden = hidden?;
+        let hidden = match &self.exec {
+            Exec::Single(r) => {
+                let mut runner = lock(r);
+                runner.clear();
+                let hidden = runner.eval(tokens, Output::Hidden);
+                runner.clear();
+                hidden?
+            }
+            Exec::Batched { .. } => {
+                let (tx, rx) = mpsc::channel();
+                self.submit(Job::Embed {
+                    tokens: tokens.to_vec(),
+                    tx,
+                })?;
+                rx.recv()
+                    .map_err(|_| EngineError::Invalid("the batch loop has stopped".into()))??
+            }
+        };
         let d = self.info.n_embd;
         let mut pooled = vec![0.0f32; d];
         for row in hidden.chunks(d) {
@@ -303,8 +343,18 @@ impl Model {
     }
 }
 
-fn describe(gguf: &Gguf, runner: &Runner, path: &Path) -> ModelInfo {
-    let arch = runner.arch();
+/// A panic in another request must not take the model down with it.
+fn lock(r: &Mutex<Runner>) -> std::sync::MutexGuard<'_, Runner> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn describe(
+    gguf: &Gguf,
+    arch: &dyn smelt_models::Architecture,
+    n_ctx: usize,
+    memory: usize,
+    path: &Path,
+) -> ModelInfo {
     let mut mix: Vec<(String, usize)> = Vec::new();
     for e in arch.weights().entries() {
         match mix.iter_mut().find(|(n, _)| n == e.dtype.name()) {
@@ -327,14 +377,14 @@ fn describe(gguf: &Gguf, runner: &Runner, path: &Path) -> ModelInfo {
             .unwrap_or(stem),
         n_params: arch.weights().n_params(),
         context_length_train: arch.context_length(),
-        context_length: runner.n_ctx(),
+        context_length: n_ctx,
         n_embd: arch.n_embd(),
         n_layer: arch.n_layer(),
         n_vocab: arch.n_vocab(),
         quantization: mix.first().map(|m| m.0.clone()).unwrap_or_default(),
         quantization_mix: mix,
         file_size: gguf.file_size(),
-        memory_bytes: runner.memory_bytes() as u64,
+        memory_bytes: memory as u64,
         license: gguf
             .get_str("general.license")
             .ok()

@@ -315,6 +315,16 @@ impl Runner {
         }
     }
 
+    /// Bytes of the KV cache.
+    pub fn kv_bytes(&self) -> usize {
+        match &self.exec {
+            Exec::Reference { kv, .. } => kv.bytes(),
+            Exec::Fast { kv, .. } => kv.bytes(),
+            #[cfg(feature = "cuda")]
+            Exec::Cuda(c) => c.kv.bytes(),
+        }
+    }
+
     /// Bytes of weights read through the file mapping (fast backend), 0 for the reference.
     pub fn mapped_weight_bytes(&self) -> usize {
         match &self.exec {

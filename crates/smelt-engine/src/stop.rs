@@ -13,8 +13,9 @@ pub struct StopMatcher {
 pub enum StopStep {
     /// Text safe to emit now (possibly empty).
     Emit(String),
-    /// A stop string matched: emit this text (before the stop string) and end.
-    Stop(String),
+    /// A stop string matched: emit `text` (what came before it) and end; `matched` is the stop
+    /// string (Anthropic reports it as `stop_sequence`).
+    Stop { text: String, matched: String },
 }
 
 impl StopMatcher {
@@ -30,16 +31,20 @@ impl StopMatcher {
         if self.stops.is_empty() {
             return StopStep::Emit(std::mem::take(&mut self.pending));
         }
-        // The earliest complete match wins.
-        if let Some(at) = self
+        // The earliest complete match wins (the first listed among those at the same place).
+        if let Some((at, i)) = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .enumerate()
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, i)))
             .min()
         {
-            let out = self.pending[..at].to_string();
+            let text = self.pending[..at].to_string();
             self.pending.clear();
-            return StopStep::Stop(out);
+            return StopStep::Stop {
+                text,
+                matched: self.stops[i].clone(),
+            };
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.
         let mut keep = 0;
@@ -65,7 +70,7 @@ impl StopMatcher {
     /// it with the held-back text when none matches.
     pub fn push_final(&mut self, text: &str) -> String {
         match self.push(text) {
-            StopStep::Stop(s) => s,
+            StopStep::Stop { text, .. } => text,
             StopStep::Emit(s) => s + &self.finish(),
         }
     }
@@ -82,13 +87,13 @@ mod tests {
         assert_eq!(m.push("e"), StopStep::Emit("".into()));
         assert_eq!(m.push("x"), StopStep::Emit("</ex".into()));
         assert_eq!(m.push("a</en"), StopStep::Emit("a".into()));
-        assert_eq!(m.push("d> tail"), StopStep::Stop("".into()));
+        assert_eq!(m.push("d> tail"), stop("", "</end>"));
     }
 
     #[test]
     fn earliest_stop_wins_and_finish_flushes() {
         let mut m = StopMatcher::new(&["bb".to_string(), "a".to_string()]);
-        assert_eq!(m.push("xxbb a"), StopStep::Stop("xx".into()));
+        assert_eq!(m.push("xxbb a"), stop("xx", "bb"));
         let mut m = StopMatcher::new(&["ZZ".to_string()]);
         assert_eq!(m.push("abcZ"), StopStep::Emit("abc".into()));
         assert_eq!(m.finish(), "Z");
@@ -100,6 +105,13 @@ mod tests {
     fn multibyte_stop_strings() {
         let mut m = StopMatcher::new(&["日本語".to_string()]);
         assert_eq!(m.push("x日本"), StopStep::Emit("x".into()));
-        assert_eq!(m.push("語"), StopStep::Stop("".into()));
+        assert_eq!(m.push("語"), stop("", "日本語"));
+    }
+
+    fn stop(text: &str, matched: &str) -> StopStep {
+        StopStep::Stop {
+            text: text.into(),
+            matched: matched.into(),
+        }
     }
 }

@@ -65,7 +65,9 @@ pub enum Op {
         scale: f32,
         window: Option<usize>,
     },
-    /// The last row of `x`.
+    /// The last row of each sequence of the step: `[n_seqs, cols]`. The rows of a step belong
+    /// to sequences in order (a runtime input, like positions); with one sequence this is the
+    /// last row of `x`.
     LastRow { x: NodeId },
 }
 
@@ -365,8 +367,17 @@ impl Graph {
     }
 
     pub fn last_row(&mut self, x: NodeId, name: &str) -> NodeId {
-        let [_, cols] = self.shape(x);
-        self.push(Op::LastRow { x }, [1, cols], name)
+        self.last_rows(x, 1, name)
+    }
+
+    /// The last row of each of `n_seqs` sequences (see [`Op::LastRow`]).
+    pub fn last_rows(&mut self, x: NodeId, n_seqs: usize, name: &str) -> NodeId {
+        let [rows, cols] = self.shape(x);
+        assert!(
+            (1..=rows).contains(&n_seqs),
+            "[{name}] {n_seqs} sequences in {rows} rows"
+        );
+        self.push(Op::LastRow { x }, [n_seqs, cols], name)
     }
 
     /// How many nodes of each op kind the graph has (for tests and `smelt bench`).

@@ -264,8 +264,10 @@ impl Architecture for Gemma3 {
             let f = self.ffn(&mut g, l, il, x);
             x = g.add(x, f, &format!("ffn_res.{il}"));
         }
-        if output == Output::LastLogits {
-            x = g.last_row(x, "last");
+        match output {
+            Output::LastLogits => x = g.last_row(x, "last"),
+            Output::SeqLogits(n) => x = g.last_rows(x, n, "last"),
+            Output::AllLogits | Output::Hidden => {}
         }
         let x = g.rms_norm(
             x,

@@ -16,6 +16,9 @@ pub use weights::{WeightEntry, WeightTable};
 pub enum Output {
     /// Logits of the last input row only (`[1, n_vocab]`): generation.
     LastLogits,
+    /// Logits of the last row of each of `n` sequences evaluated together (`[n, n_vocab]`):
+    /// batched generation. The rows' assignment to sequences is an execution input.
+    SeqLogits(usize),
     /// Logits of every input row (`[n_tokens, n_vocab]`): perplexity, scoring.
     AllLogits,
     /// Final-normalised hidden states of every row (`[n_tokens, n_embd]`): embeddings.

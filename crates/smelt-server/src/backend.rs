@@ -29,6 +29,32 @@ pub struct ModelFacts {
     pub memory_bytes: u64,
 }
 
+/// How to load a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadSpec {
+    /// Longest sequence (a request's context).
+    pub num_ctx: usize,
+    pub threads: usize,
+    /// Requests generating at once.
+    pub parallel: usize,
+    /// Positions of the KV pool the running requests share (at least `num_ctx`).
+    pub kv_positions: usize,
+}
+
+/// The KV pool of a loaded model, live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvCacheInfo {
+    pub bytes: u64,
+    pub block_positions: u64,
+    pub blocks_total: u64,
+    /// Held by running requests.
+    pub blocks_used: u64,
+    /// Holding cached prefixes (reusable by a request with the same prefix).
+    pub blocks_cached: u64,
+    pub running: u64,
+    pub waiting: u64,
+}
+
 /// A model the engine has loaded.
 pub trait LoadedModel: Send + Sync {
     fn facts(&self) -> ModelFacts;
@@ -62,6 +88,10 @@ pub trait LoadedModel: Send + Sync {
     fn can_embed(&self) -> bool {
         true
     }
+    /// Its KV cache, when the engine reports one.
+    fn kv_cache(&self) -> Option<KvCacheInfo> {
+        None
+    }
 }
 
 /// The smallest context picked automatically.
@@ -69,14 +99,21 @@ pub const MIN_DEFAULT_CONTEXT: usize = 2048;
 
 /// Loads models (blocking).
 pub trait ModelLoader: Send + Sync {
-    fn load(
+    fn load(&self, path: &Path, spec: LoadSpec) -> Result<Arc<dyn LoadedModel>, String>;
+    /// Bytes loading `path` with `num_ctx` positions of KV cache would take, estimated
+    /// without loading.
+    fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String>;
+    /// Bytes loading `path` for requests of up to `num_ctx` positions with a KV pool of
+    /// `kv_positions` would take (activations follow one request, the KV cache the pool).
+    fn estimate_pool_memory(
         &self,
         path: &Path,
         num_ctx: usize,
-        threads: usize,
-    ) -> Result<Arc<dyn LoadedModel>, String>;
-    /// Bytes loading `path` with `num_ctx` would take, estimated without loading.
-    fn estimate_memory(&self, path: &Path, num_ctx: usize) -> Result<u64, String>;
+        kv_positions: usize,
+    ) -> Result<u64, String> {
+        let _ = num_ctx;
+        self.estimate_memory(path, kv_positions)
+    }
     /// The context to load `path` with when nothing asks for one: its trained context, halved
     /// until the model fits in half of `budget` bytes, never below 2048 (or the trained context).
     fn default_context(&self, path: &Path, budget: u64) -> Result<usize, String> {
@@ -87,7 +124,50 @@ pub trait ModelLoader: Send + Sync {
         }
         Ok(n.max(MIN_DEFAULT_CONTEXT.min(trained)))
     }
+    /// Requests to run at once and the KV pool they share, for requests of up to `num_ctx`
+    /// positions: `parallel` sequences of `num_ctx` (0: [`DEFAULT_PARALLEL`], the pool at most
+    /// [`DEFAULT_POOL_POSITIONS`] or one request), the pool halved while it does not fit in
+    /// half of `budget` (never below one full-length request). The default parallelism is what
+    /// the pool holds at 2048 positions a request, at most [`DEFAULT_PARALLEL`]; admission by
+    /// KV blocks queues what does not fit at a given moment.
+    fn batch_shape(
+        &self,
+        path: &Path,
+        num_ctx: usize,
+        parallel: usize,
+        budget: u64,
+    ) -> Result<(usize, usize), String> {
+        let num_ctx = num_ctx.max(1);
+        let want = if parallel == 0 {
+            DEFAULT_PARALLEL
+        } else {
+            parallel
+        };
+        let mut positions = num_ctx.saturating_mul(want);
+        if parallel == 0 {
+            // Eight requests of the whole context are rare with long contexts: the default
+            // pool stops at DEFAULT_POOL_POSITIONS (one full-length request always fits).
+            positions = positions.min(num_ctx.max(DEFAULT_POOL_POSITIONS));
+        }
+        while positions > num_ctx
+            && self.estimate_pool_memory(path, num_ctx, positions)? > budget / 2
+        {
+            positions = (positions / 2).max(num_ctx);
+        }
+        let parallel = if parallel == 0 {
+            (positions / num_ctx.min(MIN_DEFAULT_CONTEXT)).clamp(1, DEFAULT_PARALLEL)
+        } else {
+            parallel
+        };
+        Ok((parallel, positions))
+    }
 }
+
+/// Requests a model runs at once when memory allows and nothing else is configured.
+pub const DEFAULT_PARALLEL: usize = 8;
+
+/// The largest KV pool picked automatically (positions), unless one request needs more.
+pub const DEFAULT_POOL_POSITIONS: usize = 65536;
 
 /// Ollama's `details` object.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]

@@ -240,7 +240,7 @@ pub struct ServerConfig {
     pub max_loaded_models: usize,
     /// Requests waiting for a model before new ones get 503.
     pub max_queue: usize,
-    /// Requests a model runs at once.
+    /// Requests a model runs at once (continuous batching); 0 picks from memory.
     pub num_parallel: usize,
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
@@ -267,7 +267,7 @@ impl Default for ServerConfig {
             max_memory: None,
             max_loaded_models: 3,
             max_queue: 512,
-            num_parallel: 1,
+            num_parallel: 0,
             max_body_bytes: 32 << 20,
             threads: 0,
             debug: false,

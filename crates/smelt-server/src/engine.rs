@@ -4,26 +4,26 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
-use smelt_engine::{BackendKind, Event, GenerateRequest, LoadOptions, Model, Usage};
+use smelt_engine::{BackendKind, Event, GenerateRequest, LoadOptions, Model, Usage, BLOCK_SIZE};
 
-use crate::backend::{LoadedModel, ModelFacts, ModelLoader};
+use crate::backend::{KvCacheInfo, LoadSpec, LoadedModel, ModelFacts, ModelLoader};
 use crate::constrain::TokenTable;
 
 /// Loads GGUF models with the engine.
 pub struct EngineLoader;
 
 impl ModelLoader for EngineLoader {
-    fn load(
-        &self,
-        path: &Path,
-        num_ctx: usize,
-        threads: usize,
-    ) -> Result<Arc<dyn LoadedModel>, String> {
-        let model =
-            Model::load(path, LoadOptions { num_ctx, threads }).map_err(|e| e.to_string())?;
+    fn load(&self, path: &Path, spec: LoadSpec) -> Result<Arc<dyn LoadedModel>, String> {
+        let opts = LoadOptions {
+            num_ctx: spec.num_ctx,
+            threads: spec.threads,
+            parallel: spec.parallel.max(1),
+            kv_positions: spec.kv_positions,
+        };
+        let model = Model::load(path, opts).map_err(|e| e.to_string())?;
         // Weights read through the file mapping occupy memory too (page cache), though the
         // engine does not allocate them.
-        let mapped = model.with_runner(|r| r.mapped_weight_bytes()) as u64;
+        let mapped = model.mapped_weight_bytes() as u64;
         Ok(Arc::new(EngineModel {
             model,
             mapped,
@@ -38,6 +38,27 @@ impl ModelLoader for EngineLoader {
             // Weights mapped as stored, an f16 KV cache.
             BackendKind::Fast | BackendKind::Cuda | BackendKind::Auto => {
                 crate::registry::estimate_memory(path, num_ctx, false, 2)
+            }
+        }
+    }
+
+    fn estimate_pool_memory(
+        &self,
+        path: &Path,
+        num_ctx: usize,
+        kv_positions: usize,
+    ) -> Result<u64, String> {
+        match BackendKind::from_env().map_err(|e| e.to_string())? {
+            // One sequence's cache: the pool is not used.
+            BackendKind::Reference => self.estimate_memory(path, num_ctx),
+            // The batch engine runs on the CPU fast backend (the CUDA backend serves one
+            // sequence: `smelt run`, `smelt bench`).
+            BackendKind::Fast | BackendKind::Cuda | BackendKind::Auto => {
+                let extra = kv_positions.saturating_sub(num_ctx) as u64;
+                let per = crate::registry::kv_position_bytes(path, 2)?;
+                Ok(self
+                    .estimate_memory(path, num_ctx)?
+                    .saturating_add(per.saturating_mul(extra)))
             }
         }
     }
@@ -129,6 +150,28 @@ impl LoadedModel for EngineModel {
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>, String> {
         self.model.embed(tokens).map_err(|e| e.to_string())
     }
+
+    fn kv_cache(&self) -> Option<KvCacheInfo> {
+        let bytes = self.model.kv_bytes() as u64;
+        Some(match self.model.batch_stats() {
+            Some(s) => KvCacheInfo {
+                bytes,
+                block_positions: BLOCK_SIZE as u64,
+                blocks_total: s.blocks_total,
+                blocks_used: s.blocks_used,
+                blocks_cached: s.blocks_cached,
+                running: s.running,
+                waiting: s.waiting,
+            },
+            // One sequence's contiguous cache (the reference backend).
+            None => KvCacheInfo {
+                bytes,
+                block_positions: self.model.context_length() as u64,
+                blocks_total: 1,
+                ..KvCacheInfo::default()
+            },
+        })
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +196,25 @@ mod tests {
             .default_context(&path, 2 * l.estimate_memory(&path, 4096).unwrap())
             .unwrap();
         assert_eq!(mid, 4096);
+    }
+
+    #[test]
+    fn batch_shape_follows_the_memory_budget() {
+        let path = smelt_testutil::model_path(smelt_testutil::SMOLLM2);
+        let l = EngineLoader;
+        // Room for everything: 8 requests of the whole context.
+        assert_eq!(
+            l.batch_shape(&path, 4096, 0, 64 << 30).unwrap(),
+            (8, 8 * 4096)
+        );
+        // Room for one request's context only: the pool holds two of 2048.
+        let one = l.estimate_pool_memory(&path, 4096, 4096).unwrap();
+        assert_eq!(l.batch_shape(&path, 4096, 0, 2 * one).unwrap(), (2, 4096));
+        // A configured parallelism is kept; the pool still fits the budget.
+        let (p, positions) = l.batch_shape(&path, 4096, 3, 2 * one).unwrap();
+        assert_eq!((p, positions), (3, 4096));
+        // The pool's keys and values, not its activations, scale with its positions.
+        let two = l.estimate_pool_memory(&path, 4096, 8192).unwrap();
+        assert_eq!(two - one, 4096 * 30 * 3 * 128 * 2);
     }
 }

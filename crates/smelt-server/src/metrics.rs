@@ -92,10 +92,19 @@ impl Default for Metrics {
 }
 
 /// Gauges read from the scheduler when rendering.
+/// A per-model gauge of the KV pool: name, help, reader.
+type KvGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::backend::KvCacheInfo) -> u64,
+);
+
 pub struct Gauges {
     pub queue_depth: usize,
     /// (model name, bytes) of each loaded model.
     pub loaded: Vec<(String, u64)>,
+    /// (model name, its KV pool) of each loaded model that reports one.
+    pub kv: Vec<(String, crate::backend::KvCacheInfo)>,
 }
 
 impl Metrics {
@@ -179,6 +188,39 @@ impl Metrics {
                 escape(name)
             );
         }
+        let kv_gauges: [KvGauge; 5] = [
+            (
+                "smelt_kv_cache_bytes",
+                "Bytes of each model's KV pool.",
+                |k| k.bytes,
+            ),
+            (
+                "smelt_kv_blocks_used",
+                "KV blocks held by running requests.",
+                |k| k.blocks_used,
+            ),
+            (
+                "smelt_kv_blocks_cached",
+                "KV blocks holding cached prompt prefixes.",
+                |k| k.blocks_cached,
+            ),
+            (
+                "smelt_running_requests",
+                "Requests generating in each model's batch.",
+                |k| k.running,
+            ),
+            (
+                "smelt_engine_waiting_requests",
+                "Requests admitted to a model's engine but waiting for KV blocks.",
+                |k| k.waiting,
+            ),
+        ];
+        for (name, help, get) in kv_gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (model, kv) in &g.kv {
+                let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", escape(model), get(kv));
+            }
+        }
         self.ttft.render(
             &mut out,
             "smelt_time_to_first_token_seconds",
@@ -216,10 +258,16 @@ mod tests {
         Metrics::add(&m.generated_tokens, 7);
         m.ttft.observe(0.3);
         m.ttft.observe(7.0);
+        let kv = crate::backend::KvCacheInfo {
+            blocks_used: 3,
+            ..Default::default()
+        };
         let text = m.render(&Gauges {
             queue_depth: 2,
             loaded: vec![("a\"b".into(), 10)],
+            kv: vec![("m".into(), kv)],
         });
+        assert!(text.contains("smelt_kv_blocks_used{model=\"m\"} 3"));
         assert!(text.contains("smelt_requests_total{endpoint=\"/api/chat\",code=\"200\"} 2"));
         assert!(text.contains("smelt_generated_tokens_total 7"));
         assert!(text.contains("smelt_queue_depth 2"));

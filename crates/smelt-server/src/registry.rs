@@ -180,6 +180,28 @@ pub fn trained_context(path: &Path) -> Result<usize, String> {
     Ok(n.map(|n| n.min(1 << 20) as usize).unwrap_or(2048))
 }
 
+/// Bytes of keys and values per position (every layer), at `kv_elem_bytes` per element.
+pub fn kv_position_bytes(path: &Path, kv_elem_bytes: u64) -> Result<u64, String> {
+    let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let arch = g.architecture().unwrap_or("").to_string();
+    let get = |k: &str| {
+        let key = format!("{arch}.{k}");
+        g.get_u64(&key)
+            .ok()
+            .flatten()
+            .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from))
+    };
+    let n_layer = get("block_count").unwrap_or(0);
+    let n_embd = get("embedding_length").unwrap_or(0);
+    let n_head = get("attention.head_count").unwrap_or(1).max(1);
+    let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
+    let head_k = get("attention.key_length").unwrap_or(n_embd / n_head);
+    let head_v = get("attention.value_length").unwrap_or(n_embd / n_head);
+    Ok(n_layer
+        .saturating_mul(n_head_kv * (head_k + head_v))
+        .saturating_mul(kv_elem_bytes))
+}
+
 /// Bytes a model would take: its weights (mapped as stored, or as f32 when `f32_weights`, as
 /// the reference backend holds them), a KV cache of `kv_elem_bytes` per element for `num_ctx`
 /// positions, and a margin for buffers, read from the file's metadata.
@@ -249,6 +271,8 @@ mod tests {
         // Per position: 30 layers x 3 KV heads x (64 + 64) x 4 bytes of KV, 576 x 16 of activations.
         let e1 = estimate_memory(&path, 1024, false, 4).unwrap();
         let e2 = estimate_memory(&path, 2048, false, 4).unwrap();
+        // SmolLM2: 30 layers, 3 KV heads of 64 for keys and values.
+        assert_eq!(kv_position_bytes(&path, 2).unwrap(), 30 * 3 * 128 * 2);
         let f = estimate_memory(&path, 1024, true, 4).unwrap();
         assert!(f > e1 + 400_000_000, "134.5M parameters as f32");
         assert_eq!(e2 - e1, 1024 * (30 * 3 * 128 * 4 + 576 * 16));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{LoadedModel, ModelLoader, ModelRecord};
+use crate::backend::{LoadSpec, LoadedModel, ModelLoader, ModelRecord};
 use crate::config::KeepAlive;
 use crate::error::{ApiError, ErrorKind};
 
@@ -22,6 +22,7 @@ pub struct SchedConfig {
     pub max_memory: Option<u64>,
     pub max_loaded_models: usize,
     pub max_queue: usize,
+    /// Requests a model runs at once; 0 picks from memory.
     pub num_parallel: usize,
     pub threads: usize,
     /// How long a load waits for busy models to free memory.
@@ -33,6 +34,8 @@ pub struct Slot {
     pub record: ModelRecord,
     pub model: Arc<dyn LoadedModel>,
     pub num_ctx: usize,
+    /// Requests it runs at once.
+    pub parallel: usize,
     /// Bytes it is accounted for.
     pub size: u64,
     run: Arc<Semaphore>,
@@ -143,7 +146,9 @@ impl Scheduler {
     }
 
     /// The model for `record`, loading it if needed. `num_ctx`: the context the request wants
-    /// (None: the default). Returns the lease and how long loading took (zero when it was loaded).
+    /// (None: the default); it picks the context of a model that is not loaded yet, and never
+    /// reloads one (a loaded model bounds each request by its own `num_ctx`). Returns the
+    /// lease and how long loading took (zero when it was loaded).
     pub async fn acquire(
         self: &Arc<Self>,
         record: &ModelRecord,
@@ -151,99 +156,91 @@ impl Scheduler {
         keep_alive: Option<KeepAlive>,
     ) -> Result<(Lease, Duration), ApiError> {
         let keep_alive = keep_alive.unwrap_or(self.cfg.keep_alive);
-        loop {
-            if let Some(lease) = self.try_reuse(record, num_ctx, keep_alive) {
-                return Ok((lease, Duration::ZERO));
-            }
-            let _loading = self.load_lock.lock().await;
-            // Another request may have loaded it while this one waited.
-            if let Some(lease) = self.try_reuse(record, num_ctx, keep_alive) {
-                return Ok((lease, Duration::ZERO));
-            }
-            // A loaded copy with too small a context is replaced once idle.
-            if let Some(old) = self.find(&record.path) {
-                if old.is_busy() {
-                    drop(_loading);
-                    self.wait_changed().await?;
-                    continue;
-                }
-                self.remove(&old);
-            }
-            let start = Instant::now();
-            let num_ctx = match num_ctx.or(self.cfg.default_num_ctx) {
-                Some(n) => n.max(1),
-                None => {
-                    let budget = self.cfg.max_memory.unwrap_or_else(available_memory);
-                    let loader = self.loader.clone();
-                    let path = record.path.clone();
-                    tokio::task::spawn_blocking(move || loader.default_context(&path, budget))
-                        .await
-                        .map_err(|e| ApiError::internal(format!("context choice failed: {e}")))?
-                        .map_err(|e| {
-                            ApiError::internal(format!("cannot read model '{}': {e}", record.name))
-                        })?
-                }
-            };
-            let loader = self.loader.clone();
-            let path = record.path.clone();
-            let estimate =
-                tokio::task::spawn_blocking(move || loader.estimate_memory(&path, num_ctx))
+        if let Some(lease) = self.try_reuse(record, keep_alive) {
+            return Ok((lease, Duration::ZERO));
+        }
+        let _loading = self.load_lock.lock().await;
+        // Another request may have loaded it while this one waited.
+        if let Some(lease) = self.try_reuse(record, keep_alive) {
+            return Ok((lease, Duration::ZERO));
+        }
+        let start = Instant::now();
+        // The default context, or more for a request that asks for more when it loads it.
+        let default_ctx = match self.cfg.default_num_ctx {
+            Some(n) => n.max(1),
+            None => {
+                let budget = self.cfg.max_memory.unwrap_or_else(available_memory);
+                let loader = self.loader.clone();
+                let path = record.path.clone();
+                tokio::task::spawn_blocking(move || loader.default_context(&path, budget))
                     .await
-                    .map_err(|e| ApiError::internal(format!("memory estimate failed: {e}")))?
+                    .map_err(|e| ApiError::internal(format!("context choice failed: {e}")))?
                     .map_err(|e| {
                         ApiError::internal(format!("cannot read model '{}': {e}", record.name))
-                    })?;
-            self.make_room(&record.name, estimate).await?;
-            let loader = self.loader.clone();
-            let path = record.path.clone();
-            let threads = self.cfg.threads;
-            let model = tokio::task::spawn_blocking(move || loader.load(&path, num_ctx, threads))
-                .await
-                .map_err(|e| ApiError::internal(format!("model load failed: {e}")))?
-                .map_err(|e| {
-                    ApiError::internal(format!("failed to load model '{}': {e}", record.name))
-                })?;
-            let facts = model.facts();
-            let slot = Arc::new(Slot {
-                record: record.clone(),
-                num_ctx: model.context_length(),
-                // The larger of the estimate and what the engine reports.
-                size: facts.memory_bytes.max(estimate),
-                model,
-                run: Arc::new(Semaphore::new(self.cfg.num_parallel.max(1))),
-                life: Mutex::new(Life {
-                    name: record.name.clone(),
-                    active: 1,
-                    last_used: Instant::now(),
-                    keep_alive,
-                    expires_at: None,
-                    expires_wall: None,
-                }),
-            });
-            self.slots().push(slot.clone());
-            return Ok((
-                Lease {
-                    slot,
-                    sched: self.clone(),
-                },
-                start.elapsed(),
-            ));
-        }
+                    })?
+            }
+        };
+        let num_ctx = num_ctx.map_or(default_ctx, |n| n.max(default_ctx));
+        let loader = self.loader.clone();
+        let path = record.path.clone();
+        let budget = self.cfg.max_memory.unwrap_or_else(available_memory);
+        let want = self.cfg.num_parallel;
+        let (spec, estimate) = tokio::task::spawn_blocking(move || {
+            let (parallel, kv_positions) = loader.batch_shape(&path, num_ctx, want, budget)?;
+            let estimate = loader.estimate_pool_memory(&path, num_ctx, kv_positions)?;
+            Ok::<_, String>(((parallel, kv_positions), estimate))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("memory estimate failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("cannot read model '{}': {e}", record.name)))?;
+        let (parallel, kv_positions) = spec;
+        self.make_room(&record.name, estimate).await?;
+        let loader = self.loader.clone();
+        let path = record.path.clone();
+        let spec = LoadSpec {
+            num_ctx,
+            threads: self.cfg.threads,
+            parallel,
+            kv_positions,
+        };
+        let model = tokio::task::spawn_blocking(move || loader.load(&path, spec))
+            .await
+            .map_err(|e| ApiError::internal(format!("model load failed: {e}")))?
+            .map_err(|e| {
+                ApiError::internal(format!("failed to load model '{}': {e}", record.name))
+            })?;
+        let facts = model.facts();
+        let slot = Arc::new(Slot {
+            record: record.clone(),
+            num_ctx: model.context_length(),
+            parallel,
+            // The larger of the estimate and what the engine reports.
+            size: facts.memory_bytes.max(estimate),
+            model,
+            run: Arc::new(Semaphore::new(parallel.max(1))),
+            life: Mutex::new(Life {
+                name: record.name.clone(),
+                active: 1,
+                last_used: Instant::now(),
+                keep_alive,
+                expires_at: None,
+                expires_wall: None,
+            }),
+        });
+        self.slots().push(slot.clone());
+        Ok((
+            Lease {
+                slot,
+                sched: self.clone(),
+            },
+            start.elapsed(),
+        ))
     }
 
-    fn try_reuse(
-        self: &Arc<Self>,
-        record: &ModelRecord,
-        num_ctx: Option<usize>,
-        keep_alive: KeepAlive,
-    ) -> Option<Lease> {
+    fn try_reuse(self: &Arc<Self>, record: &ModelRecord, keep_alive: KeepAlive) -> Option<Lease> {
         let slots = self.slots();
         let slot = slots.iter().find(|s| s.path() == record.path)?;
         let mut life = slot.life();
-        // A request wanting a larger context than loaded needs a reload; smaller ones fit.
-        if num_ctx.is_some_and(|n| n > slot.num_ctx) {
-            return None;
-        }
         life.active += 1;
         life.name = record.name.clone();
         life.keep_alive = keep_alive;

@@ -31,6 +31,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             num_ctx: self.ctx.unwrap_or(0),
             threads: self.threads.unwrap_or(0),
+            ..LoadOptions::default()
         };
         let m = Model::load(&path, opts).with_context(|| format!("loading {}", path.display()))?;
         log(&format!(
@@ -237,6 +238,7 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
         LoadOptions {
             num_ctx: n_ctx,
             threads: a.model.threads.unwrap_or(0),
+            ..LoadOptions::default()
         },
     )?;
     let tok = model.tokenizer();
@@ -252,7 +254,7 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
         smelt_engine::perplexity::perplexity(r, &tokens, n_ctx, bos, a.chunks, |i, n, ppl| {
             eprint!("[{i}/{n}]{ppl:.4} ");
         })
-    })?;
+    })??;
     eprintln!();
     println!("chunks: {}", r.chunks);
     println!("scored tokens: {}", r.scored);

@@ -47,55 +47,63 @@ pub(crate) fn scratch_len(head_dim: usize) -> usize {
         + 3 * QUERY_BLOCK
 }
 
-/// This thread's share: items are (query block, head), round-robin (blocks interleave, so
-/// every thread gets early and late, cheap and expensive blocks).
+/// This thread's share: items are (query block, head) of each sequence in turn, round-robin
+/// (blocks interleave, so every thread gets early and late, cheap and expensive blocks). A
+/// query block never mixes sequences: its queries share one range of keys.
 pub(crate) fn run(
     st: &AttnStep,
     tid: usize,
     ctx: &Ctx,
     scratch: &mut [f32],
 ) -> Result<(), FastError> {
-    let blocks = st.rows.div_ceil(QUERY_BLOCK);
-    let items = blocks * st.n_head;
-    let mut i = tid;
-    while i < items {
-        let (b, h) = (i / st.n_head, i % st.n_head);
-        i += ctx.n_threads;
-        let t0 = b * QUERY_BLOCK;
-        let t1 = (t0 + QUERY_BLOCK).min(st.rows);
-        let one = t1 - t0 == 1;
-        match ctx.f16 {
-            // SAFETY: the level was chosen because the CPU has these features.
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx512 => unsafe { block_avx512(st, ctx, h, t0, t1, scratch, one) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            F16Isa::Avx2F16c => unsafe { block_avx2(st, ctx, h, t0, t1, scratch, one) },
-            F16Isa::Scalar if one => block::<false, 32, 1>(st, ctx, h, t0, t1, scratch),
-            F16Isa::Scalar => block::<false, 32, QG>(st, ctx, h, t0, t1, scratch),
+    let mut i = 0;
+    for (s, sp) in ctx.seqs.iter().enumerate() {
+        let blocks = sp.rows.div_ceil(QUERY_BLOCK);
+        let items = blocks * st.n_head;
+        // This thread's first item of the sequence.
+        let mut k = (tid + ctx.n_threads - i % ctx.n_threads) % ctx.n_threads;
+        i += items;
+        while k < items {
+            let (b, h) = (k / st.n_head, k % st.n_head);
+            k += ctx.n_threads;
+            let t0 = sp.start + b * QUERY_BLOCK;
+            let t1 = (t0 + QUERY_BLOCK).min(sp.start + sp.rows);
+            let q = Queries { s, h, t0, t1 };
+            let one = t1 - t0 == 1;
+            match ctx.f16 {
+                // SAFETY: the level was chosen because the CPU has these features.
+                #[cfg(target_arch = "x86_64")]
+                F16Isa::Avx512 => unsafe { block_avx512(st, ctx, q, scratch, one) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                F16Isa::Avx2F16c => unsafe { block_avx2(st, ctx, q, scratch, one) },
+                F16Isa::Scalar if one => block::<false, 32, 1>(st, ctx, q, scratch),
+                F16Isa::Scalar => block::<false, 32, QG>(st, ctx, q, scratch),
+            }
         }
     }
     Ok(())
+}
+
+/// One work item: query rows `t0..t1` (of sequence `s`) of head `h`.
+#[derive(Clone, Copy)]
+struct Queries {
+    s: usize,
+    h: usize,
+    t0: usize,
+    t1: usize,
 }
 
 /// # Safety
 /// The CPU supports AVX-512F, AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn block_avx512(
-    st: &AttnStep,
-    ctx: &Ctx,
-    h: usize,
-    t0: usize,
-    t1: usize,
-    s: &mut [f32],
-    one: bool,
-) {
+unsafe fn block_avx512(st: &AttnStep, ctx: &Ctx, q: Queries, s: &mut [f32], one: bool) {
     // 4 queries x 64 floats: 16 of the 32 zmm registers. A decode step has one query.
     if one {
-        block::<true, 64, 1>(st, ctx, h, t0, t1, s)
+        block::<true, 64, 1>(st, ctx, q, s)
     } else {
-        block::<true, 64, QG>(st, ctx, h, t0, t1, s)
+        block::<true, 64, QG>(st, ctx, q, s)
     }
 }
 
@@ -103,20 +111,12 @@ unsafe fn block_avx512(
 /// The CPU supports AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_avx2(
-    st: &AttnStep,
-    ctx: &Ctx,
-    h: usize,
-    t0: usize,
-    t1: usize,
-    s: &mut [f32],
-    one: bool,
-) {
+unsafe fn block_avx2(st: &AttnStep, ctx: &Ctx, q: Queries, s: &mut [f32], one: bool) {
     // 4 queries x 16 floats: 8 of the 16 ymm registers.
     if one {
-        block::<true, 16, 1>(st, ctx, h, t0, t1, s)
+        block::<true, 16, 1>(st, ctx, q, s)
     } else {
-        block::<true, 16, QG>(st, ctx, h, t0, t1, s)
+        block::<true, 16, QG>(st, ctx, q, s)
     }
 }
 
@@ -168,16 +168,15 @@ fn bufs(scratch: &mut [f32], hd: usize) -> Bufs<'_> {
     }
 }
 
-/// Query rows `t0..t1` of head `h`.
+/// Query rows `t0..t1` of head `h`, over the keys of their sequence.
 #[inline(always)]
 fn block<const FMA: bool, const T: usize, const G: usize>(
     st: &AttnStep,
     ctx: &Ctx,
-    h: usize,
-    t0: usize,
-    t1: usize,
+    q: Queries,
     scratch: &mut [f32],
 ) {
+    let Queries { s: seq, h, t0, t1 } = q;
     let hd = st.head_dim;
     let nq = t1 - t0;
     let qcols = st.n_head * hd;
@@ -216,30 +215,37 @@ fn block<const FMA: bool, const T: usize, const G: usize>(
     while c0 < khi {
         let c1 = (c0 + KEY_CHUNK).min(khi);
         let nk = c1 - c0;
-        // Keys transposed, values as rows, both f32.
-        let v_at = lay.v + ctx.kv_type.index(KvPart::V, ctx.capacity, hd, c0, hk * hd);
-        if ctx.kv_type.keys_transposed() {
-            for d in 0..hd {
-                let at = lay.k
-                    + ctx
-                        .kv_type
-                        .index(KvPart::K, ctx.capacity, hd, c0, hk * hd + d);
-                // SAFETY: positions up to the block's last were written by earlier kernels.
-                let src = unsafe { ctx.kv16.get(at, nk) };
-                ctx.f16
-                    .convert(src, &mut b.kt[d * KEY_CHUNK..d * KEY_CHUNK + nk]);
-            }
-        } else {
-            let k_at = lay.k + ctx.kv_type.index(KvPart::K, ctx.capacity, hd, c0, hk * hd);
-            for j in 0..nk {
-                load_row(ctx, k_at + j * hr, hd, b.row);
-                for (d, &v) in b.row.iter().enumerate() {
-                    b.kt[d * KEY_CHUNK + j] = v;
+        // Keys transposed, values as rows, both f32, a run of positions within one KV block
+        // at a time.
+        let mut p = c0;
+        while p < c1 {
+            let (boff, in_blk) = ctx.kv_block(&lay, seq, p);
+            let run = (c1 - p).min(ctx.block - in_blk);
+            let j0 = p - c0;
+            let idx = |part, col| boff + ctx.kv_type.index(part, ctx.block, hd, in_blk, col);
+            if ctx.kv_type.keys_transposed() {
+                for d in 0..hd {
+                    let at = lay.k + idx(KvPart::K, hk * hd + d);
+                    // SAFETY: positions up to the block's last were written by earlier kernels.
+                    let src = unsafe { ctx.kv16.get(at, run) };
+                    let dst = d * KEY_CHUNK + j0;
+                    ctx.f16.convert(src, &mut b.kt[dst..dst + run]);
+                }
+            } else {
+                let k_at = lay.k + idx(KvPart::K, hk * hd);
+                for j in 0..run {
+                    load_row(ctx, k_at + j * hr, hd, b.row);
+                    for (d, &v) in b.row.iter().enumerate() {
+                        b.kt[d * KEY_CHUNK + j0 + j] = v;
+                    }
                 }
             }
-        }
-        for j in 0..nk {
-            load_row(ctx, v_at + j * hr, hd, &mut b.vf[j * hd..(j + 1) * hd]);
+            let v_at = lay.v + idx(KvPart::V, hk * hd);
+            for j in 0..run {
+                let dst = (j0 + j) * hd;
+                load_row(ctx, v_at + j * hr, hd, &mut b.vf[dst..dst + hd]);
+            }
+            p += run;
         }
         // Scores of every query of the block for every key of the chunk (whole tiles).
         let nk_tiles = nk.div_ceil(T) * T;

@@ -11,32 +11,69 @@ use super::kv::{KvType, LayerOffsets};
 use super::lower::{Dst, In, MatMulStep, RowOp, Src, Step, TIn, TileCompute};
 use super::rowops::{eval, SegEnv};
 use super::shared::SharedSlice;
-use super::{FastError, Weights};
+use super::{FastError, Span, Weights};
 
 /// Everything a step reads, shared by the threads of one execution.
 pub(crate) struct Ctx<'a> {
     pub w: &'a Weights,
     pub tokens: &'a [u32],
     pub positions: &'a [u32],
+    /// The sequences the rows belong to, in row order.
+    pub seqs: &'a [Span<'a>],
     pub arena: &'a SharedSlice<'a, f32>,
     pub kv16: &'a SharedSlice<'a, u16>,
     pub kv8: &'a SharedSlice<'a, u8>,
     pub kv_type: KvType,
     pub kv_layers: &'a [LayerOffsets],
-    pub capacity: usize,
+    /// Positions per KV block.
+    pub block: usize,
     pub n_threads: usize,
     pub f16: F16Isa,
 }
 
 impl Ctx<'_> {
     /// The input row (token and position) that row `r` of a `rows`-row value belongs to: its
-    /// own, or the last for values after a last-row selection.
-    fn input_row(&self, rows: usize, r: usize) -> usize {
+    /// own, or for values after a last-row selection (one row per sequence) the last row of
+    /// sequence `r`.
+    pub(crate) fn input_row(&self, rows: usize, r: usize) -> usize {
         if rows == self.tokens.len() {
             r
         } else {
-            self.tokens.len() - 1
+            self.last_row_of(r)
         }
+    }
+
+    /// Whether row `r` of a `rows`-row matmul input is multiplied by the panel gemm: rows of a
+    /// sequence that has several rows in this step (prompt chunks) are, a sequence's single
+    /// row (a decode step, or the last prompt token, which the engine evaluates alone) is not.
+    /// Choosing by the row's role rather than by how many rows the step has keeps every
+    /// token's numbers independent of what it was batched with (the two algorithms sum in
+    /// different orders).
+    pub(crate) fn panel_row(&self, rows: usize, r: usize) -> bool {
+        self.seqs[self.seq_of(self.input_row(rows, r))].rows >= 2
+    }
+
+    /// The last input row of sequence `s`.
+    pub(crate) fn last_row_of(&self, s: usize) -> usize {
+        let sp = &self.seqs[s];
+        sp.start + sp.rows - 1
+    }
+
+    /// The sequence input row `row` belongs to.
+    pub(crate) fn seq_of(&self, row: usize) -> usize {
+        if self.seqs.len() == 1 {
+            0
+        } else {
+            self.seqs.partition_point(|s| s.start + s.rows <= row)
+        }
+    }
+
+    /// Storage offset, from the start of the layer's part, of the block holding position
+    /// `pos` of sequence `s`, and the position within the block.
+    #[inline]
+    pub(crate) fn kv_block(&self, lay: &LayerOffsets, s: usize, pos: usize) -> (usize, usize) {
+        let blk = self.seqs[s].blocks[pos / self.block] as usize;
+        (blk * lay.block, pos % self.block)
     }
 }
 
@@ -111,14 +148,19 @@ fn eval_rows(
     let big = |i: usize| ctx.w.big(i);
     let env = seg_env(ctx.w, &big);
     for op in ops {
-        let r = if op.rows == rows_x { ro } else { op.rows - 1 };
+        // Rows before a last-row selection are computed at the selected rows only.
+        let r = if op.rows == rows_x {
+            ro
+        } else {
+            ctx.last_row_of(ro)
+        };
         let (lo, hi) = s.regs.split_at_mut(op.out);
         let out = &mut hi[..op.width];
         let read = |i: &In| -> &[f32] {
             match i.src {
                 Src::Reg(off) => &lo[off..off + op.width],
-                Src::Buf { off, rows, cols } => {
-                    let row = if i.last { rows - 1 } else { r };
+                Src::Buf { off, cols, .. } => {
+                    let row = if i.last { ctx.last_row_of(r) } else { r };
                     // SAFETY: buffers a kernel reads were written by earlier kernels.
                     unsafe { ctx.arena.get(off + row * cols, cols) }
                 }
@@ -178,16 +220,17 @@ unsafe fn write(
                 KvPart::K => lay.k,
                 KvPart::V => lay.v,
             };
-            let pos = ctx.positions[ctx.input_row(rows, r)] as usize;
+            let row = ctx.input_row(rows, r);
+            let (blk, pos) = ctx.kv_block(&lay, ctx.seq_of(row), ctx.positions[row] as usize);
             let mut c = c0;
             for run in split_heads(vals, c0, head_dim) {
-                let at = base + ctx.kv_type.index(part, ctx.capacity, head_dim, pos, c);
+                let at = base + blk + ctx.kv_type.index(part, ctx.block, head_dim, pos, c);
                 match ctx.kv_type {
                     KvType::F16 if part == KvPart::K => {
-                        // Transposed keys: one element per dimension, `capacity` apart.
+                        // Transposed keys: one element per dimension, a block's positions apart.
                         for (i, &v) in run.iter().enumerate() {
                             // SAFETY: the caller's; this element is column c + i at `pos`.
-                            let slot = unsafe { ctx.kv16.get_mut(at + i * ctx.capacity, 1) };
+                            let slot = unsafe { ctx.kv16.get_mut(at + i * ctx.block, 1) };
                             slot[0] = f32_to_f16(v);
                         }
                     }
@@ -266,9 +309,30 @@ fn run_matmul(st: &MatMulStep, tid: usize, ctx: &Ctx, s: &mut Scratch) -> Result
                     match &node.compute {
                         TileCompute::MatMul { weight, mv, act } => {
                             let a = &st.acts[*act];
-                            let xq = &s.acts[a.off + r0 * a.row_bytes..a.off + r1 * a.row_bytes];
                             let (wbytes, _, _) = ctx.w.big(*weight);
-                            mv.gemm(wbytes, cc0..cc1, xq, nt, tile, st.tc_max, &mut s.wrow)?;
+                            // Runs of rows with the same algorithm (see `Ctx::panel_row`).
+                            let mut s0 = r0;
+                            while s0 < r1 {
+                                let panel = ctx.panel_row(st.rows, s0);
+                                let mut s1 = s0 + 1;
+                                while s1 < r1 && ctx.panel_row(st.rows, s1) == panel {
+                                    s1 += 1;
+                                }
+                                let xq =
+                                    &s.acts[a.off + s0 * a.row_bytes..a.off + s1 * a.row_bytes];
+                                let out = &mut tile[(s0 - r0) * st.tc_max..];
+                                mv.gemm(
+                                    wbytes,
+                                    cc0..cc1,
+                                    xq,
+                                    s1 - s0,
+                                    out,
+                                    st.tc_max,
+                                    &mut s.wrow,
+                                    panel,
+                                )?;
+                                s0 = s1;
+                            }
                         }
                         TileCompute::Seg { op, ins } => {
                             for t in 0..nt {

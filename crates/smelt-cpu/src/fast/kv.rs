@@ -1,7 +1,13 @@
 //! The fast backend's KV cache: keys and values in f16 (default) or q8_0, one allocation.
 //!
-//! Each layer holds V as `[n_head_kv][capacity][head_dim]` and, in f16, K transposed as
-//! `[n_head_kv][head_dim][capacity]`: attention computes a chunk of scores as
+//! The cache is a pool of blocks of `block_size` positions. A sequence reaches its positions
+//! through a block table (position `p` lies at offset `p % block_size` of block
+//! `table[p / block_size]`), so many sequences share one pool and a block of a common prefix
+//! can belong to several of them. A single sequence's cache is one block of `capacity`
+//! positions with the table `[0]`.
+//!
+//! Each layer holds, per block, V as `[n_head_kv][block_size][head_dim]` and, in f16, K
+//! transposed as `[n_head_kv][head_dim][block_size]`: attention computes a chunk of scores as
 //! `sum_d q[d] * K[d][chunk]`, reading each dimension's run of positions contiguously, and adds
 //! values row by row. The head size is the plan's (from the layer's attention op); the cache
 //! itself only knows each layer's row width `n_head_kv * head_dim`. In q8_0 both K and V are
@@ -34,8 +40,9 @@ impl KvType {
         self == KvType::F16
     }
 
-    /// Offset (in storage units, from the layer's K or V start) of column `col` of a K or V
-    /// row at position `pos`, for heads of `head_dim`. For q8_0, `col` starts a block.
+    /// Offset (in storage units, from the start of a block's K or V of one layer) of column
+    /// `col` of a K or V row at position `pos` of the block, for heads of `head_dim` and blocks
+    /// of `capacity` positions. For q8_0, `col` starts a block of 32 values.
     #[inline]
     pub(crate) fn index(
         self,
@@ -62,14 +69,16 @@ impl KvType {
     }
 }
 
-/// Where one layer's keys and values start, in storage units.
+/// Where one layer's keys and values start, in storage units, and the distance between two
+/// blocks of one part.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LayerOffsets {
     pub k: usize,
     pub v: usize,
+    pub block: usize,
 }
 
-/// The KV cache of one sequence.
+/// A pool of KV blocks: one sequence's cache, or the shared pool of a batch.
 #[derive(Clone, Debug)]
 pub struct FastKvCache {
     /// f16 storage (empty for q8_0).
@@ -77,7 +86,8 @@ pub struct FastKvCache {
     /// q8_0 storage (empty for f16).
     pub(crate) q8: Vec<u8>,
     pub(crate) layers: Vec<LayerOffsets>,
-    capacity: usize,
+    block_size: usize,
+    n_blocks: usize,
     dtype: KvType,
 }
 
@@ -94,6 +104,21 @@ impl FastKvCache {
         widths: &[usize],
         dtype: KvType,
     ) -> Result<FastKvCache, FastError> {
+        FastKvCache::paged(1, capacity, widths, dtype)
+    }
+
+    /// A pool of `n_blocks` blocks of `block_size` positions each.
+    pub fn paged(
+        n_blocks: usize,
+        block_size: usize,
+        widths: &[usize],
+        dtype: KvType,
+    ) -> Result<FastKvCache, FastError> {
+        if n_blocks == 0 || block_size == 0 {
+            return Err(FastError::Invalid(format!(
+                "a KV cache of {n_blocks} blocks of {block_size} positions"
+            )));
+        }
         if dtype == KvType::Q8_0 {
             if let Some(w) = widths.iter().find(|&&w| w % 32 != 0) {
                 return Err(FastError::Unsupported {
@@ -107,12 +132,23 @@ impl FastKvCache {
         };
         let mut layers = Vec::with_capacity(widths.len());
         let mut off = 0usize;
+        let overflow = || {
+            FastError::Invalid(format!(
+                "a KV cache of {n_blocks}x{block_size} positions overflows"
+            ))
+        };
         for &width in widths {
-            let n = capacity.checked_mul(unit(width)).ok_or_else(|| {
-                FastError::Invalid(format!("a KV cache of {capacity} positions overflows"))
-            })?;
-            layers.push(LayerOffsets { k: off, v: off + n });
-            off += 2 * n;
+            let block = block_size.checked_mul(unit(width)).ok_or_else(overflow)?;
+            let n = block.checked_mul(n_blocks).ok_or_else(overflow)?;
+            layers.push(LayerOffsets {
+                k: off,
+                v: off + n,
+                block,
+            });
+            off = n
+                .checked_mul(2)
+                .and_then(|n2| off.checked_add(n2))
+                .ok_or_else(overflow)?;
         }
         let (f16, q8) = match dtype {
             KvType::F16 => (vec![0; off], Vec::new()),
@@ -122,13 +158,29 @@ impl FastKvCache {
             f16,
             q8,
             layers,
-            capacity,
+            block_size,
+            n_blocks,
             dtype,
         })
     }
 
+    /// Positions in all blocks together.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.block_size * self.n_blocks
+    }
+
+    /// Positions per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Bytes of one block (every layer's keys and values).
+    pub fn block_bytes(&self) -> usize {
+        self.bytes() / self.n_blocks
     }
 
     pub fn dtype(&self) -> KvType {
@@ -167,6 +219,12 @@ mod tests {
             10 * 64 + 32 * 10 + 3
         );
         assert!(FastKvCache::with_type(4, &[48], KvType::Q8_0).is_err());
+        let p = FastKvCache::paged(3, 4, &[64, 128], KvType::F16).unwrap();
+        assert_eq!(p.capacity(), 12);
+        assert_eq!(p.block_bytes(), 2 * 4 * (64 + 128) * 2);
+        assert_eq!(p.layers[1].k, 2 * 3 * 4 * 64);
+        assert_eq!(p.layers[1].block, 4 * 128);
+        assert!(FastKvCache::paged(0, 4, &[64], KvType::F16).is_err());
         assert_eq!(FastKvCache::new(4, &[48]).bytes(), 2 * 4 * 48 * 2);
     }
 }

@@ -14,12 +14,8 @@ use super::{FastError, Weights};
 pub(crate) enum Src {
     /// The thread's row registers, at this offset.
     Reg(usize),
-    /// An arena buffer of `rows x cols` at this offset.
-    Buf {
-        off: usize,
-        rows: usize,
-        cols: usize,
-    },
+    /// An arena buffer of rows of `cols` at this offset.
+    Buf { off: usize, cols: usize },
 }
 
 /// An operand; `last`: read the operand's last row whatever the row being computed (LastRow).
@@ -126,7 +122,6 @@ pub(crate) struct MatMulStep {
 pub(crate) struct AttnStep {
     pub q_off: usize,
     pub out_off: usize,
-    pub rows: usize,
     pub layer: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
@@ -158,8 +153,9 @@ pub struct Program {
     pub(crate) plan: Plan,
     pub(crate) steps: Vec<Step>,
     pub(crate) n_threads: usize,
-    pub(crate) kv_capacity: usize,
     pub(crate) kv_type: KvType,
+    /// Rows of the last-row selection, if the graph has one (one per sequence).
+    pub(crate) last_rows: Option<usize>,
     pub(crate) need: ScratchNeed,
     pub(crate) out_off: usize,
     pub(crate) out_len: usize,
@@ -255,7 +251,6 @@ impl Lowerer<'_> {
         );
         Src::Buf {
             off: b.offset,
-            rows: b.rows,
             cols: b.cols,
         }
     }
@@ -551,12 +546,11 @@ pub(crate) fn partition(bundles: &[(usize, usize, usize)], n_threads: usize) -> 
     work
 }
 
-/// Lower `plan` for `n_threads` threads and a KV cache of `kv_capacity` positions.
+/// Lower `plan` for `n_threads` threads and a KV cache of `kv_type`.
 pub(crate) fn lower(
     plan: Plan,
     weights: &Weights,
     n_threads: usize,
-    kv_capacity: usize,
     kv_type: KvType,
     exact: bool,
 ) -> Result<Program, FastError> {
@@ -603,12 +597,10 @@ pub(crate) fn lower(
                 else {
                     unreachable!()
                 };
-                let rows = g.shape(*node)[0];
                 l.need.scores = l.need.scores.max(super::attn::scratch_len(head_dim));
                 Step::Attention(AttnStep {
                     q_off,
                     out_off,
-                    rows,
                     layer,
                     n_head,
                     n_head_kv,
@@ -628,6 +620,10 @@ pub(crate) fn lower(
         steps.push(step);
     }
     let need = l.need;
+    let last_rows = plan.graph().nodes().iter().find_map(|n| match n.op {
+        Op::LastRow { .. } => Some(n.shape[0]),
+        _ => None,
+    });
     let out = plan.buffer(plan.output_buffer());
     let (out_off, out_len) = (out.offset, out.rows * out.cols);
     let step_keys = (0..steps.len())
@@ -636,8 +632,8 @@ pub(crate) fn lower(
     Ok(Program {
         steps,
         n_threads,
-        kv_capacity,
         kv_type,
+        last_rows,
         need,
         out_off,
         out_len,

@@ -104,7 +104,8 @@ impl Matvec {
     }
 
     /// `out[t * stride + (r - rows.start)] = dot(W[r], x_t)` for the `n_tokens` activation
-    /// rows of `xq` and the weight rows `rows` of `w`.
+    /// rows of `xq` and the weight rows `rows` of `w`; with the panel gemm where `panel` is set
+    /// (and the kernel has one), else the tiles or, for one token, the gemv (same bits).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -115,13 +116,14 @@ impl Matvec {
         out: &mut [f32],
         stride: usize,
         scratch: &mut [f32],
+        panel: bool,
     ) -> Result<(), FastError> {
         match self.imp {
-            Imp::Kernel(k) if n_tokens == 1 => {
+            Imp::Kernel(k) if n_tokens == 1 && !panel => {
                 let len = rows.len();
                 k.gemv(self.n, w, rows, xq, &mut out[..len])?
             }
-            Imp::Kernel(k) => k.gemm(self.n, w, rows, xq, n_tokens, out, stride)?,
+            Imp::Kernel(k) => k.gemm_with(self.n, w, rows, xq, n_tokens, out, stride, panel)?,
             Imp::Exact { wtype, row_bytes } => exact_gemm(
                 wtype, row_bytes, self.n, w, rows, xq, n_tokens, out, stride, scratch,
             )?,

@@ -21,6 +21,8 @@ mod shared;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_batch;
+#[cfg(test)]
 mod tests_odd;
 
 use std::ops::Range;
@@ -194,7 +196,7 @@ impl FastBackend {
         self.pool.n_threads()
     }
 
-    /// Fuse and lower `g` for KV caches shaped like `kv` (capacity and storage type).
+    /// Fuse and lower `g` for KV caches stored like `kv`.
     pub fn lower(&mut self, g: &Graph, kv: &FastKvCache) -> Result<Program, FastError> {
         self.lower_plan(fuse_with(g, self.fuse), kv)
     }
@@ -206,7 +208,6 @@ impl FastBackend {
             plan,
             &self.weights,
             self.n_threads(),
-            kv.capacity(),
             kv.dtype(),
             self.exact,
         )?;
@@ -226,13 +227,66 @@ impl FastBackend {
         Ok(prog)
     }
 
-    /// Run `prog` for `tokens` at `positions` (one per input row), writing their keys and
-    /// values into `kv`. Returns the output (`[rows, cols]` row-major), valid until the next call.
+    /// Run `prog` for `tokens` at `positions` (one per input row) of one sequence, writing
+    /// their keys and values into `kv` (a cache of one block). Returns the output
+    /// (`[rows, cols]` row-major), valid until the next call.
     pub fn execute(
         &mut self,
         prog: &Program,
         tokens: &[u32],
         positions: &[u32],
+        kv: &mut FastKvCache,
+    ) -> Result<&[f32], FastError> {
+        if kv.n_blocks() != 1 {
+            return Err(FastError::Invalid(
+                "a paged KV cache needs block tables (execute_batch)".into(),
+            ));
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= kv.capacity()) {
+            return Err(FastError::Invalid(format!(
+                "position {p} outside the KV cache ({})",
+                kv.capacity()
+            )));
+        }
+        let spans = [Span {
+            start: 0,
+            rows: tokens.len(),
+            blocks: &[0],
+        }];
+        self.run(prog, tokens, positions, &spans, kv)
+    }
+
+    /// Run `prog` for the rows of several sequences at once: `seqs` in order, each owning its
+    /// next `rows` rows of `tokens` and `positions`, its keys and values written to (and its
+    /// attention reading from) the blocks its table names. A program with a last-row
+    /// selection (`Output::SeqLogits`) returns one row per sequence, its last. Two sequences
+    /// may read the same blocks but never write to the same one.
+    pub fn execute_batch(
+        &mut self,
+        prog: &Program,
+        tokens: &[u32],
+        positions: &[u32],
+        seqs: &[SeqRows],
+        kv: &mut FastKvCache,
+    ) -> Result<&[f32], FastError> {
+        let spans = batch_spans(positions, seqs, kv)?;
+        if let Some(n) = prog.last_rows {
+            if n != seqs.len() {
+                return Err(FastError::Invalid(format!(
+                    "a program selecting {n} rows for {} sequences",
+                    seqs.len()
+                )));
+            }
+        }
+        self.run(prog, tokens, positions, &spans, kv)
+    }
+
+    fn run(
+        &mut self,
+        prog: &Program,
+        tokens: &[u32],
+        positions: &[u32],
+        spans: &[Span],
         kv: &mut FastKvCache,
     ) -> Result<&[f32], FastError> {
         let n = prog.n_tokens();
@@ -243,38 +297,37 @@ impl FastBackend {
                 positions.len()
             )));
         }
-        if prog.n_threads != self.n_threads()
-            || prog.kv_capacity != kv.capacity()
-            || prog.kv_type != kv.dtype()
-        {
+        if prog.n_threads != self.n_threads() || prog.kv_type != kv.dtype() {
             return Err(FastError::Invalid(
-                "program lowered for another thread count, KV capacity or KV type".into(),
+                "program lowered for another thread count or KV type".into(),
             ));
         }
-        if let Some(&p) = positions.iter().find(|&&p| p as usize >= kv.capacity()) {
+        if prog.last_rows.is_some_and(|r| r != spans.len()) {
             return Err(FastError::Invalid(format!(
-                "position {p} outside the KV cache ({})",
-                kv.capacity()
+                "a program selecting {:?} rows for {} sequences",
+                prog.last_rows,
+                spans.len()
             )));
         }
         let barriers_before = self.pool.barriers();
         let kv_type = kv.dtype();
+        let block = kv.block_size();
         let FastKvCache {
             f16, q8, layers, ..
         } = kv;
-        let capacity = prog.kv_capacity;
         let arena = SharedSlice::new(&mut self.arena);
         let (kv16, kv8) = (SharedSlice::new(f16), SharedSlice::new(q8));
         let ctx = Ctx {
             w: &self.weights,
             tokens,
             positions,
+            seqs: spans,
             arena: &arena,
             kv16: &kv16,
             kv8: &kv8,
             kv_type,
             kv_layers: layers,
-            capacity,
+            block,
             n_threads: self.pool.n_threads(),
             f16: self.f16,
         };
@@ -337,6 +390,93 @@ impl FastBackend {
             .sum();
         small + self.arena.len() * 4 + scratch
     }
+}
+
+/// One sequence's rows in a batched execution (see [`FastBackend::execute_batch`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqRows<'a> {
+    /// Consecutive input rows, at increasing positions.
+    pub rows: usize,
+    /// Block table: block `blocks[i]` of the pool holds positions `i * block_size ..`.
+    pub blocks: &'a [u32],
+}
+
+/// A sequence's rows as the kernels see them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span<'a> {
+    pub start: usize,
+    pub rows: usize,
+    pub blocks: &'a [u32],
+}
+
+/// Check a batch's layout against the pool and lay its sequences out as spans: every row
+/// belongs to one sequence, positions increase within a sequence, every block a row writes
+/// or attends to exists, and no block is written by two sequences.
+fn batch_spans<'a>(
+    positions: &[u32],
+    seqs: &[SeqRows<'a>],
+    kv: &FastKvCache,
+) -> Result<Vec<Span<'a>>, FastError> {
+    let bs = kv.block_size();
+    let mut spans = Vec::with_capacity(seqs.len());
+    let mut written: Vec<(u32, usize)> = Vec::new();
+    let mut start = 0;
+    for (i, s) in seqs.iter().enumerate() {
+        let end = start + s.rows;
+        if s.rows == 0 || end > positions.len() {
+            return Err(FastError::Invalid(format!(
+                "sequence {i}: {} rows at row {start} of {}",
+                s.rows,
+                positions.len()
+            )));
+        }
+        let rows = &positions[start..end];
+        if rows.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(FastError::Invalid(format!(
+                "sequence {i}: positions do not increase"
+            )));
+        }
+        let last = rows[rows.len() - 1] as usize;
+        let used = s.blocks.get(..=last / bs).ok_or_else(|| {
+            FastError::Invalid(format!(
+                "sequence {i}: position {last} beyond its {} blocks",
+                s.blocks.len()
+            ))
+        })?;
+        if let Some(b) = used.iter().find(|&&b| b as usize >= kv.n_blocks()) {
+            return Err(FastError::Invalid(format!(
+                "sequence {i}: block {b} outside the pool ({})",
+                kv.n_blocks()
+            )));
+        }
+        for &p in rows {
+            let b = used[p as usize / bs];
+            if written.last() != Some(&(b, i)) {
+                written.push((b, i));
+            }
+        }
+        spans.push(Span {
+            start,
+            rows: s.rows,
+            blocks: s.blocks,
+        });
+        start = end;
+    }
+    if start != positions.len() {
+        return Err(FastError::Invalid(format!(
+            "sequences cover {start} of {} rows",
+            positions.len()
+        )));
+    }
+    written.sort_unstable();
+    written.dedup();
+    if let Some(w) = written.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(FastError::Invalid(format!(
+            "block {} written by sequences {} and {}",
+            w[0].0, w[0].1, w[1].1
+        )));
+    }
+    Ok(spans)
 }
 
 fn record(p: &Mutex<Vec<(String, u64, u64)>>, key: &str, ns: u64) {

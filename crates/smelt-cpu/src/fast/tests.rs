@@ -201,7 +201,7 @@ pub(crate) fn reference(g: &Gguf, arch: &dyn Architecture, threads: usize) -> Re
     ReferenceBackend::new(w, threads)
 }
 
-fn small(arch: &'static str, wtype: GgmlType, bias: bool) -> Spec {
+pub(crate) fn small(arch: &'static str, wtype: GgmlType, bias: bool) -> Spec {
     // K-quant rows are 256 values: the attention output's input (4 heads) must be too.
     let (k, head_dim) = if wtype.block_size() == 256 {
         (256, 64)
@@ -222,7 +222,7 @@ fn small(arch: &'static str, wtype: GgmlType, bias: bool) -> Spec {
     }
 }
 
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
     a.iter()

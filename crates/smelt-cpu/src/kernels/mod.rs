@@ -48,6 +48,9 @@ pub use error::KernelError;
 pub use isa::{Isa, ISA_ENV};
 pub use table::SUPPORTED_TYPES;
 
+/// Tokens from which [`MatmulKernel::gemm`] uses the AVX-512 panel gemm (it pads to 16).
+pub const PANEL_MIN_TOKENS: usize = 8;
+
 use act::check_isa;
 use table::Entry;
 
@@ -218,6 +221,9 @@ impl MatmulKernel {
     /// `out[t * out_stride + (r - rows.start)] = dot(W[r], token t)` for `r` in `rows` and the
     /// `n_tokens` quantised activation rows back to back in `xq`. `out_stride >= rows.len()`;
     /// `out` must reach the last token's last row.
+    ///
+    /// From [`PANEL_MIN_TOKENS`] tokens on, AVX-512 VNNI machines use the panel gemm; below, the
+    /// tiles. See [`MatmulKernel::gemm_with`] to choose.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -228,6 +234,28 @@ impl MatmulKernel {
         n_tokens: usize,
         out: &mut [f32],
         out_stride: usize,
+    ) -> Result<(), KernelError> {
+        let panel = n_tokens >= PANEL_MIN_TOKENS;
+        self.gemm_with(n, w, rows, xq, n_tokens, out, out_stride, panel)
+    }
+
+    /// [`MatmulKernel::gemm`] with the algorithm chosen by the caller: the panel gemm where
+    /// `panel` is set and this kernel has one, else the tiles. Each token's result depends
+    /// only on its own activations and on the algorithm, never on how many tokens share the
+    /// call (the tiles give the same bits as [`MatmulKernel::gemv`]); the two algorithms sum in
+    /// different orders, so an executor that wants a token's result independent of batching
+    /// picks the algorithm by the token's role, not by the call's size.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_with(
+        &self,
+        n: usize,
+        w: &[u8],
+        rows: Range<usize>,
+        xq: &[u8],
+        n_tokens: usize,
+        out: &mut [f32],
+        out_stride: usize,
+        panel: bool,
     ) -> Result<(), KernelError> {
         const OP: &str = "gemm";
         let needed = gemm_out_len(OP, rows.len(), n_tokens, out_stride)?;
@@ -242,7 +270,18 @@ impl MatmulKernel {
         }
         // SAFETY: `out` holds every element the call writes (checked just above) and is borrowed
         // mutably for the whole call.
-        unsafe { self.gemm_to_ptr(n, w, rows, xq, n_tokens, out.as_mut_ptr(), out_stride) }
+        unsafe {
+            self.gemm_to_ptr_with(
+                n,
+                w,
+                rows,
+                xq,
+                n_tokens,
+                out.as_mut_ptr(),
+                out_stride,
+                panel,
+            )
+        }
     }
 
     /// [`MatmulKernel::gemm`] writing through a raw pointer, for an executor whose threads each
@@ -263,15 +302,32 @@ impl MatmulKernel {
         out: *mut f32,
         out_stride: usize,
     ) -> Result<(), KernelError> {
+        let panel = n_tokens >= PANEL_MIN_TOKENS;
+        // SAFETY: forwarded to the caller.
+        unsafe { self.gemm_to_ptr_with(n, w, rows, xq, n_tokens, out, out_stride, panel) }
+    }
+
+    /// [`MatmulKernel::gemm_to_ptr`] with the algorithm chosen as in [`MatmulKernel::gemm_with`].
+    ///
+    /// # Safety
+    /// As [`MatmulKernel::gemm_to_ptr`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_to_ptr_with(
+        &self,
+        n: usize,
+        w: &[u8],
+        rows: Range<usize>,
+        xq: &[u8],
+        n_tokens: usize,
+        out: *mut f32,
+        out_stride: usize,
+        panel: bool,
+    ) -> Result<(), KernelError> {
         const OP: &str = "gemm";
         let shape = self.check(OP, n, w, &rows, xq, n_tokens)?;
         gemm_out_len(OP, rows.len(), n_tokens, out_stride)?;
         #[cfg(target_arch = "x86_64")]
-        if let Some(p) = self
-            .entry
-            .panel
-            .filter(|_| n_tokens >= panel::PANEL_MIN_TOKENS)
-        {
+        if let Some(p) = self.entry.panel.filter(|_| panel) {
             // SAFETY: as below; panels exist only in AVX-512 VNNI entries, which the CPU runs.
             unsafe {
                 panel::gemm(

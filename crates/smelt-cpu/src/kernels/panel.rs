@@ -35,8 +35,6 @@ use super::x86::vnni::bit_bytes;
 pub(crate) const PANEL_ROWS: usize = 8;
 /// Tokens per activation group: the 16 i32 lanes of a zmm register.
 const TOKENS: usize = 16;
-/// Below this many tokens the tiles are used (a panel pads to 16 tokens).
-pub(crate) const PANEL_MIN_TOKENS: usize = 8;
 
 /// The weight formats the panel gemm decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -312,11 +312,14 @@ fn translate(
     Ok(req)
 }
 
-fn stop_reason(f: Finish) -> &'static str {
-    match f {
-        Finish::Length => "max_tokens",
-        Finish::ToolCalls => "tool_use",
-        Finish::Stop | Finish::Cancelled => "end_turn",
+/// `stop_reason` and `stop_sequence`: a stop string that ended generation is reported as
+/// `stop_sequence` with the string, as Anthropic does.
+fn stop_reason(f: Finish, stop_sequence: Option<&String>) -> (&'static str, Value) {
+    match (f, stop_sequence) {
+        (Finish::Length, _) => ("max_tokens", Value::Null),
+        (Finish::ToolCalls, _) => ("tool_use", Value::Null),
+        (Finish::Stop, Some(s)) => ("stop_sequence", json!(s)),
+        (Finish::Stop | Finish::Cancelled, _) => ("end_turn", Value::Null),
     }
 }
 
@@ -367,14 +370,16 @@ pub async fn messages(
             content.push(json!({"type": "tool_use", "id": tool_use_id(&t.id), "name": t.name, "input": t.arguments}));
         }
         let u = &c.summary.usage;
+        let (reason, sequence) =
+            stop_reason(c.finish.unwrap_or(Finish::Stop), u.stop_sequence.as_ref());
         return Ok(Json(json!({
             "id": id,
             "type": "message",
             "role": "assistant",
             "model": model,
             "content": content,
-            "stop_reason": stop_reason(c.finish.unwrap_or(Finish::Stop)),
-            "stop_sequence": null,
+            "stop_reason": reason,
+            "stop_sequence": sequence,
             "usage": usage(input.max(u.prompt_tokens), u.completion_tokens, u.cached_tokens),
         }))
         .into_response());
@@ -465,11 +470,12 @@ pub async fn messages(
                 }
                 close_text(&mut frames, &mut text_open);
                 let u = &summary.usage;
+                let (reason, sequence) = stop_reason(finish, u.stop_sequence.as_ref());
                 frames.push(sse_event(
                     "message_delta",
                     &json!({
                         "type": "message_delta",
-                        "delta": {"stop_reason": stop_reason(finish), "stop_sequence": null},
+                        "delta": {"stop_reason": reason, "stop_sequence": sequence},
                         "usage": {"output_tokens": u.completion_tokens, "input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens),
                                   "cache_read_input_tokens": u.cached_tokens},
                     }),

@@ -26,15 +26,16 @@ pub async fn health(State(app): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let loaded = app
-        .sched
-        .loaded()
+    let slots = app.sched.loaded();
+    let loaded = slots.iter().map(|s| (s.name(), s.size)).collect();
+    let kv = slots
         .iter()
-        .map(|s| (s.name(), s.size))
+        .filter_map(|s| Some((s.name(), s.model.kv_cache()?)))
         .collect();
     let text = app.metrics.render(&Gauges {
         queue_depth: app.sched.queue_depth(),
         loaded,
+        kv,
     });
     let mut r = text.into_response();
     r.headers_mut().insert(

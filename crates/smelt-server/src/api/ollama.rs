@@ -272,7 +272,11 @@ fn done_reason(f: Finish) -> &'static str {
 fn add_metrics(o: &mut Map<String, Value>, s: &Summary) {
     o.insert("total_duration".into(), json!(nanos(s.total_duration)));
     o.insert("load_duration".into(), json!(nanos(s.load_duration)));
-    o.insert("prompt_eval_count".into(), json!(s.usage.prompt_tokens));
+    // Only what was evaluated: prompt tokens from the prefix cache are not.
+    o.insert(
+        "prompt_eval_count".into(),
+        json!(s.usage.prompt_tokens.saturating_sub(s.usage.cached_tokens)),
+    );
     o.insert(
         "prompt_eval_duration".into(),
         json!(nanos(s.usage.prompt_eval_duration)),

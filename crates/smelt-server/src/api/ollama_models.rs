@@ -126,7 +126,7 @@ pub async fn ps(State(app): State<Arc<AppState>>) -> Response {
                 (None, KeepAlive::Forever) => "2318-01-01T00:00:00.000000000Z".to_string(),
                 (None, KeepAlive::For(d)) => timefmt::rfc3339(std::time::SystemTime::now() + d),
             };
-            json!({
+            let mut m = json!({
                 "name": s.name(),
                 "model": s.name(),
                 "size": s.size,
@@ -135,7 +135,21 @@ pub async fn ps(State(app): State<Arc<AppState>>) -> Response {
                 "expires_at": expires,
                 "size_vram": 0,
                 "context_length": s.num_ctx,
-            })
+                "num_parallel": s.parallel,
+            });
+            // Extension: the KV pool the running requests share, and its prefix cache.
+            if let Some(kv) = s.model.kv_cache() {
+                m["kv_cache"] = json!({
+                    "size": kv.bytes,
+                    "block_positions": kv.block_positions,
+                    "blocks": kv.blocks_total,
+                    "blocks_used": kv.blocks_used,
+                    "blocks_cached": kv.blocks_cached,
+                    "running": kv.running,
+                    "waiting": kv.waiting,
+                });
+            }
+            m
         })
         .collect();
     Json(json!({"models": models})).into_response()

@@ -1,0 +1,364 @@
+//! Several sequences evaluated together over one paged KV pool.
+//!
+//! A [`BatchRunner`] owns the fast backend, a pool of KV blocks (`FastKvCache::paged`) and
+//! the pool's bookkeeping ([`BlockPool`]: reference counts, prefix cache). A [`KvSeq`] is one
+//! sequence: its tokens, how many of them have keys and values in the pool, and its block
+//! table. [`BatchRunner::step`] evaluates the next rows of several sequences in one
+//! execution: the rows of all sequences go through every matmul together (the weights are
+//! read once for the whole step), each row writes its keys and values through its own block
+//! table, and each sequence's attention reads only its own blocks. It returns the logits of
+//! each sequence's last row. Programs are cached per step shape (rows, sequences).
+
+use std::sync::Arc;
+
+use smelt_cpu::{FastBackend, FastKvCache, KvType, Program, SeqRows, WeightSpec};
+use smelt_gguf::Gguf;
+use smelt_models::{Architecture, Output};
+
+use crate::kvpool::{BlockPool, ROOT_HASH};
+use crate::EngineError;
+
+/// Positions per KV block: small enough that a prefix is reused to within a few tokens and a
+/// short request wastes little, large enough that attention reads long contiguous runs.
+pub const BLOCK_SIZE: usize = 32;
+
+/// Programs kept; each step shape (rows, sequences) has its own.
+const MAX_PROGRAMS: usize = 32;
+
+/// How to load a [`BatchRunner`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    /// Longest sequence (positions).
+    pub n_ctx: usize,
+    /// Positions of the KV pool, shared by every sequence (rounded up to whole blocks; at
+    /// least `n_ctx`).
+    pub kv_positions: usize,
+    pub threads: usize,
+    pub kv_type: KvType,
+}
+
+/// One sequence: tokens, of which the first `n_kv` have keys and values in its blocks.
+#[derive(Debug, Default)]
+pub struct KvSeq {
+    tokens: Vec<u32>,
+    n_kv: usize,
+    blocks: Vec<u32>,
+    /// Leading blocks registered in the prefix cache (or taken from it), and the chain hash
+    /// after them.
+    n_registered: usize,
+    chain: u64,
+    cached: usize,
+}
+
+impl KvSeq {
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Tokens whose keys and values are in the pool.
+    pub fn n_kv(&self) -> usize {
+        self.n_kv
+    }
+
+    /// Tokens still to evaluate.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.n_kv
+    }
+
+    /// Tokens taken from the prefix cache when the sequence started.
+    pub fn cached_tokens(&self) -> usize {
+        self.cached
+    }
+
+    /// Append a token to evaluate in a later step.
+    pub fn push(&mut self, token: u32) {
+        self.tokens.push(token);
+    }
+
+    /// Take the tokens out (of a sequence holding no blocks).
+    pub fn take_tokens(&mut self) -> Vec<u32> {
+        debug_assert!(self.blocks.is_empty());
+        self.n_kv = 0;
+        std::mem::take(&mut self.tokens)
+    }
+
+    /// Blocks held.
+    pub fn n_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+/// The fast backend with a paged KV pool, evaluating many sequences per step.
+pub struct BatchRunner {
+    arch: Box<dyn Architecture>,
+    backend: FastBackend,
+    kv: FastKvCache,
+    pool: BlockPool,
+    programs: Vec<((usize, usize), Program, u64)>,
+    uses: u64,
+    n_ctx: usize,
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+}
+
+impl BatchRunner {
+    pub fn load(gguf: Arc<Gguf>, opts: BatchOptions) -> Result<BatchRunner, EngineError> {
+        let arch = smelt_models::load(&gguf)?;
+        if opts.n_ctx == 0 {
+            return Err(EngineError::Invalid("num_ctx must be at least 1".into()));
+        }
+        let specs: Vec<WeightSpec> = arch
+            .weights()
+            .entries()
+            .iter()
+            .map(|e| WeightSpec {
+                name: e.name.clone(),
+                shape: e.shape,
+            })
+            .collect();
+        let backend = FastBackend::new(gguf, &specs, opts.threads)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let n_blocks = opts.kv_positions.max(opts.n_ctx).div_ceil(BLOCK_SIZE);
+        let kv = FastKvCache::paged(n_blocks, BLOCK_SIZE, &arch.kv_widths(), opts.kv_type)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok(BatchRunner {
+            arch,
+            backend,
+            kv,
+            pool: BlockPool::new(n_blocks, BLOCK_SIZE),
+            programs: Vec::new(),
+            uses: 0,
+            n_ctx: opts.n_ctx,
+            tokens: Vec::new(),
+            positions: Vec::new(),
+        })
+    }
+
+    pub fn arch(&self) -> &dyn Architecture {
+        self.arch.as_ref()
+    }
+
+    /// Longest sequence.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    /// Bytes of the KV pool.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    /// Bytes of one KV block.
+    pub fn block_bytes(&self) -> usize {
+        self.kv.block_bytes()
+    }
+
+    /// Bytes allocated: KV pool, activations, scratch, 1-D weights.
+    pub fn memory_bytes(&self) -> usize {
+        self.backend.allocated_bytes() + self.kv.bytes()
+    }
+
+    pub fn mapped_weight_bytes(&self) -> usize {
+        self.backend.mapped_weight_bytes()
+    }
+
+    /// A sequence for `tokens`, its longest cached prefix taken from the prefix cache (whole
+    /// blocks, leaving at least one token to evaluate: its logits start generation).
+    pub fn start(&mut self, tokens: Vec<u32>) -> KvSeq {
+        let max_blocks = tokens.len().saturating_sub(1) / BLOCK_SIZE;
+        let (blocks, chain) = self.pool.lookup(&tokens, max_blocks);
+        let n = blocks.len() * BLOCK_SIZE;
+        KvSeq {
+            tokens,
+            n_kv: n,
+            n_registered: blocks.len(),
+            blocks,
+            chain,
+            cached: n,
+        }
+    }
+
+    /// Let go of a sequence's blocks (its full blocks stay in the prefix cache until evicted);
+    /// it keeps its tokens and can be started again.
+    pub fn release(&mut self, seq: &mut KvSeq) {
+        for b in seq.blocks.drain(..) {
+            self.pool.release(b);
+        }
+        seq.n_kv = 0;
+        seq.n_registered = 0;
+        seq.chain = ROOT_HASH;
+    }
+
+    /// New blocks `seq` needs to evaluate `rows` more tokens.
+    pub fn blocks_needed(&self, seq: &KvSeq, rows: usize) -> usize {
+        (seq.n_kv + rows)
+            .div_ceil(BLOCK_SIZE)
+            .saturating_sub(seq.blocks.len())
+    }
+
+    /// Evaluate the next `rows` pending tokens of each sequence, all in one execution.
+    /// Returns the logits of each sequence's last evaluated row, `[batch.len(), n_vocab]`.
+    /// Fails without evaluating anything when the pool lacks blocks (see
+    /// [`BatchRunner::blocks_needed`]).
+    pub fn step(&mut self, batch: &mut [(&mut KvSeq, usize)]) -> Result<&[f32], EngineError> {
+        if batch.is_empty() {
+            return Err(EngineError::Invalid("an empty step".into()));
+        }
+        let n_vocab = self.arch.n_vocab() as u32;
+        let mut need = 0;
+        for (seq, rows) in batch.iter() {
+            if *rows == 0 || *rows > seq.pending() {
+                return Err(EngineError::Invalid(format!(
+                    "{rows} rows of a sequence with {} pending tokens",
+                    seq.pending()
+                )));
+            }
+            if seq.n_kv + rows > self.n_ctx {
+                return Err(EngineError::ContextFull {
+                    needed: seq.n_kv + rows,
+                    n_ctx: self.n_ctx,
+                });
+            }
+            let new = &seq.tokens[seq.n_kv..seq.n_kv + *rows];
+            if let Some(&bad) = new.iter().find(|&&t| t >= n_vocab) {
+                return Err(EngineError::Invalid(format!(
+                    "token id {bad} is outside the vocabulary ({n_vocab})"
+                )));
+            }
+            need += self.blocks_needed(seq, *rows);
+        }
+        if need > self.pool.available() {
+            return Err(EngineError::Invalid(format!(
+                "the KV pool has {} free blocks, the step needs {need}",
+                self.pool.available()
+            )));
+        }
+        self.tokens.clear();
+        self.positions.clear();
+        for (seq, rows) in batch.iter_mut() {
+            for _ in 0..self.blocks_needed(seq, *rows) {
+                let b = self.pool.alloc().expect("blocks counted above");
+                seq.blocks.push(b);
+            }
+            self.tokens
+                .extend_from_slice(&seq.tokens[seq.n_kv..seq.n_kv + *rows]);
+            self.positions
+                .extend((seq.n_kv..seq.n_kv + *rows).map(|p| p as u32));
+        }
+        let key = (self.tokens.len(), batch.len());
+        let prog = self.program(key)?;
+        let seqs: Vec<SeqRows> = batch
+            .iter()
+            .map(|(s, rows)| SeqRows {
+                rows: *rows,
+                blocks: &s.blocks,
+            })
+            .collect();
+        let prog = &self.programs[prog].1;
+        let logits = self
+            .backend
+            .execute_batch(prog, &self.tokens, &self.positions, &seqs, &mut self.kv)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        drop(seqs);
+        for (seq, rows) in batch.iter_mut() {
+            seq.n_kv += *rows;
+            // Blocks now full hold final keys and values: share them.
+            while (seq.n_registered + 1) * BLOCK_SIZE <= seq.n_kv {
+                let i = seq.n_registered;
+                let toks = &seq.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+                seq.chain = self.pool.register(seq.blocks[i], seq.chain, toks);
+                seq.n_registered += 1;
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Lower the program for steps of `rows` rows of `n_seqs` sequences ahead of use (its
+    /// activations are allocated now).
+    pub fn prepare(&mut self, rows: usize, n_seqs: usize) -> Result<(), EngineError> {
+        self.program((rows.max(n_seqs).max(1), n_seqs.max(1)))
+            .map(|_| ())
+    }
+
+    /// Index of the program for `key` (rows, sequences), lowering it when new.
+    fn program(&mut self, key: (usize, usize)) -> Result<usize, EngineError> {
+        self.uses += 1;
+        if let Some(i) = self.programs.iter().position(|p| p.0 == key) {
+            self.programs[i].2 = self.uses;
+            return Ok(i);
+        }
+        if self.programs.len() >= MAX_PROGRAMS {
+            let oldest = (0..self.programs.len())
+                .min_by_key(|&i| self.programs[i].2)
+                .expect("not empty");
+            self.programs.swap_remove(oldest);
+        }
+        let graph = self.arch.build(key.0, Output::SeqLogits(key.1));
+        let prog = self
+            .backend
+            .lower(&graph, &self.kv)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.programs.push((key, prog, self.uses));
+        Ok(self.programs.len() - 1)
+    }
+
+    /// Final hidden states of `tokens` (`[n, n_embd]`), evaluated as a sequence of its own in
+    /// chunks; its blocks are freed at once.
+    pub fn hidden(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        if tokens.is_empty() || tokens.len() > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                needed: tokens.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        let mut seq = KvSeq {
+            tokens: tokens.to_vec(),
+            chain: ROOT_HASH,
+            ..KvSeq::default()
+        };
+        let need = tokens.len().div_ceil(BLOCK_SIZE);
+        if need > self.pool.available() {
+            return Err(EngineError::Invalid(format!(
+                "the KV pool has {} free blocks, {} tokens need {need}",
+                self.pool.available(),
+                tokens.len()
+            )));
+        }
+        for _ in 0..need {
+            seq.blocks.push(self.pool.alloc().expect("counted"));
+        }
+        let result = self.hidden_chunks(&seq);
+        // Not registered: nothing else asks for an embedding's keys and values.
+        self.release(&mut seq);
+        result
+    }
+
+    fn hidden_chunks(&mut self, seq: &KvSeq) -> Result<Vec<f32>, EngineError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        // Chunks of a step's prompt budget: the activations stay within what `prepare` sized.
+        for chunk in seq.tokens.chunks(crate::model::STEP_TOKENS) {
+            let graph = self.arch.build(chunk.len(), Output::Hidden);
+            let prog = self
+                .backend
+                .lower(&graph, &self.kv)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let positions: Vec<u32> = (at..at + chunk.len()).map(|p| p as u32).collect();
+            let rows = [SeqRows {
+                rows: chunk.len(),
+                blocks: &seq.blocks,
+            }];
+            let res = self
+                .backend
+                .execute_batch(&prog, chunk, &positions, &rows, &mut self.kv)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            out.extend_from_slice(res);
+            at += chunk.len();
+        }
+        Ok(out)
+    }
+}

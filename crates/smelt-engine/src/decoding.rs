@@ -1,0 +1,162 @@
+//! One request's generation after the prompt: from each step's logits to the next token and
+//! the events a client sees. The same state machine serves the single-sequence path
+//! (`Model::generate` on a `Runner`) and the batch loop, which calls it on its sequence's
+//! row of each step's logits.
+
+use smelt_tokenizer::{Tokenizer, Utf8Stream};
+
+use crate::api::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
+use crate::sampler::{log_softmax, Sampler};
+use crate::stop::{StopMatcher, StopStep};
+
+/// What to do after a token was sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Evaluate this token and call [`Decoding::next`] on its logits.
+    Eval(u32),
+    /// Generation is over; call [`Decoding::finish`].
+    Finish(FinishReason),
+}
+
+pub(crate) struct Decoding {
+    pub req: GenerateRequest,
+    pub usage: Usage,
+    sampler: Sampler,
+    history: Vec<u32>,
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    held_tokens: Vec<u32>,
+    held_logprobs: Vec<TokenLogprob>,
+    stopped_by_string: bool,
+}
+
+impl Decoding {
+    pub fn new(req: GenerateRequest) -> Decoding {
+        Decoding {
+            usage: Usage {
+                prompt_tokens: req.prompt.len(),
+                ..Usage::default()
+            },
+            sampler: Sampler::new(req.sampling.clone()),
+            history: req.prompt.clone(),
+            utf8: Utf8Stream::new(),
+            stop: StopMatcher::new(&req.stop),
+            held_tokens: Vec::new(),
+            held_logprobs: Vec::new(),
+            stopped_by_string: false,
+            req,
+        }
+    }
+
+    /// Sample the next token from `logits` (penalties and the constraint are applied in
+    /// place) and emit the text that became final. `kv_len`: tokens with keys and values (the
+    /// context used so far); `n_ctx`: the context.
+    pub fn next(
+        &mut self,
+        tok: &Tokenizer,
+        logits: &mut [f32],
+        kv_len: usize,
+        n_ctx: usize,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Next {
+        if self.req.cancel.is_cancelled() {
+            return Next::Finish(FinishReason::Cancelled);
+        }
+        let raw = if self.req.logprobs {
+            logits.to_vec()
+        } else {
+            Vec::new()
+        };
+        self.sampler.apply_penalties(logits, &self.history);
+        if let Some(c) = self.req.constraint.as_mut() {
+            c.mask(logits);
+        }
+        let t = self.sampler.sample(logits);
+        if tok.is_eog(t) {
+            return Next::Finish(FinishReason::Stop);
+        }
+        self.usage.completion_tokens += 1;
+        self.history.push(t);
+        if self.req.logprobs {
+            self.held_logprobs
+                .push(logprob(tok, &raw, t, self.req.top_logprobs));
+        }
+        self.held_tokens.push(t);
+        let done = self.req.constraint.as_mut().is_some_and(|c| c.accept(t));
+        let text = self.utf8.push(tok.piece(t, false));
+        match self.stop.push(&text) {
+            StopStep::Emit(s) => {
+                if !s.is_empty() {
+                    self.emit(s, on_event);
+                }
+            }
+            StopStep::Stop { text, matched } => {
+                if !text.is_empty() {
+                    self.emit(text, on_event);
+                }
+                self.stopped_by_string = true;
+                self.usage.stop_sequence = Some(matched);
+                return Next::Finish(FinishReason::Stop);
+            }
+        }
+        if done {
+            return Next::Finish(FinishReason::Stop);
+        }
+        if self
+            .req
+            .max_tokens
+            .is_some_and(|m| self.usage.completion_tokens >= m)
+            || kv_len + 1 >= n_ctx
+        {
+            return Next::Finish(FinishReason::Length);
+        }
+        Next::Eval(t)
+    }
+
+    fn emit(&mut self, text: String, on_event: &mut dyn FnMut(Event)) {
+        on_event(Event::Text {
+            text,
+            tokens: std::mem::take(&mut self.held_tokens),
+            logprobs: std::mem::take(&mut self.held_logprobs),
+        });
+    }
+
+    /// Release held text (unless a stop string ended it) and emit `Done`.
+    pub fn finish(&mut self, reason: FinishReason, on_event: &mut dyn FnMut(Event)) -> Usage {
+        if !self.stopped_by_string {
+            let rest = self.stop.push_final(&self.utf8.finish());
+            if !rest.is_empty() || !self.held_tokens.is_empty() {
+                self.emit(rest, on_event);
+            }
+        }
+        on_event(Event::Done {
+            reason,
+            usage: self.usage.clone(),
+        });
+        self.usage.clone()
+    }
+}
+
+/// The sampled token's log-probability under `logits` and the `top` most likely tokens'.
+pub(crate) fn logprob(tok: &Tokenizer, logits: &[f32], t: u32, top: usize) -> TokenLogprob {
+    let lp = log_softmax(logits);
+    let mut best: Vec<u32> = Vec::new();
+    if top > 0 {
+        let mut idx: Vec<u32> = (0..lp.len() as u32).collect();
+        let k = top.min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
+        idx.truncate(k);
+        idx.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
+        best = idx;
+    }
+    let text = |t: u32| String::from_utf8_lossy(tok.token_to_piece(t)).into_owned();
+    TokenLogprob {
+        token: t,
+        text: text(t),
+        logprob: lp[t as usize],
+        top: best
+            .into_iter()
+            .map(|b| (b, text(b), lp[b as usize]))
+            .collect(),
+    }
+}
