@@ -66,6 +66,21 @@ pub struct CudaProgram {
 
 type LaunchRec = (usize, (u32, u32, u32), u32, u32, u64);
 
+impl Drop for CudaProgram {
+    fn drop(&mut self) {
+        // The graph's kernel nodes point into the module and the parameter buffer: destroy it
+        // before they go (fields drop in declaration order, the graph last). Destroying it
+        // after the module was unloaded crashed the driver (SIGSEGV in cuGraphExecDestroy,
+        // seen on the device when `smelt bench` dropped a runner).
+        let graph = self
+            .graph
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(graph);
+    }
+}
+
 struct Graph2 {
     exec: sys::CUgraphExec,
     graph: sys::CUgraph,
@@ -108,7 +123,6 @@ struct IoBufs {
 }
 
 pub struct CudaBackend {
-    dev: Device,
     weights: DevBuf,
     winfo: Vec<WeightInfo>,
     io: IoBufs,
@@ -116,6 +130,8 @@ pub struct CudaBackend {
     stats: CudaStats,
     fuse: FuseOptions,
     graphs: bool,
+    /// Last: fields drop in order, and the buffers above are freed in its context.
+    dev: Device,
 }
 
 impl CudaBackend {
@@ -137,9 +153,8 @@ impl CudaBackend {
                     s.name, t.n_elements
                 )));
             }
-            let row_bytes = smelt_quant::row_size(t.dtype, cols)
-                .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?
-                as u64;
+            let row_bytes = crate::layout::dev_row_bytes(t.dtype, cols)
+                .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?;
             let (dtype, bytes, sm) = if rows == 1 {
                 let v = smelt_quant::dequantize_to_vec(t.dtype, gguf.tensor_data(t))
                     .map_err(|e| CudaError::Invalid(format!("tensor '{}': {e}", s.name)))?;
@@ -152,7 +167,7 @@ impl CudaBackend {
                         s.name, t.dtype
                     )));
                 }
-                (t.dtype, t.n_bytes, None)
+                (t.dtype, row_bytes * rows as u64, None)
             };
             winfo.push(WeightInfo {
                 off: total,
@@ -176,7 +191,11 @@ impl CudaBackend {
                     &gguf.bytes()[start..start + t.n_bytes as usize]
                 }
             };
-            dev.upload(weights.ptr + w.off, bytes)?;
+            // Blocks that GGUF leaves 2-byte aligned are padded on the way (see `layout`).
+            match crate::layout::to_device(w.dtype, bytes) {
+                Some(padded) => dev.upload(weights.ptr + w.off, &padded)?,
+                None => dev.upload(weights.ptr + w.off, bytes)?,
+            }
         }
         let io = IoBufs {
             gen: 0,

@@ -2,10 +2,7 @@
 //! shapes and weight types. Offsets into the weights, the arena and the KV cache are kernel
 //! parameters (`P[i]`), so the layers of a model share one compiled kernel per distinct shape.
 //!
-//! Decode (one token): a matmul kernel is one launch. Every block computes the prologue for the
-//! row in shared memory (norms, residual adds, embedding), stages it as the gemv input, then
-//! loops over its tiles of output columns: a warp takes 4 weight rows at a time, and the tile's
-//! epilogue (bias, RoPE, QK-norm, SiLU*up, residual, KV write) runs on the tile in shared memory.
+//! Decode (one token): a matmul kernel is one launch (codegen/decode.rs).
 //! Prefill (several tokens): prologue kernel (one block per row) -> tensor-core GEMM per matmul
 //! -> epilogue kernel per bundle. Attention: one kernel, split over keys for decode with the
 //! last block of each head combining the partial softmaxes.
@@ -21,12 +18,15 @@ use smelt_graph::{Dest, KernelKind, KvPart, NodeId, Op, Plan};
 
 use crate::CudaError;
 
+mod decode;
+
 pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
 /// Threads of row, gemv and epilogue kernels.
-const NT: usize = 256;
+const NT: usize = 512;
 const NWARPS: usize = NT / 32;
-/// Keys per split of decode attention.
-const ATTN_CHUNK: usize = 128;
+/// Keys per split of decode attention: one warp's 32 keys, so the value loop (a chain of
+/// dependent-issue loads) is short; splits past the current position exit at once.
+const ATTN_CHUNK: usize = 32;
 
 /// A weight on the device: byte offset into the weight buffer. 1-D weights are stored as f32.
 #[derive(Clone, Debug)]
@@ -102,6 +102,8 @@ struct Gen<'a> {
     kv: &'a KvInfo,
     t: usize,
     max_grid: usize,
+    /// Decode matmul blocks (of NT threads) per SM.
+    decode_blocks: usize,
     scratch: usize,
     counters: usize,
     bodies: HashMap<String, String>,
@@ -119,14 +121,20 @@ pub(crate) fn generate(
     sm_count: usize,
 ) -> Result<Generated, CudaError> {
     let t = plan.graph().n_tokens();
+    // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
+    // at 64 per thread, 1 gives 128. `SMELT_CUDA_DECODE_BLOCKS` overrides, for the kernel lab.
+    let decode_blocks = std::env::var("SMELT_CUDA_DECODE_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b: &usize| (1..=2).contains(&b))
+        .unwrap_or(2);
     let mut g = Gen {
         plan,
         w,
         kv,
         t,
-        // Two blocks per SM, each computing its prologue once and looping over tiles (v1; v2's 8
-        // blocks per SM with two units in flight per lane measured 22% slower on the 8B).
-        max_grid: 2 * sm_count.max(1),
+        max_grid: decode_blocks * sm_count.max(1),
+        decode_blocks,
         scratch: plan.arena_len().div_ceil(64) * 64,
         counters: 0,
         bodies: HashMap::new(),
@@ -186,7 +194,8 @@ impl<'a> Gen<'a> {
     }
 
     /// Register a kernel body (dedup by text), return its function name.
-    fn kernel(&mut self, bounds: usize, body: String, smem: usize) -> String {
+    /// `bounds`: the `__launch_bounds__` arguments (threads, and blocks per SM if given).
+    fn kernel(&mut self, bounds: &str, body: String, smem: usize) -> String {
         if let Some(n) = self.bodies.get(&body) {
             return n.clone();
         }
@@ -541,71 +550,6 @@ impl<'a> Gen<'a> {
         bundles[bi].matmuls.len() + bundles[bi].epilogue.len()
     }
 
-    fn decode_matmul(&mut self, ki: usize) -> Result<(), CudaError> {
-        let k = &self.plan.kernels()[ki];
-        let KernelKind::MatMul { input, bundles } = &k.kind else {
-            unreachable!()
-        };
-        let kdim = self.node(*input).shape[1];
-        let kp = kdim.div_ceil(256) * 256;
-        let mut p = Params::default();
-        let mut slots = HashMap::new();
-        let mut next = 0usize;
-        let mut body = String::from("extern __shared__ float sm[]; __shared__ float red[33];\n\
-            const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = 0, rp = 0; (void)lane; (void)rp;\n");
-        body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
-        let xs = next;
-        next += kp + kp / 32 * 4;
-        let xin = match slots.get(input) {
-            Some(o) => format!("sm[{o} + c]"),
-            None => self.buf_read(*input, "c", &mut p)?,
-        };
-        write!(body, "for (int c = tid; c < {kp}; c += {NT}) sm[{xs} + xpad(c)] = c < {kdim} ? {xin} : 0.f;\n__syncthreads();\n\
-            const float* xs = sm + {xs}; float* se = sm + {next};\n").unwrap();
-        let se = next;
-        let mut tiles = 0usize;
-        let mut se_len = 0usize;
-        let mut branches = String::new();
-        for (bi, b) in bundles.iter().enumerate() {
-            let bc = Self::tile_cols(b.align, 32);
-            let nt = b.width.div_ceil(bc);
-            let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
-            se_len = se_len.max(self.bundle_slots(ki, bi) * bc);
-            let mut mm = String::new();
-            for &m in &b.matmuls {
-                let Op::MatMul { w, .. } = self.node(m).op else {
-                    unreachable!()
-                };
-                let wi = self.weight(w);
-                let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
-                let (wo, rb) = (p.p(wi.off), p.p(wi.row_bytes));
-                write!(mm, "for (int rr = warp * 4; rr < nv; rr += {}) gemv_{ty}(W + {wo} + (u64)(c0 + rr) * {rb}, {rb}, min(4, nv - rr), {kdim}, xs, se + {} + rr);\n",
-                    NWARPS * 4, bslots[&m]).unwrap();
-                self.need_gemv(ty);
-            }
-            write!(branches, "{}if (tile < {}) {{ const int c0 = (tile - {tiles}) * {bc}; const int nv = min({bc}, {} - c0);\n{mm}__syncthreads();\n{code}}}\n",
-                if bi == 0 { "" } else { "else " }, tiles + nt, b.width).unwrap();
-            tiles += nt;
-        }
-        write!(
-            body,
-            "for (int tile = blockIdx.x; tile < {tiles}; tile += gridDim.x) {{\n{branches}}}\n"
-        )
-        .unwrap();
-        let _ = se;
-        let smem = (next + se_len) * 4;
-        let name = self.kernel(NT, body, smem);
-        self.launch(name, (tiles.min(self.max_grid), 1, 1), NT, smem, p);
-        Ok(())
-    }
-
-    fn need_gemv(&mut self, ty: &'static str) {
-        let line = format!("DEF_GEMV({ty})\n");
-        if !self.src.contains(&line) {
-            self.src.insert_str(0, &line);
-        }
-    }
-
     /// A row kernel (one block per row): computes `rows`, stores what is materialised, and
     /// when `xin` is given writes the matmul input node there (`[rows, cols]` f32).
     fn rows_kernel(
@@ -630,7 +574,7 @@ impl<'a> Gen<'a> {
             write!(body, "if ({guard}) for (int c = tid; c < {cols}; c += {NT}) A[{} + (u64){row} * {cols} + c] = sm[{o} + c];\n", p.p(off as u64)).unwrap();
         }
         let smem = next.max(1) * 4;
-        let name = self.kernel(NT, body, smem);
+        let name = self.kernel(&NT.to_string(), body, smem);
         self.launch(name, (self.t, 1, 1), NT, smem, p);
         Ok(())
     }
@@ -701,7 +645,7 @@ impl<'a> Gen<'a> {
             body += "__syncthreads();\n";
             body += &code;
             let smem = self.bundle_slots(ki, bi) * bc * 4;
-            let name = self.kernel(NT, body, smem);
+            let name = self.kernel(&NT.to_string(), body, smem);
             self.launch(name, (nt, m_rows, 1), NT, smem, p);
         }
         Ok(())
@@ -780,6 +724,7 @@ impl<'a> Gen<'a> {
             const int rq = blockIdx.z * {nwarp} + warp; if (rq >= {t}) return;\n\
             const int hk = h / {grp}; const int p1 = pos[rq]; const int lo = {win};\n\
             const int k0 = max(lo, s * {chunk}), k1 = min(p1 + 1, (s + 1) * {chunk});\n\
+            if (s > p1 / {chunk}) return; // no keys here, and not counted by the combine\n\
             float* qs = qsh[warp];\n\
             for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
             __syncwarp();\n\
@@ -794,6 +739,7 @@ impl<'a> Gen<'a> {
               l = l * corr + warp_sum(pj);\n\
               for (int i = 0; i < {nacc}; i++) acc[i] *= corr;\n\
               int nk = min(32, k1 - j0);\n\
+              #pragma unroll 8\n\
               for (int jj = 0; jj < nk; jj++) {{ float pw = __shfl_sync(0xffffffffu, pj, jj); const u16* vr = Vp + (u64)(j0 + jj) * {kw};\n\
                 for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += pw * h2f(vr[d]); }} }}\n\
               m = mn;\n\
@@ -802,18 +748,21 @@ impl<'a> Gen<'a> {
               for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n\
               return;\n\
             }}\n\
+            const int ns = min({nsplit}, p1 / {chunk} + 1);\n\
             float* pp = A + {partp} + ((u64)(rq * {nh} + h) * {nsplit} + s) * {hd2};\n\
             if (lane == 0) {{ pp[0] = m; pp[1] = l; }}\n\
             for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) pp[2 + d] = acc[i]; }}\n\
             __threadfence();\n\
             u32 old = 0; if (lane == 0) old = atomicAdd(&C[rq * {nh} + h], 1u); old = __shfl_sync(0xffffffffu, old, 0);\n\
-            if (old != {nsplit} - 1) return;\n\
+            if (old != (u32)ns - 1) return;\n\
             __threadfence();\n\
-            volatile float* base = A + {partp} + (u64)(rq * {nh} + h) * {nsplit} * {hd2};\n\
-            float M = -INFINITY; for (int q = 0; q < {nsplit}; q++) if (base[q * {hd2} + 1] > 0.f) M = fmaxf(M, base[q * {hd2}]);\n\
-            float L = 0.f; for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
-            for (int q = 0; q < {nsplit}; q++) {{ float lq = base[q * {hd2} + 1]; if (lq > 0.f) {{ float f = expf(base[q * {hd2}] - M); L += lq * f;\n\
-              for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += base[q * {hd2} + 2 + d] * f; }} }} }}\n\
+            const float* base = A + {partp} + (u64)(rq * {nh} + h) * {nsplit} * {hd2};\n\
+            float M = -INFINITY, L = 0.f; for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
+            #pragma unroll 4\n\
+            for (int q = 0; q < ns; q++) {{ const float* bq = base + q * {hd2}; float lq = __ldcg(bq + 1), mq = __ldcg(bq);\n\
+              float pv[{nacc}]; for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; pv[i] = d < {hd} ? __ldcg(bq + 2 + d) : 0.f; }}\n\
+              if (lq > 0.f) {{ float mn = fmaxf(M, mq); float fo = M == -INFINITY ? 0.f : expf(M - mn), fq = expf(mq - mn);\n\
+                L = L * fo + lq * fq; for (int i = 0; i < {nacc}; i++) acc[i] = acc[i] * fo + pv[i] * fq; M = mn; }} }}\n\
             for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = L > 0.f ? acc[i] / L : 0.f; {outs} }} }}\n\
             if (lane == 0) C[rq * {nh} + h] = 0u;\n",
             hdp = hd.div_ceil(4) * 4,
@@ -822,7 +771,7 @@ impl<'a> Gen<'a> {
             nh = n_head,
             hd2 = hd + 2,
         );
-        let name = self.kernel(nwarp * 32, body, 0);
+        let name = self.kernel(&(nwarp * 32).to_string(), body, 0);
         self.launch(name, (n_head, nsplit, t.div_ceil(nwarp)), nwarp * 32, 0, p);
         Ok(())
     }

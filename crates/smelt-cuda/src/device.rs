@@ -184,7 +184,24 @@ impl Device {
     }
 
     /// Compile `src` for this GPU (or take the PTX from the disk cache) and load it.
+    ///
+    /// NVRTC and the driver (PTX to machine code) compile on the calling thread; for large
+    /// generated modules this has crashed the process (SIGSEGV, seen twice on the device, the
+    /// kind of crash a deep recursion on a small stack gives), so it runs on a thread of its
+    /// own with a large stack.
     pub(crate) fn compile(&self, src: &str) -> Result<Arc<CudaModule>, CudaError> {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("smelt-cuda-jit".into())
+                .stack_size(512 << 20)
+                .spawn_scoped(s, || self.compile_here(src))
+                .map_err(|e| CudaError::Driver(format!("JIT thread: {e}")))?
+                .join()
+                .map_err(|_| CudaError::Driver("JIT thread panicked".into()))?
+        })
+    }
+
+    fn compile_here(&self, src: &str) -> Result<Arc<CudaModule>, CudaError> {
         self.bind()?;
         let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
         let key = cache_key(src, &arch, self.driver_version);

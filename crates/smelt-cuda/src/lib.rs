@@ -6,6 +6,7 @@
 mod backend;
 mod codegen;
 mod device;
+mod layout;
 
 #[cfg(test)]
 mod tests;

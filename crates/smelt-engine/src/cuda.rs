@@ -12,10 +12,12 @@ use crate::EngineError;
 /// Programs kept; a decode program holds its captured CUDA graph.
 const MAX_PROGRAMS: usize = 8;
 
+/// Fields drop in order: programs (graphs, modules) and the KV cache before the backend
+/// that owns the device.
 pub(crate) struct CudaExec {
-    pub backend: CudaBackend,
-    pub kv: CudaKvCache,
     programs: HashMap<(usize, Output), CudaProgram>,
+    pub kv: CudaKvCache,
+    pub backend: CudaBackend,
 }
 
 fn err(e: smelt_cuda::CudaError) -> EngineError {

@@ -198,6 +198,7 @@ pub fn run_show(args: &ShowArgs) -> Result<()> {
     for (k, v) in model_facts(&m) {
         writeln!(out, "    {k:<20}{v}")?;
     }
+    writeln!(out, "    {:<20}{}", "device", device_choice())?;
     let params = parameter_lines(&m);
     if !params.is_empty() {
         writeln!(out, "\n  Parameters")?;
@@ -247,6 +248,22 @@ pub fn run_show(args: &ShowArgs) -> Result<()> {
 }
 
 /// Architecture, sizes and quantization, from the GGUF header where it can be read.
+/// Where `smelt run`/`serve` would run a model here: the `--device` choice (or its
+/// environment variable) resolved against the GPU this build can use. `auto` falls back to
+/// the CPU when the model's weight types are not supported on the GPU; that shows at load.
+fn device_choice() -> String {
+    use smelt_engine::BackendKind;
+    let gpu = smelt_engine::cuda_available();
+    match BackendKind::from_env() {
+        Ok(BackendKind::Cuda) if gpu => "cuda".into(),
+        Ok(BackendKind::Cuda) => "cuda requested, but no usable GPU here".into(),
+        Ok(BackendKind::Auto) if gpu => "cuda (auto)".into(),
+        Ok(BackendKind::Auto) => "cpu (auto: no usable GPU)".into(),
+        Ok(_) => "cpu".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn model_facts(m: &ResolvedModel) -> Vec<(&'static str, String)> {
     let mut facts = vec![
         ("architecture", m.details.family.clone()),

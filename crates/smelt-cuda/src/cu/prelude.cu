@@ -38,7 +38,7 @@ __device__ float deq_f32(const u8* r, int k) { return ((const float*)r)[k]; }
 __device__ float deq_f16(const u8* r, int k) { return h2f(((const u16*)r)[k]); }
 __device__ float deq_bf16(const u8* r, int k) { return bf2f(((const u16*)r)[k]); }
 __device__ float deq_q4_0(const u8* r, int k) {
-  const u8* b = r + (k >> 5) * 18; int j = k & 31;
+  const u8* b = r + (k >> 5) * 20 + 2; int j = k & 31;
   int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
   return h2f(ld16(b)) * (float)(q - 8);
 }
@@ -48,7 +48,7 @@ __device__ float deq_q4_1(const u8* r, int k) {
   return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
 }
 __device__ float deq_q5_0(const u8* r, int k) {
-  const u8* b = r + (k >> 5) * 22; int j = k & 31;
+  const u8* b = r + (k >> 5) * 24 + 2; int j = k & 31;
   u32 qh = ld32_2(b + 2);
   int q = j < 16 ? ((b[6 + j] & 15) | (((qh >> j) & 1) << 4)) : ((b[6 + j - 16] >> 4) | (((qh >> j) & 1) << 4));
   return h2f(ld16(b)) * (float)(q - 16);
@@ -60,7 +60,7 @@ __device__ float deq_q5_1(const u8* r, int k) {
   return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
 }
 __device__ float deq_q8_0(const u8* r, int k) {
-  const u8* b = r + (k >> 5) * 34;
+  const u8* b = r + (k >> 5) * 36 + 2;
   return h2f(ld16(b)) * (float)(signed char)b[2 + (k & 31)];
 }
 __device__ float deq_q4_k(const u8* r, int k) {
@@ -76,160 +76,214 @@ __device__ float deq_q5_k(const u8* r, int k) {
   return h2f(ld16(b)) * sc * (float)q - h2f(ld16(b + 2)) * m;
 }
 __device__ float deq_q6_k(const u8* r, int k) {
-  const u8* b = r + (k >> 8) * 210; int e = k & 255; int ch = e >> 5, l = e & 31; int n = ch >> 2, g = ch & 3;
+  const u8* b = r + (k >> 8) * 224; int e = k & 255; int ch = e >> 5, l = e & 31; int n = ch >> 2, g = ch & 3;
   int q = ((b[64 * n + 32 * (g & 1) + l] >> (4 * (g >> 1))) & 15) | (((b[128 + 32 * n + l] >> (2 * g)) & 3) << 4);
   float d = h2f(ld16(b + 208));
   return d * (float)((signed char)b[192 + 2 * ch + (l >> 4)]) * (float)(q - 32);
 }
 
-// ---- decode gemv units: a lane loads one unit of a weight row (16-byte loads where the
-// layout allows), then dequantises it 8 values at a time in registers. Unit u covers x
-// elements UBASE(u) + XO(c) .. +8 for chunks c = 0 .. UE/8. ----
-__device__ __forceinline__ u32 wsel(const V4& a, const V4& b, int i) {
-  // i is a compile-time constant after unrolling.
-  return i == 0 ? a.x : i == 1 ? a.y : i == 2 ? a.z : i == 3 ? a.w : i == 4 ? b.x : i == 5 ? b.y : i == 6 ? b.z : b.w;
+// ---- decode gemv against int8 activations (dp4a) ----
+// The activation row is quantised once per block into shared memory: q (int8, 16 bytes of
+// padding after every 64 so lanes reading their own unit's 16-byte words hit distinct banks),
+// d (one scale per 32 values) and s (per 16 values: d * sum of q, for the formats' offsets).
+// A lane loads one unit of a weight row with 16-byte (or 4-byte) loads and dots it in
+// integers: no int-to-float conversion per weight, ~1 instruction per weight.
+// Device layouts: blocks that are only 2-byte aligned in GGUF are padded (see codegen's
+// `dev_block`): Q4_0 20 B, Q5_0 24 B, Q8_0 36 B with 2 bytes in front; Q6_K 224 B.
+struct X8 { const signed char* q; const float* d; const float* s; };
+__device__ __forceinline__ int pad8(int i) { return i + ((i >> 6) << 4); }
+__device__ __forceinline__ int dp4a(u32 a, int b, int c) {
+  int r; asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c)); return r;
 }
-__device__ __forceinline__ void nib8(u32 w0, u32 w1, int shift, float d, float m, float* o) {
+#define M4 0x0f0f0f0fu
+__device__ __forceinline__ u32 ld32(const u8* p) { return *(const u32*)p; }
+// Bits 0..3 of v to bit 4 of bytes 0..3.
+__device__ __forceinline__ u32 hbit4(u32 v) { return ((v * 0x00204081u) & 0x01010101u) << 4; }
+
+// Q4_K: unit = 64 values (sub-blocks 2j, 2j+1 of a 256-block): header + 32 bytes of nibbles.
+struct Q_q4_k { V4 h, a, b; };
+#define UE8_q4_k 64
+__device__ __forceinline__ void ld8_q4_k(Q_q4_k& w, const u8* row, int u) {
+  const u8* b = row + (u >> 2) * 144; int j = u & 3;
+  w.h = *(const V4*)b; w.a = *(const V4*)(b + 16 + 32 * j); w.b = *(const V4*)(b + 32 + 32 * j);
+}
+// 6-bit scale and min of sub-block j (0..7) from the 12 scale bytes in h.y, h.z, h.w.
+__device__ __forceinline__ void sm_k4(const V4& h, int j, float& sc, float& m) {
+  int sh = 8 * (j & 3); u32 y = h.y >> sh, z = h.z >> sh, w = h.w >> sh;
+  if (j < 4) { sc = (float)(y & 63); m = (float)(z & 63); }
+  else { sc = (float)((w & 15) | (((y >> 6) & 3) << 4)); m = (float)(((w >> 4) & 15) | (((z >> 6) & 3) << 4)); }
+}
+__device__ __forceinline__ float dot8_q4_k(const Q_q4_k& w, int u, const X8& x) {
+  const int4* xp = (const int4*)(x.q + pad8(u * 64));
+  int4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+  const u32 q[8] = {w.a.x, w.a.y, w.a.z, w.a.w, w.b.x, w.b.y, w.b.z, w.b.w};
+  const int xl[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+  const int xh[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
+  int s1 = 0, s2 = 0;
 #pragma unroll
-  for (int i = 0; i < 4; i++) { o[i] = d * (float)((w0 >> (8 * i + shift)) & 15) + m; o[4 + i] = d * (float)((w1 >> (8 * i + shift)) & 15) + m; }
+  for (int i = 0; i < 8; i++) { s1 = dp4a(q[i] & M4, xl[i], s1); s2 = dp4a((q[i] >> 4) & M4, xh[i], s2); }
+  float sc1, m1, sc2, m2; int j = u & 3;
+  sm_k4(w.h, 2 * j, sc1, m1); sm_k4(w.h, 2 * j + 1, sc2, m2);
+  float d = h2f(w.h.x & 0xffff), dm = h2f(w.h.x >> 16); int b = 2 * u;
+  return d * (sc1 * x.d[b] * (float)s1 + sc2 * x.d[b + 1] * (float)s2)
+       - dm * (m1 * (x.s[2 * b] + x.s[2 * b + 1]) + m2 * (x.s[2 * b + 2] + x.s[2 * b + 3]));
 }
 
-// Q4_K: unit = 64 values (one pair of sub-blocks), qs 32 bytes in two 16-byte loads.
-struct U_q4_k { V4 a, b; float d1, m1, d2, m2; };
-#define UE_q4_k 64
-__device__ __forceinline__ int ubase_q4_k(int u) { return u * 64; }
-__device__ __forceinline__ int xo_q4_k(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q4_k(U_q4_k& u, const u8* row, int unit, int K) {
-  const u8* b = row + (unit >> 2) * 144; int j = unit & 3;
-  u.a = *(const V4*)(b + 16 + 32 * j); u.b = *(const V4*)(b + 32 + 32 * j);
-  float d = h2f(ld16(b)), dm = h2f(ld16(b + 2)), sc, m;
-  scale_min_k4(2 * j, b + 4, sc, m); u.d1 = d * sc; u.m1 = -dm * m;
-  scale_min_k4(2 * j + 1, b + 4, sc, m); u.d2 = d * sc; u.m2 = -dm * m;
+// Q5_K: as Q4_K plus the fifth bits (32 bytes of qh: bits 2j and 2j+1 of byte l).
+struct Q_q5_k { V4 h, ha, hb, a, b; };
+#define UE8_q5_k 64
+__device__ __forceinline__ void ld8_q5_k(Q_q5_k& w, const u8* row, int u) {
+  const u8* b = row + (u >> 2) * 176; int j = u & 3;
+  w.h = *(const V4*)b; w.ha = *(const V4*)(b + 16); w.hb = *(const V4*)(b + 32);
+  w.a = *(const V4*)(b + 48 + 32 * j); w.b = *(const V4*)(b + 64 + 32 * j);
 }
-__device__ __forceinline__ void dq_q4_k(const U_q4_k& u, int c, float* o) {
-  int w = 2 * (c & 3);
-  if (c < 4) nib8(wsel(u.a, u.b, w), wsel(u.a, u.b, w + 1), 0, u.d1, u.m1, o);
-  else nib8(wsel(u.a, u.b, w), wsel(u.a, u.b, w + 1), 4, u.d2, u.m2, o);
+__device__ __forceinline__ float dot8_q5_k(const Q_q5_k& w, int u, const X8& x) {
+  const int4* xp = (const int4*)(x.q + pad8(u * 64));
+  int4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+  const u32 q[8] = {w.a.x, w.a.y, w.a.z, w.a.w, w.b.x, w.b.y, w.b.z, w.b.w};
+  const u32 qh[8] = {w.ha.x, w.ha.y, w.ha.z, w.ha.w, w.hb.x, w.hb.y, w.hb.z, w.hb.w};
+  const int xl[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+  const int xh[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
+  int j = u & 3, s1 = 0, s2 = 0;
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    u32 h = qh[i] >> (2 * j);
+    s1 = dp4a((q[i] & M4) | ((h & 0x01010101u) << 4), xl[i], s1);
+    s2 = dp4a(((q[i] >> 4) & M4) | ((h & 0x02020202u) << 3), xh[i], s2);
+  }
+  float sc1, m1, sc2, m2;
+  sm_k4(w.h, 2 * j, sc1, m1); sm_k4(w.h, 2 * j + 1, sc2, m2);
+  float d = h2f(w.h.x & 0xffff), dm = h2f(w.h.x >> 16); int b = 2 * u;
+  return d * (sc1 * x.d[b] * (float)s1 + sc2 * x.d[b + 1] * (float)s2)
+       - dm * (m1 * (x.s[2 * b] + x.s[2 * b + 1]) + m2 * (x.s[2 * b + 2] + x.s[2 * b + 3]));
 }
 
-// Q5_K: as Q4_K plus the fifth bits (qh, 32 bytes, bits 2j and 2j+1).
-struct U_q5_k { V4 a, b, ha, hb; float d1, m1, d2, m2; int j; };
-#define UE_q5_k 64
-__device__ __forceinline__ int ubase_q5_k(int u) { return u * 64; }
-__device__ __forceinline__ int xo_q5_k(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q5_k(U_q5_k& u, const u8* row, int unit, int K) {
-  const u8* b = row + (unit >> 2) * 176; int j = unit & 3; u.j = j;
-  u.a = *(const V4*)(b + 48 + 32 * j); u.b = *(const V4*)(b + 64 + 32 * j);
-  u.ha = *(const V4*)(b + 16); u.hb = *(const V4*)(b + 32);
-  float d = h2f(ld16(b)), dm = h2f(ld16(b + 2)), sc, m;
-  scale_min_k4(2 * j, b + 4, sc, m); u.d1 = d * sc; u.m1 = -dm * m;
-  scale_min_k4(2 * j + 1, b + 4, sc, m); u.d2 = d * sc; u.m2 = -dm * m;
+// Q6_K (224-byte device blocks): unit = 16 positions l of one 128-value half n: 16 bytes of
+// ql for groups 0/2, 16 for groups 1/3, 16 of qh; 4 groups of 16 values, 32 apart.
+struct Q_q6_k { V4 a, b, h; uint2 s; u32 d; };
+#define UE8_q6_k 64
+__device__ __forceinline__ void ld8_q6_k(Q_q6_k& w, const u8* row, int u) {
+  const u8* bp = row + (u >> 2) * 224; int n = (u & 3) >> 1, hh = u & 1;
+  w.a = *(const V4*)(bp + 64 * n + 16 * hh); w.b = *(const V4*)(bp + 64 * n + 32 + 16 * hh);
+  w.h = *(const V4*)(bp + 128 + 32 * n + 16 * hh); w.s = *(const uint2*)(bp + 192 + 8 * n); w.d = ld16(bp + 208);
 }
-__device__ __forceinline__ void dq_q5_k(const U_q5_k& u, int c, float* o) {
-  int w = 2 * (c & 3); int hi = c >= 4; int bit = 2 * u.j + hi;
-  u32 w0 = wsel(u.a, u.b, w), w1 = wsel(u.a, u.b, w + 1);
-  u32 h0 = wsel(u.ha, u.hb, w), h1 = wsel(u.ha, u.hb, w + 1);
-  float d = hi ? u.d2 : u.d1, m = hi ? u.m2 : u.m1;
+__device__ __forceinline__ float dot8_q6_k(const Q_q6_k& w, int u, const X8& x) {
+  int n = (u & 3) >> 1, hh = u & 1; int base = (u >> 2) * 256 + 128 * n + 16 * hh;
+  const u32 A[4] = {w.a.x, w.a.y, w.a.z, w.a.w}, B[4] = {w.b.x, w.b.y, w.b.z, w.b.w};
+  const u32 H[4] = {w.h.x, w.h.y, w.h.z, w.h.w};
+  float acc = 0.f;
+#pragma unroll
+  for (int g = 0; g < 4; g++) {
+    int4 xv = *(const int4*)(x.q + pad8(base + 32 * g));
+    const int xw[4] = {xv.x, xv.y, xv.z, xv.w};
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      u32 v = g == 0 ? (A[i] & M4) | ((H[i] << 4) & 0x30303030u)
+            : g == 1 ? (B[i] & M4) | ((H[i] << 2) & 0x30303030u)
+            : g == 2 ? ((A[i] >> 4) & M4) | (H[i] & 0x30303030u)
+                     : ((B[i] >> 4) & M4) | ((H[i] >> 2) & 0x30303030u);
+      s = dp4a(v, xw[i], s);
+    }
+    u32 sw = g < 2 ? w.s.x : w.s.y;
+    float sc = (float)(signed char)((sw >> (8 * ((2 * g + hh) & 3))) & 255);
+    int xi = base + 32 * g;
+    acc += sc * (x.d[xi >> 5] * (float)s - 32.0f * x.s[xi >> 4]);
+  }
+  return h2f((u16)w.d) * acc;
+}
+
+// Q8_0 (36-byte device blocks: 2 bytes padding, d, 32 int8).
+struct Q_q8_0 { u32 q[8]; u32 d; };
+#define UE8_q8_0 32
+__device__ __forceinline__ void ld8_q8_0(Q_q8_0& w, const u8* row, int u) {
+  const u8* b = row + u * 36; w.d = ld16(b + 2);
+#pragma unroll
+  for (int i = 0; i < 8; i++) w.q[i] = ld32(b + 4 + 4 * i);
+}
+__device__ __forceinline__ float dot8_q8_0(const Q_q8_0& w, int u, const X8& x) {
+  const int4* xp = (const int4*)(x.q + pad8(u * 32)); int4 x0 = xp[0], x1 = xp[1];
+  const int xw[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+  int s = 0;
+#pragma unroll
+  for (int i = 0; i < 8; i++) s = dp4a(w.q[i], xw[i], s);
+  return h2f((u16)w.d) * x.d[u] * (float)s;
+}
+
+// Q4_0 / Q4_1 / Q5_0 / Q5_1: unit = one block of 32 (low nibbles values 0..15, high 16..31).
+struct Q_q4_0 { u32 q[4]; u32 d; };
+#define UE8_q4_0 32
+__device__ __forceinline__ void ld8_q4_0(Q_q4_0& w, const u8* row, int u) {
+  const u8* b = row + u * 20; w.d = ld32(b);
+#pragma unroll
+  for (int i = 0; i < 4; i++) w.q[i] = ld32(b + 4 + 4 * i);
+}
+__device__ __forceinline__ int nib_dot(const u32* q, const X8& x, int u) {
+  const int4* xp = (const int4*)(x.q + pad8(u * 32)); int4 x0 = xp[0], x1 = xp[1];
+  const int xl[4] = {x0.x, x0.y, x0.z, x0.w}, xh[4] = {x1.x, x1.y, x1.z, x1.w};
+  int s = 0;
+#pragma unroll
+  for (int i = 0; i < 4; i++) { s = dp4a(q[i] & M4, xl[i], s); s = dp4a((q[i] >> 4) & M4, xh[i], s); }
+  return s;
+}
+// Device Q4_0 starts with 2 bytes of padding: d is the high half of the first word.
+__device__ __forceinline__ float dot8_q4_0(const Q_q4_0& w, int u, const X8& x) {
+  return h2f((u16)(w.d >> 16)) * (x.d[u] * (float)nib_dot(w.q, x, u) - 8.0f * (x.s[2 * u] + x.s[2 * u + 1]));
+}
+typedef Q_q4_0 Q_q4_1;
+#define UE8_q4_1 32
+__device__ __forceinline__ void ld8_q4_1(Q_q4_1& w, const u8* row, int u) { ld8_q4_0(w, row, u); }
+__device__ __forceinline__ float dot8_q4_1(const Q_q4_1& w, int u, const X8& x) {
+  return h2f((u16)(w.d & 0xffff)) * x.d[u] * (float)nib_dot(w.q, x, u) + h2f((u16)(w.d >> 16)) * (x.s[2 * u] + x.s[2 * u + 1]);
+}
+struct Q_q5_0 { u32 q[4]; u32 d, qh; };
+#define UE8_q5_0 32
+__device__ __forceinline__ void ld8_q5_0(Q_q5_0& w, const u8* row, int u) {
+  const u8* b = row + u * 24; w.d = ld32(b); w.qh = ld32(b + 4);
+#pragma unroll
+  for (int i = 0; i < 4; i++) w.q[i] = ld32(b + 8 + 4 * i);
+}
+__device__ __forceinline__ int nib5_dot(const Q_q5_0& w, const X8& x, int u) {
+  const int4* xp = (const int4*)(x.q + pad8(u * 32)); int4 x0 = xp[0], x1 = xp[1];
+  const int xl[4] = {x0.x, x0.y, x0.z, x0.w}, xh[4] = {x1.x, x1.y, x1.z, x1.w};
+  int s = 0;
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    o[i] = d * (float)(((w0 >> (8 * i + 4 * hi)) & 15) | (((h0 >> (8 * i + bit)) & 1) << 4)) + m;
-    o[4 + i] = d * (float)(((w1 >> (8 * i + 4 * hi)) & 15) | (((h1 >> (8 * i + bit)) & 1) << 4)) + m;
+    s = dp4a((w.q[i] & M4) | hbit4((w.qh >> (4 * i)) & 15), xl[i], s);
+    s = dp4a(((w.q[i] >> 4) & M4) | hbit4((w.qh >> (16 + 4 * i)) & 15), xh[i], s);
   }
+  return s;
+}
+__device__ __forceinline__ float dot8_q5_0(const Q_q5_0& w, int u, const X8& x) {
+  return h2f((u16)(w.d >> 16)) * (x.d[u] * (float)nib5_dot(w, x, u) - 16.0f * (x.s[2 * u] + x.s[2 * u + 1]));
+}
+typedef Q_q5_0 Q_q5_1;
+#define UE8_q5_1 32
+__device__ __forceinline__ void ld8_q5_1(Q_q5_1& w, const u8* row, int u) { ld8_q5_0(w, row, u); }
+__device__ __forceinline__ float dot8_q5_1(const Q_q5_1& w, int u, const X8& x) {
+  return h2f((u16)(w.d & 0xffff)) * x.d[u] * (float)nib5_dot(w, x, u) + h2f((u16)(w.d >> 16)) * (x.s[2 * u] + x.s[2 * u + 1]);
 }
 
-// Q6_K: unit = 16 positions l of one 128-value half (4 groups of 16 values); 2-byte loads
-// (210-byte blocks are only 2-byte aligned).
-struct U_q6_k { u32 l0[4], l1[4], h[4]; float s[4]; };
-#define UE_q6_k 64
-__device__ __forceinline__ int ubase_q6_k(int u) { return (u >> 2) * 256 + ((u & 3) >> 1) * 128 + (u & 1) * 16; }
-__device__ __forceinline__ int xo_q6_k(int c) { return 32 * (c >> 1) + 8 * (c & 1); }
-__device__ __forceinline__ void ld_q6_k(U_q6_k& u, const u8* row, int unit, int K) {
-  const u8* b = row + (unit >> 2) * 210; int n = (unit & 3) >> 1, h = unit & 1;
-  const u8* ql = b + 64 * n + 16 * h; const u8* qh = b + 128 + 32 * n + 16 * h;
-#pragma unroll
-  for (int i = 0; i < 4; i++) { u.l0[i] = ld32_2(ql + 4 * i); u.l1[i] = ld32_2(ql + 32 + 4 * i); u.h[i] = ld32_2(qh + 4 * i); }
-  float d = h2f(ld16(b + 208));
-#pragma unroll
-  for (int g = 0; g < 4; g++) u.s[g] = d * (float)(signed char)b[192 + 8 * n + 2 * g + h];
-}
-__device__ __forceinline__ void dq_q6_k(const U_q6_k& u, int c, float* o) {
-  int g = c >> 1, s = c & 1;
-#pragma unroll
-  for (int i = 0; i < 8; i++) {
-    int wi = 2 * s + (i >> 2), bi = 8 * (i & 3);
-    u32 l = (g & 1) ? u.l1[wi] : u.l0[wi];
-    int q = ((l >> (bi + 4 * (g >> 1))) & 15) | (((u.h[wi] >> (bi + 2 * g)) & 3) << 4);
-    o[i] = u.s[g] * (float)(q - 32);
-  }
+// One warp, one weight row of `units` units against the int8 activations; every lane gets
+// the sum. Two units per lane are loaded before either is used (no condition between the
+// loads, so the compiler issues both before the first dot).
+#define DEF_GEMV8(T) \
+__device__ __forceinline__ float gemv8_##T(const u8* row, int units, const X8& x) { \
+  int u = threadIdx.x & 31; float acc = 0.f; \
+  for (; u + 32 < units; u += 64) { \
+    Q_##T a, b; ld8_##T(a, row, u); ld8_##T(b, row, u + 32); \
+    acc += dot8_##T(a, u, x) + dot8_##T(b, u + 32, x); \
+  } \
+  if (u < units) { Q_##T a; ld8_##T(a, row, u); acc += dot8_##T(a, u, x); } \
+  return warp_sum(acc); \
 }
 
-// Q8_0: unit = one block of 32.
-struct U_q8_0 { u32 q[8]; float d; };
-#define UE_q8_0 32
-__device__ __forceinline__ int ubase_q8_0(int u) { return u * 32; }
-__device__ __forceinline__ int xo_q8_0(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q8_0(U_q8_0& u, const u8* row, int unit, int K) {
-  const u8* b = row + unit * 34; u.d = h2f(ld16(b));
-#pragma unroll
-  for (int i = 0; i < 8; i++) u.q[i] = ld32_2(b + 2 + 4 * i);
-}
-__device__ __forceinline__ void dq_q8_0(const U_q8_0& u, int c, float* o) {
-#pragma unroll
-  for (int i = 0; i < 8; i++) o[i] = u.d * (float)(signed char)((u.q[2 * c + (i >> 2)] >> (8 * (i & 3))) & 255);
+// Prefetch one weight row into L2 (issued before a block's prologue so HBM works meanwhile).
+__device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
+  for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(row + o));
 }
 
-// Q4_0 / Q4_1 / Q5_0 / Q5_1: unit = one block of 32; low nibbles are values 0..15.
-struct U_q4_0 { u32 q[4]; float d, m; };
-#define UE_q4_0 32
-__device__ __forceinline__ int ubase_q4_0(int u) { return u * 32; }
-__device__ __forceinline__ int xo_q4_0(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q4_0(U_q4_0& u, const u8* row, int unit, int K) {
-  const u8* b = row + unit * 18; u.d = h2f(ld16(b)); u.m = -8.0f * u.d;
-#pragma unroll
-  for (int i = 0; i < 4; i++) u.q[i] = ld32_2(b + 2 + 4 * i);
-}
-__device__ __forceinline__ void dq_q4_0(const U_q4_0& u, int c, float* o) {
-  nib8(u.q[2 * (c & 1)], u.q[2 * (c & 1) + 1], 4 * (c >> 1), u.d, u.m, o);
-}
-typedef U_q4_0 U_q4_1;
-#define UE_q4_1 32
-__device__ __forceinline__ int ubase_q4_1(int u) { return u * 32; }
-__device__ __forceinline__ int xo_q4_1(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q4_1(U_q4_1& u, const u8* row, int unit, int K) {
-  const u8* b = row + unit * 20; u.d = h2f(ld16(b)); u.m = h2f(ld16(b + 2));
-#pragma unroll
-  for (int i = 0; i < 4; i++) u.q[i] = *(const u32*)(b + 4 + 4 * i);
-}
-__device__ __forceinline__ void dq_q4_1(const U_q4_1& u, int c, float* o) { dq_q4_0(u, c, o); }
-struct U_q5_0 { u32 q[4]; u32 qh; float d, m; };
-#define UE_q5_0 32
-__device__ __forceinline__ int ubase_q5_0(int u) { return u * 32; }
-__device__ __forceinline__ int xo_q5_0(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q5_0(U_q5_0& u, const u8* row, int unit, int K) {
-  const u8* b = row + unit * 22; u.d = h2f(ld16(b)); u.m = -16.0f * u.d; u.qh = ld32_2(b + 2);
-#pragma unroll
-  for (int i = 0; i < 4; i++) u.q[i] = ld32_2(b + 6 + 4 * i);
-}
-__device__ __forceinline__ void dq_q5_0(const U_q5_0& u, int c, float* o) {
-  int sh = 4 * (c >> 1);
-#pragma unroll
-  for (int i = 0; i < 8; i++) {
-    int j = 8 * (c & 1) + i; // byte index 0..15
-    int q = ((u.q[j >> 2] >> (8 * (j & 3) + sh)) & 15) | (((u.qh >> (j + 16 * (c >> 1))) & 1) << 4);
-    o[i] = u.d * (float)q + u.m;
-  }
-}
-typedef U_q5_0 U_q5_1;
-#define UE_q5_1 32
-__device__ __forceinline__ int ubase_q5_1(int u) { return u * 32; }
-__device__ __forceinline__ int xo_q5_1(int c) { return 8 * c; }
-__device__ __forceinline__ void ld_q5_1(U_q5_1& u, const u8* row, int unit, int K) {
-  const u8* b = row + unit * 24; u.d = h2f(ld16(b)); u.m = h2f(ld16(b + 2)); u.qh = *(const u32*)(b + 4);
-#pragma unroll
-  for (int i = 0; i < 4; i++) u.q[i] = *(const u32*)(b + 8 + 4 * i);
-}
-__device__ __forceinline__ void dq_q5_1(const U_q5_1& u, int c, float* o) { dq_q5_0(u, c, o); }
-
+// ---- decode gemv for plain float weights (f32, f16, bf16) against f32 activations ----
 // Padded activation layout in shared memory: 4 floats of padding after every 32 values, so
 // lanes reading their own unit's values hit different banks.
 __device__ __forceinline__ int xpad(int i) { return i + ((i >> 5) << 2); }

@@ -3,7 +3,9 @@
 //! (no download) and read by smelt and llama.cpp alike. Never committed.
 //!
 //! Shapes: `llama-1b` (Llama-3.2-1B: n_embd 2048, 16 layers, 32 heads, 8 KV heads, n_ff 8192)
-//! and `llama-8b` (Llama-3-8B: 4096, 32 layers, 32/8 heads, n_ff 14336). Deviation from the
+//! `llama-8b` (Llama-3-8B: 4096, 32 layers, 32/8 heads, n_ff 14336) and `smollm2-135m`
+//! (SmolLM2-135M: 576, 30 layers, 9/3 heads, n_ff 1536; n_embd 576 takes no K-quant, so use
+//! `q8_0` or `q4_0`, as llama.cpp falls back to for it). Deviation from the
 //! real models: the vocabulary is copied from another GGUF (by default SmolLM2's, 49152 tokens,
 //! not Llama 3's 128256) so llama.cpp finds a working tokenizer; the output head is untied.
 //!
@@ -46,6 +48,14 @@ pub const SHAPES: &[Shape] = &[
         n_head: 32,
         n_head_kv: 8,
         n_ff: 14336,
+    },
+    Shape {
+        name: "smollm2-135m",
+        n_embd: 576,
+        n_layer: 30,
+        n_head: 9,
+        n_head_kv: 3,
+        n_ff: 1536,
     },
 ];
 

@@ -1,0 +1,228 @@
+//! Decode (one token) matmul kernels, v3. Rows of all the kernel's bundles are spread over a
+//! grid of at most two blocks per SM; each warp takes one output column at a time (that
+//! column of every matmul in its bundle). A block first prefetches its warps' first weight
+//! rows into L2, then computes the prologue (norms, residual adds) once and quantises the
+//! activation row to int8 in shared memory (float weights get an f32 copy), then streams its
+//! rows through the dp4a gemv units of the prelude. Raw matmul outputs go to scratch; epilogue
+//! tiles (bias, RoPE, QK-norm, SiLU*up, residual, KV write) run in the block that completes
+//! them: tiles wholly inside a block's rows at once, tiles shared by neighbouring blocks by
+//! the last one to finish (a counter per tile, reset by that block so graphs replay).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use smelt_graph::{KernelKind, Op};
+
+use super::{type_suffix, unsupported, Gen, Params, NT, NWARPS};
+use crate::CudaError;
+
+/// Weight rows prefetched into L2 per warp before the prologue.
+const PREFETCH_ROWS: usize = 2;
+
+struct Mat {
+    ty: &'static str,
+    quant: bool,
+    w: String,
+    rb: String,
+    raw: usize,
+    slot: usize,
+}
+
+impl Gen<'_> {
+    pub(super) fn decode_matmul(&mut self, ki: usize) -> Result<(), CudaError> {
+        let k = &self.plan.kernels()[ki];
+        let KernelKind::MatMul { input, bundles } = &k.kind else {
+            unreachable!()
+        };
+        let kdim = self.node(*input).shape[1];
+        let kp = kdim.div_ceil(256) * 256;
+        let total: usize = bundles.iter().map(|b| b.width).sum();
+        let grid = self.max_grid.min(total.div_ceil(NWARPS)).max(1);
+        let rows_per_block = total.div_ceil(grid);
+        let grid = total.div_ceil(rows_per_block);
+
+        let mut p = Params::default();
+        let mut slots = HashMap::new();
+        let mut next = 0usize;
+        let mut body = String::from(
+            "extern __shared__ float sm[]; __shared__ float red[33]; __shared__ int ntl;\n\
+            const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = 0, rp = 0; (void)lane; (void)rp;\n",
+        );
+        write!(
+            body,
+            "const int R0 = blockIdx.x * {rows_per_block}, R1 = min(R0 + {rows_per_block}, {total});\n"
+        )
+        .unwrap();
+
+        // Per bundle: first row, tile width, first tile; per matmul: weight, raw scratch.
+        let mut mats: Vec<Vec<Mat>> = Vec::new();
+        let mut starts = Vec::new();
+        let (mut start, mut tiles, mut max_tl) = (0usize, 0usize, 0usize);
+        let (mut need_q8, mut need_f32) = (false, false);
+        for (bi, b) in bundles.iter().enumerate() {
+            let bc = Self::tile_cols(b.align, 32);
+            let nt = b.width.div_ceil(bc);
+            starts.push((start, bc, tiles, nt));
+            max_tl += rows_per_block.min(b.width).div_ceil(bc) + 2;
+            let mut ms = Vec::new();
+            for (mi, &m) in b.matmuls.iter().enumerate() {
+                let Op::MatMul { w, .. } = self.node(m).op else {
+                    unreachable!()
+                };
+                let wi = self.weight(w);
+                let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
+                let quant = !matches!(ty, "f32" | "f16" | "bf16");
+                need_q8 |= quant;
+                need_f32 |= !quant;
+                let (w, rb) = (p.p(wi.off), p.p(wi.row_bytes));
+                let raw = self.alloc_scratch(b.width);
+                ms.push(Mat {
+                    ty,
+                    quant,
+                    w,
+                    rb,
+                    raw,
+                    slot: mi * bc,
+                });
+            }
+            let _ = bi;
+            mats.push(ms);
+            start += b.width;
+            tiles += nt;
+        }
+        self.counters = self.counters.max(tiles);
+
+        // Dispatch on the row index R: `each` gives the code for one matmul at column `c`.
+        let dispatch = |each: &dyn Fn(&Mat) -> String| -> String {
+            let mut s = String::new();
+            for (bi, b) in bundles.iter().enumerate() {
+                let (st, ..) = starts[bi];
+                let code: String = mats[bi].iter().map(each).collect();
+                write!(
+                    s,
+                    "{}if (R < {}) {{ const int c = R - {st};\n{code}}}\n",
+                    if bi == 0 { "" } else { "else " },
+                    st + b.width
+                )
+                .unwrap();
+            }
+            s
+        };
+        let prefetch = dispatch(&|m: &Mat| {
+            format!("prefetch_row(W + {} + (u64)c * {}, {});\n", m.w, m.rb, m.rb)
+        });
+        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n").unwrap();
+
+        body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
+        let xin = match slots.get(input) {
+            Some(o) => format!("sm[{o} + c]"),
+            None => self.buf_read(*input, "c", &mut p)?,
+        };
+        if need_q8 {
+            let (xq, xd) = (next, next + (kp + kp / 64 * 16) / 4);
+            let xs = xd + kp / 32;
+            next = xs + kp / 16;
+            write!(body, "for (int b = warp; b < {nb}; b += {NWARPS}) {{ const int c = b * 32 + lane; float v = c < {kdim} ? {xin} : 0.f;\n\
+                float a = warp_max(fabsf(v)); float d = a * (1.0f / 127.0f); int q = a > 0.f ? __float2int_rn(v * (127.0f / a)) : 0;\n\
+                ((signed char*)(sm + {xq}))[pad8(c)] = (signed char)q;\n\
+                int s = q; s += __shfl_xor_sync(0xffffffffu, s, 1); s += __shfl_xor_sync(0xffffffffu, s, 2);\n\
+                s += __shfl_xor_sync(0xffffffffu, s, 4); s += __shfl_xor_sync(0xffffffffu, s, 8);\n\
+                if ((lane & 15) == 0) sm[{xs} + 2 * b + (lane >> 4)] = d * (float)s; if (lane == 0) sm[{xd} + b] = d; }}\n\
+                const X8 x8 = {{(const signed char*)(sm + {xq}), sm + {xd}, sm + {xs}}};\n", nb = kp / 32).unwrap();
+        }
+        if need_f32 {
+            let xf = next;
+            next += kp + kp / 32 * 4;
+            write!(body, "for (int c = tid; c < {kp}; c += {NT}) sm[{xf} + xpad(c)] = c < {kdim} ? {xin} : 0.f;\n\
+                const float* xs = sm + {xf};\n").unwrap();
+        }
+        body += "__syncthreads();\n";
+
+        let units = |ty: &str| format!("{kdim} / UE8_{ty}");
+        let compute = dispatch(&|m: &Mat| {
+            if m.quant {
+                format!(
+                    "{{ float v = gemv8_{}(W + {} + (u64)c * {}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
+                    m.ty,
+                    m.w,
+                    m.rb,
+                    units(m.ty),
+                    m.raw
+                )
+            } else {
+                format!(
+                    "gemv_{}(W + {} + (u64)c * {}, {}, 1, {kdim}, xs, A + {} + c);\n",
+                    m.ty, m.w, m.rb, m.rb, m.raw
+                )
+            }
+        });
+        write!(
+            body,
+            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n\
+            __threadfence(); __syncthreads();\n"
+        )
+        .unwrap();
+
+        // Tiles this block completes: wholly its own, or the last share of a shared one.
+        write!(
+            body,
+            "__shared__ int tl[{max_tl}];\nif (tid == 0) {{ int n = 0;\n"
+        )
+        .unwrap();
+        for (bi, b) in bundles.iter().enumerate() {
+            let (st, bc, t0, _) = starts[bi];
+            write!(body, "{{ const int lo = max(R0, {st}) - {st}, hi = min(R1, {e}) - {st};\n\
+                for (int t = lo / {bc}; lo < hi && t * {bc} < hi; t++) {{ const int c0 = t * {bc}, c1 = min(c0 + {bc}, {w});\n\
+                  const u32 own = (u32)(min(hi, c1) - max(lo, c0)), full = (u32)(c1 - c0);\n\
+                  if (own == full || atomicAdd(&C[{t0} + t], own) + own == full) tl[n++] = {t0} + t; }} }}\n",
+                e = st + b.width, w = b.width).unwrap();
+        }
+        body += "ntl = n; }\n__syncthreads(); __threadfence();\n";
+
+        let se = next;
+        let mut se_len = 0usize;
+        let mut branches = String::new();
+        for (bi, b) in bundles.iter().enumerate() {
+            let (_, bc, t0, nt) = starts[bi];
+            let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
+            se_len = se_len.max(self.bundle_slots(ki, bi) * bc);
+            let mut load = String::new();
+            for (mi, &m) in b.matmuls.iter().enumerate() {
+                debug_assert_eq!(bslots[&m], mats[bi][mi].slot);
+                write!(
+                    load,
+                    "for (int c = tid; c < nv; c += {NT}) se[{} + c] = __ldcg(A + {} + c0 + c);\n",
+                    bslots[&m], mats[bi][mi].raw
+                )
+                .unwrap();
+            }
+            write!(branches, "{}if (tile < {}) {{ const int c0 = (tile - {t0}) * {bc}; const int nv = min({bc}, {} - c0);\n\
+                {load}__syncthreads();\n{code}}}\n",
+                if bi == 0 { "" } else { "else " }, t0 + nt, b.width).unwrap();
+        }
+        write!(
+            body,
+            "float* se = sm + {se};\nfor (int i = 0; i < ntl; i++) {{ const int tile = tl[i];\n{branches}if (tid == 0) C[tile] = 0u; }}\n"
+        )
+        .unwrap();
+
+        for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
+            self.need_gemv(t.0, t.1);
+        }
+        let smem = (next + se_len) * 4;
+        let name = self.kernel(&format!("{NT}, {}", self.decode_blocks), body, smem);
+        self.launch(name, (grid, 1, 1), NT, smem, p);
+        Ok(())
+    }
+
+    fn need_gemv(&mut self, ty: &'static str, quant: bool) {
+        let line = if quant {
+            format!("DEF_GEMV8({ty})\n")
+        } else {
+            format!("DEF_GEMV({ty})\n")
+        };
+        if !self.src.contains(&line) {
+            self.src.insert_str(0, &line);
+        }
+    }
+}
