@@ -268,64 +268,8 @@ impl MatmulKernel {
                 actual: out.len(),
             });
         }
-        // SAFETY: `out` holds every element the call writes (checked just above) and is borrowed
-        // mutably for the whole call.
-        unsafe {
-            self.gemm_to_ptr_with(
-                n,
-                w,
-                rows,
-                xq,
-                n_tokens,
-                out.as_mut_ptr(),
-                out_stride,
-                panel,
-            )
-        }
-    }
-
-    /// [`MatmulKernel::gemm`] writing through a raw pointer, for an executor whose threads each
-    /// own a disjoint row range of one `[T][N]` output matrix (their outputs interleave, so no
-    /// thread can hold a `&mut` slice of its part). Everything but the output is checked.
-    ///
-    /// # Safety
-    /// For every `t < n_tokens` and `i < rows.len()`, `out + t * out_stride + i` is valid for
-    /// writes and nothing else reads or writes it during the call.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm_to_ptr(
-        &self,
-        n: usize,
-        w: &[u8],
-        rows: Range<usize>,
-        xq: &[u8],
-        n_tokens: usize,
-        out: *mut f32,
-        out_stride: usize,
-    ) -> Result<(), KernelError> {
-        let panel = n_tokens >= PANEL_MIN_TOKENS;
-        // SAFETY: forwarded to the caller.
-        unsafe { self.gemm_to_ptr_with(n, w, rows, xq, n_tokens, out, out_stride, panel) }
-    }
-
-    /// [`MatmulKernel::gemm_to_ptr`] with the algorithm chosen as in [`MatmulKernel::gemm_with`].
-    ///
-    /// # Safety
-    /// As [`MatmulKernel::gemm_to_ptr`].
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm_to_ptr_with(
-        &self,
-        n: usize,
-        w: &[u8],
-        rows: Range<usize>,
-        xq: &[u8],
-        n_tokens: usize,
-        out: *mut f32,
-        out_stride: usize,
-        panel: bool,
-    ) -> Result<(), KernelError> {
-        const OP: &str = "gemm";
         let shape = self.check(OP, n, w, &rows, xq, n_tokens)?;
-        gemm_out_len(OP, rows.len(), n_tokens, out_stride)?;
+        let out = out.as_mut_ptr();
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = self.entry.panel.filter(|_| panel) {
             // SAFETY: as below; panels exist only in AVX-512 VNNI entries, which the CPU runs.
@@ -346,8 +290,8 @@ impl MatmulKernel {
             return Ok(());
         }
         // SAFETY: `check` proved the rows lie inside `w` and `xq` holds n_tokens activation rows
-        // of the same block count; the caller vouches for the output; the kernel's level is
-        // supported by this CPU.
+        // of the same block count; `out` holds every element written (checked above) and is
+        // borrowed mutably for the call; the kernel's level is supported by this CPU.
         unsafe {
             tile::gemm(
                 self.entry.tiles,
