@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use smelt_cpu::{KvCache, ReferenceBackend};
-use smelt_gguf::{GgmlType, Gguf, GgufWriter};
-use smelt_graph::{fuse, FuseOptions, Graph, NodeId, WeightId};
+use smelt_gguf::{GgmlType, Gguf};
+use smelt_graph::{fuse, FuseOptions, Graph, WeightId};
+use smelt_testutil::odd::{self, AddWeight, Dims};
 
 use crate::codegen::{self, KvInfo, WeightInfo};
 use crate::{CudaBackend, CudaWeightSpec};
@@ -22,17 +23,6 @@ impl Rng {
     }
 }
 
-#[derive(Clone, Copy)]
-pub(crate) struct Dims {
-    pub n_embd: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub n_rot: usize,
-    pub n_ff: usize,
-    pub n_vocab: usize,
-}
-
 pub(crate) struct Weights {
     pub specs: Vec<CudaWeightSpec>,
     pub data: Vec<Vec<f32>>,
@@ -41,7 +31,7 @@ pub(crate) struct Weights {
     pub draw: bool,
 }
 
-impl Weights {
+impl AddWeight for Weights {
     fn add(
         &mut self,
         g: &mut Graph,
@@ -63,132 +53,12 @@ impl Weights {
     }
 }
 
-/// A llama-like layer (bias, partial RoPE, SiLU gate) and a Gemma-like one (NEOX, QK-norm,
-/// post-norms, GELU gate, sliding window of 2), then a softcapped head tied to the embedding.
-pub(crate) fn graph(d: &Dims, n: usize, w: &mut Weights) -> Graph {
-    let mut g = Graph::new(n);
-    let (qo, kvo) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
-    let s = 1.0 / (d.n_embd as f32).sqrt();
-    let tok = w.add(&mut g, d.n_vocab, d.n_embd, 1.0, 0.0);
-    let e = g.embed(tok, "embd");
-    let mut x = g.scale(e, 1.5, "embd_scaled");
-    for il in 0..2 {
-        let gemma = il == 1;
-        let norm = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
-        let h = g.rms_norm(x, Some(norm), 1e-5, d.n_embd, &format!("attn_norm.{il}"));
-        let (wq, wk, wv) = (
-            w.add(&mut g, qo, d.n_embd, s, 0.0),
-            w.add(&mut g, kvo, d.n_embd, s, 0.0),
-            w.add(&mut g, kvo, d.n_embd, s, 0.0),
-        );
-        let mut q = g.matmul(h, wq, &format!("q.{il}"));
-        let mut k = g.matmul(h, wk, &format!("k.{il}"));
-        let mut v = g.matmul(h, wv, &format!("v.{il}"));
-        if gemma {
-            let (qn, kn) = (
-                w.add(&mut g, 1, d.head_dim, 0.2, 1.0),
-                w.add(&mut g, 1, d.head_dim, 0.2, 1.0),
-            );
-            q = g.rms_norm(q, Some(qn), 1e-6, d.head_dim, &format!("q_norm.{il}"));
-            k = g.rms_norm(k, Some(kn), 1e-6, d.head_dim, &format!("k_norm.{il}"));
-        } else {
-            let (bq, bk, bv) = (
-                w.add(&mut g, 1, qo, 0.1, 0.0),
-                w.add(&mut g, 1, kvo, 0.1, 0.0),
-                w.add(&mut g, 1, kvo, 0.1, 0.0),
-            );
-            q = g.add_bias(q, bq, &format!("q_bias.{il}"));
-            k = g.add_bias(k, bk, &format!("k_bias.{il}"));
-            v = g.add_bias(v, bv, &format!("v_bias.{il}"));
-        }
-        let n_rot = if gemma { d.head_dim } else { d.n_rot };
-        let q = g.rope(
-            q,
-            d.head_dim,
-            n_rot,
-            1e4,
-            0.5,
-            gemma,
-            None,
-            &format!("q_rope.{il}"),
-        );
-        let k = g.rope(
-            k,
-            d.head_dim,
-            n_rot,
-            1e4,
-            0.5,
-            gemma,
-            None,
-            &format!("k_rope.{il}"),
-        );
-        let window = gemma.then_some(2);
-        let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let a = g.attention(
-            q,
-            k,
-            v,
-            il,
-            d.n_head,
-            d.n_head_kv,
-            d.head_dim,
-            scale,
-            window,
-            &format!("attn.{il}"),
-        );
-        let wo = w.add(&mut g, d.n_embd, qo, 1.0 / (qo as f32).sqrt(), 0.0);
-        let mut o = g.matmul(a, wo, &format!("attn_out.{il}"));
-        if gemma {
-            let pn = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
-            o = g.rms_norm(o, Some(pn), 1e-6, d.n_embd, &format!("attn_post_norm.{il}"));
-        }
-        x = g.add(x, o, &format!("attn_res.{il}"));
-        let fnorm = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
-        let h = g.rms_norm(x, Some(fnorm), 1e-5, d.n_embd, &format!("ffn_norm.{il}"));
-        let (wg, wu) = (
-            w.add(&mut g, d.n_ff, d.n_embd, s, 0.0),
-            w.add(&mut g, d.n_ff, d.n_embd, s, 0.0),
-        );
-        let gate = g.matmul(h, wg, &format!("ffn_gate.{il}"));
-        let up = g.matmul(h, wu, &format!("ffn_up.{il}"));
-        let act: NodeId = if gemma {
-            g.gelu_tanh(gate, &format!("ffn_gelu.{il}"))
-        } else {
-            g.silu(gate, &format!("ffn_silu.{il}"))
-        };
-        let m = g.mul(act, up, &format!("ffn_mul.{il}"));
-        let wd = w.add(&mut g, d.n_embd, d.n_ff, 1.0 / (d.n_ff as f32).sqrt(), 0.0);
-        let f = g.matmul(m, wd, &format!("ffn_down.{il}"));
-        x = g.add(x, f, &format!("ffn_res.{il}"));
-    }
-    let on = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
-    let x = g.rms_norm(x, Some(on), 1e-5, d.n_embd, "output_norm");
-    let x = g.last_row(x, "last");
-    let out = g.matmul(x, tok, "logits");
-    let out = g.softcap(out, 3.0, "softcap");
-    g.set_output(out);
-    g
-}
-
 pub(crate) fn gguf(w: &Weights, dtype: GgmlType) -> Arc<Gguf> {
-    let mut wr = GgufWriter::new();
-    for (s, d) in w.specs.iter().zip(&w.data) {
-        let [rows, cols] = s.shape;
-        let t = if rows == 1 { GgmlType::F32 } else { dtype };
-        let dims: Vec<u64> = if rows == 1 {
-            vec![cols as u64]
-        } else {
-            vec![cols as u64, rows as u64]
-        };
-        wr.add_tensor(
-            s.name.clone(),
-            &dims,
-            t,
-            smelt_quant::quantize_to_vec(t, d).unwrap(),
-        )
-        .unwrap();
-    }
-    Arc::new(Gguf::from_bytes(wr.to_bytes().unwrap()).unwrap())
+    let weights = w.specs.iter().zip(&w.data);
+    odd::gguf(
+        weights.map(|(s, d)| (s.name.as_str(), s.shape, d.as_slice())),
+        dtype,
+    )
 }
 
 const ODD: [Dims; 2] = [
@@ -258,7 +128,7 @@ fn source(d: &Dims, n: usize, dtype: GgmlType) -> String {
         rng: Rng(7),
         draw: false,
     };
-    let g = graph(d, n, &mut w);
+    let g = odd::graph(d, n, &mut w, true);
     let ty = |s: &CudaWeightSpec| {
         if s.shape[0] == 1 {
             GgmlType::F32
@@ -400,7 +270,7 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
             rng: Rng(0x9e37_79b9 + ci as u64),
             draw: true,
         };
-        let g5 = graph(&d, 5, &mut w);
+        let g5 = odd::graph(&d, 5, &mut w, true);
         let file = gguf(&w, dtype);
         let rw: Vec<Vec<f32>> = w
             .specs
@@ -421,7 +291,7 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
             rng: Rng(1),
             draw: true,
         };
-        let g1 = graph(&d, 1, &mut wsink);
+        let g1 = odd::graph(&d, 1, &mut wsink, true);
         let quantised = !matches!(dtype, GgmlType::F32 | GgmlType::F16);
         let fast = if quantised {
             fast_decode(&file, &w.specs, &g5, &g1, &tokens, &widths)

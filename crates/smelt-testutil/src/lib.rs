@@ -1,4 +1,7 @@
-//! Test support shared by the workspace's tests: where the real test models live.
+//! Test support shared by the workspace's tests: where the real test models live, and a small
+//! test graph over odd shapes for the backends ([`odd`]).
+
+pub mod odd;
 
 use std::path::PathBuf;
 
