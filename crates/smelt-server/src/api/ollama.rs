@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use smelt_engine::TokenLogprob;
 
+use super::openai::{tool_defs, WireTool};
+
 use super::embed::{embed as run_embed, EmbedInput};
 use super::{body_bytes, nanos, ndjson, stream_response};
 use crate::config::KeepAlive;
@@ -20,7 +22,6 @@ use crate::constrain::OrderedJson;
 use crate::error::{ApiError, Dialect, DialectError};
 use crate::request::{
     ChatMessage, Finish, GenOptions, InferRequest, Input, Out, OutputFormat, Summary, ToolCall,
-    ToolDef,
 };
 use crate::run::{self, parse_body, resolve};
 use crate::timefmt;
@@ -119,22 +120,6 @@ struct WireFunctionCall {
     arguments: Value,
 }
 
-#[derive(Deserialize)]
-struct WireTool {
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    function: WireFunction,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    parameters: Option<OrderedJson>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Translation
 // ---------------------------------------------------------------------------------------------
@@ -224,26 +209,6 @@ fn chat_messages(messages: Vec<WireMessage>) -> std::result::Result<Vec<ChatMess
         });
     }
     Ok(out)
-}
-
-fn tool_defs(tools: Option<Vec<WireTool>>) -> std::result::Result<Vec<ToolDef>, ApiError> {
-    tools
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| {
-            if t.kind.as_deref().is_some_and(|k| k != "function") {
-                return Err(ApiError::invalid_param(
-                    "tools",
-                    format!("unsupported tool type {:?}", t.kind.unwrap_or_default()),
-                ));
-            }
-            Ok(ToolDef {
-                name: t.function.name,
-                description: t.function.description.unwrap_or_default(),
-                parameters: t.function.parameters.unwrap_or(OrderedJson::Null),
-            })
-        })
-        .collect()
 }
 
 fn logprobs_json(lps: &[TokenLogprob]) -> Value {

@@ -121,8 +121,9 @@ struct WireFunctionCall {
     arguments: Option<String>,
 }
 
+/// A tool definition in OpenAI's shape, which Ollama's API shares.
 #[derive(Deserialize)]
-struct WireTool {
+pub(crate) struct WireTool {
     #[serde(rename = "type", default)]
     kind: Option<String>,
     function: WireFunction,
@@ -312,7 +313,9 @@ fn chat_messages(messages: Vec<WireMessage>) -> std::result::Result<Vec<ChatMess
     Ok(out)
 }
 
-fn tool_defs(tools: Option<Vec<WireTool>>) -> std::result::Result<Vec<ToolDef>, ApiError> {
+pub(crate) fn tool_defs(
+    tools: Option<Vec<WireTool>>,
+) -> std::result::Result<Vec<ToolDef>, ApiError> {
     tools
         .unwrap_or_default()
         .into_iter()
