@@ -41,30 +41,6 @@ pub fn record_for_file(name: &str, path: &Path) -> Result<ModelRecord, RegistryE
     })
 }
 
-/// Ollama's file-type names for `general.file_type`.
-fn file_type_name(t: u32) -> &'static str {
-    match t {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        32 => "BF16",
-        _ => "unknown",
-    }
-}
-
 fn details_from_gguf(path: &Path) -> Option<ModelDetails> {
     let g = Gguf::open(path).ok()?;
     let arch = g.architecture().unwrap_or("").to_string();
@@ -85,7 +61,7 @@ fn details_from_gguf(path: &Path) -> Option<ModelDetails> {
             .get_u32("general.file_type")
             .ok()
             .flatten()
-            .map(file_type_name)
+            .and_then(smelt_store::file_type_name)
             .unwrap_or("unknown")
             .to_string(),
     })

@@ -122,8 +122,9 @@ pub fn format_rfc3339(t: std::time::SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
 }
 
-/// llama.cpp's `llama_ftype` numbering (ids 4 to 6 were retired formats).
-fn file_type_name(id: u32) -> Option<&'static str> {
+/// The name of a `general.file_type` value: llama.cpp's `llama_ftype` numbering, as Ollama
+/// reports it (ids 4 to 6 were retired formats).
+pub fn file_type_name(id: u32) -> Option<&'static str> {
     Some(match id {
         0 => "F32",
         1 => "F16",

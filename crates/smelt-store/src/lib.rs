@@ -35,7 +35,9 @@ pub mod test_registry;
 
 pub use catalog::{Catalog, PipSpec, Source};
 pub use create::CreateSpec;
-pub use details::{details_from_gguf, format_parameter_count, format_rfc3339, ModelDetails};
+pub use details::{
+    details_from_gguf, file_type_name, format_parameter_count, format_rfc3339, ModelDetails,
+};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use hf::DEFAULT_QUANT;
