@@ -146,36 +146,37 @@ fn array_json(a: &Array) -> Value {
 /// The context length a model was trained with (`{arch}.context_length`; 2048 when absent).
 pub fn trained_context(path: &Path) -> Result<usize, String> {
     let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let arch = g.architecture().unwrap_or("").to_string();
-    let key = format!("{arch}.context_length");
-    let n = g
-        .get_u64(&key)
-        .ok()
-        .flatten()
-        .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from));
+    let n = arch_u64(&g, "context_length");
     Ok(n.map(|n| n.min(1 << 20) as usize).unwrap_or(2048))
 }
 
 /// Bytes of keys and values per position (every layer), at `kv_elem_bytes` per element.
 pub fn kv_position_bytes(path: &Path, kv_elem_bytes: u64) -> Result<u64, String> {
     let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let arch = g.architecture().unwrap_or("").to_string();
-    let get = |k: &str| {
-        let key = format!("{arch}.{k}");
-        g.get_u64(&key)
-            .ok()
-            .flatten()
-            .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from))
-    };
+    Ok(position_bytes(&g, kv_elem_bytes))
+}
+
+/// An architecture-prefixed integer hyper-parameter (`{arch}.{key}`), u64 or u32.
+fn arch_u64(g: &Gguf, key: &str) -> Option<u64> {
+    let key = format!("{}.{key}", g.architecture().unwrap_or(""));
+    g.get_u64(&key)
+        .ok()
+        .flatten()
+        .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from))
+}
+
+/// KV cache bytes of one position: keys and values of every layer.
+fn position_bytes(g: &Gguf, kv_elem_bytes: u64) -> u64 {
+    let get = |k: &str| arch_u64(g, k);
     let n_layer = get("block_count").unwrap_or(0);
     let n_embd = get("embedding_length").unwrap_or(0);
     let n_head = get("attention.head_count").unwrap_or(1).max(1);
     let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
     let head_k = get("attention.key_length").unwrap_or(n_embd / n_head);
     let head_v = get("attention.value_length").unwrap_or(n_embd / n_head);
-    Ok(n_layer
+    n_layer
         .saturating_mul(n_head_kv * (head_k + head_v))
-        .saturating_mul(kv_elem_bytes))
+        .saturating_mul(kv_elem_bytes)
 }
 
 /// Bytes a model would take: its weights (mapped as stored, or as f32 when `f32_weights`, as
@@ -188,24 +189,8 @@ pub fn estimate_memory(
     kv_elem_bytes: u64,
 ) -> Result<u64, String> {
     let g = Gguf::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let arch = g.architecture().unwrap_or("").to_string();
-    let get = |k: &str| {
-        let key = format!("{arch}.{k}");
-        g.get_u64(&key)
-            .ok()
-            .flatten()
-            .or_else(|| g.get_u32(&key).ok().flatten().map(u64::from))
-    };
-    let n_layer = get("block_count").unwrap_or(0);
-    let n_embd = get("embedding_length").unwrap_or(0);
-    let n_head = get("attention.head_count").unwrap_or(1).max(1);
-    let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
-    let head_k = get("attention.key_length").unwrap_or(n_embd / n_head);
-    let head_v = get("attention.value_length").unwrap_or(n_embd / n_head);
-    let kv = n_layer
-        .saturating_mul(num_ctx as u64)
-        .saturating_mul(n_head_kv * (head_k + head_v))
-        .saturating_mul(kv_elem_bytes);
+    let n_embd = arch_u64(&g, "embedding_length").unwrap_or(0);
+    let kv = position_bytes(&g, kv_elem_bytes).saturating_mul(num_ctx as u64);
     let n_vocab = g
         .get_string_array("tokenizer.ggml.tokens")
         .ok()
