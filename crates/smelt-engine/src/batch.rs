@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use smelt_cpu::{FastBackend, FastKvCache, KvType, Program, SeqRows, WeightSpec};
+use smelt_cpu::{FastBackend, FastKvCache, KvType, Program, SeqRows};
 use smelt_gguf::Gguf;
 use smelt_models::{Architecture, Output};
 
@@ -107,17 +107,7 @@ impl BatchRunner {
         if opts.n_ctx == 0 {
             return Err(EngineError::Invalid("num_ctx must be at least 1".into()));
         }
-        let specs: Vec<WeightSpec> = arch
-            .weights()
-            .entries()
-            .iter()
-            .map(|e| WeightSpec {
-                name: e.name.clone(),
-                shape: e.shape,
-            })
-            .collect();
-        let backend = FastBackend::new(gguf, &specs, opts.threads)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let backend = crate::runner::fast_backend(gguf, arch.as_ref(), opts.threads)?;
         let n_blocks = opts.kv_positions.max(opts.n_ctx).div_ceil(BLOCK_SIZE);
         let kv = FastKvCache::paged(n_blocks, BLOCK_SIZE, &arch.kv_widths(), opts.kv_type)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;

@@ -128,6 +128,24 @@ pub struct Runner {
     out: Vec<f32>,
 }
 
+/// The fast CPU backend over `arch`'s weights, read in place from `gguf`.
+pub(crate) fn fast_backend(
+    gguf: Arc<Gguf>,
+    arch: &dyn Architecture,
+    threads: usize,
+) -> Result<FastBackend, EngineError> {
+    let specs: Vec<WeightSpec> = arch
+        .weights()
+        .entries()
+        .iter()
+        .map(|e| WeightSpec {
+            name: e.name.clone(),
+            shape: e.shape,
+        })
+        .collect();
+    FastBackend::new(gguf, &specs, threads).map_err(|e| EngineError::Invalid(e.to_string()))
+}
+
 impl Runner {
     /// Load with the backend [`BackendKind::from_env`] picks and `n_ctx` positions of KV.
     pub fn load(gguf: Arc<Gguf>, n_ctx: usize, threads: usize) -> Result<Runner, EngineError> {
@@ -201,17 +219,7 @@ impl Runner {
                 }
             }
             BackendKind::Fast => {
-                let specs: Vec<WeightSpec> = arch
-                    .weights()
-                    .entries()
-                    .iter()
-                    .map(|e| WeightSpec {
-                        name: e.name.clone(),
-                        shape: e.shape,
-                    })
-                    .collect();
-                let backend = FastBackend::new(gguf, &specs, opts.threads)
-                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                let backend = fast_backend(gguf, arch.as_ref(), opts.threads)?;
                 let kv = FastKvCache::with_type(opts.n_ctx, &arch.kv_widths(), opts.kv_type)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?;
                 Exec::Fast {
