@@ -53,6 +53,8 @@ pub struct CudaProgram {
     funcs: Vec<CudaFunction>,
     /// (function index, grid, block, shared bytes, parameter pointer).
     launches: Vec<LaunchRec>,
+    /// What each launch does (`SMELT_CUDA_PROFILE`).
+    labels: Vec<String>,
     /// Launch parameters (`P`) of every kernel; launches point into it.
     _params: DevBuf,
     arena_len: usize,
@@ -110,6 +112,109 @@ impl CudaProgram {
     }
 }
 
+/// Device time per kernel label, summed over executions (`SMELT_CUDA_PROFILE`).
+#[derive(Default)]
+struct Profile {
+    /// (phase and label) -> (milliseconds, launches, executions of the phase seen).
+    by_label: HashMap<String, (f64, u64)>,
+    /// phase -> (executions, summed milliseconds).
+    phases: HashMap<String, (u64, f64)>,
+}
+
+impl Profile {
+    fn add(&mut self, prog: &CudaProgram, ev: &Events) -> Result<(), CudaError> {
+        let phase = if prog.n_tokens == 1 {
+            "decode".to_string()
+        } else {
+            format!("prefill {}", prog.n_tokens)
+        };
+        let mut total = 0.0;
+        for (i, label) in prog.labels.iter().enumerate() {
+            let mut ms = 0f32;
+            // SAFETY: both events were recorded on the stream, which is synchronised.
+            unsafe {
+                check(
+                    sys::cuEventElapsedTime_v2(&mut ms, ev.0[i], ev.0[i + 1]),
+                    "event time",
+                )?
+            };
+            let e = self
+                .by_label
+                .entry(format!("{phase} | {label}"))
+                .or_default();
+            e.0 += ms as f64;
+            e.1 += 1;
+            total += ms as f64;
+        }
+        let p = self.phases.entry(phase).or_default();
+        p.0 += 1;
+        p.1 += total;
+        Ok(())
+    }
+
+    fn report(&self) -> String {
+        let mut out = String::from("SMELT_CUDA_PROFILE (device time between launch events)\n");
+        let mut phases: Vec<_> = self.phases.iter().collect();
+        phases.sort_by(|a, b| a.0.cmp(b.0));
+        for (phase, &(execs, ms)) in phases {
+            let per = ms / execs.max(1) as f64;
+            out += &format!("{phase}: {execs} executions, {per:.3} ms each\n");
+            let mut rows: Vec<_> = self
+                .by_label
+                .iter()
+                .filter(|(k, _)| k.split(" | ").next() == Some(phase.as_str()))
+                .collect();
+            rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (k, &(ms_k, n)) in rows {
+                let label = k.split(" | ").nth(1).unwrap_or("");
+                out += &format!(
+                    "  {:>8.1} us/exec {:>5.1}% {:>5} per exec {:>7.2} us each  {label}\n",
+                    1e3 * ms_k / execs.max(1) as f64,
+                    100.0 * ms_k / ms.max(1e-12),
+                    n / execs.max(1),
+                    1e3 * ms_k / n.max(1) as f64,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// CUDA events, destroyed on drop.
+struct Events(Vec<sys::CUevent>);
+
+impl Events {
+    fn new(n: usize) -> Result<Events, CudaError> {
+        let mut ev = Events(Vec::with_capacity(n));
+        for _ in 0..n {
+            let mut e = std::ptr::null_mut();
+            // SAFETY: creating an event in the current context (bound by `execute`).
+            unsafe { check(sys::cuEventCreate(&mut e, 0), "event create")? };
+            ev.0.push(e);
+        }
+        Ok(ev)
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        for &e in &self.0 {
+            // SAFETY: events created by `Events::new`, destroyed once.
+            unsafe {
+                let _ = sys::cuEventDestroy_v2(e);
+            }
+        }
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            eprint!("{}", p.report());
+        }
+    }
+}
+
 /// Buffers whose addresses programs bake in (graphs are recaptured when they move).
 struct IoBufs {
     gen: u64,
@@ -130,6 +235,9 @@ pub struct CudaBackend {
     stats: CudaStats,
     fuse: FuseOptions,
     graphs: bool,
+    /// `SMELT_CUDA_PROFILE=1`: per-kernel device time by label (launches timed with events,
+    /// graphs off), printed to stderr when the backend is dropped. A kernel-lab tool.
+    profile: Option<Profile>,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -216,6 +324,9 @@ impl CudaBackend {
             stats: CudaStats::default(),
             fuse: FuseOptions::ALL,
             graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            profile: std::env::var("SMELT_CUDA_PROFILE")
+                .is_ok_and(|v| v == "1")
+                .then(Profile::default),
         })
     }
 
@@ -309,6 +420,7 @@ impl CudaBackend {
             _module: module,
             funcs,
             launches,
+            labels: gen.launches.iter().map(|l| l.label.clone()).collect(),
             _params: params,
             arena_len: gen.arena_len,
             counters: gen.counters,
@@ -348,7 +460,14 @@ impl CudaBackend {
     }
 
     /// Enqueue: copy tokens/positions in, run every kernel, copy the output out.
-    fn enqueue(&self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<(), CudaError> {
+    /// With `events` (one more than launches), an event is recorded before the first launch
+    /// and after each.
+    fn enqueue(
+        &self,
+        prog: &CudaProgram,
+        kv: &CudaKvCache,
+        events: &[sys::CUevent],
+    ) -> Result<(), CudaError> {
         let io = &self.io;
         let n = prog.n_tokens;
         let stream = self.dev.cu_stream();
@@ -367,7 +486,10 @@ impl CudaBackend {
                 sys::cuMemcpyHtoDAsync_v2(io.pos.ptr, pos_host as *const c_void, n * 4, stream),
                 "copy positions",
             )?;
-            for &(fi, grid, block, smem, pptr) in &prog.launches {
+            if let Some(&e) = events.first() {
+                check(sys::cuEventRecord(e, stream), "event record")?;
+            }
+            for (li, &(fi, grid, block, smem, pptr)) in prog.launches.iter().enumerate() {
                 let mut args: [u64; 7] = [
                     self.weights.ptr,
                     io.arena.ptr,
@@ -395,6 +517,9 @@ impl CudaBackend {
                     ),
                     "cuLaunchKernel",
                 )?;
+                if let Some(&e) = events.get(li + 1) {
+                    check(sys::cuEventRecord(e, stream), "event record")?;
+                }
             }
             check(
                 sys::cuMemcpyDtoHAsync_v2(
@@ -444,7 +569,7 @@ impl CudaBackend {
             std::ptr::copy_nonoverlapping(tokens.as_ptr(), pin, n);
             std::ptr::copy_nonoverlapping(positions.as_ptr(), pin.add(self.io.max_tokens), n);
         }
-        let use_graph = self.graphs && n == 1;
+        let use_graph = self.graphs && n == 1 && self.profile.is_none();
         if use_graph {
             let mut slot = prog.graph.lock().unwrap_or_else(|e| e.into_inner());
             let fresh =
@@ -462,7 +587,7 @@ impl CudaBackend {
                         ),
                         "begin capture",
                     )?;
-                    let r = self.enqueue(prog, kv);
+                    let r = self.enqueue(prog, kv, &[]);
                     let mut graph = std::ptr::null_mut();
                     let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
                     r?;
@@ -488,8 +613,18 @@ impl CudaBackend {
                 )?
             };
             self.stats.submissions += 1;
+        } else if let Some(prof) = &mut self.profile {
+            let events = Events::new(prog.launches.len() + 1)?;
+            // Borrow split: enqueue takes &self; the profile is put back below.
+            let mut prof = std::mem::take(prof);
+            let r = self.enqueue(prog, kv, &events.0);
+            let r = r.and_then(|_| self.dev.sync());
+            let r = r.and_then(|_| prof.add(prog, &events));
+            self.profile = Some(prof);
+            r?;
+            self.stats.submissions += prog.launches.len() as u64 + 3;
         } else {
-            self.enqueue(prog, kv)?;
+            self.enqueue(prog, kv, &[])?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         }
         self.dev.sync()?;

@@ -47,6 +47,8 @@ pub(crate) struct KvInfo {
 #[derive(Clone, Debug)]
 pub(crate) struct Launch {
     pub func: String,
+    /// What the kernel does, for `SMELT_CUDA_PROFILE` (e.g. `decode mm Q4_K 6144x4096`).
+    pub label: String,
     pub grid: (u32, u32, u32),
     pub block: u32,
     pub smem: u32,
@@ -210,8 +212,10 @@ impl<'a> Gen<'a> {
         name
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &mut self,
+        label: String,
         func: String,
         grid: (usize, usize, usize),
         block: usize,
@@ -220,6 +224,7 @@ impl<'a> Gen<'a> {
     ) {
         self.launches.push(Launch {
             func,
+            label,
             grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
             block: block as u32,
             smem: smem as u32,
@@ -575,7 +580,7 @@ impl<'a> Gen<'a> {
         }
         let smem = next.max(1) * 4;
         let name = self.kernel(&NT.to_string(), body, smem);
-        self.launch(name, (self.t, 1, 1), NT, smem, p);
+        self.launch("rows".into(), name, (self.t, 1, 1), NT, smem, p);
         Ok(())
     }
 
@@ -619,6 +624,7 @@ impl<'a> Gen<'a> {
                     p.p(v);
                 }
                 self.launch(
+                    format!("gemm {ty} {}x{kdim}", b.width),
                     format!("gemm_{ty}"),
                     (b.width.div_ceil(64), m_rows.div_ceil(64), 1),
                     128,
@@ -646,7 +652,7 @@ impl<'a> Gen<'a> {
             body += &code;
             let smem = self.bundle_slots(ki, bi) * bc * 4;
             let name = self.kernel(&NT.to_string(), body, smem);
-            self.launch(name, (nt, m_rows, 1), NT, smem, p);
+            self.launch("epilogue".into(), name, (nt, m_rows, 1), NT, smem, p);
         }
         Ok(())
     }
@@ -772,7 +778,14 @@ impl<'a> Gen<'a> {
             hd2 = hd + 2,
         );
         let name = self.kernel(&(nwarp * 32).to_string(), body, 0);
-        self.launch(name, (n_head, nsplit, t.div_ceil(nwarp)), nwarp * 32, 0, p);
+        self.launch(
+            format!("attention {n_head}x{hd}"),
+            name,
+            (n_head, nsplit, t.div_ceil(nwarp)),
+            nwarp * 32,
+            0,
+            p,
+        );
         Ok(())
     }
 }

@@ -211,7 +211,9 @@ impl Gen<'_> {
         }
         let smem = (next + se_len) * 4;
         let name = self.kernel(&format!("{NT}, {}", self.decode_blocks), body, smem);
-        self.launch(name, (grid, 1, 1), NT, smem, p);
+        let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
+        let label = format!("decode mm {} {total}x{kdim}", types.join("+"));
+        self.launch(label, name, (grid, 1, 1), NT, smem, p);
         Ok(())
     }
 
