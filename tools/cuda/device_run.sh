@@ -14,13 +14,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 chmod +x $C/smelt $C/smelt_cuda_tests
 $C/smelt --version
 NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
+if [ ! -e /tmp/lcp_started ] && ls $C/lcpbin.part* > /dev/null 2>&1; then
+  # llama-bench built by an earlier call (MODE=profile brings it back in parts): no rebuild.
+  touch /tmp/lcp_started; mkdir -p /tmp/l/lcp/build/bin
+  cat $C/lcpbin.part* | tar xJf - -C /tmp/l/lcp/build/bin && echo 0 > /tmp/lcp_done
+fi
 if [ ! -e /tmp/lcp_started ] && [ -f $C/lcp.tar.xz ]; then
   touch /tmp/lcp_started
   # FlashAttention kernels and NCCL off, sm_90 only, llama-bench only: fits one call's time.
   setsid bash -c "mkdir -p /tmp/l && tar xJf $C/lcp.tar.xz -C /tmp/l && cd /tmp/l/lcp && sed -i '/add_subdirectory(app)/d' CMakeLists.txt && \
     cmake -G Ninja -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER=$NVCC -DGGML_CUDA_FA=OFF \
       -DGGML_CUDA_NCCL=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=OFF > /tmp/lcp_build.log 2>&1 && \
+      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF > /tmp/lcp_build.log 2>&1 && \
     cmake --build build --target llama-bench -j12 >> /tmp/lcp_build.log 2>&1; echo \$? > /tmp/lcp_done" > /dev/null 2>&1 < /dev/null &
 fi
 bench() { # name model [env...]; a run the host SIGSEGV ends (seen, unexplained) is retried once
@@ -47,7 +52,24 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   el "perplexity gpu vs cpu (1b)"
   for d in cuda cpu; do timeout 150 $C/smelt --device $d perplexity /tmp/llama-1b.gguf README.md --chunks 2 --ctx 256 >> $OUT/ppl.log 2>&1; echo "$d rc=$? $(tail -1 $OUT/ppl.log)"; done
 fi
-if [ "$MODE" = all ] || [ "$MODE" = lcp ]; then
+if [ "$MODE" = profile ]; then
+  # Per-kernel device time (SMELT_CUDA_PROFILE=1: graphs off, events around every launch), then
+  # the normal bench, on the three synthetic shapes; facts about the machine's CUDA libraries.
+  { ls /usr/local/cuda*/lib64/ 2>/dev/null | grep -E "cublas|nvrtc" | head; ldconfig -p | grep -E "cublas|nvrtc"; command -v nsys ncu; } > $OUT/libs.txt 2>&1
+  for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+  done
+  for m in llama-8b llama-1b smollm2-135m; do
+    el "profile $m"
+    echo "=== $m" >> $OUT/profile.txt
+    SMELT_CUDA_PROFILE=1 timeout 120 $C/smelt bench /tmp/$m.gguf -p 512 -n 64 -r 1 2>> $OUT/profile.txt | tail -4 >> $OUT/profile.txt
+  done
+  el "bench"
+  bench 1b /tmp/llama-1b.gguf
+  bench 8b /tmp/llama-8b.gguf
+  bench smol /tmp/smollm2-135m.gguf
+fi
+if [ "$MODE" = all ] || [ "$MODE" = lcp ] || [ "$MODE" = profile ]; then
   el "waiting for llama.cpp"
   while [ ! -f /tmp/lcp_done ] && [ $(( $(date +%s) - S )) -lt ${LCP_WAIT:-560} ]; do sleep 5; done
   cp /tmp/lcp_build.log $OUT/ 2>/dev/null; tail -3 /tmp/lcp_build.log
@@ -57,6 +79,12 @@ if [ "$MODE" = all ] || [ "$MODE" = lcp ]; then
       [ -f /tmp/$m.gguf ] || continue
       timeout 90 $B -m /tmp/$m.gguf -p 512 -n 128 -r 3 -ngl 99 -o jsonl >> $OUT/lcp.jsonl 2>> $OUT/lcp.err; echo "lcp $m rc=$?"
     done
+    if [ "$MODE" = profile ] && [ ! -f $C/lcpbin.part00 ]; then
+      # Bring the built llama-bench back (static but for the CUDA runtime libraries) in parts.
+      ldd $B | grep -v -E "^\s*(linux-vdso|/lib)" | head -20
+      strip $B; tar cf - -C /tmp/l/lcp/build/bin llama-bench | xz -T16 -6 | split -d -b 15M - $OUT/lcpbin.part
+      ls -la $OUT
+    fi
   fi
 fi
 if [ "$MODE" = all ] && [ $(( $(date +%s) - S )) -lt 470 ]; then
