@@ -18,6 +18,7 @@ use smelt_graph::{Dest, KernelKind, KvPart, NodeId, Op, Plan};
 
 use crate::CudaError;
 
+mod attention;
 mod decode;
 
 pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
@@ -83,7 +84,7 @@ pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
     })
 }
 
-fn lit(x: f32) -> String {
+pub(crate) fn lit(x: f32) -> String {
     format!("{x:e}f")
 }
 
@@ -104,6 +105,7 @@ struct Gen<'a> {
     kv: &'a KvInfo,
     t: usize,
     max_grid: usize,
+    sm_count: usize,
     /// Decode matmul blocks (of NT threads) per SM.
     decode_blocks: usize,
     scratch: usize,
@@ -136,6 +138,7 @@ pub(crate) fn generate(
         kv,
         t,
         max_grid: decode_blocks * sm_count.max(1),
+        sm_count: sm_count.max(1),
         decode_blocks,
         scratch: plan.arena_len().div_ceil(64) * 64,
         counters: 0,
@@ -671,6 +674,9 @@ impl<'a> Gen<'a> {
         else {
             unreachable!()
         };
+        if self.decode_attention_fits(hd, n_head, n_head_kv) {
+            return self.decode_attention(n);
+        }
         let t = self.t;
         let (kb, kw) = self.kv_off(layer, KvPart::K)?;
         let (vb, _) = self.kv_off(layer, KvPart::V)?;

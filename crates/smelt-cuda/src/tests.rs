@@ -121,7 +121,7 @@ fn gpu() -> bool {
 }
 
 /// The generated source of `d`'s test graph for `n` tokens, every matrix of type `dtype`.
-fn source(d: &Dims, n: usize, dtype: GgmlType) -> String {
+fn source(d: &Dims, n: usize, dtype: GgmlType, capacity: usize) -> String {
     let mut w = Weights {
         specs: Vec::new(),
         data: Vec::new(),
@@ -153,10 +153,14 @@ fn source(d: &Dims, n: usize, dtype: GgmlType) -> String {
         .collect();
     let width = d.n_head_kv * d.head_dim;
     let kv = KvInfo {
-        capacity: 8,
+        capacity,
         layers: vec![
-            (0, 8 * width as u64, width),
-            (16 * width as u64, 24 * width as u64, width),
+            (0, (capacity * width) as u64, width),
+            (
+                (2 * capacity * width) as u64,
+                (3 * capacity * width) as u64,
+                width,
+            ),
         ],
     };
     codegen::generate(&fuse(&g), &winfo, &kv, 132).unwrap().src
@@ -183,7 +187,13 @@ fn generated_kernels_compile() {
     };
     for (d, dtype) in cases() {
         for n in [1usize, 5] {
-            compile(&source(&d, n, dtype), &format!("{dtype:?} n={n}"));
+            // A long cache only changes decode attention (its split count).
+            for cap in if n == 1 { vec![8, 4096] } else { vec![8] } {
+                compile(
+                    &source(&d, n, dtype, cap),
+                    &format!("{dtype:?} n={n} capacity={cap}"),
+                );
+            }
         }
     }
     if let Ok(dir) = std::env::var("SMELT_CUDA_DUMP") {
@@ -197,7 +207,7 @@ fn generated_kernels_compile() {
             n_vocab: 1000,
         };
         for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
-            let src = source(&big, 1, t);
+            let src = source(&big, 1, t, 4096);
             std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
         }
     }

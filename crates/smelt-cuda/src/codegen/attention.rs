@@ -1,0 +1,153 @@
+//! Decode (one token) attention, v4: flash-decoding with a fixed grid. A block per (KV head,
+//! split) holds one warp per query head of that KV head's group (GQA: K and V rows are read
+//! once per group, through L1). Split `s` of `S` takes the 32-key chunks `s, s + S, ...` up to
+//! the position, so the same grid (and the same captured graph) serves every position; splits
+//! with no keys still report. The last block of a group (a counter per KV head, reset by that
+//! block so graphs replay) combines the `S` partial softmaxes with one warp per head, the
+//! partials loaded in parallel (lane = split for the maxima and sums).
+//!
+//! v3 launched `capacity / 32` blocks of one warp per query head (4096 blocks for a 4096-token
+//! cache, most exiting at once) and combined the live splits one after another: ~20-24 us per
+//! layer on an H100 whatever the model, 18-32% of a decode step.
+
+use std::fmt::Write;
+
+use smelt_graph::{Dest, KvPart, Op};
+
+use super::{lit, Gen, Params};
+use crate::CudaError;
+
+/// Keys per chunk: one per lane for the scores.
+const CHUNK: usize = 32;
+/// Most splits per KV head (the combine reads one split per lane).
+const MAX_SPLITS: usize = 32;
+
+impl Gen<'_> {
+    /// True when the decode attention of this node can take the v4 kernel.
+    pub(super) fn decode_attention_fits(&self, hd: usize, n_head: usize, n_head_kv: usize) -> bool {
+        self.t == 1
+            && matches!(hd, 64 | 128 | 256)
+            && n_head_kv > 0
+            && n_head % n_head_kv == 0
+            && n_head / n_head_kv <= 32
+    }
+
+    pub(super) fn decode_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+        let Op::Attention {
+            q,
+            layer,
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale,
+            window,
+            ..
+        } = self.node(n).op
+        else {
+            unreachable!()
+        };
+        let (kb, kw) = self.kv_off(layer, KvPart::K)?;
+        let (vb, _) = self.kv_off(layer, KvPart::V)?;
+        if kw != n_head_kv * hd {
+            return Err(CudaError::Invalid(format!("layer {layer}: KV width {kw}")));
+        }
+        let grp = n_head / n_head_kv;
+        let chunks = self.kv.capacity.div_ceil(CHUNK).max(1);
+        // About two blocks per SM over the KV heads, at most one per chunk.
+        let splits = (2 * self.sm_count)
+            .div_ceil(n_head_kv)
+            .clamp(1, MAX_SPLITS)
+            .min(chunks);
+        let e = hd / 32; // dims per lane in the value pass: 2, 4 or 8 halves
+        let (vty, vread) = match e {
+            2 => ("u32", "u32 w[1] = {vv};"),
+            4 => ("uint2", "u32 w[2] = {vv.x, vv.y};"),
+            _ => ("V4", "u32 w[4] = {vv.x, vv.y, vv.z, vv.w};"),
+        };
+        let mut p = Params::default();
+        let qv = self.buf_read(q, "0", &mut p)?;
+        let qbase = qv
+            .trim_end_matches(" + 0]")
+            .trim_start_matches("A[")
+            .replace("(u64)r", "0")
+            .to_string();
+        let ml = self.alloc_scratch(n_head * splits * 2);
+        let acc = self.alloc_scratch(n_head * splits * hd);
+        let mut outs = String::new();
+        for d in self.plan.dests(n) {
+            if let Dest::Buffer(b) = d {
+                let off = self.plan.buffer(*b).offset as u64;
+                write!(outs, "A[{} + h * {hd} + d] = v;", p.p(off)).unwrap();
+            }
+        }
+        self.counters = self.counters.max(n_head_kv);
+        let (kbp, vbp, mlp, accp) = (p.p(kb), p.p(vb), p.p(ml as u64), p.p(acc as u64));
+        let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        let body = format!(
+            "__shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ u32 last;\n\
+            const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;\n\
+            const int h = g * {grp} + warp; const int p1 = pos[0]; const int lo = {win};\n\
+            float* qs = qsh[warp];\n\
+            for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
+            __syncwarp();\n\
+            float m = -INFINITY, l = 0.f, acc[{e}];\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
+            const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd} + lane * {e};\n\
+            for (int j0 = s * {CHUNK}; j0 <= p1; j0 += {step}) {{\n\
+              if (j0 + {CHUNK} <= lo) continue;\n\
+              const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
+              if (ok) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f;\n\
+                _Pragma(\"unroll\") for (int c = 0; c < {hd}; c += 8) {{ V4 kk = *(const V4*)(kr + c); const float* qq = qs + c;\n\
+                  d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
+                     + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n\
+                sc = d; }}\n\
+              const float mn = fmaxf(m, warp_max(sc));\n\
+              const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
+              l = l * corr + warp_sum(pj); m = mn;\n\
+              _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
+              _Pragma(\"unroll\") for (int half = 0; half < 2; half++) {{\n\
+                {vty} vs[16];\n\
+                _Pragma(\"unroll\") for (int jj = 0; jj < 16; jj++) vs[jj] = *(const {vty}*)(Vp + (u64)min(j0 + half * 16 + jj, p1) * {kw});\n\
+                _Pragma(\"unroll\") for (int jj = 0; jj < 16; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, half * 16 + jj);\n\
+                  const {vty} vv = vs[jj]; {vread}\n\
+                  _Pragma(\"unroll\") for (int i = 0; i < {e} / 2; i++) {{ acc[2 * i] += pw * h2f(w[i] & 0xffff); acc[2 * i + 1] += pw * h2f(w[i] >> 16); }} }}\n\
+              }}\n\
+            }}\n\
+            if ({splits} == 1) {{\n\
+              _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n\
+              return;\n\
+            }}\n\
+            const int ps = h * {splits} + s;\n\
+            if (lane == 0) {{ A[{mlp} + 2 * ps] = m; A[{mlp} + 2 * ps + 1] = l; }}\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) A[{accp} + (u64)ps * {hd} + lane * {e} + i] = acc[i];\n\
+            __threadfence(); __syncthreads();\n\
+            if (threadIdx.x == 0) last = atomicAdd(&C[g], 1u);\n\
+            __syncthreads();\n\
+            if (last != {splits}u - 1) return;\n\
+            __threadfence();\n\
+            const float mq = lane < {splits} ? __ldcg(A + {mlp} + 2 * (h * {splits} + lane)) : -INFINITY;\n\
+            const float lq = lane < {splits} ? __ldcg(A + {mlp} + 2 * (h * {splits} + lane) + 1) : 0.f;\n\
+            const float M = warp_max(mq); const float wq = lq > 0.f ? __expf(mq - M) : 0.f;\n\
+            const float L = warp_sum(wq * lq);\n\
+            float o[{e}];\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) o[i] = 0.f;\n\
+            _Pragma(\"unroll 8\") for (int q = 0; q < {splits}; q++) {{ const float w = __shfl_sync(0xffffffffu, wq, q);\n\
+              const float* pa = A + {accp} + (u64)(h * {splits} + q) * {hd} + lane * {e};\n\
+              _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) o[i] += w * __ldcg(pa + i); }}\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = L > 0.f ? o[i] / L : 0.f; {outs} }}\n\
+            if (threadIdx.x == 0) C[g] = 0u;\n",
+            sc = lit(scale),
+            step = splits * CHUNK,
+        );
+        let name = self.kernel(&(grp * 32).to_string(), body, 0);
+        self.launch(
+            format!("attention {n_head}x{hd} (decode, {splits} splits)"),
+            name,
+            (n_head_kv, splits, 1),
+            grp * 32,
+            0,
+            p,
+        );
+        Ok(())
+    }
+}
