@@ -9,7 +9,8 @@ use cudarc::driver::{sys, CudaFunction, CudaModule};
 use smelt_gguf::Gguf;
 use smelt_graph::{fuse_with, FuseOptions, Graph};
 
-use crate::codegen::{self, KvInfo, WeightInfo};
+use crate::codegen::{self, KvInfo, WeightInfo, Work};
+use crate::cublas::{Cublas, GemmCall};
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
 
@@ -51,8 +52,7 @@ pub struct CudaProgram {
     n_tokens: usize,
     _module: Arc<CudaModule>,
     funcs: Vec<CudaFunction>,
-    /// (function index, grid, block, shared bytes, parameter pointer).
-    launches: Vec<LaunchRec>,
+    launches: Vec<Step>,
     /// What each launch does (`SMELT_CUDA_PROFILE`).
     labels: Vec<String>,
     /// Launch parameters (`P`) of every kernel; launches point into it.
@@ -66,7 +66,12 @@ pub struct CudaProgram {
     graph: Mutex<Option<(u64, u64, Graph2)>>,
 }
 
-type LaunchRec = (usize, (u32, u32, u32), u32, u32, u64);
+/// A kernel launch: (function index, grid, block, shared bytes, parameter pointer), or a
+/// cuBLAS GEMM.
+enum Step {
+    Kernel(usize, (u32, u32, u32), u32, u32, u64),
+    Gemm(GemmCall),
+}
 
 impl Drop for CudaProgram {
     fn drop(&mut self) {
@@ -106,9 +111,17 @@ impl CudaProgram {
         self.n_tokens
     }
 
-    /// Kernel launches per execution.
+    /// Kernel launches and cuBLAS GEMMs per execution.
     pub fn kernels(&self) -> usize {
         self.launches.len()
+    }
+
+    /// cuBLAS GEMMs per execution (0 for decode, or where prefill uses the mma.sync kernel).
+    pub fn gemms(&self) -> usize {
+        self.launches
+            .iter()
+            .filter(|s| matches!(s, Step::Gemm(_)))
+            .count()
     }
 }
 
@@ -228,8 +241,8 @@ struct IoBufs {
 }
 
 pub struct CudaBackend {
-    weights: DevBuf,
-    winfo: Vec<WeightInfo>,
+    pub(crate) weights: DevBuf,
+    pub(crate) winfo: Vec<WeightInfo>,
     io: IoBufs,
     out: Vec<f32>,
     stats: CudaStats,
@@ -238,6 +251,9 @@ pub struct CudaBackend {
     /// `SMELT_CUDA_PROFILE=1`: per-kernel device time by label (launches timed with events,
     /// graphs off), printed to stderr when the backend is dropped. A kernel-lab tool.
     profile: Option<Profile>,
+    /// Prefill GEMMs: cuBLAS if it loaded (else why not), and whether programs use it.
+    cublas: Result<Cublas, String>,
+    use_cublas: bool,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -315,7 +331,10 @@ impl CudaBackend {
             max_tokens: 0,
             max_out: 0,
         };
+        let cublas = Cublas::load(dev.cu_stream());
         Ok(CudaBackend {
+            use_cublas: cublas.is_ok(),
+            cublas,
             dev,
             weights,
             winfo,
@@ -334,18 +353,36 @@ impl CudaBackend {
         &self.dev
     }
 
-    /// A one-line description: GPU name, compute capability, driver.
+    /// A one-line description: GPU name, compute capability, driver, prefill GEMM path.
     pub fn describe(&self) -> String {
         let d = &self.dev;
         format!(
-            "{} (sm_{}{}, {} SMs, driver {}.{})",
+            "{} (sm_{}{}, {} SMs, driver {}.{}), prefill: {}",
             d.name,
             d.cc.0,
             d.cc.1,
             d.sm_count,
             d.driver_version / 1000,
-            d.driver_version % 1000 / 10
+            d.driver_version % 1000 / 10,
+            self.prefill_path()
         )
+    }
+
+    /// How prefill multiplies: `cuBLAS 13.0.0`, or `mma.sync (cuBLAS ...: reason)`.
+    pub fn prefill_path(&self) -> String {
+        match (&self.cublas, self.use_cublas) {
+            (Ok(c), true) => format!("cuBLAS {}", c.version_text()),
+            (Ok(_), false) => "mma.sync (cuBLAS turned off)".into(),
+            (Err(e), _) => format!("mma.sync (cuBLAS: {e})"),
+        }
+    }
+
+    /// Whether programs lowered from now on run prefill matmuls through cuBLAS (default: yes
+    /// where it loaded, and `SMELT_CUBLAS` is not `0`). Returns whether they will: asking for
+    /// cuBLAS where it did not load keeps the mma.sync kernel.
+    pub fn set_cublas(&mut self, on: bool) -> bool {
+        self.use_cublas = on && self.cublas.is_ok();
+        self.use_cublas
     }
 
     pub fn set_fusion(&mut self, opts: FuseOptions) {
@@ -389,22 +426,35 @@ impl CudaBackend {
     /// Fuse, generate, compile (or load from the disk cache) and prepare `g`.
     pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
         let plan = fuse_with(g, self.fuse);
-        let gen = codegen::generate(&plan, &self.winfo, &kv.info, self.dev.sm_count as usize)?;
+        let gen = codegen::generate(
+            &plan,
+            &self.winfo,
+            &kv.info,
+            self.dev.sm_count as usize,
+            self.use_cublas,
+        )?;
         let module = self.dev.compile(&gen.src)?;
         let mut funcs = Vec::new();
         let mut index = HashMap::new();
         let mut fn_smem: HashMap<String, usize> = gen.funcs.iter().cloned().collect();
         for l in &gen.launches {
-            if !index.contains_key(&l.func) {
-                let smem = fn_smem.remove(&l.func).unwrap_or(l.smem as usize);
-                index.insert(l.func.clone(), funcs.len());
-                funcs.push(self.dev.function(&module, &l.func, smem)?);
+            let Work::Kernel { func, smem, .. } = &l.work else {
+                continue;
+            };
+            if !index.contains_key(func) {
+                let smem = fn_smem.remove(func).unwrap_or(*smem as usize);
+                index.insert(func.clone(), funcs.len());
+                funcs.push(self.dev.function(&module, func, smem)?);
             }
         }
         let flat: Vec<u64> = gen
             .launches
             .iter()
-            .flat_map(|l| l.params.iter().copied())
+            .flat_map(|l| match &l.work {
+                Work::Kernel { params, .. } => params.as_slice(),
+                Work::Gemm(_) => &[],
+            })
+            .copied()
             .collect();
         let params = self.dev.alloc(flat.len().max(1) * 8)?;
         let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -412,8 +462,20 @@ impl CudaBackend {
         let mut launches = Vec::new();
         let mut at = 0u64;
         for l in &gen.launches {
-            launches.push((index[&l.func], l.grid, l.block, l.smem, params.ptr + at * 8));
-            at += l.params.len() as u64;
+            launches.push(match &l.work {
+                Work::Kernel {
+                    func,
+                    grid,
+                    block,
+                    smem,
+                    params: ps,
+                } => {
+                    let step = Step::Kernel(index[func], *grid, *block, *smem, params.ptr + at * 8);
+                    at += ps.len() as u64;
+                    step
+                }
+                Work::Gemm(g) => Step::Gemm(*g),
+            });
         }
         let prog = CudaProgram {
             n_tokens: g.n_tokens(),
@@ -472,8 +534,9 @@ impl CudaBackend {
         let n = prog.n_tokens;
         let stream = self.dev.cu_stream();
         // SAFETY: the pinned buffer holds max_tokens u32 tokens, then positions, then outputs;
-        // device buffers are at least as large (checked in `ensure`); kernels read only within
-        // the arena, weights and KV sizes their program was generated for.
+        // device buffers are at least as large (checked in `ensure`); kernels and cuBLAS GEMMs
+        // read and write only within the arena, weights and KV sizes their program was
+        // generated for.
         unsafe {
             let pin = io.pinned.ptr;
             let pos_host = pin.add(io.max_tokens * 4);
@@ -489,7 +552,20 @@ impl CudaBackend {
             if let Some(&e) = events.first() {
                 check(sys::cuEventRecord(e, stream), "event record")?;
             }
-            for (li, &(fi, grid, block, smem, pptr)) in prog.launches.iter().enumerate() {
+            for (li, step) in prog.launches.iter().enumerate() {
+                let (fi, grid, block, smem, pptr) = match *step {
+                    Step::Kernel(fi, grid, block, smem, pptr) => (fi, grid, block, smem, pptr),
+                    Step::Gemm(g) => {
+                        let cb = self.cublas.as_ref().map_err(|e| {
+                            CudaError::Invalid(format!("program has cuBLAS GEMMs, but {e}"))
+                        })?;
+                        cb.gemm(&g, io.arena.ptr).map_err(CudaError::Driver)?;
+                        if let Some(&e) = events.get(li + 1) {
+                            check(sys::cuEventRecord(e, stream), "event record")?;
+                        }
+                        continue;
+                    }
+                };
                 let mut args: [u64; 7] = [
                     self.weights.ptr,
                     io.arena.ptr,

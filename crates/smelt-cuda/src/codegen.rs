@@ -3,8 +3,9 @@
 //! parameters (`P[i]`), so the layers of a model share one compiled kernel per distinct shape.
 //!
 //! Decode (one token): a matmul kernel is one launch (codegen/decode.rs).
-//! Prefill (several tokens): prologue kernel (one block per row) -> tensor-core GEMM per matmul
-//! -> epilogue kernel per bundle. Attention: one kernel, split over keys for decode with the
+//! Prefill (several tokens, codegen/prefill.rs): prologue kernel (one block per row) -> the
+//! kernel's matmuls through cuBLAS on f16 copies (or our mma.sync GEMM per matmul) -> epilogue
+//! kernel per bundle. Attention: one kernel, split over keys for decode with the
 //! last block of each head combining the partial softmaxes.
 
 // Generated CUDA is written line by line with explicit newlines inside larger templates.
@@ -16,10 +17,12 @@ use std::fmt::Write;
 use smelt_gguf::GgmlType;
 use smelt_graph::{Dest, KernelKind, KvPart, NodeId, Op, Plan};
 
+use crate::cublas::GemmCall;
 use crate::CudaError;
 
 mod attention;
 mod decode;
+mod prefill;
 
 pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
 /// Threads of row, gemv and epilogue kernels.
@@ -44,16 +47,24 @@ pub(crate) struct KvInfo {
     pub layers: Vec<(u64, u64, usize)>,
 }
 
-/// One kernel launch of a program.
+/// One step of a program: a kernel launch or a cuBLAS GEMM.
 #[derive(Clone, Debug)]
 pub(crate) struct Launch {
-    pub func: String,
-    /// What the kernel does, for `SMELT_CUDA_PROFILE` (e.g. `decode mm Q4_K 6144x4096`).
+    /// What the step does, for `SMELT_CUDA_PROFILE` (e.g. `decode mm Q4_K 6144x4096`).
     pub label: String,
-    pub grid: (u32, u32, u32),
-    pub block: u32,
-    pub smem: u32,
-    pub params: Vec<u64>,
+    pub work: Work,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Work {
+    Kernel {
+        func: String,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: Vec<u64>,
+    },
+    Gemm(GemmCall),
 }
 
 /// A lowered plan: source of every distinct kernel, launches in order, arena geometry.
@@ -114,15 +125,20 @@ struct Gen<'a> {
     funcs: Vec<(String, usize)>,
     src: String,
     gemm_types: Vec<&'static str>,
+    deq_types: Vec<&'static str>,
+    /// Prefill through cuBLAS: the shared f16/f32 scratch of every matmul kernel.
+    cublas: Option<prefill::Scratch>,
     launches: Vec<Launch>,
 }
 
-/// Generate the kernels of `plan` (all its weights described by `w`).
+/// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
+/// matmuls are cuBLAS GEMM steps on f16 copies instead of generated GEMM kernels.
 pub(crate) fn generate(
     plan: &Plan,
     w: &[WeightInfo],
     kv: &KvInfo,
     sm_count: usize,
+    cublas: bool,
 ) -> Result<Generated, CudaError> {
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -146,12 +162,17 @@ pub(crate) fn generate(
         funcs: Vec::new(),
         src: String::new(),
         gemm_types: Vec::new(),
+        deq_types: Vec::new(),
+        cublas: None,
         launches: Vec::new(),
     };
+    if cublas && t > 1 {
+        g.cublas = Some(g.prefill_scratch());
+    }
     for ki in 0..plan.kernels().len() {
         let k = &plan.kernels()[ki];
         match &k.kind {
-            KernelKind::Rows => g.rows_kernel(&k.rows, None)?,
+            KernelKind::Rows => g.rows_kernel(&k.rows, None, None)?,
             KernelKind::Attention { node } => g.attention(*node)?,
             KernelKind::MatMul { input, .. } => {
                 if t == 1 {
@@ -167,6 +188,9 @@ pub(crate) fn generate(
     let mut src = String::from(PRELUDE);
     for ty in &g.gemm_types {
         writeln!(src, "DEF_GEMM({ty})").unwrap();
+    }
+    for ty in &g.deq_types {
+        writeln!(src, "DEF_DEQ16({ty})").unwrap();
     }
     src.push_str(&g.src);
     Ok(Generated {
@@ -226,12 +250,14 @@ impl<'a> Gen<'a> {
         p: Params,
     ) {
         self.launches.push(Launch {
-            func,
             label,
-            grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
-            block: block as u32,
-            smem: smem as u32,
-            params: p.0,
+            work: Work::Kernel {
+                func,
+                grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+                block: block as u32,
+                smem: smem as u32,
+                params: p.0,
+            },
         });
     }
 
@@ -559,11 +585,14 @@ impl<'a> Gen<'a> {
     }
 
     /// A row kernel (one block per row): computes `rows`, stores what is materialised, and
-    /// when `xin` is given writes the matmul input node there (`[rows, cols]` f32).
+    /// when `xin` is given writes the matmul input node there (`[rows, cols]` f32); when
+    /// `x16` is given (node, arena offset, row stride `kp`), an f16 copy of that node, rows
+    /// zero-padded to `kp` (for cuBLAS).
     fn rows_kernel(
         &mut self,
         rows: &[NodeId],
         xin: Option<(NodeId, usize)>,
+        x16: Option<(NodeId, usize, usize)>,
     ) -> Result<(), CudaError> {
         let mut p = Params::default();
         let mut slots = HashMap::new();
@@ -581,82 +610,19 @@ impl<'a> Gen<'a> {
             };
             write!(body, "if ({guard}) for (int c = tid; c < {cols}; c += {NT}) A[{} + (u64){row} * {cols} + c] = sm[{o} + c];\n", p.p(off as u64)).unwrap();
         }
+        if let Some((n, off, kp)) = x16 {
+            let [nrows, cols] = self.node(n).shape;
+            let o = slots[&n];
+            let (guard, row) = if nrows == 1 && self.t > 1 {
+                (format!("r == {}", self.t - 1), "0")
+            } else {
+                ("true".into(), "r")
+            };
+            write!(body, "if ({guard}) for (int c = 2 * tid; c < {kp}; c += {}) ((u32*)(A + {}))[((u64){row} * {kp} + c) / 2] = pack2s(c < {cols} ? sm[{o} + c] : 0.f, c + 1 < {cols} ? sm[{o} + c + 1] : 0.f);\n", 2 * NT, p.p(off as u64)).unwrap();
+        }
         let smem = next.max(1) * 4;
         let name = self.kernel(&NT.to_string(), body, smem);
         self.launch("rows".into(), name, (self.t, 1, 1), NT, smem, p);
-        Ok(())
-    }
-
-    fn prefill_matmul(&mut self, ki: usize, input: NodeId) -> Result<(), CudaError> {
-        let k = self.plan.kernels()[ki].clone();
-        let KernelKind::MatMul { bundles, .. } = &k.kind else {
-            unreachable!()
-        };
-        let [m_rows, kdim] = self.node(input).shape;
-        let xin = match self.plan.buffer_of(input) {
-            Some(b) => self.plan.buffer(b).offset,
-            None => self.alloc_scratch(m_rows * kdim),
-        };
-        if !k.rows.is_empty() {
-            let write = self.plan.buffer_of(input).is_none().then_some((input, xin));
-            self.rows_kernel(&k.rows, write)?;
-        }
-        for (bi, b) in bundles.iter().enumerate() {
-            let mut outs = Vec::new();
-            for &m in &b.matmuls {
-                let Op::MatMul { w, .. } = self.node(m).op else {
-                    unreachable!()
-                };
-                let wi = self.weight(w).clone();
-                let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
-                if !self.gemm_types.contains(&ty) {
-                    self.gemm_types.push(ty);
-                }
-                let out = self.alloc_scratch(m_rows * b.width);
-                outs.push((m, out));
-                let mut p = Params::default();
-                for v in [
-                    xin as u64,
-                    wi.off,
-                    wi.row_bytes,
-                    out as u64,
-                    m_rows as u64,
-                    b.width as u64,
-                    kdim as u64,
-                ] {
-                    p.p(v);
-                }
-                self.launch(
-                    format!("gemm {ty} {}x{kdim}", b.width),
-                    format!("gemm_{ty}"),
-                    (b.width.div_ceil(64), m_rows.div_ceil(64), 1),
-                    128,
-                    0,
-                    p,
-                );
-            }
-            // Epilogue kernel: one block per (tile, row).
-            let bc = Self::tile_cols(b.align, 256);
-            let nt = b.width.div_ceil(bc);
-            let mut p = Params::default();
-            let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
-            let rp = if m_rows == 1 {
-                format!("{}", self.t - 1)
-            } else {
-                "r".into()
-            };
-            let mut body = format!("extern __shared__ float sm[]; float* se = sm;\n\
-                const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = blockIdx.y, rp = {rp}; (void)lane; (void)warp; (void)rp;\n\
-                const int c0 = blockIdx.x * {bc}; const int nv = min({bc}, {} - c0);\n", b.width);
-            for (m, out) in outs {
-                write!(body, "for (int c = tid; c < nv; c += {NT}) se[{} + c] = A[{} + (u64)r * {} + c0 + c];\n", bslots[&m], p.p(out as u64), b.width).unwrap();
-            }
-            body += "__syncthreads();\n";
-            body += &code;
-            let smem = self.bundle_slots(ki, bi) * bc * 4;
-            let name = self.kernel(&NT.to_string(), body, smem);
-            self.launch("epilogue".into(), name, (nt, m_rows, 1), NT, smem, p);
-        }
         Ok(())
     }
 

@@ -177,6 +177,19 @@ impl Device {
         }
     }
 
+    /// Synchronous copy of `dst.len()` bytes from device address `src` (tests read results).
+    #[cfg(test)]
+    pub(crate) fn download(&self, dst: &mut [u8], src: sys::CUdeviceptr) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the caller passes a source inside an allocation of at least dst.len() bytes.
+        unsafe {
+            check(
+                sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src, dst.len()),
+                "cuMemcpyDtoH",
+            )
+        }
+    }
+
     pub(crate) fn sync(&self) -> Result<(), CudaError> {
         self.stream
             .synchronize()

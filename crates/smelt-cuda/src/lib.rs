@@ -5,6 +5,7 @@
 
 mod backend;
 mod codegen;
+mod cublas;
 mod device;
 mod layout;
 

@@ -120,8 +120,20 @@ fn gpu() -> bool {
     false
 }
 
-/// The generated source of `d`'s test graph for `n` tokens, every matrix of type `dtype`.
-fn source(d: &Dims, n: usize, dtype: GgmlType, capacity: usize) -> String {
+/// The generated program of `d`'s test graph for `n` tokens, every matrix of type `dtype`,
+/// prefill matmuls through cuBLAS steps or the mma.sync kernel.
+fn generated(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> codegen::Generated {
+    generated_with(d, n, dtype, cublas, 8)
+}
+
+/// `generated` with a KV cache of `capacity` positions (decode attention splits by it).
+fn generated_with(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    cublas: bool,
+    capacity: usize,
+) -> codegen::Generated {
     let mut w = Weights {
         specs: Vec::new(),
         data: Vec::new(),
@@ -163,8 +175,46 @@ fn source(d: &Dims, n: usize, dtype: GgmlType, capacity: usize) -> String {
             ),
         ],
     };
-    codegen::generate(&fuse(&g), &winfo, &kv, 132).unwrap().src
+    codegen::generate(&fuse(&g), &winfo, &kv, 132, cublas).unwrap()
 }
+
+fn source(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> String {
+    generated(d, n, dtype, cublas).src
+}
+
+const ALL_TYPES: [GgmlType; 11] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+const LLAMA_8B: Dims = Dims {
+    n_embd: 4096,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 128,
+    n_rot: 128,
+    n_ff: 14336,
+    n_vocab: 128256,
+};
+
+const LLAMA_1B: Dims = Dims {
+    n_embd: 2048,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 64,
+    n_rot: 64,
+    n_ff: 8192,
+    n_vocab: 128256,
+};
 
 /// Generated kernels compile with NVRTC for sm_90 (no GPU needed, only libnvrtc). With
 /// `SMELT_CUDA_DUMP=DIR` the decode source of 8B-like shapes is written there too, for
@@ -186,31 +236,100 @@ fn generated_kernels_compile() {
         }
     };
     for (d, dtype) in cases() {
-        for n in [1usize, 5] {
-            // A long cache only changes decode attention (its split count).
-            for cap in if n == 1 { vec![8, 4096] } else { vec![8] } {
-                compile(
-                    &source(&d, n, dtype, cap),
-                    &format!("{dtype:?} n={n} capacity={cap}"),
-                );
+        compile(&source(&d, 1, dtype, false), &format!("{dtype:?} n=1"));
+        let long = generated_with(&d, 1, dtype, false, 4096).src;
+        compile(&long, &format!("{dtype:?} n=1 capacity=4096"));
+        for cublas in [false, true] {
+            let what = format!("{dtype:?} n=5 cublas={cublas}");
+            compile(&source(&d, 5, dtype, cublas), &what);
+        }
+    }
+    // Every dequantisation kernel (Q5_1 and BF16 are in no case above).
+    let defs: String = ALL_TYPES
+        .iter()
+        .map(|&t| format!("DEF_DEQ16({})\n", codegen::type_suffix(t).unwrap()))
+        .collect();
+    compile(
+        &format!("{}{defs}", codegen::PRELUDE),
+        "deq16 of every type",
+    );
+    // With SMELT_CUDA_DUMP=DIR: decode sources of 8B shapes, and prefill (512 tokens, cuBLAS)
+    // sources of 1B and 8B shapes for every type, compiled here too.
+    if let Ok(dir) = std::env::var("SMELT_CUDA_DUMP") {
+        let big = Dims {
+            n_vocab: 1000,
+            ..LLAMA_8B
+        };
+        for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+            let src = generated_with(&big, 1, t, true, 4096).src;
+            std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
+        }
+        for (name, d) in [("1b", LLAMA_1B), ("8b", LLAMA_8B)] {
+            for t in ALL_TYPES {
+                let src = source(&d, 512, t, true);
+                compile(&src, &format!("prefill {name} {t:?}"));
+                std::fs::write(format!("{dir}/prefill_{name}_{t:?}.cu"), &src).unwrap();
             }
         }
     }
-    if let Ok(dir) = std::env::var("SMELT_CUDA_DUMP") {
-        let big = Dims {
-            n_embd: 4096,
-            n_head: 32,
-            n_head_kv: 8,
-            head_dim: 128,
-            n_rot: 128,
-            n_ff: 14336,
-            n_vocab: 1000,
-        };
-        for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
-            let src = source(&big, 1, t, 4096);
-            std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
+}
+
+/// cuBLAS prefill steps: every matmul kernel's weight stack is dequantised into the shared
+/// scratch and multiplied in GEMMs whose column chunks tile the output exactly; the 8B output
+/// head (128256 x 4096 values, past the scratch cap) is split. No GPU needed.
+#[test]
+fn cublas_steps_tile_each_weight_stack() {
+    let g = generated(&LLAMA_8B, 7, GgmlType::Q4_K, true);
+    let gemms: Vec<crate::cublas::GemmCall> = g
+        .launches
+        .iter()
+        .filter_map(|l| match &l.work {
+            codegen::Work::Gemm(c) => Some(*c),
+            codegen::Work::Kernel { .. } => None,
+        })
+        .collect();
+    let mut i = 0;
+    let mut stacks = Vec::new();
+    while i < gemms.len() {
+        // Chunks of one stack: same output row stride, contiguous columns.
+        let first = gemms[i];
+        let mut cols = 0;
+        while i < gemms.len() && gemms[i].ldc == first.ldc && gemms[i].c_off == first.c_off + cols {
+            let c = gemms[i];
+            assert_eq!((c.ldx, c.ldw), (c.k.div_ceil(8) * 8, c.k.div_ceil(8) * 8));
+            assert!(
+                c.n * c.ldw <= 1 << 27,
+                "chunk of {}x{} past the cap",
+                c.n,
+                c.k
+            );
+            cols += c.n;
+            i += 1;
+            if cols == first.ldc {
+                break;
+            }
         }
+        assert_eq!(cols, first.ldc, "stack of width {} not tiled", first.ldc);
+        stacks.push((first.m, first.ldc, first.k));
     }
+    // Per layer: q (4096) + k, v (1024 each) in one stack; wo; gate+up; down.
+    let layer = [
+        (7, 4096 + 2 * 1024, 4096),
+        (7, 4096, 4096),
+        (7, 2 * 14336, 4096),
+        (7, 4096, 14336),
+    ];
+    let mut want: Vec<_> = layer.iter().chain(&layer).copied().collect();
+    want.push((1, 128256, 4096));
+    assert_eq!(stacks, want);
+    let head = gemms.iter().filter(|c| c.ldc == 128256).count();
+    assert_eq!(head, 128256usize.div_ceil((1 << 27) / 4096));
+    // Each GEMM step is preceded by the dequantisation of its chunk, labelled for profiles.
+    assert!(g
+        .launches
+        .iter()
+        .any(|l| l.label == "dequant q4_k 14336x4096"));
+    assert!(g.launches.iter().any(|l| l.label == "cublas 7x28672x4096"));
 }
 
 fn compare(got: &[f32], want: &[f32], tol: f32, what: &str) {
@@ -371,6 +490,212 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
                     3,
                     "one submission per decode step"
                 );
+            }
+        }
+    }
+}
+
+/// Prefill of 37 tokens (rows not a multiple of any tile) against the reference, every case,
+/// prefill matmuls through cuBLAS (`cublas`) or the mma.sync kernel. False when the cuBLAS
+/// path was asked for and cuBLAS did not load.
+fn prefill_matches_reference(cublas: bool) -> bool {
+    const N: usize = 37;
+    for (ci, (d, dtype)) in cases().into_iter().enumerate() {
+        let mut w = Weights {
+            specs: Vec::new(),
+            data: Vec::new(),
+            rng: Rng(0x51ed + ci as u64),
+            draw: true,
+        };
+        let g = odd::graph(&d, N, &mut w, true);
+        let file = gguf(&w, dtype);
+        let rw: Vec<Vec<f32>> = w
+            .specs
+            .iter()
+            .map(|s| {
+                let t = file.tensor(&s.name).unwrap();
+                smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
+            })
+            .collect();
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let tokens: Vec<u32> = (0..N).map(|i| ((i * 5 + 2) % d.n_vocab) as u32).collect();
+        let positions: Vec<u32> = (0..N as u32).collect();
+        let mut rkv = KvCache::new(64, &widths);
+        let want = ReferenceBackend::new(rw, 1).execute(&g, &tokens, &positions, &mut rkv);
+        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        if cb.set_cublas(cublas) != cublas {
+            eprintln!("SKIP: {}; the cuBLAS path was not run", cb.prefill_path());
+            return false;
+        }
+        let mut kv = cb.new_kv(64, &widths).unwrap();
+        let p = cb.lower(&g, &kv).unwrap();
+        assert_eq!(p.gemms() > 0, cublas, "{}", cb.describe());
+        let got = cb.execute(&p, &tokens, &positions, &mut kv).unwrap();
+        // f16-rounded activations and weights on tensor cores, f32 accumulation.
+        let what = format!("case {ci} {dtype:?} cublas={cublas} prefill {N}");
+        compare(got, &want, 2e-2, &what);
+    }
+    true
+}
+
+#[test]
+fn prefill_mma_fallback_matches_reference() {
+    if gpu() {
+        prefill_matches_reference(false);
+    }
+}
+
+#[test]
+fn prefill_cublas_matches_reference() {
+    if gpu() && prefill_matches_reference(true) {
+        eprintln!("prefill through cuBLAS checked on every case");
+    }
+}
+
+/// Order-preserving integer of f16 bits, so that adjacent f16 values differ by 1.
+fn f16_ord(h: u16) -> i32 {
+    if h & 0x8000 != 0 {
+        -i32::from(h & 0x7fff)
+    } else {
+        i32::from(h)
+    }
+}
+
+/// Run one kernel of the prelude (`func`, defined by `defs` after it) over the backend's
+/// weights and an arena of `arena.len()` bytes initialised from `arena`; return the arena.
+fn run_prelude_kernel(
+    cb: &CudaBackend,
+    defs: &str,
+    func: &str,
+    threads: usize,
+    params: &[u64],
+    arena: &[u8],
+) -> Vec<u8> {
+    use cudarc::driver::sys;
+    let dev = cb.device();
+    let module = dev.compile(&format!("{}{defs}", codegen::PRELUDE)).unwrap();
+    let f = dev.function(&module, func, 0).unwrap();
+    let a = dev.alloc(arena.len()).unwrap();
+    dev.upload(a.ptr, arena).unwrap();
+    let p = dev.alloc(params.len() * 8).unwrap();
+    let pb: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+    dev.upload(p.ptr, &pb).unwrap();
+    let mut args: [u64; 7] = [cb.weights.ptr, a.ptr, 0, 0, 0, p.ptr, 0];
+    let mut ptrs: [*mut std::ffi::c_void; 7] =
+        std::array::from_fn(|i| (&mut args[i]) as *mut u64 as *mut std::ffi::c_void);
+    // SAFETY: the kernel reads the weights and parameters and writes inside the arena, whose
+    // sizes the callers derive from the same shapes as the parameters.
+    unsafe {
+        let r = sys::cuLaunchKernel(
+            f.cu_function(),
+            threads.div_ceil(256) as u32,
+            1,
+            1,
+            256,
+            1,
+            1,
+            0,
+            dev.cu_stream(),
+            ptrs.as_mut_ptr(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch {func}");
+    }
+    dev.sync().unwrap();
+    let mut out = vec![0u8; arena.len()];
+    dev.download(&mut out, a.ptr).unwrap();
+    out
+}
+
+/// `deq16_<type>` against smelt-quant's CPU dequantisation rounded to f16 (within one f16
+/// step: the GPU rounds each product like the CPU, so in practice bit-exact), padding zero;
+/// and `to_f16` of activations with a row length that is not a multiple of 8.
+#[test]
+fn dequant_and_to_f16_kernels_match_cpu() {
+    use smelt_quant::half::f32_to_f16;
+    if !gpu() {
+        return;
+    }
+    const ROWS: usize = 3;
+    for t in ALL_TYPES {
+        let widths: &[usize] = if t.block_size() == 1 {
+            &[512, 50]
+        } else {
+            &[512]
+        };
+        for &k in widths {
+            let mut rng = Rng(0xdead + k as u64);
+            let data: Vec<f32> = (0..ROWS * k).map(|_| 0.3 * rng.next() - 0.05).collect();
+            let file = odd::gguf([("w", [ROWS, k], data.as_slice())], t);
+            let spec = CudaWeightSpec {
+                name: "w".into(),
+                shape: [ROWS, k],
+            };
+            let cb = CudaBackend::new(Arc::clone(&file), &[spec]).unwrap();
+            let tensor = file.tensor("w").unwrap();
+            let want = smelt_quant::dequantize_to_vec(t, file.tensor_data(tensor)).unwrap();
+            let wi = &cb.winfo[0];
+            let ty = codegen::type_suffix(t).unwrap();
+            let unit = if t.block_size() == 1 { 8 } else { 32 };
+            let (kp, upr) = (k.div_ceil(8) * 8, k.div_ceil(unit));
+            let params = [
+                wi.off,
+                wi.row_bytes,
+                0,
+                ROWS as u64,
+                upr as u64,
+                kp as u64,
+                k as u64,
+            ];
+            let out = run_prelude_kernel(
+                &cb,
+                &format!("DEF_DEQ16({ty})\n"),
+                &format!("deq16_{ty}"),
+                ROWS * upr,
+                &params,
+                &vec![0xffu8; ROWS * kp * 2],
+            );
+            let got: Vec<u16> = out
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let mut exact = 0;
+            for r in 0..ROWS {
+                for c in 0..kp {
+                    let g = got[r * kp + c];
+                    let w = if c < k {
+                        f32_to_f16(want[r * k + c])
+                    } else {
+                        0
+                    };
+                    assert!(
+                        (f16_ord(g) - f16_ord(w)).abs() <= 1,
+                        "{t:?} k={k} row {r} col {c}: gpu {g:#06x} cpu {w:#06x}"
+                    );
+                    exact += usize::from(g == w);
+                }
+            }
+            eprintln!("deq16 {t:?} k={k}: {exact} of {} bit-exact", ROWS * kp);
+            if t == GgmlType::F32 {
+                // to_f16 of the same values as activations [ROWS, k] at arena offset 0.
+                let src: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let x16 = (ROWS * k).div_ceil(64) * 64;
+                let mut arena = src.clone();
+                arena.resize(x16 * 4 + ROWS * kp * 2, 0xff);
+                let params = [0, x16 as u64, ROWS as u64, k as u64, kp as u64];
+                let out = run_prelude_kernel(&cb, "", "to_f16", ROWS * kp / 8, &params, &arena);
+                for r in 0..ROWS {
+                    for c in 0..kp {
+                        let at = x16 * 4 + (r * kp + c) * 2;
+                        let g = u16::from_le_bytes([out[at], out[at + 1]]);
+                        let w = if c < k {
+                            f32_to_f16(data[r * k + c])
+                        } else {
+                            0
+                        };
+                        assert_eq!(g, w, "to_f16 k={k} row {r} col {c}");
+                    }
+                }
             }
         }
     }

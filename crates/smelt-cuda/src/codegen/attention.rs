@@ -28,7 +28,7 @@ impl Gen<'_> {
         self.t == 1
             && matches!(hd, 64 | 128 | 256)
             && n_head_kv > 0
-            && n_head % n_head_kv == 0
+            && n_head.is_multiple_of(n_head_kv)
             && n_head / n_head_kv <= 32
     }
 

@@ -366,3 +366,129 @@ extern "C" __global__ void __launch_bounds__(128) gemm_##T(const u8* W, float* A
     if (r + 8 < M) { if (c < N) Out[(u64)(r + 8) * N + c] = acc[a][b][2]; if (c + 1 < N) Out[(u64)(r + 8) * N + c + 1] = acc[a][b][3]; } \
   } \
 }
+
+// ---- prefill through cuBLAS: weights dequantised to f16 rows, activations rounded to f16 ----
+// Values past the f16 range saturate to +-65504 instead of becoming infinities.
+__device__ __forceinline__ u32 pack2s(float a, float b) {
+  return (u32)f2h(fminf(fmaxf(a, -65504.f), 65504.f)) | ((u32)f2h(fminf(fmaxf(b, -65504.f), 65504.f)) << 16);
+}
+// Unit `g` of a weight row as floats: 32 values for the block formats, 8 for plain floats
+// (row length K; values past it are 0). Multiplies and adds are rounded one by one
+// (__fmul_rn / __fsub_rn, no FMA contraction) in smelt-quant's order, so the values equal
+// the CPU's dequantisation before the f16 rounding.
+#define DQU_NIB_LOOP(B, BODY) \
+  _Pragma("unroll") for (int i = 0; i < 4; i++) { u32 q = ld32((B) + 4 * i); \
+    _Pragma("unroll") for (int j = 0; j < 4; j++) { const int l = 4 * i + j; const int x = (q >> (8 * j)) & 255; BODY } }
+__device__ __forceinline__ void dqu_q4_0(const u8* r, int g, int K, float* v) {
+  const u8* b = r + g * 20; const float d = h2f((u16)(ld32(b) >> 16));
+  DQU_NIB_LOOP(b + 4, v[l] = __fmul_rn((float)((x & 15) - 8), d); v[l + 16] = __fmul_rn((float)((x >> 4) - 8), d);)
+}
+__device__ __forceinline__ void dqu_q4_1(const u8* r, int g, int K, float* v) {
+  const u8* b = r + g * 20; const u32 dm = ld32(b); const float d = h2f((u16)dm), m = h2f((u16)(dm >> 16));
+  DQU_NIB_LOOP(b + 4, v[l] = __fadd_rn(__fmul_rn(d, (float)(x & 15)), m); v[l + 16] = __fadd_rn(__fmul_rn(d, (float)(x >> 4)), m);)
+}
+__device__ __forceinline__ void dqu_q5_0(const u8* r, int g, int K, float* v) {
+  const u8* b = r + g * 24; const float d = h2f((u16)(ld32(b) >> 16)); const u32 qh = ld32(b + 4);
+  DQU_NIB_LOOP(b + 8, v[l] = __fmul_rn((float)(((x & 15) | (((qh >> l) & 1) << 4)) - 16), d);
+    v[l + 16] = __fmul_rn((float)(((x >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16), d);)
+}
+__device__ __forceinline__ void dqu_q5_1(const u8* r, int g, int K, float* v) {
+  const u8* b = r + g * 24; const u32 dm = ld32(b); const float d = h2f((u16)dm), m = h2f((u16)(dm >> 16));
+  const u32 qh = ld32(b + 4);
+  DQU_NIB_LOOP(b + 8, v[l] = __fadd_rn(__fmul_rn(d, (float)((x & 15) | (((qh >> l) & 1) << 4))), m);
+    v[l + 16] = __fadd_rn(__fmul_rn(d, (float)((x >> 4) | (((qh >> (l + 16)) & 1) << 4))), m);)
+}
+__device__ __forceinline__ void dqu_q8_0(const u8* r, int g, int K, float* v) {
+  const u8* b = r + g * 36; const float d = h2f((u16)(ld32(b) >> 16));
+  _Pragma("unroll") for (int i = 0; i < 8; i++) { u32 q = ld32(b + 4 + 4 * i);
+    _Pragma("unroll") for (int j = 0; j < 4; j++) v[4 * i + j] = __fmul_rn(d, (float)(signed char)((q >> (8 * j)) & 255)); }
+}
+// K-quants: unit g = sub-block g (32 values) of a 256-value block.
+__device__ __forceinline__ void dqu_q4_k(const u8* r, int g, int K, float* v) {
+  const u8* b = r + (g >> 3) * 144; const int s = g & 7; const V4 h = *(const V4*)b;
+  float sc, m; sm_k4(h, s, sc, m);
+  const float d1 = __fmul_rn(h2f(h.x & 0xffff), sc), m1 = __fmul_rn(h2f(h.x >> 16), m);
+  const V4* qp = (const V4*)(b + 16 + 32 * (s >> 1)); const V4 q0 = qp[0], q1 = qp[1];
+  const u32 qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w}; const int sh = 4 * (s & 1);
+  _Pragma("unroll") for (int i = 0; i < 8; i++) _Pragma("unroll") for (int j = 0; j < 4; j++)
+    v[4 * i + j] = __fsub_rn(__fmul_rn(d1, (float)((qw[i] >> (8 * j + sh)) & 15)), m1);
+}
+__device__ __forceinline__ void dqu_q5_k(const u8* r, int g, int K, float* v) {
+  const u8* b = r + (g >> 3) * 176; const int s = g & 7; const V4 h = *(const V4*)b;
+  float sc, m; sm_k4(h, s, sc, m);
+  const float d1 = __fmul_rn(h2f(h.x & 0xffff), sc), m1 = __fmul_rn(h2f(h.x >> 16), m);
+  const V4* hp = (const V4*)(b + 16); const V4 h0 = hp[0], h1 = hp[1];
+  const V4* qp = (const V4*)(b + 48 + 32 * (s >> 1)); const V4 q0 = qp[0], q1 = qp[1];
+  const u32 qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+  const u32 hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w}; const int sh = 4 * (s & 1);
+  _Pragma("unroll") for (int i = 0; i < 8; i++) _Pragma("unroll") for (int j = 0; j < 4; j++) {
+    const u32 q = ((qw[i] >> (8 * j + sh)) & 15) | (((hw[i] >> (8 * j + s)) & 1) << 4);
+    v[4 * i + j] = __fsub_rn(__fmul_rn(d1, (float)q), m1); }
+}
+__device__ __forceinline__ void dqu_q6_k(const u8* r, int g, int K, float* v) {
+  const u8* b = r + (g >> 3) * 224; const int ch = g & 7, n = ch >> 2, k = ch & 3;
+  const float d = h2f(ld16(b + 208));
+  const float dl0 = __fmul_rn(d, (float)(signed char)b[192 + 2 * ch]), dl1 = __fmul_rn(d, (float)(signed char)b[193 + 2 * ch]);
+  const V4* lp = (const V4*)(b + 64 * n + 32 * (k & 1)); const V4 l0 = lp[0], l1 = lp[1];
+  const V4* hp = (const V4*)(b + 128 + 32 * n); const V4 h0 = hp[0], h1 = hp[1];
+  const u32 lw[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
+  const u32 hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+  const int ls = 4 * (k >> 1), hs = 2 * k;
+  _Pragma("unroll") for (int i = 0; i < 8; i++) _Pragma("unroll") for (int j = 0; j < 4; j++) {
+    const int q = (int)(((lw[i] >> (8 * j + ls)) & 15) | (((hw[i] >> (8 * j + hs)) & 3) << 4));
+    v[4 * i + j] = __fmul_rn(i < 4 ? dl0 : dl1, (float)(q - 32)); }
+}
+// Plain floats: unit = 8 values; rows of K % 8 == 0 values (16-byte aligned for f16/bf16,
+// and for f32 when K % 4 == 0) are read with vector loads.
+__device__ __forceinline__ void dqu_f32(const u8* r, int g, int K, float* v) {
+  const float* p = (const float*)r + g * 8;
+  if ((K & 7) == 0) { F4 a = *(const F4*)p, c = *(const F4*)(p + 4);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = c.x; v[5] = c.y; v[6] = c.z; v[7] = c.w; return; }
+  _Pragma("unroll") for (int i = 0; i < 8; i++) v[i] = g * 8 + i < K ? p[i] : 0.f;
+}
+#define DQU_HALF(T, CVT) \
+__device__ __forceinline__ void dqu_##T(const u8* r, int g, int K, float* v) { \
+  const u16* p = (const u16*)r + g * 8; \
+  if ((K & 7) == 0) { V4 a = *(const V4*)p; const u32 w[4] = {a.x, a.y, a.z, a.w}; \
+    _Pragma("unroll") for (int i = 0; i < 4; i++) { v[2 * i] = CVT((u16)(w[i] & 0xffff)); v[2 * i + 1] = CVT((u16)(w[i] >> 16)); } return; } \
+  _Pragma("unroll") for (int i = 0; i < 8; i++) v[i] = g * 8 + i < K ? CVT(p[i]) : 0.f; }
+DQU_HALF(f16, h2f)
+DQU_HALF(bf16, bf2f)
+#define DQU_UNIT_f32 8
+#define DQU_UNIT_f16 8
+#define DQU_UNIT_bf16 8
+#define DQU_UNIT_q4_0 32
+#define DQU_UNIT_q4_1 32
+#define DQU_UNIT_q5_0 32
+#define DQU_UNIT_q5_1 32
+#define DQU_UNIT_q8_0 32
+#define DQU_UNIT_q4_k 32
+#define DQU_UNIT_q5_k 32
+#define DQU_UNIT_q6_k 32
+
+// Dequantise rows of a weight to f16: one thread per unit, 16-byte stores.
+// P: weight byte offset of the first row, row bytes, destination (arena floats), rows,
+// units per row, destination row stride (f16 values, a multiple of 8), K.
+#define DEF_DEQ16(T) \
+extern "C" __global__ void __launch_bounds__(256) deq16_##T(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C) { \
+  const u64 i = (u64)blockIdx.x * 256 + threadIdx.x, upr = P[4]; \
+  if (i >= P[3] * upr) return; \
+  const u64 row = i / upr; const int g = (int)(i - row * upr); \
+  float v[DQU_UNIT_##T]; dqu_##T(W + P[0] + row * P[1], g, (int)P[6], v); \
+  u16* dst = (u16*)(A + P[2]) + row * P[5] + (u64)g * DQU_UNIT_##T; \
+  _Pragma("unroll") for (int j = 0; j < DQU_UNIT_##T; j += 8) { V4 o; \
+    o.x = pack2s(v[j], v[j + 1]); o.y = pack2s(v[j + 2], v[j + 3]); o.z = pack2s(v[j + 4], v[j + 5]); o.w = pack2s(v[j + 6], v[j + 7]); \
+    *(V4*)(dst + j) = o; } \
+}
+
+// Activations [M, K] f32 (row stride K) to f16 [M, Kp] (Kp = K rounded up to 8, zero
+// padded): one thread per 8 values. P: source, destination (arena floats), M, K, Kp.
+extern "C" __global__ void __launch_bounds__(256) to_f16(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C) {
+  const u64 i = (u64)blockIdx.x * 256 + threadIdx.x, K = P[3], Kp = P[4], per = Kp / 8;
+  if (i >= P[2] * per) return;
+  const u64 r = i / per, c = (i - r * per) * 8; const float* x = A + P[0] + r * K;
+  float v[8];
+  _Pragma("unroll") for (int j = 0; j < 8; j++) v[j] = c + j < K ? x[c + j] : 0.f;
+  V4 o; o.x = pack2s(v[0], v[1]); o.y = pack2s(v[2], v[3]); o.z = pack2s(v[4], v[5]); o.w = pack2s(v[6], v[7]);
+  *(V4*)((u16*)(A + P[1]) + r * Kp + c) = o;
+}
