@@ -389,8 +389,9 @@ __device__ __forceinline__ void dqu_q4_1(const u8* r, int g, int K, float* v) {
 }
 __device__ __forceinline__ void dqu_q5_0(const u8* r, int g, int K, float* v) {
   const u8* b = r + g * 24; const float d = h2f((u16)(ld32(b) >> 16)); const u32 qh = ld32(b + 4);
-  DQU_NIB_LOOP(b + 8, v[l] = __fmul_rn((float)(((x & 15) | (((qh >> l) & 1) << 4)) - 16), d);
-    v[l + 16] = __fmul_rn((float)(((x >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16), d);)
+  // qh is unsigned: the 5-bit value is made signed before the offset is taken away.
+  DQU_NIB_LOOP(b + 8, v[l] = __fmul_rn((float)((int)((x & 15) | (((qh >> l) & 1) << 4)) - 16), d);
+    v[l + 16] = __fmul_rn((float)((int)((x >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16), d);)
 }
 __device__ __forceinline__ void dqu_q5_1(const u8* r, int g, int K, float* v) {
   const u8* b = r + g * 24; const u32 dm = ld32(b); const float d = h2f((u16)dm), m = h2f((u16)(dm >> 16));
