@@ -251,6 +251,10 @@ pub struct CudaBackend {
     /// `SMELT_CUDA_PROFILE=1`: per-kernel device time by label (launches timed with events,
     /// graphs off), printed to stderr when the backend is dropped. A kernel-lab tool.
     profile: Option<Profile>,
+    /// Programmatic dependent launch (sm_90+, `SMELT_CUDA_PDL=0` turns it off): each kernel
+    /// that follows a kernel launches while its predecessor drains, prefetches its weights
+    /// into L2, and waits for the predecessor's results in the kernel (prelude `PDL_WAIT`).
+    pdl: bool,
     /// Prefill GEMMs: cuBLAS if it loaded (else why not), and whether programs use it.
     cublas: Result<Cublas, String>,
     use_cublas: bool,
@@ -332,6 +336,7 @@ impl CudaBackend {
             max_out: 0,
         };
         let cublas = Cublas::load(dev.cu_stream());
+        let pdl = dev.cc.0 >= 9 && std::env::var("SMELT_CUDA_PDL").map_or(true, |v| v != "0");
         Ok(CudaBackend {
             use_cublas: cublas.is_ok(),
             cublas,
@@ -343,6 +348,7 @@ impl CudaBackend {
             stats: CudaStats::default(),
             fuse: FuseOptions::ALL,
             graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            pdl,
             profile: std::env::var("SMELT_CUDA_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Profile::default),
@@ -433,7 +439,12 @@ impl CudaBackend {
             self.dev.sm_count as usize,
             self.use_cublas,
         )?;
-        let module = self.dev.compile(&gen.src)?;
+        let module = if self.pdl {
+            self.dev
+                .compile(&format!("#define SMELT_PDL 1\n{}", gen.src))?
+        } else {
+            self.dev.compile(&gen.src)?
+        };
         let mut funcs = Vec::new();
         let mut index = HashMap::new();
         let mut fn_smem: HashMap<String, usize> = gen.funcs.iter().cloned().collect();
@@ -552,6 +563,9 @@ impl CudaBackend {
             if let Some(&e) = events.first() {
                 check(sys::cuEventRecord(e, stream), "event record")?;
             }
+            // Profiling times each launch alone: no programmatic overlap then.
+            let pdl = self.pdl && events.is_empty();
+            let mut after_kernel = false;
             for (li, step) in prog.launches.iter().enumerate() {
                 let (fi, grid, block, smem, pptr) = match *step {
                     Step::Kernel(fi, grid, block, smem, pptr) => (fi, grid, block, smem, pptr),
@@ -560,6 +574,7 @@ impl CudaBackend {
                             CudaError::Invalid(format!("program has cuBLAS GEMMs, but {e}"))
                         })?;
                         cb.gemm(&g, io.arena.ptr).map_err(CudaError::Driver)?;
+                        after_kernel = false;
                         if let Some(&e) = events.get(li + 1) {
                             check(sys::cuEventRecord(e, stream), "event record")?;
                         }
@@ -577,22 +592,46 @@ impl CudaBackend {
                 ];
                 let mut ptrs: [*mut c_void; 7] =
                     std::array::from_fn(|i| (&mut args[i]) as *mut u64 as *mut c_void);
-                check(
-                    sys::cuLaunchKernel(
-                        prog.funcs[fi].cu_function(),
-                        grid.0,
-                        grid.1,
-                        grid.2,
-                        block,
-                        1,
-                        1,
-                        smem,
-                        stream,
-                        ptrs.as_mut_ptr(),
-                        std::ptr::null_mut(),
-                    ),
-                    "cuLaunchKernel",
-                )?;
+                let f = prog.funcs[fi].cu_function();
+                if pdl && after_kernel {
+                    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+                    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                    attr.value.programmaticStreamSerializationAllowed = 1;
+                    let config = sys::CUlaunchConfig {
+                        gridDimX: grid.0,
+                        gridDimY: grid.1,
+                        gridDimZ: grid.2,
+                        blockDimX: block,
+                        blockDimY: 1,
+                        blockDimZ: 1,
+                        sharedMemBytes: smem,
+                        hStream: stream,
+                        attrs: &mut attr,
+                        numAttrs: 1,
+                    };
+                    check(
+                        sys::cuLaunchKernelEx(&config, f, ptrs.as_mut_ptr(), std::ptr::null_mut()),
+                        "cuLaunchKernelEx",
+                    )?;
+                } else {
+                    check(
+                        sys::cuLaunchKernel(
+                            f,
+                            grid.0,
+                            grid.1,
+                            grid.2,
+                            block,
+                            1,
+                            1,
+                            smem,
+                            stream,
+                            ptrs.as_mut_ptr(),
+                            std::ptr::null_mut(),
+                        ),
+                        "cuLaunchKernel",
+                    )?;
+                }
+                after_kernel = true;
                 if let Some(&e) = events.get(li + 1) {
                     check(sys::cuEventRecord(e, stream), "event record")?;
                 }

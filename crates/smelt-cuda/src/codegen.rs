@@ -229,9 +229,16 @@ impl<'a> Gen<'a> {
             return n.clone();
         }
         let name = format!("k{}", self.bodies.len());
+        // A body that reads only weights first places its own PDL_WAIT (decode matmuls, after
+        // their L2 prefetch); every other body waits before its first statement.
+        let pdl = if body.contains("PDL_WAIT()") {
+            "PDL_LAUNCH();\n"
+        } else {
+            "PDL_LAUNCH(); PDL_WAIT();\n"
+        };
         writeln!(
             self.src,
-            "extern \"C\" __global__ void __launch_bounds__({bounds}) {name}{SIG} {{\n{body}}}"
+            "extern \"C\" __global__ void __launch_bounds__({bounds}) {name}{SIG} {{\n{pdl}{body}}}"
         )
         .unwrap();
         self.bodies.insert(body, name.clone());

@@ -239,6 +239,13 @@ fn generated_kernels_compile() {
         compile(&source(&d, 1, dtype, false), &format!("{dtype:?} n=1"));
         let long = generated_with(&d, 1, dtype, false, 4096).src;
         compile(&long, &format!("{dtype:?} n=1 capacity=4096"));
+        // As the backend compiles for sm_90: with programmatic dependent launch.
+        let pdl = format!("#define SMELT_PDL 1\n{}", source(&d, 5, dtype, true));
+        compile(&pdl, &format!("{dtype:?} n=5 with PDL"));
+        compile(
+            &format!("#define SMELT_PDL 1\n{long}"),
+            &format!("{dtype:?} n=1 capacity=4096 with PDL"),
+        );
         for cublas in [false, true] {
             let what = format!("{dtype:?} n=5 cublas={cublas}");
             compile(&source(&d, 5, dtype, cublas), &what);

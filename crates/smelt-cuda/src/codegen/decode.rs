@@ -111,7 +111,7 @@ impl Gen<'_> {
         let prefetch = dispatch(&|m: &Mat| {
             format!("prefetch_row(W + {} + (u64)c * {}, {});\n", m.w, m.rb, m.rb)
         });
-        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n").unwrap();
+        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
 
         body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
         let xin = match slots.get(input) {

@@ -6,6 +6,20 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 struct alignas(16) V4 { u32 x, y, z, w; };
+// Programmatic dependent launch (sm_90): a kernel lets the next one launch at once
+// (PDL_LAUNCH), and waits for the previous one's completion and memory (PDL_WAIT) before it
+// touches anything but weights. The backend defines SMELT_PDL=1 when it launches with the
+// programmatic-serialisation attribute; otherwise both are no-ops.
+#ifndef SMELT_PDL
+#define SMELT_PDL 0
+#endif
+#if SMELT_PDL
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define PDL_LAUNCH()
+#define PDL_WAIT()
+#endif
 struct alignas(16) F4 { float x, y, z, w; };
 
 __device__ __forceinline__ float h2f(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
@@ -330,6 +344,7 @@ __device__ __forceinline__ void gemv_##T(const u8* W, u64 rb, int nrows, int K, 
 __device__ __forceinline__ u32 pack2(float a, float b) { return (u32)f2h(a) | ((u32)f2h(b) << 16); }
 #define DEF_GEMM(T) \
 extern "C" __global__ void __launch_bounds__(128) gemm_##T(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C) { \
+  PDL_LAUNCH(); PDL_WAIT(); \
   __shared__ alignas(16) u16 As[64][40]; __shared__ alignas(16) u16 Bs[64][40]; \
   const float* X = A + P[0]; const u8* Wt = W + P[1]; u64 rb = P[2]; float* Out = A + P[3]; \
   int M = (int)P[4], N = (int)P[5], K = (int)P[6]; \
@@ -472,6 +487,7 @@ DQU_HALF(bf16, bf2f)
 // units per row, destination row stride (f16 values, a multiple of 8), K.
 #define DEF_DEQ16(T) \
 extern "C" __global__ void __launch_bounds__(256) deq16_##T(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C) { \
+  PDL_LAUNCH(); PDL_WAIT(); \
   const u64 i = (u64)blockIdx.x * 256 + threadIdx.x, upr = P[4]; \
   if (i >= P[3] * upr) return; \
   const u64 row = i / upr; const int g = (int)(i - row * upr); \
@@ -485,6 +501,7 @@ extern "C" __global__ void __launch_bounds__(256) deq16_##T(const u8* W, float* 
 // Activations [M, K] f32 (row stride K) to f16 [M, Kp] (Kp = K rounded up to 8, zero
 // padded): one thread per 8 values. P: source, destination (arena floats), M, K, Kp.
 extern "C" __global__ void __launch_bounds__(256) to_f16(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C) {
+  PDL_LAUNCH(); PDL_WAIT();
   const u64 i = (u64)blockIdx.x * 256 + threadIdx.x, K = P[3], Kp = P[4], per = Kp / 8;
   if (i >= P[2] * per) return;
   const u64 r = i / per, c = (i - r * per) * 8; const float* x = A + P[0] + r * K;
