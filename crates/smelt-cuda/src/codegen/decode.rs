@@ -59,11 +59,14 @@ impl Gen<'_> {
         let mut starts = Vec::new();
         let (mut start, mut tiles, mut max_tl) = (0usize, 0usize, 0usize);
         let (mut need_q8, mut need_f32) = (false, false);
+        let inline: Vec<bool> = bundles.iter().map(|b| self.inline_epilogue(b)).collect();
         for (bi, b) in bundles.iter().enumerate() {
             let bc = Self::tile_cols(b.align, 32);
-            let nt = b.width.div_ceil(bc);
+            let nt = if inline[bi] { 0 } else { b.width.div_ceil(bc) };
             starts.push((start, bc, tiles, nt));
-            max_tl += rows_per_block.min(b.width).div_ceil(bc) + 2;
+            if !inline[bi] {
+                max_tl += rows_per_block.min(b.width).div_ceil(bc) + 2;
+            }
             let mut ms = Vec::new();
             for (mi, &m) in b.matmuls.iter().enumerate() {
                 let Op::MatMul { w, .. } = self.node(m).op else {
@@ -75,7 +78,11 @@ impl Gen<'_> {
                 need_q8 |= quant;
                 need_f32 |= !quant;
                 let (w, rb) = (p.p(wi.off), p.p(wi.row_bytes));
-                let raw = self.alloc_scratch(b.width);
+                let raw = if inline[bi] {
+                    0
+                } else {
+                    self.alloc_scratch(b.width)
+                };
                 ms.push(Mat {
                     ty,
                     quant,
@@ -85,7 +92,6 @@ impl Gen<'_> {
                     slot: mi * bc,
                 });
             }
-            let _ = bi;
             mats.push(ms);
             start += b.width;
             tiles += nt;
@@ -149,7 +155,7 @@ impl Gen<'_> {
         body += "__syncthreads();\n";
 
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
-        let compute = dispatch(&|m: &Mat| {
+        let tiled_one = |m: &Mat| -> String {
             if m.quant {
                 format!(
                     "{{ float v = gemv8_{}(W + {} + (u64)c * {}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
@@ -165,56 +171,103 @@ impl Gen<'_> {
                     m.ty, m.w, m.rb, m.rb, m.raw
                 )
             }
-        });
+        };
+        // Bundles with an elementwise epilogue finish each column in the warp that computed
+        // it (lane 0): no raw scratch, tile counters or second pass for them.
+        let mut compute = String::new();
+        for (bi, b) in bundles.iter().enumerate() {
+            let (st, ..) = starts[bi];
+            let code = if inline[bi] {
+                let mut c = String::new();
+                for (m, mat) in b.matmuls.iter().zip(&mats[bi]) {
+                    write!(
+                        c,
+                        "const float e{} = gemv8_{}(W + {} + (u64)c * {}, {}, x8);\n",
+                        m.0,
+                        mat.ty,
+                        mat.w,
+                        mat.rb,
+                        units(mat.ty)
+                    )
+                    .unwrap();
+                }
+                c += "if (lane == 0) {\n";
+                c += &self.inline_epilogue_code(b, &mut p)?;
+                c += "}\n";
+                c
+            } else {
+                mats[bi].iter().map(tiled_one).collect()
+            };
+            write!(
+                compute,
+                "{}if (R < {}) {{ const int c = R - {st};\n{code}}}\n",
+                if bi == 0 { "" } else { "else " },
+                st + b.width
+            )
+            .unwrap();
+        }
         write!(
             body,
-            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n\
-            __threadfence(); __syncthreads();\n"
+            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n"
         )
         .unwrap();
+        let any_tiles = inline.iter().any(|&i| !i);
+        if any_tiles {
+            body += "__threadfence(); __syncthreads();\n";
+        }
 
         // Tiles this block completes: wholly its own, or the last share of a shared one.
-        write!(
-            body,
-            "__shared__ int tl[{max_tl}];\nif (tid == 0) {{ int n = 0;\n"
-        )
-        .unwrap();
-        for (bi, b) in bundles.iter().enumerate() {
-            let (st, bc, t0, _) = starts[bi];
-            write!(body, "{{ const int lo = max(R0, {st}) - {st}, hi = min(R1, {e}) - {st};\n\
+        let se = next;
+        let mut se_len = 0usize;
+        if any_tiles {
+            write!(
+                body,
+                "__shared__ int tl[{max_tl}];\nif (tid == 0) {{ int n = 0;\n"
+            )
+            .unwrap();
+            for (bi, b) in bundles.iter().enumerate() {
+                let (st, bc, t0, _) = starts[bi];
+                if inline[bi] {
+                    continue;
+                }
+                write!(body, "{{ const int lo = max(R0, {st}) - {st}, hi = min(R1, {e}) - {st};\n\
                 for (int t = lo / {bc}; lo < hi && t * {bc} < hi; t++) {{ const int c0 = t * {bc}, c1 = min(c0 + {bc}, {w});\n\
                   const u32 own = (u32)(min(hi, c1) - max(lo, c0)), full = (u32)(c1 - c0);\n\
                   if (own == full || atomicAdd(&C[{t0} + t], own) + own == full) tl[n++] = {t0} + t; }} }}\n",
                 e = st + b.width, w = b.width).unwrap();
-        }
-        body += "ntl = n; }\n__syncthreads(); __threadfence();\n";
+            }
+            body += "ntl = n; }\n__syncthreads(); __threadfence();\n";
 
-        let se = next;
-        let mut se_len = 0usize;
-        let mut branches = String::new();
-        for (bi, b) in bundles.iter().enumerate() {
-            let (_, bc, t0, nt) = starts[bi];
-            let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
-            se_len = se_len.max(self.bundle_slots(ki, bi) * bc);
-            let mut load = String::new();
-            for (mi, &m) in b.matmuls.iter().enumerate() {
-                debug_assert_eq!(bslots[&m], mats[bi][mi].slot);
-                write!(
+            let mut branches = String::new();
+            let mut first = true;
+            for (bi, b) in bundles.iter().enumerate() {
+                let (_, bc, t0, nt) = starts[bi];
+                if inline[bi] {
+                    continue;
+                }
+                let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
+                se_len = se_len.max(self.bundle_slots(ki, bi) * bc);
+                let mut load = String::new();
+                for (mi, &m) in b.matmuls.iter().enumerate() {
+                    debug_assert_eq!(bslots[&m], mats[bi][mi].slot);
+                    write!(
                     load,
                     "for (int c = tid; c < nv; c += {NT}) se[{} + c] = __ldcg(A + {} + c0 + c);\n",
                     bslots[&m], mats[bi][mi].raw
                 )
-                .unwrap();
-            }
-            write!(branches, "{}if (tile < {}) {{ const int c0 = (tile - {t0}) * {bc}; const int nv = min({bc}, {} - c0);\n\
+                    .unwrap();
+                }
+                write!(branches, "{}if (tile < {}) {{ const int c0 = (tile - {t0}) * {bc}; const int nv = min({bc}, {} - c0);\n\
                 {load}__syncthreads();\n{code}}}\n",
-                if bi == 0 { "" } else { "else " }, t0 + nt, b.width).unwrap();
-        }
-        write!(
+                if first { "" } else { "else " }, t0 + nt, b.width).unwrap();
+                first = false;
+            }
+            write!(
             body,
             "float* se = sm + {se};\nfor (int i = 0; i < ntl; i++) {{ const int tile = tl[i];\n{branches}if (tid == 0) C[tile] = 0u; }}\n"
         )
         .unwrap();
+        }
 
         for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
             self.need_gemv(t.0, t.1);
@@ -225,6 +278,72 @@ impl Gen<'_> {
         let label = format!("decode mm {} {total}x{kdim}", types.join("+"));
         self.launch(label, name, (grid, 1, 1), NT, smem, p);
         Ok(())
+    }
+
+    /// A bundle whose matmuls are all quantised and whose epilogue is elementwise per column
+    /// (bias, residual add, SiLU * up, scale, softcap) can finish in the computing warp.
+    fn inline_epilogue(&self, b: &smelt_graph::Bundle) -> bool {
+        let quant = b.matmuls.iter().all(|&m| {
+            let Op::MatMul { w, .. } = self.node(m).op else {
+                return false;
+            };
+            type_suffix(self.weight(w).dtype).is_some_and(|t| !matches!(t, "f32" | "f16" | "bf16"))
+        });
+        quant
+            && b.epilogue.iter().all(|&n| {
+                matches!(
+                    self.node(n).op,
+                    Op::AddBias { .. }
+                        | Op::Add { .. }
+                        | Op::Mul { .. }
+                        | Op::Scale { .. }
+                        | Op::Silu { .. }
+                        | Op::GeluTanh { .. }
+                        | Op::Softcap { .. }
+                )
+            })
+    }
+
+    /// Lane-0 code finishing column `c` of an inline bundle: each node's value in `e<id>`
+    /// (matmul values are already there), then its stores.
+    fn inline_epilogue_code(
+        &self,
+        b: &smelt_graph::Bundle,
+        p: &mut Params,
+    ) -> Result<String, CudaError> {
+        let mut s = String::new();
+        let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
+        for &n in &b.epilogue {
+            let rd = |x: smelt_graph::NodeId, p: &mut Params| -> Result<String, CudaError> {
+                if local.contains(&x) {
+                    Ok(format!("e{}", x.0))
+                } else {
+                    self.buf_read(x, "c", p)
+                }
+            };
+            let e = match self.node(n).op {
+                Op::AddBias { x, b } => format!(
+                    "{} + ((const float*)(W + {}))[c]",
+                    rd(x, p)?,
+                    p.p(self.weight(b).off)
+                ),
+                Op::Add { a, b } => format!("{} + {}", rd(a, p)?, rd(b, p)?),
+                Op::Mul { a, b } => format!("{} * {}", rd(a, p)?, rd(b, p)?),
+                Op::Scale { x, s: k } => format!("{} * {}", rd(x, p)?, super::lit(k)),
+                Op::Silu { x } => format!("silu_f({})", rd(x, p)?),
+                Op::GeluTanh { x } => format!("gelu_f({})", rd(x, p)?),
+                Op::Softcap { x, cap } => {
+                    format!("{c} * tanhf({} / {c})", rd(x, p)?, c = super::lit(cap))
+                }
+                ref op => return Err(CudaError::Invalid(format!("{} inline", op.kind()))),
+            };
+            writeln!(s, "const float e{} = {e};", n.0).unwrap();
+            local.push(n);
+        }
+        for &n in &local {
+            s += &self.stores(n, &format!("e{}", n.0), "0", p)?;
+        }
+        Ok(s)
     }
 
     fn need_gemv(&mut self, ty: &'static str, quant: bool) {
