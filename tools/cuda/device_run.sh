@@ -40,7 +40,7 @@ bench() { # name model [env...]; a run the host SIGSEGV ends (seen, unexplained)
 if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   el "kernel tests"
   # generated_kernels_compile needs no GPU (it runs on the dev machine): skipped here.
-  timeout ${TEST_S:-150} $C/smelt_cuda_tests --test-threads=1 --nocapture --skip generated_kernels_compile > $OUT/tests.log 2>&1; echo "tests rc=$?"
+  timeout ${TEST_S:-150} $C/smelt_cuda_tests --test-threads=1 --nocapture --skip generated_kernels_compile ${TEST_ARGS:-} > $OUT/tests.log 2>&1; echo "tests rc=$?"
   grep -E "test result|panicked|FAILED" $OUT/tests.log | head -5
   for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
     el "synthetic $s"; f=/tmp/${s%%:*}.gguf
@@ -50,10 +50,10 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   bench 1b /tmp/llama-1b.gguf
   bench 8b /tmp/llama-8b.gguf
   bench smol /tmp/smollm2-135m.gguf
-  if [ -n "${ABLATE:-}" ]; then # the same binary with programmatic dependent launch off
-    bench 1b-nopdl /tmp/llama-1b.gguf SMELT_CUDA_PDL=0
-    bench 8b-nopdl /tmp/llama-8b.gguf SMELT_CUDA_PDL=0
-    bench smol-nopdl /tmp/smollm2-135m.gguf SMELT_CUDA_PDL=0
+  if [ -n "${ABLATE:-}" ]; then # the same binary with programmatic dependent launch on
+    bench 1b-pdl /tmp/llama-1b.gguf SMELT_CUDA_PDL=1
+    bench 8b-pdl /tmp/llama-8b.gguf SMELT_CUDA_PDL=1
+    bench smol-pdl /tmp/smollm2-135m.gguf SMELT_CUDA_PDL=1
   fi
   $C/smelt show /tmp/llama-1b.gguf 2>&1 | grep -i -E "device|backend|prefill" | head -3
   el "profile 8b"
