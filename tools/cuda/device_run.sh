@@ -57,7 +57,7 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   fi
   $C/smelt show /tmp/llama-1b.gguf 2>&1 | grep -i -E "device|backend|prefill" | head -3
   el "profile 8b"
-  SMELT_CUDA_PROFILE=1 timeout 100 $C/smelt bench /tmp/llama-8b.gguf -p 512 -n 64 -r 1 2>&1 | grep -v -E "^\s*$" > $OUT/profile.txt
+  [ -n "${SKIP_PROFILE:-}" ] || SMELT_CUDA_PROFILE=1 timeout 100 $C/smelt bench /tmp/llama-8b.gguf -p 512 -n 64 -r 1 2>&1 | grep -v -E "^\s*$" > $OUT/profile.txt
 fi
 if [ "$MODE" = profile ]; then
   # Per-kernel device time (SMELT_CUDA_PROFILE=1: graphs off, events around every launch), then
