@@ -61,6 +61,9 @@ pub struct ModelInfo {
     /// Bytes held in memory (weights and KV cache).
     pub memory_bytes: u64,
     pub license: Option<String>,
+    /// Where the model runs: `cpu`, or `cuda: <GPU name, capability, driver>`; with CUDA the
+    /// weights and KV cache (`memory_bytes`) are in GPU memory.
+    pub device: String,
 }
 
 /// A model ready to generate.
@@ -114,7 +117,8 @@ impl Model {
         };
         if opts.parallel == 0 || single_backend {
             let runner = Runner::load(gguf.clone(), n_ctx, threads)?;
-            let info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
+            let mut info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
+            info.device = runner.device();
             return Ok(Model {
                 info,
                 tokenizer,
@@ -390,6 +394,7 @@ fn describe(
             .ok()
             .flatten()
             .map(str::to_string),
+        device: "cpu".into(),
     }
 }
 

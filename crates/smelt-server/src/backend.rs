@@ -27,6 +27,9 @@ pub struct ModelFacts {
     pub n_embd: usize,
     /// Bytes the loaded model occupies (weights, KV cache, buffers).
     pub memory_bytes: u64,
+    /// Where it runs: `cpu`, or `cuda: <GPU>` (then its weights and KV cache are in GPU
+    /// memory: `/api/ps` reports them as `size_vram`).
+    pub device: String,
 }
 
 /// How to load a model.

@@ -84,6 +84,7 @@ impl LoadedModel for EngineModel {
             file_size: i.file_size,
             n_embd: i.n_embd,
             memory_bytes: i.memory_bytes + self.mapped,
+            device: i.device.clone(),
         }
     }
 

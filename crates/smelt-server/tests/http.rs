@@ -301,9 +301,15 @@ fn lifecycle_and_context_limits() {
         json!({"model": "smollm2", "prompt": ""}),
     );
     assert_eq!(r.json()["done_reason"], "load");
-    assert!(call(addr, "GET", "/api/ps", None, &[])
-        .text()
-        .contains("smollm2:latest"));
+    let ps = call(addr, "GET", "/api/ps", None, &[]).json();
+    let m = &ps["models"][0];
+    assert_eq!(m["name"], "smollm2:latest", "{ps}");
+    // The device it runs on; on a GPU the whole model is in its memory.
+    let device = m["device"].as_str().unwrap_or_default();
+    let size = m["size"].as_u64().unwrap_or_default();
+    assert!(device == "cpu" || device.starts_with("cuda"), "{m}");
+    let vram = if device == "cpu" { 0 } else { size };
+    assert_eq!(m["size_vram"], vram, "{m}");
     let r = post(
         addr,
         "/api/generate",

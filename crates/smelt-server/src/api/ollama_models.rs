@@ -126,6 +126,13 @@ pub async fn ps(State(app): State<Arc<AppState>>) -> Response {
                 (None, KeepAlive::Forever) => "2318-01-01T00:00:00.000000000Z".to_string(),
                 (None, KeepAlive::For(d)) => timefmt::rfc3339(std::time::SystemTime::now() + d),
             };
+            // On the GPU the whole model (weights and KV cache) is in device memory.
+            let device = s.model.facts().device;
+            let size_vram = if device.starts_with("cuda") {
+                s.size
+            } else {
+                0
+            };
             let mut m = json!({
                 "name": s.name(),
                 "model": s.name(),
@@ -133,7 +140,8 @@ pub async fn ps(State(app): State<Arc<AppState>>) -> Response {
                 "digest": s.record.digest,
                 "details": s.record.details,
                 "expires_at": expires,
-                "size_vram": 0,
+                "size_vram": size_vram,
+                "device": device,
                 "context_length": s.num_ctx,
                 "num_parallel": s.parallel,
             });
