@@ -528,23 +528,13 @@ impl<'a> Gen<'a> {
             };
             let each =
                 |e: String| format!("for (int c = tid; c < nv; c += {NT}) se[{o} + c] = {e};\n");
-            match self.node(n).op {
-                Op::AddBias { x, b } => {
-                    let e = format!(
-                        "{} + ((const float*)(W + {}))[c0 + c]",
-                        rd(x, p)?,
-                        p.p(self.weight(b).off)
-                    );
-                    s += &each(e);
-                }
-                Op::Add { a, b } => s += &each(format!("{} + {}", rd(a, p)?, rd(b, p)?)),
-                Op::Mul { a, b } => s += &each(format!("{} * {}", rd(a, p)?, rd(b, p)?)),
-                Op::Scale { x, s: k } => s += &each(format!("{} * {}", rd(x, p)?, lit(k))),
-                Op::Silu { x } => s += &each(format!("silu_f({})", rd(x, p)?)),
-                Op::GeluTanh { x } => s += &each(format!("gelu_f({})", rd(x, p)?)),
-                Op::Softcap { x, cap } => {
-                    s += &each(format!("{c} * tanhf({} / {c})", rd(x, p)?, c = lit(cap)))
-                }
+            let op = &self.node(n).op;
+            if op.is_columnwise() {
+                s += &each(self.columnwise_expr(op, "c0 + c", &rd, p)?);
+                s += "__syncthreads();\n";
+                continue;
+            }
+            match *op {
                 Op::Rope { x, .. } => {
                     s += &each(rd(x, p)?);
                     s += "__syncthreads();\n";
@@ -578,6 +568,36 @@ impl<'a> Gen<'a> {
         s += "__syncthreads();\n";
         let _ = next;
         Ok((s, slots))
+    }
+
+    /// The value of a columnwise op ([`Op::is_columnwise`]) at one column: `rd` reads an input
+    /// at that column, `col` is the column's expression (for bias rows).
+    fn columnwise_expr(
+        &self,
+        op: &Op,
+        col: &str,
+        rd: &dyn Fn(NodeId, &mut Params) -> Result<String, CudaError>,
+        p: &mut Params,
+    ) -> Result<String, CudaError> {
+        Ok(match *op {
+            Op::AddBias { x, b } => format!(
+                "{} + ((const float*)(W + {}))[{col}]",
+                rd(x, p)?,
+                p.p(self.weight(b).off)
+            ),
+            Op::Add { a, b } => format!("{} + {}", rd(a, p)?, rd(b, p)?),
+            Op::Mul { a, b } => format!("{} * {}", rd(a, p)?, rd(b, p)?),
+            Op::Scale { x, s: k } => format!("{} * {}", rd(x, p)?, lit(k)),
+            Op::Silu { x } => format!("silu_f({})", rd(x, p)?),
+            Op::GeluTanh { x } => format!("gelu_f({})", rd(x, p)?),
+            Op::Softcap { x, cap } => format!("{c} * tanhf({} / {c})", rd(x, p)?, c = lit(cap)),
+            ref op => {
+                return Err(CudaError::Invalid(format!(
+                    "{} is not columnwise",
+                    op.kind()
+                )))
+            }
+        })
     }
 
     fn tile_cols(align: usize, min: usize) -> usize {

@@ -260,6 +260,30 @@ fn gemma3_teacher_forced_reference_matches_llama_cpp() {
     teacher_forced(GEMMA3, BackendKind::Reference, Some(4));
 }
 
+/// The CUDA backend against llama.cpp's fixtures, the same bars (built with
+/// `--features cuda`; skipped where no GPU is present). On the GPU machine the test binary
+/// runs away from its build tree: `SMELT_REPO_ROOT` and `SMELT_TEST_MODELS` locate the
+/// fixtures and models (tools/cuda/README.md).
+#[cfg(feature = "cuda")]
+#[test]
+fn smollm2_teacher_forced_cuda_matches_llama_cpp() {
+    if !smelt_engine::cuda_available() {
+        eprintln!("SKIP: no CUDA driver or GPU on this machine; the CUDA oracle test did not run");
+        return;
+    }
+    teacher_forced(SMOLLM2, BackendKind::Cuda, None);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn gemma3_teacher_forced_cuda_matches_llama_cpp() {
+    if !smelt_engine::cuda_available() {
+        eprintln!("SKIP: no CUDA driver or GPU on this machine; the CUDA oracle test did not run");
+        return;
+    }
+    teacher_forced(GEMMA3, BackendKind::Cuda, None);
+}
+
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
     greedy(SMOLLM2, BackendKind::Fast);

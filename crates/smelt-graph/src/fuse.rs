@@ -71,13 +71,7 @@ pub fn fuse_with(g: &Graph, opts: FuseOptions) -> Plan {
 /// Columns an op needs a thread's range aligned to, when it can run in an epilogue.
 fn epilogue_align(op: &Op) -> Option<usize> {
     match *op {
-        Op::AddBias { .. }
-        | Op::Add { .. }
-        | Op::Mul { .. }
-        | Op::Scale { .. }
-        | Op::Silu { .. }
-        | Op::GeluTanh { .. }
-        | Op::Softcap { .. } => Some(1),
+        _ if op.is_columnwise() => Some(1),
         Op::Rope { head_dim, .. } => Some(head_dim),
         // A per-head norm; a norm over whole rows too, when the kernel keeps enough
         // independent column ranges to split across threads (checked by the caller).

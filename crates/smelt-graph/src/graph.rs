@@ -90,6 +90,21 @@ impl Op {
         }
     }
 
+    /// Whether column `c` of the output depends only on column `c` of the inputs (so a
+    /// backend may compute it right where that column is produced).
+    pub fn is_columnwise(&self) -> bool {
+        matches!(
+            self,
+            Op::AddBias { .. }
+                | Op::Add { .. }
+                | Op::Mul { .. }
+                | Op::Scale { .. }
+                | Op::Silu { .. }
+                | Op::GeluTanh { .. }
+                | Op::Softcap { .. }
+        )
+    }
+
     /// A short name for dumps and profiles.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -32,8 +32,12 @@ pub fn model_path(name: &str) -> PathBuf {
     p
 }
 
-/// The repository's root directory (for fixtures).
+/// The repository's root directory (for fixtures): `SMELT_REPO_ROOT` when set (a test binary
+/// run away from its build tree, e.g. carried to the GPU machine), else the build tree's.
 pub fn repo_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("SMELT_REPO_ROOT") {
+        return PathBuf::from(d);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("..")

@@ -289,19 +289,7 @@ impl Gen<'_> {
             };
             type_suffix(self.weight(w).dtype).is_some_and(|t| !matches!(t, "f32" | "f16" | "bf16"))
         });
-        quant
-            && b.epilogue.iter().all(|&n| {
-                matches!(
-                    self.node(n).op,
-                    Op::AddBias { .. }
-                        | Op::Add { .. }
-                        | Op::Mul { .. }
-                        | Op::Scale { .. }
-                        | Op::Silu { .. }
-                        | Op::GeluTanh { .. }
-                        | Op::Softcap { .. }
-                )
-            })
+        quant && b.epilogue.iter().all(|&n| self.node(n).op.is_columnwise())
     }
 
     /// Lane-0 code finishing column `c` of an inline bundle: each node's value in `e<id>`
@@ -321,22 +309,7 @@ impl Gen<'_> {
                     self.buf_read(x, "c", p)
                 }
             };
-            let e = match self.node(n).op {
-                Op::AddBias { x, b } => format!(
-                    "{} + ((const float*)(W + {}))[c]",
-                    rd(x, p)?,
-                    p.p(self.weight(b).off)
-                ),
-                Op::Add { a, b } => format!("{} + {}", rd(a, p)?, rd(b, p)?),
-                Op::Mul { a, b } => format!("{} * {}", rd(a, p)?, rd(b, p)?),
-                Op::Scale { x, s: k } => format!("{} * {}", rd(x, p)?, super::lit(k)),
-                Op::Silu { x } => format!("silu_f({})", rd(x, p)?),
-                Op::GeluTanh { x } => format!("gelu_f({})", rd(x, p)?),
-                Op::Softcap { x, cap } => {
-                    format!("{c} * tanhf({} / {c})", rd(x, p)?, c = super::lit(cap))
-                }
-                ref op => return Err(CudaError::Invalid(format!("{} inline", op.kind()))),
-            };
+            let e = self.columnwise_expr(&self.node(n).op, "c", &rd, p)?;
             writeln!(s, "const float e{} = {e};", n.0).unwrap();
             local.push(n);
         }
