@@ -74,6 +74,17 @@ if [ "$MODE" = oracle ]; then
   SMELT_REPO_ROOT=$PWD SMELT_TEST_MODELS=/tmp/tm timeout 300 $C/oracle_tests --test-threads=1 --nocapture smollm2_teacher_forced 2>&1 | tee $OUT/oracle.log | grep -v "^\s*$" | tail -20
   exit 0
 fi
+if [ "$MODE" = ncu ]; then
+  # Nsight Compute on decode kernels (named dk<i>; graphs off so each is a launch of its own):
+  # skip the first decode steps, then the next NCU_COUNT launches (a layer and a half by
+  # default), full sections: achieved DRAM bandwidth, warp stall reasons, occupancy.
+  f=/tmp/llama-${NCU_MODEL:-8b}.gguf; s=llama-${NCU_MODEL:-8b}:q4_k_m
+  [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+  SMELT_CUDA_GRAPHS=0 timeout 400 /usr/local/cuda/bin/ncu -k regex:^dk --launch-skip ${NCU_SKIP:-322} \
+    --launch-count ${NCU_COUNT:-8} --set full $C/smelt bench $f -p 64 -n 8 -r 1 > $OUT/ncu.txt 2>&1
+  echo "ncu rc=$?"; grep -E "^  dk|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" $OUT/ncu.txt | head -80
+  exit 0
+fi
 if [ "$MODE" = profile ]; then
   # Per-kernel device time (SMELT_CUDA_PROFILE=1: graphs off, events around every launch), then
   # the normal bench, on the three synthetic shapes; facts about the machine's CUDA libraries.

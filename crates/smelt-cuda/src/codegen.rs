@@ -228,7 +228,10 @@ impl<'a> Gen<'a> {
         if let Some(n) = self.bodies.get(&body) {
             return n.clone();
         }
-        let name = format!("k{}", self.bodies.len());
+        // Decode kernels are `dk<i>`, prefill kernels `pk<i>`: profilers select by name
+        // (`ncu -k regex:^dk`, tools/cuda/device_run.sh ncu).
+        let phase = if self.t == 1 { "dk" } else { "pk" };
+        let name = format!("{phase}{}", self.bodies.len());
         // A body that reads only weights first places its own PDL_WAIT (decode matmuls, after
         // their L2 prefetch); every other body waits before its first statement.
         let pdl = if body.contains("PDL_WAIT()") {
