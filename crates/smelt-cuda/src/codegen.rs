@@ -673,6 +673,9 @@ impl<'a> Gen<'a> {
         if self.decode_attention_fits(hd, n_head, n_head_kv) {
             return self.decode_attention(n);
         }
+        if self.tiled_prefill_attention_fits(hd) {
+            return self.prefill_attention(n);
+        }
         let t = self.t;
         let (kb, kw) = self.kv_off(layer, KvPart::K)?;
         let (vb, _) = self.kv_off(layer, KvPart::V)?;

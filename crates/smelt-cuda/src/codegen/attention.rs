@@ -6,6 +6,12 @@
 //! block so graphs replay) combines the `S` partial softmaxes with one warp per head, the
 //! partials loaded in parallel (lane = split for the maxima and sums).
 //!
+//! Prefill attention (`SMELT_CUDA_PREFILL_ATTN=tiled`, off by default until measured on a GPU):
+//! a block of 8-16 consecutive query rows of one head (a warp each) loads each 32-key tile of
+//! K and V into shared memory once, with coalesced 16-byte loads, and every warp scores and
+//! accumulates its row from there. The default kernel reads K and V straight from the cache,
+//! a warp per query row, a lane per key: 474 us a layer on the 8B at 512 tokens.
+//!
 //! v3 launched `capacity / 32` blocks of one warp per query head (4096 blocks for a 4096-token
 //! cache, most exiting at once) and combined the live splits one after another: ~20-24 us per
 //! layer on an H100 whatever the model, 18-32% of a decode step.
@@ -145,6 +151,115 @@ impl Gen<'_> {
             name,
             (n_head_kv, splits, 1),
             grp * 32,
+            0,
+            p,
+        );
+        Ok(())
+    }
+
+    /// The tiled prefill kernel takes this attention (many tokens, a head size it handles,
+    /// turned on by `SMELT_CUDA_PREFILL_ATTN=tiled`).
+    pub(super) fn tiled_prefill_attention_fits(&self, hd: usize) -> bool {
+        self.t > 1
+            && matches!(hd, 64 | 128 | 256)
+            && std::env::var("SMELT_CUDA_PREFILL_ATTN").is_ok_and(|v| v == "tiled")
+    }
+
+    pub(super) fn prefill_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+        let Op::Attention {
+            q,
+            layer,
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            scale,
+            window,
+            ..
+        } = self.node(n).op
+        else {
+            unreachable!()
+        };
+        let (kb, kw) = self.kv_off(layer, KvPart::K)?;
+        let (vb, _) = self.kv_off(layer, KvPart::V)?;
+        if kw != n_head_kv * hd || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(CudaError::Invalid(format!(
+                "layer {layer}: KV width {kw}, {n_head} heads over {n_head_kv}"
+            )));
+        }
+        let grp = n_head / n_head_kv;
+        let t = self.t;
+        let qr: usize = if hd == 256 { 8 } else { 16 }; // query rows (warps) per block
+        let e = hd / 32;
+        let hs = hd + 8; // shared row stride in halves: 16-byte reads of 8 lanes hit distinct banks
+        let chunks = hd / 8; // 16-byte pieces of a K or V row
+        let mut p = Params::default();
+        let qv = self.buf_read(q, "0", &mut p)?.replace("(u64)r", "(u64)rq");
+        let qbase = qv
+            .trim_end_matches(" + 0]")
+            .trim_start_matches("A[")
+            .to_string();
+        let mut outs = String::new();
+        for d in self.plan.dests(n) {
+            if let Dest::Buffer(b) = d {
+                let off = self.plan.buffer(*b).offset as u64;
+                write!(
+                    outs,
+                    "A[{} + (u64)rq * {} + h * {hd} + d] = v;",
+                    p.p(off),
+                    n_head * hd
+                )
+                .unwrap();
+            }
+        }
+        let (kbp, vbp) = (p.p(kb), p.p(vb));
+        let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        let body = format!(
+            "__shared__ alignas(16) u16 ks[{CHUNK}][{hs}]; __shared__ alignas(16) u16 vsh[{CHUNK}][{hs}];\n\
+            __shared__ alignas(16) float qsh[{qr}][{hd}]; __shared__ int span[2];\n\
+            const int h = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
+            const int rq = blockIdx.z * {qr} + warp; const bool live = rq < {t};\n\
+            const int p1 = live ? pos[rq] : -1; const int lo = live ? {win} : 0x7fffffff;\n\
+            if (tid == 0) {{ span[0] = 0x7fffffff; span[1] = -1; }}\n\
+            __syncthreads();\n\
+            if (lane == 0 && live) {{ atomicMin(&span[0], lo); atomicMax(&span[1], p1); }}\n\
+            float* qs = qsh[warp];\n\
+            for (int d = lane; d < {hd}; d += 32) qs[d] = live ? A[{qbase} + h * {hd} + d] * {sc} : 0.f;\n\
+            __syncthreads();\n\
+            const int klo = span[0] / {CHUNK} * {CHUNK}, khi = span[1];\n\
+            const u16* Kp = KV + {kbp} + (h / {grp}) * {hd}; const u16* Vp = KV + {vbp} + (h / {grp}) * {hd};\n\
+            float m = -INFINITY, l = 0.f, acc[{e}];\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
+            for (int j0 = klo; j0 <= khi; j0 += {CHUNK}) {{\n\
+              for (int i = tid; i < {CHUNK} * {chunks}; i += {qr} * 32) {{ const int kr = i / {chunks}, c = (i - kr * {chunks}) * 8;\n\
+                const u64 row = (u64)min(j0 + kr, khi) * {kw} + c;\n\
+                *(V4*)&ks[kr][c] = *(const V4*)(Kp + row); *(V4*)&vsh[kr][c] = *(const V4*)(Vp + row); }}\n\
+              __syncthreads();\n\
+              if (live && j0 <= p1 && j0 + {CHUNK} > lo) {{\n\
+                const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
+                if (ok) {{ float d = 0.f;\n\
+                  _Pragma(\"unroll\") for (int c = 0; c < {hd}; c += 8) {{ const V4 kk = *(const V4*)&ks[lane][c]; const float* qq = qs + c;\n\
+                    d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
+                       + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n\
+                  sc = d; }}\n\
+                const float mn = fmaxf(m, warp_max(sc));\n\
+                const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
+                l = l * corr + warp_sum(pj); m = mn;\n\
+                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
+                _Pragma(\"unroll 8\") for (int jj = 0; jj < {CHUNK}; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
+                  const u16* vr = &vsh[jj][lane * {e}];\n\
+                  _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
+              }}\n\
+              __syncthreads();\n\
+            }}\n\
+            if (live) {{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n",
+            sc = lit(scale),
+        );
+        let name = self.kernel(&(qr * 32).to_string(), body, 0);
+        self.launch(
+            format!("attention {n_head}x{hd} (prefill, tiled)"),
+            name,
+            (n_head, 1, t.div_ceil(qr)),
+            qr * 32,
             0,
             p,
         );
