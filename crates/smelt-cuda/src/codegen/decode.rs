@@ -98,12 +98,13 @@ impl Gen<'_> {
         }
         self.counters = self.counters.max(tiles);
 
-        // Dispatch on the row index R: `each` gives the code for one matmul at column `c`.
-        let dispatch = |each: &dyn Fn(&Mat) -> String| -> String {
+        // Dispatch on the row index R: `each(bi)` gives bundle bi's code for its column `c`.
+        type Each<'e> = &'e mut dyn FnMut(usize) -> Result<String, CudaError>;
+        let dispatch = |each: Each| -> Result<String, CudaError> {
             let mut s = String::new();
             for (bi, b) in bundles.iter().enumerate() {
                 let (st, ..) = starts[bi];
-                let code: String = mats[bi].iter().map(each).collect();
+                let code = each(bi)?;
                 write!(
                     s,
                     "{}if (R < {}) {{ const int c = R - {st};\n{code}}}\n",
@@ -112,11 +113,14 @@ impl Gen<'_> {
                 )
                 .unwrap();
             }
-            s
+            Ok(s)
         };
-        let prefetch = dispatch(&|m: &Mat| {
-            format!("prefetch_row(W + {} + (u64)c * {}, {});\n", m.w, m.rb, m.rb)
-        });
+        let prefetch = dispatch(&mut |bi| {
+            Ok(mats[bi]
+                .iter()
+                .map(|m| format!("prefetch_row(W + {} + (u64)c * {}, {});\n", m.w, m.rb, m.rb))
+                .collect())
+        })?;
         write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
 
         body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
@@ -174,38 +178,28 @@ impl Gen<'_> {
         };
         // Bundles with an elementwise epilogue finish each column in the warp that computed
         // it (lane 0): no raw scratch, tile counters or second pass for them.
-        let mut compute = String::new();
-        for (bi, b) in bundles.iter().enumerate() {
-            let (st, ..) = starts[bi];
-            let code = if inline[bi] {
-                let mut c = String::new();
-                for (m, mat) in b.matmuls.iter().zip(&mats[bi]) {
-                    write!(
-                        c,
-                        "const float e{} = gemv8_{}(W + {} + (u64)c * {}, {}, x8);\n",
-                        m.0,
-                        mat.ty,
-                        mat.w,
-                        mat.rb,
-                        units(mat.ty)
-                    )
-                    .unwrap();
-                }
-                c += "if (lane == 0) {\n";
-                c += &self.inline_epilogue_code(b, &mut p)?;
-                c += "}\n";
-                c
-            } else {
-                mats[bi].iter().map(tiled_one).collect()
-            };
-            write!(
-                compute,
-                "{}if (R < {}) {{ const int c = R - {st};\n{code}}}\n",
-                if bi == 0 { "" } else { "else " },
-                st + b.width
-            )
-            .unwrap();
-        }
+        let compute = dispatch(&mut |bi| {
+            if !inline[bi] {
+                return Ok(mats[bi].iter().map(tiled_one).collect());
+            }
+            let mut c = String::new();
+            for (m, mat) in bundles[bi].matmuls.iter().zip(&mats[bi]) {
+                writeln!(
+                    c,
+                    "const float e{} = gemv8_{}(W + {} + (u64)c * {}, {}, x8);",
+                    m.0,
+                    mat.ty,
+                    mat.w,
+                    mat.rb,
+                    units(mat.ty)
+                )
+                .unwrap();
+            }
+            c += "if (lane == 0) {\n";
+            c += &self.inline_epilogue_code(&bundles[bi], &mut p)?;
+            c += "}\n";
+            Ok(c)
+        })?;
         write!(
             body,
             "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n"
