@@ -658,13 +658,9 @@ impl<'a> Gen<'a> {
 
     fn attention(&mut self, n: NodeId) -> Result<(), CudaError> {
         let Op::Attention {
-            q,
-            layer,
             n_head,
             n_head_kv,
             head_dim: hd,
-            scale,
-            window,
             ..
         } = self.node(n).op
         else {
@@ -677,11 +673,19 @@ impl<'a> Gen<'a> {
             return self.prefill_attention(n);
         }
         let t = self.t;
-        let (kb, kw) = self.kv_off(layer, KvPart::K)?;
-        let (vb, _) = self.kv_off(layer, KvPart::V)?;
-        if kw != n_head_kv * hd {
-            return Err(CudaError::Invalid(format!("layer {layer}: KV width {kw}")));
-        }
+        let mut p = Params::default();
+        let attention::AttnIo {
+            n_head,
+            hd,
+            scale,
+            window,
+            kb,
+            vb,
+            kw,
+            qbase,
+            outs,
+            ..
+        } = self.attention_io(n, &mut p, true)?;
         let (nwarp, nsplit) = if t == 1 {
             (1, self.kv.capacity.div_ceil(ATTN_CHUNK).max(1))
         } else {
@@ -692,34 +696,13 @@ impl<'a> Gen<'a> {
         } else {
             ATTN_CHUNK
         };
-        let mut p = Params::default();
-        let qv = self.buf_read(q, "0", &mut p)?.replace("(u64)r", "(u64)rq");
-        let qbase = qv
-            .trim_end_matches(" + 0]")
-            .trim_start_matches("A[")
-            .to_string();
         let part = if nsplit > 1 {
             self.alloc_scratch(t * n_head * nsplit * (hd + 2))
         } else {
             0
         };
-        let cnt = self.counters;
         self.counters = self.counters.max(t * n_head);
-        let mut outs = String::new();
-        for d in self.plan.dests(n) {
-            if let Dest::Buffer(b) = d {
-                let off = self.plan.buffer(*b).offset as u64;
-                write!(
-                    outs,
-                    "A[{} + (u64)rq * {} + h * {hd} + d] = v;",
-                    p.p(off),
-                    n_head * hd
-                )
-                .unwrap();
-            }
-        }
         let (kbp, vbp, partp) = (p.p(kb), p.p(vb), p.p(part as u64));
-        let _ = cnt;
         let nacc = hd.div_ceil(32);
         let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
         let dot = if hd % 8 == 0 {

@@ -28,17 +28,44 @@ const CHUNK: usize = 32;
 /// Most splits per KV head (the combine reads one split per lane).
 const MAX_SPLITS: usize = 32;
 
-impl Gen<'_> {
-    /// True when the decode attention of this node can take the v4 kernel.
-    pub(super) fn decode_attention_fits(&self, hd: usize, n_head: usize, n_head_kv: usize) -> bool {
-        self.t == 1
-            && matches!(hd, 64 | 128 | 256)
-            && n_head_kv > 0
-            && n_head.is_multiple_of(n_head_kv)
-            && n_head / n_head_kv <= 32
-    }
+/// What every attention kernel needs of its node: shapes, KV offsets, and generated code for
+/// the query's base offset and the output stores.
+pub(super) struct AttnIo {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub hd: usize,
+    pub scale: f32,
+    pub window: Option<usize>,
+    pub kb: u64,
+    pub vb: u64,
+    pub kw: usize,
+    /// Arena offset expression of query row `rq` (head 0, dim 0).
+    pub qbase: String,
+    /// Stores of value `v` at head `h`, dim `d` of row `rq` to every buffer the node goes to.
+    pub outs: String,
+}
 
-    pub(super) fn decode_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+/// `d += q . k` over a head of `hd` f16 key values at `kr` against f32 queries at `qs`, 16
+/// bytes of key at a time (`hd % 8 == 0`) or one value at a time.
+pub(super) fn k_dot(kr: &str, hd: usize) -> String {
+    if hd.is_multiple_of(8) {
+        format!("_Pragma(\"unroll\") for (int c = 0; c < {hd}; c += 8) {{ V4 kk = *(const V4*)({kr} + c); const float* qq = qs + c;\n\
+            d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
+               + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n")
+    } else {
+        format!("for (int c = 0; c < {hd}; c++) d += qs[c] * h2f(({kr})[c]);\n")
+    }
+}
+
+impl Gen<'_> {
+    /// The node's [`AttnIo`]; `rows` says whether query and output rows are indexed by `rq`
+    /// (several tokens) or are row 0.
+    pub(super) fn attention_io(
+        &self,
+        n: smelt_graph::NodeId,
+        p: &mut Params,
+        rows: bool,
+    ) -> Result<AttnIo, CudaError> {
         let Op::Attention {
             q,
             layer,
@@ -54,9 +81,67 @@ impl Gen<'_> {
         };
         let (kb, kw) = self.kv_off(layer, KvPart::K)?;
         let (vb, _) = self.kv_off(layer, KvPart::V)?;
-        if kw != n_head_kv * hd {
-            return Err(CudaError::Invalid(format!("layer {layer}: KV width {kw}")));
+        if kw != n_head_kv * hd || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
+            return Err(CudaError::Invalid(format!(
+                "layer {layer}: KV width {kw}, {n_head} heads over {n_head_kv}"
+            )));
         }
+        let row = if rows { "(u64)rq" } else { "0" };
+        let qbase = self
+            .buf_read(q, "0", p)?
+            .replace("(u64)r", row)
+            .trim_end_matches(" + 0]")
+            .trim_start_matches("A[")
+            .to_string();
+        let mut outs = String::new();
+        for d in self.plan.dests(n) {
+            if let Dest::Buffer(b) = d {
+                let off = self.plan.buffer(*b).offset as u64;
+                let at = if rows {
+                    format!(" + (u64)rq * {}", n_head * hd)
+                } else {
+                    String::new()
+                };
+                write!(outs, "A[{}{at} + h * {hd} + d] = v;", p.p(off)).unwrap();
+            }
+        }
+        Ok(AttnIo {
+            n_head,
+            n_head_kv,
+            hd,
+            scale,
+            window,
+            kb,
+            vb,
+            kw,
+            qbase,
+            outs,
+        })
+    }
+
+    /// True when the decode attention of this node can take the v4 kernel.
+    pub(super) fn decode_attention_fits(&self, hd: usize, n_head: usize, n_head_kv: usize) -> bool {
+        self.t == 1
+            && matches!(hd, 64 | 128 | 256)
+            && n_head_kv > 0
+            && n_head.is_multiple_of(n_head_kv)
+            && n_head / n_head_kv <= 32
+    }
+
+    pub(super) fn decode_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+        let mut p = Params::default();
+        let AttnIo {
+            n_head,
+            n_head_kv,
+            hd,
+            scale,
+            window,
+            kb,
+            vb,
+            kw,
+            qbase,
+            outs,
+        } = self.attention_io(n, &mut p, false)?;
         let grp = n_head / n_head_kv;
         let chunks = self.kv.capacity.div_ceil(CHUNK).max(1);
         // About two blocks per SM over the KV heads, at most one per chunk.
@@ -70,22 +155,8 @@ impl Gen<'_> {
             4 => ("uint2", "u32 w[2] = {vv.x, vv.y};"),
             _ => ("V4", "u32 w[4] = {vv.x, vv.y, vv.z, vv.w};"),
         };
-        let mut p = Params::default();
-        let qv = self.buf_read(q, "0", &mut p)?;
-        let qbase = qv
-            .trim_end_matches(" + 0]")
-            .trim_start_matches("A[")
-            .replace("(u64)r", "0")
-            .to_string();
         let ml = self.alloc_scratch(n_head * splits * 2);
         let acc = self.alloc_scratch(n_head * splits * hd);
-        let mut outs = String::new();
-        for d in self.plan.dests(n) {
-            if let Dest::Buffer(b) = d {
-                let off = self.plan.buffer(*b).offset as u64;
-                write!(outs, "A[{} + h * {hd} + d] = v;", p.p(off)).unwrap();
-            }
-        }
         self.counters = self.counters.max(n_head_kv);
         let (kbp, vbp, mlp, accp) = (p.p(kb), p.p(vb), p.p(ml as u64), p.p(acc as u64));
         let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
@@ -102,11 +173,7 @@ impl Gen<'_> {
             for (int j0 = s * {CHUNK}; j0 <= p1; j0 += {step}) {{\n\
               if (j0 + {CHUNK} <= lo) continue;\n\
               const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
-              if (ok) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f;\n\
-                _Pragma(\"unroll\") for (int c = 0; c < {hd}; c += 8) {{ V4 kk = *(const V4*)(kr + c); const float* qq = qs + c;\n\
-                  d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
-                     + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n\
-                sc = d; }}\n\
+              if (ok) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f;\n{dot}sc = d; }}\n\
               const float mn = fmaxf(m, warp_max(sc));\n\
               const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
               l = l * corr + warp_sum(pj); m = mn;\n\
@@ -144,6 +211,7 @@ impl Gen<'_> {
             if (threadIdx.x == 0) C[g] = 0u;\n",
             sc = lit(scale),
             step = splits * CHUNK,
+            dot = k_dot("kr", hd),
         );
         let name = self.kernel(&(grp * 32).to_string(), body, 0);
         self.launch(
@@ -166,51 +234,25 @@ impl Gen<'_> {
     }
 
     pub(super) fn prefill_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
-        let Op::Attention {
-            q,
-            layer,
+        let mut p = Params::default();
+        let AttnIo {
             n_head,
             n_head_kv,
-            head_dim: hd,
+            hd,
             scale,
             window,
-            ..
-        } = self.node(n).op
-        else {
-            unreachable!()
-        };
-        let (kb, kw) = self.kv_off(layer, KvPart::K)?;
-        let (vb, _) = self.kv_off(layer, KvPart::V)?;
-        if kw != n_head_kv * hd || n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(CudaError::Invalid(format!(
-                "layer {layer}: KV width {kw}, {n_head} heads over {n_head_kv}"
-            )));
-        }
+            kb,
+            vb,
+            kw,
+            qbase,
+            outs,
+        } = self.attention_io(n, &mut p, true)?;
         let grp = n_head / n_head_kv;
         let t = self.t;
         let qr: usize = if hd == 256 { 8 } else { 16 }; // query rows (warps) per block
         let e = hd / 32;
         let hs = hd + 8; // shared row stride in halves: 16-byte reads of 8 lanes hit distinct banks
         let chunks = hd / 8; // 16-byte pieces of a K or V row
-        let mut p = Params::default();
-        let qv = self.buf_read(q, "0", &mut p)?.replace("(u64)r", "(u64)rq");
-        let qbase = qv
-            .trim_end_matches(" + 0]")
-            .trim_start_matches("A[")
-            .to_string();
-        let mut outs = String::new();
-        for d in self.plan.dests(n) {
-            if let Dest::Buffer(b) = d {
-                let off = self.plan.buffer(*b).offset as u64;
-                write!(
-                    outs,
-                    "A[{} + (u64)rq * {} + h * {hd} + d] = v;",
-                    p.p(off),
-                    n_head * hd
-                )
-                .unwrap();
-            }
-        }
         let (kbp, vbp) = (p.p(kb), p.p(vb));
         let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
         let body = format!(
@@ -236,11 +278,7 @@ impl Gen<'_> {
               __syncthreads();\n\
               if (live && j0 <= p1 && j0 + {CHUNK} > lo) {{\n\
                 const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
-                if (ok) {{ float d = 0.f;\n\
-                  _Pragma(\"unroll\") for (int c = 0; c < {hd}; c += 8) {{ const V4 kk = *(const V4*)&ks[lane][c]; const float* qq = qs + c;\n\
-                    d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
-                       + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n\
-                  sc = d; }}\n\
+                if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
                 const float mn = fmaxf(m, warp_max(sc));\n\
                 const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
                 l = l * corr + warp_sum(pj); m = mn;\n\
@@ -253,6 +291,7 @@ impl Gen<'_> {
             }}\n\
             if (live) {{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n",
             sc = lit(scale),
+            dot = k_dot("ks[lane]", hd),
         );
         let name = self.kernel(&(qr * 32).to_string(), body, 0);
         self.launch(
