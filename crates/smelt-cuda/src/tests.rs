@@ -61,6 +61,17 @@ pub(crate) fn gguf(w: &Weights, dtype: GgmlType) -> Arc<Gguf> {
     )
 }
 
+/// Every weight of `w` as the f32 values the file holds (the reference backend's weights).
+fn dequantized(file: &Gguf, w: &Weights) -> Vec<Vec<f32>> {
+    w.specs
+        .iter()
+        .map(|s| {
+            let t = file.tensor(&s.name).unwrap();
+            smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
+        })
+        .collect()
+}
+
 const ODD: [Dims; 2] = [
     Dims {
         n_embd: 50,
@@ -408,14 +419,7 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         };
         let g5 = odd::graph(&d, 5, &mut w, true);
         let file = gguf(&w, dtype);
-        let rw: Vec<Vec<f32>> = w
-            .specs
-            .iter()
-            .map(|s| {
-                let t = file.tensor(&s.name).unwrap();
-                smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
-            })
-            .collect();
+        let rw = dequantized(&file, &w);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let reference = ReferenceBackend::new(rw, 1);
         let mut rkv = KvCache::new(16, &widths);
@@ -516,14 +520,7 @@ fn prefill_matches_reference(cublas: bool) -> bool {
         };
         let g = odd::graph(&d, N, &mut w, true);
         let file = gguf(&w, dtype);
-        let rw: Vec<Vec<f32>> = w
-            .specs
-            .iter()
-            .map(|s| {
-                let t = file.tensor(&s.name).unwrap();
-                smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
-            })
-            .collect();
+        let rw = dequantized(&file, &w);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let tokens: Vec<u32> = (0..N).map(|i| ((i * 5 + 2) % d.n_vocab) as u32).collect();
         let positions: Vec<u32> = (0..N as u32).collect();
