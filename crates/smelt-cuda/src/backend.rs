@@ -7,19 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaFunction, CudaModule};
 use smelt_gguf::Gguf;
-use smelt_graph::{fuse_with, FuseOptions, Graph};
+use smelt_graph::{fuse_with, FuseOptions, Graph, WeightSpec};
 
 use crate::codegen::{self, KvInfo, WeightInfo, Work};
 use crate::cublas::{Cublas, GemmCall};
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
-
-/// A weight the graphs use: its GGUF tensor name and `[rows, cols]` shape.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CudaWeightSpec {
-    pub name: String,
-    pub shape: [usize; 2],
-}
 
 /// Counters for `smelt bench`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -264,7 +257,7 @@ pub struct CudaBackend {
 
 impl CudaBackend {
     /// Open the GPU and upload the weights `specs` (indexed like the graphs' `WeightId`s).
-    pub fn new(gguf: Arc<Gguf>, specs: &[CudaWeightSpec]) -> Result<CudaBackend, CudaError> {
+    pub fn new(gguf: Arc<Gguf>, specs: &[WeightSpec]) -> Result<CudaBackend, CudaError> {
         let dev = Device::open()?;
         let data_offset = gguf.data_offset() as usize;
         let mut winfo = Vec::with_capacity(specs.len());

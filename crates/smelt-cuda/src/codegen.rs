@@ -630,24 +630,24 @@ impl<'a> Gen<'a> {
         let mut body = String::from("extern __shared__ float sm[]; __shared__ float red[33];\n\
             const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = blockIdx.x, rp = r; (void)lane; (void)warp;\n");
         body += &self.row_code(rows, "true", &mut p, &mut slots, &mut next)?;
-        if let Some((n, off)) = xin {
-            let [nrows, cols] = self.node(n).shape;
-            let o = slots[&n];
-            let (guard, row) = if nrows == 1 && self.t > 1 {
+        // A one-row input of a many-token step (the last row only) is written by its row.
+        let guard_row = |n: NodeId| -> (String, &'static str) {
+            if self.node(n).shape[0] == 1 && self.t > 1 {
                 (format!("r == {}", self.t - 1), "0")
             } else {
                 ("true".into(), "r")
-            };
+            }
+        };
+        if let Some((n, off)) = xin {
+            let cols = self.node(n).shape[1];
+            let o = slots[&n];
+            let (guard, row) = guard_row(n);
             write!(body, "if ({guard}) for (int c = tid; c < {cols}; c += {NT}) A[{} + (u64){row} * {cols} + c] = sm[{o} + c];\n", p.p(off as u64)).unwrap();
         }
         if let Some((n, off, kp)) = x16 {
-            let [nrows, cols] = self.node(n).shape;
+            let cols = self.node(n).shape[1];
             let o = slots[&n];
-            let (guard, row) = if nrows == 1 && self.t > 1 {
-                (format!("r == {}", self.t - 1), "0")
-            } else {
-                ("true".into(), "r")
-            };
+            let (guard, row) = guard_row(n);
             write!(body, "if ({guard}) for (int c = 2 * tid; c < {kp}; c += {}) ((u32*)(A + {}))[((u64){row} * {kp} + c) / 2] = pack2s(c < {cols} ? sm[{o} + c] : 0.f, c + 1 < {cols} ? sm[{o} + c + 1] : 0.f);\n", 2 * NT, p.p(off as u64)).unwrap();
         }
         let smem = next.max(1) * 4;

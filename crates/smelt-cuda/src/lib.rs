@@ -12,8 +12,9 @@ mod layout;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{CudaBackend, CudaKvCache, CudaProgram, CudaStats, CudaWeightSpec};
+pub use backend::{CudaBackend, CudaKvCache, CudaProgram, CudaStats};
 pub use device::{available, Device};
+pub use smelt_graph::WeightSpec;
 
 /// Why the CUDA backend cannot run a model or a request.
 #[derive(Debug, thiserror::Error)]

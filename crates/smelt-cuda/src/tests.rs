@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use smelt_cpu::{KvCache, ReferenceBackend};
 use smelt_gguf::{GgmlType, Gguf};
-use smelt_graph::{fuse, FuseOptions, Graph, WeightId};
-use smelt_testutil::odd::{self, AddWeight, Dims};
+use smelt_graph::{fuse, FuseOptions, Graph};
+use smelt_testutil::odd::{self, Dims, Weights};
 
 use crate::codegen::{self, KvInfo, WeightInfo};
-use crate::{CudaBackend, CudaWeightSpec};
+use crate::{CudaBackend, WeightSpec};
 
 pub(crate) struct Rng(pub u64);
 
@@ -23,75 +23,6 @@ impl Rng {
     }
 }
 
-pub(crate) struct Weights {
-    pub specs: Vec<CudaWeightSpec>,
-    pub data: Vec<Vec<f32>>,
-    pub rng: Rng,
-    /// Whether `add` draws values (off when only the generated source is wanted).
-    pub draw: bool,
-}
-
-impl AddWeight for Weights {
-    fn add(
-        &mut self,
-        g: &mut Graph,
-        rows: usize,
-        cols: usize,
-        scale: f32,
-        offset: f32,
-    ) -> WeightId {
-        let id = WeightId(self.specs.len() as u32);
-        g.declare_weight(id, [rows, cols]);
-        self.specs.push(CudaWeightSpec {
-            name: format!("w{}", id.0),
-            shape: [rows, cols],
-        });
-        let n = if self.draw { rows * cols } else { 0 };
-        self.data
-            .push((0..n).map(|_| offset + scale * self.rng.next()).collect());
-        id
-    }
-}
-
-pub(crate) fn gguf(w: &Weights, dtype: GgmlType) -> Arc<Gguf> {
-    let weights = w.specs.iter().zip(&w.data);
-    odd::gguf(
-        weights.map(|(s, d)| (s.name.as_str(), s.shape, d.as_slice())),
-        dtype,
-    )
-}
-
-/// Every weight of `w` as the f32 values the file holds (the reference backend's weights).
-fn dequantized(file: &Gguf, w: &Weights) -> Vec<Vec<f32>> {
-    w.specs
-        .iter()
-        .map(|s| {
-            let t = file.tensor(&s.name).unwrap();
-            smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
-        })
-        .collect()
-}
-
-const ODD: [Dims; 2] = [
-    Dims {
-        n_embd: 50,
-        n_head: 5,
-        n_head_kv: 1,
-        head_dim: 10,
-        n_rot: 6,
-        n_ff: 783,
-        n_vocab: 3,
-    },
-    Dims {
-        n_embd: 3,
-        n_head: 2,
-        n_head_kv: 2,
-        head_dim: 6,
-        n_rot: 2,
-        n_ff: 50,
-        n_vocab: 7,
-    },
-];
 const QUANT: Dims = Dims {
     n_embd: 256,
     n_head: 4,
@@ -113,7 +44,7 @@ const QUANT_TYPES: [GgmlType; 7] = [
 
 fn cases() -> Vec<(Dims, GgmlType)> {
     let mut v = Vec::new();
-    for d in ODD {
+    for d in odd::SHAPES {
         v.push((d, GgmlType::F32));
         v.push((d, GgmlType::F16));
     }
@@ -145,14 +76,10 @@ fn generated_with(
     cublas: bool,
     capacity: usize,
 ) -> codegen::Generated {
-    let mut w = Weights {
-        specs: Vec::new(),
-        data: Vec::new(),
-        rng: Rng(7),
-        draw: false,
-    };
+    let mut w = Weights::new(|| 0.0);
+    w.draw = false;
     let g = odd::graph(d, n, &mut w, true);
-    let ty = |s: &CudaWeightSpec| {
+    let ty = |s: &WeightSpec| {
         if s.shape[0] == 1 {
             GgmlType::F32
         } else {
@@ -372,21 +299,14 @@ fn compare(got: &[f32], want: &[f32], tol: f32, what: &str) {
 /// reference is the yardstick for the GPU's.
 fn fast_decode(
     file: &Arc<Gguf>,
-    specs: &[CudaWeightSpec],
+    specs: &[WeightSpec],
     g5: &Graph,
     g1: &Graph,
     tokens: &[u32],
     widths: &[usize],
 ) -> Vec<Vec<f32>> {
-    use smelt_cpu::{FastBackend, FastKvCache, WeightSpec};
-    let specs: Vec<WeightSpec> = specs
-        .iter()
-        .map(|s| WeightSpec {
-            name: s.name.clone(),
-            shape: s.shape,
-        })
-        .collect();
-    let mut fb = FastBackend::new(Arc::clone(file), &specs, 2).unwrap();
+    use smelt_cpu::{FastBackend, FastKvCache};
+    let mut fb = FastBackend::new(Arc::clone(file), specs, 2).unwrap();
     let mut kv = FastKvCache::new(16, widths);
     let p5 = fb.lower(g5, &kv).unwrap();
     let p1 = fb.lower(g1, &kv).unwrap();
@@ -411,26 +331,18 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         return;
     }
     for (ci, (d, dtype)) in cases().into_iter().enumerate() {
-        let mut w = Weights {
-            specs: Vec::new(),
-            data: Vec::new(),
-            rng: Rng(0x9e37_79b9 + ci as u64),
-            draw: true,
-        };
+        let mut rng = Rng(0x9e37_79b9 + ci as u64);
+        let mut w = Weights::new(|| rng.next());
         let g5 = odd::graph(&d, 5, &mut w, true);
-        let file = gguf(&w, dtype);
-        let rw = dequantized(&file, &w);
+        let file = w.gguf(dtype);
+        let rw = w.dequantized(&file);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let reference = ReferenceBackend::new(rw, 1);
         let mut rkv = KvCache::new(16, &widths);
         let tokens: Vec<u32> = (0..8).map(|i| ((i * 2 + 1) % d.n_vocab) as u32).collect();
         let want5 = reference.execute(&g5, &tokens[..5], &[0, 1, 2, 3, 4], &mut rkv);
-        let mut wsink = Weights {
-            specs: Vec::new(),
-            data: Vec::new(),
-            rng: Rng(1),
-            draw: true,
-        };
+        let mut rng1 = Rng(1);
+        let mut wsink = Weights::new(|| rng1.next());
         let g1 = odd::graph(&d, 1, &mut wsink, true);
         let quantised = !matches!(dtype, GgmlType::F32 | GgmlType::F16);
         let fast = if quantised {
@@ -522,15 +434,11 @@ fn prefill_matches_reference(cublas: bool) -> bool {
         {
             continue;
         }
-        let mut w = Weights {
-            specs: Vec::new(),
-            data: Vec::new(),
-            rng: Rng(0x51ed + ci as u64),
-            draw: true,
-        };
+        let mut rng = Rng(0x51ed + ci as u64);
+        let mut w = Weights::new(|| rng.next());
         let g = odd::graph(&d, N, &mut w, true);
-        let file = gguf(&w, dtype);
-        let rw = dequantized(&file, &w);
+        let file = w.gguf(dtype);
+        let rw = w.dequantized(&file);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let tokens: Vec<u32> = (0..N).map(|i| ((i * 5 + 2) % d.n_vocab) as u32).collect();
         let positions: Vec<u32> = (0..N as u32).collect();
@@ -641,7 +549,7 @@ fn dequant_and_to_f16_kernels_match_cpu() {
             let mut rng = Rng(0xdead + k as u64);
             let data: Vec<f32> = (0..ROWS * k).map(|_| 0.3 * rng.next() - 0.05).collect();
             let file = odd::gguf([("w", [ROWS, k], data.as_slice())], t);
-            let spec = CudaWeightSpec {
+            let spec = WeightSpec {
                 name: "w".into(),
                 shape: [ROWS, k],
             };

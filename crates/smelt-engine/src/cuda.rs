@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use smelt_cuda::{CudaBackend, CudaKvCache, CudaProgram, CudaWeightSpec};
+use smelt_cuda::{CudaBackend, CudaKvCache, CudaProgram};
 use smelt_gguf::Gguf;
 use smelt_models::{Architecture, Output};
 
@@ -30,15 +30,7 @@ impl CudaExec {
         arch: &dyn Architecture,
         n_ctx: usize,
     ) -> Result<CudaExec, EngineError> {
-        let specs: Vec<CudaWeightSpec> = arch
-            .weights()
-            .entries()
-            .iter()
-            .map(|e| CudaWeightSpec {
-                name: e.name.clone(),
-                shape: e.shape,
-            })
-            .collect();
+        let specs = crate::runner::weight_specs(arch);
         let backend = CudaBackend::new(Arc::clone(gguf), &specs).map_err(err)?;
         let kv = backend.new_kv(n_ctx, &arch.kv_widths()).map_err(err)?;
         Ok(CudaExec {

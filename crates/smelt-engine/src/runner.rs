@@ -128,22 +128,26 @@ pub struct Runner {
     out: Vec<f32>,
 }
 
-/// The fast CPU backend over `arch`'s weights, read in place from `gguf`.
-pub(crate) fn fast_backend(
-    gguf: Arc<Gguf>,
-    arch: &dyn Architecture,
-    threads: usize,
-) -> Result<FastBackend, EngineError> {
-    let specs: Vec<WeightSpec> = arch
-        .weights()
+/// `arch`'s weights as the backends load them, in `WeightId` order.
+pub(crate) fn weight_specs(arch: &dyn Architecture) -> Vec<WeightSpec> {
+    arch.weights()
         .entries()
         .iter()
         .map(|e| WeightSpec {
             name: e.name.clone(),
             shape: e.shape,
         })
-        .collect();
-    FastBackend::new(gguf, &specs, threads).map_err(|e| EngineError::Invalid(e.to_string()))
+        .collect()
+}
+
+/// The fast CPU backend over `arch`'s weights, read in place from `gguf`.
+pub(crate) fn fast_backend(
+    gguf: Arc<Gguf>,
+    arch: &dyn Architecture,
+    threads: usize,
+) -> Result<FastBackend, EngineError> {
+    FastBackend::new(gguf, &weight_specs(arch), threads)
+        .map_err(|e| EngineError::Invalid(e.to_string()))
 }
 
 impl Runner {

@@ -6,6 +6,14 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u32);
 
+/// A weight the graphs use, as a backend loads it: its GGUF tensor name and `[rows, cols]`
+/// shape (backends index them like [`WeightId`]s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightSpec {
+    pub name: String,
+    pub shape: [usize; 2],
+}
+
 /// A model weight, by index into the model's weight table (see `smelt-models`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WeightId(pub u32);

@@ -12,5 +12,5 @@ mod graph;
 mod plan;
 
 pub use fuse::{fuse, fuse_with, FuseOptions};
-pub use graph::{Graph, Node, NodeId, Op, WeightId};
+pub use graph::{Graph, Node, NodeId, Op, WeightId, WeightSpec};
 pub use plan::{BufId, Buffer, Bundle, Dest, Kernel, KernelKind, KvPart, Placement, Plan, Stage};

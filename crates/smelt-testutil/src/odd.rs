@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use smelt_gguf::{GgmlType, Gguf, GgufWriter};
-use smelt_graph::{Graph, NodeId, WeightId};
+use smelt_graph::{Graph, NodeId, WeightId, WeightSpec};
 
 /// The graph's shapes.
 #[derive(Clone, Copy, Debug)]
@@ -19,12 +19,100 @@ pub struct Dims {
     pub n_vocab: usize,
 }
 
-/// Where the graph's weights are declared: each backend's tests keep their own weight specs and
-/// random data.
+/// Two odd shape sets the backends' tests run: rows of 50, 783 and 3 values, a partial RoPE,
+/// one and two KV heads.
+pub const SHAPES: [Dims; 2] = [
+    Dims {
+        n_embd: 50,
+        n_head: 5,
+        n_head_kv: 1,
+        head_dim: 10,
+        n_rot: 6,
+        n_ff: 783,
+        n_vocab: 3,
+    },
+    Dims {
+        n_embd: 3,
+        n_head: 2,
+        n_head_kv: 2,
+        head_dim: 6,
+        n_rot: 2,
+        n_ff: 50,
+        n_vocab: 7,
+    },
+];
+
+/// Where the graph's weights are declared ([`Weights`] is the usual one).
 pub trait AddWeight {
     /// Declare a `[rows, cols]` weight of values `offset + scale * r`, r in [-1, 1).
     fn add(&mut self, g: &mut Graph, rows: usize, cols: usize, scale: f32, offset: f32)
         -> WeightId;
+}
+
+/// Weights declared in order (`w0`, `w1`, ...), with the values drawn for them from `next`
+/// (kept for the reference backend and the GGUF file).
+pub struct Weights<R: FnMut() -> f32> {
+    pub specs: Vec<WeightSpec>,
+    pub data: Vec<Vec<f32>>,
+    /// Whether `add` draws values (off when only the graph's shapes are wanted).
+    pub draw: bool,
+    next: R,
+}
+
+impl<R: FnMut() -> f32> Weights<R> {
+    /// Values from `next`, uniform in [-1, 1).
+    pub fn new(next: R) -> Self {
+        Weights {
+            specs: Vec::new(),
+            data: Vec::new(),
+            draw: true,
+            next,
+        }
+    }
+
+    /// The weights as a GGUF file of `dtype` (one-row weights stay F32).
+    pub fn gguf(&self, dtype: GgmlType) -> Arc<Gguf> {
+        let weights = self.specs.iter().zip(&self.data);
+        gguf(
+            weights.map(|(s, d)| (s.name.as_str(), s.shape, d.as_slice())),
+            dtype,
+        )
+    }
+
+    /// Every weight as the f32 values `file` (from [`Weights::gguf`]) holds: the reference
+    /// backend's weights, rounded as the file rounds them.
+    pub fn dequantized(&self, file: &Gguf) -> Vec<Vec<f32>> {
+        self.specs
+            .iter()
+            .map(|s| {
+                let t = file.tensor(&s.name).unwrap();
+                smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl<R: FnMut() -> f32> AddWeight for Weights<R> {
+    fn add(
+        &mut self,
+        g: &mut Graph,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+        offset: f32,
+    ) -> WeightId {
+        let id = WeightId(self.specs.len() as u32);
+        g.declare_weight(id, [rows, cols]);
+        self.specs.push(WeightSpec {
+            name: format!("w{}", id.0),
+            shape: [rows, cols],
+        });
+        let n = if self.draw { rows * cols } else { 0 };
+        let next = &mut self.next;
+        self.data
+            .push((0..n).map(|_| offset + scale * next()).collect());
+        id
+    }
 }
 
 /// Two layers: a llama-like one (bias, partial RoPE, SiLU gate) and a Gemma-like one (NEOX,

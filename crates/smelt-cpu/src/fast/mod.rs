@@ -51,12 +51,7 @@ pub enum FastError {
     Kernel(#[from] crate::kernels::KernelError),
 }
 
-/// A weight the graphs use: its GGUF tensor name and `[rows, cols]` shape.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WeightSpec {
-    pub name: String,
-    pub shape: [usize; 2],
-}
+pub use smelt_graph::WeightSpec;
 
 /// One weight's bytes in the mapped file.
 #[derive(Clone, Debug)]

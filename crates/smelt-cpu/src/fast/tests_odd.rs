@@ -4,95 +4,26 @@
 
 use std::sync::Arc;
 
-use smelt_gguf::{GgmlType, Gguf};
-use smelt_graph::{FuseOptions, Graph, WeightId};
-use smelt_testutil::odd::{self, AddWeight, Dims};
+use smelt_gguf::GgmlType;
+use smelt_graph::FuseOptions;
+use smelt_testutil::odd::{self, Weights};
 
 use super::tests::Rng;
-use super::{FastBackend, FastKvCache, WeightSpec};
+use super::{FastBackend, FastKvCache};
 use crate::{KvCache, ReferenceBackend};
-
-/// Weights declared in order, with random data kept for the reference and the GGUF.
-struct Weights {
-    specs: Vec<WeightSpec>,
-    data: Vec<Vec<f32>>,
-    rng: Rng,
-}
-
-impl AddWeight for Weights {
-    fn add(
-        &mut self,
-        g: &mut Graph,
-        rows: usize,
-        cols: usize,
-        scale: f32,
-        offset: f32,
-    ) -> WeightId {
-        let id = WeightId(self.specs.len() as u32);
-        g.declare_weight(id, [rows, cols]);
-        self.specs.push(WeightSpec {
-            name: format!("w{}", id.0),
-            shape: [rows, cols],
-        });
-        self.data.push(
-            (0..rows * cols)
-                .map(|_| offset + scale * self.rng.next())
-                .collect(),
-        );
-        id
-    }
-}
-
-fn gguf(w: &Weights, dtype: GgmlType) -> Arc<Gguf> {
-    let weights = w.specs.iter().zip(&w.data);
-    odd::gguf(
-        weights.map(|(s, d)| (s.name.as_str(), s.shape, d.as_slice())),
-        dtype,
-    )
-}
 
 #[test]
 fn odd_shapes_match_the_reference() {
-    let shapes = [
-        Dims {
-            n_embd: 50,
-            n_head: 5,
-            n_head_kv: 1,
-            head_dim: 10,
-            n_rot: 6,
-            n_ff: 783,
-            n_vocab: 3,
-        },
-        Dims {
-            n_embd: 3,
-            n_head: 2,
-            n_head_kv: 2,
-            head_dim: 6,
-            n_rot: 2,
-            n_ff: 50,
-            n_vocab: 7,
-        },
-    ];
-    for (si, d) in shapes.iter().enumerate() {
+    for (si, d) in odd::SHAPES.iter().enumerate() {
         for dtype in [GgmlType::F32, GgmlType::F16] {
-            let mut w = Weights {
-                specs: Vec::new(),
-                data: Vec::new(),
-                rng: Rng(0x9e37_79b9 + si as u64),
-            };
+            let mut rng = Rng(0x9e37_79b9 + si as u64);
+            let mut w = Weights::new(|| rng.next());
             let tokens: Vec<u32> = (0..5).map(|i| (i * 2 % d.n_vocab) as u32).collect();
             let positions: Vec<u32> = (0..5).collect();
             let g = odd::graph(d, tokens.len(), &mut w, false);
-            let file = gguf(&w, dtype);
+            let file = w.gguf(dtype);
             // The reference gets the same (rounded) weights the file holds.
-            let rw = w
-                .specs
-                .iter()
-                .map(|s| {
-                    let t = file.tensor(&s.name).unwrap();
-                    smelt_quant::dequantize_to_vec(t.dtype, file.tensor_data(t)).unwrap()
-                })
-                .collect();
+            let rw = w.dequantized(&file);
             let widths = [d.n_head_kv * d.head_dim; 2];
             let want = ReferenceBackend::new(rw, 1).execute(
                 &g,
