@@ -30,8 +30,7 @@ impl CudaExec {
         arch: &dyn Architecture,
         n_ctx: usize,
     ) -> Result<CudaExec, EngineError> {
-        let specs = crate::runner::weight_specs(arch);
-        let backend = CudaBackend::new(Arc::clone(gguf), &specs).map_err(err)?;
+        let backend = CudaBackend::new(Arc::clone(gguf), &arch.weights().specs()).map_err(err)?;
         let kv = backend.new_kv(n_ctx, &arch.kv_widths()).map_err(err)?;
         Ok(CudaExec {
             backend,

@@ -9,9 +9,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use smelt_cpu::{
-    ExecStats, FastBackend, FastKvCache, KvCache, KvType, Program, ReferenceBackend, WeightSpec,
-};
+use smelt_cpu::{ExecStats, FastBackend, FastKvCache, KvCache, KvType, Program, ReferenceBackend};
 use smelt_gguf::Gguf;
 use smelt_graph::Graph;
 use smelt_models::{Architecture, Output};
@@ -128,25 +126,13 @@ pub struct Runner {
     out: Vec<f32>,
 }
 
-/// `arch`'s weights as the backends load them, in `WeightId` order.
-pub(crate) fn weight_specs(arch: &dyn Architecture) -> Vec<WeightSpec> {
-    arch.weights()
-        .entries()
-        .iter()
-        .map(|e| WeightSpec {
-            name: e.name.clone(),
-            shape: e.shape,
-        })
-        .collect()
-}
-
 /// The fast CPU backend over `arch`'s weights, read in place from `gguf`.
 pub(crate) fn fast_backend(
     gguf: Arc<Gguf>,
     arch: &dyn Architecture,
     threads: usize,
 ) -> Result<FastBackend, EngineError> {
-    FastBackend::new(gguf, &weight_specs(arch), threads)
+    FastBackend::new(gguf, &arch.weights().specs(), threads)
         .map_err(|e| EngineError::Invalid(e.to_string()))
 }
 

@@ -1,7 +1,7 @@
 //! The weight table: which GGUF tensors a model uses, with shapes checked at load.
 
 use smelt_gguf::{GgmlType, Gguf};
-use smelt_graph::{Graph, WeightId};
+use smelt_graph::{Graph, WeightId, WeightSpec};
 
 use crate::ModelError;
 
@@ -22,6 +22,17 @@ pub struct WeightTable {
 impl WeightTable {
     pub fn entries(&self) -> &[WeightEntry] {
         &self.entries
+    }
+
+    /// The weights as the backends load them (name and shape), in `WeightId` order.
+    pub fn specs(&self) -> Vec<WeightSpec> {
+        self.entries
+            .iter()
+            .map(|e| WeightSpec {
+                name: e.name.clone(),
+                shape: e.shape,
+            })
+            .collect()
     }
 
     pub fn get(&self, id: WeightId) -> &WeightEntry {

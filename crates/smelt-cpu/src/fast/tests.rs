@@ -8,7 +8,7 @@ use smelt_gguf::{GgmlType, Gguf, GgufWriter};
 use smelt_graph::FuseOptions;
 use smelt_models::{Architecture, Output};
 
-use super::{FastBackend, FastKvCache, KvType, WeightSpec};
+use super::{FastBackend, FastKvCache, KvType};
 use crate::{KvCache, ReferenceBackend};
 
 /// A deterministic generator (xorshift64*), uniform in [-1, 1).
@@ -177,17 +177,6 @@ pub(crate) fn synth(spec: &Spec, seed: u64) -> Arc<Gguf> {
     Arc::new(Gguf::from_bytes(w.to_bytes().unwrap()).unwrap())
 }
 
-pub(crate) fn specs(arch: &dyn Architecture) -> Vec<WeightSpec> {
-    arch.weights()
-        .entries()
-        .iter()
-        .map(|e| WeightSpec {
-            name: e.name.clone(),
-            shape: e.shape,
-        })
-        .collect()
-}
-
 pub(crate) fn reference(g: &Gguf, arch: &dyn Architecture, threads: usize) -> ReferenceBackend {
     let w = arch
         .weights()
@@ -251,7 +240,7 @@ fn compare(
     let rb = reference(&g, arch.as_ref(), 1);
     let mut rkv = KvCache::new(16, &arch.kv_widths());
     let want = rb.execute(&graph, &TOKENS, &positions, &mut rkv);
-    let mut fb = FastBackend::new(Arc::clone(&g), &specs(arch.as_ref()), threads).unwrap();
+    let mut fb = FastBackend::new(Arc::clone(&g), &arch.weights().specs(), threads).unwrap();
     fb.set_fusion(fusion);
     fb.set_exact(exact);
     let mut kv = FastKvCache::with_type(16, &arch.kv_widths(), kv_type).unwrap();
@@ -316,7 +305,7 @@ fn cached_decode_equals_full_evaluation() {
         };
         let g = synth(&spec, 11);
         let a = smelt_models::load(&g).unwrap();
-        let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
+        let mut fb = FastBackend::new(Arc::clone(&g), &a.weights().specs(), 2).unwrap();
         let n = TOKENS.len();
         let mut kv = FastKvCache::with_type(32, &a.kv_widths(), kv_type).unwrap();
         let full = fb.lower(&a.build(n, Output::AllLogits), &kv).unwrap();
@@ -382,7 +371,7 @@ fn hidden_output_and_bad_requests() {
     let spec = small("gemma3", GgmlType::Q4_0, false);
     let g = synth(&spec, 5);
     let a = smelt_models::load(&g).unwrap();
-    let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
+    let mut fb = FastBackend::new(Arc::clone(&g), &a.weights().specs(), 2).unwrap();
     let graph = a.build(3, Output::Hidden);
     let mut kv = FastKvCache::new(8, &a.kv_widths());
     let prog = fb.lower(&graph, &kv).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use smelt_gguf::GgmlType;
 use smelt_models::Output;
 
-use super::tests::{max_rel_diff, small, specs, synth};
+use super::tests::{max_rel_diff, small, synth};
 use super::{FastBackend, FastKvCache, KvType, SeqRows};
 
 const PROMPTS: [&[u32]; 3] = [
@@ -44,7 +44,7 @@ fn paged_blocks_in_any_order_equal_a_contiguous_cache() {
         let spec = small(arch, GgmlType::Q8_0, false);
         let g = synth(&spec, 7);
         let a = smelt_models::load(&g).unwrap();
-        let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
+        let mut fb = FastBackend::new(Arc::clone(&g), &a.weights().specs(), 2).unwrap();
         let toks = PROMPTS[0];
         let want = contiguous_as(&mut fb, a.as_ref(), toks, kv_type);
         // Blocks of 4 positions, the sequence's table scrambled over a pool of 6.
@@ -91,7 +91,7 @@ fn a_batch_of_sequences_equals_each_alone() {
         let g = synth(&spec, 11);
         let a = smelt_models::load(&g).unwrap();
         let nv = a.n_vocab();
-        let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 3).unwrap();
+        let mut fb = FastBackend::new(Arc::clone(&g), &a.weights().specs(), 3).unwrap();
         let alone: Vec<Vec<f32>> = PROMPTS
             .iter()
             .map(|p| contiguous(&mut fb, a.as_ref(), p)[(p.len() - 1) * nv..].to_vec())
@@ -149,7 +149,7 @@ fn malformed_batches_are_refused() {
     let spec = small("llama", GgmlType::Q8_0, false);
     let g = synth(&spec, 3);
     let a = smelt_models::load(&g).unwrap();
-    let mut fb = FastBackend::new(Arc::clone(&g), &specs(a.as_ref()), 2).unwrap();
+    let mut fb = FastBackend::new(Arc::clone(&g), &a.weights().specs(), 2).unwrap();
     let mut kv = FastKvCache::paged(4, 4, &a.kv_widths(), KvType::F16).unwrap();
     let prog = fb.lower(&a.build(4, Output::SeqLogits(2)), &kv).unwrap();
     let toks = [1u32, 2, 3, 4];
