@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use smelt_cpu::{FastBackend, FastKvCache, WeightSpec};
+use smelt_cpu::{FastBackend, FastKvCache};
 use smelt_gguf::Gguf;
 use smelt_models::Output;
 use smelt_testutil::{model_path, GEMMA3, SMOLLM2};
@@ -46,16 +46,7 @@ fn decode_and_prefill_steps_allocate_nothing() {
     for model in [SMOLLM2, GEMMA3] {
         let g = Arc::new(Gguf::open(model_path(model)).unwrap());
         let arch = smelt_models::load(&g).unwrap();
-        let specs: Vec<WeightSpec> = arch
-            .weights()
-            .entries()
-            .iter()
-            .map(|e| WeightSpec {
-                name: e.name.clone(),
-                shape: e.shape,
-            })
-            .collect();
-        let mut fb = FastBackend::new(Arc::clone(&g), &specs, 2).unwrap();
+        let mut fb = FastBackend::new(Arc::clone(&g), &arch.weights().specs(), 2).unwrap();
         let mut kv = FastKvCache::new(32, &arch.kv_widths());
         let prefill = fb.lower(&arch.build(4, Output::LastLogits), &kv).unwrap();
         let decode = fb.lower(&arch.build(1, Output::LastLogits), &kv).unwrap();
