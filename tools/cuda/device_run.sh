@@ -78,12 +78,39 @@ if [ "$MODE" = ncu ]; then
   # Nsight Compute on decode kernels (named dk<i>; graphs off so each is a launch of its own):
   # skip the first decode steps, then the next NCU_COUNT launches (a layer and a half by
   # default), full sections: achieved DRAM bandwidth, warp stall reasons, occupancy.
-  f=/tmp/llama-${NCU_MODEL:-8b}.gguf; s=llama-${NCU_MODEL:-8b}:q4_k_m
+  # NCU_SPEC names the synthetic model (llama-8b:q4_k_m, llama-1b:q4_k_m, smollm2-135m:q8_0).
+  s=${NCU_SPEC:-llama-8b:q4_k_m}; f=/tmp/${s%%:*}.gguf
   [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
-  SMELT_CUDA_GRAPHS=0 timeout 400 /usr/local/cuda/bin/ncu -k regex:^dk --launch-skip ${NCU_SKIP:-322} \
-    --launch-count ${NCU_COUNT:-8} --set full $C/smelt bench $f -p 64 -n 8 -r 1 > $OUT/ncu.txt 2>&1
-  echo "ncu rc=$?"; grep -E "^  dk|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall" $OUT/ncu.txt | head -80
-  exit 0
+  o=$OUT/ncu-${s%%:*}.txt
+  SMELT_CUDA_GRAPHS=0 timeout ${NCU_S:-300} /usr/local/cuda/bin/ncu -k regex:^dk --launch-skip ${NCU_SKIP:-322} \
+    --launch-count ${NCU_COUNT:-8} --set full $C/smelt bench $f -p 64 -n 8 -r 1 > $o 2>&1
+  echo "ncu rc=$?"; grep -E "^  dk|Duration|DRAM Throughput|Achieved Occupancy|Registers Per" $o | head -60
+fi
+if [ "$MODE" = ab ]; then
+  # A/B of one environment variable (AB_VAR, values AB_VALUES) on the three synthetic models,
+  # interleaved per model so clocks and heat treat each value alike.
+  for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+  done
+  for m in ${AB_MODELS:-llama-1b smollm2-135m llama-8b}; do for v in ${AB_VALUES:-0 1}; do
+    env ${AB_VAR:-X}=$v timeout 90 $C/smelt bench /tmp/$m.gguf -p 512 -n 128 -r 3 --json > /tmp/b.json 2> /tmp/b.err
+    python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m ${AB_VAR:-X}=$v prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
+  done; done
+fi
+if [ "$MODE" = tiled ]; then
+  # The tiled prefill attention (SMELT_CUDA_PREFILL_ATTN=tiled): 1B perplexity on the GPU with
+  # and without it against the CPU, then prefill speed of both on 1B and 8B.
+  for s in llama-1b:q4_k_m llama-8b:q4_k_m; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+  done
+  for v in tiled default; do
+    SMELT_CUDA_PREFILL_ATTN=$v timeout 60 $C/smelt --device cuda perplexity /tmp/llama-1b.gguf README.md --chunks 2 --ctx 256 > /tmp/p.log 2>&1; echo "ppl cuda $v rc=$? $(tail -1 /tmp/p.log)"
+  done
+  timeout 60 $C/smelt --device cpu perplexity /tmp/llama-1b.gguf README.md --chunks 2 --ctx 256 > /tmp/p.log 2>&1; echo "ppl cpu rc=$? $(tail -1 /tmp/p.log)"
+  for m in llama-1b llama-8b; do for v in tiled default; do
+    SMELT_CUDA_PREFILL_ATTN=$v timeout 60 $C/smelt bench /tmp/$m.gguf -p 512 -n 16 -r 3 --json > /tmp/b.json 2>/dev/null
+    python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m $v prefill %.1f decode %.1f' % (r['prefill_tps'], r['decode_tps']))"
+  done; done
 fi
 if [ "$MODE" = profile ]; then
   # Per-kernel device time (SMELT_CUDA_PROFILE=1: graphs off, events around every launch), then

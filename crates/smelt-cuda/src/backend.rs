@@ -432,6 +432,7 @@ impl CudaBackend {
             &self.winfo,
             &kv.info,
             self.dev.sm_count as usize,
+            self.dev.cc.0,
             self.use_cublas,
         )?;
         let module = if self.pdl {

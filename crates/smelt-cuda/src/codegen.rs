@@ -117,8 +117,13 @@ struct Gen<'a> {
     t: usize,
     max_grid: usize,
     sm_count: usize,
+    /// The GPU's compute capability (major): thread block clusters from 9.
+    cc_major: i32,
     /// Decode matmul blocks (of NT threads) per SM.
     decode_blocks: usize,
+    /// Rows each decode matmul warp keeps prefetched into L2 ahead of the one it computes
+    /// (0: only its first rows, before the prologue).
+    prefetch_ahead: usize,
     scratch: usize,
     counters: usize,
     bodies: HashMap<String, String>,
@@ -138,6 +143,7 @@ pub(crate) fn generate(
     w: &[WeightInfo],
     kv: &KvInfo,
     sm_count: usize,
+    cc_major: i32,
     cublas: bool,
 ) -> Result<Generated, CudaError> {
     let t = plan.graph().n_tokens();
@@ -148,6 +154,11 @@ pub(crate) fn generate(
         .and_then(|v| v.parse().ok())
         .filter(|&b: &usize| (1..=2).contains(&b))
         .unwrap_or(2);
+    let prefetch_ahead = std::env::var("SMELT_CUDA_PREFETCH_AHEAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&d: &usize| d <= 8)
+        .unwrap_or(0);
     let mut g = Gen {
         plan,
         w,
@@ -155,7 +166,9 @@ pub(crate) fn generate(
         t,
         max_grid: decode_blocks * sm_count.max(1),
         sm_count: sm_count.max(1),
+        cc_major,
         decode_blocks,
+        prefetch_ahead,
         scratch: plan.arena_len().div_ceil(64) * 64,
         counters: 0,
         bodies: HashMap::new(),
@@ -225,6 +238,11 @@ impl<'a> Gen<'a> {
     /// Register a kernel body (dedup by text), return its function name.
     /// `bounds`: the `__launch_bounds__` arguments (threads, and blocks per SM if given).
     fn kernel(&mut self, bounds: &str, body: String, smem: usize) -> String {
+        self.kernel_with(bounds, "", body, smem)
+    }
+
+    /// [`Self::kernel`] with more attributes before the name (`__cluster_dims__(...)`).
+    fn kernel_with(&mut self, bounds: &str, attrs: &str, body: String, smem: usize) -> String {
         if let Some(n) = self.bodies.get(&body) {
             return n.clone();
         }
@@ -241,7 +259,7 @@ impl<'a> Gen<'a> {
         };
         writeln!(
             self.src,
-            "extern \"C\" __global__ void __launch_bounds__({bounds}) {name}{SIG} {{\n{pdl}{body}}}"
+            "extern \"C\" __global__ void __launch_bounds__({bounds}) {attrs}{name}{SIG} {{\n{pdl}{body}}}"
         )
         .unwrap();
         self.bodies.insert(body, name.clone());
@@ -666,6 +684,9 @@ impl<'a> Gen<'a> {
         else {
             unreachable!()
         };
+        if self.cluster_attention_fits(hd, n_head, n_head_kv) {
+            return self.cluster_decode_attention(n);
+        }
         if self.decode_attention_fits(hd, n_head, n_head_kv) {
             return self.decode_attention(n);
         }

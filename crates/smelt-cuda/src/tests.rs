@@ -113,7 +113,7 @@ fn generated_with(
             ),
         ],
     };
-    codegen::generate(&fuse(&g), &winfo, &kv, 132, cublas).unwrap()
+    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, cublas).unwrap()
 }
 
 fn source(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> String {
@@ -188,6 +188,10 @@ fn generated_kernels_compile() {
             let what = format!("{dtype:?} n=5 cublas={cublas}");
             compile(&source(&d, 5, dtype, cublas), &what);
         }
+    }
+    for d in long_context_dims() {
+        let src = generated_with(&d, 1, GgmlType::F16, false, LONG_CAPACITY).src;
+        compile(&src, &format!("long context decode {d:?}"));
     }
     // Every dequantisation kernel (Q5_1 and BF16 are in no case above).
     let defs: String = ALL_TYPES
@@ -414,6 +418,73 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
                     "one submission per decode step"
                 );
             }
+        }
+    }
+}
+
+/// KV capacity of the long-context attention test (10 chunks of 32 keys over 8 splits).
+const LONG_CAPACITY: usize = 320;
+
+/// Shapes of the long-context attention test: head sizes 64, 128 and 256, GQA groups 1 to 4.
+fn long_context_dims() -> [Dims; 4] {
+    let dims = |n_embd, n_head, n_head_kv, head_dim, n_rot| Dims {
+        n_embd,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_rot,
+        n_ff: 40,
+        n_vocab: 37,
+    };
+    [
+        dims(64, 8, 2, 128, 128),
+        dims(48, 6, 2, 64, 32),
+        dims(32, 4, 1, 256, 256),
+        dims(40, 2, 2, 64, 64),
+    ]
+}
+
+/// Decode attention over a long cache, against the reference after a 290-token prefill: every
+/// split takes one or two 32-key chunks (double buffering, the clusters' combine), the second
+/// layer's 2-key sliding window leaves most splits empty; head sizes 64, 128 and 256, GQA
+/// groups of 1 to 4.
+#[test]
+fn decode_attention_long_context_matches_reference() {
+    if !gpu() {
+        return;
+    }
+    let (n0, cap) = (290usize, LONG_CAPACITY);
+    for (ci, d) in long_context_dims().into_iter().enumerate() {
+        let mut rng = Rng(0x51ed + ci as u64);
+        let mut w = Weights::new(|| rng.next());
+        let gp = odd::graph(&d, n0, &mut w, true);
+        let file = w.gguf(GgmlType::F16);
+        let reference = ReferenceBackend::new(w.dequantized(&file), 1);
+        let mut sink = Weights::new(|| 0.0);
+        sink.draw = false;
+        let g1 = odd::graph(&d, 1, &mut sink, true);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let tokens: Vec<u32> = (0..n0 + 3)
+            .map(|i| ((i * 7 + 3) % d.n_vocab) as u32)
+            .collect();
+        let positions: Vec<u32> = (0..n0 as u32).collect();
+        let mut rkv = KvCache::new(cap, &widths);
+        reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
+        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        let mut kv = cb.new_kv(cap, &widths).unwrap();
+        let pp = cb.lower(&gp, &kv).unwrap();
+        let p1 = cb.lower(&g1, &kv).unwrap();
+        cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
+        for step in n0..n0 + 3 {
+            let tk = &tokens[step..step + 1];
+            let want = reference.execute(&g1, tk, &[step as u32], &mut rkv);
+            let got = cb.execute(&p1, tk, &[step as u32], &mut kv).unwrap();
+            compare(
+                got,
+                &want,
+                2e-2,
+                &format!("long context {d:?} decode {step}"),
+            );
         }
     }
 }

@@ -27,6 +27,8 @@ use crate::CudaError;
 const CHUNK: usize = 32;
 /// Most splits per KV head (the combine reads one split per lane).
 const MAX_SPLITS: usize = 32;
+/// Blocks (splits) per cluster in decode attention v5: the portable cluster size limit.
+const CLUSTER: usize = 8;
 
 /// What every attention kernel needs of its node: shapes, KV offsets, and generated code for
 /// the query's base offset and the output stores.
@@ -117,6 +119,157 @@ impl Gen<'_> {
             qbase,
             outs,
         })
+    }
+
+    /// True when the decode attention of this node can take the v5 kernel: a GPU with thread
+    /// block clusters, a head size it handles, a group's queries within 8 KB of shared memory.
+    /// `SMELT_CUDA_ATTN=v4` keeps the v4 kernel (the kernel lab's baseline).
+    pub(super) fn cluster_attention_fits(
+        &self,
+        hd: usize,
+        n_head: usize,
+        n_head_kv: usize,
+    ) -> bool {
+        self.decode_attention_fits(hd, n_head, n_head_kv)
+            && self.cc_major >= 9
+            && n_head / n_head_kv * hd <= 2048
+            && std::env::var("SMELT_CUDA_ATTN").map_or(true, |v| v != "v4")
+    }
+
+    /// Decode attention v5: a cluster of up to 8 blocks per KV head, one per split; each
+    /// block's warps are the query heads of the group. Every 32-key chunk of K and V travels to
+    /// shared memory by `cp.async` (no registers held), the first one issued before the
+    /// position is read and each next one while the current is scored (double-buffered for
+    /// heads up to 128). The splits' partial softmaxes stay in their blocks' shared memory;
+    /// after a cluster barrier every block combines a share of the group's outputs reading
+    /// the others' partials through distributed shared memory. v4's chain of global partial
+    /// stores, fence, counter and combine loads (~16 us a layer on an H100) is gone.
+    pub(super) fn cluster_decode_attention(
+        &mut self,
+        n: smelt_graph::NodeId,
+    ) -> Result<(), CudaError> {
+        let mut p = Params::default();
+        let AttnIo {
+            n_head,
+            n_head_kv,
+            hd,
+            scale,
+            window,
+            kb,
+            vb,
+            kw,
+            qbase,
+            outs,
+        } = self.attention_io(n, &mut p, false)?;
+        let grp = n_head / n_head_kv;
+        let nt = grp * 32;
+        let cap = self.kv.capacity.max(1);
+        let splits = CLUSTER.min(cap.div_ceil(CHUNK));
+        let e = hd / 32;
+        let hs = hd + 8; // shared row stride in halves (16-byte reads of 8 lanes: distinct banks)
+        let pieces = hd / 8; // 16-byte pieces of a K or V row
+        let nbuf = if hd <= 128 { 2 } else { 1 };
+        let per = (grp * hd).div_ceil(splits); // outputs each block combines
+        let (kbp, vbp) = (p.p(kb), p.p(vb));
+        let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        let stage = |buf: &str, j0: &str| {
+            format!(
+                "for (int i = tid; i < {CHUNK} * {pieces}; i += {nt}) {{ const int kr = i / {pieces}, c = (i - kr * {pieces}) * 8;\n\
+                   const u64 row = (u64)min({j0} + kr, {cap} - 1) * {kw} + c;\n\
+                   cp_async16(&kvs[{buf}][0][kr][c], Kp + row); cp_async16(&kvs[{buf}][1][kr][c], Vp + row); }}\n\
+                 cp_async_commit();\n"
+            )
+        };
+        let (first, next) = (stage("0", "s * 32"), stage("b ^ 1", "j0 + step"));
+        let refill = stage("0", "j0 + step");
+        let (prefetch, wait, after) = if nbuf == 2 {
+            (
+                format!("if (more) {{\n{next}}}\n"),
+                "if (more) cp_async_wait<1>(); else cp_async_wait<0>();",
+                "b ^= 1;".to_string(),
+            )
+        } else {
+            (
+                String::new(),
+                "cp_async_wait<0>();",
+                format!("if (more) {{\n{refill}}}\n"),
+            )
+        };
+        let finish = if splits == 1 {
+            format!(
+                "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n"
+            )
+        } else {
+            format!(
+                "__syncwarp();\n\
+                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
+                if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }}\n\
+                cluster_sync();\n\
+                for (int i = s * {per} + tid; i < min((s + 1) * {per}, {gh}); i += {nt}) {{\n\
+                  const int hh = i / {hd}, d = i - hh * {hd}, h = g * {grp} + hh;\n\
+                  float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;\n\
+                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }}\n\
+                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) M = fmaxf(M, ms[r]);\n\
+                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
+                  const float v = L > 0.f ? o / L : 0.f; {outs}\n\
+                }}\n\
+                cluster_sync();\n",
+                gh = grp * hd
+            )
+        };
+        let body = format!(
+            "__shared__ alignas(16) u16 kvs[{nbuf}][2][{CHUNK}][{hs}];\n\
+            __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];\n\
+            const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
+            const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
+            const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
+            {first}\
+            const int p1 = pos[0]; const int lo = {win};\n\
+            float* qs = qsh[warp];\n\
+            for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
+            float m = -INFINITY, l = 0.f, acc[{e}];\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
+            int b = 0;\n\
+            for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step) {{\n\
+              const bool more = j0 + step <= p1;\n\
+              {prefetch}\
+              {wait}\n\
+              __syncthreads();\n\
+              if (j0 + {CHUNK} > lo) {{\n\
+                const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
+                if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
+                const float mn = fmaxf(m, warp_max(sc));\n\
+                const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
+                l = l * corr + warp_sum(pj); m = mn;\n\
+                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
+                const int nk = min({CHUNK}, p1 + 1 - j0); // keys past the position may be unwritten\n\
+                _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
+                  const u16* vr = &kvs[b][1][jj][lane * {e}];\n\
+                  _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
+              }}\n\
+              __syncthreads();\n\
+              {after}\
+            }}\n\
+            cp_async_wait<0>();\n\
+            {finish}",
+            sc = lit(scale),
+            dot = k_dot("(&kvs[b][0][lane][0])", hd),
+        );
+        let attrs = if splits > 1 {
+            format!("__cluster_dims__(1, {splits}, 1) ")
+        } else {
+            String::new()
+        };
+        let name = self.kernel_with(&nt.to_string(), &attrs, body, 0);
+        self.launch(
+            format!("attention {n_head}x{hd} (decode, cluster of {splits})"),
+            name,
+            (n_head_kv, splits, 1),
+            nt,
+            0,
+            p,
+        );
+        Ok(())
     }
 
     /// True when the decode attention of this node can take the v4 kernel.

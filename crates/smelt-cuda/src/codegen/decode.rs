@@ -19,6 +19,49 @@ use crate::CudaError;
 /// Weight rows prefetched into L2 per warp before the prologue.
 const PREFETCH_ROWS: usize = 2;
 
+/// A RoPE rotation: pairs (2i, 2i + 1), or (i, i + n_rot / 2) with `neox`, of the first
+/// `n_rot` dims of each head.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Rot {
+    head_dim: usize,
+    n_rot: usize,
+    neox: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Tiled,
+    Column,
+    Pair(Rot),
+}
+
+impl Mode {
+    /// For a pair bundle: the columns `ca`, `cb` of virtual row `c`, the rotation index `ri`
+    /// and whether the pair rotates (`rot`).
+    fn pair_columns(&self) -> String {
+        let Mode::Pair(Rot {
+            head_dim,
+            n_rot,
+            neox,
+        }) = *self
+        else {
+            return String::new();
+        };
+        let (hh, half) = (head_dim / 2, n_rot / 2);
+        let (ca, cb) = if neox {
+            (
+                format!("hd0 + (k < {half} ? k : {n_rot} + 2 * (k - {half}))"),
+                format!("ca + (k < {half} ? {half} : 1)"),
+            )
+        } else {
+            ("hd0 + 2 * k".to_string(), "ca + 1".to_string())
+        };
+        format!(
+            "const int k = c % {hh}, hd0 = c / {hh} * {head_dim}; const int ca = {ca}, cb = {cb}, ri = k; const bool rot = k < {half}; (void)ri; (void)rot;\n"
+        )
+    }
+}
+
 struct Mat {
     ty: &'static str,
     quant: bool,
@@ -36,7 +79,14 @@ impl Gen<'_> {
         };
         let kdim = self.node(*input).shape[1];
         let kp = kdim.div_ceil(256) * 256;
-        let total: usize = bundles.iter().map(|b| b.width).sum();
+        // A bundle finishes its columns in the computing warp (one column per warp turn, or a
+        // RoPE pair of columns per turn) or in tiles after all the block's rows.
+        let modes: Vec<Mode> = bundles.iter().map(|b| self.epilogue_mode(b)).collect();
+        let vwidth = |bi: usize| match modes[bi] {
+            Mode::Pair(_) => bundles[bi].width / 2,
+            _ => bundles[bi].width,
+        };
+        let total: usize = (0..bundles.len()).map(vwidth).sum();
         let grid = self.max_grid.min(total.div_ceil(NWARPS)).max(1);
         let rows_per_block = total.div_ceil(grid);
         let grid = total.div_ceil(rows_per_block);
@@ -59,7 +109,7 @@ impl Gen<'_> {
         let mut starts = Vec::new();
         let (mut start, mut tiles, mut max_tl) = (0usize, 0usize, 0usize);
         let (mut need_q8, mut need_f32) = (false, false);
-        let inline: Vec<bool> = bundles.iter().map(|b| self.inline_epilogue(b)).collect();
+        let inline: Vec<bool> = modes.iter().map(|m| *m != Mode::Tiled).collect();
         for (bi, b) in bundles.iter().enumerate() {
             let bc = Self::tile_cols(b.align, 32);
             let nt = if inline[bi] { 0 } else { b.width.div_ceil(bc) };
@@ -93,7 +143,7 @@ impl Gen<'_> {
                 });
             }
             mats.push(ms);
-            start += b.width;
+            start += vwidth(bi);
             tiles += nt;
         }
         self.counters = self.counters.max(tiles);
@@ -102,26 +152,39 @@ impl Gen<'_> {
         type Each<'e> = &'e mut dyn FnMut(usize) -> Result<String, CudaError>;
         let dispatch = |each: Each| -> Result<String, CudaError> {
             let mut s = String::new();
-            for (bi, b) in bundles.iter().enumerate() {
+            for bi in 0..bundles.len() {
                 let (st, ..) = starts[bi];
                 let code = each(bi)?;
                 write!(
                     s,
-                    "{}if (R < {}) {{ const int c = R - {st};\n{code}}}\n",
+                    "{}if (R < {}) {{ const int c = R - {st};\n{}{code}}}\n",
                     if bi == 0 { "" } else { "else " },
-                    st + b.width
+                    st + vwidth(bi),
+                    modes[bi].pair_columns()
                 )
                 .unwrap();
             }
             Ok(s)
         };
         let prefetch = dispatch(&mut |bi| {
+            let cols: &[&str] = match modes[bi] {
+                Mode::Pair(_) => &["ca", "cb"],
+                _ => &["c"],
+            };
             Ok(mats[bi]
                 .iter()
-                .map(|m| format!("prefetch_row(W + {} + (u64)c * {}, {});\n", m.w, m.rb, m.rb))
+                .flat_map(|m| {
+                    cols.iter().map(move |c| {
+                        format!(
+                            "prefetch_row(W + {} + (u64){c} * {}, {});\n",
+                            m.w, m.rb, m.rb
+                        )
+                    })
+                })
                 .collect())
         })?;
-        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
+        let first = PREFETCH_ROWS.max(self.prefetch_ahead);
+        write!(body, "for (int i = 0; i < {first}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
 
         body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
         let xin = match slots.get(input) {
@@ -182,6 +245,9 @@ impl Gen<'_> {
             if !inline[bi] {
                 return Ok(mats[bi].iter().map(tiled_one).collect());
             }
+            if let Mode::Pair(rope) = modes[bi] {
+                return self.pair_epilogue_code(&bundles[bi], &mats[bi], rope, &mut p);
+            }
             let mut c = String::new();
             for (m, mat) in bundles[bi].matmuls.iter().zip(&mats[bi]) {
                 writeln!(
@@ -200,9 +266,20 @@ impl Gen<'_> {
             c += "}\n";
             Ok(c)
         })?;
+        // Rolling L2 prefetch: while a warp computes row R, the row it takes `ahead` turns
+        // later is already on its way from HBM.
+        let ahead = self.prefetch_ahead;
+        let rolling = if ahead > 0 {
+            format!(
+                "{{ const int R = Rc + {}; if (R < R1) {{\n{prefetch}}} }}\n",
+                ahead * NWARPS
+            )
+        } else {
+            String::new()
+        };
         write!(
             body,
-            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n"
+            "for (int Rc = R0 + warp; Rc < R1; Rc += {NWARPS}) {{\n{rolling}{{ const int R = Rc;\n{compute}}} }}\n"
         )
         .unwrap();
         let any_tiles = inline.iter().any(|&i| !i);
@@ -274,16 +351,142 @@ impl Gen<'_> {
         Ok(())
     }
 
-    /// A bundle whose matmuls are all quantised and whose epilogue is elementwise per column
-    /// (bias, residual add, SiLU * up, scale, softcap) can finish in the computing warp.
-    fn inline_epilogue(&self, b: &smelt_graph::Bundle) -> bool {
+    /// How a bundle finishes its columns. All matmuls quantised and an epilogue elementwise
+    /// per column (bias, residual add, SiLU * up, scale, softcap): in the computing warp, one
+    /// column per turn. The same plus RoPE (one rotation for every RoPE node): a warp takes a
+    /// rotated pair of columns per turn. Otherwise (per-head norms, float weights): tiles.
+    fn epilogue_mode(&self, b: &smelt_graph::Bundle) -> Mode {
         let quant = b.matmuls.iter().all(|&m| {
             let Op::MatMul { w, .. } = self.node(m).op else {
                 return false;
             };
             type_suffix(self.weight(w).dtype).is_some_and(|t| !matches!(t, "f32" | "f16" | "bf16"))
         });
-        quant && b.epilogue.iter().all(|&n| self.node(n).op.is_columnwise())
+        if !quant {
+            return Mode::Tiled;
+        }
+        let mut rope: Option<Rot> = None;
+        for &n in &b.epilogue {
+            match self.node(n).op {
+                ref op if op.is_columnwise() => {}
+                Op::Rope {
+                    head_dim,
+                    n_rot,
+                    neox,
+                    ..
+                } => {
+                    let r = Rot {
+                        head_dim,
+                        n_rot,
+                        neox,
+                    };
+                    let fits = head_dim.is_multiple_of(2)
+                        && n_rot.is_multiple_of(2)
+                        && n_rot <= head_dim
+                        && b.width.is_multiple_of(head_dim);
+                    if !fits || rope.is_some_and(|o| o != r) {
+                        return Mode::Tiled;
+                    }
+                    rope = Some(r);
+                }
+                _ => return Mode::Tiled,
+            }
+        }
+        match rope {
+            Some(r) if std::env::var("SMELT_CUDA_ROPE_PAIRS").map_or(true, |v| v != "0") => {
+                Mode::Pair(r)
+            }
+            Some(_) => Mode::Tiled,
+            None => Mode::Column,
+        }
+    }
+
+    /// Lane-0 code finishing the RoPE pair (`ca`, `cb`, rotation index `ri`, `rot` whether
+    /// rotated) of an inline bundle: both columns' matmul values by the whole warp, then
+    /// each epilogue node for both columns (RoPE rotates the pair), then the stores.
+    fn pair_epilogue_code(
+        &self,
+        b: &smelt_graph::Bundle,
+        mats: &[Mat],
+        rot: Rot,
+        p: &mut Params,
+    ) -> Result<String, CudaError> {
+        let mut s = String::new();
+        for (m, mat) in b.matmuls.iter().zip(mats) {
+            let Op::MatMul { x, .. } = self.node(*m).op else {
+                unreachable!()
+            };
+            let kdim = self.node(x).shape[1];
+            for side in ["a", "b"] {
+                writeln!(
+                    s,
+                    "const float e{}_{side} = gemv8_{}(W + {} + (u64)c{side} * {}, {kdim} / UE8_{}, x8);",
+                    m.0, mat.ty, mat.w, mat.rb, mat.ty
+                )
+                .unwrap();
+            }
+        }
+        s += "if (lane == 0) {\n";
+        let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
+        for &n in &b.epilogue {
+            let op = &self.node(n).op;
+            if let Op::Rope {
+                x,
+                base,
+                freq_scale,
+                factors,
+                ..
+            } = *op
+            {
+                let rd = |side: &str, p: &mut Params| -> Result<String, CudaError> {
+                    if local.contains(&x) {
+                        Ok(format!("e{}_{side}", x.0))
+                    } else {
+                        self.buf_read(x, &format!("c{side}"), p)
+                    }
+                };
+                let (xa, xb) = (rd("a", p)?, rd("b", p)?);
+                let fac = match factors {
+                    Some(f) => format!(" / ((const float*)(W + {}))[ri]", p.p(self.weight(f).off)),
+                    None => String::new(),
+                };
+                write!(
+                    s,
+                    "float e{id}_a = {xa}, e{id}_b = {xb};\n\
+                     if (rot) {{ const float th = (float)pos[rp] * {fs} * powf({fb}, -2.0f * (float)ri / {nr}.0f){fac};\n\
+                       float sn, cs; sincosf(th, &sn, &cs); const float x0 = e{id}_a, x1 = e{id}_b;\n\
+                       e{id}_a = x0 * cs - x1 * sn; e{id}_b = x0 * sn + x1 * cs; }}\n",
+                    id = n.0,
+                    fs = super::lit(freq_scale),
+                    fb = super::lit(base),
+                    nr = rot.n_rot,
+                )
+                .unwrap();
+            } else {
+                for side in ["a", "b"] {
+                    let rd =
+                        |x: smelt_graph::NodeId, p: &mut Params| -> Result<String, CudaError> {
+                            if local.contains(&x) {
+                                Ok(format!("e{}_{side}", x.0))
+                            } else {
+                                self.buf_read(x, &format!("c{side}"), p)
+                            }
+                        };
+                    let e = self.columnwise_expr(op, &format!("c{side}"), &rd, p)?;
+                    writeln!(s, "const float e{}_{side} = {e};", n.0).unwrap();
+                }
+            }
+            local.push(n);
+        }
+        for side in ["a", "b"] {
+            write!(s, "{{ const int c = c{side};\n").unwrap();
+            for &n in &local {
+                s += &self.stores(n, &format!("e{}_{side}", n.0), "0", p)?;
+            }
+            s += "}\n";
+        }
+        s += "}\n";
+        Ok(s)
     }
 
     /// Lane-0 code finishing column `c` of an inline bundle: each node's value in `e<id>`
