@@ -31,7 +31,7 @@ fi
 bench() { # name model [env...]; a run the host SIGSEGV ends (seen, unexplained) is retried once
   local n=$1 m=$2; shift 2; local rc
   for try in 1 2; do
-    env "$@" timeout 150 $C/smelt bench $m -p 512 -n 128 -r 3 --json > /tmp/b.json 2> /tmp/b.err; rc=$?
+    env "$@" timeout 150 $C/smelt bench $m -p 512 -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err; rc=$?
     echo "$n try $try rc=$rc $(tail -c 300 /tmp/b.err | tr '\n' ' ')" | tail -c 400
     [ $rc = 139 ] || break
   done
@@ -93,7 +93,7 @@ if [ "$MODE" = ab ]; then
     f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
   done
   for m in ${AB_MODELS:-llama-1b smollm2-135m llama-8b}; do for v in ${AB_VALUES:-0 1}; do
-    env ${AB_VAR:-X}=$v timeout 90 $C/smelt bench /tmp/$m.gguf -p 512 -n 128 -r 3 --json > /tmp/b.json 2> /tmp/b.err
+    env ${AB_VAR:-X}=$v timeout 90 $C/smelt bench /tmp/$m.gguf -p 512 -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err
     python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m ${AB_VAR:-X}=$v prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
   done; done
 fi
@@ -137,7 +137,7 @@ if [ "$MODE" = all ] || [ "$MODE" = lcp ] || [ "$MODE" = profile ]; then
   if [ -x $B ]; then
     for m in llama-1b llama-8b smollm2-135m; do
       [ -f /tmp/$m.gguf ] || continue
-      timeout 90 $B -m /tmp/$m.gguf -p 512 -n 128 -r 3 -ngl 99 -o jsonl >> $OUT/lcp.jsonl 2>> $OUT/lcp.err; echo "lcp $m rc=$?"
+      timeout 90 $B -m /tmp/$m.gguf -p 512 -n 256 -r 5 -ngl 99 -o jsonl >> $OUT/lcp.jsonl 2>> $OUT/lcp.err; echo "lcp $m rc=$?"
     done
     if [ "$MODE" = profile ] && [ ! -f $C/lcpbin.part00 ]; then
       # Bring the built llama-bench back (static but for the CUDA runtime libraries) in parts.

@@ -107,6 +107,7 @@ enum Exec {
         backend: ReferenceBackend,
         kv: KvCache,
         graphs: HashMap<(usize, Output), Graph>,
+        out: Vec<f32>,
     },
     Fast {
         backend: Box<FastBackend>,
@@ -206,6 +207,7 @@ impl Runner {
                     backend: ReferenceBackend::new(weights, opts.threads),
                     kv,
                     graphs: HashMap::new(),
+                    out: Vec::new(),
                 }
             }
             BackendKind::Fast => {
@@ -379,8 +381,16 @@ impl Runner {
                 n_ctx: self.n_ctx,
             });
         }
-        self.out.clear();
         let n_chunks = tokens.len().div_ceil(PREFILL_CHUNK);
+        if n_chunks == 1 {
+            // One chunk (every decode step): the backend's own output, no copy (0.5 MB of
+            // logits for a 128k vocabulary).
+            let start = self.tokens.len() as u32;
+            let out = eval_chunk(&mut self.exec, self.arch.as_ref(), tokens, start, output)?;
+            self.tokens.extend_from_slice(tokens);
+            return Ok(out);
+        }
+        self.out.clear();
         for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             let last = i + 1 == n_chunks;
             let mode = match output {
@@ -389,80 +399,73 @@ impl Runner {
             };
             let start = self.tokens.len() as u32;
             let keep = output != Output::LastLogits || last;
-            self.eval_chunk(chunk, start, mode, keep)?;
+            let res = eval_chunk(&mut self.exec, self.arch.as_ref(), chunk, start, mode)?;
+            if keep {
+                self.out.extend_from_slice(res);
+            }
             self.tokens.extend_from_slice(chunk);
         }
         Ok(&self.out)
     }
+}
 
-    fn eval_chunk(
-        &mut self,
-        chunk: &[u32],
-        start: u32,
-        mode: Output,
-        keep: bool,
-    ) -> Result<(), EngineError> {
-        let key = (chunk.len(), mode);
-        let arch = &self.arch;
-        match &mut self.exec {
-            Exec::Reference {
-                backend,
-                kv,
-                graphs,
-            } => {
-                if graphs.len() >= MAX_CACHED_PLANS && !graphs.contains_key(&key) {
-                    graphs.retain(|k, _| k.0 == 1);
-                }
-                let graph = graphs
-                    .entry(key)
-                    .or_insert_with(|| arch.build(chunk.len(), mode));
-                let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
-                let res = backend.execute(graph, chunk, &positions, kv);
-                if keep {
-                    self.out.extend_from_slice(&res);
-                }
+/// Evaluate `chunk` at positions `start..` on `exec`; the output lives in the backend until
+/// its next evaluation.
+fn eval_chunk<'a>(
+    exec: &'a mut Exec,
+    arch: &dyn Architecture,
+    chunk: &[u32],
+    start: u32,
+    mode: Output,
+) -> Result<&'a [f32], EngineError> {
+    let key = (chunk.len(), mode);
+    match exec {
+        Exec::Reference {
+            backend,
+            kv,
+            graphs,
+            out,
+        } => {
+            if graphs.len() >= MAX_CACHED_PLANS && !graphs.contains_key(&key) {
+                graphs.retain(|k, _| k.0 == 1);
             }
-            Exec::Fast {
-                backend,
-                kv,
-                programs,
-            } => {
-                if programs.len() >= MAX_CACHED_PLANS && !programs.contains_key(&key) {
-                    programs.retain(|k, _| k.0 == 1);
-                }
-                if let Entry::Vacant(slot) = programs.entry(key) {
-                    let prog = backend
-                        .lower(&arch.build(chunk.len(), mode), kv)
-                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
-                    slot.insert(prog);
-                }
-                let prog = &programs[&key];
-                // Positions 0..n_ctx fit in u32 (checked against n_ctx above); a decode step
-                // uses a one-element array, so no allocation.
-                let mut one = [start];
-                let many: Vec<u32>;
-                let positions: &[u32] = if chunk.len() == 1 {
-                    one[0] = start;
-                    &one
-                } else {
-                    many = (start..start + chunk.len() as u32).collect();
-                    &many
-                };
-                let res = backend
-                    .execute(prog, chunk, positions, kv)
-                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
-                if keep {
-                    self.out.extend_from_slice(res);
-                }
-            }
-            #[cfg(feature = "cuda")]
-            Exec::Cuda(c) => {
-                let res = c.eval(arch.as_ref(), chunk, start, mode)?;
-                if keep {
-                    self.out.extend_from_slice(res);
-                }
-            }
+            let graph = graphs
+                .entry(key)
+                .or_insert_with(|| arch.build(chunk.len(), mode));
+            let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
+            *out = backend.execute(graph, chunk, &positions, kv);
+            Ok(out)
         }
-        Ok(())
+        Exec::Fast {
+            backend,
+            kv,
+            programs,
+        } => {
+            if programs.len() >= MAX_CACHED_PLANS && !programs.contains_key(&key) {
+                programs.retain(|k, _| k.0 == 1);
+            }
+            if let Entry::Vacant(slot) = programs.entry(key) {
+                let prog = backend
+                    .lower(&arch.build(chunk.len(), mode), kv)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                slot.insert(prog);
+            }
+            let prog = &programs[&key];
+            // Positions 0..n_ctx fit in u32 (checked against n_ctx by the caller); a decode
+            // step uses a one-element array, so no allocation.
+            let one = [start];
+            let many: Vec<u32>;
+            let positions: &[u32] = if chunk.len() == 1 {
+                &one
+            } else {
+                many = (start..start + chunk.len() as u32).collect();
+                &many
+            };
+            backend
+                .execute(prog, chunk, positions, kv)
+                .map_err(|e| EngineError::Invalid(e.to_string()))
+        }
+        #[cfg(feature = "cuda")]
+        Exec::Cuda(c) => c.eval(arch, chunk, start, mode),
     }
 }

@@ -228,12 +228,6 @@ struct Measured {
     device_copy_gbps: Option<f64>,
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    x.iter()
-        .enumerate()
-        .fold(0, |b, (i, &v)| if v > x[b] { i } else { b }) as u32
-}
-
 fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Measured> {
     let t = Instant::now();
     let gguf = Arc::new(Gguf::open(model).with_context(|| format!("opening {}", model.display()))?);
@@ -276,14 +270,15 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
     for rep in 0..=a.reps {
         runner.clear();
         let t = Instant::now();
-        let mut tok = argmax(runner.eval_slice(&prompt, Output::LastLogits)?);
+        let mut tok =
+            smelt_engine::sampler::argmax(runner.eval_slice(&prompt, Output::LastLogits)?);
         let pre = t.elapsed().as_secs_f64();
         let before = runner.stats().unwrap_or_default();
         let t = Instant::now();
         // The warm-up only needs the decode plan built and the first step's pages touched.
         let n_gen = if rep == 0 { a.n_gen.min(2) } else { a.n_gen };
         for _ in 0..n_gen {
-            tok = argmax(runner.eval_slice(&[tok], Output::LastLogits)?);
+            tok = smelt_engine::sampler::argmax(runner.eval_slice(&[tok], Output::LastLogits)?);
         }
         let dec = t.elapsed().as_secs_f64();
         let after = runner.stats().unwrap_or_default();
