@@ -5,7 +5,7 @@
 # llama.cpp builds in its own session (setsid): a call made while the machine is still warm
 # finds it in /tmp/l. Logs go to $OUT (at most 8 files come back).
 set -u
-C=$PWD/.devcarry-cuda
+C=$PWD/${DEVCARRY:-.devcarry-cuda}
 export SMELT_CUDA_CACHE=/tmp/smelt-cuda-cache
 MODE=${1:-all}
 S=$(date +%s)
@@ -71,7 +71,7 @@ if [ "$MODE" = oracle ]; then
   mkdir -p /tmp/tm && cat /tmp/smolA.part* $C/smolB.part* > /tmp/tm/smollm2-135m-instruct-q4_1.gguf
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/tm/smollm2-135m-instruct-q4_1.gguf" | sha256sum -c || exit 1
   chmod +x $C/oracle_tests
-  SMELT_REPO_ROOT=$PWD SMELT_TEST_MODELS=/tmp/tm timeout 300 $C/oracle_tests --test-threads=1 --nocapture smollm2_teacher_forced 2>&1 | tee $OUT/oracle.log | grep -v "^\s*$" | tail -20
+  SMELT_REPO_ROOT=$PWD SMELT_TEST_MODELS=/tmp/tm timeout 300 $C/oracle_tests --test-threads=1 --nocapture smollm2_teacher_forced_cuda 2>&1 | tee $OUT/oracle.log | grep -v "^\s*$" | tail -20
   exit 0
 fi
 if [ "$MODE" = ncu ]; then

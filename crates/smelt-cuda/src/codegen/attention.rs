@@ -168,33 +168,24 @@ impl Gen<'_> {
         let e = hd / 32;
         let hs = hd + 8; // shared row stride in halves (16-byte reads of 8 lanes: distinct banks)
         let pieces = hd / 8; // 16-byte pieces of a K or V row
-        let nbuf = if hd <= 128 { 2 } else { 1 };
+                             // Chunks in flight: all of a split's chunks at a few hundred keys (one DRAM latency).
+        let nbuf: usize = if hd <= 128 { 4 } else { 3 };
+        let smem = nbuf * 2 * CHUNK * hs * 2;
         let per = (grp * hd).div_ceil(splits); // outputs each block combines
         let (kbp, vbp) = (p.p(kb), p.p(vb));
         let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        // K and V rows j0..j0 + 31 (clamped to the cache; rows past the position are never
+        // used) into buffer `buf`, asynchronously.
         let stage = |buf: &str, j0: &str| {
             format!(
                 "for (int i = tid; i < {CHUNK} * {pieces}; i += {nt}) {{ const int kr = i / {pieces}, c = (i - kr * {pieces}) * 8;\n\
                    const u64 row = (u64)min({j0} + kr, {cap} - 1) * {kw} + c;\n\
-                   cp_async16(&kvs[{buf}][0][kr][c], Kp + row); cp_async16(&kvs[{buf}][1][kr][c], Vp + row); }}\n\
-                 cp_async_commit();\n"
+                   cp_async16(KVS({buf}, 0, kr) + c, Kp + row); cp_async16(KVS({buf}, 1, kr) + c, Vp + row); }}\n"
             )
         };
-        let (first, next) = (stage("0", "s * 32"), stage("b ^ 1", "j0 + step"));
-        let refill = stage("0", "j0 + step");
-        let (prefetch, wait, after) = if nbuf == 2 {
-            (
-                format!("if (more) {{\n{next}}}\n"),
-                "if (more) cp_async_wait<1>(); else cp_async_wait<0>();",
-                "b ^= 1;".to_string(),
-            )
-        } else {
-            (
-                String::new(),
-                "cp_async_wait<0>();",
-                format!("if (more) {{\n{refill}}}\n"),
-            )
-        };
+        let first = stage("0", "s * 32");
+        let more = stage("st", "jn");
+        let next = stage("(k + NBUF - 1) % NBUF", "jn");
         let finish = if splits == 1 {
             format!(
                 "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n"
@@ -217,24 +208,29 @@ impl Gen<'_> {
                 gh = grp * hd
             )
         };
+        // A multistage pipeline: one commit group per chunk (empty past the position) keeps
+        // the wait count a constant: chunk k has landed when at most NBUF - 2 groups pend.
         let body = format!(
-            "__shared__ alignas(16) u16 kvs[{nbuf}][2][{CHUNK}][{hs}];\n\
+            "extern __shared__ float sm[]; u16* kvs = (u16*)sm;\n\
+            #define NBUF {nbuf}\n\
+            #define KVS(b, part, r) (kvs + (((b) * 2 + (part)) * {CHUNK} + (r)) * {hs})\n\
             __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];\n\
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
-            {first}\
+            {first}cp_async_commit();\n\
             const int p1 = pos[0]; const int lo = {win};\n\
+            for (int st = 1; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1) {{\n{more}}} cp_async_commit(); }}\n\
             float* qs = qsh[warp];\n\
             for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
-            int b = 0;\n\
-            for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step) {{\n\
-              const bool more = j0 + step <= p1;\n\
-              {prefetch}\
-              {wait}\n\
+            int k = 0;\n\
+            for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++) {{\n\
+              cp_async_wait<NBUF - 2>();\n\
               __syncthreads();\n\
+              {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
+              const int b = k % NBUF;\n\
               if (j0 + {CHUNK} > lo) {{\n\
                 const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
                 if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
@@ -244,29 +240,29 @@ impl Gen<'_> {
                 _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
                 const int nk = min({CHUNK}, p1 + 1 - j0); // keys past the position may be unwritten\n\
                 _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
-                  const u16* vr = &kvs[b][1][jj][lane * {e}];\n\
+                  const u16* vr = KVS(b, 1, jj) + lane * {e};\n\
                   _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
               }}\n\
-              __syncthreads();\n\
-              {after}\
             }}\n\
             cp_async_wait<0>();\n\
-            {finish}",
+            {finish}\
+            #undef KVS\n\
+            #undef NBUF\n",
             sc = lit(scale),
-            dot = k_dot("(&kvs[b][0][lane][0])", hd),
+            dot = k_dot("KVS(b, 0, lane)", hd),
         );
         let attrs = if splits > 1 {
             format!("__cluster_dims__(1, {splits}, 1) ")
         } else {
             String::new()
         };
-        let name = self.kernel_with(&nt.to_string(), &attrs, body, 0);
+        let name = self.kernel_with(&nt.to_string(), &attrs, body, smem);
         self.launch(
             format!("attention {n_head}x{hd} (decode, cluster of {splits})"),
             name,
             (n_head_kv, splits, 1),
             nt,
-            0,
+            smem,
             p,
         );
         Ok(())
