@@ -212,6 +212,13 @@ fn generated_kernels_compile() {
         for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
             let src = generated_with(&big, 1, t, true, 4096).src;
             std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
+            let small = Dims {
+                n_vocab: 1000,
+                ..LLAMA_1B
+            };
+            let src = generated_with(&small, 1, t, true, 4096).src;
+            compile(&src, &format!("decode 1b {t:?}"));
+            std::fs::write(format!("{dir}/decode_1b_{t:?}.cu"), &src).unwrap();
         }
         for (name, d) in [("1b", LLAMA_1B), ("8b", LLAMA_8B)] {
             for t in ALL_TYPES {

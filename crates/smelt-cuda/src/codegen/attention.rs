@@ -169,7 +169,7 @@ impl Gen<'_> {
         let hs = hd + 8; // shared row stride in halves (16-byte reads of 8 lanes: distinct banks)
         let pieces = hd / 8; // 16-byte pieces of a K or V row
                              // Chunks in flight: all of a split's chunks at a few hundred keys (one DRAM latency).
-        // `SMELT_CUDA_ATTN_STAGES` (2-4) overrides, for the kernel lab.
+                             // `SMELT_CUDA_ATTN_STAGES` (2-4) overrides, for the kernel lab.
         let nbuf: usize = std::env::var("SMELT_CUDA_ATTN_STAGES")
             .ok()
             .and_then(|v| v.parse().ok())

@@ -32,20 +32,24 @@ struct Rot {
 enum Mode {
     Tiled,
     Column,
-    Pair(Rot),
+    /// Two columns per warp turn: a RoPE pair, or (None) neighbours of a short row.
+    Pair(Option<Rot>),
 }
 
 impl Mode {
     /// For a pair bundle: the columns `ca`, `cb` of virtual row `c`, the rotation index `ri`
     /// and whether the pair rotates (`rot`).
     fn pair_columns(&self) -> String {
-        let Mode::Pair(Rot {
+        let Mode::Pair(rot) = *self else {
+            return String::new();
+        };
+        let Some(Rot {
             head_dim,
             n_rot,
             neox,
-        }) = *self
+        }) = rot
         else {
-            return String::new();
+            return "const int ca = 2 * c, cb = ca + 1;\n".to_string();
         };
         let (hh, half) = (head_dim / 2, n_rot / 2);
         let (ca, cb) = if neox {
@@ -57,7 +61,7 @@ impl Mode {
             ("hd0 + 2 * k".to_string(), "ca + 1".to_string())
         };
         format!(
-            "const int k = c % {hh}, hd0 = c / {hh} * {head_dim}; const int ca = {ca}, cb = {cb}, ri = k; const bool rot = k < {half}; (void)ri; (void)rot;\n"
+            "const int k = c % {hh}, hd0 = c / {hh} * {head_dim}; const int ca = {ca}, cb = {cb}, ri = k; const bool rot = k < {half};\n"
         )
     }
 }
@@ -394,11 +398,33 @@ impl Gen<'_> {
         }
         match rope {
             Some(r) if std::env::var("SMELT_CUDA_ROPE_PAIRS").map_or(true, |v| v != "0") => {
-                Mode::Pair(r)
+                Mode::Pair(Some(r))
             }
             Some(_) => Mode::Tiled,
+            // Rows of at most one gemv unit per lane (K <= 2048 for K-quants, <= 1024 for
+            // 32-value blocks): a warp takes two neighbouring rows per turn, twice the bytes
+            // in flight (`SMELT_CUDA_TWO_ROWS=0`: one).
+            None if b.width.is_multiple_of(2)
+                && b.matmuls.iter().all(|&m| self.units_per_lane(m) <= 1)
+                && std::env::var("SMELT_CUDA_TWO_ROWS").map_or(true, |v| v != "0") =>
+            {
+                Mode::Pair(None)
+            }
             None => Mode::Column,
         }
+    }
+
+    /// Gemv units (`UE8_*` values) each lane takes in one row of matmul `m` (rounded up).
+    fn units_per_lane(&self, m: smelt_graph::NodeId) -> usize {
+        let Op::MatMul { x, w } = self.node(m).op else {
+            return usize::MAX;
+        };
+        let ue = match type_suffix(self.weight(w).dtype) {
+            Some("q4_k" | "q5_k" | "q6_k") => 64,
+            Some("q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0") => 32,
+            _ => return usize::MAX,
+        };
+        self.node(x).shape[1].div_ceil(ue).div_ceil(32)
     }
 
     /// Lane-0 code finishing the RoPE pair (`ca`, `cb`, rotation index `ri`, `rot` whether
@@ -408,7 +434,7 @@ impl Gen<'_> {
         &self,
         b: &smelt_graph::Bundle,
         mats: &[Mat],
-        rot: Rot,
+        rot: Option<Rot>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let mut s = String::new();
@@ -459,7 +485,7 @@ impl Gen<'_> {
                     id = n.0,
                     fs = super::lit(freq_scale),
                     fb = super::lit(base),
-                    nr = rot.n_rot,
+                    nr = rot.map_or(0, |r| r.n_rot),
                 )
                 .unwrap();
             } else {
