@@ -402,11 +402,12 @@ impl Gen<'_> {
             }
             Some(_) => Mode::Tiled,
             // Rows of at most one gemv unit per lane (K <= 2048 for K-quants, <= 1024 for
-            // 32-value blocks): a warp takes two neighbouring rows per turn, twice the bytes
-            // in flight (`SMELT_CUDA_TWO_ROWS=0`: one).
+            // 32-value blocks) can go two neighbouring rows per warp turn, twice the bytes in
+            // flight: measured slower (1B 1518 -> 1483, SmolLM2 1335 -> 1244 tok/s on the
+            // H100), so only with `SMELT_CUDA_TWO_ROWS=1`, for the kernel lab.
             None if b.width.is_multiple_of(2)
                 && b.matmuls.iter().all(|&m| self.units_per_lane(m) <= 1)
-                && std::env::var("SMELT_CUDA_TWO_ROWS").map_or(true, |v| v != "0") =>
+                && std::env::var("SMELT_CUDA_TWO_ROWS").is_ok_and(|v| v == "1") =>
             {
                 Mode::Pair(None)
             }
