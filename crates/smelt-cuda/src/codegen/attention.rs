@@ -1,4 +1,9 @@
-//! Decode (one token) attention, v4: flash-decoding with a fixed grid. A block per (KV head,
+//! Decode (one token) attention, v5 on GPUs with thread block clusters (sm_90): a cluster of
+//! up to 8 splits per KV head, K/V streamed to shared memory by `cp.async`, the partials
+//! combined through distributed shared memory (see `cluster_decode_attention`); 1B decode
+//! 1327 -> 1533 tok/s on an H100. `SMELT_CUDA_ATTN=v4`, or an older GPU, takes v4 below.
+//!
+//! v4: flash-decoding with a fixed grid. A block per (KV head,
 //! split) holds one warp per query head of that KV head's group (GQA: K and V rows are read
 //! once per group, through L1). Split `s` of `S` takes the 32-key chunks `s, s + S, ...` up to
 //! the position, so the same grid (and the same captured graph) serves every position; splits
@@ -139,8 +144,8 @@ impl Gen<'_> {
     /// Decode attention v5: a cluster of up to 8 blocks per KV head, one per split; each
     /// block's warps are the query heads of the group. Every 32-key chunk of K and V travels to
     /// shared memory by `cp.async` (no registers held), the first one issued before the
-    /// position is read and each next one while the current is scored (double-buffered for
-    /// heads up to 128). The splits' partial softmaxes stay in their blocks' shared memory;
+    /// position is read, up to 3 (2 for 256-wide heads) more in flight while one is scored.
+    /// The splits' partial softmaxes stay in their blocks' shared memory;
     /// after a cluster barrier every block combines a share of the group's outputs reading
     /// the others' partials through distributed shared memory. v4's chain of global partial
     /// stores, fence, counter and combine loads (~16 us a layer on an H100) is gone.
