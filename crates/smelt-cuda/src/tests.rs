@@ -76,9 +76,25 @@ fn generated_with(
     cublas: bool,
     capacity: usize,
 ) -> codegen::Generated {
+    generated_graph(d, n, dtype, cublas, capacity, false)
+}
+
+/// `generated_with` of the plain test graph or (`qwen`) its Qwen-like variant.
+fn generated_graph(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    cublas: bool,
+    capacity: usize,
+    qwen: bool,
+) -> codegen::Generated {
     let mut w = Weights::new(|| 0.0);
     w.draw = false;
-    let g = odd::graph(d, n, &mut w, true);
+    let g = if qwen {
+        odd::graph_qwen(d, n, &mut w, true)
+    } else {
+        odd::graph(d, n, &mut w, true)
+    };
     let ty = |s: &WeightSpec| {
         if s.shape[0] == 1 {
             GgmlType::F32
@@ -193,6 +209,10 @@ fn generated_kernels_compile() {
         let src = generated_with(&d, 1, GgmlType::F16, false, LONG_CAPACITY).src;
         compile(&src, &format!("long context decode {d:?}"));
     }
+    for t in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let src = generated_graph(&QUANT, 1, t, false, 64, true).src;
+        compile(&src, &format!("{t:?} decode, NEOX RoPE pairs"));
+    }
     // Every dequantisation kernel (Q5_1 and BF16 are in no case above).
     let defs: String = ALL_TYPES
         .iter()
@@ -228,6 +248,19 @@ fn generated_kernels_compile() {
             }
         }
     }
+}
+
+/// The Qwen-like layer's q and k (NEOX RoPE, biases, no QK-norm) finish in the computing warp
+/// as rotated pairs (i, i + n_rot / 2); the llama-like layer's as (2i, 2i + 1). No GPU needed.
+#[test]
+fn rope_pairs_are_generated_for_both_rotations() {
+    let src = generated_graph(&QUANT, 1, GgmlType::Q8_0, false, 64, true).src;
+    let half = QUANT.n_rot / 2;
+    assert!(
+        src.contains(&format!("k < {half} ? k : ")),
+        "NEOX pair columns missing"
+    );
+    assert!(src.contains("hd0 + 2 * k"), "adjacent pair columns missing");
 }
 
 /// cuBLAS prefill steps: every matmul kernel's weight stack is dequantised into the shared
@@ -341,10 +374,21 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
     if !gpu() {
         return;
     }
-    for (ci, (d, dtype)) in cases().into_iter().enumerate() {
+    // Every case, then two quantised ones with the Qwen-like layer (NEOX RoPE pairs finished
+    // in the computing warp).
+    let qwen_cases = [(QUANT, GgmlType::Q8_0, true), (QUANT, GgmlType::Q4_K, true)];
+    let all = cases()
+        .into_iter()
+        .map(|(d, t)| (d, t, false))
+        .chain(qwen_cases);
+    for (ci, (d, dtype, qwen)) in all.enumerate() {
         let mut rng = Rng(0x9e37_79b9 + ci as u64);
         let mut w = Weights::new(|| rng.next());
-        let g5 = odd::graph(&d, 5, &mut w, true);
+        let g5 = if qwen {
+            odd::graph_qwen(&d, 5, &mut w, true)
+        } else {
+            odd::graph(&d, 5, &mut w, true)
+        };
         let file = w.gguf(dtype);
         let rw = w.dequantized(&file);
         let widths = [d.n_head_kv * d.head_dim; 2];
@@ -354,7 +398,11 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         let want5 = reference.execute(&g5, &tokens[..5], &[0, 1, 2, 3, 4], &mut rkv);
         let mut rng1 = Rng(1);
         let mut wsink = Weights::new(|| rng1.next());
-        let g1 = odd::graph(&d, 1, &mut wsink, true);
+        let g1 = if qwen {
+            odd::graph_qwen(&d, 1, &mut wsink, true)
+        } else {
+            odd::graph(&d, 1, &mut wsink, true)
+        };
         let quantised = !matches!(dtype, GgmlType::F32 | GgmlType::F16);
         let fast = if quantised {
             fast_decode(&file, &w.specs, &g5, &g1, &tokens, &widths)

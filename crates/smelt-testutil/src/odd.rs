@@ -119,6 +119,16 @@ impl<R: FnMut() -> f32> AddWeight for Weights<R> {
 /// QK-norm, post-norms, GELU gate, sliding window), then a softcapped head tied to the
 /// embedding, over every row or (`last_row`) the last one.
 pub fn graph(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool) -> Graph {
+    build(d, n, w, last_row, false)
+}
+
+/// [`graph`] with a Qwen-like second layer: NEOX RoPE and biases, no QK-norm (the GPU backend
+/// finishes such RoPE pairs in the warp that computes them).
+pub fn graph_qwen(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool) -> Graph {
+    build(d, n, w, last_row, true)
+}
+
+fn build(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool, qwen: bool) -> Graph {
     let mut g = Graph::new(n);
     let (qo, kvo) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
     let s = 1.0 / (d.n_embd as f32).sqrt();
@@ -137,7 +147,7 @@ pub fn graph(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool) -> Grap
         let mut q = g.matmul(h, wq, &format!("q.{il}"));
         let mut k = g.matmul(h, wk, &format!("k.{il}"));
         let mut v = g.matmul(h, wv, &format!("v.{il}"));
-        if gemma {
+        if gemma && !qwen {
             let (qn, kn) = (
                 w.add(&mut g, 1, d.head_dim, 0.2, 1.0),
                 w.add(&mut g, 1, d.head_dim, 0.2, 1.0),
@@ -154,7 +164,7 @@ pub fn graph(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool) -> Grap
             k = g.add_bias(k, bk, &format!("k_bias.{il}"));
             v = g.add_bias(v, bv, &format!("v_bias.{il}"));
         }
-        let n_rot = if gemma { d.head_dim } else { d.n_rot };
+        let n_rot = if gemma && !qwen { d.head_dim } else { d.n_rot };
         let q = g.rope(
             q,
             d.head_dim,
