@@ -121,9 +121,6 @@ struct Gen<'a> {
     cc_major: i32,
     /// Decode matmul blocks (of NT threads) per SM.
     decode_blocks: usize,
-    /// Rows each decode matmul warp keeps prefetched into L2 ahead of the one it computes
-    /// (0: only its first rows, before the prologue).
-    prefetch_ahead: usize,
     scratch: usize,
     counters: usize,
     bodies: HashMap<String, String>,
@@ -154,11 +151,6 @@ pub(crate) fn generate(
         .and_then(|v| v.parse().ok())
         .filter(|&b: &usize| (1..=2).contains(&b))
         .unwrap_or(2);
-    let prefetch_ahead = std::env::var("SMELT_CUDA_PREFETCH_AHEAD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&d: &usize| d <= 8)
-        .unwrap_or(0);
     let mut g = Gen {
         plan,
         w,
@@ -168,7 +160,6 @@ pub(crate) fn generate(
         sm_count: sm_count.max(1),
         cc_major,
         decode_blocks,
-        prefetch_ahead,
         scratch: plan.arena_len().div_ceil(64) * 64,
         counters: 0,
         bodies: HashMap::new(),

@@ -187,8 +187,7 @@ impl Gen<'_> {
                 })
                 .collect())
         })?;
-        let first = PREFETCH_ROWS.max(self.prefetch_ahead);
-        write!(body, "for (int i = 0; i < {first}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
+        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
 
         body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
         let xin = match slots.get(input) {
@@ -270,20 +269,9 @@ impl Gen<'_> {
             c += "}\n";
             Ok(c)
         })?;
-        // Rolling L2 prefetch: while a warp computes row R, the row it takes `ahead` turns
-        // later is already on its way from HBM.
-        let ahead = self.prefetch_ahead;
-        let rolling = if ahead > 0 {
-            format!(
-                "{{ const int R = Rc + {}; if (R < R1) {{\n{prefetch}}} }}\n",
-                ahead * NWARPS
-            )
-        } else {
-            String::new()
-        };
         write!(
             body,
-            "for (int Rc = R0 + warp; Rc < R1; Rc += {NWARPS}) {{\n{rolling}{{ const int R = Rc;\n{compute}}} }}\n"
+            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n"
         )
         .unwrap();
         let any_tiles = inline.iter().any(|&i| !i);
