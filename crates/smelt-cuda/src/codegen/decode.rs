@@ -248,26 +248,11 @@ impl Gen<'_> {
             if !inline[bi] {
                 return Ok(mats[bi].iter().map(tiled_one).collect());
             }
-            if let Mode::Pair(rope) = modes[bi] {
-                return self.pair_epilogue_code(&bundles[bi], &mats[bi], rope, &mut p);
-            }
-            let mut c = String::new();
-            for (m, mat) in bundles[bi].matmuls.iter().zip(&mats[bi]) {
-                writeln!(
-                    c,
-                    "const float e{} = gemv8_{}(W + {} + (u64)c * {}, {}, x8);",
-                    m.0,
-                    mat.ty,
-                    mat.w,
-                    mat.rb,
-                    units(mat.ty)
-                )
-                .unwrap();
-            }
-            c += "if (lane == 0) {\n";
-            c += &self.inline_epilogue_code(&bundles[bi], &mut p)?;
-            c += "}\n";
-            Ok(c)
+            let rot = match modes[bi] {
+                Mode::Pair(rot) => Some(rot),
+                _ => None,
+            };
+            self.warp_epilogue_code(&bundles[bi], &mats[bi], rot, &mut p)
         })?;
         write!(
             body,
@@ -416,26 +401,32 @@ impl Gen<'_> {
         self.node(x).shape[1].div_ceil(ue).div_ceil(32)
     }
 
-    /// Lane-0 code finishing the RoPE pair (`ca`, `cb`, rotation index `ri`, `rot` whether
-    /// rotated) of an inline bundle: both columns' matmul values by the whole warp, then
-    /// each epilogue node for both columns (RoPE rotates the pair), then the stores.
-    fn pair_epilogue_code(
+    /// Code finishing an inline bundle in the warp that computes it: the matmul values (the
+    /// whole warp), then in lane 0 each epilogue node's value and the stores. One column `c`
+    /// per turn (`pair` None; values `e<id>`), or two (`Some(rot)`): the columns `ca`, `cb`
+    /// (values `e<id>_a`, `e<id>_b`), rotated together by a RoPE node (index `ri`, `rot`).
+    fn warp_epilogue_code(
         &self,
         b: &smelt_graph::Bundle,
         mats: &[Mat],
-        rot: Option<Rot>,
+        pair: Option<Option<Rot>>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
+        let sides: &[(&str, &str)] = if pair.is_some() {
+            &[("_a", "ca"), ("_b", "cb")]
+        } else {
+            &[("", "c")]
+        };
         let mut s = String::new();
         for (m, mat) in b.matmuls.iter().zip(mats) {
             let Op::MatMul { x, .. } = self.node(*m).op else {
                 unreachable!()
             };
             let kdim = self.node(x).shape[1];
-            for side in ["a", "b"] {
+            for (suf, col) in sides {
                 writeln!(
                     s,
-                    "const float e{}_{side} = gemv8_{}(W + {} + (u64)c{side} * {}, {kdim} / UE8_{}, x8);",
+                    "const float e{}{suf} = gemv8_{}(W + {} + (u64){col} * {}, {kdim} / UE8_{}, x8);",
                     m.0, mat.ty, mat.w, mat.rb, mat.ty
                 )
                 .unwrap();
@@ -445,24 +436,27 @@ impl Gen<'_> {
         let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
         for &n in &b.epilogue {
             let op = &self.node(n).op;
-            if let Op::Rope {
-                x,
-                base,
-                freq_scale,
-                factors,
-                ..
-            } = *op
+            let rd = |x: smelt_graph::NodeId, (suf, col): (&str, &str), p: &mut Params| {
+                if local.contains(&x) {
+                    Ok(format!("e{}{suf}", x.0))
+                } else {
+                    self.buf_read(x, col, p)
+                }
+            };
+            if let (
+                Some(rot),
+                Op::Rope {
+                    x,
+                    base,
+                    freq_scale,
+                    factors,
+                    ..
+                },
+            ) = (pair, op)
             {
-                let rd = |side: &str, p: &mut Params| -> Result<String, CudaError> {
-                    if local.contains(&x) {
-                        Ok(format!("e{}_{side}", x.0))
-                    } else {
-                        self.buf_read(x, &format!("c{side}"), p)
-                    }
-                };
-                let (xa, xb) = (rd("a", p)?, rd("b", p)?);
+                let (xa, xb) = (rd(*x, sides[0], p)?, rd(*x, sides[1], p)?);
                 let fac = match factors {
-                    Some(f) => format!(" / ((const float*)(W + {}))[ri]", p.p(self.weight(f).off)),
+                    Some(f) => format!(" / ((const float*)(W + {}))[ri]", p.p(self.weight(*f).off)),
                     None => String::new(),
                 };
                 write!(
@@ -472,62 +466,32 @@ impl Gen<'_> {
                        float sn, cs; sincosf(th, &sn, &cs); const float x0 = e{id}_a, x1 = e{id}_b;\n\
                        e{id}_a = x0 * cs - x1 * sn; e{id}_b = x0 * sn + x1 * cs; }}\n",
                     id = n.0,
-                    fs = super::lit(freq_scale),
-                    fb = super::lit(base),
+                    fs = super::lit(*freq_scale),
+                    fb = super::lit(*base),
                     nr = rot.map_or(0, |r| r.n_rot),
                 )
                 .unwrap();
             } else {
-                for side in ["a", "b"] {
-                    let rd =
-                        |x: smelt_graph::NodeId, p: &mut Params| -> Result<String, CudaError> {
-                            if local.contains(&x) {
-                                Ok(format!("e{}_{side}", x.0))
-                            } else {
-                                self.buf_read(x, &format!("c{side}"), p)
-                            }
-                        };
-                    let e = self.columnwise_expr(op, &format!("c{side}"), &rd, p)?;
-                    writeln!(s, "const float e{}_{side} = {e};", n.0).unwrap();
+                for &side in sides {
+                    let e = self.columnwise_expr(op, side.1, &|x, p| rd(x, side, p), p)?;
+                    writeln!(s, "const float e{}{} = {e};", n.0, side.0).unwrap();
                 }
             }
             local.push(n);
         }
-        for side in ["a", "b"] {
-            write!(s, "{{ const int c = c{side};\n").unwrap();
-            for &n in &local {
-                s += &self.stores(n, &format!("e{}_{side}", n.0), "0", p)?;
+        for &(suf, col) in sides {
+            // A pair stores each column with `c` bound to it (the stores index by `c`).
+            if pair.is_some() {
+                write!(s, "{{ const int c = {col};\n").unwrap();
             }
-            s += "}\n";
+            for &n in &local {
+                s += &self.stores(n, &format!("e{}{suf}", n.0), "0", p)?;
+            }
+            if pair.is_some() {
+                s += "}\n";
+            }
         }
         s += "}\n";
-        Ok(s)
-    }
-
-    /// Lane-0 code finishing column `c` of an inline bundle: each node's value in `e<id>`
-    /// (matmul values are already there), then its stores.
-    fn inline_epilogue_code(
-        &self,
-        b: &smelt_graph::Bundle,
-        p: &mut Params,
-    ) -> Result<String, CudaError> {
-        let mut s = String::new();
-        let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
-        for &n in &b.epilogue {
-            let rd = |x: smelt_graph::NodeId, p: &mut Params| -> Result<String, CudaError> {
-                if local.contains(&x) {
-                    Ok(format!("e{}", x.0))
-                } else {
-                    self.buf_read(x, "c", p)
-                }
-            };
-            let e = self.columnwise_expr(&self.node(n).op, "c", &rd, p)?;
-            writeln!(s, "const float e{} = {e};", n.0).unwrap();
-            local.push(n);
-        }
-        for &n in &local {
-            s += &self.stores(n, &format!("e{}", n.0), "0", p)?;
-        }
         Ok(s)
     }
 
