@@ -1,3 +1,5 @@
+//! Every attention kernel. `attention` (last in the file) picks one per node.
+//!
 //! Decode (one token) attention, v5 on GPUs with thread block clusters (sm_90): a cluster of
 //! up to 8 splits per KV head, K/V streamed to shared memory by `cp.async`, the partials
 //! combined through distributed shared memory (see `cluster_decode_attention`); 1B decode
@@ -458,6 +460,132 @@ impl Gen<'_> {
             name,
             (n_head, 1, t.div_ceil(qr)),
             qr * 32,
+            0,
+            p,
+        );
+        Ok(())
+    }
+
+    /// The attention kernel of node `n`: v5 or v4 for decode, the tiled or the default
+    /// kernel (below) for several tokens, the general kernel for other head sizes.
+    pub(super) fn attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+        let Op::Attention {
+            n_head,
+            n_head_kv,
+            head_dim: hd,
+            ..
+        } = self.node(n).op
+        else {
+            unreachable!()
+        };
+        if self.cluster_attention_fits(hd, n_head, n_head_kv) {
+            return self.cluster_decode_attention(n);
+        }
+        if self.decode_attention_fits(hd, n_head, n_head_kv) {
+            return self.decode_attention(n);
+        }
+        if self.tiled_prefill_attention_fits(hd) {
+            return self.prefill_attention(n);
+        }
+        let t = self.t;
+        let mut p = Params::default();
+        let AttnIo {
+            n_head,
+            hd,
+            scale,
+            window,
+            kb,
+            vb,
+            kw,
+            qbase,
+            outs,
+            ..
+        } = self.attention_io(n, &mut p, true)?;
+        let (nwarp, nsplit) = if t == 1 {
+            (1, self.kv.capacity.div_ceil(CHUNK).max(1))
+        } else {
+            (4, 1)
+        };
+        let chunk = if nsplit == 1 {
+            self.kv.capacity.max(1)
+        } else {
+            CHUNK
+        };
+        let part = if nsplit > 1 {
+            self.alloc_scratch(t * n_head * nsplit * (hd + 2))
+        } else {
+            0
+        };
+        self.counters = self.counters.max(t * n_head);
+        let (kbp, vbp, partp) = (p.p(kb), p.p(vb), p.p(part as u64));
+        let nacc = hd.div_ceil(32);
+        let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        let dot = if hd % 8 == 0 {
+            format!("for (int e = 0; e < {hd}; e += 8) {{ V4 kk = *(const V4*)(kr + e); const float* qq = qs + e;\n\
+                d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
+                   + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}")
+        } else {
+            format!("for (int e = 0; e < {hd}; e++) d += qs[e] * h2f(kr[e]);")
+        };
+        let body = format!(
+            "__shared__ alignas(16) float qsh[{nwarp}][{hdp}];\n\
+            const int h = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;\n\
+            const int rq = blockIdx.z * {nwarp} + warp; if (rq >= {t}) return;\n\
+            const int hk = h / {grp}; const int p1 = pos[rq]; const int lo = {win};\n\
+            const int k0 = max(lo, s * {chunk}), k1 = min(p1 + 1, (s + 1) * {chunk});\n\
+            if (s > p1 / {chunk}) return; // no keys here, and not counted by the combine\n\
+            float* qs = qsh[warp];\n\
+            for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
+            __syncwarp();\n\
+            float m = -INFINITY, l = 0.f, acc[{nacc}];\n\
+            for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
+            const u16* Kp = KV + {kbp} + hk * {hd}; const u16* Vp = KV + {vbp} + hk * {hd};\n\
+            for (int j0 = k0; j0 < k1; j0 += 32) {{\n\
+              int j = j0 + lane; float sc = -INFINITY;\n\
+              if (j < k1) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f; {dot} sc = d; }}\n\
+              float mx = warp_max(sc); float mn = fmaxf(m, mx);\n\
+              float corr = m == -INFINITY ? 0.f : expf(m - mn); float pj = j < k1 ? expf(sc - mn) : 0.f;\n\
+              l = l * corr + warp_sum(pj);\n\
+              for (int i = 0; i < {nacc}; i++) acc[i] *= corr;\n\
+              int nk = min(32, k1 - j0);\n\
+              #pragma unroll 8\n\
+              for (int jj = 0; jj < nk; jj++) {{ float pw = __shfl_sync(0xffffffffu, pj, jj); const u16* vr = Vp + (u64)(j0 + jj) * {kw};\n\
+                for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += pw * h2f(vr[d]); }} }}\n\
+              m = mn;\n\
+            }}\n\
+            if ({nsplit} == 1) {{\n\
+              for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n\
+              return;\n\
+            }}\n\
+            const int ns = min({nsplit}, p1 / {chunk} + 1);\n\
+            float* pp = A + {partp} + ((u64)(rq * {nh} + h) * {nsplit} + s) * {hd2};\n\
+            if (lane == 0) {{ pp[0] = m; pp[1] = l; }}\n\
+            for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) pp[2 + d] = acc[i]; }}\n\
+            __threadfence();\n\
+            u32 old = 0; if (lane == 0) old = atomicAdd(&C[rq * {nh} + h], 1u); old = __shfl_sync(0xffffffffu, old, 0);\n\
+            if (old != (u32)ns - 1) return;\n\
+            __threadfence();\n\
+            const float* base = A + {partp} + (u64)(rq * {nh} + h) * {nsplit} * {hd2};\n\
+            float M = -INFINITY, L = 0.f; for (int i = 0; i < {nacc}; i++) acc[i] = 0.f;\n\
+            #pragma unroll 4\n\
+            for (int q = 0; q < ns; q++) {{ const float* bq = base + q * {hd2}; float lq = __ldcg(bq + 1), mq = __ldcg(bq);\n\
+              float pv[{nacc}]; for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; pv[i] = d < {hd} ? __ldcg(bq + 2 + d) : 0.f; }}\n\
+              if (lq > 0.f) {{ float mn = fmaxf(M, mq); float fo = M == -INFINITY ? 0.f : expf(M - mn), fq = expf(mq - mn);\n\
+                L = L * fo + lq * fq; for (int i = 0; i < {nacc}; i++) acc[i] = acc[i] * fo + pv[i] * fq; M = mn; }} }}\n\
+            for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) {{ float v = L > 0.f ? acc[i] / L : 0.f; {outs} }} }}\n\
+            if (lane == 0) C[rq * {nh} + h] = 0u;\n",
+            hdp = hd.div_ceil(4) * 4,
+            grp = n_head / n_head_kv,
+            sc = lit(scale),
+            nh = n_head,
+            hd2 = hd + 2,
+        );
+        let name = self.kernel(&(nwarp * 32).to_string(), body, 0);
+        self.launch(
+            format!("attention {n_head}x{hd}"),
+            name,
+            (n_head, nsplit, t.div_ceil(nwarp)),
+            nwarp * 32,
             0,
             p,
         );
