@@ -9,7 +9,7 @@ use cudarc::driver::{sys, CudaFunction, CudaModule};
 use smelt_gguf::Gguf;
 use smelt_graph::{fuse_with, FuseOptions, Graph, WeightSpec};
 
-use crate::codegen::{self, KvInfo, WeightInfo, Work};
+use crate::codegen::{self, KvInfo, WeightInfo, Work, KV_BLOCK};
 use crate::cublas::{Cublas, GemmCall};
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
@@ -24,15 +24,35 @@ pub struct CudaStats {
     pub submissions: u64,
 }
 
-/// Keys and values of every layer on the device, f16, `[capacity, width]` per layer and part.
+/// Keys and values of every layer on the device, f16, `[capacity, width]` per layer and part:
+/// one sequence's positions in order, or (paged) a pool of blocks of [`KV_BLOCK`] positions
+/// that sequences address through block tables ([`CudaBackend::execute_batch`]).
 pub struct CudaKvCache {
     buf: DevBuf,
     info: KvInfo,
 }
 
+/// One sequence's rows in a batched execution: `rows` consecutive input rows at increasing
+/// positions; block `blocks[i]` of the pool holds its positions `i * KV_BLOCK ..`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSeq<'a> {
+    pub rows: usize,
+    pub blocks: &'a [u32],
+}
+
 impl CudaKvCache {
     pub fn capacity(&self) -> usize {
         self.info.capacity
+    }
+
+    /// A pool of blocks (see [`CudaBackend::new_paged_kv`]).
+    pub fn is_paged(&self) -> bool {
+        self.info.paged
+    }
+
+    /// Blocks of a paged cache (positions / [`KV_BLOCK`]).
+    pub fn n_blocks(&self) -> usize {
+        self.info.capacity / KV_BLOCK
     }
 
     pub fn bytes(&self) -> usize {
@@ -54,7 +74,13 @@ pub struct CudaProgram {
     counters: usize,
     out_off: usize,
     out_len: usize,
+    /// u32 inputs besides the tokens: positions, and on a paged cache write rows, table
+    /// indices and tables (codegen `tab_def`).
+    in_len: usize,
+    /// Matmuls through the decode gemv kernels (replayed as a graph).
+    decode: bool,
     kv_capacity: usize,
+    paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, Graph2)>>,
 }
@@ -107,6 +133,12 @@ impl CudaProgram {
     /// Kernel launches and cuBLAS GEMMs per execution.
     pub fn kernels(&self) -> usize {
         self.launches.len()
+    }
+
+    /// Whether the program's matmuls are decode gemv kernels (one to
+    /// [`crate::MAX_DECODE_ROWS`] rows), replayed as one CUDA graph per step.
+    pub fn is_decode(&self) -> bool {
+        self.decode
     }
 
     /// cuBLAS GEMMs per execution (0 for decode, or where prefill uses the mma.sync kernel).
@@ -230,6 +262,9 @@ struct IoBufs {
     pos: DevBuf,
     pinned: Pinned,
     max_tokens: usize,
+    /// u32 inputs after the tokens (positions and, paged, tables); the pinned buffer holds
+    /// tokens, inputs, then outputs.
+    max_in: usize,
     max_out: usize,
 }
 
@@ -325,6 +360,7 @@ impl CudaBackend {
             pos: dev.alloc(0)?,
             pinned: dev.alloc_pinned(0)?,
             max_tokens: 0,
+            max_in: 0,
             max_out: 0,
         };
         let cublas = Cublas::load(dev.cu_stream());
@@ -406,8 +442,30 @@ impl CudaBackend {
         self.weights.bytes + self.io.arena.bytes + self.io.counters.bytes
     }
 
-    /// A KV cache on this device.
+    /// A KV cache on this device for one sequence of `capacity` positions.
     pub fn new_kv(&self, capacity: usize, widths: &[usize]) -> Result<CudaKvCache, CudaError> {
+        self.kv_cache(capacity, widths, false)
+    }
+
+    /// A pool of `n_blocks` KV blocks of [`KV_BLOCK`] positions, shared by the sequences of
+    /// [`CudaBackend::execute_batch`].
+    pub fn new_paged_kv(
+        &self,
+        n_blocks: usize,
+        widths: &[usize],
+    ) -> Result<CudaKvCache, CudaError> {
+        let capacity = n_blocks.checked_mul(KV_BLOCK).filter(|&c| c > 0);
+        let capacity = capacity
+            .ok_or_else(|| CudaError::Invalid(format!("a KV pool of {n_blocks} blocks")))?;
+        self.kv_cache(capacity, widths, true)
+    }
+
+    fn kv_cache(
+        &self,
+        capacity: usize,
+        widths: &[usize],
+        paged: bool,
+    ) -> Result<CudaKvCache, CudaError> {
         let mut layers = Vec::with_capacity(widths.len());
         let mut off = 0u64;
         for &w in widths {
@@ -418,12 +476,20 @@ impl CudaBackend {
         let buf = self.dev.alloc(off as usize * 2)?;
         Ok(CudaKvCache {
             buf,
-            info: KvInfo { capacity, layers },
+            info: KvInfo {
+                capacity,
+                layers,
+                paged,
+            },
         })
     }
 
-    /// Fuse, generate, compile (or load from the disk cache) and prepare `g`.
-    pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
+    /// Fuse and generate `g`: its launches and the source to compile.
+    fn generate(
+        &self,
+        g: &Graph,
+        kv: &CudaKvCache,
+    ) -> Result<(codegen::Generated, String), CudaError> {
         let plan = fuse_with(g, self.fuse);
         let gen = codegen::generate(
             &plan,
@@ -433,12 +499,28 @@ impl CudaBackend {
             self.dev.cc.0,
             self.use_cublas,
         )?;
-        let module = if self.pdl {
-            self.dev
-                .compile(&format!("#define SMELT_PDL 1\n{}", gen.src))?
+        let src = if self.pdl {
+            format!("#define SMELT_PDL 1\n{}", gen.src)
         } else {
-            self.dev.compile(&gen.src)?
+            gen.src.clone()
         };
+        Ok((gen, src))
+    }
+
+    /// Compile the programs of `graphs` into the disk cache in parallel, so that lowering them
+    /// later only loads them (a batch engine's step shapes, at load).
+    pub fn precompile(&self, graphs: &[Graph], kv: &CudaKvCache) -> Result<(), CudaError> {
+        let srcs = graphs
+            .iter()
+            .map(|g| self.generate(g, kv).map(|(_, src)| src))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.dev.precompile(&srcs)
+    }
+
+    /// Fuse, generate, compile (or load from the disk cache) and prepare `g`.
+    pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
+        let (gen, src) = self.generate(g, kv)?;
+        let module = self.dev.compile(&src)?;
         let mut funcs = Vec::new();
         let mut index = HashMap::new();
         let mut fn_smem: HashMap<String, usize> = gen.funcs.iter().cloned().collect();
@@ -493,7 +575,15 @@ impl CudaBackend {
             counters: gen.counters,
             out_off: gen.out_off,
             out_len: gen.out_len,
+            in_len: if kv.is_paged() {
+                let tables = if gen.decode { g.n_tokens() } else { 1 };
+                3 * g.n_tokens() + tables * kv.n_blocks()
+            } else {
+                g.n_tokens()
+            },
+            decode: gen.decode,
             kv_capacity: kv.capacity(),
+            paged: kv.is_paged(),
             graph: Mutex::new(None),
         };
         self.ensure(&prog)?;
@@ -512,12 +602,15 @@ impl CudaBackend {
             io.counters = self.dev.alloc(prog.counters * 4)?;
             moved = true;
         }
-        if io.max_tokens < prog.n_tokens || io.max_out < prog.out_len {
+        if io.max_tokens < prog.n_tokens || io.max_in < prog.in_len || io.max_out < prog.out_len {
             io.max_tokens = io.max_tokens.max(prog.n_tokens);
+            io.max_in = io.max_in.max(prog.in_len);
             io.max_out = io.max_out.max(prog.out_len);
             io.tok = self.dev.alloc(io.max_tokens * 4)?;
-            io.pos = self.dev.alloc(io.max_tokens * 4)?;
-            io.pinned = self.dev.alloc_pinned(io.max_tokens * 8 + io.max_out * 4)?;
+            io.pos = self.dev.alloc(io.max_in * 4)?;
+            io.pinned = self
+                .dev
+                .alloc_pinned((io.max_tokens + io.max_in) * 4 + io.max_out * 4)?;
             moved = true;
         }
         if moved {
@@ -538,20 +631,25 @@ impl CudaBackend {
         let io = &self.io;
         let n = prog.n_tokens;
         let stream = self.dev.cu_stream();
-        // SAFETY: the pinned buffer holds max_tokens u32 tokens, then positions, then outputs;
-        // device buffers are at least as large (checked in `ensure`); kernels and cuBLAS GEMMs
-        // read and write only within the arena, weights and KV sizes their program was
-        // generated for.
+        // SAFETY: the pinned buffer holds max_tokens u32 tokens, then max_in u32 inputs, then
+        // outputs; device buffers are at least as large (checked in `ensure`); kernels and
+        // cuBLAS GEMMs read and write only within the arena, weights and KV sizes their
+        // program was generated for.
         unsafe {
             let pin = io.pinned.ptr;
             let pos_host = pin.add(io.max_tokens * 4);
-            let out_host = pin.add(io.max_tokens * 8);
+            let out_host = pin.add((io.max_tokens + io.max_in) * 4);
             check(
                 sys::cuMemcpyHtoDAsync_v2(io.tok.ptr, pin as *const c_void, n * 4, stream),
                 "copy tokens",
             )?;
             check(
-                sys::cuMemcpyHtoDAsync_v2(io.pos.ptr, pos_host as *const c_void, n * 4, stream),
+                sys::cuMemcpyHtoDAsync_v2(
+                    io.pos.ptr,
+                    pos_host as *const c_void,
+                    prog.in_len * 4,
+                    stream,
+                ),
                 "copy positions",
             )?;
             if let Some(&e) = events.first() {
@@ -643,14 +741,14 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Run `prog` for `tokens` at `positions`, writing their keys and values into `kv`.
-    pub fn execute(
+    /// Check `prog` against `kv` and the step's size; grow the shared buffers for it.
+    fn prepare_io(
         &mut self,
         prog: &CudaProgram,
         tokens: &[u32],
         positions: &[u32],
-        kv: &mut CudaKvCache,
-    ) -> Result<&[f32], CudaError> {
+        kv: &CudaKvCache,
+    ) -> Result<(), CudaError> {
         let n = prog.n_tokens;
         if tokens.len() != n || positions.len() != n {
             return Err(CudaError::Invalid(format!(
@@ -659,9 +757,9 @@ impl CudaBackend {
                 positions.len()
             )));
         }
-        if prog.kv_capacity != kv.capacity() {
+        if prog.kv_capacity != kv.capacity() || prog.paged != kv.is_paged() {
             return Err(CudaError::Invalid(
-                "program lowered for another KV capacity".into(),
+                "program lowered for another KV cache".into(),
             ));
         }
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= kv.capacity()) {
@@ -671,14 +769,133 @@ impl CudaBackend {
             )));
         }
         self.ensure(prog)?;
-        self.dev.bind()?;
-        // SAFETY: the pinned buffer holds at least max_tokens tokens and positions (ensure).
+        self.dev.bind()
+    }
+
+    /// The pinned inputs after the tokens (`max_in` u32), tokens written first.
+    fn pinned_inputs(&mut self, tokens: &[u32]) -> &mut [u32] {
+        // SAFETY: the pinned buffer holds max_tokens u32 tokens then max_in u32 inputs
+        // (ensure), is not otherwise borrowed (&mut self), and the stream is idle between
+        // executions (each one synchronises before returning).
         unsafe {
             let pin = self.io.pinned.ptr as *mut u32;
-            std::ptr::copy_nonoverlapping(tokens.as_ptr(), pin, n);
-            std::ptr::copy_nonoverlapping(positions.as_ptr(), pin.add(self.io.max_tokens), n);
+            std::ptr::copy_nonoverlapping(tokens.as_ptr(), pin, tokens.len());
+            std::slice::from_raw_parts_mut(pin.add(self.io.max_tokens), self.io.max_in)
         }
-        let use_graph = self.graphs && n == 1 && self.profile.is_none();
+    }
+
+    /// Run `prog` for `tokens` at `positions` of one sequence, writing their keys and values
+    /// into `kv` (not paged).
+    pub fn execute(
+        &mut self,
+        prog: &CudaProgram,
+        tokens: &[u32],
+        positions: &[u32],
+        kv: &mut CudaKvCache,
+    ) -> Result<&[f32], CudaError> {
+        if kv.is_paged() {
+            return Err(CudaError::Invalid(
+                "a paged KV cache needs block tables (execute_batch)".into(),
+            ));
+        }
+        self.prepare_io(prog, tokens, positions, kv)?;
+        self.pinned_inputs(tokens)[..positions.len()].copy_from_slice(positions);
+        self.run(prog, kv)
+    }
+
+    /// Run `prog` for the rows of several sequences over a paged `kv`: `seqs` in order, each
+    /// owning its next `rows` rows of `tokens` and `positions`, its keys and values written to
+    /// (and its attention reading from) the blocks its table names. A decode program
+    /// ([`CudaProgram::is_decode`]) takes any sequences and computes every row alone (a last-row
+    /// selection of its `t` rows is every row: `t` sequences of one row each); any other
+    /// program takes one sequence. Two sequences may read the same blocks but never write one.
+    pub fn execute_batch(
+        &mut self,
+        prog: &CudaProgram,
+        tokens: &[u32],
+        positions: &[u32],
+        seqs: &[BatchSeq],
+        kv: &mut CudaKvCache,
+    ) -> Result<&[f32], CudaError> {
+        if !kv.is_paged() {
+            return Err(CudaError::Invalid(
+                "execute_batch needs a paged KV cache".into(),
+            ));
+        }
+        self.prepare_io(prog, tokens, positions, kv)?;
+        let n = prog.n_tokens;
+        if !prog.decode && seqs.len() != 1 {
+            return Err(CudaError::Invalid(format!(
+                "a program of {n} rows takes one sequence, not {}",
+                seqs.len()
+            )));
+        }
+        let mb = kv.n_blocks();
+        let mut writes: Vec<(u32, usize)> = Vec::with_capacity(n);
+        let mut start = 0;
+        for (i, s) in seqs.iter().enumerate() {
+            let rows = positions.get(start..start + s.rows).filter(|_| s.rows > 0);
+            let rows = rows.ok_or_else(|| {
+                CudaError::Invalid(format!("sequence {i}: {} rows at row {start}", s.rows))
+            })?;
+            if rows.windows(2).any(|w| w[1] <= w[0]) {
+                return Err(CudaError::Invalid(format!(
+                    "sequence {i}: positions do not increase"
+                )));
+            }
+            let last = rows[rows.len() - 1] as usize / KV_BLOCK;
+            if s.blocks.len() <= last || s.blocks.len() > mb {
+                return Err(CudaError::Invalid(format!(
+                    "sequence {i}: {} blocks for position {}",
+                    s.blocks.len(),
+                    rows[rows.len() - 1]
+                )));
+            }
+            if let Some(b) = s.blocks.iter().find(|&&b| b as usize >= mb) {
+                return Err(CudaError::Invalid(format!(
+                    "sequence {i}: block {b} outside the pool ({mb})"
+                )));
+            }
+            writes.extend(rows.iter().map(|&p| (s.blocks[p as usize / KV_BLOCK], i)));
+            start += s.rows;
+        }
+        if start != n {
+            return Err(CudaError::Invalid(format!(
+                "sequences cover {start} of {n} rows"
+            )));
+        }
+        writes.sort_unstable();
+        writes.dedup();
+        if let Some(w) = writes.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(CudaError::Invalid(format!(
+                "block {} written by sequences {} and {}",
+                w[0].0, w[0].1, w[1].1
+            )));
+        }
+        let input = self.pinned_inputs(tokens);
+        let (pos, rest) = input.split_at_mut(n);
+        let (wrow, rest) = rest.split_at_mut(n);
+        let (tab_of, tables) = rest.split_at_mut(n);
+        pos.copy_from_slice(positions);
+        let mut r = 0;
+        for (i, s) in seqs.iter().enumerate() {
+            // A prefill program has the one table (the check above); a decode one has one per row.
+            let t = &mut tables[i * mb..(i + 1) * mb];
+            t[..s.blocks.len()].copy_from_slice(s.blocks);
+            t[s.blocks.len()..].fill(0);
+            for &p in &positions[r..r + s.rows] {
+                let p = p as usize;
+                wrow[r] = s.blocks[p / KV_BLOCK] * KV_BLOCK as u32 + (p % KV_BLOCK) as u32;
+                tab_of[r] = i as u32;
+                r += 1;
+            }
+        }
+        self.run(prog, kv)
+    }
+
+    /// Submit `prog` (inputs in the pinned buffer), wait, return its pinned output.
+    fn run(&mut self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<&[f32], CudaError> {
+        let use_graph = self.graphs && prog.decode && self.profile.is_none();
         if use_graph {
             let mut slot = prog.graph.lock().unwrap_or_else(|e| e.into_inner());
             let fresh =
@@ -739,12 +956,16 @@ impl CudaBackend {
         self.dev.sync()?;
         self.stats.executions += 1;
         self.stats.kernels += prog.launches.len() as u64;
-        // SAFETY: the output was copied to the pinned buffer after tokens and positions (at
-        // a multiple of 4 bytes; `ensure` sized it for this program's output), the stream is
+        // SAFETY: the output was copied to the pinned buffer after tokens and inputs (at a
+        // multiple of 4 bytes; `ensure` sized it for this program's output), the stream is
         // synchronised, and the slice borrows `self` mutably, so no later execute writes the
         // buffer while it lives. No host copy: the logits of a 128k vocabulary are 0.5 MB.
         Ok(unsafe {
-            let out_host = self.io.pinned.ptr.add(self.io.max_tokens * 8) as *const f32;
+            let out_host =
+                self.io
+                    .pinned
+                    .ptr
+                    .add((self.io.max_tokens + self.io.max_in) * 4) as *const f32;
             std::slice::from_raw_parts(out_host, prog.out_len)
         })
     }

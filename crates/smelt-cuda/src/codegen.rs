@@ -38,11 +38,22 @@ pub(crate) struct WeightInfo {
 }
 
 /// KV cache geometry: per layer, element offsets of K and V (f16) and the row width.
+/// A paged cache (`paged`) is a pool of `capacity / KV_BLOCK` blocks: each row of a step
+/// writes its key and value at the cache row the host gives it, and attention reads a
+/// sequence's keys through its block table (see [`Gen::tab_def`] for the input layout).
 #[derive(Clone, Debug)]
 pub(crate) struct KvInfo {
     pub capacity: usize,
     pub layers: Vec<(u64, u64, usize)>,
+    pub paged: bool,
 }
+
+/// Positions per block of a paged KV cache: one 32-key attention chunk.
+pub const KV_BLOCK: usize = 32;
+
+/// Most rows of a step that the decode (gemv) kernels take, one sequence's row each or one
+/// sequence's few new tokens: every weight is loaded once and dotted with each row.
+pub const MAX_DECODE_ROWS: usize = 8;
 
 /// One step of a program: a kernel launch or a cuBLAS GEMM.
 #[derive(Clone, Debug)]
@@ -73,6 +84,9 @@ pub(crate) struct Generated {
     pub counters: usize,
     pub out_off: usize,
     pub out_len: usize,
+    /// Matmuls are decode gemv kernels (one to [`MAX_DECODE_ROWS`] rows): the program is
+    /// replayed as a CUDA graph.
+    pub decode: bool,
 }
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
@@ -112,7 +126,8 @@ struct Gen<'a> {
     w: &'a [WeightInfo],
     kv: &'a KvInfo,
     t: usize,
-    max_grid: usize,
+    /// Matmuls through the decode gemv kernels, for every row (see `decode_rows`).
+    decode: bool,
     sm_count: usize,
     /// The GPU's compute capability (major): thread block clusters from 9.
     cc_major: i32,
@@ -148,12 +163,13 @@ pub(crate) fn generate(
         .and_then(|v| v.parse().ok())
         .filter(|&b: &usize| (1..=2).contains(&b))
         .unwrap_or(2);
+    let decode = decode_rows(plan, w);
     let mut g = Gen {
         plan,
         w,
         kv,
         t,
-        max_grid: decode_blocks * sm_count.max(1),
+        decode,
         sm_count: sm_count.max(1),
         cc_major,
         decode_blocks,
@@ -167,7 +183,7 @@ pub(crate) fn generate(
         cublas: None,
         launches: Vec::new(),
     };
-    if cublas && t > 1 {
+    if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
     }
     for ki in 0..plan.kernels().len() {
@@ -176,7 +192,7 @@ pub(crate) fn generate(
             KernelKind::Rows => g.rows_kernel(&k.rows, None, None)?,
             KernelKind::Attention { node } => g.attention(*node)?,
             KernelKind::MatMul { input, .. } => {
-                if t == 1 {
+                if decode {
                     g.decode_matmul(ki)?
                 } else {
                     g.prefill_matmul(ki, *input)?
@@ -202,6 +218,34 @@ pub(crate) fn generate(
         counters: g.counters.max(1),
         out_off: ob.offset,
         out_len: ob.rows * ob.cols,
+        decode,
+    })
+}
+
+/// Whether a plan's matmuls take the decode gemv kernels: one token, or up to
+/// [`MAX_DECODE_ROWS`] rows when every matmul has them all (one row per sequence: a batch's
+/// last-row selection keeps every row) and quantised weights (their activations are int8 rows
+/// in shared memory). Other plans multiply through the prefill GEMMs.
+fn decode_rows(plan: &Plan, w: &[WeightInfo]) -> bool {
+    let t = plan.graph().n_tokens();
+    if t == 1 {
+        return true;
+    }
+    if t > MAX_DECODE_ROWS {
+        return false;
+    }
+    plan.kernels().iter().all(|k| {
+        let KernelKind::MatMul { input, bundles } = &k.kind else {
+            return true;
+        };
+        plan.graph().node(*input).shape[0] == t
+            && bundles.iter().flat_map(|b| &b.matmuls).all(|&m| {
+                let Op::MatMul { w: wid, .. } = plan.graph().node(m).op else {
+                    return false;
+                };
+                type_suffix(w[wid.0 as usize].dtype)
+                    .is_some_and(|s| !matches!(s, "f32" | "f16" | "bf16"))
+            })
     })
 }
 
@@ -236,7 +280,7 @@ impl<'a> Gen<'a> {
         }
         // Decode kernels are `dk<i>`, prefill kernels `pk<i>`: profilers select by name
         // (`ncu -k regex:^dk`, tools/cuda/device_run.sh ncu).
-        let phase = if self.t == 1 { "dk" } else { "pk" };
+        let phase = if self.decode { "dk" } else { "pk" };
         let name = format!("{phase}{}", self.bodies.len());
         // A body that reads only weights first places its own PDL_WAIT (decode matmuls, after
         // their L2 prefetch); every other body waits before its first statement.
@@ -287,6 +331,45 @@ impl<'a> Gen<'a> {
         Ok((if part == KvPart::K { k } else { v }, width))
     }
 
+    /// The cache row that position row `rp` writes its key and value to: its position, or
+    /// in a paged cache the row the host computed from its block table.
+    fn kv_write_row(&self) -> String {
+        if self.kv.paged {
+            format!("pos[{} + rp]", self.t)
+        } else {
+            "pos[rp]".into()
+        }
+    }
+
+    /// Paged cache: code defining `TAB`, the block table of query row `rq` (empty otherwise).
+    /// Inputs (`pos`, u32) of a step of `t` rows on a paged cache: positions `[0, t)`, cache
+    /// rows to write `[t, 2t)`, each row's table index `[2t, 3t)`, then the tables, `capacity
+    /// / KV_BLOCK` block numbers each.
+    fn tab_def(&self, rq: &str) -> String {
+        if !self.kv.paged {
+            return String::new();
+        }
+        let t = self.t;
+        format!(
+            "const u32* TAB = pos + {} + (u64)pos[{} + {rq}] * {};\n",
+            3 * t,
+            2 * t,
+            self.kv.capacity / KV_BLOCK
+        )
+    }
+
+    /// Cache row of key `j` (of the query row whose `TAB` is defined).
+    fn key_row(&self, j: &str) -> String {
+        if self.kv.paged {
+            format!(
+                "((u64)TAB[({j}) >> 5] * {KV_BLOCK} + (({j}) & {}))",
+                KV_BLOCK - 1
+            )
+        } else {
+            format!("(u64)({j})")
+        }
+    }
+
     /// Code storing value `val` (an expression of local column `c`) of node `n` to every
     /// destination; `col0` is the global column of `c = 0`, `r`/`rp` the buffer row and
     /// position row.
@@ -318,8 +401,9 @@ impl<'a> Gen<'a> {
                     }
                     writeln!(
                         s,
-                        "KV[{} + (u64)pos[rp] * {cols} + {col0} + c] = f2h({val});",
-                        p.p(off)
+                        "KV[{} + (u64){} * {cols} + {col0} + c] = f2h({val});",
+                        p.p(off),
+                        self.kv_write_row()
                     )
                     .unwrap();
                 }

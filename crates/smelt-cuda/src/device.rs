@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::CudaError;
 
@@ -214,42 +214,72 @@ impl Device {
         })
     }
 
+    /// Compile each of `srcs` into the disk cache, several at a time (a batch engine's programs
+    /// at load: one NVRTC compile takes 1-2 s). Does nothing without a cache directory.
+    pub(crate) fn precompile(&self, srcs: &[String]) -> Result<(), CudaError> {
+        if cache_dir().is_none() || srcs.is_empty() {
+            return Ok(());
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(srcs.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    std::thread::Builder::new()
+                        .name("smelt-cuda-jit".into())
+                        .stack_size(512 << 20)
+                        .spawn_scoped(s, || -> Result<(), CudaError> {
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(src) = srcs.get(i) else {
+                                    return Ok(());
+                                };
+                                self.image(src)?;
+                            }
+                        })
+                        .map_err(|e| CudaError::Driver(format!("JIT thread: {e}")))
+                })
+                .collect();
+            for w in workers {
+                w?.join()
+                    .map_err(|_| CudaError::Driver("JIT thread panicked".into()))??;
+            }
+            Ok(())
+        })
+    }
+
     fn compile_here(&self, src: &str) -> Result<Arc<CudaModule>, CudaError> {
         self.bind()?;
+        let bin = self.image(src)?;
+        self.ctx
+            .load_module(Ptx::from_binary(bin))
+            .map_err(|e| CudaError::Driver(format!("load module: {e:?}")))
+    }
+
+    /// The GPU's machine code (cubin) for `src`: from the disk cache, or compiled by NVRTC (and
+    /// cached). A cubin loads at once; PTX would be compiled again by the driver at each load
+    /// (1-3 s for a model's program).
+    fn image(&self, src: &str) -> Result<Vec<u8>, CudaError> {
         let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
         let key = cache_key(src, &arch, self.driver_version);
-        let path = cache_dir().map(|d| d.join(format!("{key:016x}.ptx")));
-        let cached = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
-        let ptx = match cached {
-            Some(p) => p,
-            None => {
-                let opts = CompileOptions {
-                    options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()],
-                    ..Default::default()
-                };
-                let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
-                    CudaError::Compile(format!(
-                        "{e:?}\n--- source (first lines) ---\n{}",
-                        head(src)
-                    ))
-                })?;
-                let text = ptx.to_src();
-                if let Some(p) = &path {
-                    // A failed cache write only costs a recompile next time.
-                    if let Some(dir) = p.parent() {
-                        let _ = std::fs::create_dir_all(dir);
-                    }
-                    let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-                    if std::fs::write(&tmp, &text).is_ok() {
-                        let _ = std::fs::rename(&tmp, p);
-                    }
-                }
-                text
+        let path = cache_dir().map(|d| d.join(format!("{key:016x}.cubin")));
+        if let Some(bin) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            return Ok(bin);
+        }
+        let bin = nvrtc_cubin(src, &arch)?;
+        if let Some(p) = &path {
+            // A failed cache write only costs a recompile next time.
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
             }
-        };
-        self.ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| CudaError::Driver(format!("load module: {e:?}")))
+            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, &bin).is_ok() {
+                let _ = std::fs::rename(&tmp, p);
+            }
+        }
+        Ok(bin)
     }
 
     pub(crate) fn function(
@@ -283,6 +313,54 @@ fn head(src: &str) -> String {
 }
 
 /// FNV-1a over the source, the architecture and the driver version.
+/// Compile `src` with NVRTC for `arch` (`sm_90`) to a cubin.
+fn nvrtc_cubin(src: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::{result, sys as nv};
+    let fail = |what: &str, log: String| {
+        CudaError::Compile(format!(
+            "{what}: {log}\n--- source (first lines) ---\n{}",
+            head(src)
+        ))
+    };
+    let csrc = std::ffi::CString::new(src).map_err(|e| fail("source", e.to_string()))?;
+    let prog = result::create_program(&csrc, None).map_err(|e| fail("create", format!("{e:?}")))?;
+    let opts = [format!("--gpu-architecture={arch}"), "-std=c++17".into()];
+    // SAFETY: `prog` is a live NVRTC program (destroyed once below); the log and cubin buffers
+    // are sized by NVRTC's own size queries before it writes them.
+    let out = unsafe {
+        let r = match result::compile_program(prog, &opts) {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        std::ffi::CStr::from_ptr(l.as_ptr())
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(fail(&format!("{e:?}"), log))
+            }
+            Ok(()) => {
+                let mut n = 0usize;
+                let rc = nv::nvrtcGetCUBINSize(prog, &mut n);
+                if rc != nv::nvrtcResult::NVRTC_SUCCESS || n == 0 {
+                    Err(fail("cubin size", format!("{rc:?}")))
+                } else {
+                    let mut bin = vec![0u8; n];
+                    let rc = nv::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut std::ffi::c_char);
+                    if rc == nv::nvrtcResult::NVRTC_SUCCESS {
+                        Ok(bin)
+                    } else {
+                        Err(fail("cubin", format!("{rc:?}")))
+                    }
+                }
+            }
+        };
+        let _ = result::destroy_program(prog);
+        r
+    };
+    out
+}
+
 fn cache_key(src: &str, arch: &str, driver: i32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in src.bytes().chain(arch.bytes()).chain(driver.to_le_bytes()) {

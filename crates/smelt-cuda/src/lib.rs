@@ -12,7 +12,8 @@ mod layout;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{CudaBackend, CudaKvCache, CudaProgram, CudaStats};
+pub use backend::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats};
+pub use codegen::{KV_BLOCK, MAX_DECODE_ROWS};
 pub use device::{available, Device};
 pub use smelt_graph::WeightSpec;
 

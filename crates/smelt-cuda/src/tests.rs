@@ -88,9 +88,35 @@ fn generated_graph(
     capacity: usize,
     qwen: bool,
 ) -> codegen::Generated {
+    generated_kv(d, n, dtype, cublas, capacity, qwen, None)
+}
+
+/// `generated_graph` on a paged KV pool of `capacity` positions: a batch step of `n`
+/// sequences (`Some(true)`, `odd::graph_batch`) or one sequence's `n` rows (`Some(false)`).
+fn generated_paged(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    qwen: bool,
+    batch: bool,
+) -> codegen::Generated {
+    generated_kv(d, n, dtype, true, 128, qwen, Some(batch))
+}
+
+fn generated_kv(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    cublas: bool,
+    capacity: usize,
+    qwen: bool,
+    paged: Option<bool>,
+) -> codegen::Generated {
     let mut w = Weights::new(|| 0.0);
     w.draw = false;
-    let g = if qwen {
+    let g = if paged == Some(true) {
+        odd::graph_batch(d, n, &mut w, qwen)
+    } else if qwen {
         odd::graph_qwen(d, n, &mut w, true)
     } else {
         odd::graph(d, n, &mut w, true)
@@ -120,6 +146,7 @@ fn generated_graph(
     let width = d.n_head_kv * d.head_dim;
     let kv = KvInfo {
         capacity,
+        paged: paged.is_some(),
         layers: vec![
             (0, (capacity * width) as u64, width),
             (
@@ -213,6 +240,20 @@ fn generated_kernels_compile() {
         let src = generated_graph(&QUANT, 1, t, false, 64, true).src;
         compile(&src, &format!("{t:?} decode, NEOX RoPE pairs"));
     }
+    // A paged KV pool: batch steps of 1, 3 and 8 sequences (decode gemv kernels over every
+    // row) and one sequence's prefill, every quantised type; the Qwen-like layer too.
+    for t in QUANT_TYPES {
+        for (n, qwen) in [(1, false), (3, false), (8, false), (3, true)] {
+            let g = generated_paged(&QUANT, n, t, qwen, true);
+            assert!(g.decode, "{t:?} batch of {n}: decode kernels");
+            compile(&g.src, &format!("{t:?} paged batch of {n} qwen={qwen}"));
+        }
+        let g = generated_paged(&QUANT, 5, t, false, false);
+        assert!(!g.decode, "{t:?} prefill of 5 rows: the prefill path");
+        compile(&g.src, &format!("{t:?} paged prefill of 5"));
+    }
+    // Float weights take the prefill path for a batch.
+    assert!(!generated_paged(&QUANT, 3, GgmlType::F16, false, true).decode);
     // Every dequantisation kernel (Q5_1 and BF16 are in no case above).
     let defs: String = ALL_TYPES
         .iter()
@@ -239,6 +280,17 @@ fn generated_kernels_compile() {
             let src = generated_with(&small, 1, t, true, 4096).src;
             compile(&src, &format!("decode 1b {t:?}"));
             std::fs::write(format!("{dir}/decode_1b_{t:?}.cu"), &src).unwrap();
+        }
+        // Batch steps of 2, 4 and 8 sequences on a paged pool (registers and spills:
+        // tools/cuda/sass.py).
+        for n in [2, 4, 8] {
+            let small = Dims {
+                n_vocab: 1000,
+                ..LLAMA_1B
+            };
+            let src = generated_paged(&small, n, GgmlType::Q4_K, false, true).src;
+            compile(&src, &format!("batch of {n}, 1b Q4_K"));
+            std::fs::write(format!("{dir}/batch_1b_{n}.cu"), &src).unwrap();
         }
         for (name, d) in [("1b", LLAMA_1B), ("8b", LLAMA_8B)] {
             for t in ALL_TYPES {
@@ -745,6 +797,156 @@ fn dequant_and_to_f16_kernels_match_cpu() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A batch over a paged KV pool gives each sequence what it gets alone: four sequences (prompts
+/// of 5, 33, 40 and 1 tokens, in scattered blocks) are prefilled one by one, then decode three
+/// steps together (4 rows, then 2 of them, then all 4), against each sequence run alone on a
+/// cache of its own. Types of both gemv families and of the tiled epilogue (the Gemma-like
+/// layer's QK-norm), the Qwen-like layer's NEOX pairs, a sliding window.
+#[test]
+fn batched_decode_matches_single_sequences() {
+    if !gpu() {
+        return;
+    }
+    let cases = [
+        (GgmlType::Q8_0, false),
+        (GgmlType::Q4_K, false),
+        (GgmlType::Q6_K, true),
+        (GgmlType::Q4_0, true),
+    ];
+    let prompts = [5usize, 33, 40, 1];
+    let tables: [&[u32]; 4] = [&[7, 2], &[0, 9, 4], &[12, 3, 5], &[1]];
+    // Rows of each step: sequence indices.
+    let steps: [&[usize]; 3] = [&[0, 1, 2, 3], &[1, 3], &[0, 1, 2, 3]];
+    for (ci, (dtype, qwen)) in cases.into_iter().enumerate() {
+        let d = QUANT;
+        let mut rng = Rng(0xba7c + ci as u64);
+        let mut w = Weights::new(|| rng.next());
+        fn graph_of(
+            d: &Dims,
+            n: usize,
+            w: &mut impl odd::AddWeight,
+            batch: bool,
+            qwen: bool,
+        ) -> Graph {
+            if batch {
+                odd::graph_batch(d, n, w, qwen)
+            } else if qwen {
+                odd::graph_qwen(d, n, w, true)
+            } else {
+                odd::graph(d, n, w, true)
+            }
+        }
+        let _ = graph_of(&d, 1, &mut w, false, qwen);
+        let file = w.gguf(dtype);
+        // Another graph of the same weights (their ids count from 0 in a fresh table).
+        let graph = |n: usize, batch: bool| {
+            let mut sink = Weights::new(|| 0.0);
+            sink.draw = false;
+            graph_of(&d, n, &mut sink, batch, qwen)
+        };
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let tokens: Vec<Vec<u32>> = (0..4)
+            .map(|s| {
+                (0..prompts[s] + 3)
+                    .map(|i| ((i * 5 + s * 11 + 2) % d.n_vocab) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        // Alone: each sequence on a cache of its own, logits after its prompt and each step.
+        let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+        for s in 0..4 {
+            let mut kv = cb.new_kv(64, &widths).unwrap();
+            let pp = cb.lower(&graph(prompts[s], false), &kv).unwrap();
+            let p1 = cb.lower(&graph(1, false), &kv).unwrap();
+            let positions: Vec<u32> = (0..prompts[s] as u32).collect();
+            let mut outs = vec![cb
+                .execute(&pp, &tokens[s][..prompts[s]], &positions, &mut kv)
+                .unwrap()
+                .to_vec()];
+            for i in prompts[s]..prompts[s] + 3 {
+                let p = [i as u32];
+                outs.push(
+                    cb.execute(&p1, &tokens[s][i..i + 1], &p, &mut kv)
+                        .unwrap()
+                        .to_vec(),
+                );
+            }
+            alone.push(outs);
+        }
+        // Together on a pool of 16 blocks.
+        let mut pool = cb.new_paged_kv(16, &widths).unwrap();
+        let mut n_kv = [0usize; 4];
+        for s in 0..4 {
+            let pp = cb.lower(&graph(prompts[s], false), &pool).unwrap();
+            let positions: Vec<u32> = (0..prompts[s] as u32).collect();
+            let seq = [crate::BatchSeq {
+                rows: prompts[s],
+                blocks: tables[s],
+            }];
+            let got = cb
+                .execute_batch(&pp, &tokens[s][..prompts[s]], &positions, &seq, &mut pool)
+                .unwrap();
+            compare(
+                got,
+                &alone[s][0],
+                2e-3,
+                &format!("case {ci} {dtype:?} prefill {s}"),
+            );
+            n_kv[s] = prompts[s];
+        }
+        let mut steps_done = [0usize; 4];
+        for (si, rows) in steps.iter().enumerate() {
+            let prog = cb.lower(&graph(rows.len(), true), &pool).unwrap();
+            assert!(prog.is_decode(), "a batch of {} rows decodes", rows.len());
+            let toks: Vec<u32> = rows.iter().map(|&s| tokens[s][n_kv[s]]).collect();
+            let positions: Vec<u32> = rows.iter().map(|&s| n_kv[s] as u32).collect();
+            let seqs: Vec<crate::BatchSeq> = rows
+                .iter()
+                .map(|&s| crate::BatchSeq {
+                    rows: 1,
+                    blocks: tables[s],
+                })
+                .collect();
+            let before = cb.stats().submissions;
+            let got = cb
+                .execute_batch(&prog, &toks, &positions, &seqs, &mut pool)
+                .unwrap()
+                .to_vec();
+            assert_eq!(cb.stats().submissions - before, 1, "one submission a step");
+            let nv = d.n_vocab;
+            assert_eq!(got.len(), rows.len() * nv);
+            for (r, &s) in rows.iter().enumerate() {
+                steps_done[s] += 1;
+                compare(
+                    &got[r * nv..(r + 1) * nv],
+                    &alone[s][steps_done[s]],
+                    2e-3,
+                    &format!("case {ci} {dtype:?} step {si} sequence {s}"),
+                );
+                n_kv[s] += 1;
+            }
+        }
+        // Bad layouts are refused, nothing run.
+        let prog = cb.lower(&graph(2, true), &pool).unwrap();
+        let two = |a: &'static [u32], b: &'static [u32]| {
+            [
+                crate::BatchSeq { rows: 1, blocks: a },
+                crate::BatchSeq { rows: 1, blocks: b },
+            ]
+        };
+        let bad = [
+            (two(&[3], &[3]), [0u32, 1], "one block written twice"),
+            (two(&[3], &[16]), [0, 1], "a block outside the pool"),
+            (two(&[3], &[4]), [0, 40], "a position past the table"),
+        ];
+        for (seqs, positions, what) in bad {
+            let r = cb.execute_batch(&prog, &[1, 2], &positions, &seqs, &mut pool);
+            assert!(r.is_err(), "{what}: refused");
         }
     }
 }

@@ -119,16 +119,23 @@ impl<R: FnMut() -> f32> AddWeight for Weights<R> {
 /// QK-norm, post-norms, GELU gate, sliding window), then a softcapped head tied to the
 /// embedding, over every row or (`last_row`) the last one.
 pub fn graph(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool) -> Graph {
-    build(d, n, w, last_row, false)
+    build(d, n, w, usize::from(last_row), false)
+}
+
+/// [`graph`] (or, `qwen`, [`graph_qwen`]) for a batch step of `n` sequences of one row each:
+/// the head takes the last row of each (`Output::SeqLogits`).
+pub fn graph_batch(d: &Dims, n: usize, w: &mut impl AddWeight, qwen: bool) -> Graph {
+    build(d, n, w, n, qwen)
 }
 
 /// [`graph`] with a Qwen-like second layer: NEOX RoPE and biases, no QK-norm (the GPU backend
 /// finishes such RoPE pairs in the warp that computes them).
 pub fn graph_qwen(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool) -> Graph {
-    build(d, n, w, last_row, true)
+    build(d, n, w, usize::from(last_row), true)
 }
 
-fn build(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool, qwen: bool) -> Graph {
+/// `last`: how many sequences' last rows the head takes (0: every row).
+fn build(d: &Dims, n: usize, w: &mut impl AddWeight, last: usize, qwen: bool) -> Graph {
     let mut g = Graph::new(n);
     let (qo, kvo) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
     let s = 1.0 / (d.n_embd as f32).sqrt();
@@ -226,8 +233,8 @@ fn build(d: &Dims, n: usize, w: &mut impl AddWeight, last_row: bool, qwen: bool)
     }
     let on = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
     let mut x = g.rms_norm(x, Some(on), 1e-5, d.n_embd, "output_norm");
-    if last_row {
-        x = g.last_row(x, "last");
+    if last > 0 {
+        x = g.last_rows(x, last, "last");
     }
     let out = g.matmul(x, tok, "logits");
     let out = g.softcap(out, 3.0, "softcap");

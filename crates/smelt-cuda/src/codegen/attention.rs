@@ -167,9 +167,11 @@ impl Gen<'_> {
             kw,
             qbase,
             outs,
-        } = self.attention_io(n, &mut p, false)?;
+        } = self.attention_io(n, &mut p, self.t > 1)?;
         let grp = n_head / n_head_kv;
         let nt = grp * 32;
+        // Several rows (a batch's sequences, or one's few new tokens): a cluster row per row.
+        let rows = self.t;
         let cap = self.kv.capacity.max(1);
         let splits = CLUSTER.min(cap.div_ceil(CHUNK));
         let e = hd / 32;
@@ -188,10 +190,16 @@ impl Gen<'_> {
         let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
         // K and V rows j0..j0 + 31 (clamped to the cache; rows past the position are never
         // used) into buffer `buf`, asynchronously.
+        let paged = self.kv.paged;
         let stage = |buf: &str, j0: &str| {
+            let row = if paged {
+                format!("((u64)TAB[({j0}) >> 5] * {CHUNK} + kr)")
+            } else {
+                format!("(u64)min({j0} + kr, {cap} - 1)")
+            };
             format!(
                 "for (int i = tid; i < {CHUNK} * {pieces}; i += {nt}) {{ const int kr = i / {pieces}, c = (i - kr * {pieces}) * 8;\n\
-                   const u64 row = (u64)min({j0} + kr, {cap} - 1) * {kw} + c;\n\
+                   const u64 row = {row} * {kw} + c;\n\
                    cp_async16(KVS({buf}, 0, kr) + c, Kp + row); cp_async16(KVS({buf}, 1, kr) + c, Vp + row); }}\n"
             )
         };
@@ -230,8 +238,8 @@ impl Gen<'_> {
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
-            {first}cp_async_commit();\n\
-            const int p1 = pos[0]; const int lo = {win};\n\
+            {rowdef}{first}cp_async_commit();\n\
+            const int p1 = pos[{prow}]; const int lo = {win};\n\
             for (int st = 1; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1) {{\n{more}}} cp_async_commit(); }}\n\
             float* qs = qsh[warp];\n\
             for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
@@ -262,6 +270,12 @@ impl Gen<'_> {
             #undef NBUF\n",
             sc = lit(scale),
             dot = k_dot("KVS(b, 0, lane)", hd),
+            rowdef = if rows > 1 {
+                format!("const int rq = blockIdx.z;\n{}", self.tab_def("rq"))
+            } else {
+                self.tab_def("0")
+            },
+            prow = if rows > 1 { "rq" } else { "0" },
         );
         let attrs = if splits > 1 {
             format!("__cluster_dims__(1, {splits}, 1) ")
@@ -272,7 +286,7 @@ impl Gen<'_> {
         self.launch(
             format!("attention {n_head}x{hd} (decode, cluster of {splits})"),
             name,
-            (n_head_kv, splits, 1),
+            (n_head_kv, splits, rows),
             nt,
             smem,
             p,
@@ -282,7 +296,7 @@ impl Gen<'_> {
 
     /// True when the decode attention of this node can take the v4 kernel.
     pub(super) fn decode_attention_fits(&self, hd: usize, n_head: usize, n_head_kv: usize) -> bool {
-        self.t == 1
+        self.decode
             && matches!(hd, 64 | 128 | 256)
             && n_head_kv > 0
             && n_head.is_multiple_of(n_head_kv)
@@ -325,7 +339,7 @@ impl Gen<'_> {
             "__shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ u32 last;\n\
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;\n\
             const int h = g * {grp} + warp; const int p1 = pos[0]; const int lo = {win};\n\
-            float* qs = qsh[warp];\n\
+            {tab}float* qs = qsh[warp];\n\
             for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
             __syncwarp();\n\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
@@ -334,14 +348,14 @@ impl Gen<'_> {
             for (int j0 = s * {CHUNK}; j0 <= p1; j0 += {step}) {{\n\
               if (j0 + {CHUNK} <= lo) continue;\n\
               const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
-              if (ok) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f;\n{dot}sc = d; }}\n\
+              if (ok) {{ const u16* kr = Kp + {krow} * {kw}; float d = 0.f;\n{dot}sc = d; }}\n\
               const float mn = fmaxf(m, warp_max(sc));\n\
               const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
               l = l * corr + warp_sum(pj); m = mn;\n\
               _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
               _Pragma(\"unroll\") for (int half = 0; half < 2; half++) {{\n\
                 {vty} vs[16];\n\
-                _Pragma(\"unroll\") for (int jj = 0; jj < 16; jj++) vs[jj] = *(const {vty}*)(Vp + (u64)min(j0 + half * 16 + jj, p1) * {kw});\n\
+                _Pragma(\"unroll\") for (int jj = 0; jj < 16; jj++) vs[jj] = *(const {vty}*)(Vp + {vrow} * {kw});\n\
                 _Pragma(\"unroll\") for (int jj = 0; jj < 16; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, half * 16 + jj);\n\
                   const {vty} vv = vs[jj]; {vread}\n\
                   _Pragma(\"unroll\") for (int i = 0; i < {e} / 2; i++) {{ acc[2 * i] += pw * h2f(w[i] & 0xffff); acc[2 * i + 1] += pw * h2f(w[i] >> 16); }} }}\n\
@@ -373,6 +387,9 @@ impl Gen<'_> {
             sc = lit(scale),
             step = splits * CHUNK,
             dot = k_dot("kr", hd),
+            tab = self.tab_def("0"),
+            krow = self.key_row("j"),
+            vrow = self.key_row("min(j0 + half * 16 + jj, p1)"),
         );
         let name = self.kernel(&(grp * 32).to_string(), body, 0);
         self.launch(
@@ -429,12 +446,13 @@ impl Gen<'_> {
             for (int d = lane; d < {hd}; d += 32) qs[d] = live ? A[{qbase} + h * {hd} + d] * {sc} : 0.f;\n\
             __syncthreads();\n\
             const int klo = span[0] / {CHUNK} * {CHUNK}, khi = span[1];\n\
+            {tab}\
             const u16* Kp = KV + {kbp} + (h / {grp}) * {hd}; const u16* Vp = KV + {vbp} + (h / {grp}) * {hd};\n\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
             for (int j0 = klo; j0 <= khi; j0 += {CHUNK}) {{\n\
               for (int i = tid; i < {CHUNK} * {chunks}; i += {qr} * 32) {{ const int kr = i / {chunks}, c = (i - kr * {chunks}) * 8;\n\
-                const u64 row = (u64)min(j0 + kr, khi) * {kw} + c;\n\
+                const u64 row = {krow} * {kw} + c;\n\
                 *(V4*)&ks[kr][c] = *(const V4*)(Kp + row); *(V4*)&vsh[kr][c] = *(const V4*)(Vp + row); }}\n\
               __syncthreads();\n\
               if (live && j0 <= p1 && j0 + {CHUNK} > lo) {{\n\
@@ -453,6 +471,9 @@ impl Gen<'_> {
             if (live) {{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n",
             sc = lit(scale),
             dot = k_dot("ks[lane]", hd),
+            // One sequence's rows (the backend runs a prefill program for one sequence).
+            tab = self.tab_def("0"),
+            krow = self.key_row("min(j0 + kr, khi)"),
         );
         let name = self.kernel(&(qr * 32).to_string(), body, 0);
         self.launch(
@@ -481,7 +502,7 @@ impl Gen<'_> {
         if self.cluster_attention_fits(hd, n_head, n_head_kv) {
             return self.cluster_decode_attention(n);
         }
-        if self.decode_attention_fits(hd, n_head, n_head_kv) {
+        if self.t == 1 && self.decode_attention_fits(hd, n_head, n_head_kv) {
             return self.decode_attention(n);
         }
         if self.tiled_prefill_attention_fits(hd) {
@@ -532,6 +553,7 @@ impl Gen<'_> {
             const int h = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;\n\
             const int rq = blockIdx.z * {nwarp} + warp; if (rq >= {t}) return;\n\
             const int hk = h / {grp}; const int p1 = pos[rq]; const int lo = {win};\n\
+            {tab}\
             const int k0 = max(lo, s * {chunk}), k1 = min(p1 + 1, (s + 1) * {chunk});\n\
             if (s > p1 / {chunk}) return; // no keys here, and not counted by the combine\n\
             float* qs = qsh[warp];\n\
@@ -542,14 +564,14 @@ impl Gen<'_> {
             const u16* Kp = KV + {kbp} + hk * {hd}; const u16* Vp = KV + {vbp} + hk * {hd};\n\
             for (int j0 = k0; j0 < k1; j0 += 32) {{\n\
               int j = j0 + lane; float sc = -INFINITY;\n\
-              if (j < k1) {{ const u16* kr = Kp + (u64)j * {kw}; float d = 0.f; {dot} sc = d; }}\n\
+              if (j < k1) {{ const u16* kr = Kp + {krow} * {kw}; float d = 0.f; {dot} sc = d; }}\n\
               float mx = warp_max(sc); float mn = fmaxf(m, mx);\n\
               float corr = m == -INFINITY ? 0.f : expf(m - mn); float pj = j < k1 ? expf(sc - mn) : 0.f;\n\
               l = l * corr + warp_sum(pj);\n\
               for (int i = 0; i < {nacc}; i++) acc[i] *= corr;\n\
               int nk = min(32, k1 - j0);\n\
               #pragma unroll 8\n\
-              for (int jj = 0; jj < nk; jj++) {{ float pw = __shfl_sync(0xffffffffu, pj, jj); const u16* vr = Vp + (u64)(j0 + jj) * {kw};\n\
+              for (int jj = 0; jj < nk; jj++) {{ float pw = __shfl_sync(0xffffffffu, pj, jj); const u16* vr = Vp + {vrow} * {kw};\n\
                 for (int i = 0; i < {nacc}; i++) {{ int d = lane + 32 * i; if (d < {hd}) acc[i] += pw * h2f(vr[d]); }} }}\n\
               m = mn;\n\
             }}\n\
@@ -579,6 +601,9 @@ impl Gen<'_> {
             sc = lit(scale),
             nh = n_head,
             hd2 = hd + 2,
+            tab = self.tab_def("rq"),
+            krow = self.key_row("j"),
+            vrow = self.key_row("j0 + jj"),
         );
         let name = self.kernel(&(nwarp * 32).to_string(), body, 0);
         self.launch(

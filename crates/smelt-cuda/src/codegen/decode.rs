@@ -66,6 +66,13 @@ impl Mode {
     }
 }
 
+/// Floats of one row's int8 activations in shared memory: values (padded), block scales,
+/// block sums.
+fn x_stride(kdim: usize) -> usize {
+    let kp = kdim.div_ceil(256) * 256;
+    (kp + kp / 64 * 16) / 4 + kp / 32 + kp / 16
+}
+
 struct Mat {
     ty: &'static str,
     quant: bool,
@@ -73,6 +80,8 @@ struct Mat {
     rb: String,
     raw: usize,
     slot: usize,
+    /// The bundle's width (raw scratch row of several-row steps).
+    width: usize,
 }
 
 impl Gen<'_> {
@@ -83,6 +92,14 @@ impl Gen<'_> {
         };
         let kdim = self.node(*input).shape[1];
         let kp = kdim.div_ceil(256) * 256;
+        // Rows of the step (one per sequence): each weight unit is loaded once and dotted with
+        // every row's activations; one row generates the single-token kernels unchanged.
+        let nr = self.t;
+        let xstride = x_stride(kdim);
+        // Several rows: one block per SM, 128 registers (NR accumulators per column: at 64
+        // registers the 8-row kernels spilled 1-2.6 KB a thread, and the 8B's 2-row step took
+        // 4.0 ms against 4.4 ms for 4 rows at one block per SM).
+        let blocks = if nr > 1 { 1 } else { self.decode_blocks };
         // A bundle finishes its columns in the computing warp (one column per warp turn, or a
         // RoPE pair of columns per turn) or in tiles after all the block's rows.
         let modes: Vec<Mode> = bundles.iter().map(|b| self.epilogue_mode(b)).collect();
@@ -91,7 +108,7 @@ impl Gen<'_> {
             _ => bundles[bi].width,
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
-        let grid = self.max_grid.min(total.div_ceil(NWARPS)).max(1);
+        let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
         let rows_per_block = total.div_ceil(grid);
         let grid = total.div_ceil(rows_per_block);
 
@@ -100,8 +117,13 @@ impl Gen<'_> {
         let mut next = 0usize;
         let mut body = String::from(
             "extern __shared__ float sm[]; __shared__ float red[33]; __shared__ int ntl;\n\
-            const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const int r = 0, rp = 0; (void)lane; (void)rp;\n",
+            const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; ",
         );
+        body += if nr == 1 {
+            "const int r = 0, rp = 0; (void)lane; (void)rp;\n"
+        } else {
+            "(void)lane;\n"
+        };
         write!(
             body,
             "const int R0 = blockIdx.x * {rows_per_block}, R1 = min(R0 + {rows_per_block}, {total});\n"
@@ -135,7 +157,7 @@ impl Gen<'_> {
                 let raw = if inline[bi] {
                     0
                 } else {
-                    self.alloc_scratch(b.width)
+                    self.alloc_scratch(nr * b.width)
                 };
                 ms.push(Mat {
                     ty,
@@ -144,6 +166,7 @@ impl Gen<'_> {
                     rb,
                     raw,
                     slot: mi * bc,
+                    width: b.width,
                 });
             }
             mats.push(ms);
@@ -189,15 +212,34 @@ impl Gen<'_> {
         })?;
         write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
 
+        // Several rows: the prologue and quantisation run once per row, into its own slots.
+        if nr > 1 {
+            write!(
+                body,
+                "for (int r = 0; r < {nr}; r++) {{ const int rp = r; (void)rp;\n"
+            )
+            .unwrap();
+        }
         body += &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
         let xin = match slots.get(input) {
             Some(o) => format!("sm[{o} + c]"),
             None => self.buf_read(*input, "c", &mut p)?,
         };
+        if nr > 1 && (need_f32 || !need_q8) {
+            return Err(CudaError::Invalid(
+                "decode rows of float weights (the prefill path takes them)".into(),
+            ));
+        }
+        let rb = if nr == 1 {
+            String::new()
+        } else {
+            format!(" + r * {xstride}")
+        };
+        let x0 = next;
         if need_q8 {
             let (xq, xd) = (next, next + (kp + kp / 64 * 16) / 4);
             let xs = xd + kp / 32;
-            next = xs + kp / 16;
+            next = x0 + nr * xstride;
             // Eight values per thread, a 32-value block per four lanes: one pass of the block
             // (v3 took a warp per block, kp / 512 dependent shuffle chains per warp: ~4 us at
             // 14336 columns on the H100).
@@ -211,10 +253,24 @@ impl Gen<'_> {
                 a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1)); a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));\n\
                 const float d = a * (1.0f / 127.0f), iv = a > 0.f ? 127.0f / a : 0.f; int s = 0; u32 pk[2] = {{0u, 0u}};\n\
                 _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int q = __float2int_rn(v[i] * iv); s += q; pk[i >> 2] |= ((u32)(q & 0xff)) << (8 * (i & 3)); }}\n\
-                uint2 pw; pw.x = pk[0]; pw.y = pk[1]; *(uint2*)((signed char*)(sm + {xq}) + pad8(c0)) = pw;\n\
+                uint2 pw; pw.x = pk[0]; pw.y = pk[1]; *(uint2*)((signed char*)(sm + {xq}{rb}) + pad8(c0)) = pw;\n\
                 s += __shfl_xor_sync(0xffffffffu, s, 1);\n\
-                if ((lane & 1) == 0) sm[{xs} + (c0 >> 4)] = d * (float)s; if ((lane & 3) == 0) sm[{xd} + (c0 >> 5)] = d; }}\n\
-                const X8 x8 = {{(const signed char*)(sm + {xq}), sm + {xd}, sm + {xs}}};\n").unwrap();
+                if ((lane & 1) == 0) sm[{xs}{rb} + (c0 >> 4)] = d * (float)s; if ((lane & 3) == 0) sm[{xd}{rb} + (c0 >> 5)] = d; }}\n").unwrap();
+            if nr == 1 {
+                writeln!(
+                    body,
+                    "const X8 x8 = {{(const signed char*)(sm + {xq}), sm + {xd}, sm + {xs}}};"
+                )
+                .unwrap();
+            } else {
+                // The next row's prologue reuses the slots this row's quantisation read.
+                write!(
+                    body,
+                    "__syncthreads(); }}\n\
+                    const X8 x8s = {{(const signed char*)(sm + {xq}), sm + {xd}, sm + {xs}}};\n"
+                )
+                .unwrap();
+            }
         }
         if need_f32 {
             let xf = next;
@@ -226,7 +282,18 @@ impl Gen<'_> {
 
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
         let tiled_one = |m: &Mat| -> String {
-            if m.quant {
+            if nr > 1 {
+                // Every row's raw value at `raw + row * width + c` (width: the bundle's).
+                let width = m.width;
+                format!(
+                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>(W + {} + (u64)c * {}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = v[i]; }} }}\n",
+                    m.ty,
+                    m.w,
+                    m.rb,
+                    units(m.ty),
+                    m.raw
+                )
+            } else if m.quant {
                 format!(
                     "{{ float v = gemv8_{}(W + {} + (u64)c * {}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
                     m.ty,
@@ -252,7 +319,7 @@ impl Gen<'_> {
                 Mode::Pair(rot) => Some(rot),
                 _ => None,
             };
-            self.warp_epilogue_code(&bundles[bi], &mats[bi], rot, &mut p)
+            self.warp_epilogue_code(&bundles[bi], &mats[bi], rot, nr, &mut p)
         })?;
         write!(
             body,
@@ -296,17 +363,30 @@ impl Gen<'_> {
                 let (code, bslots) = self.epilogue_code(ki, bi, bc, &mut p)?;
                 se_len = se_len.max(self.bundle_slots(ki, bi) * bc);
                 let mut load = String::new();
+                let row_off = if nr == 1 {
+                    String::new()
+                } else {
+                    format!("(u64)r * {} + ", b.width)
+                };
                 for (mi, &m) in b.matmuls.iter().enumerate() {
                     debug_assert_eq!(bslots[&m], mats[bi][mi].slot);
                     write!(
                     load,
-                    "for (int c = tid; c < nv; c += {NT}) se[{} + c] = __ldcg(A + {} + c0 + c);\n",
+                    "for (int c = tid; c < nv; c += {NT}) se[{} + c] = __ldcg(A + {} + {row_off}c0 + c);\n",
                     bslots[&m], mats[bi][mi].raw
                 )
                     .unwrap();
                 }
+                let (open, close) = if nr == 1 {
+                    (String::new(), "")
+                } else {
+                    (
+                        format!("for (int r = 0; r < {nr}; r++) {{ const int rp = r; (void)rp;\n"),
+                        "}\n",
+                    )
+                };
                 write!(branches, "{}if (tile < {}) {{ const int c0 = (tile - {t0}) * {bc}; const int nv = min({bc}, {} - c0);\n\
-                {load}__syncthreads();\n{code}}}\n",
+                {open}{load}__syncthreads();\n{code}{close}}}\n",
                 if first { "" } else { "else " }, t0 + nt, b.width).unwrap();
                 first = false;
             }
@@ -318,12 +398,17 @@ impl Gen<'_> {
         }
 
         for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
-            self.need_gemv(t.0, t.1);
+            self.need_gemv(t.0, t.1, nr > 1);
         }
         let smem = (next + se_len) * 4;
-        let name = self.kernel(&format!("{NT}, {}", self.decode_blocks), body, smem);
+        let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
         let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
-        let label = format!("decode mm {} {total}x{kdim}", types.join("+"));
+        let rows = if nr == 1 {
+            String::new()
+        } else {
+            format!(" x{nr} rows")
+        };
+        let label = format!("decode mm {} {total}x{kdim}{rows}", types.join("+"));
         self.launch(label, name, (grid, 1, 1), NT, smem, p);
         Ok(())
     }
@@ -410,6 +495,7 @@ impl Gen<'_> {
         b: &smelt_graph::Bundle,
         mats: &[Mat],
         pair: Option<Option<Rot>>,
+        nr: usize,
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let sides: &[(&str, &str)] = if pair.is_some() {
@@ -424,15 +510,33 @@ impl Gen<'_> {
             };
             let kdim = self.node(x).shape[1];
             for (suf, col) in sides {
-                writeln!(
-                    s,
-                    "const float e{}{suf} = gemv8_{}(W + {} + (u64){col} * {}, {kdim} / UE8_{}, x8);",
-                    m.0, mat.ty, mat.w, mat.rb, mat.ty
-                )
-                .unwrap();
+                if nr == 1 {
+                    writeln!(
+                        s,
+                        "const float e{}{suf} = gemv8_{}(W + {} + (u64){col} * {}, {kdim} / UE8_{}, x8);",
+                        m.0, mat.ty, mat.w, mat.rb, mat.ty
+                    )
+                    .unwrap();
+                } else {
+                    writeln!(
+                        s,
+                        "const float e{}{suf} = gemv8r_{}<{nr}, {xs}>(W + {} + (u64){col} * {}, {kdim} / UE8_{}, x8s, 0);",
+                        m.0, mat.ty, mat.w, mat.rb, mat.ty, xs = x_stride(kdim)
+                    )
+                    .unwrap();
+                }
             }
         }
-        s += "if (lane == 0) {\n";
+        if nr == 1 {
+            s += "if (lane == 0) {\n";
+        } else {
+            // Lane r holds row r's sum and finishes row r.
+            write!(
+                s,
+                "if (lane < {nr}) {{ const int r = lane, rp = lane; (void)rp;\n"
+            )
+            .unwrap();
+        }
         let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
         for &n in &b.epilogue {
             let op = &self.node(n).op;
@@ -495,7 +599,13 @@ impl Gen<'_> {
         Ok(s)
     }
 
-    fn need_gemv(&mut self, ty: &'static str, quant: bool) {
+    fn need_gemv(&mut self, ty: &'static str, quant: bool, rows: bool) {
+        if rows {
+            let line = format!("DEF_GEMV8N({ty})\nDEF_GEMV8R({ty})\n");
+            if !self.src.contains(&line) {
+                self.src.insert_str(0, &line);
+            }
+        }
         let line = if quant {
             format!("DEF_GEMV8({ty})\n")
         } else {

@@ -312,6 +312,44 @@ __device__ __forceinline__ float gemv8_##T(const u8* row, int units, const X8& x
   return warp_sum(acc); \
 }
 
+// Several activation rows (a batch's sequences): each weight unit is loaded once and dotted
+// with every row; every lane ends with every row's sum, in gemv8's order (a row's value is
+// the same alone or batched). Row i's activations are XS floats after row
+// i - 1's (a constant: the addresses fold into the loads; an array of X8 pointers held 48
+// registers at 8 rows).
+#define XROW(x, i, XS) (X8{(x).q + (i) * (XS) * 4, (x).d + (i) * (XS), (x).s + (i) * (XS)})
+#define DEF_GEMV8N(T) \
+template <int NR, int XS> __device__ __forceinline__ void gemv8n_##T(const u8* row, int units, const X8& x0, float* out) { \
+  if constexpr (NR > 4) { /* two passes over the row (the second from L1): 8 rows at once spilled */ \
+    gemv8n_##T<4, XS>(row, units, x0, out); \
+    gemv8n_##T<NR - 4, XS>(row, units, XROW(x0, 4, XS), out + 4); \
+  } else { \
+    int u = threadIdx.x & 31; float acc[NR]; \
+    _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] = 0.f; \
+    for (; u + 32 < units; u += 64) { \
+      Q_##T a, b; ld8_##T(a, row, u); ld8_##T(b, row, u + 32); \
+      _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] += dot8_##T(a, u, XROW(x0, i, XS)) + dot8_##T(b, u + 32, XROW(x0, i, XS)); \
+    } \
+    if (u < units) { Q_##T a; ld8_##T(a, row, u); _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] += dot8_##T(a, u, XROW(x0, i, XS)); } \
+    _Pragma("unroll") for (int i = 0; i < NR; i++) out[i] = warp_sum(acc[i]); \
+  } \
+}
+
+// gemv8n for the warp that finishes each row in its own lane: lane `first + i` gets row i's
+// sum (other lanes 0), so a column holds one value per lane instead of NR (8 rows of two
+// matmuls kept 16 live and spilled).
+#define DEF_GEMV8R(T) \
+template <int NR, int XS> __device__ __forceinline__ float gemv8r_##T(const u8* row, int units, const X8& x0, int first) { \
+  if constexpr (NR > 4) { \
+    return gemv8r_##T<4, XS>(row, units, x0, first) + gemv8r_##T<NR - 4, XS>(row, units, XROW(x0, 4, XS), first + 4); \
+  } else { \
+    float v[NR]; gemv8n_##T<NR, XS>(row, units, x0, v); \
+    const int i = (int)(threadIdx.x & 31) - first; float x = 0.f; \
+    _Pragma("unroll") for (int k = 0; k < NR; k++) if (i == k) x = v[k]; \
+    return x; \
+  } \
+}
+
 // Prefetch one weight row into L2 (issued before a block's prologue so HBM works meanwhile).
 __device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
   for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(row + o));
