@@ -59,6 +59,30 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   el "profile 8b"
   [ -n "${SKIP_PROFILE:-}" ] || SMELT_CUDA_PROFILE=1 timeout 100 $C/smelt bench /tmp/llama-8b.gguf -p 512 -n 64 -r 1 2>&1 | grep -v -E "^\s*$" > $OUT/profile.txt
 fi
+if [ "$MODE" = batch ]; then
+  # Batched decode on the GPU: the kernel tests named by TEST_ARGS (default: the batch test),
+  # then `smelt bench --serve` (the real HTTP server, SMELT_NUM_PARALLEL = clients) on the
+  # synthetic 1B and 8B: aggregate output tok/s, inter-token and first-token latency.
+  el "kernel tests"
+  [ -n "${SKIP_TESTS:-}" ] || timeout ${TEST_S:-200} $C/smelt_cuda_tests --test-threads=1 --nocapture ${TEST_ARGS:-batched} > $OUT/tests.log 2>&1; echo "tests rc=$?"
+  grep -E "test result|panicked|FAILED" $OUT/tests.log | head -8
+  for s in ${BATCH_MODELS:-llama-1b:q4_k_m llama-8b:q4_k_m}; do
+    f=/tmp/${s%%:*}.gguf
+    [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+    for b in ${BATCH_SIZES:-1 2 4 8}; do
+      el "bench --batch $b ${s%%:*}"
+      timeout 200 $C/smelt bench --batch $b $f -p 128 -n ${BATCH_GEN:-128} -r 3 --json 2>> $OUT/serve.log | tee -a $OUT/batch.jsonl
+    done
+    for c in ${BATCH_CLIENTS:-8}; do
+      el "serve ${s%%:*} clients=$c"
+      SMELT_DEBUG=1 SMELT_NUM_PARALLEL=$c timeout ${BATCH_S:-150} $C/smelt bench --serve $f --clients $c --requests ${BATCH_REQ:-2} \
+        --prompt-tokens 128 --max-tokens ${BATCH_TOKENS:-128} --verbose --json > /tmp/s.json 2> /tmp/s.err; echo "rc=$?"
+      { echo "=== ${s%%:*} clients=$c"; cat /tmp/s.err; } >> $OUT/serve.log
+      python3 -c "import json; r=json.load(open('/tmp/s.json')); print(json.dumps({k: r.get(k) for k in ['clients','requests_ok','failures','errors','output_tps','itl_ms_p50','itl_ms_p99','ttft_ms_p50','wall_s']} | {'model': '${s%%:*}'}))" | tee -a $OUT/serve.jsonl
+    done
+  done
+  exit 0
+fi
 if [ "$MODE" = stash ]; then
   # First of two calls made back to back (the machine stays warm for 30 s): the real SmolLM2
   # (98 MB) is over one call's 64 MiB, so this call leaves its first part in /tmp.
@@ -72,6 +96,12 @@ if [ "$MODE" = oracle ]; then
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/tm/smollm2-135m-instruct-q4_1.gguf" | sha256sum -c || exit 1
   chmod +x $C/oracle_tests
   SMELT_REPO_ROOT=$PWD SMELT_TEST_MODELS=/tmp/tm timeout 300 $C/oracle_tests --test-threads=1 --nocapture smollm2_teacher_forced_cuda 2>&1 | tee $OUT/oracle.log | grep -v "^\s*$" | tail -20
+  if [ -x $C/batch_tests ] || [ -f $C/batch_tests ]; then
+    # The engine's batch tests on the GPU (the batch runner picks it): batched greedy tokens
+    # equal each prompt's alone, and the batch loop's concurrent requests.
+    chmod +x $C/batch_tests
+    SMELT_REPO_ROOT=$PWD SMELT_TEST_MODELS=/tmp/tm timeout 200 $C/batch_tests --test-threads=1 --nocapture smollm2 batch_loop 2>&1 | tee $OUT/batch.log | grep -v "^\s*$" | tail -20
+  fi
   exit 0
 fi
 if [ "$MODE" = ncu ]; then

@@ -8,6 +8,11 @@
 //! read once for the whole step), each row writes its keys and values through its own block
 //! table, and each sequence's attention reads only its own blocks. It returns the logits of
 //! each sequence's last row. Programs are cached per step shape (rows, sequences).
+//!
+//! On a GPU (`--device cuda`, or `auto` with one present) the pool and the programs live on
+//! the device (`cuda.rs`): the sequences decoding one row each go through the decode kernels
+//! together, up to `smelt_cuda::MAX_DECODE_ROWS` rows a launch sequence (each weight read once
+//! for all of them); prompt rows go through the prefill kernels one sequence at a time.
 
 use std::sync::Arc;
 
@@ -16,7 +21,7 @@ use smelt_gguf::Gguf;
 use smelt_models::{Architecture, Output};
 
 use crate::kvpool::{BlockPool, ROOT_HASH};
-use crate::EngineError;
+use crate::{BackendKind, EngineError};
 
 /// Positions per KV block: small enough that a prefix is reused to within a few tokens and a
 /// short request wastes little, large enough that attention reads long contiguous runs.
@@ -35,6 +40,9 @@ pub struct BatchOptions {
     pub kv_positions: usize,
     pub threads: usize,
     pub kv_type: KvType,
+    /// Where to run: `Auto` takes the GPU when there is one, `Cuda` insists on it, `Fast` (and
+    /// `Reference`, which has no batch path) the CPU.
+    pub backend: BackendKind,
 }
 
 /// One sequence: tokens, of which the first `n_kv` have keys and values in its blocks.
@@ -88,40 +96,114 @@ impl KvSeq {
     }
 }
 
-/// The fast backend with a paged KV pool, evaluating many sequences per step.
+/// A paged KV pool with several sequences evaluated per step, on the CPU fast backend or the
+/// GPU.
 pub struct BatchRunner {
     arch: Box<dyn Architecture>,
-    backend: FastBackend,
-    kv: FastKvCache,
+    back: Back,
     pool: BlockPool,
-    programs: Vec<((usize, usize), Program, u64)>,
-    uses: u64,
     n_ctx: usize,
     tokens: Vec<u32>,
     positions: Vec<u32>,
 }
 
+#[allow(clippy::large_enum_variant)] // one per runner
+enum Back {
+    Fast {
+        backend: FastBackend,
+        kv: FastKvCache,
+        programs: Vec<((usize, usize), Program, u64)>,
+        uses: u64,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::cuda::CudaBatch>),
+}
+
 impl BatchRunner {
+    /// Load on `opts.backend`: the GPU where `Auto` finds one or `Cuda` asks for it, else the
+    /// CPU fast backend.
     pub fn load(gguf: Arc<Gguf>, opts: BatchOptions) -> Result<BatchRunner, EngineError> {
         let arch = smelt_models::load(&gguf)?;
         if opts.n_ctx == 0 {
             return Err(EngineError::Invalid("num_ctx must be at least 1".into()));
         }
-        let backend = crate::runner::fast_backend(gguf, arch.as_ref(), opts.threads)?;
         let n_blocks = opts.kv_positions.max(opts.n_ctx).div_ceil(BLOCK_SIZE);
-        let kv = FastKvCache::paged(n_blocks, BLOCK_SIZE, &arch.kv_widths(), opts.kv_type)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let kind = opts.backend;
+        let gpu = match kind {
+            BackendKind::Cuda => true,
+            BackendKind::Auto => crate::cuda_available(),
+            BackendKind::Fast | BackendKind::Reference => false,
+        };
+        let back = if gpu {
+            Self::gpu(&gguf, arch.as_ref(), n_blocks, kind)?
+        } else {
+            None
+        };
+        let back = match back {
+            Some(b) => b,
+            None => {
+                let backend = crate::runner::fast_backend(gguf, arch.as_ref(), opts.threads)?;
+                let kv = FastKvCache::paged(n_blocks, BLOCK_SIZE, &arch.kv_widths(), opts.kv_type)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                Back::Fast {
+                    backend,
+                    kv,
+                    programs: Vec::new(),
+                    uses: 0,
+                }
+            }
+        };
         Ok(BatchRunner {
             arch,
-            backend,
-            kv,
+            back,
             pool: BlockPool::new(n_blocks, BLOCK_SIZE),
-            programs: Vec::new(),
-            uses: 0,
             n_ctx: opts.n_ctx,
             tokens: Vec::new(),
             positions: Vec::new(),
         })
+    }
+
+    /// The GPU side, or None to run on the CPU (`auto` when the GPU fails to load).
+    #[cfg(feature = "cuda")]
+    fn gpu(
+        gguf: &Arc<Gguf>,
+        arch: &dyn Architecture,
+        n_blocks: usize,
+        kind: BackendKind,
+    ) -> Result<Option<Back>, EngineError> {
+        const _: () = assert!(BLOCK_SIZE == smelt_cuda::KV_BLOCK);
+        match crate::cuda::CudaBatch::load(gguf, arch, n_blocks) {
+            Ok(c) => Ok(Some(Back::Cuda(Box::new(c)))),
+            Err(e) if kind == BackendKind::Auto => {
+                eprintln!("smelt: GPU not used ({e}); running on the CPU");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn gpu(
+        _: &Arc<Gguf>,
+        _: &dyn Architecture,
+        _: usize,
+        kind: BackendKind,
+    ) -> Result<Option<Back>, EngineError> {
+        match kind {
+            BackendKind::Cuda => Err(EngineError::Invalid(
+                "this build has no CUDA backend".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Where the model runs: `cpu`, or `cuda: <GPU name, capability, driver>`.
+    pub fn device(&self) -> String {
+        match &self.back {
+            Back::Fast { .. } => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => format!("cuda: {}", c.backend.describe()),
+        }
     }
 
     pub fn arch(&self) -> &dyn Architecture {
@@ -139,21 +221,38 @@ impl BatchRunner {
 
     /// Bytes of the KV pool.
     pub fn kv_bytes(&self) -> usize {
-        self.kv.bytes()
+        match &self.back {
+            Back::Fast { kv, .. } => kv.bytes(),
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => c.kv.bytes(),
+        }
     }
 
     /// Bytes of one KV block.
     pub fn block_bytes(&self) -> usize {
-        self.kv.block_bytes()
+        match &self.back {
+            Back::Fast { kv, .. } => kv.block_bytes(),
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => c.kv.bytes() / c.kv.n_blocks().max(1),
+        }
     }
 
-    /// Bytes allocated: KV pool, activations, scratch, 1-D weights.
+    /// Bytes allocated: KV pool, activations, scratch, 1-D weights (on the GPU: weights too,
+    /// in device memory).
     pub fn memory_bytes(&self) -> usize {
-        self.backend.allocated_bytes() + self.kv.bytes()
+        match &self.back {
+            Back::Fast { backend, kv, .. } => backend.allocated_bytes() + kv.bytes(),
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => c.backend.allocated_bytes() + c.kv.bytes(),
+        }
     }
 
     pub fn mapped_weight_bytes(&self) -> usize {
-        self.backend.mapped_weight_bytes()
+        match &self.back {
+            Back::Fast { backend, .. } => backend.mapped_weight_bytes(),
+            #[cfg(feature = "cuda")]
+            Back::Cuda(_) => 0,
+        }
     }
 
     /// A sequence for `tokens`, its longest cached prefix taken from the prefix cache (whole
@@ -239,21 +338,45 @@ impl BatchRunner {
             self.positions
                 .extend((seq.n_kv..seq.n_kv + *rows).map(|p| p as u32));
         }
-        let key = (self.tokens.len(), batch.len());
-        let prog = self.program(key)?;
-        let seqs: Vec<SeqRows> = batch
-            .iter()
-            .map(|(s, rows)| SeqRows {
-                rows: *rows,
-                blocks: &s.blocks,
-            })
-            .collect();
-        let prog = &self.programs[prog].1;
-        let logits = self
-            .backend
-            .execute_batch(prog, &self.tokens, &self.positions, &seqs, &mut self.kv)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        drop(seqs);
+        let logits = match &mut self.back {
+            Back::Fast {
+                backend,
+                kv,
+                programs,
+                uses,
+            } => {
+                let key = (self.tokens.len(), batch.len());
+                let prog = fast_program(self.arch.as_ref(), backend, kv, programs, uses, key)?;
+                let seqs: Vec<SeqRows> = batch
+                    .iter()
+                    .map(|(s, rows)| SeqRows {
+                        rows: *rows,
+                        blocks: &s.blocks,
+                    })
+                    .collect();
+                let prog = &programs[prog].1;
+                backend
+                    .execute_batch(prog, &self.tokens, &self.positions, &seqs, kv)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?
+            }
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => {
+                let mut at = 0;
+                let seqs: Vec<crate::cuda::StepSeq> = batch
+                    .iter()
+                    .map(|(s, rows)| {
+                        let seq = crate::cuda::StepSeq {
+                            tokens: &self.tokens[at..at + *rows],
+                            start: self.positions[at],
+                            blocks: &s.blocks,
+                        };
+                        at += *rows;
+                        seq
+                    })
+                    .collect();
+                c.step(self.arch.as_ref(), &seqs)?
+            }
+        };
         for (seq, rows) in batch.iter_mut() {
             seq.n_kv += *rows;
             // Blocks now full hold final keys and values: share them.
@@ -268,32 +391,22 @@ impl BatchRunner {
     }
 
     /// Lower the program for steps of `rows` rows of `n_seqs` sequences ahead of use (its
-    /// activations are allocated now).
+    /// activations are allocated now). On the GPU: every step shape of up to `n_seqs`
+    /// sequences and `rows - n_seqs` prompt rows (see `cuda.rs`).
     pub fn prepare(&mut self, rows: usize, n_seqs: usize) -> Result<(), EngineError> {
-        self.program((rows.max(n_seqs).max(1), n_seqs.max(1)))
-            .map(|_| ())
-    }
-
-    /// Index of the program for `key` (rows, sequences), lowering it when new.
-    fn program(&mut self, key: (usize, usize)) -> Result<usize, EngineError> {
-        self.uses += 1;
-        if let Some(i) = self.programs.iter().position(|p| p.0 == key) {
-            self.programs[i].2 = self.uses;
-            return Ok(i);
+        match &mut self.back {
+            Back::Fast {
+                backend,
+                kv,
+                programs,
+                uses,
+            } => {
+                let key = (rows.max(n_seqs).max(1), n_seqs.max(1));
+                fast_program(self.arch.as_ref(), backend, kv, programs, uses, key).map(|_| ())
+            }
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => c.prepare(self.arch.as_ref(), n_seqs, rows.saturating_sub(n_seqs)),
         }
-        if self.programs.len() >= MAX_PROGRAMS {
-            let oldest = (0..self.programs.len())
-                .min_by_key(|&i| self.programs[i].2)
-                .expect("not empty");
-            self.programs.swap_remove(oldest);
-        }
-        let graph = self.arch.build(key.0, Output::SeqLogits(key.1));
-        let prog = self
-            .backend
-            .lower(&graph, &self.kv)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        self.programs.push((key, prog, self.uses));
-        Ok(self.programs.len() - 1)
     }
 
     /// Final hidden states of `tokens` (`[n, n_embd]`), evaluated as a sequence of its own in
@@ -321,34 +434,69 @@ impl BatchRunner {
         for _ in 0..need {
             seq.blocks.push(self.pool.alloc().expect("counted"));
         }
-        let result = self.hidden_chunks(&seq);
+        let result = match &mut self.back {
+            Back::Fast { .. } => self.hidden_chunks(&seq),
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => c.hidden(self.arch.as_ref(), &seq.tokens, &seq.blocks),
+        };
         // Not registered: nothing else asks for an embedding's keys and values.
         self.release(&mut seq);
         result
     }
 
     fn hidden_chunks(&mut self, seq: &KvSeq) -> Result<Vec<f32>, EngineError> {
+        #[allow(irrefutable_let_patterns)] // without the `cuda` feature
+        let Back::Fast { backend, kv, .. } = &mut self.back
+        else {
+            unreachable!("the CPU's chunks")
+        };
         let mut out = Vec::new();
         let mut at = 0;
         // Chunks of a step's prompt budget: the activations stay within what `prepare` sized.
         for chunk in seq.tokens.chunks(crate::model::STEP_TOKENS) {
             let graph = self.arch.build(chunk.len(), Output::Hidden);
-            let prog = self
-                .backend
-                .lower(&graph, &self.kv)
+            let prog = backend
+                .lower(&graph, kv)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
             let positions: Vec<u32> = (at..at + chunk.len()).map(|p| p as u32).collect();
             let rows = [SeqRows {
                 rows: chunk.len(),
                 blocks: &seq.blocks,
             }];
-            let res = self
-                .backend
-                .execute_batch(&prog, chunk, &positions, &rows, &mut self.kv)
+            let res = backend
+                .execute_batch(&prog, chunk, &positions, &rows, kv)
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
             out.extend_from_slice(res);
             at += chunk.len();
         }
         Ok(out)
     }
+}
+
+/// Index of the CPU program for `key` (rows, sequences), lowering it when new.
+fn fast_program(
+    arch: &dyn Architecture,
+    backend: &mut FastBackend,
+    kv: &FastKvCache,
+    programs: &mut Vec<((usize, usize), Program, u64)>,
+    uses: &mut u64,
+    key: (usize, usize),
+) -> Result<usize, EngineError> {
+    *uses += 1;
+    if let Some(i) = programs.iter().position(|p| p.0 == key) {
+        programs[i].2 = *uses;
+        return Ok(i);
+    }
+    if programs.len() >= MAX_PROGRAMS {
+        let oldest = (0..programs.len())
+            .min_by_key(|&i| programs[i].2)
+            .expect("not empty");
+        programs.swap_remove(oldest);
+    }
+    let graph = arch.build(key.0, Output::SeqLogits(key.1));
+    let prog = backend
+        .lower(&graph, kv)
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    programs.push((key, prog, *uses));
+    Ok(programs.len() - 1)
 }

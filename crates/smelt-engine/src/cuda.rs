@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use smelt_cuda::{CudaBackend, CudaKvCache, CudaProgram};
+use smelt_cuda::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram};
 use smelt_gguf::Gguf;
 use smelt_models::{Architecture, Output};
 
@@ -62,5 +62,250 @@ impl CudaExec {
         self.backend
             .execute(&self.programs[&key], chunk, &positions, &mut self.kv)
             .map_err(err)
+    }
+}
+
+/// Programs of a batch engine on the GPU; steps of at most this many distinct shapes stay
+/// compiled (a decode program holds its captured graph).
+const MAX_BATCH_PROGRAMS: usize = 24;
+
+/// Prompt rows a prefill execution takes at most (see `chunk_shape`).
+const MAX_PREFILL_ROWS: usize = 512;
+
+/// Prompt rows of a chunk taken off `left` rows of one sequence, and its program: from
+/// [`PREFILL_MIN_ROWS`] rows on, the prefill kernels (tensor-core GEMMs) on a power of two of
+/// rows; fewer rows go through the decode kernels (the batch's own programs), a power of two
+/// up to [`smelt_cuda::MAX_DECODE_ROWS`]. A few programs serve every prompt length.
+fn chunk_shape(left: usize) -> (usize, (usize, Output)) {
+    if left >= PREFILL_MIN_ROWS {
+        let n = 1 << left.min(MAX_PREFILL_ROWS).ilog2();
+        (n, (n, Output::SeqLogits(1)))
+    } else {
+        let n = 1 << left.clamp(1, smelt_cuda::MAX_DECODE_ROWS).ilog2();
+        (n, (n, Output::SeqLogits(n)))
+    }
+}
+
+/// Fewest prompt rows that go through the prefill kernels (fewer take the decode kernels).
+const PREFILL_MIN_ROWS: usize = 16;
+
+/// The batch engine's GPU side: the backend, a paged KV pool on the device, programs by
+/// (rows, output).
+pub(crate) struct CudaBatch {
+    programs: Vec<((usize, Output), CudaProgram, u64)>,
+    uses: u64,
+    pub kv: CudaKvCache,
+    pub backend: CudaBackend,
+    out: Vec<f32>,
+}
+
+/// One sequence of a step: its new rows' tokens, their first position, its block table.
+pub(crate) struct StepSeq<'a> {
+    pub tokens: &'a [u32],
+    pub start: u32,
+    pub blocks: &'a [u32],
+}
+
+impl CudaBatch {
+    /// A pool of `n_blocks` blocks of [`smelt_cuda::KV_BLOCK`] positions.
+    pub fn load(
+        gguf: &Arc<Gguf>,
+        arch: &dyn Architecture,
+        n_blocks: usize,
+    ) -> Result<CudaBatch, EngineError> {
+        let backend = CudaBackend::new(Arc::clone(gguf), &arch.weights().specs()).map_err(err)?;
+        let kv = backend
+            .new_paged_kv(n_blocks, &arch.kv_widths())
+            .map_err(err)?;
+        Ok(CudaBatch {
+            programs: Vec::new(),
+            uses: 0,
+            kv,
+            backend,
+            out: Vec::new(),
+        })
+    }
+
+    fn program(
+        &mut self,
+        arch: &dyn Architecture,
+        key: (usize, Output),
+    ) -> Result<usize, EngineError> {
+        self.uses += 1;
+        if let Some(i) = self.programs.iter().position(|p| p.0 == key) {
+            self.programs[i].2 = self.uses;
+            return Ok(i);
+        }
+        if self.programs.len() >= MAX_BATCH_PROGRAMS {
+            let oldest = (0..self.programs.len())
+                .min_by_key(|&i| self.programs[i].2)
+                .expect("not empty");
+            self.programs.swap_remove(oldest);
+        }
+        let t0 = std::time::Instant::now();
+        let prog = self
+            .backend
+            .lower(&arch.build(key.0, key.1), &self.kv)
+            .map_err(err)?;
+        let secs = t0.elapsed().as_secs_f64();
+        if secs > 0.5 {
+            // A step shape met for the first time on this machine: NVRTC compiled it.
+            eprintln!(
+                "smelt: GPU program for {} rows ({:?}) compiled in {secs:.1}s",
+                key.0, key.1
+            );
+        }
+        self.programs.push((key, prog, self.uses));
+        Ok(self.programs.len() - 1)
+    }
+
+    /// Compile every step shape a batch loop of `max_seqs` sequences and `step_tokens` prompt
+    /// rows uses (decode programs of 1 to `max_seqs` rows, prompt chunks: `chunk_shape`),
+    /// all at once into the disk cache (1-2 s each one after another), and lower the decode
+    /// programs.
+    pub fn prepare(
+        &mut self,
+        arch: &dyn Architecture,
+        max_seqs: usize,
+        step_tokens: usize,
+    ) -> Result<(), EngineError> {
+        let rows = max_seqs.clamp(1, smelt_cuda::MAX_DECODE_ROWS);
+        let mut shapes: Vec<(usize, Output)> = Vec::new();
+        let mut add = |key| {
+            if !shapes.contains(&key) {
+                shapes.push(key);
+            }
+        };
+        for n in 1..=rows {
+            add((n, Output::SeqLogits(n)));
+        }
+        // Every chunk shape of a prompt of `step_tokens` rows and of its tails.
+        let mut left = step_tokens.max(1);
+        while left > 0 {
+            let (n, key) = chunk_shape(left);
+            add(key);
+            left = if n < left { n } else { n / 2 };
+        }
+        let t0 = std::time::Instant::now();
+        let graphs: Vec<_> = shapes.iter().map(|&(n, o)| arch.build(n, o)).collect();
+        self.backend.precompile(&graphs, &self.kv).map_err(err)?;
+        let compiled = t0.elapsed().as_secs_f64();
+        for n in 1..=rows {
+            self.program(arch, (n, Output::SeqLogits(n)))?;
+        }
+        eprintln!(
+            "smelt: {} GPU step shapes ready in {:.1}s (compiled or taken from the cache in {compiled:.1}s)",
+            shapes.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Evaluate one step: the sequences with one new row go through the decode kernels
+    /// together, up to [`smelt_cuda::MAX_DECODE_ROWS`] at a time; a sequence with several
+    /// goes alone in chunks of powers of two (`chunk_shape`). Returns the logits of each
+    /// sequence's last row, in order (`[seqs.len(), n_vocab]`).
+    pub fn step(
+        &mut self,
+        arch: &dyn Architecture,
+        seqs: &[StepSeq],
+    ) -> Result<&[f32], EngineError> {
+        let nv = arch.n_vocab();
+        self.out.clear();
+        self.out.resize(seqs.len() * nv, 0.0);
+        let single: Vec<usize> = (0..seqs.len())
+            .filter(|&i| seqs[i].tokens.len() == 1)
+            .collect();
+        for group in single.chunks(smelt_cuda::MAX_DECODE_ROWS) {
+            let n = group.len();
+            let pi = self.program(arch, (n, Output::SeqLogits(n)))?;
+            let tokens: Vec<u32> = group.iter().map(|&i| seqs[i].tokens[0]).collect();
+            let positions: Vec<u32> = group.iter().map(|&i| seqs[i].start).collect();
+            let rows: Vec<BatchSeq> = group
+                .iter()
+                .map(|&i| BatchSeq {
+                    rows: 1,
+                    blocks: seqs[i].blocks,
+                })
+                .collect();
+            let logits = self
+                .backend
+                .execute_batch(
+                    &self.programs[pi].1,
+                    &tokens,
+                    &positions,
+                    &rows,
+                    &mut self.kv,
+                )
+                .map_err(err)?;
+            for (r, &i) in group.iter().enumerate() {
+                self.out[i * nv..(i + 1) * nv].copy_from_slice(&logits[r * nv..(r + 1) * nv]);
+            }
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.len() == 1 {
+                continue;
+            }
+            let mut at = 0;
+            while at < s.tokens.len() {
+                let (n, key) = chunk_shape(s.tokens.len() - at);
+                let pi = self.program(arch, key)?;
+                let positions: Vec<u32> =
+                    (0..n as u32).map(|k| s.start + (at as u32) + k).collect();
+                let rows = [BatchSeq {
+                    rows: n,
+                    blocks: s.blocks,
+                }];
+                let logits = self
+                    .backend
+                    .execute_batch(
+                        &self.programs[pi].1,
+                        &s.tokens[at..at + n],
+                        &positions,
+                        &rows,
+                        &mut self.kv,
+                    )
+                    .map_err(err)?;
+                at += n;
+                if at == s.tokens.len() {
+                    // The chunk's last row: a decode program gives every row.
+                    let last = logits.len() - nv;
+                    self.out[i * nv..(i + 1) * nv].copy_from_slice(&logits[last..]);
+                }
+            }
+        }
+        Ok(&self.out)
+    }
+
+    /// Final hidden states (`[n, n_embd]`) of one sequence's `tokens` at positions 0.., its
+    /// keys and values written to `blocks`.
+    pub fn hidden(
+        &mut self,
+        arch: &dyn Architecture,
+        tokens: &[u32],
+        blocks: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < tokens.len() {
+            // Powers of two: a few programs serve every length.
+            let n = 1 << (tokens.len() - at).min(MAX_PREFILL_ROWS).ilog2();
+            let pi = self.program(arch, (n, Output::Hidden))?;
+            let positions: Vec<u32> = (at as u32..(at + n) as u32).collect();
+            let rows = [BatchSeq { rows: n, blocks }];
+            let res = self
+                .backend
+                .execute_batch(
+                    &self.programs[pi].1,
+                    &tokens[at..at + n],
+                    &positions,
+                    &rows,
+                    &mut self.kv,
+                )
+                .map_err(err)?;
+            out.extend_from_slice(res);
+            at += n;
+        }
+        Ok(out)
     }
 }

@@ -107,14 +107,10 @@ impl Model {
             opts.num_ctx
         };
         let tokenizer = Arc::new(tokenizer);
-        // The batch engine runs on the CPU fast backend; the reference and CUDA backends serve
-        // one sequence at a time.
+        // The batch engine runs on the CPU fast backend or the GPU; the reference backend
+        // serves one sequence at a time.
         let kind = BackendKind::from_env()?;
-        let single_backend = match kind {
-            BackendKind::Reference | BackendKind::Cuda => true,
-            BackendKind::Auto => crate::cuda_available(),
-            BackendKind::Fast => false,
-        };
+        let single_backend = kind == BackendKind::Reference;
         if opts.parallel == 0 || single_backend {
             let runner = Runner::load(gguf.clone(), n_ctx, threads)?;
             let mut info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
@@ -138,6 +134,7 @@ impl Model {
                 kv_positions: kv_positions.max(n_ctx),
                 threads,
                 kv_type: KvType::F16,
+                backend: kind,
             },
         )?;
         let cfg = BatchConfig {
@@ -147,7 +144,8 @@ impl Model {
         };
         // Lower the largest step now, so its activations are allocated (and counted) at load.
         runner.prepare(STEP_TOKENS + opts.parallel, opts.parallel)?;
-        let info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
+        let mut info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
+        info.device = runner.device();
         let (mapped, kv_bytes) = (runner.mapped_weight_bytes(), runner.kv_bytes());
         let stats = Arc::new(BatchStats::default());
         let (tx, rx) = mpsc::channel();

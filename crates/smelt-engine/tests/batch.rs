@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use smelt_engine::{
-    BatchOptions, BatchRunner, Event, FinishReason, GenerateRequest, KvSeq, KvType, LoadOptions,
-    Model, Runner, SamplingOptions, Usage, BLOCK_SIZE,
+    BackendKind, BatchOptions, BatchRunner, Event, FinishReason, GenerateRequest, KvSeq, KvType,
+    LoadOptions, Model, Runner, RunnerOptions, SamplingOptions, Usage, BLOCK_SIZE,
 };
 use smelt_gguf::Gguf;
 use smelt_models::Output;
@@ -78,7 +78,16 @@ fn step_rows(s: &KvSeq, cap: usize) -> usize {
 fn batch_equals_alone(model: &str) {
     let g = Arc::new(Gguf::open(model_path(model)).unwrap());
     let n = 12;
-    let mut r = Runner::load(g.clone(), 128, 2).unwrap();
+    let mut r = Runner::load_with(
+        g.clone(),
+        RunnerOptions {
+            n_ctx: 128,
+            threads: 2,
+            backend: BackendKind::Fast,
+            kv_type: KvType::F16,
+        },
+    )
+    .unwrap();
     let ps = prompts(&g);
     assert!(ps[1].len() > BLOCK_SIZE && ps[3].len() > BLOCK_SIZE);
     let want: Vec<Vec<u32>> = ps.iter().map(|p| alone(&mut r, p, n)).collect();
@@ -90,6 +99,8 @@ fn batch_equals_alone(model: &str) {
             kv_positions: 512,
             threads: 2,
             kv_type: KvType::F16,
+            // Token-for-token equality is the CPU's rule (see the top of this file).
+            backend: BackendKind::Fast,
         },
     )
     .unwrap();

@@ -7,6 +7,9 @@
 //! `-r` repetitions of: clear the KV cache, prefill `-p` prompt tokens (one graph per 512
 //! tokens), then decode `-n` tokens greedily, one at a time. Medians over the repetitions.
 //!
+//! `--batch N` decodes N sequences together through the batch engine instead
+//! (`bench_cmd/batch.rs`).
+//!
 //! `--serve` benchmarks the HTTP server with concurrent streaming clients instead; its procedure
 //! and JSON keys are documented in `bench_cmd/serve.rs`.
 //!
@@ -38,6 +41,7 @@
 //! | `dispatch_ms` | dispatch overhead: one pool job with `dispatches_per_token` barriers and no work, timed on the same threads (median of 200) |
 //! | `other_ms` | the rest, `token_ms - floor_ms - dispatch_ms`: compute not hidden under memory traffic, load latency, imbalance |
 
+mod batch;
 mod membw;
 mod serve;
 mod synth;
@@ -110,6 +114,10 @@ pub struct BenchArgs {
     /// server's log).
     #[arg(long)]
     pub verbose: bool,
+    /// Decode N sequences together through the batch engine (the server's), reporting tokens
+    /// per second summed over them (keys in bench_cmd/batch.rs).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
     #[command(flatten)]
     pub serve: serve::ServeBenchArgs,
 }
@@ -153,6 +161,9 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     };
     if a.reps == 0 || a.n_prompt == 0 {
         bail!("-r and -p must be at least 1");
+    }
+    if let Some(n) = a.batch {
+        return batch::run(&model, &a, n, threads);
     }
     let r = measure(&model, &a, threads)?;
     // Peak RSS before the bandwidth probe's buffer raises it.
