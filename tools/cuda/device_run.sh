@@ -137,7 +137,7 @@ if [ "$MODE" = tiled ]; then
     SMELT_CUDA_PREFILL_ATTN=$v timeout 60 $C/smelt --device cuda perplexity /tmp/llama-1b.gguf README.md --chunks 2 --ctx 256 > /tmp/p.log 2>&1; echo "ppl cuda $v rc=$? $(tail -1 /tmp/p.log)"
   done
   timeout 60 $C/smelt --device cpu perplexity /tmp/llama-1b.gguf README.md --chunks 2 --ctx 256 > /tmp/p.log 2>&1; echo "ppl cpu rc=$? $(tail -1 /tmp/p.log)"
-  for m in llama-1b llama-8b; do for v in tiled default; do
+  for m in ${TILED_MODELS:-llama-1b llama-8b}; do for v in tiled default; do
     SMELT_CUDA_PREFILL_ATTN=$v timeout 60 $C/smelt bench /tmp/$m.gguf -p 512 -n 16 -r 3 --json > /tmp/b.json 2>/dev/null
     python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m $v prefill %.1f decode %.1f' % (r['prefill_tps'], r['decode_tps']))"
   done; done
