@@ -801,10 +801,10 @@ fn dequant_and_to_f16_kernels_match_cpu() {
     }
 }
 
-/// A batch over a paged KV pool gives each sequence what it gets alone: four sequences (prompts
-/// of 5, 33, 40 and 1 tokens, in scattered blocks) are prefilled one by one, then decode three
-/// steps together (4 rows, then 2 of them, then all 4), against each sequence run alone on a
-/// cache of its own. Types of both gemv families and of the tiled epilogue (the Gemma-like
+/// A batch over a paged KV pool gives each sequence what it gets alone: eight sequences (prompts
+/// of 1 to 40 tokens, in scattered blocks) are prefilled one by one, then decode three steps
+/// together (all 8 rows: two passes of 4 in the gemv; then 2 of them; then 4), against each
+/// sequence run alone on a cache of its own. Types of both gemv families and of the tiled epilogue (the Gemma-like
 /// layer's QK-norm), the Qwen-like layer's NEOX pairs, a sliding window.
 #[test]
 fn batched_decode_matches_single_sequences() {
@@ -817,10 +817,19 @@ fn batched_decode_matches_single_sequences() {
         (GgmlType::Q6_K, true),
         (GgmlType::Q4_0, true),
     ];
-    let prompts = [5usize, 33, 40, 1];
-    let tables: [&[u32]; 4] = [&[7, 2], &[0, 9, 4], &[12, 3, 5], &[1]];
+    let prompts = [5usize, 33, 40, 1, 2, 17, 30, 9];
+    let tables: [&[u32]; 8] = [
+        &[7, 2],
+        &[0, 9, 4],
+        &[12, 3, 5],
+        &[1],
+        &[15],
+        &[6, 14],
+        &[13, 10],
+        &[8],
+    ];
     // Rows of each step: sequence indices.
-    let steps: [&[usize]; 3] = [&[0, 1, 2, 3], &[1, 3], &[0, 1, 2, 3]];
+    let steps: [&[usize]; 3] = [&[0, 1, 2, 3, 4, 5, 6, 7], &[1, 3], &[0, 1, 2, 3]];
     for (ci, (dtype, qwen)) in cases.into_iter().enumerate() {
         let d = QUANT;
         let mut rng = Rng(0xba7c + ci as u64);
@@ -849,7 +858,7 @@ fn batched_decode_matches_single_sequences() {
             graph_of(&d, n, &mut sink, batch, qwen)
         };
         let widths = [d.n_head_kv * d.head_dim; 2];
-        let tokens: Vec<Vec<u32>> = (0..4)
+        let tokens: Vec<Vec<u32>> = (0..8)
             .map(|s| {
                 (0..prompts[s] + 3)
                     .map(|i| ((i * 5 + s * 11 + 2) % d.n_vocab) as u32)
@@ -859,7 +868,7 @@ fn batched_decode_matches_single_sequences() {
         let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
         // Alone: each sequence on a cache of its own, logits after its prompt and each step.
         let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
-        for s in 0..4 {
+        for s in 0..8 {
             let mut kv = cb.new_kv(64, &widths).unwrap();
             let pp = cb.lower(&graph(prompts[s], false), &kv).unwrap();
             let p1 = cb.lower(&graph(1, false), &kv).unwrap();
@@ -880,8 +889,8 @@ fn batched_decode_matches_single_sequences() {
         }
         // Together on a pool of 16 blocks.
         let mut pool = cb.new_paged_kv(16, &widths).unwrap();
-        let mut n_kv = [0usize; 4];
-        for s in 0..4 {
+        let mut n_kv = [0usize; 8];
+        for s in 0..8 {
             let pp = cb.lower(&graph(prompts[s], false), &pool).unwrap();
             let positions: Vec<u32> = (0..prompts[s] as u32).collect();
             let seq = [crate::BatchSeq {
@@ -899,7 +908,7 @@ fn batched_decode_matches_single_sequences() {
             );
             n_kv[s] = prompts[s];
         }
-        let mut steps_done = [0usize; 4];
+        let mut steps_done = [0usize; 8];
         for (si, rows) in steps.iter().enumerate() {
             let prog = cb.lower(&graph(rows.len(), true), &pool).unwrap();
             assert!(prog.is_decode(), "a batch of {} rows decodes", rows.len());

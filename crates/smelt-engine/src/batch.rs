@@ -164,31 +164,26 @@ impl BatchRunner {
     }
 
     /// The GPU side, or None to run on the CPU (`auto` when the GPU fails to load).
-    #[cfg(feature = "cuda")]
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
     fn gpu(
         gguf: &Arc<Gguf>,
         arch: &dyn Architecture,
         n_blocks: usize,
         kind: BackendKind,
     ) -> Result<Option<Back>, EngineError> {
-        const _: () = assert!(BLOCK_SIZE == smelt_cuda::KV_BLOCK);
-        match crate::cuda::CudaBatch::load(gguf, arch, n_blocks) {
-            Ok(c) => Ok(Some(Back::Cuda(Box::new(c)))),
-            Err(e) if kind == BackendKind::Auto => {
-                eprintln!("smelt: GPU not used ({e}); running on the CPU");
-                Ok(None)
+        #[cfg(feature = "cuda")]
+        {
+            const _: () = assert!(BLOCK_SIZE == smelt_cuda::KV_BLOCK);
+            match crate::cuda::CudaBatch::load(gguf, arch, n_blocks) {
+                Ok(c) => Ok(Some(Back::Cuda(Box::new(c)))),
+                Err(e) if kind == BackendKind::Auto => {
+                    eprintln!("smelt: GPU not used ({e}); running on the CPU");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
         }
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn gpu(
-        _: &Arc<Gguf>,
-        _: &dyn Architecture,
-        _: usize,
-        kind: BackendKind,
-    ) -> Result<Option<Back>, EngineError> {
+        #[cfg(not(feature = "cuda"))]
         match kind {
             BackendKind::Cuda => Err(EngineError::Invalid(
                 "this build has no CUDA backend".into(),
