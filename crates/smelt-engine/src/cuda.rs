@@ -86,6 +86,24 @@ fn chunk_shape(left: usize) -> (usize, (usize, Output)) {
     }
 }
 
+/// Every program a batch loop of `max_seqs` sequences and `step_tokens` prompt rows a step
+/// runs: decode programs of 1 to `max_seqs` rows (at most 8), and the chunks (`chunk_shape`)
+/// of any prompt step of up to `step_tokens` rows.
+fn step_shapes(max_seqs: usize, step_tokens: usize) -> Vec<(usize, Output)> {
+    let rows = max_seqs.clamp(1, smelt_cuda::MAX_DECODE_ROWS);
+    let mut shapes: Vec<(usize, Output)> = (1..=rows).map(|n| (n, Output::SeqLogits(n))).collect();
+    // A prompt of `step_tokens` rows and every tail it leaves: the chain covers any shorter one.
+    let mut left = step_tokens.max(1);
+    while left > 0 {
+        let (n, key) = chunk_shape(left);
+        if !shapes.contains(&key) {
+            shapes.push(key);
+        }
+        left = if n < left { n } else { n / 2 };
+    }
+    shapes
+}
+
 /// Fewest prompt rows that go through the prefill kernels (fewer take the decode kernels).
 const PREFILL_MIN_ROWS: usize = 16;
 
@@ -170,22 +188,7 @@ impl CudaBatch {
         step_tokens: usize,
     ) -> Result<(), EngineError> {
         let rows = max_seqs.clamp(1, smelt_cuda::MAX_DECODE_ROWS);
-        let mut shapes: Vec<(usize, Output)> = Vec::new();
-        let mut add = |key| {
-            if !shapes.contains(&key) {
-                shapes.push(key);
-            }
-        };
-        for n in 1..=rows {
-            add((n, Output::SeqLogits(n)));
-        }
-        // Every chunk shape of a prompt of `step_tokens` rows and of its tails.
-        let mut left = step_tokens.max(1);
-        while left > 0 {
-            let (n, key) = chunk_shape(left);
-            add(key);
-            left = if n < left { n } else { n / 2 };
-        }
+        let shapes = step_shapes(max_seqs, step_tokens);
         let t0 = std::time::Instant::now();
         let graphs: Vec<_> = shapes.iter().map(|&(n, o)| arch.build(n, o)).collect();
         self.backend.precompile(&graphs, &self.kv).map_err(err)?;
@@ -307,5 +310,38 @@ impl CudaBatch {
             at += n;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every chunk a prompt step of up to `step_tokens` rows takes is compiled at load, the
+    /// chunks cover the rows exactly, and few programs do it.
+    #[test]
+    fn prepared_shapes_cover_every_prompt_step() {
+        for (max_seqs, step_tokens) in [(1, 256), (4, 256), (8, 256), (8, 100), (3, 7)] {
+            let shapes = step_shapes(max_seqs, step_tokens);
+            assert!(shapes.len() <= 8 + 6, "{shapes:?}");
+            for n in 1..=max_seqs.min(smelt_cuda::MAX_DECODE_ROWS) {
+                assert!(shapes.contains(&(n, Output::SeqLogits(n))));
+            }
+            for rows in 1..=step_tokens {
+                let (mut left, mut covered) = (rows, 0);
+                while left > 0 {
+                    let (n, key) = chunk_shape(left);
+                    assert!(
+                        n >= 1 && n <= left,
+                        "{rows} rows: a chunk of {n} off {left}"
+                    );
+                    assert_eq!(key.0, n);
+                    assert!(shapes.contains(&key), "{rows} rows: {key:?} not prepared");
+                    left -= n;
+                    covered += n;
+                }
+                assert_eq!(covered, rows);
+            }
+        }
     }
 }
