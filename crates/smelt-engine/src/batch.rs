@@ -112,11 +112,53 @@ enum Back {
     Fast {
         backend: FastBackend,
         kv: FastKvCache,
-        programs: Vec<((usize, usize), Program, u64)>,
-        uses: u64,
+        programs: Programs<(usize, usize), Program>,
     },
     #[cfg(feature = "cuda")]
     Cuda(Box<crate::cuda::CudaBatch>),
+}
+
+/// Lowered programs by step shape, the least recently used one dropped past `cap`.
+pub(crate) struct Programs<K, P> {
+    items: Vec<(K, P, u64)>,
+    uses: u64,
+    cap: usize,
+}
+
+impl<K: PartialEq, P> Programs<K, P> {
+    pub fn new(cap: usize) -> Self {
+        Programs {
+            items: Vec::new(),
+            uses: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Index of `key`'s program, lowered by `lower` when it is not kept.
+    pub fn index(
+        &mut self,
+        key: K,
+        lower: impl FnOnce() -> Result<P, EngineError>,
+    ) -> Result<usize, EngineError> {
+        self.uses += 1;
+        if let Some(i) = self.items.iter().position(|p| p.0 == key) {
+            self.items[i].2 = self.uses;
+            return Ok(i);
+        }
+        let prog = lower()?;
+        if self.items.len() >= self.cap {
+            let oldest = (0..self.items.len())
+                .min_by_key(|&i| self.items[i].2)
+                .expect("not empty");
+            self.items.swap_remove(oldest);
+        }
+        self.items.push((key, prog, self.uses));
+        Ok(self.items.len() - 1)
+    }
+
+    pub fn get(&self, i: usize) -> &P {
+        &self.items[i].1
+    }
 }
 
 impl BatchRunner {
@@ -148,8 +190,7 @@ impl BatchRunner {
                 Back::Fast {
                     backend,
                     kv,
-                    programs: Vec::new(),
-                    uses: 0,
+                    programs: Programs::new(MAX_PROGRAMS),
                 }
             }
         };
@@ -338,10 +379,9 @@ impl BatchRunner {
                 backend,
                 kv,
                 programs,
-                uses,
             } => {
                 let key = (self.tokens.len(), batch.len());
-                let prog = fast_program(self.arch.as_ref(), backend, kv, programs, uses, key)?;
+                let prog = fast_program(self.arch.as_ref(), backend, kv, programs, key)?;
                 let seqs: Vec<SeqRows> = batch
                     .iter()
                     .map(|(s, rows)| SeqRows {
@@ -349,7 +389,7 @@ impl BatchRunner {
                         blocks: &s.blocks,
                     })
                     .collect();
-                let prog = &programs[prog].1;
+                let prog = programs.get(prog);
                 backend
                     .execute_batch(prog, &self.tokens, &self.positions, &seqs, kv)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?
@@ -394,10 +434,9 @@ impl BatchRunner {
                 backend,
                 kv,
                 programs,
-                uses,
             } => {
                 let key = (rows.max(n_seqs).max(1), n_seqs.max(1));
-                fast_program(self.arch.as_ref(), backend, kv, programs, uses, key).map(|_| ())
+                fast_program(self.arch.as_ref(), backend, kv, programs, key).map(|_| ())
             }
             #[cfg(feature = "cuda")]
             Back::Cuda(c) => c.prepare(self.arch.as_ref(), n_seqs, rows.saturating_sub(n_seqs)),
@@ -473,25 +512,12 @@ fn fast_program(
     arch: &dyn Architecture,
     backend: &mut FastBackend,
     kv: &FastKvCache,
-    programs: &mut Vec<((usize, usize), Program, u64)>,
-    uses: &mut u64,
+    programs: &mut Programs<(usize, usize), Program>,
     key: (usize, usize),
 ) -> Result<usize, EngineError> {
-    *uses += 1;
-    if let Some(i) = programs.iter().position(|p| p.0 == key) {
-        programs[i].2 = *uses;
-        return Ok(i);
-    }
-    if programs.len() >= MAX_PROGRAMS {
-        let oldest = (0..programs.len())
-            .min_by_key(|&i| programs[i].2)
-            .expect("not empty");
-        programs.swap_remove(oldest);
-    }
-    let graph = arch.build(key.0, Output::SeqLogits(key.1));
-    let prog = backend
-        .lower(&graph, kv)
-        .map_err(|e| EngineError::Invalid(e.to_string()))?;
-    programs.push((key, prog, *uses));
-    Ok(programs.len() - 1)
+    programs.index(key, || {
+        backend
+            .lower(&arch.build(key.0, Output::SeqLogits(key.1)), kv)
+            .map_err(|e| EngineError::Invalid(e.to_string()))
+    })
 }

@@ -7,6 +7,7 @@ use smelt_cuda::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram};
 use smelt_gguf::Gguf;
 use smelt_models::{Architecture, Output};
 
+use crate::batch::Programs;
 use crate::EngineError;
 
 /// Programs kept; a decode program holds its captured CUDA graph.
@@ -110,8 +111,7 @@ const PREFILL_MIN_ROWS: usize = 16;
 /// The batch engine's GPU side: the backend, a paged KV pool on the device, programs by
 /// (rows, output).
 pub(crate) struct CudaBatch {
-    programs: Vec<((usize, Output), CudaProgram, u64)>,
-    uses: u64,
+    programs: Programs<(usize, Output), CudaProgram>,
     pub kv: CudaKvCache,
     pub backend: CudaBackend,
     out: Vec<f32>,
@@ -136,8 +136,7 @@ impl CudaBatch {
             .new_paged_kv(n_blocks, &arch.kv_widths())
             .map_err(err)?;
         Ok(CudaBatch {
-            programs: Vec::new(),
-            uses: 0,
+            programs: Programs::new(MAX_BATCH_PROGRAMS),
             kv,
             backend,
             out: Vec::new(),
@@ -149,32 +148,20 @@ impl CudaBatch {
         arch: &dyn Architecture,
         key: (usize, Output),
     ) -> Result<usize, EngineError> {
-        self.uses += 1;
-        if let Some(i) = self.programs.iter().position(|p| p.0 == key) {
-            self.programs[i].2 = self.uses;
-            return Ok(i);
-        }
-        if self.programs.len() >= MAX_BATCH_PROGRAMS {
-            let oldest = (0..self.programs.len())
-                .min_by_key(|&i| self.programs[i].2)
-                .expect("not empty");
-            self.programs.swap_remove(oldest);
-        }
-        let t0 = std::time::Instant::now();
-        let prog = self
-            .backend
-            .lower(&arch.build(key.0, key.1), &self.kv)
-            .map_err(err)?;
-        let secs = t0.elapsed().as_secs_f64();
-        if secs > 0.5 {
-            // A step shape met for the first time on this machine: NVRTC compiled it.
-            eprintln!(
-                "smelt: GPU program for {} rows ({:?}) compiled in {secs:.1}s",
-                key.0, key.1
-            );
-        }
-        self.programs.push((key, prog, self.uses));
-        Ok(self.programs.len() - 1)
+        let (backend, kv) = (&mut self.backend, &self.kv);
+        self.programs.index(key, || {
+            let t0 = std::time::Instant::now();
+            let prog = backend.lower(&arch.build(key.0, key.1), kv).map_err(err)?;
+            let secs = t0.elapsed().as_secs_f64();
+            if secs > 0.5 {
+                // A step shape met for the first time on this machine: NVRTC compiled it.
+                eprintln!(
+                    "smelt: GPU program for {} rows ({:?}) compiled in {secs:.1}s",
+                    key.0, key.1
+                );
+            }
+            Ok(prog)
+        })
     }
 
     /// Compile every step shape a batch loop of `max_seqs` sequences and `step_tokens` prompt
@@ -214,35 +201,37 @@ impl CudaBatch {
         seqs: &[StepSeq],
     ) -> Result<&[f32], EngineError> {
         let nv = arch.n_vocab();
-        self.out.clear();
-        self.out.resize(seqs.len() * nv, 0.0);
         let single: Vec<usize> = (0..seqs.len())
             .filter(|&i| seqs[i].tokens.len() == 1)
             .collect();
+        if single.len() == seqs.len() && seqs.len() <= smelt_cuda::MAX_DECODE_ROWS {
+            // Every sequence decodes (most steps): the backend's rows are the answer, in order.
+            return self.decode_rows(arch, seqs, &single);
+        }
+        // Each sequence's row gathers here (out of `self` while the backend's output is read).
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.resize(seqs.len() * nv, 0.0);
+        let r = self.mixed_step(arch, seqs, &single, &mut out);
+        self.out = out;
+        r?;
+        Ok(&self.out)
+    }
+
+    /// `step` for a step with prompt rows or more than one decode group: every sequence's last
+    /// logits into `out`.
+    fn mixed_step(
+        &mut self,
+        arch: &dyn Architecture,
+        seqs: &[StepSeq],
+        single: &[usize],
+        out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        let nv = arch.n_vocab();
         for group in single.chunks(smelt_cuda::MAX_DECODE_ROWS) {
-            let n = group.len();
-            let pi = self.program(arch, (n, Output::SeqLogits(n)))?;
-            let tokens: Vec<u32> = group.iter().map(|&i| seqs[i].tokens[0]).collect();
-            let positions: Vec<u32> = group.iter().map(|&i| seqs[i].start).collect();
-            let rows: Vec<BatchSeq> = group
-                .iter()
-                .map(|&i| BatchSeq {
-                    rows: 1,
-                    blocks: seqs[i].blocks,
-                })
-                .collect();
-            let logits = self
-                .backend
-                .execute_batch(
-                    &self.programs[pi].1,
-                    &tokens,
-                    &positions,
-                    &rows,
-                    &mut self.kv,
-                )
-                .map_err(err)?;
+            let logits = self.decode_rows(arch, seqs, group)?;
             for (r, &i) in group.iter().enumerate() {
-                self.out[i * nv..(i + 1) * nv].copy_from_slice(&logits[r * nv..(r + 1) * nv]);
+                out[i * nv..(i + 1) * nv].copy_from_slice(&logits[r * nv..(r + 1) * nv]);
             }
         }
         for (i, s) in seqs.iter().enumerate() {
@@ -262,7 +251,7 @@ impl CudaBatch {
                 let logits = self
                     .backend
                     .execute_batch(
-                        &self.programs[pi].1,
+                        self.programs.get(pi),
                         &s.tokens[at..at + n],
                         &positions,
                         &rows,
@@ -273,11 +262,41 @@ impl CudaBatch {
                 if at == s.tokens.len() {
                     // The chunk's last row: a decode program gives every row.
                     let last = logits.len() - nv;
-                    self.out[i * nv..(i + 1) * nv].copy_from_slice(&logits[last..]);
+                    out[i * nv..(i + 1) * nv].copy_from_slice(&logits[last..]);
                 }
             }
         }
-        Ok(&self.out)
+        Ok(())
+    }
+
+    /// The logits of sequences `group` of `seqs` (one new row each, at most
+    /// [`smelt_cuda::MAX_DECODE_ROWS`]), decoded together: a row each, in `group`'s order.
+    fn decode_rows(
+        &mut self,
+        arch: &dyn Architecture,
+        seqs: &[StepSeq],
+        group: &[usize],
+    ) -> Result<&[f32], EngineError> {
+        let n = group.len();
+        let pi = self.program(arch, (n, Output::SeqLogits(n)))?;
+        let tokens: Vec<u32> = group.iter().map(|&i| seqs[i].tokens[0]).collect();
+        let positions: Vec<u32> = group.iter().map(|&i| seqs[i].start).collect();
+        let rows: Vec<BatchSeq> = group
+            .iter()
+            .map(|&i| BatchSeq {
+                rows: 1,
+                blocks: seqs[i].blocks,
+            })
+            .collect();
+        self.backend
+            .execute_batch(
+                self.programs.get(pi),
+                &tokens,
+                &positions,
+                &rows,
+                &mut self.kv,
+            )
+            .map_err(err)
     }
 
     /// Final hidden states (`[n, n_embd]`) of one sequence's `tokens` at positions 0.., its
@@ -299,7 +318,7 @@ impl CudaBatch {
             let res = self
                 .backend
                 .execute_batch(
-                    &self.programs[pi].1,
+                    self.programs.get(pi),
                     &tokens[at..at + n],
                     &positions,
                     &rows,
