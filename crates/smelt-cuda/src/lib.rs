@@ -8,6 +8,7 @@ mod codegen;
 mod cublas;
 mod device;
 mod layout;
+mod profile;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,105 @@
+//! `SMELT_CUDA_PROFILE=1`: device time per launch, measured with events around every launch
+//! (graphs off), summed by label and printed when the backend is dropped. A kernel-lab tool.
+
+use std::collections::HashMap;
+
+use cudarc::driver::sys;
+
+use crate::backend::CudaProgram;
+use crate::device::check;
+use crate::CudaError;
+
+/// Device time per kernel label, summed over executions (`SMELT_CUDA_PROFILE`).
+#[derive(Default)]
+pub(crate) struct Profile {
+    /// (phase and label) -> (milliseconds, launches, executions of the phase seen).
+    by_label: HashMap<String, (f64, u64)>,
+    /// phase -> (executions, summed milliseconds).
+    phases: HashMap<String, (u64, f64)>,
+}
+
+impl Profile {
+    pub fn add(&mut self, prog: &CudaProgram, ev: &Events) -> Result<(), CudaError> {
+        let phase = if prog.n_tokens() == 1 {
+            "decode".to_string()
+        } else {
+            format!("prefill {}", prog.n_tokens())
+        };
+        let mut total = 0.0;
+        for (i, label) in prog.labels.iter().enumerate() {
+            let mut ms = 0f32;
+            // SAFETY: both events were recorded on the stream, which is synchronised.
+            unsafe {
+                check(
+                    sys::cuEventElapsedTime_v2(&mut ms, ev.0[i], ev.0[i + 1]),
+                    "event time",
+                )?
+            };
+            let e = self
+                .by_label
+                .entry(format!("{phase} | {label}"))
+                .or_default();
+            e.0 += ms as f64;
+            e.1 += 1;
+            total += ms as f64;
+        }
+        let p = self.phases.entry(phase).or_default();
+        p.0 += 1;
+        p.1 += total;
+        Ok(())
+    }
+
+    pub fn report(&self) -> String {
+        let mut out = String::from("SMELT_CUDA_PROFILE (device time between launch events)\n");
+        let mut phases: Vec<_> = self.phases.iter().collect();
+        phases.sort_by(|a, b| a.0.cmp(b.0));
+        for (phase, &(execs, ms)) in phases {
+            let per = ms / execs.max(1) as f64;
+            out += &format!("{phase}: {execs} executions, {per:.3} ms each\n");
+            let mut rows: Vec<_> = self
+                .by_label
+                .iter()
+                .filter(|(k, _)| k.split(" | ").next() == Some(phase.as_str()))
+                .collect();
+            rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            for (k, &(ms_k, n)) in rows {
+                let label = k.split(" | ").nth(1).unwrap_or("");
+                out += &format!(
+                    "  {:>8.1} us/exec {:>5.1}% {:>5} per exec {:>7.2} us each  {label}\n",
+                    1e3 * ms_k / execs.max(1) as f64,
+                    100.0 * ms_k / ms.max(1e-12),
+                    n / execs.max(1),
+                    1e3 * ms_k / n.max(1) as f64,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// CUDA events, destroyed on drop.
+pub(crate) struct Events(pub Vec<sys::CUevent>);
+
+impl Events {
+    pub fn new(n: usize) -> Result<Events, CudaError> {
+        let mut ev = Events(Vec::with_capacity(n));
+        for _ in 0..n {
+            let mut e = std::ptr::null_mut();
+            // SAFETY: creating an event in the current context (bound by `execute`).
+            unsafe { check(sys::cuEventCreate(&mut e, 0), "event create")? };
+            ev.0.push(e);
+        }
+        Ok(ev)
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        for &e in &self.0 {
+            // SAFETY: events created by `Events::new`, destroyed once.
+            unsafe {
+                let _ = sys::cuEventDestroy_v2(e);
+            }
+        }
+    }
+}
