@@ -80,6 +80,13 @@ pub struct CudaProgram {
     in_len: usize,
     /// Matmuls through the decode gemv kernels (replayed as a graph).
     decode: bool,
+    /// One persistent kernel with grid-wide barriers (codegen/persistent.rs): launched
+    /// cooperatively, so the driver refuses a grid that would not be resident at once.
+    cooperative: bool,
+    /// Its grid barrier's counter (index into the counters), zeroed before each launch.
+    barrier: Option<usize>,
+    /// The graph capture failed (a cooperative launch the driver cannot capture).
+    no_graph: std::sync::atomic::AtomicBool,
     kv_capacity: usize,
     paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
@@ -191,6 +198,8 @@ pub struct CudaBackend {
     /// Prefill GEMMs: cuBLAS if it loaded (else why not), and whether programs use it.
     cublas: Result<Cublas, String>,
     use_cublas: bool,
+    /// One-token decode programs as one persistent kernel (`SMELT_CUDA_PERSISTENT=1`).
+    persistent: bool,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -284,6 +293,7 @@ impl CudaBackend {
             fuse: FuseOptions::ALL,
             graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             pdl,
+            persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
             profile: std::env::var("SMELT_CUDA_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Profile::default),
@@ -328,6 +338,12 @@ impl CudaBackend {
 
     pub fn set_fusion(&mut self, opts: FuseOptions) {
         self.fuse = opts;
+    }
+
+    /// Run one-token decode programs lowered from now on as one persistent kernel
+    /// (codegen/persistent.rs) instead of a launch per fused kernel.
+    pub fn set_persistent(&mut self, on: bool) {
+        self.persistent = on;
     }
 
     /// Replay decode steps as CUDA graphs (default on; `SMELT_CUDA_GRAPHS=0` turns it off).
@@ -404,6 +420,7 @@ impl CudaBackend {
             self.dev.sm_count as usize,
             self.dev.cc.0,
             self.use_cublas,
+            self.persistent,
         )?;
         let src = if self.pdl {
             format!("#define SMELT_PDL 1\n{}", gen.src)
@@ -463,7 +480,19 @@ impl CudaBackend {
                     smem,
                     params: ps,
                 } => {
-                    let step = Step::Kernel(index[func], *grid, *block, *smem, params.ptr + at * 8);
+                    let mut grid = *grid;
+                    if gen.persistent {
+                        // As many blocks as are resident at once, at most the generated count.
+                        let per_sm = crate::device::occupancy(&funcs[index[func]], *block, *smem)?;
+                        let sms = self.dev.sm_count as u32;
+                        grid.0 = grid.0.min(per_sm * sms);
+                        if grid.0 == 0 {
+                            return Err(CudaError::Driver(
+                                "the persistent decode kernel does not fit on an SM".into(),
+                            ));
+                        }
+                    }
+                    let step = Step::Kernel(index[func], grid, *block, *smem, params.ptr + at * 8);
                     at += ps.len() as u64;
                     step
                 }
@@ -488,6 +517,9 @@ impl CudaBackend {
                 g.n_tokens()
             },
             decode: gen.decode,
+            cooperative: gen.persistent,
+            barrier: gen.barrier,
+            no_graph: Default::default(),
             kv_capacity: kv.capacity(),
             paged: kv.is_paged(),
             graph: Mutex::new(None),
@@ -558,6 +590,12 @@ impl CudaBackend {
                 ),
                 "copy positions",
             )?;
+            if let Some(b) = prog.barrier {
+                check(
+                    sys::cuMemsetD32Async(io.counters.ptr + b as u64 * 4, 0, 1, stream),
+                    "zero the grid barrier",
+                )?;
+            }
             if let Some(&e) = events.first() {
                 check(sys::cuEventRecord(e, stream), "event record")?;
             }
@@ -591,10 +629,15 @@ impl CudaBackend {
                 let mut ptrs: [*mut c_void; 7] =
                     std::array::from_fn(|i| (&mut args[i]) as *mut u64 as *mut c_void);
                 let f = prog.funcs[fi].cu_function();
-                if pdl && after_kernel {
+                if (pdl && after_kernel) || prog.cooperative {
                     let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-                    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-                    attr.value.programmaticStreamSerializationAllowed = 1;
+                    if prog.cooperative {
+                        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                        attr.value.cooperative = 1;
+                    } else {
+                        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                        attr.value.programmaticStreamSerializationAllowed = 1;
+                    }
                     let config = sys::CUlaunchConfig {
                         gridDimX: grid.0,
                         gridDimY: grid.1,
@@ -799,52 +842,75 @@ impl CudaBackend {
         self.run(prog, kv)
     }
 
-    /// Submit `prog` (inputs in the pinned buffer), wait, return its pinned output.
-    fn run(&mut self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<&[f32], CudaError> {
-        let use_graph = self.graphs && prog.decode && self.profile.is_none();
-        if use_graph {
-            let mut slot = prog.graph.lock().unwrap_or_else(|e| e.into_inner());
-            let fresh =
-                matches!(&*slot, Some((gen, kvp, _)) if *gen == self.io.gen && *kvp == kv.buf.ptr);
-            if !fresh {
-                *slot = None;
-                let stream = self.dev.cu_stream();
-                // SAFETY: capture of the enqueue sequence on our own stream; the graph is
-                // instantiated and owned by Graph2.
-                unsafe {
-                    check(
-                        sys::cuStreamBeginCapture_v2(
-                            stream,
-                            sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-                        ),
-                        "begin capture",
-                    )?;
-                    let r = self.enqueue(prog, kv, &[]);
-                    let mut graph = std::ptr::null_mut();
-                    let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
-                    r?;
-                    end?;
-                    let mut exec = std::ptr::null_mut();
-                    let inst = check(
-                        sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
-                        "instantiate",
-                    );
-                    if let Err(e) = inst {
-                        let _ = sys::cuGraphDestroy(graph);
-                        return Err(e);
-                    }
-                    *slot = Some((self.io.gen, kv.buf.ptr, Graph2 { exec, graph }));
-                }
-            }
-            let (_, _, g) = slot.as_ref().expect("captured above");
-            // SAFETY: launching an instantiated graph on our stream.
+    /// Capture `prog` as a graph if not yet (or the buffers moved), and launch the graph.
+    fn replay(&mut self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<(), CudaError> {
+        let mut slot = prog.graph.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh =
+            matches!(&*slot, Some((gen, kvp, _)) if *gen == self.io.gen && *kvp == kv.buf.ptr);
+        if !fresh {
+            *slot = None;
+            let stream = self.dev.cu_stream();
+            // SAFETY: capture of the enqueue sequence on our own stream; the graph is
+            // instantiated and owned by Graph2.
             unsafe {
                 check(
-                    sys::cuGraphLaunch(g.exec, self.dev.cu_stream()),
-                    "graph launch",
-                )?
-            };
-            self.stats.submissions += 1;
+                    sys::cuStreamBeginCapture_v2(
+                        stream,
+                        sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                    ),
+                    "begin capture",
+                )?;
+                let r = self.enqueue(prog, kv, &[]);
+                let mut graph = std::ptr::null_mut();
+                let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
+                r?;
+                end?;
+                let mut exec = std::ptr::null_mut();
+                let inst = check(
+                    sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+                    "instantiate",
+                );
+                if let Err(e) = inst {
+                    let _ = sys::cuGraphDestroy(graph);
+                    return Err(e);
+                }
+                *slot = Some((self.io.gen, kv.buf.ptr, Graph2 { exec, graph }));
+            }
+        }
+        let (_, _, g) = slot.as_ref().expect("captured above");
+        // SAFETY: launching an instantiated graph on our stream.
+        unsafe {
+            check(
+                sys::cuGraphLaunch(g.exec, self.dev.cu_stream()),
+                "graph launch",
+            )?
+        };
+        Ok(())
+    }
+
+    /// Submit `prog` (inputs in the pinned buffer), wait, return its pinned output.
+    fn run(&mut self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<&[f32], CudaError> {
+        let mut use_graph = self.graphs
+            && prog.decode
+            && self.profile.is_none()
+            && !prog.no_graph.load(std::sync::atomic::Ordering::Relaxed);
+        if use_graph {
+            if let Err(e) = self.replay(prog, kv) {
+                if !prog.cooperative {
+                    return Err(e);
+                }
+                // A driver that cannot capture a cooperative launch: launch it directly (one
+                // kernel and two copies a step instead of one graph).
+                eprintln!("smelt-cuda: persistent kernel not captured as a graph ({e}); launching it directly");
+                prog.no_graph
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                use_graph = false;
+            } else {
+                self.stats.submissions += 1;
+            }
+        }
+        if use_graph {
+            // Replayed above.
         } else if let Some(prof) = &mut self.profile {
             let events = Events::new(prog.launches.len() + 1)?;
             // Borrow split: enqueue takes &self; the profile is put back below.

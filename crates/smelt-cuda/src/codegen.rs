@@ -22,6 +22,7 @@ use crate::CudaError;
 
 mod attention;
 mod decode;
+mod persistent;
 mod prefill;
 
 pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
@@ -87,6 +88,10 @@ pub(crate) struct Generated {
     /// Matmuls are decode gemv kernels (one to [`MAX_DECODE_ROWS`] rows): the program is
     /// replayed as a CUDA graph.
     pub decode: bool,
+    /// The program is one persistent kernel with grid-wide barriers (codegen/persistent.rs).
+    pub persistent: bool,
+    /// The counter (index into the tile counters) of its grid barrier, zeroed before a launch.
+    pub barrier: Option<usize>,
 }
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
@@ -143,6 +148,20 @@ struct Gen<'a> {
     /// Prefill through cuBLAS: the shared f16/f32 scratch of every matmul kernel.
     cublas: Option<prefill::Scratch>,
     launches: Vec<Launch>,
+    /// Every distinct kernel: name, `__launch_bounds__` arguments, attributes, body.
+    kernels: Vec<KernelSrc>,
+    /// A one-token decode program is one persistent kernel (see `persistent.rs`): attention
+    /// takes the cluster-free v4 kernel.
+    persistent: bool,
+    /// The persistent kernel's grid barrier counter.
+    barrier: Option<usize>,
+}
+
+struct KernelSrc {
+    name: String,
+    bounds: String,
+    attrs: String,
+    body: String,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -154,6 +173,7 @@ pub(crate) fn generate(
     sm_count: usize,
     cc_major: i32,
     cublas: bool,
+    persistent: bool,
 ) -> Result<Generated, CudaError> {
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -182,6 +202,9 @@ pub(crate) fn generate(
         deq_types: Vec::new(),
         cublas: None,
         launches: Vec::new(),
+        kernels: Vec::new(),
+        persistent: persistent && decode && t == 1,
+        barrier: None,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
@@ -210,6 +233,26 @@ pub(crate) fn generate(
         writeln!(src, "DEF_DEQ16({ty})").unwrap();
     }
     src.push_str(&g.src);
+    let persistent = g.persistent && persistent::fits(&g);
+    if persistent {
+        persistent::emit(&mut g, &mut src);
+    } else {
+        for k in &g.kernels {
+            // A body that reads only weights first places its own PDL_WAIT (decode matmuls,
+            // after their L2 prefetch); every other body waits before its first statement.
+            let pdl = if k.body.contains("PDL_WAIT()") {
+                "PDL_LAUNCH();\n"
+            } else {
+                "PDL_LAUNCH(); PDL_WAIT();\n"
+            };
+            writeln!(
+                src,
+                "extern \"C\" __global__ void __launch_bounds__({}) {}{}{SIG} {{\n{pdl}{}}}",
+                k.bounds, k.attrs, k.name, k.body
+            )
+            .unwrap();
+        }
+    }
     Ok(Generated {
         src,
         funcs: g.funcs,
@@ -219,6 +262,8 @@ pub(crate) fn generate(
         out_off: ob.offset,
         out_len: ob.rows * ob.cols,
         decode,
+        persistent,
+        barrier: g.barrier,
     })
 }
 
@@ -282,18 +327,12 @@ impl<'a> Gen<'a> {
         // (`ncu -k regex:^dk`, tools/cuda/device_run.sh ncu).
         let phase = if self.decode { "dk" } else { "pk" };
         let name = format!("{phase}{}", self.bodies.len());
-        // A body that reads only weights first places its own PDL_WAIT (decode matmuls, after
-        // their L2 prefetch); every other body waits before its first statement.
-        let pdl = if body.contains("PDL_WAIT()") {
-            "PDL_LAUNCH();\n"
-        } else {
-            "PDL_LAUNCH(); PDL_WAIT();\n"
-        };
-        writeln!(
-            self.src,
-            "extern \"C\" __global__ void __launch_bounds__({bounds}) {attrs}{name}{SIG} {{\n{pdl}{body}}}"
-        )
-        .unwrap();
+        self.kernels.push(KernelSrc {
+            name: name.clone(),
+            bounds: bounds.into(),
+            attrs: attrs.into(),
+            body: body.clone(),
+        });
         self.bodies.insert(body, name.clone());
         self.funcs.push((name.clone(), smem));
         name

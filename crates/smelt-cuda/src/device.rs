@@ -308,6 +308,24 @@ impl Device {
     }
 }
 
+/// Blocks of `block` threads and `smem` dynamic shared bytes of `f` resident on one SM at once.
+pub(crate) fn occupancy(f: &CudaFunction, block: u32, smem: u32) -> Result<u32, CudaError> {
+    let mut n = 0i32;
+    // SAFETY: an occupancy query on a loaded function, writing one i32.
+    unsafe {
+        check(
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                &mut n,
+                f.cu_function(),
+                block as i32,
+                smem as usize,
+            ),
+            "occupancy",
+        )?
+    };
+    Ok(n.max(0) as u32)
+}
+
 fn head(src: &str) -> String {
     src.lines().take(0).collect::<Vec<_>>().join("\n")
 }

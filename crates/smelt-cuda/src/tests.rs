@@ -88,7 +88,7 @@ fn generated_graph(
     capacity: usize,
     qwen: bool,
 ) -> codegen::Generated {
-    generated_kv(d, n, dtype, cublas, capacity, qwen, None)
+    generated_kv(d, n, dtype, cublas, capacity, qwen, None, false)
 }
 
 /// `generated_graph` on a paged KV pool of `capacity` positions: a batch step of `n`
@@ -100,9 +100,10 @@ fn generated_paged(
     qwen: bool,
     batch: bool,
 ) -> codegen::Generated {
-    generated_kv(d, n, dtype, true, 128, qwen, Some(batch))
+    generated_kv(d, n, dtype, true, 128, qwen, Some(batch), false)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn generated_kv(
     d: &Dims,
     n: usize,
@@ -111,6 +112,7 @@ fn generated_kv(
     capacity: usize,
     qwen: bool,
     paged: Option<bool>,
+    persistent: bool,
 ) -> codegen::Generated {
     let mut w = Weights::new(|| 0.0);
     w.draw = false;
@@ -156,7 +158,17 @@ fn generated_kv(
             ),
         ],
     };
-    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, cublas).unwrap()
+    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, cublas, persistent).unwrap()
+}
+
+/// The one-token decode program of `d` as one persistent kernel.
+fn generated_persistent(
+    d: &Dims,
+    dtype: GgmlType,
+    capacity: usize,
+    qwen: bool,
+) -> codegen::Generated {
+    generated_kv(d, 1, dtype, true, capacity, qwen, None, true)
 }
 
 fn source(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> String {
@@ -252,6 +264,19 @@ fn generated_kernels_compile() {
         assert!(!g.decode, "{t:?} prefill of 5 rows: the prefill path");
         compile(&g.src, &format!("{t:?} paged prefill of 5"));
     }
+    // One-token decode as one persistent kernel: every quantised type, both layers, and the
+    // long-context shapes (head sizes 64-256) on float weights.
+    for t in QUANT_TYPES {
+        for qwen in [false, true] {
+            let g = generated_persistent(&QUANT, t, 320, qwen);
+            assert!(g.persistent && g.launches.len() == 1, "{t:?}: one kernel");
+            compile(&g.src, &format!("{t:?} persistent qwen={qwen}"));
+        }
+    }
+    for d in long_context_dims() {
+        let g = generated_persistent(&d, GgmlType::F16, LONG_CAPACITY, false);
+        compile(&g.src, &format!("long context persistent {d:?}"));
+    }
     // Float weights take the prefill path for a batch.
     assert!(!generated_paged(&QUANT, 3, GgmlType::F16, false, true).decode);
     // Every dequantisation kernel (Q5_1 and BF16 are in no case above).
@@ -280,6 +305,8 @@ fn generated_kernels_compile() {
             let src = generated_with(&small, 1, t, true, 4096).src;
             compile(&src, &format!("decode 1b {t:?}"));
             std::fs::write(format!("{dir}/decode_1b_{t:?}.cu"), &src).unwrap();
+            let src = generated_persistent(&small, t, 4096, false).src;
+            std::fs::write(format!("{dir}/persistent_1b_{t:?}.cu"), &src).unwrap();
         }
         // Batch steps of 2, 4 and 8 sequences on a paged pool (registers and spills:
         // tools/cuda/sass.py).
@@ -461,12 +488,21 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         } else {
             Vec::new()
         };
-        for fusion in [FuseOptions::ALL, FuseOptions::NONE] {
+        // The fused plan, the unfused one, and the fused one as one persistent kernel.
+        for (fusion, persistent) in [
+            (FuseOptions::ALL, false),
+            (FuseOptions::NONE, false),
+            (FuseOptions::ALL, true),
+        ] {
             let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
             cb.set_fusion(fusion);
+            cb.set_persistent(persistent);
             let mut kv = cb.new_kv(16, &widths).unwrap();
             let p5 = cb.lower(&g5, &kv).unwrap();
             let p1 = cb.lower(&g1, &kv).unwrap();
+            if persistent {
+                assert_eq!(p1.kernels(), 1, "case {ci}: one persistent decode kernel");
+            }
             let got = cb
                 .execute(&p5, &tokens[..5], &[0, 1, 2, 3, 4], &mut kv)
                 .unwrap()
@@ -513,7 +549,9 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
                     got,
                     &want,
                     tol,
-                    &format!("case {ci} {dtype:?} {fusion:?} decode {step}"),
+                    &format!(
+                        "case {ci} {dtype:?} {fusion:?} persistent={persistent} decode {step}"
+                    ),
                 );
             }
             let st = cb.stats();
@@ -581,10 +619,21 @@ fn decode_attention_long_context_matches_reference() {
         let mut kv = cb.new_kv(cap, &widths).unwrap();
         let pp = cb.lower(&gp, &kv).unwrap();
         let p1 = cb.lower(&g1, &kv).unwrap();
+        // The same step as one persistent kernel (attention v4, no clusters): it writes the
+        // same key and value rows as p1 after it.
+        cb.set_persistent(true);
+        let pm = cb.lower(&g1, &kv).unwrap();
         cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
         for step in n0..n0 + 3 {
             let tk = &tokens[step..step + 1];
             let want = reference.execute(&g1, tk, &[step as u32], &mut rkv);
+            let got = cb.execute(&pm, tk, &[step as u32], &mut kv).unwrap();
+            compare(
+                got,
+                &want,
+                2e-2,
+                &format!("long context {d:?} persistent decode {step}"),
+            );
             let got = cb.execute(&p1, tk, &[step as u32], &mut kv).unwrap();
             compare(
                 got,

@@ -139,6 +139,7 @@ impl Gen<'_> {
     ) -> bool {
         self.decode_attention_fits(hd, n_head, n_head_kv)
             && self.cc_major >= 9
+            && !self.persistent
             && n_head / n_head_kv * hd <= 2048
             && std::env::var("SMELT_CUDA_ATTN").map_or(true, |v| v != "v4")
     }
