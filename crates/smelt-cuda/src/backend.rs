@@ -200,6 +200,9 @@ pub struct CudaBackend {
     use_cublas: bool,
     /// One-token decode programs as one persistent kernel (`SMELT_CUDA_PERSISTENT=1`).
     persistent: bool,
+    /// Decode attention in the QKV kernel's tail below this many positions
+    /// (`SMELT_CUDA_ATTN_TAIL=N`; 0, the default: never).
+    attn_tail: usize,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -294,6 +297,11 @@ impl CudaBackend {
             graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             pdl,
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
+            // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
+            attn_tail: std::env::var("SMELT_CUDA_ATTN_TAIL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             profile: std::env::var("SMELT_CUDA_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Profile::default),
@@ -344,6 +352,12 @@ impl CudaBackend {
     /// (codegen/persistent.rs) instead of a launch per fused kernel.
     pub fn set_persistent(&mut self, on: bool) {
         self.persistent = on;
+    }
+
+    /// Compute one-token decode attention in the QKV kernel's tail below `keys` positions
+    /// (0: never; codegen/attn_tail.rs), in programs lowered from now on.
+    pub fn set_attention_tail(&mut self, keys: usize) {
+        self.attn_tail = keys;
     }
 
     /// Replay decode steps as CUDA graphs (default on; `SMELT_CUDA_GRAPHS=0` turns it off).
@@ -419,8 +433,11 @@ impl CudaBackend {
             &kv.info,
             self.dev.sm_count as usize,
             self.dev.cc.0,
-            self.use_cublas,
-            self.persistent,
+            codegen::GenOptions {
+                cublas: self.use_cublas,
+                persistent: self.persistent,
+                attn_tail: self.attn_tail,
+            },
         )?;
         let src = if self.pdl {
             format!("#define SMELT_PDL 1\n{}", gen.src)

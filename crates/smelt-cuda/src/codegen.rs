@@ -21,6 +21,7 @@ use crate::cublas::GemmCall;
 use crate::CudaError;
 
 mod attention;
+mod attn_tail;
 mod decode;
 mod persistent;
 mod prefill;
@@ -153,8 +154,12 @@ struct Gen<'a> {
     /// A one-token decode program is one persistent kernel (see `persistent.rs`): attention
     /// takes the cluster-free v4 kernel.
     persistent: bool,
+    /// Positions below which a QKV kernel's tail computes decode attention (0: never).
+    attn_tail: usize,
     /// The persistent kernel's grid barrier counter.
     barrier: Option<usize>,
+    /// Attention nodes a QKV kernel's tail computes (codegen/attn_tail.rs).
+    tail_fused: std::collections::HashSet<NodeId>,
 }
 
 struct KernelSrc {
@@ -162,6 +167,18 @@ struct KernelSrc {
     bounds: String,
     attrs: String,
     body: String,
+}
+
+/// Choices of [`generate`] besides the plan and the GPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GenOptions {
+    /// Prefill matmuls as cuBLAS GEMM steps on f16 copies (else generated GEMM kernels).
+    pub cublas: bool,
+    /// A one-token decode program as one persistent kernel (codegen/persistent.rs).
+    pub persistent: bool,
+    /// Decode attention in the QKV kernel's tail below this many positions (0: off;
+    /// codegen/attn_tail.rs).
+    pub attn_tail: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -172,9 +189,13 @@ pub(crate) fn generate(
     kv: &KvInfo,
     sm_count: usize,
     cc_major: i32,
-    cublas: bool,
-    persistent: bool,
+    opts: GenOptions,
 ) -> Result<Generated, CudaError> {
+    let GenOptions {
+        cublas,
+        persistent,
+        attn_tail,
+    } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
     // at 64 per thread, 1 gives 128. `SMELT_CUDA_DECODE_BLOCKS` overrides, for the kernel lab.
@@ -204,7 +225,9 @@ pub(crate) fn generate(
         launches: Vec::new(),
         kernels: Vec::new(),
         persistent: persistent && decode && t == 1,
+        attn_tail,
         barrier: None,
+        tail_fused: Default::default(),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

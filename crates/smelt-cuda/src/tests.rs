@@ -88,7 +88,16 @@ fn generated_graph(
     capacity: usize,
     qwen: bool,
 ) -> codegen::Generated {
-    generated_kv(d, n, dtype, cublas, capacity, qwen, None, false)
+    generated_kv(
+        d,
+        n,
+        dtype,
+        cublas,
+        capacity,
+        qwen,
+        None,
+        Default::default(),
+    )
 }
 
 /// `generated_graph` on a paged KV pool of `capacity` positions: a batch step of `n`
@@ -100,7 +109,16 @@ fn generated_paged(
     qwen: bool,
     batch: bool,
 ) -> codegen::Generated {
-    generated_kv(d, n, dtype, true, 128, qwen, Some(batch), false)
+    generated_kv(
+        d,
+        n,
+        dtype,
+        true,
+        128,
+        qwen,
+        Some(batch),
+        Default::default(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -112,7 +130,7 @@ fn generated_kv(
     capacity: usize,
     qwen: bool,
     paged: Option<bool>,
-    persistent: bool,
+    opts: codegen::GenOptions,
 ) -> codegen::Generated {
     let mut w = Weights::new(|| 0.0);
     w.draw = false;
@@ -158,7 +176,15 @@ fn generated_kv(
             ),
         ],
     };
-    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, cublas, persistent).unwrap()
+    codegen::generate(
+        &fuse(&g),
+        &winfo,
+        &kv,
+        132,
+        9,
+        codegen::GenOptions { cublas, ..opts },
+    )
+    .unwrap()
 }
 
 /// The one-token decode program of `d` as one persistent kernel.
@@ -168,7 +194,11 @@ fn generated_persistent(
     capacity: usize,
     qwen: bool,
 ) -> codegen::Generated {
-    generated_kv(d, 1, dtype, true, capacity, qwen, None, true)
+    let opts = codegen::GenOptions {
+        persistent: true,
+        ..Default::default()
+    };
+    generated_kv(d, 1, dtype, true, capacity, qwen, None, opts)
 }
 
 fn source(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> String {
@@ -623,6 +653,10 @@ fn decode_attention_long_context_matches_reference() {
         // same key and value rows as p1 after it.
         cb.set_persistent(true);
         let pm = cb.lower(&g1, &kv).unwrap();
+        // And with the first layer's attention in the QKV kernel's tail.
+        cb.set_persistent(false);
+        cb.set_attention_tail(1024);
+        let pt = cb.lower(&g1, &kv).unwrap();
         cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
         for step in n0..n0 + 3 {
             let tk = &tokens[step..step + 1];
@@ -633,6 +667,13 @@ fn decode_attention_long_context_matches_reference() {
                 &want,
                 2e-2,
                 &format!("long context {d:?} persistent decode {step}"),
+            );
+            let got = cb.execute(&pt, tk, &[step as u32], &mut kv).unwrap();
+            compare(
+                got,
+                &want,
+                2e-2,
+                &format!("long context {d:?} attention tail decode {step}"),
             );
             let got = cb.execute(&p1, tk, &[step as u32], &mut kv).unwrap();
             compare(
@@ -851,3 +892,61 @@ fn dequant_and_to_f16_kernels_match_cpu() {
 }
 
 mod batched;
+
+/// One-token decode with the attention tail on (`attn_tail` 1024): the QKV kernel's tail computes the attention of llama- and Qwen-like
+/// layers (not the Gemma-like layer's: QK-norm tiles); a cache of at most 1024 positions
+/// launches no attention kernel for them, a longer one launches it guarded (it returns below
+/// 1024 positions). No GPU needed.
+#[test]
+fn attention_tail_replaces_short_context_attention() {
+    let labels = |g: &codegen::Generated| -> Vec<String> {
+        g.launches.iter().map(|l| l.label.clone()).collect()
+    };
+    let attn = |g: &codegen::Generated| {
+        labels(g)
+            .iter()
+            .filter(|l| l.starts_with("attention"))
+            .count()
+    };
+    let gen = |n, t, cap, qwen, paged| {
+        let opts = codegen::GenOptions {
+            attn_tail: 1024,
+            ..Default::default()
+        };
+        generated_kv(&QUANT, n, t, true, cap, qwen, paged, opts)
+    };
+    let tails = |g: &codegen::Generated| {
+        labels(g)
+            .iter()
+            .filter(|l| l.ends_with("+ attention"))
+            .count()
+    };
+    for t in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        // Qwen-like second layer: both layers' attention in a tail.
+        let short = gen(1, t, 1024, true, None);
+        assert_eq!(
+            (tails(&short), attn(&short)),
+            (2, 0),
+            "{t:?} 1024 positions: {:?}",
+            labels(&short)
+        );
+        let long = gen(1, t, 1025, true, None);
+        assert_eq!((tails(&long), attn(&long)), (2, 2), "{t:?} 1025 positions");
+        assert!(
+            long.src.contains("if (pos[0] < 1024u) return;"),
+            "{t:?}: the attention kernels return below 1024 positions"
+        );
+        // Gemma-like second layer (QK-norm tiles): its attention stays a kernel.
+        let gemma = gen(1, t, 64, false, None);
+        assert_eq!(
+            (tails(&gemma), attn(&gemma)),
+            (1, 1),
+            "{t:?} Gemma-like layer"
+        );
+        // Several tokens, and batch steps on a paged pool: no tail.
+        assert_eq!(tails(&gen(5, t, 64, true, None)), 0);
+        assert_eq!(tails(&gen(3, t, 128, true, Some(true))), 0);
+        // Off by default.
+        assert_eq!(tails(&generated_graph(&QUANT, 1, t, false, 64, true)), 0);
+    }
+}

@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// Repetitions (medians are reported).
     #[arg(short = 'r', long, default_value_t = 3)]
     pub reps: usize,
+    /// KV cache positions (default and at least: prompt + generated + 1). Programs are
+    /// specialised to the cache size, as a server's are to its context (e.g. 4096).
+    #[arg(long, value_name = "N")]
+    pub ctx: Option<usize>,
     /// Print one JSON object (keys documented in `smelt bench --help` and BENCHMARKS.md).
     #[arg(long)]
     pub json: bool,
@@ -250,7 +254,7 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         },
         BenchBackend::Reference => BackendKind::Reference,
     };
-    let n_ctx = a.n_prompt + a.n_gen + 1;
+    let n_ctx = (a.n_prompt + a.n_gen + 1).max(a.ctx.unwrap_or(0));
     let kv_type = match a.kv {
         BenchKv::F16 => KvType::F16,
         BenchKv::Q8_0 => KvType::Q8_0,

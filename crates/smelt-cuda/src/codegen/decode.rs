@@ -397,10 +397,21 @@ impl Gen<'_> {
         .unwrap();
         }
 
+        // One token: the next kernel's attention in this one's tail (codegen/attn_tail.rs).
+        let pair: Vec<bool> = modes.iter().map(|m| matches!(m, Mode::Pair(_))).collect();
+        let mut tail_len = 0;
+        let mut with = "";
+        if let Some(tail) = self.attention_tail(ki, &inline, &pair) {
+            let st: Vec<usize> = starts.iter().map(|s| s.0).collect();
+            let (code, floats) = self.attention_tail_code(&tail, &st, tiles, &mut p)?;
+            body += &code;
+            tail_len = floats;
+            with = " + attention";
+        }
         for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
             self.need_gemv(t.0, t.1, nr > 1);
         }
-        let smem = (next + se_len) * 4;
+        let smem = (next + se_len).max(tail_len) * 4;
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
         let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
         let rows = if nr == 1 {
@@ -408,7 +419,7 @@ impl Gen<'_> {
         } else {
             format!(" x{nr} rows")
         };
-        let label = format!("decode mm {} {total}x{kdim}{rows}", types.join("+"));
+        let label = format!("decode mm {} {total}x{kdim}{rows}{with}", types.join("+"));
         self.launch(label, name, (grid, 1, 1), NT, smem, p);
         Ok(())
     }

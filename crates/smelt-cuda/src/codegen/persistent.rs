@@ -14,6 +14,12 @@
 //! run in the block's first threads; their `__syncthreads` become a named barrier over those
 //! threads only. Bodies return only block-uniformly (all threads of the stage's block), so a
 //! body returning early still meets the block-wide barrier after it.
+//!
+//! A kernel-lab option (`SMELT_CUDA_PERSISTENT=1`), off by default: on the H100 it was slower
+//! than a graph of launches (1B 1529 -> 1041, SmolLM2 1342 -> 906 tok/s; cuda.md, v7). One
+//! barrier measured ~1.4 us, more than the gap between two launches in a graph; attention
+//! loses the cluster kernel (v4 instead of v5: ~6 us a layer); every stage runs under one
+//! 64-register cap.
 
 use std::fmt::Write;
 
