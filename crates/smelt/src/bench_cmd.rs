@@ -19,6 +19,7 @@
 //! | --- | --- |
 //! | `model`, `backend`, `isa`, `threads`, `kv_type` | what ran: file, backend (`fast`/`reference`), SIMD level, threads, KV storage (`f16`/`q8_0`) |
 //! | `n_prompt`, `n_gen`, `reps` | `-p`, `-n`, `-r` |
+//! | `n_ctx` | KV cache positions: `--ctx`, at least `n_prompt + n_gen + 1` |
 //! | `n_layer`, `n_vocab`, `file_bytes` | the model's layers, vocabulary size, file size |
 //! | `prefill_tps` (`_min`, `_max`) | prompt tokens per second: median (min, max) over repetitions |
 //! | `decode_tps` (`_min`, `_max`) | generated tokens per second, likewise |
@@ -447,6 +448,7 @@ impl Measured {
             "kv_type": format!("{:?}", a.kv).to_lowercase(),
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
+            "n_ctx": (a.n_prompt + a.n_gen + 1).max(a.ctx.unwrap_or(0)),
             "reps": a.reps,
             "n_layer": self.n_layer,
             "n_vocab": self.n_vocab,
