@@ -115,20 +115,11 @@ impl Gen<'_> {
         cb: usize,
         p: &mut Params,
     ) -> Result<(String, usize), CudaError> {
-        let AttnIo {
-            n_head,
-            n_head_kv,
-            hd,
-            scale,
-            window,
-            kb,
-            vb,
-            kw,
-            qbase,
-            outs,
-        } = self.attention_io(tail.node, p, false)?;
+        let io: AttnIo = self.attention_io(tail.node, p, false)?;
         self.tail_fused.insert(tail.node);
-        let grp = n_head / n_head_kv;
+        let (n_head_kv, hd, kw) = (io.n_head_kv, io.hd, io.kw);
+        let (qbase, outs) = (&io.qbase, &io.outs);
+        let grp = io.n_head / n_head_kv;
         let e = hd / 32;
         self.counters = self.counters.max(cb + n_head_kv);
         let full: usize = tail.roles.iter().map(|r| r.1).sum();
@@ -156,9 +147,11 @@ impl Gen<'_> {
                 "u32 w[4] = {vv.x, vv.y, vv.z, vv.w};",
             ),
         };
-        let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
+        let win = io
+            .window
+            .map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
         let keys = self.attn_tail;
-        let (kbp, vbp) = (p.p(kb), p.p(vb));
+        let (kbp, vbp) = (p.p(io.kb), p.p(io.vb));
         let part_stride = hd + 2;
         let code = format!(
             "__shared__ int atl[{n_head_kv}]; __shared__ int antl;\n\
@@ -217,7 +210,7 @@ impl Gen<'_> {
             }}\n\
             }}\n",
             qn = grp * hd,
-            sc = lit(scale),
+            sc = lit(io.scale),
         );
         Ok((code, grp * hd + NWARPS * grp * part_stride))
     }
