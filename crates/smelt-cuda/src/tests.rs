@@ -88,16 +88,11 @@ fn generated_graph(
     capacity: usize,
     qwen: bool,
 ) -> codegen::Generated {
-    generated_kv(
-        d,
-        n,
-        dtype,
+    let opts = codegen::GenOptions {
         cublas,
-        capacity,
-        qwen,
-        None,
-        Default::default(),
-    )
+        ..Default::default()
+    };
+    generated_kv(d, n, dtype, capacity, qwen, None, opts)
 }
 
 /// `generated_graph` on a paged KV pool of `capacity` positions: a batch step of `n`
@@ -109,24 +104,17 @@ fn generated_paged(
     qwen: bool,
     batch: bool,
 ) -> codegen::Generated {
-    generated_kv(
-        d,
-        n,
-        dtype,
-        true,
-        128,
-        qwen,
-        Some(batch),
-        Default::default(),
-    )
+    let opts = codegen::GenOptions {
+        cublas: true,
+        ..Default::default()
+    };
+    generated_kv(d, n, dtype, 128, qwen, Some(batch), opts)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn generated_kv(
     d: &Dims,
     n: usize,
     dtype: GgmlType,
-    cublas: bool,
     capacity: usize,
     qwen: bool,
     paged: Option<bool>,
@@ -176,15 +164,7 @@ fn generated_kv(
             ),
         ],
     };
-    codegen::generate(
-        &fuse(&g),
-        &winfo,
-        &kv,
-        132,
-        9,
-        codegen::GenOptions { cublas, ..opts },
-    )
-    .unwrap()
+    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, opts).unwrap()
 }
 
 /// The one-token decode program of `d` as one persistent kernel.
@@ -195,10 +175,11 @@ fn generated_persistent(
     qwen: bool,
 ) -> codegen::Generated {
     let opts = codegen::GenOptions {
+        cublas: true,
         persistent: true,
         ..Default::default()
     };
-    generated_kv(d, 1, dtype, true, capacity, qwen, None, opts)
+    generated_kv(d, 1, dtype, capacity, qwen, None, opts)
 }
 
 fn source(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> String {
@@ -910,10 +891,11 @@ fn attention_tail_replaces_short_context_attention() {
     };
     let gen = |n, t, cap, qwen, paged| {
         let opts = codegen::GenOptions {
+            cublas: true,
             attn_tail: 1024,
             ..Default::default()
         };
-        generated_kv(&QUANT, n, t, true, cap, qwen, paged, opts)
+        generated_kv(&QUANT, n, t, cap, qwen, paged, opts)
     };
     let tails = |g: &codegen::Generated| {
         labels(g)

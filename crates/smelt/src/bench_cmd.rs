@@ -127,6 +127,13 @@ pub struct BenchArgs {
     pub serve: serve::ServeBenchArgs,
 }
 
+impl BenchArgs {
+    /// KV cache positions of a run: `--ctx`, at least the prompt, the generated tokens and one.
+    pub fn n_ctx(&self) -> usize {
+        (self.n_prompt + self.n_gen + 1).max(self.ctx.unwrap_or(0))
+    }
+}
+
 /// Run `smelt bench`.
 pub fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(spec) = &a.synthetic {
@@ -255,7 +262,7 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         },
         BenchBackend::Reference => BackendKind::Reference,
     };
-    let n_ctx = (a.n_prompt + a.n_gen + 1).max(a.ctx.unwrap_or(0));
+    let n_ctx = a.n_ctx();
     let kv_type = match a.kv {
         BenchKv::F16 => KvType::F16,
         BenchKv::Q8_0 => KvType::Q8_0,
@@ -448,7 +455,7 @@ impl Measured {
             "kv_type": format!("{:?}", a.kv).to_lowercase(),
             "n_prompt": a.n_prompt,
             "n_gen": a.n_gen,
-            "n_ctx": (a.n_prompt + a.n_gen + 1).max(a.ctx.unwrap_or(0)),
+            "n_ctx": a.n_ctx(),
             "reps": a.reps,
             "n_layer": self.n_layer,
             "n_vocab": self.n_vocab,

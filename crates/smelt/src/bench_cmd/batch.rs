@@ -30,7 +30,7 @@ pub fn run(model: &Path, a: &BenchArgs, n: usize, threads: usize) -> Result<()> 
     }
     let t = Instant::now();
     let gguf = Arc::new(Gguf::open(model).with_context(|| format!("opening {}", model.display()))?);
-    let n_ctx = a.n_prompt + a.n_gen + 1;
+    let n_ctx = a.n_ctx();
     let mut runner = BatchRunner::load(
         gguf,
         BatchOptions {
