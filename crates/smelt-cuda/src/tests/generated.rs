@@ -1,0 +1,398 @@
+//! What the code generator emits for the test graphs: launches, labels and sources, compiled
+//! with NVRTC where it loads (no GPU needed).
+
+use super::*;
+
+/// The generated program of `d`'s test graph for `n` tokens, every matrix of type `dtype`,
+/// prefill matmuls through cuBLAS steps or the mma.sync kernel.
+fn generated(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> codegen::Generated {
+    generated_with(d, n, dtype, cublas, 8)
+}
+
+/// `generated` with a KV cache of `capacity` positions (decode attention splits by it).
+fn generated_with(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    cublas: bool,
+    capacity: usize,
+) -> codegen::Generated {
+    generated_graph(d, n, dtype, cublas, capacity, false)
+}
+
+/// `generated_with` of the plain test graph or (`qwen`) its Qwen-like variant.
+fn generated_graph(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    cublas: bool,
+    capacity: usize,
+    qwen: bool,
+) -> codegen::Generated {
+    let opts = codegen::GenOptions {
+        cublas,
+        ..Default::default()
+    };
+    generated_kv(d, n, dtype, capacity, qwen, None, opts)
+}
+
+/// `generated_graph` on a paged KV pool of `capacity` positions: a batch step of `n`
+/// sequences (`Some(true)`, `odd::graph_batch`) or one sequence's `n` rows (`Some(false)`).
+fn generated_paged(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    qwen: bool,
+    batch: bool,
+) -> codegen::Generated {
+    let opts = codegen::GenOptions {
+        cublas: true,
+        ..Default::default()
+    };
+    generated_kv(d, n, dtype, 128, qwen, Some(batch), opts)
+}
+
+fn generated_kv(
+    d: &Dims,
+    n: usize,
+    dtype: GgmlType,
+    capacity: usize,
+    qwen: bool,
+    paged: Option<bool>,
+    opts: codegen::GenOptions,
+) -> codegen::Generated {
+    let mut w = Weights::new(|| 0.0);
+    w.draw = false;
+    let g = if paged == Some(true) {
+        odd::graph_batch(d, n, &mut w, qwen)
+    } else if qwen {
+        odd::graph_qwen(d, n, &mut w, true)
+    } else {
+        odd::graph(d, n, &mut w, true)
+    };
+    let ty = |s: &WeightSpec| {
+        if s.shape[0] == 1 {
+            GgmlType::F32
+        } else {
+            dtype
+        }
+    };
+    let mut off = 0;
+    let winfo: Vec<WeightInfo> = w
+        .specs
+        .iter()
+        .map(|s| {
+            let row_bytes = crate::layout::dev_row_bytes(ty(s), s.shape[1]).unwrap();
+            let wi = WeightInfo {
+                off,
+                dtype: ty(s),
+                row_bytes,
+            };
+            off += (row_bytes * s.shape[0] as u64).div_ceil(256) * 256;
+            wi
+        })
+        .collect();
+    let width = d.n_head_kv * d.head_dim;
+    let kv = KvInfo {
+        capacity,
+        paged: paged.is_some(),
+        layers: vec![
+            (0, (capacity * width) as u64, width),
+            (
+                (2 * capacity * width) as u64,
+                (3 * capacity * width) as u64,
+                width,
+            ),
+        ],
+    };
+    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, opts).unwrap()
+}
+
+/// The one-token decode program of `d` as one persistent kernel.
+fn generated_persistent(
+    d: &Dims,
+    dtype: GgmlType,
+    capacity: usize,
+    qwen: bool,
+) -> codegen::Generated {
+    let opts = codegen::GenOptions {
+        cublas: true,
+        persistent: true,
+        ..Default::default()
+    };
+    generated_kv(d, 1, dtype, capacity, qwen, None, opts)
+}
+
+fn source(d: &Dims, n: usize, dtype: GgmlType, cublas: bool) -> String {
+    generated(d, n, dtype, cublas).src
+}
+
+const LLAMA_8B: Dims = Dims {
+    n_embd: 4096,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 128,
+    n_rot: 128,
+    n_ff: 14336,
+    n_vocab: 128256,
+};
+
+const LLAMA_1B: Dims = Dims {
+    n_embd: 2048,
+    n_head: 32,
+    n_head_kv: 8,
+    head_dim: 64,
+    n_rot: 64,
+    n_ff: 8192,
+    n_vocab: 128256,
+};
+
+/// Generated kernels compile with NVRTC for sm_90 (no GPU needed, only libnvrtc). With
+/// `SMELT_CUDA_DUMP=DIR` the decode source of 8B-like shapes is written there too, for
+/// reading the resource report and SASS off the device (tools/cuda/sass.py).
+#[test]
+fn generated_kernels_compile() {
+    // SAFETY: only checks whether the NVRTC library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        eprintln!("SKIP: libnvrtc not found; generated CUDA source was not compiled");
+        return;
+    }
+    let compile = |src: &str, what: &str| {
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec!["--gpu-architecture=sm_90".into(), "-std=c++17".into()],
+            ..Default::default()
+        };
+        if let Err(e) = cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
+            panic!("{what}: {e:?}");
+        }
+    };
+    for (d, dtype) in cases() {
+        compile(&source(&d, 1, dtype, false), &format!("{dtype:?} n=1"));
+        let long = generated_with(&d, 1, dtype, false, 4096).src;
+        compile(&long, &format!("{dtype:?} n=1 capacity=4096"));
+        // As the backend compiles for sm_90: with programmatic dependent launch.
+        let pdl = format!("#define SMELT_PDL 1\n{}", source(&d, 5, dtype, true));
+        compile(&pdl, &format!("{dtype:?} n=5 with PDL"));
+        compile(
+            &format!("#define SMELT_PDL 1\n{long}"),
+            &format!("{dtype:?} n=1 capacity=4096 with PDL"),
+        );
+        for cublas in [false, true] {
+            let what = format!("{dtype:?} n=5 cublas={cublas}");
+            compile(&source(&d, 5, dtype, cublas), &what);
+        }
+    }
+    for d in long_context_dims() {
+        let src = generated_with(&d, 1, GgmlType::F16, false, LONG_CAPACITY).src;
+        compile(&src, &format!("long context decode {d:?}"));
+    }
+    for t in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let src = generated_graph(&QUANT, 1, t, false, 64, true).src;
+        compile(&src, &format!("{t:?} decode, NEOX RoPE pairs"));
+    }
+    // A paged KV pool: batch steps of 1, 3 and 8 sequences (decode gemv kernels over every
+    // row) and one sequence's prefill, every quantised type; the Qwen-like layer too.
+    for t in QUANT_TYPES {
+        for (n, qwen) in [(1, false), (3, false), (8, false), (3, true)] {
+            let g = generated_paged(&QUANT, n, t, qwen, true);
+            assert!(g.decode, "{t:?} batch of {n}: decode kernels");
+            compile(&g.src, &format!("{t:?} paged batch of {n} qwen={qwen}"));
+        }
+        let g = generated_paged(&QUANT, 5, t, false, false);
+        assert!(!g.decode, "{t:?} prefill of 5 rows: the prefill path");
+        compile(&g.src, &format!("{t:?} paged prefill of 5"));
+    }
+    // One-token decode as one persistent kernel: every quantised type, both layers, and the
+    // long-context shapes (head sizes 64-256) on float weights.
+    for t in QUANT_TYPES {
+        for qwen in [false, true] {
+            let g = generated_persistent(&QUANT, t, 320, qwen);
+            assert!(g.persistent && g.launches.len() == 1, "{t:?}: one kernel");
+            compile(&g.src, &format!("{t:?} persistent qwen={qwen}"));
+        }
+    }
+    for d in long_context_dims() {
+        let g = generated_persistent(&d, GgmlType::F16, LONG_CAPACITY, false);
+        compile(&g.src, &format!("long context persistent {d:?}"));
+    }
+    // Float weights take the prefill path for a batch.
+    assert!(!generated_paged(&QUANT, 3, GgmlType::F16, false, true).decode);
+    // Every dequantisation kernel (Q5_1 and BF16 are in no case above).
+    let defs: String = ALL_TYPES
+        .iter()
+        .map(|&t| format!("DEF_DEQ16({})\n", codegen::type_suffix(t).unwrap()))
+        .collect();
+    compile(
+        &format!("{}{defs}", codegen::PRELUDE),
+        "deq16 of every type",
+    );
+    // With SMELT_CUDA_DUMP=DIR: decode sources of 8B shapes, and prefill (512 tokens, cuBLAS)
+    // sources of 1B and 8B shapes for every type, compiled here too.
+    if let Ok(dir) = std::env::var("SMELT_CUDA_DUMP") {
+        let big = Dims {
+            n_vocab: 1000,
+            ..LLAMA_8B
+        };
+        for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+            let src = generated_with(&big, 1, t, true, 4096).src;
+            std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
+            let small = Dims {
+                n_vocab: 1000,
+                ..LLAMA_1B
+            };
+            let src = generated_with(&small, 1, t, true, 4096).src;
+            compile(&src, &format!("decode 1b {t:?}"));
+            std::fs::write(format!("{dir}/decode_1b_{t:?}.cu"), &src).unwrap();
+            let src = generated_persistent(&small, t, 4096, false).src;
+            std::fs::write(format!("{dir}/persistent_1b_{t:?}.cu"), &src).unwrap();
+        }
+        // Batch steps of 2, 4 and 8 sequences on a paged pool (registers and spills:
+        // tools/cuda/sass.py).
+        for n in [2, 4, 8] {
+            let small = Dims {
+                n_vocab: 1000,
+                ..LLAMA_1B
+            };
+            let src = generated_paged(&small, n, GgmlType::Q4_K, false, true).src;
+            compile(&src, &format!("batch of {n}, 1b Q4_K"));
+            std::fs::write(format!("{dir}/batch_1b_{n}.cu"), &src).unwrap();
+        }
+        for (name, d) in [("1b", LLAMA_1B), ("8b", LLAMA_8B)] {
+            for t in ALL_TYPES {
+                let src = source(&d, 512, t, true);
+                compile(&src, &format!("prefill {name} {t:?}"));
+                std::fs::write(format!("{dir}/prefill_{name}_{t:?}.cu"), &src).unwrap();
+            }
+        }
+    }
+}
+
+/// The Qwen-like layer's q and k (NEOX RoPE, biases, no QK-norm) finish in the computing warp
+/// as rotated pairs (i, i + n_rot / 2); the llama-like layer's as (2i, 2i + 1). No GPU needed.
+#[test]
+fn rope_pairs_are_generated_for_both_rotations() {
+    let src = generated_graph(&QUANT, 1, GgmlType::Q8_0, false, 64, true).src;
+    let half = QUANT.n_rot / 2;
+    assert!(
+        src.contains(&format!("k < {half} ? k : ")),
+        "NEOX pair columns missing"
+    );
+    assert!(src.contains("hd0 + 2 * k"), "adjacent pair columns missing");
+}
+
+/// cuBLAS prefill steps: every matmul kernel's weight stack is dequantised into the shared
+/// scratch and multiplied in GEMMs whose column chunks tile the output exactly; the 8B output
+/// head (128256 x 4096 values, past the scratch cap) is split. No GPU needed.
+#[test]
+fn cublas_steps_tile_each_weight_stack() {
+    let g = generated(&LLAMA_8B, 7, GgmlType::Q4_K, true);
+    let gemms: Vec<crate::cublas::GemmCall> = g
+        .launches
+        .iter()
+        .filter_map(|l| match &l.work {
+            codegen::Work::Gemm(c) => Some(*c),
+            codegen::Work::Kernel { .. } => None,
+        })
+        .collect();
+    let mut i = 0;
+    let mut stacks = Vec::new();
+    while i < gemms.len() {
+        // Chunks of one stack: same output row stride, contiguous columns.
+        let first = gemms[i];
+        let mut cols = 0;
+        while i < gemms.len() && gemms[i].ldc == first.ldc && gemms[i].c_off == first.c_off + cols {
+            let c = gemms[i];
+            assert_eq!((c.ldx, c.ldw), (c.k.div_ceil(8) * 8, c.k.div_ceil(8) * 8));
+            assert!(
+                c.n * c.ldw <= 1 << 27,
+                "chunk of {}x{} past the cap",
+                c.n,
+                c.k
+            );
+            cols += c.n;
+            i += 1;
+            if cols == first.ldc {
+                break;
+            }
+        }
+        assert_eq!(cols, first.ldc, "stack of width {} not tiled", first.ldc);
+        stacks.push((first.m, first.ldc, first.k));
+    }
+    // Per layer: q (4096) + k, v (1024 each) in one stack; wo; gate+up; down.
+    let layer = [
+        (7, 4096 + 2 * 1024, 4096),
+        (7, 4096, 4096),
+        (7, 2 * 14336, 4096),
+        (7, 4096, 14336),
+    ];
+    let mut want: Vec<_> = layer.iter().chain(&layer).copied().collect();
+    want.push((1, 128256, 4096));
+    assert_eq!(stacks, want);
+    let head = gemms.iter().filter(|c| c.ldc == 128256).count();
+    assert_eq!(head, 128256usize.div_ceil((1 << 27) / 4096));
+    // Each GEMM step is preceded by the dequantisation of its chunk, labelled for profiles.
+    assert!(g
+        .launches
+        .iter()
+        .any(|l| l.label == "dequant q4_k 14336x4096"));
+    assert!(g.launches.iter().any(|l| l.label == "cublas 7x28672x4096"));
+}
+
+/// One-token decode with the attention tail on (`attn_tail` 1024): the QKV kernel's tail computes the attention of llama- and Qwen-like
+/// layers (not the Gemma-like layer's: QK-norm tiles); a cache of at most 1024 positions
+/// launches no attention kernel for them, a longer one launches it guarded (it returns below
+/// 1024 positions). No GPU needed.
+#[test]
+fn attention_tail_replaces_short_context_attention() {
+    let labels = |g: &codegen::Generated| -> Vec<String> {
+        g.launches.iter().map(|l| l.label.clone()).collect()
+    };
+    let attn = |g: &codegen::Generated| {
+        labels(g)
+            .iter()
+            .filter(|l| l.starts_with("attention"))
+            .count()
+    };
+    let gen = |n, t, cap, qwen, paged| {
+        let opts = codegen::GenOptions {
+            cublas: true,
+            attn_tail: 1024,
+            ..Default::default()
+        };
+        generated_kv(&QUANT, n, t, cap, qwen, paged, opts)
+    };
+    let tails = |g: &codegen::Generated| {
+        labels(g)
+            .iter()
+            .filter(|l| l.ends_with("+ attention"))
+            .count()
+    };
+    for t in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        // Qwen-like second layer: both layers' attention in a tail.
+        let short = gen(1, t, 1024, true, None);
+        assert_eq!(
+            (tails(&short), attn(&short)),
+            (2, 0),
+            "{t:?} 1024 positions: {:?}",
+            labels(&short)
+        );
+        let long = gen(1, t, 1025, true, None);
+        assert_eq!((tails(&long), attn(&long)), (2, 2), "{t:?} 1025 positions");
+        assert!(
+            long.src.contains("if (pos[0] < 1024u) return;"),
+            "{t:?}: the attention kernels return below 1024 positions"
+        );
+        // Gemma-like second layer (QK-norm tiles): its attention stays a kernel.
+        let gemma = gen(1, t, 64, false, None);
+        assert_eq!(
+            (tails(&gemma), attn(&gemma)),
+            (1, 1),
+            "{t:?} Gemma-like layer"
+        );
+        // Several tokens, and batch steps on a paged pool: no tail.
+        assert_eq!(tails(&gen(5, t, 64, true, None)), 0);
+        assert_eq!(tails(&gen(3, t, 128, true, Some(true))), 0);
+        // Off by default.
+        assert_eq!(tails(&generated_graph(&QUANT, 1, t, false, 64, true)), 0);
+    }
+}
