@@ -30,6 +30,8 @@ pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
 /// Threads of row, gemv and epilogue kernels.
 const NT: usize = 512;
 const NWARPS: usize = NT / 32;
+/// Row length from which a single-row decode matmul runs one block per SM (see `Gen`).
+const DECODE_WIDE_K: usize = 4096;
 
 /// A weight on the device: byte offset into the weight buffer. 1-D weights are stored as f32.
 #[derive(Clone, Debug)]
@@ -137,8 +139,11 @@ struct Gen<'a> {
     sm_count: usize,
     /// The GPU's compute capability (major): thread block clusters from 9.
     cc_major: i32,
-    /// Decode matmul blocks (of NT threads) per SM.
-    decode_blocks: usize,
+    /// Decode matmul blocks (of NT threads) per SM, when forced (`SMELT_CUDA_DECODE_BLOCKS`).
+    decode_blocks: Option<usize>,
+    /// Single-row decode matmuls over rows of at least this many values run one block per SM
+    /// (128 registers a thread), shorter ones two (64 registers).
+    decode_wide_k: usize,
     scratch: usize,
     counters: usize,
     bodies: HashMap<String, String>,
@@ -198,12 +203,11 @@ pub(crate) fn generate(
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
-    // at 64 per thread, 1 gives 128. `SMELT_CUDA_DECODE_BLOCKS` overrides, for the kernel lab.
-    let decode_blocks = std::env::var("SMELT_CUDA_DECODE_BLOCKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&b: &usize| (1..=2).contains(&b))
-        .unwrap_or(2);
+    // at 64 per thread, 1 gives 128. `SMELT_CUDA_DECODE_BLOCKS` forces one for every kernel,
+    // `SMELT_CUDA_DECODE_WIDE_K` moves the row length from which one block is taken (kernel lab).
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let decode_blocks = env("SMELT_CUDA_DECODE_BLOCKS").filter(|b| (1..=2).contains(b));
+    let decode_wide_k = env("SMELT_CUDA_DECODE_WIDE_K").unwrap_or(DECODE_WIDE_K);
     let decode = decode_rows(plan, w);
     let mut g = Gen {
         plan,
@@ -214,6 +218,7 @@ pub(crate) fn generate(
         sm_count: sm_count.max(1),
         cc_major,
         decode_blocks,
+        decode_wide_k,
         scratch: plan.arena_len().div_ceil(64) * 64,
         counters: 0,
         bodies: HashMap::new(),

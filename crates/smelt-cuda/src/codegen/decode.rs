@@ -99,7 +99,14 @@ impl Gen<'_> {
         // Several rows: one block per SM, 128 registers (NR accumulators per column: at 64
         // registers the 8-row kernels spilled 1-2.6 KB a thread, and the 8B's 2-row step took
         // 4.0 ms against 4.4 ms for 4 rows at one block per SM).
-        let blocks = if nr > 1 { 1 } else { self.decode_blocks };
+        // One row: two blocks per SM (64 registers) for short rows, one (128 registers) for
+        // long ones, where the 8B's kernels measured 7% faster a token (v8).
+        let blocks = match (nr, self.decode_blocks) {
+            (2.., _) => 1,
+            (_, Some(b)) => b,
+            _ if kdim >= self.decode_wide_k => 1,
+            _ => 2,
+        };
         // A bundle finishes its columns in the computing warp (one column per warp turn, or a
         // RoPE pair of columns per turn) or in tiles after all the block's rows.
         let modes: Vec<Mode> = bundles.iter().map(|b| self.epilogue_mode(b)).collect();
@@ -473,10 +480,13 @@ impl Gen<'_> {
             // Rows of at most one gemv unit per lane (K <= 2048 for K-quants, <= 1024 for
             // 32-value blocks) can go two neighbouring rows per warp turn, twice the bytes in
             // flight: measured slower (1B 1518 -> 1483, SmolLM2 1335 -> 1244 tok/s on the
-            // H100), so only with `SMELT_CUDA_TWO_ROWS=1`, for the kernel lab.
+            // H100), so only with `SMELT_CUDA_TWO_ROWS=N` (rows of at most N units per lane),
+            // for the kernel lab.
             None if b.width.is_multiple_of(2)
-                && b.matmuls.iter().all(|&m| self.units_per_lane(m) <= 1)
-                && std::env::var("SMELT_CUDA_TWO_ROWS").is_ok_and(|v| v == "1") =>
+                && std::env::var("SMELT_CUDA_TWO_ROWS")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .is_some_and(|n| b.matmuls.iter().all(|&m| self.units_per_lane(m) <= n)) =>
             {
                 Mode::Pair(None)
             }

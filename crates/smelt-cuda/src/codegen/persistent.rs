@@ -145,7 +145,7 @@ pub(super) fn emit(g: &mut Gen, src: &mut String) {
             }
         }
     }
-    let blocks = g.decode_blocks;
+    let blocks = g.decode_blocks.unwrap_or(2);
     writeln!(
         src,
         "extern \"C\" __global__ void __launch_bounds__({NT}, {blocks}) mega(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C) {{\n{body}}}"
