@@ -450,17 +450,27 @@ impl CudaBackend {
 
     /// Compile the programs of `graphs` into the disk cache in parallel, so that lowering them
     /// later only loads them (a batch engine's step shapes, at load). Returns the seconds spent
-    /// generating the sources (fusion and code generation, one after another) and compiling
-    /// them (NVRTC in parallel, or reading the cache).
-    pub fn precompile(&self, graphs: &[Graph], kv: &CudaKvCache) -> Result<(f64, f64), CudaError> {
+    /// generating the sources (fusion and code generation, one after another), compiling
+    /// them (NVRTC in parallel, or reading the cache), the number of compile threads and the
+    /// longest single compile (seconds).
+    pub fn precompile(
+        &self,
+        graphs: &[Graph],
+        kv: &CudaKvCache,
+    ) -> Result<(f64, f64, usize, f64), CudaError> {
         let t0 = std::time::Instant::now();
         let srcs = graphs
             .iter()
             .map(|g| self.generate(g, kv).map(|(_, src)| src))
             .collect::<Result<Vec<_>, _>>()?;
         let generated = t0.elapsed().as_secs_f64();
-        self.dev.precompile(&srcs)?;
-        Ok((generated, t0.elapsed().as_secs_f64() - generated))
+        let (threads, slowest) = self.dev.precompile(&srcs)?;
+        Ok((
+            generated,
+            t0.elapsed().as_secs_f64() - generated,
+            threads,
+            slowest,
+        ))
     }
 
     /// Fuse, generate, compile (or load from the disk cache) and prepare `g`.

@@ -216,9 +216,11 @@ impl Device {
 
     /// Compile each of `srcs` into the disk cache, several at a time (a batch engine's programs
     /// at load: one NVRTC compile takes 1-2 s). Does nothing without a cache directory.
-    pub(crate) fn precompile(&self, srcs: &[String]) -> Result<(), CudaError> {
+    /// Returns the number of threads it compiled on (0: nothing to do) and the longest single
+    /// compile in seconds (the critical path of the parallel compile).
+    pub(crate) fn precompile(&self, srcs: &[String]) -> Result<(usize, f64), CudaError> {
         if cache_dir().is_none() || srcs.is_empty() {
-            return Ok(());
+            return Ok((0, 0.0));
         }
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -230,23 +232,29 @@ impl Device {
                     std::thread::Builder::new()
                         .name("smelt-cuda-jit".into())
                         .stack_size(512 << 20)
-                        .spawn_scoped(s, || -> Result<(), CudaError> {
+                        .spawn_scoped(s, || -> Result<f64, CudaError> {
+                            let mut slowest = 0f64;
                             loop {
                                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let Some(src) = srcs.get(i) else {
-                                    return Ok(());
+                                    return Ok(slowest);
                                 };
+                                let t = std::time::Instant::now();
                                 self.image(src)?;
+                                slowest = slowest.max(t.elapsed().as_secs_f64());
                             }
                         })
                         .map_err(|e| CudaError::Driver(format!("JIT thread: {e}")))
                 })
                 .collect();
+            let mut slowest = 0f64;
             for w in workers {
-                w?.join()
+                let t = w?
+                    .join()
                     .map_err(|_| CudaError::Driver("JIT thread panicked".into()))??;
+                slowest = slowest.max(t);
             }
-            Ok(())
+            Ok((threads, slowest))
         })
     }
 

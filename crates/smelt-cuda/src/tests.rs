@@ -136,109 +136,136 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         .into_iter()
         .map(|(d, t)| (d, t, false))
         .chain(qwen_cases);
+    // The fused plan, the unfused one, and the fused one as one persistent kernel.
+    let variants = [
+        (FuseOptions::ALL, false),
+        (FuseOptions::NONE, false),
+        (FuseOptions::ALL, true),
+    ];
     for (ci, (d, dtype, qwen)) in all.enumerate() {
-        let mut rng = Rng(0x9e37_79b9 + ci as u64);
-        let mut w = Weights::new(|| rng.next());
-        let g5 = if qwen {
-            odd::graph_qwen(&d, 5, &mut w, true)
-        } else {
-            odd::graph(&d, 5, &mut w, true)
-        };
-        let file = w.gguf(dtype);
-        let rw = w.dequantized(&file);
-        let widths = [d.n_head_kv * d.head_dim; 2];
-        let reference = ReferenceBackend::new(rw, 1);
-        let mut rkv = KvCache::new(16, &widths);
-        let tokens: Vec<u32> = (0..8).map(|i| ((i * 2 + 1) % d.n_vocab) as u32).collect();
-        let want5 = reference.execute(&g5, &tokens[..5], &[0, 1, 2, 3, 4], &mut rkv);
-        let mut rng1 = Rng(1);
-        let mut wsink = Weights::new(|| rng1.next());
-        let g1 = if qwen {
-            odd::graph_qwen(&d, 1, &mut wsink, true)
-        } else {
-            odd::graph(&d, 1, &mut wsink, true)
-        };
-        let quantised = !matches!(dtype, GgmlType::F32 | GgmlType::F16);
-        let fast = if quantised {
-            fast_decode(&file, &w.specs, &g5, &g1, &tokens, &widths)
-        } else {
-            Vec::new()
-        };
-        // The fused plan, the unfused one, and the fused one as one persistent kernel.
-        for (fusion, persistent) in [
-            (FuseOptions::ALL, false),
-            (FuseOptions::NONE, false),
-            (FuseOptions::ALL, true),
-        ] {
-            let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
-            cb.set_fusion(fusion);
-            cb.set_persistent(persistent);
-            let mut kv = cb.new_kv(16, &widths).unwrap();
-            let p5 = cb.lower(&g5, &kv).unwrap();
-            let p1 = cb.lower(&g1, &kv).unwrap();
-            if persistent {
-                assert_eq!(p1.kernels(), 1, "case {ci}: one persistent decode kernel");
-            }
-            let got = cb
-                .execute(&p5, &tokens[..5], &[0, 1, 2, 3, 4], &mut kv)
-                .unwrap()
-                .to_vec();
-            // Prefill multiplies f16-rounded activations and weights on tensor cores.
-            compare(
-                &got,
-                &want5,
-                2e-2,
-                &format!("case {ci} {dtype:?} {fusion:?} prefill"),
+        check_case(ci, d, dtype, qwen, &variants);
+    }
+}
+
+/// Rows of more gemv units than a lane loads at once (two): a 9216-wide down projection (4.5
+/// units a lane for K-quants, 9 for 32-value blocks) in a one-block-per-SM kernel (rows of at
+/// least 4096 values), every quantised type, fused decode. Passed on the H100 (v8).
+#[test]
+fn decode_long_rows_match_reference() {
+    if !gpu() {
+        return;
+    }
+    let wide = Dims {
+        n_embd: 512,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 128,
+        n_rot: 128,
+        n_ff: 9216,
+        n_vocab: 300,
+    };
+    for (i, t) in QUANT_TYPES.into_iter().enumerate() {
+        check_case(100 + i, wide, t, false, &[(FuseOptions::ALL, false)]);
+    }
+}
+
+/// One case of the odd-shape test: prefill of 5 tokens then 3 decode steps (graph replays) of
+/// every variant (fusion options, persistent kernel) against the reference.
+fn check_case(ci: usize, d: Dims, dtype: GgmlType, qwen: bool, variants: &[(FuseOptions, bool)]) {
+    let mut rng = Rng(0x9e37_79b9 + ci as u64);
+    let mut w = Weights::new(|| rng.next());
+    let g5 = if qwen {
+        odd::graph_qwen(&d, 5, &mut w, true)
+    } else {
+        odd::graph(&d, 5, &mut w, true)
+    };
+    let file = w.gguf(dtype);
+    let rw = w.dequantized(&file);
+    let widths = [d.n_head_kv * d.head_dim; 2];
+    let reference = ReferenceBackend::new(rw, 1);
+    let mut rkv = KvCache::new(16, &widths);
+    let tokens: Vec<u32> = (0..8).map(|i| ((i * 2 + 1) % d.n_vocab) as u32).collect();
+    let want5 = reference.execute(&g5, &tokens[..5], &[0, 1, 2, 3, 4], &mut rkv);
+    let mut rng1 = Rng(1);
+    let mut wsink = Weights::new(|| rng1.next());
+    let g1 = if qwen {
+        odd::graph_qwen(&d, 1, &mut wsink, true)
+    } else {
+        odd::graph(&d, 1, &mut wsink, true)
+    };
+    let quantised = !matches!(dtype, GgmlType::F32 | GgmlType::F16);
+    let fast = if quantised {
+        fast_decode(&file, &w.specs, &g5, &g1, &tokens, &widths)
+    } else {
+        Vec::new()
+    };
+    for &(fusion, persistent) in variants {
+        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        cb.set_fusion(fusion);
+        cb.set_persistent(persistent);
+        let mut kv = cb.new_kv(16, &widths).unwrap();
+        let p5 = cb.lower(&g5, &kv).unwrap();
+        let p1 = cb.lower(&g1, &kv).unwrap();
+        if persistent {
+            assert_eq!(p1.kernels(), 1, "case {ci}: one persistent decode kernel");
+        }
+        let got = cb
+            .execute(&p5, &tokens[..5], &[0, 1, 2, 3, 4], &mut kv)
+            .unwrap()
+            .to_vec();
+        // Prefill multiplies f16-rounded activations and weights on tensor cores.
+        compare(
+            &got,
+            &want5,
+            2e-2,
+            &format!("case {ci} {dtype:?} {fusion:?} prefill"),
+        );
+        let mut rkv2 = rkv.clone();
+        for step in 5..8u32 {
+            let want = reference.execute(
+                &g1,
+                &tokens[step as usize..step as usize + 1],
+                &[step],
+                &mut rkv2,
             );
-            let mut rkv2 = rkv.clone();
-            for step in 5..8u32 {
-                let want = reference.execute(
-                    &g1,
+            let got = cb
+                .execute(
+                    &p1,
                     &tokens[step as usize..step as usize + 1],
                     &[step],
-                    &mut rkv2,
+                    &mut kv,
+                )
+                .unwrap();
+            // Quantised weights: decode rounds activations to 8 bits, as the CPU fast path
+            // does, and attends over keys and values from the f16 tensor-core prefill; allow
+            // twice the fast path's own distance from the reference (an indexing bug gives
+            // errors of the order of the logits themselves).
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            let tol = if quantised {
+                let fd = max_diff(&fast[step as usize - 5], &want);
+                eprintln!(
+                    "case {ci} {dtype:?} decode {step}: gpu {} cpu fast {fd} of {scale}",
+                    max_diff(got, &want)
                 );
-                let got = cb
-                    .execute(
-                        &p1,
-                        &tokens[step as usize..step as usize + 1],
-                        &[step],
-                        &mut kv,
-                    )
-                    .unwrap();
-                // Quantised weights: decode rounds activations to 8 bits, as the CPU fast path
-                // does, and attends over keys and values from the f16 tensor-core prefill; allow
-                // twice the fast path's own distance from the reference (an indexing bug gives
-                // errors of the order of the logits themselves).
-                let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-                let tol = if quantised {
-                    let fd = max_diff(&fast[step as usize - 5], &want);
-                    eprintln!(
-                        "case {ci} {dtype:?} decode {step}: gpu {} cpu fast {fd} of {scale}",
-                        max_diff(got, &want)
-                    );
-                    (2.0 * fd / scale).max(2e-2)
-                } else {
-                    2e-2
-                };
-                compare(
-                    got,
-                    &want,
-                    tol,
-                    &format!(
-                        "case {ci} {dtype:?} {fusion:?} persistent={persistent} decode {step}"
-                    ),
-                );
-            }
-            let st = cb.stats();
-            assert_eq!(st.executions, 4);
-            if fusion == FuseOptions::ALL {
-                assert_eq!(
-                    st.submissions - (p5.kernels() as u64 + 3),
-                    3,
-                    "one submission per decode step"
-                );
-            }
+                (2.0 * fd / scale).max(2e-2)
+            } else {
+                2e-2
+            };
+            compare(
+                got,
+                &want,
+                tol,
+                &format!("case {ci} {dtype:?} {fusion:?} persistent={persistent} decode {step}"),
+            );
+        }
+        let st = cb.stats();
+        assert_eq!(st.executions, 4);
+        if fusion == FuseOptions::ALL {
+            assert_eq!(
+                st.submissions - (p5.kernels() as u64 + 3),
+                3,
+                "one submission per decode step"
+            );
         }
     }
 }

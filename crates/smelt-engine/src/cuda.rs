@@ -179,14 +179,16 @@ impl CudaBatch {
         let t0 = std::time::Instant::now();
         let graphs: Vec<_> = shapes.iter().map(|&(n, o)| arch.build(n, o)).collect();
         let built = t0.elapsed().as_secs_f64();
-        let (generated, compiled) = self.backend.precompile(&graphs, &self.kv).map_err(err)?;
+        let (generated, compiled, threads, slowest) =
+            self.backend.precompile(&graphs, &self.kv).map_err(err)?;
         let t1 = std::time::Instant::now();
         for n in 1..=rows {
             self.program(arch, (n, Output::SeqLogits(n)))?;
         }
         eprintln!(
             "smelt: {} GPU step shapes ready in {:.1}s (graphs {built:.1}s, sources {generated:.1}s, \
-             compiled or taken from the cache {compiled:.1}s, decode programs lowered {:.1}s)",
+             compiled or taken from the cache {compiled:.1}s on {threads} threads, the slowest \
+             {slowest:.1}s, decode programs lowered {:.1}s)",
             shapes.len(),
             t0.elapsed().as_secs_f64(),
             t1.elapsed().as_secs_f64()

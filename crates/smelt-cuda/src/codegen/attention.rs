@@ -177,7 +177,14 @@ impl Gen<'_> {
         // Several rows (a batch's sequences, or one's few new tokens): a cluster row per row.
         let rows = self.t;
         let cap = self.kv.capacity.max(1);
-        let splits = CLUSTER.min(cap.div_ceil(CHUNK));
+        // `SMELT_CUDA_ATTN_SPLITS` (1-8) caps the splits per KV head, for the kernel lab (v8:
+        // each halving measured slower, 1B 1484 -> 1414 -> 1281 -> 1112 tok/s from 8 to 1).
+        let most = std::env::var("SMELT_CUDA_ATTN_SPLITS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n: &usize| (1..=CLUSTER).contains(n))
+            .unwrap_or(CLUSTER);
+        let splits = most.min(cap.div_ceil(CHUNK));
         let e = hd / 32;
         let hs = hd + 8; // shared row stride in halves (16-byte reads of 8 lanes: distinct banks)
         let pieces = hd / 8; // 16-byte pieces of a K or V row
