@@ -322,6 +322,31 @@ fn decode_rows(plan: &Plan, w: &[WeightInfo]) -> bool {
     })
 }
 
+/// `body` with its expression temporaries (`e<node id>`, and any suffix after the digits)
+/// renumbered from 0 in order of first use.
+pub(crate) fn canonical(body: &str) -> String {
+    let b = body.as_bytes();
+    let mut out = String::with_capacity(body.len());
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        let digits = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if b[i] == b'e' && word_start && digits > 0 {
+            let j = i + 1 + digits;
+            let next = ids.len();
+            let id = *ids.entry(&body[i + 1..j]).or_insert(next);
+            out.push_str(&body[copied..i]);
+            write!(out, "e{id}").unwrap();
+            (i, copied) = (j, j);
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&body[copied..]);
+    out
+}
+
 const SIG: &str =
     "(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C)";
 
@@ -348,7 +373,12 @@ impl<'a> Gen<'a> {
 
     /// [`Self::kernel`] with more attributes before the name (`__cluster_dims__(...)`).
     fn kernel_with(&mut self, bounds: &str, attrs: &str, body: String, smem: usize) -> String {
-        if let Some(n) = self.bodies.get(&body) {
+        // The same kernel of two layers differs only in its temporaries' node ids: renumbered,
+        // a model's layers share their kernels (one layer's worth of source to compile, not
+        // every layer's).
+        let body = canonical(&body);
+        let key = format!("{bounds}|{attrs}|{smem}|{body}");
+        if let Some(n) = self.bodies.get(&key) {
             return n.clone();
         }
         // Decode kernels are `dk<i>`, prefill kernels `pk<i>`: profilers select by name
@@ -361,7 +391,7 @@ impl<'a> Gen<'a> {
             attrs: attrs.into(),
             body: body.clone(),
         });
-        self.bodies.insert(body, name.clone());
+        self.bodies.insert(key, name.clone());
         self.funcs.push((name.clone(), smem));
         name
     }

@@ -2,6 +2,8 @@
 //! with NVRTC where it loads (no GPU needed).
 
 use super::*;
+use smelt_graph::NodeId;
+use smelt_testutil::odd::AddWeight;
 
 /// The generated program of `d`'s test graph for `n` tokens, every matrix of type `dtype`,
 /// prefill matmuls through cuBLAS steps or the mma.sync kernel.
@@ -70,6 +72,22 @@ fn generated_kv(
     } else {
         odd::graph(d, n, &mut w, true)
     };
+    generated_graph_of(&g, &w.specs, d, dtype, capacity, 2, paged, opts)
+}
+
+/// The generated program of graph `g` over weights `w` (every matrix of type `dtype`) with a
+/// KV cache of `layers` layers of `capacity` positions.
+#[allow(clippy::too_many_arguments)]
+fn generated_graph_of(
+    g: &Graph,
+    specs: &[WeightSpec],
+    d: &Dims,
+    dtype: GgmlType,
+    capacity: usize,
+    layers: usize,
+    paged: Option<bool>,
+    opts: codegen::GenOptions,
+) -> codegen::Generated {
     let ty = |s: &WeightSpec| {
         if s.shape[0] == 1 {
             GgmlType::F32
@@ -78,8 +96,7 @@ fn generated_kv(
         }
     };
     let mut off = 0;
-    let winfo: Vec<WeightInfo> = w
-        .specs
+    let winfo: Vec<WeightInfo> = specs
         .iter()
         .map(|s| {
             let row_bytes = crate::layout::dev_row_bytes(ty(s), s.shape[1]).unwrap();
@@ -96,16 +113,129 @@ fn generated_kv(
     let kv = KvInfo {
         capacity,
         paged: paged.is_some(),
-        layers: vec![
-            (0, (capacity * width) as u64, width),
-            (
-                (2 * capacity * width) as u64,
-                (3 * capacity * width) as u64,
-                width,
-            ),
-        ],
+        layers: (0..layers as u64)
+            .map(|l| {
+                let at = (2 * l * (capacity * width) as u64, (capacity * width) as u64);
+                (at.0, at.0 + at.1, width)
+            })
+            .collect(),
     };
-    codegen::generate(&fuse(&g), &winfo, &kv, 132, 9, opts).unwrap()
+    codegen::generate(&fuse(g), &winfo, &kv, 132, 9, opts).unwrap()
+}
+
+/// A llama-like graph of `layers` identical layers (RMSNorm, QKV, RoPE, attention, output
+/// projection, SiLU-gated MLP, residuals) and an untied head, over the last of `n` rows.
+fn llama_graph(d: &Dims, layers: usize, n: usize, w: &mut impl AddWeight) -> Graph {
+    fn mm(
+        g: &mut Graph,
+        w: &mut impl AddWeight,
+        x: NodeId,
+        rows: usize,
+        cols: usize,
+        name: &str,
+    ) -> NodeId {
+        let wt = w.add(g, rows, cols, 0.1, 0.0);
+        g.matmul(x, wt, name)
+    }
+    let mut g = Graph::new(n);
+    let (qo, kvo) = (d.n_head * d.head_dim, d.n_head_kv * d.head_dim);
+    let tok = w.add(&mut g, d.n_vocab, d.n_embd, 1.0, 0.0);
+    let mut x = g.embed(tok, "embd");
+    for il in 0..layers {
+        let norm = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
+        let h = g.rms_norm(x, Some(norm), 1e-5, d.n_embd, &format!("attn_norm.{il}"));
+        let q = mm(&mut g, w, h, qo, d.n_embd, &format!("q.{il}"));
+        let k = mm(&mut g, w, h, kvo, d.n_embd, &format!("k.{il}"));
+        let v = mm(&mut g, w, h, kvo, d.n_embd, &format!("v.{il}"));
+        let rope = |g: &mut Graph, x, name: &str| {
+            let name = format!("{name}.{il}");
+            g.rope(x, d.head_dim, d.n_rot, 1e4, 1.0, false, None, &name)
+        };
+        let (q, k) = (rope(&mut g, q, "q_rope"), rope(&mut g, k, "k_rope"));
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        let a = g.attention(
+            q,
+            k,
+            v,
+            il,
+            d.n_head,
+            d.n_head_kv,
+            d.head_dim,
+            scale,
+            None,
+            &format!("attn.{il}"),
+        );
+        let o = mm(&mut g, w, a, d.n_embd, qo, &format!("attn_out.{il}"));
+        x = g.add(x, o, &format!("attn_res.{il}"));
+        let fnorm = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
+        let h = g.rms_norm(x, Some(fnorm), 1e-5, d.n_embd, &format!("ffn_norm.{il}"));
+        let gate = mm(&mut g, w, h, d.n_ff, d.n_embd, &format!("ffn_gate.{il}"));
+        let up = mm(&mut g, w, h, d.n_ff, d.n_embd, &format!("ffn_up.{il}"));
+        let act = g.silu(gate, &format!("ffn_silu.{il}"));
+        let m = g.mul(act, up, &format!("ffn_mul.{il}"));
+        let f = mm(&mut g, w, m, d.n_embd, d.n_ff, &format!("ffn_down.{il}"));
+        x = g.add(x, f, &format!("ffn_res.{il}"));
+    }
+    let on = w.add(&mut g, 1, d.n_embd, 0.2, 1.0);
+    let x = g.rms_norm(x, Some(on), 1e-5, d.n_embd, "output_norm");
+    let x = g.last_rows(x, 1, "last");
+    let head = w.add(&mut g, d.n_vocab, d.n_embd, 0.1, 0.0);
+    let out = g.matmul(x, head, "logits");
+    g.set_output(out);
+    g
+}
+
+/// Identical layers share their kernels (the code generator renumbers each body's
+/// temporaries, which carry node ids): a 30-layer decode program compiles one layer's kernels
+/// plus the first layer's (the embedding row) and the head, whatever the depth. No GPU needed.
+#[test]
+fn identical_layers_share_kernels() {
+    let d = Dims {
+        n_embd: 576,
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+        n_rot: 64,
+        n_ff: 1536,
+        n_vocab: 1000,
+    };
+    // Q4_K rows are whole 256-value blocks.
+    let k = Dims {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 2,
+        ..d
+    };
+    for (d, t, n) in [
+        (d, GgmlType::Q8_0, 1),
+        (k, GgmlType::Q4_K, 1),
+        (d, GgmlType::Q8_0, 4),
+    ] {
+        let mut counts = Vec::new();
+        for layers in [3, 30] {
+            let mut w = Weights::new(|| 0.0);
+            w.draw = false;
+            let g = llama_graph(&d, layers, n, &mut w);
+            let paged = (n > 1).then_some(true);
+            let opts = codegen::GenOptions::default();
+            let gen = generated_graph_of(&g, &w.specs, &d, t, 64, layers, paged, opts);
+            let kernels = gen.src.matches("extern \"C\" __global__").count();
+            let launches = gen.launches.len();
+            eprintln!(
+                "{t:?} x{n}, {layers} layers: {launches} launches, {kernels} kernels, {} bytes",
+                gen.src.len()
+            );
+            assert!(
+                launches >= 5 * layers,
+                "{t:?} {layers} layers: {launches} launches"
+            );
+            counts.push(kernels);
+        }
+        assert_eq!(
+            counts[0], counts[1],
+            "{t:?} x{n}: kernels grow with the depth"
+        );
+    }
 }
 
 /// The one-token decode program of `d` as one persistent kernel.
@@ -395,4 +525,15 @@ fn attention_tail_replaces_short_context_attention() {
         // Off by default.
         assert_eq!(tails(&generated_graph(&QUANT, 1, t, false, 64, true)), 0);
     }
+}
+
+/// The renumbering behind kernel dedup touches only `e<digits>` temporaries (with their
+/// suffixes), never float exponents or other identifiers. No GPU needed.
+#[test]
+fn canonical_renumbers_only_temporaries() {
+    let body = "const float e41 = 1e-5f * x; float e7_a = e41, e7_b = se12 + e41b; ke3 = 2.5e3f;";
+    assert_eq!(
+        codegen::canonical(body),
+        "const float e0 = 1e-5f * x; float e1_a = e0, e1_b = se12 + e0b; ke3 = 2.5e3f;"
+    );
 }
