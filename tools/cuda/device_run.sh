@@ -83,6 +83,21 @@ if [ "$MODE" = batch ]; then
   done
   exit 0
 fi
+if [ "$MODE" = load ]; then
+  # Cold-cache load on the three shapes: the batch engine's step shapes (the `prepare` line:
+  # graphs, sources, compile threads and the slowest compile), then one sequence's load to first
+  # token and its decode.
+  for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+    rm -rf $SMELT_CUDA_CACHE
+    el "batch load ${s%%:*}"
+    timeout 200 $C/smelt bench --batch 8 $f -p 128 -n 16 -r 1 --json 2>&1 > /dev/null | grep -E "step shapes|compiled in" | tail -3
+    rm -rf $SMELT_CUDA_CACHE
+    timeout 120 $C/smelt bench $f -p 512 -n 64 -r 1 --json > /tmp/b.json 2> /dev/null
+    python3 -c "import json; r=json.load(open('/tmp/b.json')); print('${s%%:*} cold: load %.0f ms, load to first token %.0f ms, decode %.1f tok/s' % (r['load_ms'], r['load_to_first_token_ms'], r['decode_tps']))"
+  done
+  exit 0
+fi
 if [ "$MODE" = stash ]; then
   # First of two calls made back to back (the machine stays warm for 30 s): the real SmolLM2
   # (98 MB) is over one call's 64 MiB, so this call leaves its first part in /tmp.
