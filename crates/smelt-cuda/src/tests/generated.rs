@@ -537,3 +537,43 @@ fn canonical_renumbers_only_temporaries() {
         "const float e0 = 1e-5f * x; float e1_a = e0, e1_b = se12 + e0b; ke3 = 2.5e3f;"
     );
 }
+
+/// Single-row decode matmuls take one 512-thread block per SM (128 registers) over rows of at
+/// least 4096 values and two below: the 1B-like shapes' 8192-wide down projection and the
+/// 8B-like shapes' every matmul run one, the 1B's 2048-wide ones two. No GPU needed.
+#[test]
+fn long_decode_rows_take_one_block_per_sm() {
+    for d in [LLAMA_1B, LLAMA_8B] {
+        let d = Dims { n_vocab: 1000, ..d };
+        let gen = generated_with(&d, 1, GgmlType::Q4_K, true, 64);
+        let mut seen = [0usize; 2];
+        for l in &gen.launches {
+            let codegen::Work::Kernel { func, .. } = &l.work else {
+                continue;
+            };
+            let Some(kdim) = l
+                .label
+                .strip_prefix("decode mm ")
+                .and_then(|s| s.split_whitespace().nth(1))
+                .and_then(|s| s.split('x').nth(1))
+                .and_then(|k| k.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let one = kdim >= 4096;
+            let want = if one { "512, 1" } else { "512, 2" };
+            let def = format!("__launch_bounds__({want}) {func}(");
+            assert!(gen.src.contains(&def), "{}: {func} wants {want}", l.label);
+            seen[usize::from(one)] += 1;
+        }
+        // The 1B: two blocks for its 2048-wide rows, one for the down projection; the 8B: one.
+        let want = if d.n_embd < 4096 { [1, 1] } else { [0, 1] };
+        for i in 0..2 {
+            assert_eq!(
+                seen[i] > 0,
+                want[i] > 0,
+                "{seen:?} launches of two / one blocks"
+            );
+        }
+    }
+}
