@@ -299,10 +299,7 @@ impl CudaBackend {
             pdl,
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
             // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
-            attn_tail: std::env::var("SMELT_CUDA_ATTN_TAIL")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             profile: std::env::var("SMELT_CUDA_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Profile::default),

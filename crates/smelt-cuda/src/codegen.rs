@@ -205,9 +205,8 @@ pub(crate) fn generate(
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
     // at 64 per thread, 1 gives 128. `SMELT_CUDA_DECODE_BLOCKS` forces one for every kernel,
     // `SMELT_CUDA_DECODE_WIDE_K` moves the row length from which one block is taken (kernel lab).
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-    let decode_blocks = env("SMELT_CUDA_DECODE_BLOCKS").filter(|b| (1..=2).contains(b));
-    let decode_wide_k = env("SMELT_CUDA_DECODE_WIDE_K").unwrap_or(DECODE_WIDE_K);
+    let decode_blocks = lab_knob("SMELT_CUDA_DECODE_BLOCKS").filter(|b| (1..=2).contains(b));
+    let decode_wide_k = lab_knob("SMELT_CUDA_DECODE_WIDE_K").unwrap_or(DECODE_WIDE_K);
     let decode = decode_rows(plan, w);
     let mut g = Gen {
         plan,
@@ -320,6 +319,11 @@ fn decode_rows(plan: &Plan, w: &[WeightInfo]) -> bool {
                     .is_some_and(|s| !matches!(s, "f32" | "f16" | "bf16"))
             })
     })
+}
+
+/// A numeric kernel-lab setting from the environment (unset or not a number: `None`).
+pub(crate) fn lab_knob(key: &str) -> Option<usize> {
+    std::env::var(key).ok().and_then(|v| v.parse().ok())
 }
 
 /// `body` with its expression temporaries (`e<node id>`, and any suffix after the digits)

@@ -179,10 +179,8 @@ impl Gen<'_> {
         let cap = self.kv.capacity.max(1);
         // `SMELT_CUDA_ATTN_SPLITS` (1-8) caps the splits per KV head, for the kernel lab (v8:
         // each halving measured slower, 1B 1484 -> 1414 -> 1281 -> 1112 tok/s from 8 to 1).
-        let most = std::env::var("SMELT_CUDA_ATTN_SPLITS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n: &usize| (1..=CLUSTER).contains(n))
+        let most = super::lab_knob("SMELT_CUDA_ATTN_SPLITS")
+            .filter(|n| (1..=CLUSTER).contains(n))
             .unwrap_or(CLUSTER);
         let splits = most.min(cap.div_ceil(CHUNK));
         let e = hd / 32;
@@ -190,10 +188,8 @@ impl Gen<'_> {
         let pieces = hd / 8; // 16-byte pieces of a K or V row
                              // Chunks in flight: all of a split's chunks at a few hundred keys (one DRAM latency).
                              // `SMELT_CUDA_ATTN_STAGES` (2-4) overrides, for the kernel lab.
-        let nbuf: usize = std::env::var("SMELT_CUDA_ATTN_STAGES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n: &usize| (2..=4).contains(n))
+        let nbuf = super::lab_knob("SMELT_CUDA_ATTN_STAGES")
+            .filter(|n| (2..=4).contains(n))
             .unwrap_or(if hd <= 128 { 4 } else { 3 });
         let smem = nbuf * 2 * CHUNK * hs * 2;
         let per = (grp * hd).div_ceil(splits); // outputs each block combines

@@ -483,9 +483,7 @@ impl Gen<'_> {
             // H100), so only with `SMELT_CUDA_TWO_ROWS=N` (rows of at most N units per lane),
             // for the kernel lab.
             None if b.width.is_multiple_of(2)
-                && std::env::var("SMELT_CUDA_TWO_ROWS")
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
+                && super::lab_knob("SMELT_CUDA_TWO_ROWS")
                     .is_some_and(|n| b.matmuls.iter().all(|&m| self.units_per_lane(m) <= n)) =>
             {
                 Mode::Pair(None)

@@ -114,10 +114,7 @@ pub(super) fn emit(g: &mut Gen, src: &mut String) {
         )
     };
     let mut body = format!("u32* const BAR = C + {bar};\n");
-    let extra: usize = std::env::var("SMELT_CUDA_EXTRA_SYNCS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let extra = super::lab_knob("SMELT_CUDA_EXTRA_SYNCS").unwrap_or(0);
     let mut syncs = 0usize;
     for (i, st) in stages.iter().enumerate() {
         let (gx, gy, gz) = st.1;
