@@ -150,6 +150,11 @@ impl CudaProgram {
         self.decode
     }
 
+    /// What each launch does (`decode mm Q4_K 6144x4096`, ...), in order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
     /// cuBLAS GEMMs per execution (0 for decode, or where prefill uses the mma.sync kernel).
     pub fn gemms(&self) -> usize {
         self.launches
@@ -204,6 +209,9 @@ pub struct CudaBackend {
     /// Decode attention in the QKV kernel's tail below this many positions
     /// (`SMELT_CUDA_ATTN_TAIL=N`; 0, the default: never).
     attn_tail: usize,
+    /// One-token decode: the output projection in the attention cluster
+    /// (`SMELT_CUDA_WO_FOLD=1`; off by default, codegen/attn_wo.rs).
+    wo_fold: bool,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -300,6 +308,8 @@ impl CudaBackend {
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
             // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
+            // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
+            wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
             profile: std::env::var("SMELT_CUDA_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Profile::default),
@@ -356,6 +366,12 @@ impl CudaBackend {
     /// (0: never; codegen/attn_tail.rs), in programs lowered from now on.
     pub fn set_attention_tail(&mut self, keys: usize) {
         self.attn_tail = keys;
+    }
+
+    /// Compute one-token decode's output projection in the attention cluster where it fits
+    /// (codegen/attn_wo.rs), in programs lowered from now on.
+    pub fn set_wo_fold(&mut self, on: bool) {
+        self.wo_fold = on;
     }
 
     /// Replay decode steps as CUDA graphs (default on; `SMELT_CUDA_GRAPHS=0` turns it off).
@@ -435,6 +451,7 @@ impl CudaBackend {
                 cublas: self.use_cublas,
                 persistent: self.persistent,
                 attn_tail: self.attn_tail,
+                wo_fold: self.wo_fold,
             },
         )?;
         let src = if self.pdl {

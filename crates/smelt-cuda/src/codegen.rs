@@ -23,6 +23,7 @@ use crate::CudaError;
 
 mod attention;
 mod attn_tail;
+mod attn_wo;
 mod decode;
 mod persistent;
 mod prefill;
@@ -167,6 +168,8 @@ struct Gen<'a> {
     barrier: Option<usize>,
     /// Attention nodes a QKV kernel's tail computes (codegen/attn_tail.rs).
     tail_fused: std::collections::HashSet<NodeId>,
+    /// Fold the output projection into decode attention where it fits (codegen/attn_wo.rs).
+    wo_fold: bool,
 }
 
 struct KernelSrc {
@@ -186,6 +189,8 @@ pub(crate) struct GenOptions {
     /// Decode attention in the QKV kernel's tail below this many positions (0: off;
     /// codegen/attn_tail.rs).
     pub attn_tail: usize,
+    /// One-token decode: the output projection in the attention cluster (codegen/attn_wo.rs).
+    pub wo_fold: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -202,6 +207,7 @@ pub(crate) fn generate(
         cublas,
         persistent,
         attn_tail,
+        wo_fold,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -234,15 +240,26 @@ pub(crate) fn generate(
         attn_tail,
         barrier: None,
         tail_fused: Default::default(),
+        wo_fold,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
     }
+    // A kernel another one computes (the output projection in decode attention's cluster,
+    // codegen/attn_wo.rs) is skipped.
+    let mut skip = None;
     for ki in 0..plan.kernels().len() {
+        if skip == Some(ki) {
+            continue;
+        }
         let k = &plan.kernels()[ki];
         match &k.kind {
             KernelKind::Rows => g.rows_kernel(&k.rows, None, None)?,
-            KernelKind::Attention { node } => g.attention(*node)?,
+            KernelKind::Attention { node } => {
+                if g.attention(ki, *node)? {
+                    skip = Some(ki + 1);
+                }
+            }
             KernelKind::MatMul { input, .. } => {
                 if decode {
                     g.decode_matmul(ki)?

@@ -299,6 +299,20 @@ impl Device {
         let f = m
             .load_function(name)
             .map_err(|e| CudaError::Driver(format!("function {name}: {e:?}")))?;
+        if self.cc.0 >= 9 {
+            // Decode attention's clusters may take 16 blocks (a non-portable size).
+            // SAFETY: setting an attribute of a loaded function.
+            unsafe {
+                check(
+                    sys::cuFuncSetAttribute(
+                        f.cu_function(),
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                        1,
+                    ),
+                    "cuFuncSetAttribute",
+                )?
+            };
+        }
         if smem > 48 * 1024 {
             // SAFETY: raising the dynamic shared-memory limit of a loaded function.
             unsafe {

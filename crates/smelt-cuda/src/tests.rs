@@ -138,12 +138,12 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         .chain(qwen_cases);
     // The fused plan, the unfused one, and the fused one as one persistent kernel.
     let variants = [
-        (FuseOptions::ALL, false),
-        (FuseOptions::NONE, false),
-        (FuseOptions::ALL, true),
+        (FuseOptions::ALL, false, false),
+        (FuseOptions::NONE, false, false),
+        (FuseOptions::ALL, true, false),
     ];
     for (ci, (d, dtype, qwen)) in all.enumerate() {
-        check_case(ci, d, dtype, qwen, &variants);
+        check_case(ci, d, dtype, qwen, &variants, 16);
     }
 }
 
@@ -165,13 +165,69 @@ fn decode_long_rows_match_reference() {
         n_vocab: 300,
     };
     for (i, t) in QUANT_TYPES.into_iter().enumerate() {
-        check_case(100 + i, wide, t, false, &[(FuseOptions::ALL, false)]);
+        check_case(
+            100 + i,
+            wide,
+            t,
+            false,
+            &[(FuseOptions::ALL, false, false)],
+            16,
+        );
+    }
+}
+
+/// The output projection folded into decode attention's cluster (`set_wo_fold`, off by
+/// default; codegen/attn_wo.rs) against the reference, with the separate kernel beside it:
+/// a 256-position cache (8 splits, most without keys at these positions), groups of 192
+/// columns over 32-value blocks (a SmolLM2-like layer) and of 256 over K-quant blocks.
+#[test]
+fn folded_output_projection_matches_reference() {
+    if !gpu() {
+        return;
+    }
+    let smol = Dims {
+        n_embd: 576,
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+        n_rot: 64,
+        n_ff: 320,
+        n_vocab: 300,
+    };
+    let k = Dims {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 2,
+        n_ff: 768,
+        ..smol
+    };
+    let variants = [
+        (FuseOptions::ALL, false, true),
+        (FuseOptions::ALL, false, false),
+    ];
+    let cases = [
+        (smol, GgmlType::Q8_0),
+        (smol, GgmlType::Q4_0),
+        (k, GgmlType::Q4_K),
+        (k, GgmlType::Q6_K),
+    ];
+    for (i, (d, t)) in cases.into_iter().enumerate() {
+        check_case(200 + i, d, t, false, &variants, 256);
     }
 }
 
 /// One case of the odd-shape test: prefill of 5 tokens then 3 decode steps (graph replays) of
 /// every variant (fusion options, persistent kernel) against the reference.
-fn check_case(ci: usize, d: Dims, dtype: GgmlType, qwen: bool, variants: &[(FuseOptions, bool)]) {
+/// `variants`: fusion options, one persistent kernel, the folded output projection; `cap`:
+/// the KV cache's positions (decode attention splits it in chunks of 32).
+fn check_case(
+    ci: usize,
+    d: Dims,
+    dtype: GgmlType,
+    qwen: bool,
+    variants: &[(FuseOptions, bool, bool)],
+    cap: usize,
+) {
     let mut rng = Rng(0x9e37_79b9 + ci as u64);
     let mut w = Weights::new(|| rng.next());
     let g5 = if qwen {
@@ -199,15 +255,22 @@ fn check_case(ci: usize, d: Dims, dtype: GgmlType, qwen: bool, variants: &[(Fuse
     } else {
         Vec::new()
     };
-    for &(fusion, persistent) in variants {
+    for &(fusion, persistent, fold) in variants {
         let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
         cb.set_fusion(fusion);
         cb.set_persistent(persistent);
-        let mut kv = cb.new_kv(16, &widths).unwrap();
+        cb.set_wo_fold(fold);
+        let mut kv = cb.new_kv(cap, &widths).unwrap();
         let p5 = cb.lower(&g5, &kv).unwrap();
         let p1 = cb.lower(&g1, &kv).unwrap();
         if persistent {
             assert_eq!(p1.kernels(), 1, "case {ci}: one persistent decode kernel");
+        }
+        if fold && cb.device().cc.0 >= 9 {
+            assert!(
+                p1.labels().iter().any(|l| l.ends_with("+ wo")),
+                "case {ci}: folded"
+            );
         }
         let got = cb
             .execute(&p5, &tokens[..5], &[0, 1, 2, 3, 4], &mut kv)

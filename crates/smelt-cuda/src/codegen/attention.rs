@@ -1,9 +1,10 @@
 //! Every attention kernel. `attention` (last in the file) picks one per node.
 //!
 //! Decode (one token) attention, v5 on GPUs with thread block clusters (sm_90): a cluster of
-//! up to 8 splits per KV head, K/V streamed to shared memory by `cp.async`, the partials
-//! combined through distributed shared memory (see `cluster_decode_attention`); 1B decode
-//! 1327 -> 1533 tok/s on an H100. `SMELT_CUDA_ATTN=v4`, or an older GPU, takes v4 below.
+//! up to 16 splits per KV head on Hopper (8 elsewhere), K/V streamed to shared memory by
+//! `cp.async`, the partials combined through distributed shared memory (see
+//! `cluster_decode_attention`); 1B decode 1327 -> 1533 tok/s on an H100.
+//! `SMELT_CUDA_ATTN=v4`, or an older GPU, takes v4 below.
 //!
 //! v4: flash-decoding with a fixed grid. A block per (KV head,
 //! split) holds one warp per query head of that KV head's group (GQA: K and V rows are read
@@ -38,6 +39,10 @@ const CHUNK: usize = 32;
 const MAX_SPLITS: usize = 32;
 /// Blocks (splits) per cluster in decode attention v5: the portable cluster size limit.
 const CLUSTER: usize = 8;
+/// Blocks per cluster on Hopper (compute capability 9): its non-portable limit, allowed on
+/// every function the backend loads. v9b: SmolLM2 +2.4% / +3.9%, 1B and 8B within +-0.7%
+/// (two A/Bs on the H100).
+const HOPPER_CLUSTER: usize = 16;
 
 /// What every attention kernel needs of its node: shapes, KV offsets, and generated code for
 /// the query's base offset and the output stores.
@@ -146,7 +151,7 @@ impl Gen<'_> {
             && std::env::var("SMELT_CUDA_ATTN").map_or(true, |v| v != "v4")
     }
 
-    /// Decode attention v5: a cluster of up to 8 blocks per KV head, one per split; each
+    /// Decode attention v5: a cluster of up to 16 blocks per KV head (8 off Hopper), one per split; each
     /// block's warps are the query heads of the group. Every 32-key chunk of K and V travels to
     /// shared memory by `cp.async` (no registers held), the first one issued before the
     /// position is read, up to 3 (2 for 256-wide heads) more in flight while one is scored.
@@ -156,9 +161,10 @@ impl Gen<'_> {
     /// stores, fence, counter and combine loads (~16 us a layer on an H100) is gone.
     pub(super) fn cluster_decode_attention(
         &mut self,
+        ki: usize,
         n: smelt_graph::NodeId,
         guard: &str,
-    ) -> Result<(), CudaError> {
+    ) -> Result<bool, CudaError> {
         let mut p = Params::default();
         let AttnIo {
             n_head,
@@ -173,16 +179,33 @@ impl Gen<'_> {
             outs,
         } = self.attention_io(n, &mut p, self.t > 1)?;
         let grp = n_head / n_head_kv;
-        let nt = grp * 32;
         // Several rows (a batch's sequences, or one's few new tokens): a cluster row per row.
         let rows = self.t;
         let cap = self.kv.capacity.max(1);
-        // `SMELT_CUDA_ATTN_SPLITS` (1-8) caps the splits per KV head, for the kernel lab (v8:
-        // each halving measured slower, 1B 1484 -> 1414 -> 1281 -> 1112 tok/s from 8 to 1).
+        // `SMELT_CUDA_ATTN_SPLITS` (1 to the limit) sets the splits per KV head, for the
+        // kernel lab (v8: each halving below 8 measured slower, 1B 1484 -> 1414 -> 1281 ->
+        // 1112 tok/s from 8 to 1).
+        let limit = if self.cc_major == 9 {
+            HOPPER_CLUSTER
+        } else {
+            CLUSTER
+        };
         let most = super::lab_knob("SMELT_CUDA_ATTN_SPLITS")
-            .filter(|n| (1..=CLUSTER).contains(n))
-            .unwrap_or(CLUSTER);
+            .filter(|n| (1..=limit).contains(n))
+            .unwrap_or(limit);
         let splits = most.min(cap.div_ceil(CHUNK));
+        // The output projection in this kernel's tail (codegen/attn_wo.rs), not behind a guard.
+        let fold = if guard.is_empty() {
+            self.wo_fold(ki, n, splits)
+        } else {
+            None
+        };
+        // A warp per query head of the group; a folded projection takes more warps (they stage
+        // K and V with the others and share the projection's rows).
+        let nt = match &fold {
+            Some(f) => (grp * 32).max(f.threads),
+            None => grp * 32,
+        };
         let e = hd / 32;
         let hs = hd + 8; // shared row stride in halves (16-byte reads of 8 lanes: distinct banks)
         let pieces = hd / 8; // 16-byte pieces of a K or V row
@@ -193,6 +216,15 @@ impl Gen<'_> {
             .unwrap_or(if hd <= 128 { 4 } else { 3 });
         let smem = nbuf * 2 * CHUNK * hs * 2;
         let per = (grp * hd).div_ceil(splits); // outputs each block combines
+        let (wo_pre, wo_tail) = match &fold {
+            Some(f) => self.wo_fold_code(f, n_head_kv, grp * hd, splits, nt, per, &mut p)?,
+            None => (String::new(), "cluster_sync();\n".to_string()),
+        };
+        let keep = if fold.is_some() {
+            format!("cmb[i - s * {per}] = v; ")
+        } else {
+            String::new()
+        };
         let (kbp, vbp) = (p.p(kb), p.p(vb));
         let win = window.map_or("0".to_string(), |w| format!("max(0, p1 + 1 - {w})"));
         // K and V rows j0..j0 + 31 (clamped to the cache; rows past the position are never
@@ -213,6 +245,18 @@ impl Gen<'_> {
         let first = stage("0", "s * 32");
         let more = stage("st", "jn");
         let next = stage("(k + NBUF - 1) % NBUF", "jn");
+        // Warps past the group's heads (a folded projection's) stage K and V only.
+        let extra = nt > grp * 32;
+        let (hwdef, qsel, qif, sif) = if extra {
+            (
+                format!("const bool hw = warp < {grp};\n"),
+                "hw ? warp : 0",
+                "if (hw) ",
+                "hw && ",
+            )
+        } else {
+            (String::new(), "warp", "", "")
+        };
         let finish = if splits == 1 {
             format!(
                 "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n"
@@ -220,8 +264,8 @@ impl Gen<'_> {
         } else {
             format!(
                 "__syncwarp();\n\
-                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
-                if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }}\n\
+                {qif}{{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
+                if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }} }}\n\
                 cluster_sync();\n\
                 for (int i = s * {per} + tid; i < min((s + 1) * {per}, {gh}); i += {nt}) {{\n\
                   const int hh = i / {hd}, d = i - hh * {hd}, h = g * {grp} + hh;\n\
@@ -229,9 +273,9 @@ impl Gen<'_> {
                   _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }}\n\
                   _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) M = fmaxf(M, ms[r]);\n\
                   _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
-                  const float v = L > 0.f ? o / L : 0.f; {outs}\n\
+                  const float v = L > 0.f ? o / L : 0.f; {keep}{outs}\n\
                 }}\n\
-                cluster_sync();\n",
+                {wo_tail}",
                 gh = grp * hd
             )
         };
@@ -241,15 +285,16 @@ impl Gen<'_> {
             "{guard}extern __shared__ float sm[]; u16* kvs = (u16*)sm;\n\
             #define NBUF {nbuf}\n\
             #define KVS(b, part, r) (kvs + (((b) * 2 + (part)) * {CHUNK} + (r)) * {hs})\n\
-            __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];\n\
+            __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];{cmb}\n\
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
             {rowdef}{first}cp_async_commit();\n\
             const int p1 = pos[{prow}]; const int lo = {win};\n\
             for (int st = 1; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1) {{\n{more}}} cp_async_commit(); }}\n\
-            float* qs = qsh[warp];\n\
-            for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
+            {wo_pre}\
+            {hwdef}float* qs = qsh[{qsel}];\n\
+            {qif}for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
             int k = 0;\n\
@@ -258,7 +303,7 @@ impl Gen<'_> {
               __syncthreads();\n\
               {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
               const int b = k % NBUF;\n\
-              if (j0 + {CHUNK} > lo) {{\n\
+              if ({sif}j0 + {CHUNK} > lo) {{\n\
                 const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
                 if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
                 const float mn = fmaxf(m, warp_max(sc));\n\
@@ -283,6 +328,11 @@ impl Gen<'_> {
                 self.tab_def("0")
             },
             prow = if rows > 1 { "rq" } else { "0" },
+            cmb = if fold.is_some() {
+                format!(" __shared__ float cmb[{per}];")
+            } else {
+                String::new()
+            },
         );
         let attrs = if splits > 1 {
             format!("__cluster_dims__(1, {splits}, 1) ")
@@ -290,15 +340,16 @@ impl Gen<'_> {
             String::new()
         };
         let name = self.kernel_with(&nt.to_string(), &attrs, body, smem);
+        let with = if fold.is_some() { " + wo" } else { "" };
         self.launch(
-            format!("attention {n_head}x{hd} (decode, cluster of {splits})"),
+            format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}"),
             name,
             (n_head_kv, splits, rows),
             nt,
             smem,
             p,
         );
-        Ok(())
+        Ok(fold.is_some())
     }
 
     /// True when the decode attention of this node can take the v4 kernel.
@@ -500,7 +551,13 @@ impl Gen<'_> {
 
     /// The attention kernel of node `n`: v5 or v4 for decode, the tiled or the default
     /// kernel (below) for several tokens, the general kernel for other head sizes.
-    pub(super) fn attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+    /// Returns whether it also computes the next kernel (the output projection, see
+    /// codegen/attn_wo.rs), which the program then skips.
+    pub(super) fn attention(
+        &mut self,
+        ki: usize,
+        n: smelt_graph::NodeId,
+    ) -> Result<bool, CudaError> {
         let Op::Attention {
             n_head,
             n_head_kv,
@@ -513,16 +570,16 @@ impl Gen<'_> {
         // A QKV kernel's tail computes it below `tail_keys` positions: this kernel returns
         // there, or is not launched when the cache is no longer (codegen/attn_tail.rs).
         let Some(guard) = self.tail_guard(n) else {
-            return Ok(());
+            return Ok(false);
         };
         if self.cluster_attention_fits(hd, n_head, n_head_kv) {
-            return self.cluster_decode_attention(n, &guard);
+            return self.cluster_decode_attention(ki, n, &guard);
         }
         if self.t == 1 && self.decode_attention_fits(hd, n_head, n_head_kv) {
-            return self.decode_attention(n, &guard);
+            return self.decode_attention(n, &guard).map(|()| false);
         }
         if self.tiled_prefill_attention_fits(hd) {
-            return self.prefill_attention(n);
+            return self.prefill_attention(n).map(|()| false);
         }
         let t = self.t;
         let mut p = Params::default();
@@ -630,6 +687,6 @@ impl Gen<'_> {
             0,
             p,
         );
-        Ok(())
+        Ok(false)
     }
 }

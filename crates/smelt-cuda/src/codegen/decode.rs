@@ -22,14 +22,14 @@ const PREFETCH_ROWS: usize = 2;
 /// A RoPE rotation: pairs (2i, 2i + 1), or (i, i + n_rot / 2) with `neox`, of the first
 /// `n_rot` dims of each head.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Rot {
+pub(super) struct Rot {
     head_dim: usize,
     n_rot: usize,
     neox: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+pub(super) enum Mode {
     Tiled,
     Column,
     /// Two columns per warp turn: a RoPE pair, or (None) neighbours of a short row.
@@ -435,7 +435,7 @@ impl Gen<'_> {
     /// per column (bias, residual add, SiLU * up, scale, softcap): in the computing warp, one
     /// column per turn. The same plus RoPE (one rotation for every RoPE node): a warp takes a
     /// rotated pair of columns per turn. Otherwise (per-head norms, float weights): tiles.
-    fn epilogue_mode(&self, b: &smelt_graph::Bundle) -> Mode {
+    pub(super) fn epilogue_mode(&self, b: &smelt_graph::Bundle) -> Mode {
         let quant = b.matmuls.iter().all(|&m| {
             let Op::MatMul { w, .. } = self.node(m).op else {
                 return false;
@@ -556,6 +556,26 @@ impl Gen<'_> {
             )
             .unwrap();
         }
+        s += &self.column_epilogue(b, pair, p)?;
+        s += "}\n";
+        Ok(s)
+    }
+
+    /// Code finishing one column `c` (or a pair `ca`, `cb`) of a bundle whose matmul values
+    /// are defined as `e<id>` (`e<id>_a`, `e<id>_b`): each epilogue node's value, then the
+    /// stores of every node with a destination.
+    pub(super) fn column_epilogue(
+        &self,
+        b: &smelt_graph::Bundle,
+        pair: Option<Option<Rot>>,
+        p: &mut Params,
+    ) -> Result<String, CudaError> {
+        let sides: &[(&str, &str)] = if pair.is_some() {
+            &[("_a", "ca"), ("_b", "cb")]
+        } else {
+            &[("", "c")]
+        };
+        let mut s = String::new();
         let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
         for &n in &b.epilogue {
             let op = &self.node(n).op;
@@ -614,7 +634,6 @@ impl Gen<'_> {
                 s += "}\n";
             }
         }
-        s += "}\n";
         Ok(s)
     }
 

@@ -48,6 +48,9 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+// The two halves of `cluster_sync`: work between them overlaps the other blocks' arrival.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 __device__ __forceinline__ float ld_dsmem(const float* p, u32 rank) {
   u32 a = (u32)__cvta_generic_to_shared(p), r; float v;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
@@ -352,6 +355,7 @@ template <int NR, int XS> __device__ __forceinline__ float gemv8r_##T(const u8* 
   } \
 }
 
+__device__ __forceinline__ void prefetch_l2(const u8* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 // Prefetch one weight row into L2 (issued before a block's prologue so HBM works meanwhile).
 __device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
   for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(row + o));

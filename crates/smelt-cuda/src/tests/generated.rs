@@ -277,25 +277,35 @@ const LLAMA_1B: Dims = Dims {
     n_vocab: 128256,
 };
 
+/// Whether NVRTC loads here (else a message: generated source is not compiled).
+fn nvrtc_present() -> bool {
+    // SAFETY: only checks whether the NVRTC library can be opened.
+    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if !present {
+        eprintln!("SKIP: libnvrtc not found; generated CUDA source was not compiled");
+    }
+    present
+}
+
+/// Compile generated source with NVRTC for sm_90, as the backend does on an H100.
+fn compile(src: &str, what: &str) {
+    let opts = cudarc::nvrtc::CompileOptions {
+        options: vec!["--gpu-architecture=sm_90".into(), "-std=c++17".into()],
+        ..Default::default()
+    };
+    if let Err(e) = cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
+        panic!("{what}: {e:?}");
+    }
+}
+
 /// Generated kernels compile with NVRTC for sm_90 (no GPU needed, only libnvrtc). With
 /// `SMELT_CUDA_DUMP=DIR` the decode source of 8B-like shapes is written there too, for
 /// reading the resource report and SASS off the device (tools/cuda/sass.py).
 #[test]
 fn generated_kernels_compile() {
-    // SAFETY: only checks whether the NVRTC library can be opened.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        eprintln!("SKIP: libnvrtc not found; generated CUDA source was not compiled");
+    if !nvrtc_present() {
         return;
     }
-    let compile = |src: &str, what: &str| {
-        let opts = cudarc::nvrtc::CompileOptions {
-            options: vec!["--gpu-architecture=sm_90".into(), "-std=c++17".into()],
-            ..Default::default()
-        };
-        if let Err(e) = cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
-            panic!("{what}: {e:?}");
-        }
-    };
     for (d, dtype) in cases() {
         compile(&source(&d, 1, dtype, false), &format!("{dtype:?} n=1"));
         let long = generated_with(&d, 1, dtype, false, 4096).src;
@@ -574,6 +584,59 @@ fn long_decode_rows_take_one_block_per_sm() {
                 want[i] > 0,
                 "{seen:?} launches of two / one blocks"
             );
+        }
+    }
+}
+
+/// With the output projection folded into decode attention (`GenOptions::wo_fold`,
+/// codegen/attn_wo.rs), a one-token step launches four kernels a layer, each layer's attention
+/// ending in its projection; several rows keep five. The sources compile with NVRTC where it
+/// loads (no GPU needed).
+#[test]
+fn output_projection_folds_into_decode_attention() {
+    let d = Dims {
+        n_embd: 576,
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+        n_rot: 64,
+        n_ff: 1536,
+        n_vocab: 1000,
+    };
+    let k = Dims {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 2,
+        ..d
+    };
+    let opts = codegen::GenOptions {
+        wo_fold: true,
+        ..Default::default()
+    };
+    for (d, t, n) in [
+        (d, GgmlType::Q8_0, 1),
+        (k, GgmlType::Q4_K, 1),
+        (d, GgmlType::Q8_0, 4),
+    ] {
+        let layers = 3;
+        let mut w = Weights::new(|| 0.0);
+        w.draw = false;
+        let g = llama_graph(&d, layers, n, &mut w);
+        let paged = (n > 1).then_some(true);
+        let gen = generated_graph_of(&g, &w.specs, &d, t, 256, layers, paged, opts);
+        let folded = gen
+            .launches
+            .iter()
+            .filter(|l| l.label.ends_with("+ wo"))
+            .count();
+        if n == 1 {
+            assert_eq!(gen.launches.len(), 4 * layers + 1, "{t:?}: launches");
+            assert_eq!(folded, layers, "{t:?}: folded");
+            if nvrtc_present() {
+                compile(&gen.src, &format!("folded projection {t:?}"));
+            }
+        } else {
+            assert_eq!(folded, 0, "{t:?} x{n}: folded");
         }
     }
 }
