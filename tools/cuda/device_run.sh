@@ -145,6 +145,16 @@ if [ "$MODE" = ab ]; then
     python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m $a prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
   done; done
 fi
+if [ "$MODE" = trace ]; then
+  # Each decode launch's span and the gap before it inside the replayed graph
+  # (SMELT_CUDA_TRACE=1: global-timer stamps by the first and last block), by label.
+  for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+    echo "=== ${s%%:*}" | tee -a $OUT/trace.txt
+    SMELT_CUDA_TRACE=1 timeout 120 $C/smelt bench $f -p 512 -n ${TRACE_N:-64} -r 1 2>> $OUT/trace.txt | tail -1
+    grep -A12 "SMELT_CUDA_TRACE" $OUT/trace.txt | tail -13
+  done
+fi
 if [ "$MODE" = tiled ]; then
   # The tiled prefill attention (SMELT_CUDA_PREFILL_ATTN=tiled): 1B perplexity on the GPU with
   # and without it against the CPU, then prefill speed of both on 1B and 8B.

@@ -70,6 +70,8 @@ pub struct CudaProgram {
     launches: Vec<Step>,
     /// What each launch does (`SMELT_CUDA_PROFILE`).
     pub(crate) labels: Vec<String>,
+    /// `SMELT_CUDA_TRACE`: the arena offset of the launches' timer stamps.
+    pub(crate) trace_off: Option<usize>,
     /// Launch parameters (`P`) of every kernel; launches point into it.
     _params: DevBuf,
     arena_len: usize,
@@ -169,6 +171,9 @@ impl Drop for CudaBackend {
         if let Some(p) = &self.profile {
             eprint!("{}", p.report());
         }
+        if let Some(t) = &self.trace {
+            eprint!("{}", t.report());
+        }
     }
 }
 
@@ -212,6 +217,9 @@ pub struct CudaBackend {
     /// One-token decode: the output projection in the attention cluster
     /// (`SMELT_CUDA_WO_FOLD=1`; off by default, codegen/attn_wo.rs).
     wo_fold: bool,
+    /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
+    /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
+    trace: Option<crate::profile::Trace>,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -310,6 +318,9 @@ impl CudaBackend {
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
+            trace: std::env::var("SMELT_CUDA_TRACE")
+                .is_ok_and(|v| v == "1")
+                .then(Default::default),
             profile: std::env::var("SMELT_CUDA_PROFILE")
                 .is_ok_and(|v| v == "1")
                 .then(Profile::default),
@@ -372,6 +383,17 @@ impl CudaBackend {
     /// (codegen/attn_wo.rs), in programs lowered from now on.
     pub fn set_wo_fold(&mut self, on: bool) {
         self.wo_fold = on;
+    }
+
+    /// Stamp every launch of decode programs lowered from now on with the GPU's global timer
+    /// (`SMELT_CUDA_TRACE=1`); [`Self::trace_report`] sums spans and gaps by label.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on.then(Default::default);
+    }
+
+    /// The trace so far (see [`Self::set_trace`]), as printed when the backend is dropped.
+    pub fn trace_report(&self) -> Option<String> {
+        self.trace.as_ref().map(|t| t.report())
     }
 
     /// Replay decode steps as CUDA graphs (default on; `SMELT_CUDA_GRAPHS=0` turns it off).
@@ -452,6 +474,7 @@ impl CudaBackend {
                 persistent: self.persistent,
                 attn_tail: self.attn_tail,
                 wo_fold: self.wo_fold,
+                trace: self.trace.is_some(),
             },
         )?;
         let src = if self.pdl {
@@ -566,6 +589,7 @@ impl CudaBackend {
             decode: gen.decode,
             cooperative: gen.persistent,
             barrier: gen.barrier,
+            trace_off: gen.trace_off,
             no_graph: Default::default(),
             kv_capacity: kv.capacity(),
             paged: kv.is_paged(),

@@ -98,6 +98,9 @@ pub(crate) struct Generated {
     pub persistent: bool,
     /// The counter (index into the tile counters) of its grid barrier, zeroed before a launch.
     pub barrier: Option<usize>,
+    /// Traced programs: the arena float offset of each launch's (start, end) global-timer
+    /// stamps in nanoseconds, two u64 a launch in launch order.
+    pub trace_off: Option<usize>,
 }
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
@@ -191,6 +194,9 @@ pub(crate) struct GenOptions {
     pub attn_tail: usize,
     /// One-token decode: the output projection in the attention cluster (codegen/attn_wo.rs).
     pub wo_fold: bool,
+    /// Decode programs stamp each launch's first start and last finish with the GPU's global
+    /// timer (`SMELT_CUDA_TRACE=1`, see [`Generated::trace_off`]).
+    pub trace: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -208,6 +214,7 @@ pub(crate) fn generate(
         persistent,
         attn_tail,
         wo_fold,
+        trace,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -280,10 +287,37 @@ pub(crate) fn generate(
     }
     src.push_str(&g.src);
     let persistent = g.persistent && persistent::fits(&g);
+    let trace_off = (trace && decode && !persistent).then(|| g.trace_launches());
     if persistent {
         persistent::emit(&mut g, &mut src);
     } else {
         for k in &g.kernels {
+            if trace_off.is_some() {
+                // The body as a function of its own (its early returns end only it), stamped
+                // around by the kernel; the stamps' offsets follow the body's parameters.
+                let np = g
+                    .launches
+                    .iter()
+                    .find_map(|l| match &l.work {
+                        Work::Kernel { func, params, .. } if *func == k.name => {
+                            Some(params.len() - 2)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                writeln!(
+                    src,
+                    "__device__ __forceinline__ void {n}_body{SIG} {{\n{b}}}\n\
+                    extern \"C\" __global__ void __launch_bounds__({}) {}{n}{SIG} {{\nPDL_LAUNCH(); PDL_WAIT();\n\
+                    trace_begin(A, C, P[{np}], P[{np} + 1]);\n{n}_body(W, A, KV, tok, pos, P, C);\ntrace_end(A, C, P[{np}], P[{np} + 1]);\n}}",
+                    k.bounds,
+                    k.attrs,
+                    n = k.name,
+                    b = k.body,
+                )
+                .unwrap();
+                continue;
+            }
             // A body that reads only weights first places its own PDL_WAIT (decode matmuls,
             // after their L2 prefetch); every other body waits before its first statement.
             let pdl = if k.body.contains("PDL_WAIT()") {
@@ -310,6 +344,7 @@ pub(crate) fn generate(
         decode,
         persistent,
         barrier: g.barrier,
+        trace_off,
     })
 }
 
@@ -417,6 +452,22 @@ impl<'a> Gen<'a> {
         self.bodies.insert(key, name.clone());
         self.funcs.push((name.clone(), smem));
         name
+    }
+
+    /// Give every kernel launch its trace stamps (two u64 in the arena) and block counters
+    /// (two, after the program's others) as two more parameters; returns the stamps' offset.
+    fn trace_launches(&mut self) -> usize {
+        let n = self.launches.len();
+        let off = self.alloc_scratch(4 * n);
+        let cb = self.counters;
+        self.counters += 2 * n;
+        for (i, l) in self.launches.iter_mut().enumerate() {
+            if let Work::Kernel { params, .. } = &mut l.work {
+                params.push((off + 4 * i) as u64);
+                params.push((cb + 2 * i) as u64);
+            }
+        }
+        off
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -177,8 +177,8 @@ impl Device {
         }
     }
 
-    /// Synchronous copy of `dst.len()` bytes from device address `src` (tests read results).
-    #[cfg(test)]
+    /// Synchronous copy of `dst.len()` bytes from device address `src` (tests read results;
+    /// `SMELT_CUDA_TRACE` reads its stamps).
     pub(crate) fn download(&self, dst: &mut [u8], src: sys::CUdeviceptr) -> Result<(), CudaError> {
         self.bind()?;
         // SAFETY: the caller passes a source inside an allocation of at least dst.len() bytes.

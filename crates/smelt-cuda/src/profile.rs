@@ -1,5 +1,7 @@
 //! `SMELT_CUDA_PROFILE=1`: device time per launch, measured with events around every launch
-//! (graphs off), summed by label and printed when the backend is dropped. A kernel-lab tool.
+//! (graphs off), summed by label and printed when the backend is dropped. `SMELT_CUDA_TRACE=1`:
+//! the same step replayed as its graph, each launch's span (first block's start to last
+//! block's end, the GPU's global timer) and the gap before it. Kernel-lab tools.
 
 use std::collections::HashMap;
 
@@ -101,5 +103,70 @@ impl Drop for Events {
                 let _ = sys::cuEventDestroy_v2(e);
             }
         }
+    }
+}
+
+/// Spans and gaps of traced decode launches inside their graph (`SMELT_CUDA_TRACE`).
+#[derive(Default)]
+pub(crate) struct Trace {
+    /// label -> (span ns, gap-before ns, launches).
+    by_label: HashMap<String, (f64, f64, u64)>,
+    /// (steps, first start to last end ns, summed spans ns).
+    steps: (u64, f64, f64),
+}
+
+impl Trace {
+    /// One step: `raw` holds (start, end) u64 nanoseconds per launch, in launch order.
+    pub fn add(&mut self, labels: &[String], raw: &[u8]) {
+        let st: Vec<(u64, u64)> = raw
+            .chunks_exact(16)
+            .map(|c| {
+                let w = |i: usize| u64::from_le_bytes(c[i..i + 8].try_into().unwrap_or([0; 8]));
+                (w(0), w(8))
+            })
+            .collect();
+        let (Some(first), Some(last)) = (st.first(), st.last()) else {
+            return;
+        };
+        let mut spans = 0.0;
+        for (i, (label, &(a, b))) in labels.iter().zip(&st).enumerate() {
+            let span = b.saturating_sub(a) as f64;
+            let gap = if i == 0 {
+                0.0
+            } else {
+                a.saturating_sub(st[i - 1].1) as f64
+            };
+            let e = self.by_label.entry(label.clone()).or_default();
+            e.0 += span;
+            e.1 += gap;
+            e.2 += 1;
+            spans += span;
+        }
+        self.steps.0 += 1;
+        self.steps.1 += last.1.saturating_sub(first.0) as f64;
+        self.steps.2 += spans;
+    }
+
+    pub fn report(&self) -> String {
+        let n = self.steps.0.max(1) as f64;
+        let mut out = format!(
+            "SMELT_CUDA_TRACE: {} decode steps, {:.1} us first start to last end, {:.1} us in launches\n",
+            self.steps.0,
+            self.steps.1 / n / 1e3,
+            self.steps.2 / n / 1e3
+        );
+        let mut rows: Vec<_> = self.by_label.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        for (label, &(span, gap, k)) in rows {
+            let k = k.max(1) as f64;
+            out += &format!(
+                "  {:>8.1} us/step {:>5} per step {:>7.2} us span {:>6.2} us gap before  {label}\n",
+                span / n / 1e3,
+                (k / n).round(),
+                span / k / 1e3,
+                gap / k / 1e3,
+            );
+        }
+        out
     }
 }

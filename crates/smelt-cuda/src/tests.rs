@@ -218,6 +218,56 @@ fn folded_output_projection_matches_reference() {
 
 /// One case of the odd-shape test: prefill of 5 tokens then 3 decode steps (graph replays) of
 /// every variant (fusion options, persistent kernel) against the reference.
+/// `set_trace`: a replayed decode graph stamps each launch (first block's start, last block's
+/// end); the report counts the steps and lists every launch's label, and the traced program
+/// computes what the plain one does.
+#[test]
+fn traced_decode_reports_every_launch() {
+    if !gpu() {
+        return;
+    }
+    let d = Dims {
+        n_embd: 256,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim: 64,
+        n_rot: 64,
+        n_ff: 512,
+        n_vocab: 300,
+    };
+    let mut rng = Rng(0x7ace);
+    let mut w = Weights::new(|| rng.next());
+    let g1 = odd::graph(&d, 1, &mut w, true);
+    let file = w.gguf(GgmlType::Q8_0);
+    let widths = [d.n_head_kv * d.head_dim; 2];
+    let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+    let mut kv = cb.new_kv(64, &widths).unwrap();
+    let plain = cb.lower(&g1, &kv).unwrap();
+    let want: Vec<Vec<f32>> = (0..3u32)
+        .map(|i| {
+            cb.execute(&plain, &[i + 1], &[i], &mut kv)
+                .unwrap()
+                .to_vec()
+        })
+        .collect();
+    cb.set_trace(true);
+    let traced = cb.lower(&g1, &kv).unwrap();
+    for (i, want) in want.iter().enumerate() {
+        let i = i as u32;
+        let got = cb.execute(&traced, &[i + 1], &[i], &mut kv).unwrap();
+        compare(got, want, 1e-6, &format!("traced step {i}"));
+    }
+    let report = cb.trace_report().unwrap();
+    eprintln!("{report}");
+    assert!(
+        report.starts_with("SMELT_CUDA_TRACE: 3 decode steps"),
+        "{report}"
+    );
+    for label in traced.labels() {
+        assert!(report.contains(label.as_str()), "{label} missing: {report}");
+    }
+}
+
 /// `variants`: fusion options, one persistent kernel, the folded output projection; `cap`:
 /// the KV cache's positions (decode attention splits it in chunks of 32).
 fn check_case(

@@ -381,6 +381,14 @@ impl CudaBackend {
             self.stats.submissions += prog.launches.len() as u64 + 3;
         }
         self.dev.sync()?;
+        if let (Some(off), Some(_)) = (prog.trace_off, &self.trace) {
+            let mut raw = vec![0u8; prog.labels.len() * 16];
+            self.dev
+                .download(&mut raw, self.io.arena.ptr + off as u64 * 4)?;
+            if let Some(t) = &mut self.trace {
+                t.add(&prog.labels, &raw);
+            }
+        }
         self.stats.executions += 1;
         self.stats.kernels += prog.launches.len() as u64;
         // SAFETY: the output was copied to the pinned buffer after tokens and inputs (at a

@@ -640,3 +640,52 @@ fn output_projection_folds_into_decode_attention() {
         }
     }
 }
+
+/// A traced decode program (`GenOptions::trace`, `SMELT_CUDA_TRACE=1`): every launch gets its
+/// stamps' arena offset and block counters as two more parameters, every kernel wraps its body
+/// in the stamps, and the source compiles with NVRTC where it loads. No GPU needed.
+#[test]
+fn traced_decode_stamps_every_launch() {
+    let d = Dims {
+        n_vocab: 1000,
+        ..LLAMA_1B
+    };
+    let plain = generated_with(&d, 1, GgmlType::Q4_K, true, 256);
+    let opts = codegen::GenOptions {
+        cublas: true,
+        trace: true,
+        ..Default::default()
+    };
+    let traced = generated_kv(&d, 1, GgmlType::Q4_K, 256, false, None, opts);
+    let off = traced.trace_off.expect("traced");
+    assert!(plain.trace_off.is_none());
+    assert_eq!(traced.launches.len(), plain.launches.len());
+    for (i, (t, p)) in traced.launches.iter().zip(&plain.launches).enumerate() {
+        let (codegen::Work::Kernel { params: tp, .. }, codegen::Work::Kernel { params: pp, .. }) =
+            (&t.work, &p.work)
+        else {
+            panic!("decode launches are kernels");
+        };
+        assert_eq!(tp.len(), pp.len() + 2, "{}", t.label);
+        assert_eq!(tp[pp.len()], (off + 4 * i) as u64, "{}: stamps", t.label);
+    }
+    let funcs: std::collections::HashSet<&str> = traced
+        .launches
+        .iter()
+        .filter_map(|l| match &l.work {
+            codegen::Work::Kernel { func, .. } => Some(func.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(traced.src.matches("trace_begin(A, C").count(), funcs.len());
+    assert_eq!(
+        traced
+            .src
+            .matches("_body(W, A, KV, tok, pos, P, C);")
+            .count(),
+        funcs.len()
+    );
+    if nvrtc_present() {
+        compile(&traced.src, "traced decode");
+    }
+}
