@@ -72,6 +72,8 @@ pub struct CudaProgram {
     pub(crate) labels: Vec<String>,
     /// `SMELT_CUDA_TRACE`: the arena offset of the launches' timer stamps.
     pub(crate) trace_off: Option<usize>,
+    /// Parameters of kernels that take them by value (`Step::Kernel`'s last field).
+    values: Vec<[u64; codegen::PV_MAX]>,
     /// Launch parameters (`P`) of every kernel; launches point into it.
     _params: DevBuf,
     arena_len: usize,
@@ -99,7 +101,9 @@ pub struct CudaProgram {
 /// A kernel launch: (function index, grid, block, shared bytes, parameter pointer), or a
 /// cuBLAS GEMM.
 enum Step {
-    Kernel(usize, (u32, u32, u32), u32, u32, u64),
+    /// Function, grid, block, dynamic shared bytes, the device address of its parameters, and
+    /// (kernels taking them by value) the index of its values in the program's `values`.
+    Kernel(usize, (u32, u32, u32), u32, u32, u64, Option<usize>),
     Gemm(GemmCall),
 }
 
@@ -220,6 +224,8 @@ pub struct CudaBackend {
     /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
     /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
     trace: Option<crate::profile::Trace>,
+    /// Decode kernels read parameters from a global array (`SMELT_CUDA_PARAMS=global`).
+    global_params: bool,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -318,6 +324,7 @@ impl CudaBackend {
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
+            global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),
@@ -475,6 +482,7 @@ impl CudaBackend {
                 attn_tail: self.attn_tail,
                 wo_fold: self.wo_fold,
                 trace: self.trace.is_some(),
+                global_params: self.global_params,
             },
         )?;
         let src = if self.pdl {
@@ -540,6 +548,7 @@ impl CudaBackend {
         let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.dev.upload(params.ptr, &bytes)?;
         let mut launches = Vec::new();
+        let mut values = Vec::new();
         let mut at = 0u64;
         for l in &gen.launches {
             launches.push(match &l.work {
@@ -562,7 +571,20 @@ impl CudaBackend {
                             ));
                         }
                     }
-                    let step = Step::Kernel(index[func], grid, *block, *smem, params.ptr + at * 8);
+                    let by_value = gen.param_values.then(|| {
+                        let mut v = [0u64; codegen::PV_MAX];
+                        v[..ps.len()].copy_from_slice(ps);
+                        values.push(v);
+                        values.len() - 1
+                    });
+                    let step = Step::Kernel(
+                        index[func],
+                        grid,
+                        *block,
+                        *smem,
+                        params.ptr + at * 8,
+                        by_value,
+                    );
                     at += ps.len() as u64;
                     step
                 }
@@ -590,6 +612,7 @@ impl CudaBackend {
             cooperative: gen.persistent,
             barrier: gen.barrier,
             trace_off: gen.trace_off,
+            values,
             no_graph: Default::default(),
             kv_capacity: kv.capacity(),
             paged: kv.is_paged(),

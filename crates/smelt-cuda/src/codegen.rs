@@ -33,6 +33,9 @@ pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
 /// Threads of row, gemv and epilogue kernels.
 const NT: usize = 512;
 const NWARPS: usize = NT / 32;
+/// u64 stamps a traced launch writes: first start, last end, block 0's start, then
+/// block 0's phase marks (`TRACE_MARK(k)`, k < 5) in the body.
+pub(crate) const TRACE_STAMPS: usize = 8;
 /// Row length from which a single-row decode matmul runs one block per SM (see `Gen`).
 const DECODE_WIDE_K: usize = 4096;
 
@@ -101,6 +104,8 @@ pub(crate) struct Generated {
     /// Traced programs: the arena float offset of each launch's (start, end) global-timer
     /// stamps in nanoseconds, two u64 a launch in launch order.
     pub trace_off: Option<usize>,
+    /// Every kernel takes its parameters by value (prelude `PV`), not as a pointer.
+    pub param_values: bool,
 }
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
@@ -197,6 +202,9 @@ pub(crate) struct GenOptions {
     /// Decode programs stamp each launch's first start and last finish with the GPU's global
     /// timer (`SMELT_CUDA_TRACE=1`, see [`Generated::trace_off`]).
     pub trace: bool,
+    /// Decode programs' kernels read their parameters from a global array (v1-v9) instead of
+    /// taking them by value (`SMELT_CUDA_PARAMS=global`, the kernel lab's baseline).
+    pub global_params: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -215,6 +223,7 @@ pub(crate) fn generate(
         attn_tail,
         wo_fold,
         trace,
+        global_params,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -288,6 +297,18 @@ pub(crate) fn generate(
     src.push_str(&g.src);
     let persistent = g.persistent && persistent::fits(&g);
     let trace_off = (trace && decode && !persistent).then(|| g.trace_launches());
+    if trace_off.is_some() {
+        // Phase marks (`TRACE_MARK`) in the bodies stamp too.
+        src.insert_str(0, "#define SMELT_TRACE 1\n");
+    }
+    let param_values = !global_params
+        && decode
+        && !persistent
+        && g.launches.iter().all(|l| match &l.work {
+            Work::Kernel { params, .. } => params.len() <= PV_MAX,
+            Work::Gemm(_) => false,
+        });
+    let sig = if param_values { SIGV } else { SIG };
     if persistent {
         persistent::emit(&mut g, &mut src);
     } else {
@@ -307,13 +328,14 @@ pub(crate) fn generate(
                     .unwrap_or(0);
                 writeln!(
                     src,
-                    "__device__ __forceinline__ void {n}_body{SIG} {{\n{b}}}\n\
-                    extern \"C\" __global__ void __launch_bounds__({}) {}{n}{SIG} {{\nPDL_LAUNCH(); PDL_WAIT();\n\
-                    trace_begin(A, C, P[{np}], P[{np} + 1]);\n{n}_body(W, A, KV, tok, pos, P, C);\ntrace_end(A, C, P[{np}], P[{np} + 1]);\n}}",
+                    "__device__ __forceinline__ void {n}_body{bsig} {{\n{b}}}\n\
+                    extern \"C\" __global__ void __launch_bounds__({}) {}{n}{sig} {{\nPDL_LAUNCH(); PDL_WAIT();\n\
+                    trace_begin(A, C, P[{np}], P[{np} + 1]);\n{n}_body(W, A, KV, tok, pos, P, C, P[{np}]);\ntrace_end(A, C, P[{np}], P[{np} + 1]);\n}}",
                     k.bounds,
                     k.attrs,
                     n = k.name,
                     b = k.body,
+                    bsig = sig.replace(')', ", const u64 TS)"),
                 )
                 .unwrap();
                 continue;
@@ -327,7 +349,7 @@ pub(crate) fn generate(
             };
             writeln!(
                 src,
-                "extern \"C\" __global__ void __launch_bounds__({}) {}{}{SIG} {{\n{pdl}{}}}",
+                "extern \"C\" __global__ void __launch_bounds__({}) {}{}{sig} {{\n{pdl}{}}}",
                 k.bounds, k.attrs, k.name, k.body
             )
             .unwrap();
@@ -345,6 +367,7 @@ pub(crate) fn generate(
         persistent,
         barrier: g.barrier,
         trace_off,
+        param_values,
     })
 }
 
@@ -407,6 +430,11 @@ pub(crate) fn canonical(body: &str) -> String {
 
 const SIG: &str =
     "(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const u64* P, u32* C)";
+/// [`SIG`] with the parameters by value (prelude `PV`): decode programs' kernels.
+const SIGV: &str =
+    "(const u8* W, float* A, u16* KV, const u32* tok, const u32* pos, const PV P, u32* C)";
+/// Most parameters a kernel takes by value (prelude `PV_MAX`).
+pub(crate) const PV_MAX: usize = 64;
 
 impl<'a> Gen<'a> {
     fn node(&self, n: NodeId) -> &'a smelt_graph::Node {
@@ -454,16 +482,18 @@ impl<'a> Gen<'a> {
         name
     }
 
-    /// Give every kernel launch its trace stamps (two u64 in the arena) and block counters
-    /// (two, after the program's others) as two more parameters; returns the stamps' offset.
+    /// Give every kernel launch its trace stamps ([`TRACE_STAMPS`] u64 in the arena) and
+    /// block counters (two, after the program's others) as two more parameters; returns the
+    /// stamps' offset.
     fn trace_launches(&mut self) -> usize {
         let n = self.launches.len();
-        let off = self.alloc_scratch(4 * n);
+        let per = 2 * TRACE_STAMPS;
+        let off = self.alloc_scratch(per * n);
         let cb = self.counters;
         self.counters += 2 * n;
         for (i, l) in self.launches.iter_mut().enumerate() {
             if let Work::Kernel { params, .. } = &mut l.work {
-                params.push((off + 4 * i) as u64);
+                params.push((off + per * i) as u64);
                 params.push((cb + 2 * i) as u64);
             }
         }

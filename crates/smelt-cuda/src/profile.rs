@@ -106,44 +106,62 @@ impl Drop for Events {
     }
 }
 
-/// Spans and gaps of traced decode launches inside their graph (`SMELT_CUDA_TRACE`).
+/// Spans and gaps of traced decode launches inside their graph (`SMELT_CUDA_TRACE`), and
+/// block 0's phase marks.
 #[derive(Default)]
 pub(crate) struct Trace {
-    /// label -> (span ns, gap-before ns, launches).
-    by_label: HashMap<String, (f64, f64, u64)>,
+    by_label: HashMap<String, Traced>,
     /// (steps, first start to last end ns, summed spans ns).
     steps: (u64, f64, f64),
 }
 
+/// Phase marks a body may stamp (`TRACE_MARK(k)`).
+const MARKS: usize = crate::codegen::TRACE_STAMPS - 3;
+
+/// One label's sums: span ns, gap-before ns, launches, and per phase mark (ns after block
+/// 0's start, times seen).
+type Traced = (f64, f64, u64, [(f64, u64); MARKS]);
+
 impl Trace {
-    /// One step: `raw` holds (start, end) u64 nanoseconds per launch, in launch order.
+    /// One step: `raw` holds [`crate::codegen::TRACE_STAMPS`] u64 a launch, in launch order:
+    /// first start, last end, block 0's start, then its marks (ns of the global timer).
     pub fn add(&mut self, labels: &[String], raw: &[u8]) {
-        let st: Vec<(u64, u64)> = raw
-            .chunks_exact(16)
+        let st: Vec<Vec<u64>> = raw
+            .chunks_exact(crate::codegen::TRACE_STAMPS * 8)
             .map(|c| {
-                let w = |i: usize| u64::from_le_bytes(c[i..i + 8].try_into().unwrap_or([0; 8]));
-                (w(0), w(8))
+                c.chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+                    .collect()
             })
             .collect();
         let (Some(first), Some(last)) = (st.first(), st.last()) else {
             return;
         };
         let mut spans = 0.0;
-        for (i, (label, &(a, b))) in labels.iter().zip(&st).enumerate() {
-            let span = b.saturating_sub(a) as f64;
+        for (i, (label, t)) in labels.iter().zip(&st).enumerate() {
+            let span = t[1].saturating_sub(t[0]) as f64;
             let gap = if i == 0 {
                 0.0
             } else {
-                a.saturating_sub(st[i - 1].1) as f64
+                t[0].saturating_sub(st[i - 1][1]) as f64
             };
             let e = self.by_label.entry(label.clone()).or_default();
             e.0 += span;
             e.1 += gap;
             e.2 += 1;
+            // A mark this step wrote lies within the launch (a stale one from an earlier
+            // step, or none, does not).
+            for (k, m) in e.3.iter_mut().enumerate() {
+                let v = t[3 + k];
+                if v >= t[2] && v <= t[1].max(t[2]) && t[2] > 0 {
+                    m.0 += (v - t[2]) as f64;
+                    m.1 += 1;
+                }
+            }
             spans += span;
         }
         self.steps.0 += 1;
-        self.steps.1 += last.1.saturating_sub(first.0) as f64;
+        self.steps.1 += last[1].saturating_sub(first[0]) as f64;
         self.steps.2 += spans;
     }
 
@@ -157,10 +175,21 @@ impl Trace {
         );
         let mut rows: Vec<_> = self.by_label.iter().collect();
         rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-        for (label, &(span, gap, k)) in rows {
-            let k = k.max(1) as f64;
+        for (label, (span, gap, k, marks)) in rows {
+            let k = (*k).max(1) as f64;
+            let phases: Vec<String> = marks
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.1 > 0)
+                .map(|(i, m)| format!("m{i} {:.2}", m.0 / m.1 as f64 / 1e3))
+                .collect();
+            let phases = if phases.is_empty() {
+                String::new()
+            } else {
+                format!("  [block 0, us: {}]", phases.join(", "))
+            };
             out += &format!(
-                "  {:>8.1} us/step {:>5} per step {:>7.2} us span {:>6.2} us gap before  {label}\n",
+                "  {:>8.1} us/step {:>5} per step {:>7.2} us span {:>6.2} us gap before  {label}{phases}\n",
                 span / n / 1e3,
                 (k / n).round(),
                 span / k / 1e3,

@@ -58,8 +58,10 @@ impl CudaBackend {
             let pdl = self.pdl && events.is_empty();
             let mut after_kernel = false;
             for (li, step) in prog.launches.iter().enumerate() {
-                let (fi, grid, block, smem, pptr) = match *step {
-                    Step::Kernel(fi, grid, block, smem, pptr) => (fi, grid, block, smem, pptr),
+                let (fi, grid, block, smem, pptr, by_value) = match *step {
+                    Step::Kernel(fi, grid, block, smem, pptr, v) => {
+                        (fi, grid, block, smem, pptr, v)
+                    }
                     Step::Gemm(g) => {
                         let cb = self.cublas.as_ref().map_err(|e| {
                             CudaError::Invalid(format!("program has cuBLAS GEMMs, but {e}"))
@@ -83,6 +85,11 @@ impl CudaBackend {
                 ];
                 let mut ptrs: [*mut c_void; 7] =
                     std::array::from_fn(|i| (&mut args[i]) as *mut u64 as *mut c_void);
+                if let Some(k) = by_value {
+                    // The kernel's `PV` parameter: the launch copies the values (graph capture
+                    // keeps its copy), so they only need to live until the call returns.
+                    ptrs[5] = prog.values[k].as_ptr() as *mut c_void;
+                }
                 let f = prog.funcs[fi].cu_function();
                 if (pdl && after_kernel) || prog.cooperative {
                     let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
@@ -382,7 +389,7 @@ impl CudaBackend {
         }
         self.dev.sync()?;
         if let (Some(off), Some(_)) = (prog.trace_off, &self.trace) {
-            let mut raw = vec![0u8; prog.labels.len() * 16];
+            let mut raw = vec![0u8; prog.labels.len() * crate::codegen::TRACE_STAMPS * 8];
             self.dev
                 .download(&mut raw, self.io.arena.ptr + off as u64 * 4)?;
             if let Some(t) = &mut self.trace {

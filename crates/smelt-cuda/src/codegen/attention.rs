@@ -267,6 +267,7 @@ impl Gen<'_> {
                 {qif}{{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
                 if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }} }}\n\
                 cluster_sync();\n\
+                TRACE_MARK(2);\n\
                 for (int i = s * {per} + tid; i < min((s + 1) * {per}, {gh}); i += {nt}) {{\n\
                   const int hh = i / {hd}, d = i - hh * {hd}, h = g * {grp} + hh;\n\
                   float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;\n\
@@ -275,6 +276,7 @@ impl Gen<'_> {
                   _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
                   const float v = L > 0.f ? o / L : 0.f; {keep}{outs}\n\
                 }}\n\
+                TRACE_MARK(3);\n\
                 {wo_tail}",
                 gh = grp * hd
             )
@@ -297,7 +299,7 @@ impl Gen<'_> {
             {qif}for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
-            int k = 0;\n\
+            int k = 0; TRACE_MARK(0);\n\
             for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++) {{\n\
               cp_async_wait<NBUF - 2>();\n\
               __syncthreads();\n\
@@ -317,7 +319,9 @@ impl Gen<'_> {
               }}\n\
             }}\n\
             cp_async_wait<0>();\n\
+            TRACE_MARK(1);\n\
             {finish}\
+            TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
             sc = lit(scale),

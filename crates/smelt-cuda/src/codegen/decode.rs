@@ -217,7 +217,7 @@ impl Gen<'_> {
                 })
                 .collect())
         })?;
-        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\n").unwrap();
+        write!(body, "for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\nPDL_WAIT();\nTRACE_MARK(0);\n").unwrap();
 
         // Several rows: the prologue and quantisation run once per row, into its own slots.
         if nr > 1 {
@@ -285,7 +285,7 @@ impl Gen<'_> {
             write!(body, "for (int c = tid; c < {kp}; c += {NT}) sm[{xf} + xpad(c)] = c < {kdim} ? {xin} : 0.f;\n\
                 const float* xs = sm + {xf};\n").unwrap();
         }
-        body += "__syncthreads();\n";
+        body += "__syncthreads();\nTRACE_MARK(1);\n";
 
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
         let tiled_one = |m: &Mat| -> String {
@@ -330,7 +330,7 @@ impl Gen<'_> {
         })?;
         write!(
             body,
-            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}}}\n"
+            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nTRACE_MARK(3);\n"
         )
         .unwrap();
         let any_tiles = inline.iter().any(|&i| !i);
@@ -418,6 +418,7 @@ impl Gen<'_> {
         for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
             self.need_gemv(t.0, t.1, nr > 1);
         }
+        body += "TRACE_MARK(4);\n";
         let smem = (next + se_len).max(tail_len) * 4;
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
         let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();

@@ -128,6 +128,10 @@ __device__ float deq_q6_k(const u8* r, int k) {
 // Device layouts: blocks that are only 2-byte aligned in GGUF are padded (see codegen's
 // `dev_block`): Q4_0 20 B, Q5_0 24 B, Q8_0 36 B with 2 bytes in front; Q6_K 224 B.
 struct X8 { const signed char* q; const float* d; const float* s; };
+// Decode kernels take their offsets by value (`P[i]` reads the launch's constant bank, not a
+// global array: no memory round trip before a kernel's first address is known).
+#define PV_MAX 64
+struct PV { u64 v[PV_MAX]; __device__ __forceinline__ u64 operator[](int i) const { return v[i]; } };
 __device__ __forceinline__ int pad8(int i) { return i + ((i >> 6) << 4); }
 __device__ __forceinline__ int dp4a(u32 a, int b, int c) {
   int r; asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c)); return r;
@@ -579,9 +583,20 @@ extern "C" __global__ void __launch_bounds__(256) to_f16(const u8* W, float* A, 
 // view) stamp the global timer into two u64 at arena float `ts`; two counters at C[cb] count
 // the blocks and are reset by the last, so graphs replay. Kernel-lab timing inside a graph.
 __device__ __forceinline__ u64 gtimer() { u64 t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+__device__ __forceinline__ bool trace_b0() { return blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0; }
 __device__ __forceinline__ void trace_begin(float* A, u32* C, u64 ts, u64 cb) {
-  if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0 && atomicAdd(&C[cb], 1u) == 0u) ((u64*)(A + ts))[0] = gtimer();
+  if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+    const u64 t = gtimer();
+    if (atomicAdd(&C[cb], 1u) == 0u) ((u64*)(A + ts))[0] = t;
+    if (trace_b0()) ((u64*)(A + ts))[2] = t;
+  }
 }
+// Block 0's thread 0 stamps phase k of the body (stamp 3 + k); nothing unless traced.
+#ifdef SMELT_TRACE
+#define TRACE_MARK(k) do { if (trace_b0()) ((u64*)(A + TS))[3 + (k)] = gtimer(); } while (0)
+#else
+#define TRACE_MARK(k) do { } while (0)
+#endif
 __device__ __forceinline__ void trace_end(float* A, u32* C, u64 ts, u64 cb) {
   if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
     const u32 nb = gridDim.x * gridDim.y * gridDim.z;

@@ -667,7 +667,8 @@ fn traced_decode_stamps_every_launch() {
             panic!("decode launches are kernels");
         };
         assert_eq!(tp.len(), pp.len() + 2, "{}", t.label);
-        assert_eq!(tp[pp.len()], (off + 4 * i) as u64, "{}: stamps", t.label);
+        let per = 2 * codegen::TRACE_STAMPS;
+        assert_eq!(tp[pp.len()], (off + per * i) as u64, "{}: stamps", t.label);
     }
     let funcs: std::collections::HashSet<&str> = traced
         .launches
@@ -681,11 +682,47 @@ fn traced_decode_stamps_every_launch() {
     assert_eq!(
         traced
             .src
-            .matches("_body(W, A, KV, tok, pos, P, C);")
+            .matches("_body(W, A, KV, tok, pos, P, C, P[")
             .count(),
         funcs.len()
     );
+    assert!(traced.src.starts_with("#define SMELT_TRACE 1\n"));
     if nvrtc_present() {
         compile(&traced.src, "traced decode");
     }
+}
+
+/// Decode programs' kernels take their parameters by value (prelude `PV`: the launch's
+/// constant bank, no global array read before the first address is known); at most
+/// `PV_MAX` a launch. Prefill programs (prelude kernels, cuBLAS steps) keep the array, and so
+/// does `GenOptions::global_params`. No GPU needed.
+#[test]
+fn decode_kernels_take_parameters_by_value() {
+    let d = Dims {
+        n_vocab: 1000,
+        ..LLAMA_1B
+    };
+    let decode = generated_with(&d, 1, GgmlType::Q4_K, true, 256);
+    assert!(decode.param_values);
+    let kernels = decode.src.matches("extern \"C\" __global__").count();
+    let by_value = decode.src.matches("const PV P, u32* C) {").count();
+    // Every generated kernel; the prelude's own (to_f16, the GEMM and dequantisation
+    // templates) keep the pointer.
+    assert_eq!(by_value, kernels - 3);
+    for l in &decode.launches {
+        let codegen::Work::Kernel { params, .. } = &l.work else {
+            panic!("decode launches are kernels");
+        };
+        assert!(params.len() <= codegen::PV_MAX, "{}", l.label);
+    }
+    let prefill = generated_with(&d, 5, GgmlType::Q4_K, true, 256);
+    assert!(!prefill.param_values);
+    let opts = codegen::GenOptions {
+        cublas: true,
+        global_params: true,
+        ..Default::default()
+    };
+    let global = generated_kv(&d, 1, GgmlType::Q4_K, 256, false, None, opts);
+    assert!(!global.param_values);
+    assert_eq!(global.src.matches("const PV P").count(), 0);
 }
