@@ -66,6 +66,16 @@ impl Mode {
     }
 }
 
+/// The columns one warp turn finishes, with their temporaries' suffixes: `c`, or a pair's
+/// `ca` and `cb` (`pair` is `Some`).
+fn sides(pair: Option<Option<Rot>>) -> &'static [(&'static str, &'static str)] {
+    if pair.is_some() {
+        &[("_a", "ca"), ("_b", "cb")]
+    } else {
+        &[("", "c")]
+    }
+}
+
 /// Floats of one row's int8 activations in shared memory: values (padded), block scales,
 /// block sums.
 fn x_stride(kdim: usize) -> usize {
@@ -518,11 +528,7 @@ impl Gen<'_> {
         nr: usize,
         p: &mut Params,
     ) -> Result<String, CudaError> {
-        let sides: &[(&str, &str)] = if pair.is_some() {
-            &[("_a", "ca"), ("_b", "cb")]
-        } else {
-            &[("", "c")]
-        };
+        let sides = sides(pair);
         let mut s = String::new();
         for (m, mat) in b.matmuls.iter().zip(mats) {
             let Op::MatMul { x, .. } = self.node(*m).op else {
@@ -571,11 +577,7 @@ impl Gen<'_> {
         pair: Option<Option<Rot>>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
-        let sides: &[(&str, &str)] = if pair.is_some() {
-            &[("_a", "ca"), ("_b", "cb")]
-        } else {
-            &[("", "c")]
-        };
+        let sides = sides(pair);
         let mut s = String::new();
         let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
         for &n in &b.epilogue {
