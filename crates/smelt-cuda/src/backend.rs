@@ -72,9 +72,9 @@ pub struct CudaProgram {
     pub(crate) labels: Vec<String>,
     /// `SMELT_CUDA_TRACE`: the arena offset of the launches' timer stamps.
     pub(crate) trace_off: Option<usize>,
-    /// Parameters of kernels that take them by value (`Step::Kernel`'s last field).
+    /// Parameters of kernels that take them by value (`Args::Value`).
     values: Vec<[u64; codegen::PV_MAX]>,
-    /// Launch parameters (`P`) of every kernel; launches point into it.
+    /// Launch parameters (`P`) of kernels that read them from memory (`Args::Device`).
     _params: DevBuf,
     arena_len: usize,
     counters: usize,
@@ -98,13 +98,20 @@ pub struct CudaProgram {
     graph: Mutex<Option<(u64, u64, Graph2)>>,
 }
 
-/// A kernel launch: (function index, grid, block, shared bytes, parameter pointer), or a
-/// cuBLAS GEMM.
+/// A kernel launch: (function index, grid, block, shared bytes, parameters), or a cuBLAS
+/// GEMM.
 enum Step {
-    /// Function, grid, block, dynamic shared bytes, the device address of its parameters, and
-    /// (kernels taking them by value) the index of its values in the program's `values`.
-    Kernel(usize, (u32, u32, u32), u32, u32, u64, Option<usize>),
+    Kernel(usize, (u32, u32, u32), u32, u32, Args),
     Gemm(GemmCall),
+}
+
+/// Where a kernel's parameters (`P`) are: the device address of its share of the program's
+/// parameter array, or (decode kernels, taking them by value) the index of its values in the
+/// program's `values`.
+#[derive(Clone, Copy)]
+enum Args {
+    Device(u64),
+    Value(usize),
 }
 
 impl Drop for CudaProgram {
@@ -544,6 +551,8 @@ impl CudaBackend {
             })
             .copied()
             .collect();
+        // Kernels taking their parameters by value need no device copy of them.
+        let flat = if gen.param_values { Vec::new() } else { flat };
         let params = self.dev.alloc(flat.len().max(1) * 8)?;
         let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.dev.upload(params.ptr, &bytes)?;
@@ -571,22 +580,17 @@ impl CudaBackend {
                             ));
                         }
                     }
-                    let by_value = gen.param_values.then(|| {
+                    let args = if gen.param_values {
                         let mut v = [0u64; codegen::PV_MAX];
                         v[..ps.len()].copy_from_slice(ps);
                         values.push(v);
-                        values.len() - 1
-                    });
-                    let step = Step::Kernel(
-                        index[func],
-                        grid,
-                        *block,
-                        *smem,
-                        params.ptr + at * 8,
-                        by_value,
-                    );
-                    at += ps.len() as u64;
-                    step
+                        Args::Value(values.len() - 1)
+                    } else {
+                        let a = Args::Device(params.ptr + at * 8);
+                        at += ps.len() as u64;
+                        a
+                    };
+                    Step::Kernel(index[func], grid, *block, *smem, args)
                 }
                 Work::Gemm(g) => Step::Gemm(*g),
             });

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-use super::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram, Graph2, Step};
+use super::{Args, BatchSeq, CudaBackend, CudaKvCache, CudaProgram, Graph2, Step};
 use crate::codegen::KV_BLOCK;
 use crate::device::check;
 use crate::profile::Events;
@@ -58,10 +58,8 @@ impl CudaBackend {
             let pdl = self.pdl && events.is_empty();
             let mut after_kernel = false;
             for (li, step) in prog.launches.iter().enumerate() {
-                let (fi, grid, block, smem, pptr, by_value) = match *step {
-                    Step::Kernel(fi, grid, block, smem, pptr, v) => {
-                        (fi, grid, block, smem, pptr, v)
-                    }
+                let (fi, grid, block, smem, params) = match *step {
+                    Step::Kernel(fi, grid, block, smem, params) => (fi, grid, block, smem, params),
                     Step::Gemm(g) => {
                         let cb = self.cublas.as_ref().map_err(|e| {
                             CudaError::Invalid(format!("program has cuBLAS GEMMs, but {e}"))
@@ -74,6 +72,10 @@ impl CudaBackend {
                         continue;
                     }
                 };
+                let pptr = match params {
+                    Args::Device(p) => p,
+                    Args::Value(_) => 0,
+                };
                 let mut args: [u64; 7] = [
                     self.weights.ptr,
                     io.arena.ptr,
@@ -85,7 +87,7 @@ impl CudaBackend {
                 ];
                 let mut ptrs: [*mut c_void; 7] =
                     std::array::from_fn(|i| (&mut args[i]) as *mut u64 as *mut c_void);
-                if let Some(k) = by_value {
+                if let Args::Value(k) = params {
                     // The kernel's `PV` parameter: the launch copies the values (graph capture
                     // keeps its copy), so they only need to live until the call returns.
                     ptrs[5] = prog.values[k].as_ptr() as *mut c_void;

@@ -190,22 +190,7 @@ fn llama_graph(d: &Dims, layers: usize, n: usize, w: &mut impl AddWeight) -> Gra
 /// plus the first layer's (the embedding row) and the head, whatever the depth. No GPU needed.
 #[test]
 fn identical_layers_share_kernels() {
-    let d = Dims {
-        n_embd: 576,
-        n_head: 9,
-        n_head_kv: 3,
-        head_dim: 64,
-        n_rot: 64,
-        n_ff: 1536,
-        n_vocab: 1000,
-    };
-    // Q4_K rows are whole 256-value blocks.
-    let k = Dims {
-        n_embd: 512,
-        n_head: 8,
-        n_head_kv: 2,
-        ..d
-    };
+    let (d, k) = (SMOLLM2, SMOLLM2_Q4K);
     for (d, t, n) in [
         (d, GgmlType::Q8_0, 1),
         (k, GgmlType::Q4_K, 1),
@@ -265,6 +250,25 @@ const LLAMA_8B: Dims = Dims {
     n_rot: 128,
     n_ff: 14336,
     n_vocab: 128256,
+};
+
+/// A SmolLM2-135M-shaped layer with a small vocabulary (576-wide rows: 32-value blocks).
+const SMOLLM2: Dims = Dims {
+    n_embd: 576,
+    n_head: 9,
+    n_head_kv: 3,
+    head_dim: 64,
+    n_rot: 64,
+    n_ff: 1536,
+    n_vocab: 1000,
+};
+
+/// [`SMOLLM2`] narrowed so that every row is whole 256-value K-quant blocks.
+const SMOLLM2_Q4K: Dims = Dims {
+    n_embd: 512,
+    n_head: 8,
+    n_head_kv: 2,
+    ..SMOLLM2
 };
 
 const LLAMA_1B: Dims = Dims {
@@ -594,21 +598,7 @@ fn long_decode_rows_take_one_block_per_sm() {
 /// loads (no GPU needed).
 #[test]
 fn output_projection_folds_into_decode_attention() {
-    let d = Dims {
-        n_embd: 576,
-        n_head: 9,
-        n_head_kv: 3,
-        head_dim: 64,
-        n_rot: 64,
-        n_ff: 1536,
-        n_vocab: 1000,
-    };
-    let k = Dims {
-        n_embd: 512,
-        n_head: 8,
-        n_head_kv: 2,
-        ..d
-    };
+    let (d, k) = (SMOLLM2, SMOLLM2_Q4K);
     let opts = codegen::GenOptions {
         wo_fold: true,
         ..Default::default()
