@@ -178,6 +178,10 @@ struct Gen<'a> {
     tail_fused: std::collections::HashSet<NodeId>,
     /// Fold the output projection into decode attention where it fits (codegen/attn_wo.rs).
     wo_fold: bool,
+    /// One-token decode matmuls read their input row (and its RMS norm's weights) into
+    /// registers when they can (v10a, `Gen::row_in_registers`; `SMELT_CUDA_ROW_REGS=0`: the
+    /// row stage through shared memory, the kernel lab's baseline).
+    row_regs: bool,
 }
 
 struct KernelSrc {
@@ -257,6 +261,7 @@ pub(crate) fn generate(
         barrier: None,
         tail_fused: Default::default(),
         wo_fold,
+        row_regs: lab_knob("SMELT_CUDA_ROW_REGS") != Some(0),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

@@ -377,6 +377,8 @@ fn generated_kernels_compile() {
             n_vocab: 1000,
             ..LLAMA_8B
         };
+        let src = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, true, 4096).src;
+        std::fs::write(format!("{dir}/decode_smollm2_Q8_0.cu"), &src).unwrap();
         for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
             let src = generated_with(&big, 1, t, true, 4096).src;
             std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
@@ -715,4 +717,44 @@ fn decode_kernels_take_parameters_by_value() {
     let global = generated_kv(&d, 1, GgmlType::Q4_K, 256, false, None, opts);
     assert!(!global.param_values);
     assert_eq!(global.src.matches("const PV P").count(), 0);
+}
+
+/// One-token decode matmuls read their input row into registers before the weights'
+/// prefetch, and an RMS norm of that row takes one block reduction with its weights loaded
+/// beside the row (v10a): every matmul kernel but the first layer's (its row stage also embeds
+/// the token), for a llama-like and a Gemma-like layer. No GPU needed.
+#[test]
+fn decode_rows_are_read_into_registers() {
+    for (d, t) in [(SMOLLM2, GgmlType::Q8_0), (QUANT, GgmlType::Q4_K)] {
+        let src = generated_with(&d, 1, t, false, 64).src;
+        let kernels: Vec<&str> = src
+            .split("extern \"C\" __global__")
+            .filter(|k| k.contains(") dk") && k.contains("const X8 x8 ="))
+            .collect();
+        assert!(
+            kernels.len() >= 4,
+            "{d:?}: {} matmul kernels",
+            kernels.len()
+        );
+        let mut norms = 0;
+        for k in &kernels {
+            let name = k
+                .split(") ")
+                .nth(1)
+                .and_then(|n| n.split('(').next())
+                .unwrap_or(k);
+            if k.contains("tok[r]") {
+                assert!(!k.contains("#if SMELT_PDL"), "{name}: embedding row stage");
+                continue;
+            }
+            // Loads before the prefetch (without PDL) are the register path's.
+            assert!(
+                k.contains("#if SMELT_PDL"),
+                "{d:?} {name}: row in registers\n{k}"
+            );
+            assert!(!k.contains("red[32]"), "{name}: the row stage's reduction");
+            norms += k.matches("sqrtf(ss /").count();
+        }
+        assert!(norms >= 2, "{d:?}: {norms} norms in registers");
+    }
 }
