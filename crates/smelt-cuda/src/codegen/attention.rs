@@ -193,7 +193,15 @@ impl Gen<'_> {
         let most = super::lab_knob("SMELT_CUDA_ATTN_SPLITS")
             .filter(|n| (1..=limit).contains(n))
             .unwrap_or(limit);
-        let splits = most.min(cap.div_ceil(CHUNK));
+        // A contiguous cache takes every split even when it is short (the first chunk's rows
+        // are clamped to it; splits past the position hold nothing): one sequence's attention
+        // then sums as a batch's over a pool does, bit for bit. A pool's page table has
+        // capacity / 32 entries a row, which the first chunk's lookup must not pass.
+        let splits = if self.kv.paged {
+            most.min(cap.div_ceil(CHUNK))
+        } else {
+            most
+        };
         // The output projection in this kernel's tail (codegen/attn_wo.rs), not behind a guard.
         let fold = if guard.is_empty() {
             self.wo_fold(ki, n, splits)
@@ -257,18 +265,30 @@ impl Gen<'_> {
         } else {
             (String::new(), "warp", "", "")
         };
-        let finish = if splits == 1 {
+        // v10b (`SMELT_CUDA_ATTN_EARLY=0`: off): the position and the query are loaded first,
+        // together, where the query's load waited behind the position's and the stages that
+        // depend on it; and each block arrives at the closing cluster barrier as soon as its
+        // reads of the others' partials are done, combining and storing before it waits.
+        let early = super::lab_knob("SMELT_CUDA_ATTN_EARLY") != Some(0);
+        let split_close = early && fold.is_none() && per <= nt;
+        let combine = if split_close {
             format!(
-                "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n"
+                "{{ const int i = s * {per} + tid; const bool act = tid < {per} && i < {gh};\n\
+                  const int hh = act ? i / {hd} : 0, d = act ? i - hh * {hd} : 0, h = g * {grp} + hh;\n\
+                  float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;\n\
+                  if (act) {{ _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }} }}\n\
+                  cluster_arrive();\n\
+                  if (act) {{ _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) M = fmaxf(M, ms[r]);\n\
+                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
+                  const float v = L > 0.f ? o / L : 0.f; {outs} }}\n\
+                }}\n\
+                TRACE_MARK(3);\n\
+                cluster_wait();\n",
+                gh = grp * hd
             )
         } else {
             format!(
-                "__syncwarp();\n\
-                {qif}{{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
-                if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }} }}\n\
-                cluster_sync();\n\
-                TRACE_MARK(2);\n\
-                for (int i = s * {per} + tid; i < min((s + 1) * {per}, {gh}); i += {nt}) {{\n\
+                "for (int i = s * {per} + tid; i < min((s + 1) * {per}, {gh}); i += {nt}) {{\n\
                   const int hh = i / {hd}, d = i - hh * {hd}, h = g * {grp} + hh;\n\
                   float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;\n\
                   _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }}\n\
@@ -281,6 +301,42 @@ impl Gen<'_> {
                 gh = grp * hd
             )
         };
+        let finish = if splits == 1 {
+            format!(
+                "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n"
+            )
+        } else {
+            format!(
+                "__syncwarp();\n\
+                {qif}{{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
+                if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }} }}\n\
+                cluster_sync();\n\
+                TRACE_MARK(2);\n\
+                {combine}"
+            )
+        };
+        let sc = lit(scale);
+        let rowdef = if rows > 1 {
+            format!("const int rq = blockIdx.z;\n{}", self.tab_def("rq"))
+        } else {
+            self.tab_def("0")
+        };
+        let prow = if rows > 1 { "rq" } else { "0" };
+        let (start, query) = if early {
+            (
+                format!("{rowdef}const int p1 = pos[{prow}];\n{hwdef}float qv[{e}];\n\
+                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n\
+                    {first}cp_async_commit();\nconst int lo = {win};\n"),
+                format!("float* qs = qsh[{qsel}];\n\
+                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane + 32 * i] = qv[i] * {sc};\n"),
+            )
+        } else {
+            (
+                format!("{rowdef}{first}cp_async_commit();\nconst int p1 = pos[{prow}]; const int lo = {win};\n"),
+                format!("{hwdef}float* qs = qsh[{qsel}];\n\
+                    {qif}for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n"),
+            )
+        };
         // A multistage pipeline: one commit group per chunk (empty past the position) keeps
         // the wait count a constant: chunk k has landed when at most NBUF - 2 groups pend.
         let body = format!(
@@ -291,12 +347,10 @@ impl Gen<'_> {
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
-            {rowdef}{first}cp_async_commit();\n\
-            const int p1 = pos[{prow}]; const int lo = {win};\n\
+            {start}\
             for (int st = 1; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1) {{\n{more}}} cp_async_commit(); }}\n\
             {wo_pre}\
-            {hwdef}float* qs = qsh[{qsel}];\n\
-            {qif}for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n\
+            {query}\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
             int k = 0; TRACE_MARK(0);\n\
@@ -324,14 +378,7 @@ impl Gen<'_> {
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
-            sc = lit(scale),
             dot = k_dot("KVS(b, 0, lane)", hd),
-            rowdef = if rows > 1 {
-                format!("const int rq = blockIdx.z;\n{}", self.tab_def("rq"))
-            } else {
-                self.tab_def("0")
-            },
-            prow = if rows > 1 { "rq" } else { "0" },
             cmb = if fold.is_some() {
                 format!(" __shared__ float cmb[{per}];")
             } else {
