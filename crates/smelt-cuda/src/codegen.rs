@@ -182,6 +182,8 @@ struct Gen<'a> {
     /// registers when they can (v10a, `Gen::row_in_registers`; `SMELT_CUDA_ROW_REGS=0`: the
     /// row stage through shared memory, the kernel lab's baseline).
     row_regs: bool,
+    /// Look-ahead bytes (see [`GenOptions::lookahead`]).
+    lookahead: usize,
 }
 
 struct KernelSrc {
@@ -209,6 +211,9 @@ pub(crate) struct GenOptions {
     /// Decode programs' kernels read their parameters from a global array (v1-v9) instead of
     /// taking them by value (`SMELT_CUDA_PARAMS=global`, the kernel lab's baseline).
     pub global_params: bool,
+    /// Bytes of the next matmul kernel's weights each one-token decode kernel prefetches into
+    /// L2 when its block is done (`SMELT_CUDA_LOOKAHEAD=KB`, kernel lab; 0: none).
+    pub lookahead: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -228,6 +233,7 @@ pub(crate) fn generate(
         wo_fold,
         trace,
         global_params,
+        lookahead,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -262,6 +268,7 @@ pub(crate) fn generate(
         tail_fused: Default::default(),
         wo_fold,
         row_regs: lab_knob("SMELT_CUDA_ROW_REGS") != Some(0),
+        lookahead,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
