@@ -496,6 +496,7 @@ impl CudaBackend {
                 trace: self.trace.is_some(),
                 global_params: self.global_params,
                 lookahead: self.lookahead,
+                row_regs: None,
             },
         )?;
         let src = if self.pdl {

@@ -178,10 +178,11 @@ struct Gen<'a> {
     tail_fused: std::collections::HashSet<NodeId>,
     /// Fold the output projection into decode attention where it fits (codegen/attn_wo.rs).
     wo_fold: bool,
-    /// One-token decode matmuls read their input row (and its RMS norm's weights) into
-    /// registers when they can (v10a, `Gen::row_in_registers`; `SMELT_CUDA_ROW_REGS=0`: the
-    /// row stage through shared memory, the kernel lab's baseline).
-    row_regs: bool,
+    /// Decode matmuls compute their row stage in registers where they can (v10a,
+    /// `Gen::row_in_registers`), `SMELT_CUDA_ROW_REGS`: 0 never (the row stage through shared
+    /// memory, the kernel lab's baseline), 1 for one token (the default), 2 for a batch's
+    /// rows too (each row in turn; not yet measured).
+    row_regs: usize,
     /// Look-ahead bytes (see [`GenOptions::lookahead`]).
     lookahead: usize,
 }
@@ -214,6 +215,9 @@ pub(crate) struct GenOptions {
     /// Bytes of the next matmul kernel's weights each one-token decode kernel prefetches into
     /// L2 when its block is done (`SMELT_CUDA_LOOKAHEAD=KB`, kernel lab; 0: none).
     pub lookahead: usize,
+    /// Where decode matmuls compute their row stage in registers (see `Gen::row_regs`);
+    /// None: `SMELT_CUDA_ROW_REGS`, else one token only.
+    pub row_regs: Option<usize>,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -234,6 +238,7 @@ pub(crate) fn generate(
         trace,
         global_params,
         lookahead,
+        row_regs,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -267,7 +272,9 @@ pub(crate) fn generate(
         barrier: None,
         tail_fused: Default::default(),
         wo_fold,
-        row_regs: lab_knob("SMELT_CUDA_ROW_REGS") != Some(0),
+        row_regs: row_regs
+            .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
+            .unwrap_or(1),
         lookahead,
     };
     if cublas && !decode {

@@ -253,13 +253,18 @@ impl Gen<'_> {
         let prefetch = format!("for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
         // One token whose input row goes straight to registers: its loads are issued before
         // the weights' prefetch (behind it, they waited for the prefetch's misses), unless
-        // PDL makes them wait for the previous kernel first.
-        let in_regs = if self.row_regs && nr == 1 && need_q8 && !need_f32 {
+        // PDL makes them wait for the previous kernel first. A batch's rows (with
+        // `SMELT_CUDA_ROW_REGS=2`) load theirs in turn, in the row loop below.
+        let regs_here = match nr {
+            1 => self.row_regs >= 1,
+            _ => self.row_regs >= 2,
+        };
+        let in_regs = if regs_here && need_q8 && !need_f32 {
             self.row_in_registers(&k.rows, *input, kdim, kp, &mut p)?
         } else {
             None
         };
-        match &in_regs {
+        match in_regs.as_ref().filter(|_| nr == 1) {
             Some(f) => write!(
                 body,
                 "#if SMELT_PDL\n{prefetch}PDL_WAIT();\n{loads}#else\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
@@ -279,7 +284,13 @@ impl Gen<'_> {
             .unwrap();
         }
         let xin = match &in_regs {
-            Some(_) => String::new(),
+            Some(f) => {
+                if nr > 1 {
+                    body += &f.loads;
+                    body += &f.code;
+                }
+                String::new()
+            }
             None => {
                 body +=
                     &self.row_code(&k.rows, "blockIdx.x == 0", &mut p, &mut slots, &mut next)?;
@@ -571,6 +582,8 @@ impl Gen<'_> {
         if iters > 4 || rows.last().is_some_and(|&n| n != input) {
             return Ok(None);
         }
+        let t = self.t;
+        let row_of = |shape: [usize; 2]| shape == [t, kdim];
         for &n in rows {
             let node = self.node(n);
             let fits = match node.op {
@@ -585,7 +598,7 @@ impl Gen<'_> {
                 | Op::LastRow { .. } => true,
                 _ => false,
             };
-            if !fits || node.shape != [1, kdim] {
+            if !fits || !row_of(node.shape) {
                 return Ok(None);
             }
         }
@@ -720,7 +733,7 @@ impl Gen<'_> {
         if let Some(o) = regs.vals.get(&x) {
             return Ok(Some(o.clone()));
         }
-        if self.plan.buffer_of(x).is_none() || self.node(x).shape != [1, kdim] {
+        if self.plan.buffer_of(x).is_none() || self.node(x).shape != [self.t, kdim] {
             return Ok(None);
         }
         let name = format!("l{}", regs.decl.len());

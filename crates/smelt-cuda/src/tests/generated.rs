@@ -817,3 +817,37 @@ fn decode_kernels_look_ahead_when_asked() {
         compile(&ahead.src, "decode with look-ahead");
     }
 }
+
+/// With `row_regs: Some(2)` (`SMELT_CUDA_ROW_REGS=2`, kernel lab) a batch step's matmuls
+/// compute each row's row stage in registers too, in the row loop, and without it (the
+/// default) they keep the shared-memory row stage; both compile with NVRTC where it loads.
+/// No GPU needed.
+#[test]
+fn batch_rows_go_through_registers_when_asked() {
+    for (n, qwen) in [(3, false), (8, false), (3, true)] {
+        let opts = codegen::GenOptions {
+            cublas: true,
+            row_regs: Some(2),
+            ..Default::default()
+        };
+        let regs = generated_kv(&QUANT, n, GgmlType::Q4_K, 128, qwen, Some(true), opts);
+        let plain = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
+        assert!(regs.decode && plain.decode);
+        let loops = |src: &str| {
+            src.split("extern \"C\" __global__")
+                .filter(|k| k.contains(") dk") && k.contains("const X8 x8s ="))
+                .map(|k| k.contains("][8];\n_Pragma") as usize)
+                .collect::<Vec<_>>()
+        };
+        let (r, p) = (loops(&regs.src), loops(&plain.src));
+        assert!(!r.is_empty() && r.len() == p.len(), "{n} rows: {r:?} {p:?}");
+        assert!(r.iter().sum::<usize>() >= r.len() - 1, "{n} rows: {r:?}");
+        assert_eq!(p.iter().sum::<usize>(), 0, "{n} rows: {p:?}");
+        if nvrtc_present() {
+            compile(
+                &regs.src,
+                &format!("batch of {n} rows in registers, qwen={qwen}"),
+            );
+        }
+    }
+}
