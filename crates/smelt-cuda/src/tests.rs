@@ -178,8 +178,9 @@ fn decode_long_rows_match_reference() {
 
 /// The output projection folded into decode attention's cluster (`set_wo_fold`, off by
 /// default; codegen/attn_wo.rs) against the reference, with the separate kernel beside it:
-/// a 256-position cache (8 splits, most without keys at these positions), groups of 192
-/// columns over 32-value blocks (a SmolLM2-like layer) and of 256 over K-quant blocks.
+/// a 256-position cache (every split: 16 on Hopper, most without keys at these positions),
+/// groups of 192 columns over 32-value blocks (a SmolLM2-like layer) and of 256 over K-quant
+/// blocks.
 #[test]
 fn folded_output_projection_matches_reference() {
     if !gpu() {
@@ -383,7 +384,8 @@ fn check_case(
     }
 }
 
-/// KV capacity of the long-context attention test (10 chunks of 32 keys over 8 splits).
+/// KV capacity of the long-context attention test (10 chunks of 32 keys: over 8 splits off
+/// Hopper, one chunk or none in each of Hopper's 16).
 const LONG_CAPACITY: usize = 320;
 
 /// Shapes of the long-context attention test: head sizes 64, 128 and 256, GQA groups 1 to 4.
