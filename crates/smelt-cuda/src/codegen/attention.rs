@@ -30,7 +30,7 @@ use std::fmt::Write;
 
 use smelt_graph::{Dest, KvPart, Op};
 
-use super::{lit, Gen, Params};
+use super::{lit, Gen, Params, KV_BLOCK};
 use crate::CudaError;
 
 /// Keys per chunk: one per lane for the scores.
@@ -193,15 +193,10 @@ impl Gen<'_> {
         let most = super::lab_knob("SMELT_CUDA_ATTN_SPLITS")
             .filter(|n| (1..=limit).contains(n))
             .unwrap_or(limit);
-        // A contiguous cache takes every split even when it is short (the first chunk's rows
-        // are clamped to it; splits past the position hold nothing): one sequence's attention
-        // then sums as a batch's over a pool does, bit for bit. A pool's page table has
-        // capacity / 32 entries a row, which the first chunk's lookup must not pass.
-        let splits = if self.kv.paged {
-            most.min(cap.div_ceil(CHUNK))
-        } else {
-            most
-        };
+        // Every split, even on a short cache (the first chunk's rows are clamped to it, and
+        // splits past the position hold nothing): one sequence's attention then sums as a
+        // batch's over a pool of any size does, bit for bit.
+        let splits = most;
         // The output projection in this kernel's tail (codegen/attn_wo.rs), not behind a guard.
         let fold = if guard.is_empty() {
             self.wo_fold(ki, n, splits)
@@ -238,8 +233,13 @@ impl Gen<'_> {
         // K and V rows j0..j0 + 31 (clamped to the cache; rows past the position are never
         // used) into buffer `buf`, asynchronously.
         let paged = self.kv.paged;
+        // The first chunk is staged before the position is known: in a pool, its page-table
+        // index is clamped to the table (unused entries name block 0, never read).
+        let ntab = cap / KV_BLOCK;
         let stage = |buf: &str, j0: &str| {
-            let row = if paged {
+            let row = if paged && j0 == "s * 32" {
+                format!("((u64)TAB[min(({j0}) >> 5, {ntab} - 1)] * {CHUNK} + kr)")
+            } else if paged {
                 format!("((u64)TAB[({j0}) >> 5] * {CHUNK} + kr)")
             } else {
                 format!("(u64)min({j0} + kr, {cap} - 1)")
