@@ -236,8 +236,8 @@ impl Gen<'_> {
         // The first chunk is staged before the position is known: in a pool, its page-table
         // index is clamped to the table (unused entries name block 0, never read).
         let ntab = cap / KV_BLOCK;
-        let stage = |buf: &str, j0: &str| {
-            let row = if paged && j0 == "s * 32" {
+        let stage = |buf: &str, j0: &str, first: bool| {
+            let row = if paged && first {
                 format!("((u64)TAB[min(({j0}) >> 5, {ntab} - 1)] * {CHUNK} + kr)")
             } else if paged {
                 format!("((u64)TAB[({j0}) >> 5] * {CHUNK} + kr)")
@@ -250,9 +250,9 @@ impl Gen<'_> {
                    cp_async16(KVS({buf}, 0, kr) + c, Kp + row); cp_async16(KVS({buf}, 1, kr) + c, Vp + row); }}\n"
             )
         };
-        let first = stage("0", "s * 32");
-        let more = stage("st", "jn");
-        let next = stage("(k + NBUF - 1) % NBUF", "jn");
+        let first = stage("0", "s * 32", true);
+        let more = stage("st", "jn", false);
+        let next = stage("(k + NBUF - 1) % NBUF", "jn", false);
         // Warps past the group's heads (a folded projection's) stage K and V only.
         let extra = nt > grp * 32;
         let (hwdef, qsel, qif, sif) = if extra {
