@@ -101,8 +101,8 @@ pub(crate) struct Generated {
     pub persistent: bool,
     /// The counter (index into the tile counters) of its grid barrier, zeroed before a launch.
     pub barrier: Option<usize>,
-    /// Traced programs: the arena float offset of each launch's (start, end) global-timer
-    /// stamps in nanoseconds, two u64 a launch in launch order.
+    /// Traced programs: the arena float offset of the launches' global-timer stamps in
+    /// nanoseconds, [`TRACE_STAMPS`] u64 a launch in launch order.
     pub trace_off: Option<usize>,
     /// Every kernel takes its parameters by value (prelude `PV`), not as a pointer.
     pub param_values: bool,

@@ -61,8 +61,7 @@ impl Gen<'_> {
                         // Summed in the order of the one-token kernels' registers (each thread
                         // its runs of 8 values, then the warps' sums in order): a batch's rows
                         // normalise bit for bit as one sequence's (codegen/decode.rs).
-                        let xc = rd(x, "c0 + i", p)?;
-                        write!(s, "{{ float ss = 0.f; for (int c0 = tid * 8; c0 < {cols}; c0 += {NT} * 8) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) if (c0 + i < {cols}) {{ float v = {xc}; ss += v * v; }}\n\
+                        write!(s, "{{ float ss = 0.f; for (int c0 = tid * 8; c0 < {cols}; c0 += {NT} * 8) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = c0 + i; if (c < {cols}) {{ float v = {xv}; ss += v * v; }} }}\n\
                             ss = warp_sum(ss); if (lane == 0) red[warp] = ss; __syncthreads();\n\
                             ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {NWARPS}; i++) ss += red[i];\n\
                             float sc = 1.0f / sqrtf(ss / {cols}.0f + {eps}); __syncthreads();\n\

@@ -362,7 +362,7 @@ template <int NR, int XS> __device__ __forceinline__ float gemv8r_##T(const u8* 
 __device__ __forceinline__ void prefetch_l2(const u8* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 // Prefetch one weight row into L2 (issued before a block's prologue so HBM works meanwhile).
 __device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
-  for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(row + o));
+  for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) prefetch_l2(row + o);
 }
 
 // Block `b` of `nb` (threads `nth`) prefetches its share of the `n` bytes at `p` into L2: the
@@ -370,7 +370,7 @@ __device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
 __device__ __forceinline__ void prefetch_span(const u8* p, u64 n, u32 b, u32 nb, u32 nth) {
   const u64 lines = (n + 127) / 128, per = (lines + nb - 1) / nb, l0 = (u64)b * per;
   const u64 l1 = l0 + per < lines ? l0 + per : lines;
-  for (u64 l = l0 + threadIdx.x; l < l1; l += nth) asm volatile("prefetch.global.L2 [%0];" :: "l"(p + l * 128));
+  for (u64 l = l0 + threadIdx.x; l < l1; l += nth) prefetch_l2(p + l * 128);
 }
 
 // ---- decode gemv for plain float weights (f32, f16, bf16) against f32 activations ----
