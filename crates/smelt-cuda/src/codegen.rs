@@ -27,6 +27,7 @@ mod attn_wo;
 mod decode;
 mod persistent;
 mod prefill;
+mod row_regs;
 mod rows;
 
 pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");

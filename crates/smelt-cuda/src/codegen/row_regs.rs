@@ -1,0 +1,223 @@
+//! A decode matmul kernel's row stage (norms, residual adds, the input row) computed in
+//! registers, v10a: thread `tid` holds values `tid * 8 + it * NT * 8 + i` of each row as
+//! `name[it][i]`; its buffers and weights are loaded first, before the kernel's weight
+//! prefetch for one token. The shared-memory row stage (`Gen::row_code`, codegen/rows.rs)
+//! sums its norms in the same order, so a batch's rows and one sequence's agree bit for bit.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use smelt_graph::{NodeId, Op, WeightId};
+
+use super::{lit, Gen, Params, NT, NWARPS};
+use crate::CudaError;
+
+/// A one-token kernel's row stage in registers ([`Gen::row_in_registers`]).
+pub(super) struct RowInRegs {
+    /// The stage's buffers and weights loaded into register arrays.
+    pub loads: String,
+    /// Its nodes computed from them (norms, residual adds) and stored where they go.
+    pub code: String,
+    /// Passes of the block over the row (8 values a thread each).
+    pub iters: usize,
+    /// The array holding the matmul's input.
+    pub out: String,
+}
+
+/// Register arrays of a row stage being generated.
+struct RegRow {
+    iters: usize,
+    /// Row nodes and buffers by the array holding them.
+    vals: HashMap<NodeId, String>,
+    /// Declarations of the loaded arrays.
+    decl: Vec<String>,
+    /// Their loads, inside the loop over a thread's values (`c` the column).
+    loads: String,
+}
+
+impl Gen<'_> {
+    /// A one-token kernel's row stage in registers: thread `tid` holds values `tid * 8 +
+    /// it * NT * 8 + i` of each row as `name[it][i]`. Its buffers and weights are loaded
+    /// first (`loads`, issued before the weights' prefetch), then each node is computed in
+    /// registers (`code`): a whole-row RMS norm takes one block reduction and one barrier,
+    /// where the shared-memory row stage reads its row twice, its weights after the
+    /// reduction and puts a barrier after every node (v10a: 1B +11%, SmolLM2 +15%, 8B +10%
+    /// on the H100). Its sums are in the same order as the row stage's. None where a node is not
+    /// elementwise or a whole-row norm, is not as long as the matmul's input, or the row
+    /// takes more than four passes of the block.
+    pub(super) fn row_in_registers(
+        &self,
+        rows: &[NodeId],
+        input: NodeId,
+        kdim: usize,
+        kp: usize,
+        p: &mut Params,
+    ) -> Result<Option<RowInRegs>, CudaError> {
+        let iters = kp.div_ceil(NT * 8);
+        if iters > 4 || rows.last().is_some_and(|&n| n != input) {
+            return Ok(None);
+        }
+        let t = self.t;
+        let row_of = |shape: [usize; 2]| shape == [t, kdim];
+        // Checked before any parameter is taken: a stage that cannot go to registers goes
+        // through shared memory with no unused parameters.
+        for &n in rows {
+            let node = self.node(n);
+            let fits = match node.op {
+                Op::RmsNorm { group, .. } => group == kdim,
+                ref op => reg_inputs(op).is_some(),
+            };
+            if !fits || !row_of(node.shape) {
+                return Ok(None);
+            }
+        }
+        let mut regs = RegRow {
+            iters,
+            vals: HashMap::new(),
+            decl: Vec::new(),
+            loads: String::new(),
+        };
+        let each = format!(
+            "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = tid * 8 + it * {NT} * 8 + i;"
+        );
+        let mut code = String::new();
+        let mut half = 0;
+        for (j, &n) in rows.iter().enumerate() {
+            let Some(v) = self.reg_operands(n, kdim, &mut regs, p)? else {
+                return Ok(None);
+            };
+            let o = format!("v{j}");
+            let e = |x: &str| format!("{x}[it][i]");
+            let expr = match (&self.node(n).op, v.as_slice()) {
+                (Op::Add { .. }, [a, b]) => format!("{} + {}", e(a), e(b)),
+                (Op::Mul { .. }, [a, b]) => format!("{} * {}", e(a), e(b)),
+                (Op::AddBias { .. }, [x, b]) => format!("{} + {}", e(x), e(b)),
+                (Op::Scale { s: k, .. }, [x]) => format!("{} * {}", e(x), lit(*k)),
+                (Op::LastRow { .. }, [x]) => e(x),
+                (Op::Silu { .. }, [x]) => format!("silu_f({})", e(x)),
+                (Op::GeluTanh { .. }, [x]) => format!("gelu_f({})", e(x)),
+                (Op::Softcap { cap, .. }, [x]) => {
+                    format!("{c} * tanhf({} / {c})", e(x), c = lit(*cap))
+                }
+                (Op::RmsNorm { eps, .. }, [x, w @ ..]) => {
+                    // Consecutive norms reduce into alternate halves of `red`: the barrier of
+                    // the one between orders the first one's reads before the third's writes.
+                    let h = half * NWARPS;
+                    half ^= 1;
+                    write!(code, "float sc{j};\n{{ float ss = 0.f; {each} ss += {x}[it][i] * {x}[it][i]; }}\n\
+                        ss = warp_sum(ss); if (lane == 0) red[{h} + warp] = ss; __syncthreads();\n\
+                        ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {NWARPS}; i++) ss += red[{h} + i];\n\
+                        sc{j} = 1.0f / sqrtf(ss / {kdim}.0f + {eps}); }}\n", eps = lit(*eps)).unwrap();
+                    match w {
+                        [w] => format!("{} * sc{j} * {}", e(x), e(w)),
+                        _ => format!("{} * sc{j}", e(x)),
+                    }
+                }
+                _ => return Ok(None),
+            };
+            write!(
+                code,
+                "float {o}[{iters}][8];\n{each} {o}[it][i] = {expr}; }}\n"
+            )
+            .unwrap();
+            let st = self.stores(n, &format!("{o}[it][i]"), "0", p)?;
+            if !st.is_empty() {
+                write!(
+                    code,
+                    "if (blockIdx.x == 0) {each} if (c < {kdim}) {{ {st} }} }}\n"
+                )
+                .unwrap();
+            }
+            regs.vals.insert(n, o);
+        }
+        let out = match rows.last() {
+            Some(n) => regs.vals[n].clone(),
+            None => match self.reg_operand(input, kdim, &mut regs, p)? {
+                Some(o) => o,
+                None => return Ok(None),
+            },
+        };
+        let loads = if regs.decl.is_empty() {
+            String::new()
+        } else {
+            format!("float {};\n{each}{} }}\n", regs.decl.join(", "), regs.loads)
+        };
+        Ok(Some(RowInRegs {
+            loads,
+            code,
+            iters,
+            out,
+        }))
+    }
+
+    /// The register arrays of node `n`'s operands (values, then the norm's or bias's
+    /// weights), loading buffers and weights not seen yet; None if one is neither.
+    fn reg_operands(
+        &self,
+        n: NodeId,
+        kdim: usize,
+        regs: &mut RegRow,
+        p: &mut Params,
+    ) -> Result<Option<Vec<String>>, CudaError> {
+        let Some((xs, w)) = reg_inputs(&self.node(n).op) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for x in xs {
+            match self.reg_operand(x, kdim, regs, p)? {
+                Some(o) => out.push(o),
+                None => return Ok(None),
+            }
+        }
+        if let Some(w) = w {
+            let name = format!("l{}", regs.decl.len());
+            write!(
+                regs.loads,
+                " {name}[it][i] = c < {kdim} ? ((const float*)(W + {}))[c] : 0.f;",
+                p.p(self.weight(w).off)
+            )
+            .unwrap();
+            regs.decl.push(format!("{name}[{}][8]", regs.iters));
+            out.push(name);
+        }
+        Ok(Some(out))
+    }
+
+    /// Node `x` as a register array: a row node computed before, or a buffer (loaded once).
+    fn reg_operand(
+        &self,
+        x: NodeId,
+        kdim: usize,
+        regs: &mut RegRow,
+        p: &mut Params,
+    ) -> Result<Option<String>, CudaError> {
+        if let Some(o) = regs.vals.get(&x) {
+            return Ok(Some(o.clone()));
+        }
+        if self.plan.buffer_of(x).is_none() || self.node(x).shape != [self.t, kdim] {
+            return Ok(None);
+        }
+        let name = format!("l{}", regs.decl.len());
+        let rd = self.buf_read(x, "c", p)?;
+        write!(regs.loads, " {name}[it][i] = c < {kdim} ? {rd} : 0.f;").unwrap();
+        regs.decl.push(format!("{name}[{}][8]", regs.iters));
+        regs.vals.insert(x, name.clone());
+        Ok(Some(name))
+    }
+}
+
+/// A row-stage op computed in registers: its value operands and its weight (a norm's or a
+/// bias's), or None for any other op.
+fn reg_inputs(op: &Op) -> Option<(Vec<NodeId>, Option<WeightId>)> {
+    Some(match *op {
+        Op::Add { a, b } | Op::Mul { a, b } => (vec![a, b], None),
+        Op::AddBias { x, b } => (vec![x], Some(b)),
+        Op::RmsNorm { x, w, .. } => (vec![x], w),
+        Op::Scale { x, .. }
+        | Op::Silu { x }
+        | Op::GeluTanh { x }
+        | Op::Softcap { x, .. }
+        | Op::LastRow { x } => (vec![x], None),
+        _ => return None,
+    })
+}
