@@ -271,34 +271,40 @@ impl Gen<'_> {
         // reads of the others' partials are done, combining and storing before it waits.
         let early = super::lab_knob("SMELT_CUDA_ATTN_EARLY") != Some(0);
         let split_close = early && fold.is_none() && per <= nt;
+        // Output `d` of group head `hh`: the splits' partials read through distributed shared
+        // memory, then merged.
+        let decl = format!(
+            "float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;"
+        );
+        let reads = format!("_Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }}");
+        let merge = format!(
+            "_Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) M = fmaxf(M, ms[r]);\n\
+            _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
+            const float v = L > 0.f ? o / L : 0.f; "
+        );
+        let gh = grp * hd;
         let combine = if split_close {
             format!(
                 "{{ const int i = s * {per} + tid; const bool act = tid < {per} && i < {gh};\n\
                   const int hh = act ? i / {hd} : 0, d = act ? i - hh * {hd} : 0, h = g * {grp} + hh;\n\
-                  float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;\n\
-                  if (act) {{ _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }} }}\n\
+                  {decl}\n\
+                  if (act) {{ {reads} }}\n\
                   cluster_arrive();\n\
-                  if (act) {{ _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) M = fmaxf(M, ms[r]);\n\
-                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
-                  const float v = L > 0.f ? o / L : 0.f; {outs} }}\n\
+                  if (act) {{ {merge}{outs} }}\n\
                 }}\n\
                 TRACE_MARK(3);\n\
-                cluster_wait();\n",
-                gh = grp * hd
+                cluster_wait();\n"
             )
         } else {
             format!(
                 "for (int i = s * {per} + tid; i < min((s + 1) * {per}, {gh}); i += {nt}) {{\n\
                   const int hh = i / {hd}, d = i - hh * {hd}, h = g * {grp} + hh;\n\
-                  float ms[{splits}], ls[{splits}], os[{splits}], M = -INFINITY, L = 0.f, o = 0.f;\n\
-                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = ld_dsmem(&mls[hh][0], r); ls[r] = ld_dsmem(&mls[hh][1], r); os[r] = ld_dsmem(&qsh[hh][d], r); }}\n\
-                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) M = fmaxf(M, ms[r]);\n\
-                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ const float w = ls[r] > 0.f ? __expf(ms[r] - M) : 0.f; L += w * ls[r]; o += w * os[r]; }}\n\
-                  const float v = L > 0.f ? o / L : 0.f; {keep}{outs}\n\
+                  {decl}\n\
+                  {reads}\n\
+                  {merge}{keep}{outs}\n\
                 }}\n\
                 TRACE_MARK(3);\n\
-                {wo_tail}",
-                gh = grp * hd
+                {wo_tail}"
             )
         };
         let finish = if splits == 1 {
