@@ -281,6 +281,12 @@ const LLAMA_1B: Dims = Dims {
     n_vocab: 128256,
 };
 
+/// [`LLAMA_1B`] with a small vocabulary (the head's rows are not what these tests read).
+const LLAMA_1B_V1000: Dims = Dims {
+    n_vocab: 1000,
+    ..LLAMA_1B
+};
+
 /// Whether NVRTC loads here (else a message: generated source is not compiled).
 fn nvrtc_present() -> bool {
     // SAFETY: only checks whether the NVRTC library can be opened.
@@ -382,10 +388,7 @@ fn generated_kernels_compile() {
         for t in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
             let src = generated_with(&big, 1, t, true, 4096).src;
             std::fs::write(format!("{dir}/decode_{t:?}.cu"), &src).unwrap();
-            let small = Dims {
-                n_vocab: 1000,
-                ..LLAMA_1B
-            };
+            let small = LLAMA_1B_V1000;
             let src = generated_with(&small, 1, t, true, 4096).src;
             compile(&src, &format!("decode 1b {t:?}"));
             std::fs::write(format!("{dir}/decode_1b_{t:?}.cu"), &src).unwrap();
@@ -395,10 +398,7 @@ fn generated_kernels_compile() {
         // Batch steps of 2, 4 and 8 sequences on a paged pool (registers and spills:
         // tools/cuda/sass.py).
         for n in [2, 4, 8] {
-            let small = Dims {
-                n_vocab: 1000,
-                ..LLAMA_1B
-            };
+            let small = LLAMA_1B_V1000;
             let src = generated_paged(&small, n, GgmlType::Q4_K, false, true).src;
             compile(&src, &format!("batch of {n}, 1b Q4_K"));
             std::fs::write(format!("{dir}/batch_1b_{n}.cu"), &src).unwrap();
@@ -633,15 +633,23 @@ fn output_projection_folds_into_decode_attention() {
     }
 }
 
+/// The distinct kernels a program launches.
+fn kernel_funcs(g: &codegen::Generated) -> std::collections::HashSet<&str> {
+    g.launches
+        .iter()
+        .filter_map(|l| match &l.work {
+            codegen::Work::Kernel { func, .. } => Some(func.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A traced decode program (`GenOptions::trace`, `SMELT_CUDA_TRACE=1`): every launch gets its
 /// stamps' arena offset and block counters as two more parameters, every kernel wraps its body
 /// in the stamps, and the source compiles with NVRTC where it loads. No GPU needed.
 #[test]
 fn traced_decode_stamps_every_launch() {
-    let d = Dims {
-        n_vocab: 1000,
-        ..LLAMA_1B
-    };
+    let d = LLAMA_1B_V1000;
     let plain = generated_with(&d, 1, GgmlType::Q4_K, true, 256);
     let opts = codegen::GenOptions {
         cublas: true,
@@ -662,14 +670,7 @@ fn traced_decode_stamps_every_launch() {
         let per = 2 * codegen::TRACE_STAMPS;
         assert_eq!(tp[pp.len()], (off + per * i) as u64, "{}: stamps", t.label);
     }
-    let funcs: std::collections::HashSet<&str> = traced
-        .launches
-        .iter()
-        .filter_map(|l| match &l.work {
-            codegen::Work::Kernel { func, .. } => Some(func.as_str()),
-            _ => None,
-        })
-        .collect();
+    let funcs = kernel_funcs(&traced);
     assert_eq!(traced.src.matches("trace_begin(A, C").count(), funcs.len());
     assert_eq!(
         traced
@@ -690,10 +691,7 @@ fn traced_decode_stamps_every_launch() {
 /// does `GenOptions::global_params`. No GPU needed.
 #[test]
 fn decode_kernels_take_parameters_by_value() {
-    let d = Dims {
-        n_vocab: 1000,
-        ..LLAMA_1B
-    };
+    let d = LLAMA_1B_V1000;
     let decode = generated_with(&d, 1, GgmlType::Q4_K, true, 256);
     assert!(decode.param_values);
     let kernels = decode.src.matches("extern \"C\" __global__").count();
@@ -796,16 +794,7 @@ fn decode_kernels_look_ahead_when_asked() {
     }
     // Every layer kernel but the head: the next matmul is within two launches of each.
     assert!(with >= 4, "{with} kernels look ahead");
-    let funcs = |g: &codegen::Generated| {
-        g.launches
-            .iter()
-            .filter_map(|l| match &l.work {
-                codegen::Work::Kernel { func, .. } => Some(func.clone()),
-                _ => None,
-            })
-            .collect::<std::collections::HashSet<String>>()
-            .len()
-    };
+    let funcs = |g: &codegen::Generated| kernel_funcs(g).len();
     // At most one more kernel (the last layer's, whose next is the head).
     assert!(
         funcs(&ahead) <= funcs(&plain) + 2,
