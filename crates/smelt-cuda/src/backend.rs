@@ -549,17 +549,17 @@ impl CudaBackend {
                 funcs.push(self.dev.function(&module, func, smem)?);
             }
         }
+        // Kernels taking their parameters by value need no device copy of them.
         let flat: Vec<u64> = gen
             .launches
             .iter()
+            .filter(|_| !gen.param_values)
             .flat_map(|l| match &l.work {
                 Work::Kernel { params, .. } => params.as_slice(),
                 Work::Gemm(_) => &[],
             })
             .copied()
             .collect();
-        // Kernels taking their parameters by value need no device copy of them.
-        let flat = if gen.param_values { Vec::new() } else { flat };
         let params = self.dev.alloc(flat.len().max(1) * 8)?;
         let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.dev.upload(params.ptr, &bytes)?;
