@@ -77,7 +77,7 @@ const MAX_PREFILL_ROWS: usize = 512;
 /// [`PREFILL_MIN_ROWS`] rows on, the prefill kernels (tensor-core GEMMs) on a power of two of
 /// rows; fewer rows go through the decode kernels (the batch's own programs), a power of two
 /// up to [`smelt_cuda::MAX_DECODE_ROWS`]. A few programs serve every prompt length.
-fn chunk_shape(left: usize) -> (usize, (usize, Output)) {
+pub(crate) fn chunk_shape(left: usize) -> (usize, (usize, Output)) {
     if left >= PREFILL_MIN_ROWS {
         let n = 1 << left.min(MAX_PREFILL_ROWS).ilog2();
         (n, (n, Output::SeqLogits(1)))

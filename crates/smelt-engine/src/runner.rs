@@ -381,8 +381,8 @@ impl Runner {
                 n_ctx: self.n_ctx,
             });
         }
-        let n_chunks = tokens.len().div_ceil(PREFILL_CHUNK);
-        if n_chunks == 1 {
+        let piece = |left: usize| piece_len(&self.exec, left);
+        if piece(tokens.len()) == tokens.len() {
             // One chunk (every decode step): the backend's own output, no copy (0.5 MB of
             // logits for a 128k vocabulary).
             let start = self.tokens.len() as u32;
@@ -391,8 +391,11 @@ impl Runner {
             return Ok(out);
         }
         self.out.clear();
-        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
-            let last = i + 1 == n_chunks;
+        let mut at = 0;
+        while at < tokens.len() {
+            let chunk = &tokens[at..at + piece_len(&self.exec, tokens.len() - at)];
+            at += chunk.len();
+            let last = at == tokens.len();
             let mode = match output {
                 Output::LastLogits if !last => Output::Hidden,
                 m => m,
@@ -406,6 +409,18 @@ impl Runner {
             self.tokens.extend_from_slice(chunk);
         }
         Ok(&self.out)
+    }
+}
+
+/// Tokens of the next piece an evaluation of `left` more takes on `exec`: on the GPU, the batch
+/// engine's chunks (`cuda::chunk_shape`: powers of two, the few programs it compiles, the
+/// shortest through the decode kernels), so a prompt the batch engine reads in one step gets
+/// the same numbers alone; elsewhere [`PREFILL_CHUNK`].
+fn piece_len(exec: &Exec, left: usize) -> usize {
+    match exec {
+        #[cfg(feature = "cuda")]
+        Exec::Cuda(_) => crate::cuda::chunk_shape(left).0,
+        _ => left.min(PREFILL_CHUNK),
     }
 }
 
