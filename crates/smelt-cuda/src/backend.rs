@@ -98,10 +98,10 @@ pub struct CudaProgram {
     graph: Mutex<Option<(u64, u64, Graph2)>>,
 }
 
-/// A kernel launch: (function index, grid, block, shared bytes, parameters), or a cuBLAS
-/// GEMM.
+/// A kernel launch: (function index, grid, block, shared bytes, parameters, whether it may
+/// launch programmatically: before the previous kernel ends, with PDL), or a cuBLAS GEMM.
 enum Step {
-    Kernel(usize, (u32, u32, u32), u32, u32, Args),
+    Kernel(usize, (u32, u32, u32), u32, u32, Args, bool),
     Gemm(GemmCall),
 }
 
@@ -213,10 +213,11 @@ pub struct CudaBackend {
     /// `SMELT_CUDA_PROFILE=1`: per-kernel device time by label (launches timed with events,
     /// graphs off), printed to stderr when the backend is dropped. A kernel-lab tool.
     profile: Option<Profile>,
-    /// Programmatic dependent launch (sm_90+, `SMELT_CUDA_PDL=1` turns it on): each kernel
-    /// that follows a kernel launches while its predecessor drains, prefetches its weights
-    /// into L2, and waits for the predecessor's results in the kernel (prelude `PDL_WAIT`).
-    pdl: bool,
+    /// Programmatic dependent launch (sm_90+): a kernel with a grid smaller than the GPU
+    /// that follows a kernel launches while its predecessor drains and waits for the
+    /// predecessor's results in the kernel (prelude `PDL_WAIT`). The value is where kernels
+    /// let the next one launch (`SMELT_PDL_AT`: 0 start, 1 mid, 2 end); None: off.
+    pdl: Option<u32>,
     /// Prefill GEMMs: cuBLAS if it loaded (else why not), and whether programs use it.
     cublas: Result<Cublas, String>,
     use_cublas: bool,
@@ -315,9 +316,16 @@ impl CudaBackend {
             max_out: 0,
         };
         let cublas = Cublas::load(dev.cu_stream());
-        // Off by default: on the H100 it cost 4-5% of decode on the 1B and 8B shapes (and
-        // gained 2% on SmolLM2); `SMELT_CUDA_PDL=1` turns it on (kernel lab, cuda.md v4).
-        let pdl = dev.cc.0 >= 9 && std::env::var("SMELT_CUDA_PDL").is_ok_and(|v| v == "1");
+        // Programmatic dependent launch (sm_90): by default a kernel lets the next one launch
+        // when each of its blocks ends (`end`, v11a). `SMELT_CUDA_PDL`: 0 off, 1 at each
+        // kernel's start (v4b-v9, slower), `mid` once a block has issued its last weight loads.
+        let pdl = match std::env::var("SMELT_CUDA_PDL").as_deref() {
+            _ if dev.cc.0 < 9 => None,
+            Ok("0") => None,
+            Ok("1") => Some(0),
+            Ok("mid") => Some(1),
+            _ => Some(2),
+        };
         Ok(CudaBackend {
             use_cublas: cublas.is_ok(),
             cublas,
@@ -499,11 +507,10 @@ impl CudaBackend {
                 row_regs: None,
             },
         )?;
-        let src = if self.pdl {
-            format!("#define SMELT_PDL 1\n{}", gen.src)
-        } else {
-            gen.src.clone()
-        };
+        let mut src = gen.src.clone();
+        if let Some(at) = self.pdl {
+            src = format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT {at}\n{src}");
+        }
         Ok((gen, src))
     }
 
@@ -597,7 +604,13 @@ impl CudaBackend {
                         at += ps.len() as u64;
                         a
                     };
-                    Step::Kernel(index[func], grid, *block, *smem, args)
+                    // Programmatic launch (PDL) for a grid smaller than the GPU (SmolLM2's
+                    // kernels, attention, the 1B's QKV and output projection: bound by their
+                    // chain, not HBM): on the H100 every kernel launched so lost the 8B 3% and
+                    // the 1B with its full grids but not its 132-block ones 2.7% (cuda.md v11a).
+                    let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
+                    let programmatic = blocks < self.dev.sm_count as u64;
+                    Step::Kernel(index[func], grid, *block, *smem, args, programmatic)
                 }
                 Work::Gemm(g) => Step::Gemm(*g),
             });

@@ -350,7 +350,7 @@ pub(crate) fn generate(
                     src,
                     "__device__ __forceinline__ void {n}_body{bsig} {{\n{b}}}\n\
                     extern \"C\" __global__ void __launch_bounds__({}) {}{n}{sig} {{\nPDL_LAUNCH(); PDL_WAIT();\n\
-                    trace_begin(A, C, P[{np}], P[{np} + 1]);\n{n}_body(W, A, KV, tok, pos, P, C, P[{np}]);\ntrace_end(A, C, P[{np}], P[{np} + 1]);\n}}",
+                    trace_begin(A, C, P[{np}], P[{np} + 1]);\n{n}_body(W, A, KV, tok, pos, P, C, P[{np}]);\ntrace_end(A, C, P[{np}], P[{np} + 1]);\nPDL_END();\n}}",
                     k.bounds,
                     k.attrs,
                     n = k.name,
@@ -369,7 +369,7 @@ pub(crate) fn generate(
             };
             writeln!(
                 src,
-                "extern \"C\" __global__ void __launch_bounds__({}) {}{}{sig} {{\n{pdl}{}}}",
+                "extern \"C\" __global__ void __launch_bounds__({}) {}{}{sig} {{\n{pdl}{}PDL_END();\n}}",
                 k.bounds, k.attrs, k.name, k.body
             )
             .unwrap();

@@ -55,11 +55,13 @@ impl CudaBackend {
                 check(sys::cuEventRecord(e, stream), "event record")?;
             }
             // Profiling times each launch alone: no programmatic overlap then.
-            let pdl = self.pdl && events.is_empty();
+            let pdl = self.pdl.is_some() && events.is_empty();
             let mut after_kernel = false;
             for (li, step) in prog.launches.iter().enumerate() {
-                let (fi, grid, block, smem, params) = match *step {
-                    Step::Kernel(fi, grid, block, smem, params) => (fi, grid, block, smem, params),
+                let (fi, grid, block, smem, params, programmatic) = match *step {
+                    Step::Kernel(fi, grid, block, smem, params, pm) => {
+                        (fi, grid, block, smem, params, pm)
+                    }
                     Step::Gemm(g) => {
                         let cb = self.cublas.as_ref().map_err(|e| {
                             CudaError::Invalid(format!("program has cuBLAS GEMMs, but {e}"))
@@ -93,7 +95,7 @@ impl CudaBackend {
                     ptrs[5] = prog.values[k].as_ptr() as *mut c_void;
                 }
                 let f = prog.funcs[fi].cu_function();
-                if (pdl && after_kernel) || prog.cooperative {
+                if (pdl && after_kernel && programmatic) || prog.cooperative {
                     let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
                     if prog.cooperative {
                         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;

@@ -386,7 +386,7 @@ impl Gen<'_> {
               }}\n\
             }}\n\
             cp_async_wait<0>();\n\
-            TRACE_MARK(1);\n\
+            PDL_MID(); TRACE_MARK(1);\n\
             {finish}\
             {look}\
             TRACE_MARK(4);\n\

@@ -244,7 +244,7 @@ impl Gen<'_> {
         match in_regs.as_ref().filter(|_| nr == 1) {
             Some(f) => write!(
                 body,
-                "#if SMELT_PDL\n{prefetch}PDL_WAIT();\n{loads}#else\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
+                "#if SMELT_PDL && SMELT_PDL_AT == 0\n{prefetch}PDL_WAIT();\n{loads}#else\nPDL_WAIT();\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
                 loads = f.loads,
                 code = f.code
             )
@@ -384,7 +384,7 @@ impl Gen<'_> {
         })?;
         write!(
             body,
-            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nTRACE_MARK(3);\n"
+            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
         )
         .unwrap();
         let any_tiles = inline.iter().any(|&i| !i);

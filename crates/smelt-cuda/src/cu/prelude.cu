@@ -6,19 +6,39 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 struct alignas(16) V4 { u32 x, y, z, w; };
-// Programmatic dependent launch (sm_90): a kernel lets the next one launch at once
-// (PDL_LAUNCH), and waits for the previous one's completion and memory (PDL_WAIT) before it
-// touches anything but weights. The backend defines SMELT_PDL=1 when it launches with the
-// programmatic-serialisation attribute; otherwise both are no-ops.
+// Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialisation
+// attribute may start before the previous one ends, and waits for the previous one's
+// completion and memory (PDL_WAIT) before it touches anything but weights. SMELT_PDL_AT says
+// where a kernel lets the next one launch: 2 (the backend's default, v11a) when each block
+// ends (PDL_END), 1 once a block has issued its last weight loads (PDL_MID: after a matmul's
+// row loop or attention's scoring; at the end elsewhere), 0 at the kernel's start
+// (PDL_LAUNCH, v4b-v9: slower). Without SMELT_PDL every macro is a no-op.
 #ifndef SMELT_PDL
 #define SMELT_PDL 0
 #endif
+#ifndef SMELT_PDL_AT
+#define SMELT_PDL_AT 0
+#endif
+#define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #if SMELT_PDL
-#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #else
-#define PDL_LAUNCH()
 #define PDL_WAIT()
+#endif
+#if SMELT_PDL && SMELT_PDL_AT == 0
+#define PDL_LAUNCH() PDL_TRIGGER()
+#else
+#define PDL_LAUNCH()
+#endif
+#if SMELT_PDL && SMELT_PDL_AT == 1
+#define PDL_MID() PDL_TRIGGER()
+#else
+#define PDL_MID()
+#endif
+#if SMELT_PDL && SMELT_PDL_AT >= 1
+#define PDL_END() PDL_TRIGGER()
+#else
+#define PDL_END()
 #endif
 struct alignas(16) F4 { float x, y, z, w; };
 

@@ -320,12 +320,16 @@ fn generated_kernels_compile() {
         compile(&source(&d, 1, dtype, false), &format!("{dtype:?} n=1"));
         let long = generated_with(&d, 1, dtype, false, 4096).src;
         compile(&long, &format!("{dtype:?} n=1 capacity=4096"));
-        // As the backend compiles for sm_90: with programmatic dependent launch.
-        let pdl = format!("#define SMELT_PDL 1\n{}", source(&d, 5, dtype, true));
+        // As the backend compiles for sm_90: with programmatic dependent launch, the next
+        // kernel let in at each block's end (the default) or after its last weight loads.
+        let pdl = format!(
+            "#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{}",
+            source(&d, 5, dtype, true)
+        );
         compile(&pdl, &format!("{dtype:?} n=5 with PDL"));
         compile(
-            &format!("#define SMELT_PDL 1\n{long}"),
-            &format!("{dtype:?} n=1 capacity=4096 with PDL"),
+            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 1\n{long}"),
+            &format!("{dtype:?} n=1 capacity=4096 with PDL (mid)"),
         );
         for cublas in [false, true] {
             let what = format!("{dtype:?} n=5 cublas={cublas}");
@@ -715,6 +719,38 @@ fn decode_kernels_take_parameters_by_value() {
     let global = generated_kv(&d, 1, GgmlType::Q4_K, 256, false, None, opts);
     assert!(!global.param_values);
     assert_eq!(global.src.matches("const PV P").count(), 0);
+}
+
+/// Programmatic dependent launch (v11a): every generated decode kernel waits for the previous
+/// kernel (`PDL_WAIT`) and lets the next one launch at its end (`PDL_END`, the default) or
+/// after its last weight loads (`PDL_MID`, matmuls and attention); with the next kernel let in
+/// late, a register row stage waits before it loads the row (the `#else` branch), not after
+/// its weights' prefetch. No GPU needed.
+#[test]
+fn decode_kernels_wait_then_let_the_next_launch() {
+    let src = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    let kernels: Vec<&str> = src
+        .split("extern \"C\" __global__")
+        .filter(|k| k.contains(") dk"))
+        .collect();
+    assert!(kernels.len() >= 5, "{} decode kernels", kernels.len());
+    let mut mids = 0;
+    for k in &kernels {
+        assert!(k.contains("PDL_WAIT();"), "no wait:\n{k}");
+        assert!(
+            k.trim_end().ends_with("PDL_END();\n}"),
+            "no end trigger:\n{k}"
+        );
+        mids += usize::from(k.contains("PDL_MID();"));
+        if let Some(late) = k.split("#if SMELT_PDL && SMELT_PDL_AT == 0").nth(1) {
+            let late = late.split("#else\n").nth(1).unwrap_or("");
+            assert!(
+                late.starts_with("PDL_WAIT();"),
+                "row loaded before the wait:\n{k}"
+            );
+        }
+    }
+    assert!(mids >= 4, "{mids} kernels with a mid trigger");
 }
 
 /// One-token decode matmuls read their input row into registers before the weights'
