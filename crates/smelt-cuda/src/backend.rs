@@ -234,9 +234,6 @@ pub struct CudaBackend {
     trace: Option<crate::profile::Trace>,
     /// Decode kernels read parameters from a global array (`SMELT_CUDA_PARAMS=global`).
     global_params: bool,
-    /// Bytes of the next matmul's weights a finished decode block prefetches
-    /// (`SMELT_CUDA_LOOKAHEAD=KB`; 0, the default: none).
-    lookahead: usize,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -343,8 +340,6 @@ impl CudaBackend {
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
-            lookahead: crate::codegen::lab_knob("SMELT_CUDA_LOOKAHEAD")
-                .map_or(0, |kb| kb.min(1 << 20) * 1024),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),
@@ -503,7 +498,6 @@ impl CudaBackend {
                 wo_fold: self.wo_fold,
                 trace: self.trace.is_some(),
                 global_params: self.global_params,
-                lookahead: self.lookahead,
                 row_regs: None,
             },
         )?;

@@ -184,8 +184,6 @@ struct Gen<'a> {
     /// memory, the kernel lab's baseline), 1 for one token (the default), 2 for a batch's
     /// rows too (each row in turn; not yet measured).
     row_regs: usize,
-    /// Look-ahead bytes (see [`GenOptions::lookahead`]).
-    lookahead: usize,
 }
 
 struct KernelSrc {
@@ -213,9 +211,6 @@ pub(crate) struct GenOptions {
     /// Decode programs' kernels read their parameters from a global array (v1-v9) instead of
     /// taking them by value (`SMELT_CUDA_PARAMS=global`, the kernel lab's baseline).
     pub global_params: bool,
-    /// Bytes of the next matmul kernel's weights each one-token decode kernel prefetches into
-    /// L2 when its block is done (`SMELT_CUDA_LOOKAHEAD=KB`, kernel lab; 0: none).
-    pub lookahead: usize,
     /// Where decode matmuls compute their row stage in registers (see `Gen::row_regs`);
     /// None: `SMELT_CUDA_ROW_REGS`, else one token only.
     pub row_regs: Option<usize>,
@@ -238,7 +233,6 @@ pub(crate) fn generate(
         wo_fold,
         trace,
         global_params,
-        lookahead,
         row_regs,
     } = opts;
     let t = plan.graph().n_tokens();
@@ -276,7 +270,6 @@ pub(crate) fn generate(
         row_regs: row_regs
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(1),
-        lookahead,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

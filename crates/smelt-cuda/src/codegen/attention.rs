@@ -343,13 +343,6 @@ impl Gen<'_> {
                     {qif}for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n"),
             )
         };
-        let look = self.lookahead_code(
-            ki,
-            &format!("blockIdx.x * {splits} + blockIdx.y"),
-            n_head_kv * splits,
-            nt,
-            &mut p,
-        );
         // A multistage pipeline: one commit group per chunk (empty past the position) keeps
         // the wait count a constant: chunk k has landed when at most NBUF - 2 groups pend.
         let body = format!(
@@ -388,7 +381,6 @@ impl Gen<'_> {
             cp_async_wait<0>();\n\
             PDL_MID(); TRACE_MARK(1);\n\
             {finish}\
-            {look}\
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",

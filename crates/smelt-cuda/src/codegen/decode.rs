@@ -472,7 +472,6 @@ impl Gen<'_> {
         for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
             self.need_gemv(t.0, t.1, nr > 1);
         }
-        body += &self.lookahead_code(ki, "blockIdx.x", grid, NT, &mut p);
         body += "TRACE_MARK(4);\n";
         let smem = (next + se_len).max(tail_len) * 4;
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
@@ -485,57 +484,6 @@ impl Gen<'_> {
         let label = format!("decode mm {} {total}x{kdim}{rows}{with}", types.join("+"));
         self.launch(label, name, (grid, 1, 1), NT, smem, p);
         Ok(())
-    }
-
-    /// Kernel-lab look-ahead (`Gen::lookahead` bytes): the block, done with its own rows,
-    /// prefetches its share (block `blk` of `nblocks`, `nth` threads) of the weights of the
-    /// next matmul kernel within two launches, in order, so HBM fetches them across the
-    /// launch boundary. v9 prefetched megabytes ahead from each kernel's start, where the
-    /// prefetches delayed the kernel's own loads (slower); here they come after them.
-    pub(super) fn lookahead_code(
-        &self,
-        ki: usize,
-        blk: &str,
-        nblocks: usize,
-        nth: usize,
-        p: &mut Params,
-    ) -> String {
-        if self.lookahead == 0 || self.t != 1 || !self.decode || self.persistent {
-            return String::new();
-        }
-        let kernels = self.plan.kernels();
-        let Some(KernelKind::MatMul { bundles, .. }) = kernels
-            .get(ki + 1..(ki + 3).min(kernels.len()))
-            .and_then(|ks| {
-                ks.iter()
-                    .map(|k| &k.kind)
-                    .find(|k| matches!(k, KernelKind::MatMul { .. }))
-            })
-        else {
-            return String::new();
-        };
-        let mut left = self.lookahead as u64;
-        let mut s = String::new();
-        for b in bundles {
-            for &m in &b.matmuls {
-                let Op::MatMul { w, .. } = self.node(m).op else {
-                    continue;
-                };
-                let wi = self.weight(w);
-                let n = (wi.row_bytes * b.width as u64).min(left);
-                if n == 0 {
-                    return s;
-                }
-                left -= n;
-                writeln!(
-                    s,
-                    "prefetch_span(W + {}, {n}, {blk}, {nblocks}, {nth});",
-                    p.p(wi.off)
-                )
-                .unwrap();
-            }
-        }
-        s
     }
 
     /// How a bundle finishes its columns. All matmuls quantised and an epilogue elementwise

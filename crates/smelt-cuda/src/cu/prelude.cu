@@ -385,14 +385,6 @@ __device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
   for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) prefetch_l2(row + o);
 }
 
-// Block `b` of `nb` (threads `nth`) prefetches its share of the `n` bytes at `p` into L2: the
-// kernel lab's look-ahead of the next kernel's weights from a finished block.
-__device__ __forceinline__ void prefetch_span(const u8* p, u64 n, u32 b, u32 nb, u32 nth) {
-  const u64 lines = (n + 127) / 128, per = (lines + nb - 1) / nb, l0 = (u64)b * per;
-  const u64 l1 = l0 + per < lines ? l0 + per : lines;
-  for (u64 l = l0 + threadIdx.x; l < l1; l += nth) prefetch_l2(p + l * 128);
-}
-
 // ---- decode gemv for plain float weights (f32, f16, bf16) against f32 activations ----
 // Padded activation layout in shared memory: 4 floats of padding after every 32 values, so
 // lanes reading their own unit's values hit different banks.

@@ -793,56 +793,6 @@ fn decode_rows_are_read_into_registers() {
     }
 }
 
-/// The kernel lab's look-ahead (`GenOptions::lookahead`, `SMELT_CUDA_LOOKAHEAD=KB`): each
-/// one-token decode kernel whose next matmul kernel is at most two launches on prefetches
-/// that kernel's weights (up to the budget) when its block is done, as parameters, so
-/// identical layers still share kernels; off by default. No GPU needed.
-#[test]
-fn decode_kernels_look_ahead_when_asked() {
-    let plain = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 256);
-    assert!(!plain.src.contains("prefetch_span(W"));
-    let opts = codegen::GenOptions {
-        lookahead: 64 << 10,
-        ..Default::default()
-    };
-    let ahead = generated_kv(&SMOLLM2, 1, GgmlType::Q8_0, 256, false, None, opts);
-    assert_eq!(ahead.launches.len(), plain.launches.len());
-    let kernels: Vec<&str> = ahead.src.split("extern \"C\" __global__").skip(1).collect();
-    let mut with = 0;
-    for k in &kernels {
-        if !k.contains(") dk") {
-            continue;
-        }
-        let spans: Vec<u64> = k
-            .match_indices("prefetch_span(W + P[")
-            .map(|(i, _)| {
-                let args: Vec<&str> = k[i..]
-                    .split(&['(', ')'][..])
-                    .nth(1)
-                    .unwrap()
-                    .split(", ")
-                    .collect();
-                args[1].parse().unwrap()
-            })
-            .collect();
-        assert!(spans.iter().sum::<u64>() <= 64 << 10, "{spans:?}");
-        with += !spans.is_empty() as usize;
-    }
-    // Every layer kernel but the head: the next matmul is within two launches of each.
-    assert!(with >= 4, "{with} kernels look ahead");
-    let funcs = |g: &codegen::Generated| kernel_funcs(g).len();
-    // At most one more kernel (the last layer's, whose next is the head).
-    assert!(
-        funcs(&ahead) <= funcs(&plain) + 2,
-        "{} vs {}",
-        funcs(&ahead),
-        funcs(&plain)
-    );
-    if nvrtc_present() {
-        compile(&ahead.src, "decode with look-ahead");
-    }
-}
-
 /// With `row_regs: Some(2)` (`SMELT_CUDA_ROW_REGS=2`, kernel lab) a batch step's matmuls
 /// compute each row's row stage in registers too, in the row loop, and without it (the
 /// default) they keep the shared-memory row stage; both compile with NVRTC where it loads.
