@@ -50,10 +50,10 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   bench 1b /tmp/llama-1b.gguf
   bench 8b /tmp/llama-8b.gguf
   bench smol /tmp/smollm2-135m.gguf
-  if [ -n "${ABLATE:-}" ]; then # the same binary with programmatic dependent launch on
-    bench 1b-pdl /tmp/llama-1b.gguf SMELT_CUDA_PDL=1
-    bench 8b-pdl /tmp/llama-8b.gguf SMELT_CUDA_PDL=1
-    bench smol-pdl /tmp/smollm2-135m.gguf SMELT_CUDA_PDL=1
+  if [ -n "${ABLATE:-}" ]; then # the same binary with programmatic dependent launch off
+    bench 1b-nopdl /tmp/llama-1b.gguf SMELT_CUDA_PDL=0
+    bench 8b-nopdl /tmp/llama-8b.gguf SMELT_CUDA_PDL=0
+    bench smol-nopdl /tmp/smollm2-135m.gguf SMELT_CUDA_PDL=0
   fi
   $C/smelt show /tmp/llama-1b.gguf 2>&1 | grep -i -E "device|backend|prefill" | head -3
   el "profile 8b"

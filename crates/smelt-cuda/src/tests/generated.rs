@@ -751,6 +751,12 @@ fn decode_kernels_wait_then_let_the_next_launch() {
         }
     }
     assert!(mids >= 4, "{mids} kernels with a mid trigger");
+    if nvrtc_present() {
+        compile(
+            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{src}"),
+            "SmolLM2 decode with PDL",
+        );
+    }
 }
 
 /// One-token decode matmuls read their input row into registers before the weights'
