@@ -499,6 +499,7 @@ impl CudaBackend {
                 trace: self.trace.is_some(),
                 global_params: self.global_params,
                 row_regs: None,
+                attn_prewait: false,
             },
         )?;
         let mut src = gen.src.clone();

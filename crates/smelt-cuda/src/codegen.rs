@@ -184,6 +184,9 @@ struct Gen<'a> {
     /// memory, the kernel lab's baseline), 1 for one token (the default), 2 for a batch's
     /// rows too (each row in turn; not yet measured).
     row_regs: usize,
+    /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
+    /// [`GenOptions::attn_prewait`]).
+    attn_prewait: bool,
 }
 
 struct KernelSrc {
@@ -214,6 +217,9 @@ pub(crate) struct GenOptions {
     /// Where decode matmuls compute their row stage in registers (see `Gen::row_regs`);
     /// None: `SMELT_CUDA_ROW_REGS`, else one token only.
     pub row_regs: Option<usize>,
+    /// Decode attention stages the key and value chunks wholly before the position ahead of
+    /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
+    pub attn_prewait: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -234,6 +240,7 @@ pub(crate) fn generate(
         trace,
         global_params,
         row_regs,
+        attn_prewait,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -270,6 +277,7 @@ pub(crate) fn generate(
         row_regs: row_regs
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(1),
+        attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

@@ -343,6 +343,36 @@ impl Gen<'_> {
                     {qif}for (int d = lane; d < {hd}; d += 32) qs[d] = A[{qbase} + h * {hd} + d] * {sc};\n"),
             )
         };
+        let prologue = format!(
+            "{start}for (int st = 1; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1) {{\n{more}}} cp_async_commit(); }}\n"
+        );
+        // Kernel lab (`SMELT_CUDA_ATTN_PREWAIT=1`, with PDL letting this kernel in before the
+        // QKV kernel is done): the chunks wholly before the position (written by earlier
+        // tokens) are staged before `PDL_WAIT`, so their DRAM latency overlaps the wait; the
+        // chunk holding the position (its row written by the QKV kernel) after it, in one more
+        // commit group, which only makes the waits below wait for more. A split's last chunk
+        // waits for every group.
+        let prewait = early && self.attn_prewait;
+        let (prologue, wait) = if prewait {
+            (
+                format!(
+                    "#if SMELT_PDL && SMELT_PDL_AT >= 1\n\
+                    {rowdef}const int p1 = pos[{prow}];\n\
+                    for (int st = 0; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn + {CHUNK} <= p1) {{\n{more}}} cp_async_commit(); }}\n\
+                    PDL_WAIT();\n\
+                    {hwdef}float qv[{e}];\n\
+                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n\
+                    for (int st = 0; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1 && p1 < jn + {CHUNK}) {{\n{more}}} }}\n\
+                    cp_async_commit();\nconst int lo = {win};\n\
+                    #else\nPDL_WAIT();\n{prologue}#endif\n"
+                ),
+                format!(
+                    "if (j0 + {CHUNK} > p1) cp_async_wait<0>(); else cp_async_wait<NBUF - 2>();"
+                ),
+            )
+        } else {
+            (prologue, "cp_async_wait<NBUF - 2>();".to_string())
+        };
         // A multistage pipeline: one commit group per chunk (empty past the position) keeps
         // the wait count a constant: chunk k has landed when at most NBUF - 2 groups pend.
         let body = format!(
@@ -353,15 +383,14 @@ impl Gen<'_> {
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
-            {start}\
-            for (int st = 1; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1) {{\n{more}}} cp_async_commit(); }}\n\
+            {prologue}\
             {wo_pre}\
             {query}\
             float m = -INFINITY, l = 0.f, acc[{e}];\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
             int k = 0; TRACE_MARK(0);\n\
             for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++) {{\n\
-              cp_async_wait<NBUF - 2>();\n\
+              {wait}\n\
               __syncthreads();\n\
               {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
               const int b = k % NBUF;\n\

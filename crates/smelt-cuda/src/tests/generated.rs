@@ -759,6 +759,52 @@ fn decode_kernels_wait_then_let_the_next_launch() {
     }
 }
 
+/// Kernel lab (`GenOptions::attn_prewait`, not yet measured): with PDL letting decode
+/// attention in early, the key and value chunks wholly before the position are staged before
+/// `PDL_WAIT` and the one holding it after; without PDL (or with it at a kernel's start) the
+/// kernel waits first, as before. One sequence and a paged batch of 3; they compile with and
+/// without PDL. No GPU needed.
+#[test]
+fn attention_stages_old_chunks_before_the_wait_when_asked() {
+    let opts = codegen::GenOptions {
+        attn_prewait: true,
+        ..Default::default()
+    };
+    for (n, paged) in [(1, None), (3, Some(true))] {
+        let g = generated_kv(&SMOLLM2, n, GgmlType::Q8_0, 256, false, paged, opts);
+        let attn = g
+            .src
+            .split("extern \"C\" __global__")
+            .find(|k| k.contains("__cluster_dims__"))
+            .expect("a cluster attention kernel");
+        let (early, late) = attn.split_once("#else\n").expect("two prologues");
+        let (before, after) = early.split_once("PDL_WAIT();").expect("a wait");
+        assert!(before.contains("if (jn + 32 <= p1)"), "n={n}:\n{attn}");
+        assert!(
+            !before.contains("A["),
+            "n={n}: activations read before the wait"
+        );
+        assert!(after.contains("if (jn <= p1 && p1 < jn + 32)"), "n={n}");
+        assert!(
+            late.starts_with("PDL_WAIT();"),
+            "n={n}: the other prologue waits first"
+        );
+        assert!(
+            attn.contains("if (j0 + 32 > p1) cp_async_wait<0>();"),
+            "n={n}"
+        );
+        // Kernels that wait themselves take no wait before their first statement.
+        assert!(!attn.contains("PDL_LAUNCH(); PDL_WAIT();"), "n={n}");
+        if nvrtc_present() {
+            compile(&g.src, &format!("prewait n={n}"));
+            compile(
+                &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{}", g.src),
+                &format!("prewait n={n} with PDL"),
+            );
+        }
+    }
+}
+
 /// One-token decode matmuls read their input row into registers before the weights'
 /// prefetch, and an RMS norm of that row takes one block reduction with its weights loaded
 /// beside the row (v10a): every matmul kernel but the first layer's (its row stage also embeds
