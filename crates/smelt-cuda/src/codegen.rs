@@ -635,7 +635,13 @@ impl<'a> Gen<'a> {
     }
 
     /// Read of node `n` at column expression `c` from a buffer written by an earlier kernel.
-    fn buf_read(&self, n: NodeId, c: &str, p: &mut Params) -> Result<String, CudaError> {
+    /// Node `n`'s buffer: its offset parameter, the row term (`r` if it has several rows),
+    /// its width and its offset in floats.
+    fn buf_at(
+        &self,
+        n: NodeId,
+        p: &mut Params,
+    ) -> Result<(String, &'static str, usize, u64), CudaError> {
         let [rows, cols] = self.node(n).shape;
         let b = self.plan.buffer_of(n).ok_or_else(|| {
             CudaError::Invalid(format!(
@@ -646,7 +652,19 @@ impl<'a> Gen<'a> {
         })?;
         let off = self.plan.buffer(b).offset as u64;
         let row = if rows == 1 { "0" } else { "r" };
-        Ok(format!("A[{} + (u64){row} * {cols} + {c}]", p.p(off)))
+        Ok((p.p(off), row, cols, off))
+    }
+
+    /// The address of the first float of node `n`'s row, and whether it is 16-byte aligned.
+    fn buf_row(&self, n: NodeId, p: &mut Params) -> Result<(String, bool), CudaError> {
+        let (param, row, cols, off) = self.buf_at(n, p)?;
+        let aligned = off.is_multiple_of(4) && (row == "0" || cols.is_multiple_of(4));
+        Ok((format!("(A + {param} + (u64){row} * {cols})"), aligned))
+    }
+
+    fn buf_read(&self, n: NodeId, c: &str, p: &mut Params) -> Result<String, CudaError> {
+        let (param, row, cols, _) = self.buf_at(n, p)?;
+        Ok(format!("A[{param} + (u64){row} * {cols} + {c}]"))
     }
 }
 

@@ -31,8 +31,12 @@ struct RegRow {
     vals: HashMap<NodeId, String>,
     /// Declarations of the loaded arrays.
     decl: Vec<String>,
-    /// Their loads, inside the loop over a thread's values (`c` the column).
-    loads: String,
+    /// Their sources: the array, the address of its row's first float, and whether that
+    /// address is 16-byte aligned (then a thread's 8 values are two 16-byte loads).
+    srcs: Vec<(String, String, bool)>,
+    /// 16-byte loads where aligned (`SMELT_CUDA_ROW_VEC=0`: scalar loads, the kernel lab's
+    /// baseline).
+    vec: bool,
 }
 
 impl Gen<'_> {
@@ -75,7 +79,8 @@ impl Gen<'_> {
             iters,
             vals: HashMap::new(),
             decl: Vec::new(),
-            loads: String::new(),
+            srcs: Vec::new(),
+            vec: super::lab_knob("SMELT_CUDA_ROW_VEC") != Some(0),
         };
         let each = format!(
             "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = tid * 8 + it * {NT} * 8 + i;"
@@ -140,7 +145,7 @@ impl Gen<'_> {
         let loads = if regs.decl.is_empty() {
             String::new()
         } else {
-            format!("float {};\n{each}{} }}\n", regs.decl.join(", "), regs.loads)
+            format!("float {};\n{}", regs.decl.join(", "), regs.load_code(kdim))
         };
         Ok(Some(RowInRegs {
             loads,
@@ -171,12 +176,9 @@ impl Gen<'_> {
         }
         if let Some(w) = w {
             let name = format!("l{}", regs.decl.len());
-            write!(
-                regs.loads,
-                " {name}[it][i] = c < {kdim} ? ((const float*)(W + {}))[c] : 0.f;",
-                p.p(self.weight(w).off)
-            )
-            .unwrap();
+            let off = self.weight(w).off;
+            let base = format!("((const float*)(W + {}))", p.p(off));
+            regs.srcs.push((name.clone(), base, off.is_multiple_of(16)));
             regs.decl.push(format!("{name}[{}][8]", regs.iters));
             out.push(name);
         }
@@ -198,11 +200,45 @@ impl Gen<'_> {
             return Ok(None);
         }
         let name = format!("l{}", regs.decl.len());
-        let rd = self.buf_read(x, "c", p)?;
-        write!(regs.loads, " {name}[it][i] = c < {kdim} ? {rd} : 0.f;").unwrap();
+        let (base, aligned) = self.buf_row(x, p)?;
+        regs.srcs.push((name.clone(), base, aligned));
         regs.decl.push(format!("{name}[{}][8]", regs.iters));
         regs.vals.insert(x, name.clone());
         Ok(Some(name))
+    }
+}
+
+impl RegRow {
+    /// The loads of every source array: a thread's 8 values of a pass as two 16-byte loads
+    /// where the row is aligned and the 8 are in it (v11e: the 1B's 8192-wide rows took 16
+    /// scalar loads a thread), else one guarded float each.
+    fn load_code(&self, kdim: usize) -> String {
+        let mut vec = String::new();
+        let mut each = String::new();
+        for (name, base, aligned) in &self.srcs {
+            if *aligned && self.vec {
+                write!(
+                    vec,
+                    "{{ const F4 u = *(const F4*)({base} + c0), w = *(const F4*)({base} + c0 + 4);\n\
+                     {name}[it][0] = u.x; {name}[it][1] = u.y; {name}[it][2] = u.z; {name}[it][3] = u.w;\n\
+                     {name}[it][4] = w.x; {name}[it][5] = w.y; {name}[it][6] = w.z; {name}[it][7] = w.w; }}\n"
+                )
+                .unwrap();
+            } else {
+                write!(
+                    vec,
+                    "_Pragma(\"unroll\") for (int i = 0; i < 8; i++) {name}[it][i] = {base}[c0 + i];\n"
+                )
+                .unwrap();
+            }
+            write!(each, " {name}[it][i] = c < {kdim} ? {base}[c] : 0.f;").unwrap();
+        }
+        format!(
+            "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) {{ const int c0 = tid * 8 + it * {NT} * 8;\n\
+             if (c0 + 8 <= {kdim}) {{\n{vec}}} else {{\n\
+             _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = c0 + i;{each} }} }} }}\n",
+            iters = self.iters
+        )
     }
 }
 

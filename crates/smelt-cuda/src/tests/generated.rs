@@ -806,9 +806,10 @@ fn attention_stages_old_chunks_before_the_wait_when_asked() {
 }
 
 /// One-token decode matmuls read their input row into registers before the weights'
-/// prefetch, and an RMS norm of that row takes one block reduction with its weights loaded
-/// beside the row (v10a): every matmul kernel but the first layer's (its row stage also embeds
-/// the token), for a llama-like and a Gemma-like layer. No GPU needed.
+/// prefetch, two 16-byte loads a thread (v11e), and an RMS norm of that row takes one block
+/// reduction with its weights loaded beside the row (v10a): every matmul kernel but the first
+/// layer's (its row stage also embeds the token), for a llama-like and a Gemma-like layer. No
+/// GPU needed.
 #[test]
 fn decode_rows_are_read_into_registers() {
     for (d, t) in [(SMOLLM2, GgmlType::Q8_0), (QUANT, GgmlType::Q4_K)] {
@@ -839,6 +840,11 @@ fn decode_rows_are_read_into_registers() {
                 "{d:?} {name}: row in registers\n{k}"
             );
             assert!(!k.contains("red[32]"), "{name}: the row stage's reduction");
+            // v11e: a thread's 8 values of an aligned row are two 16-byte loads.
+            assert!(
+                k.contains("*(const F4*)("),
+                "{d:?} {name}: scalar row loads\n{k}"
+            );
             norms += k.matches("sqrtf(ss /").count();
         }
         assert!(norms >= 2, "{d:?}: {norms} norms in registers");
