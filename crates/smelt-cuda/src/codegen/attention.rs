@@ -219,9 +219,19 @@ impl Gen<'_> {
             .unwrap_or(if hd <= 128 { 4 } else { 3 });
         let smem = nbuf * 2 * CHUNK * hs * 2;
         let per = (grp * hd).div_ceil(splits); // outputs each block combines
+                                               // Kernel lab (`SMELT_CUDA_CLUSTER_FENCE=cta`, not yet measured): the cluster barriers
+                                               // without their GPU-scope fence (prelude `cluster_sync_cta`); the closing one then
+                                               // comes after the partials read are merged.
+        let cta_fence =
+            fold.is_none() && std::env::var("SMELT_CUDA_CLUSTER_FENCE").is_ok_and(|v| v == "cta");
+        let sync = if cta_fence {
+            "cluster_sync_cta();\n"
+        } else {
+            "cluster_sync();\n"
+        };
         let (wo_pre, wo_tail) = match &fold {
             Some(f) => self.wo_fold_code(f, n_head_kv, grp * hd, splits, nt, per, &mut p)?,
-            None => (String::new(), "cluster_sync();\n".to_string()),
+            None => (String::new(), sync.to_string()),
         };
         let keep = if fold.is_some() {
             format!("cmb[i - s * {per}] = v; ")
@@ -270,7 +280,7 @@ impl Gen<'_> {
         // depend on it; and each block arrives at the closing cluster barrier as soon as its
         // reads of the others' partials are done, combining and storing before it waits.
         let early = super::lab_knob("SMELT_CUDA_ATTN_EARLY") != Some(0);
-        let split_close = early && fold.is_none() && per <= nt;
+        let split_close = early && fold.is_none() && per <= nt && !cta_fence;
         // Output `d` of group head `hh`: the splits' partials read through distributed shared
         // memory, then merged.
         let decl = format!(
@@ -316,7 +326,7 @@ impl Gen<'_> {
                 "__syncwarp();\n\
                 {qif}{{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane * {e} + i] = acc[i];\n\
                 if (lane == 0) {{ mls[warp][0] = m; mls[warp][1] = l; }} }}\n\
-                cluster_sync();\n\
+                {sync}\
                 TRACE_MARK(2);\n\
                 {combine}"
             )

@@ -68,6 +68,15 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
+// `cluster_sync` with the barrier's cluster-scope release and acquire (which ptxas emits as
+// MEMBAR.ALL.GPU, ERRBAR, CGAERRBAR before the arrive and CCTL.IVALL after the wait) replaced
+// by a block-scope fence (MEMBAR.ALL.CTA) and a relaxed barrier: orders this block's
+// shared-memory writes before the other blocks' reads of them (kernel lab,
+// `SMELT_CUDA_CLUSTER_FENCE=cta`, not yet measured). Reads of other blocks' shared memory
+// must be consumed before it (the block they read may exit once every block has arrived).
+__device__ __forceinline__ void cluster_sync_cta() {
+  asm volatile("fence.acq_rel.cta;\nbarrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
+}
 // The two halves of `cluster_sync`: work between them overlaps the other blocks' arrival.
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
