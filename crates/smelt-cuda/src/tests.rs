@@ -142,9 +142,92 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         (FuseOptions::NONE, false, false),
         (FuseOptions::ALL, true, false),
     ];
-    for (ci, (d, dtype, qwen)) in all.enumerate() {
+    let all: Vec<(usize, Dims, GgmlType, bool)> = all
+        .enumerate()
+        .map(|(ci, (d, t, q))| (ci, d, t, q))
+        .collect();
+    precompile_cases(&all, &variants, 16);
+    for &(ci, d, dtype, qwen) in &all {
         check_case(ci, d, dtype, qwen, &variants, 16);
     }
+}
+
+/// A case's weight values, drawn in order.
+type Draw = Box<dyn FnMut() -> f32>;
+
+/// The weights (as drawn, in their GGUF file) and the prefill (5 tokens) and decode graphs of
+/// odd-shape case `ci`: the same for the check and for the programs' precompile.
+fn case_setup(
+    ci: usize,
+    d: Dims,
+    dtype: GgmlType,
+    qwen: bool,
+) -> (Weights<Draw>, Arc<Gguf>, Graph, Graph) {
+    let mut rng = Rng(0x9e37_79b9 + ci as u64);
+    let mut w: Weights<Draw> = Weights::new(Box::new(move || rng.next()));
+    let g5 = if qwen {
+        odd::graph_qwen(&d, 5, &mut w, true)
+    } else {
+        odd::graph(&d, 5, &mut w, true)
+    };
+    let file = w.gguf(dtype);
+    let mut rng1 = Rng(1);
+    let mut wsink = Weights::new(|| rng1.next());
+    let g1 = if qwen {
+        odd::graph_qwen(&d, 1, &mut wsink, true)
+    } else {
+        odd::graph(&d, 1, &mut wsink, true)
+    };
+    (w, file, g5, g1)
+}
+
+/// Compile every program `check_case` lowers for `cases` into the disk cache first, several
+/// cases at once (the device has many cores; one NVRTC compile takes 1-3 s, most of the
+/// suite's ~250-440 s with a cold cache). Anything failing here is left to the check itself
+/// to report: this only warms the cache (and does nothing without one).
+fn precompile_cases(
+    cases: &[(usize, Dims, GgmlType, bool)],
+    variants: &[(FuseOptions, bool, bool)],
+    cap: usize,
+) {
+    let t0 = std::time::Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(cases.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(&(ci, d, dtype, qwen)) = cases.get(i) else {
+            return;
+        };
+        let (w, file, g5, g1) = case_setup(ci, d, dtype, qwen);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        for &(fusion, persistent, fold) in variants {
+            let Ok(mut cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
+                return;
+            };
+            cb.set_fusion(fusion);
+            cb.set_persistent(persistent);
+            cb.set_wo_fold(fold);
+            let Ok(kv) = cb.new_kv(cap, &widths) else {
+                return;
+            };
+            let _ = cb.precompile(&[g5.clone(), g1.clone()], &kv);
+        }
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+        for h in handles {
+            // A panic here is the check's to find again, with its message.
+            let _ = h.join();
+        }
+    });
+    eprintln!(
+        "precompiled {} odd-shape cases on {threads} threads in {:.1}s",
+        cases.len(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 /// Rows of more gemv units than a lane loads at once (two): a 9216-wide down projection (4.5
@@ -279,27 +362,13 @@ fn check_case(
     variants: &[(FuseOptions, bool, bool)],
     cap: usize,
 ) {
-    let mut rng = Rng(0x9e37_79b9 + ci as u64);
-    let mut w = Weights::new(|| rng.next());
-    let g5 = if qwen {
-        odd::graph_qwen(&d, 5, &mut w, true)
-    } else {
-        odd::graph(&d, 5, &mut w, true)
-    };
-    let file = w.gguf(dtype);
+    let (w, file, g5, g1) = case_setup(ci, d, dtype, qwen);
     let rw = w.dequantized(&file);
     let widths = [d.n_head_kv * d.head_dim; 2];
     let reference = ReferenceBackend::new(rw, 1);
     let mut rkv = KvCache::new(16, &widths);
     let tokens: Vec<u32> = (0..8).map(|i| ((i * 2 + 1) % d.n_vocab) as u32).collect();
     let want5 = reference.execute(&g5, &tokens[..5], &[0, 1, 2, 3, 4], &mut rkv);
-    let mut rng1 = Rng(1);
-    let mut wsink = Weights::new(|| rng1.next());
-    let g1 = if qwen {
-        odd::graph_qwen(&d, 1, &mut wsink, true)
-    } else {
-        odd::graph(&d, 1, &mut wsink, true)
-    };
     let quantised = !matches!(dtype, GgmlType::F32 | GgmlType::F16);
     let fast = if quantised {
         fast_decode(&file, &w.specs, &g5, &g1, &tokens, &widths)
