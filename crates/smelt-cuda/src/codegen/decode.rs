@@ -238,7 +238,12 @@ impl Gen<'_> {
                 })
                 .collect())
         })?;
-        let prefetch = format!("for (int i = 0; i < {PREFETCH_ROWS}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
+        // `SMELT_CUDA_PREFETCH_ROWS` (kernel lab, 1-16): rows a warp prefetches (the 1B's
+        // gate+up has ~4 a warp, the last two fetched from DRAM in the row loop).
+        let pf_rows = super::lab_knob("SMELT_CUDA_PREFETCH_ROWS")
+            .filter(|n| (1..=16).contains(n))
+            .unwrap_or(PREFETCH_ROWS);
+        let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
         // One token whose input row goes straight to registers: its loads are issued before
         // the weights' prefetch (behind it, they waited for the prefetch's misses), unless
         // PDL makes them wait for the previous kernel first. A batch's rows (with
