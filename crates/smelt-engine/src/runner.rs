@@ -381,8 +381,7 @@ impl Runner {
                 n_ctx: self.n_ctx,
             });
         }
-        let piece = |left: usize| piece_len(&self.exec, left);
-        if piece(tokens.len()) == tokens.len() {
+        if piece_len(&self.exec, tokens.len()) == tokens.len() {
             // One chunk (every decode step): the backend's own output, no copy (0.5 MB of
             // logits for a 128k vocabulary).
             let start = self.tokens.len() as u32;

@@ -210,18 +210,21 @@ impl Gen<'_> {
             None => grp * 32,
         };
         let e = hd / 32;
-        let hs = hd + 8; // shared row stride in halves (16-byte reads of 8 lanes: distinct banks)
-        let pieces = hd / 8; // 16-byte pieces of a K or V row
-                             // Chunks in flight: all of a split's chunks at a few hundred keys (one DRAM latency).
-                             // `SMELT_CUDA_ATTN_STAGES` (2-4) overrides, for the kernel lab.
+        // Shared row stride in halves (16-byte reads of 8 lanes: distinct banks), and the
+        // 16-byte pieces of a K or V row.
+        let hs = hd + 8;
+        let pieces = hd / 8;
+        // Chunks in flight: all of a split's chunks at a few hundred keys (one DRAM latency).
+        // `SMELT_CUDA_ATTN_STAGES` (2-4) overrides, for the kernel lab.
         let nbuf = super::lab_knob("SMELT_CUDA_ATTN_STAGES")
             .filter(|n| (2..=4).contains(n))
             .unwrap_or(if hd <= 128 { 4 } else { 3 });
         let smem = nbuf * 2 * CHUNK * hs * 2;
-        let per = (grp * hd).div_ceil(splits); // outputs each block combines
-                                               // Kernel lab (`SMELT_CUDA_CLUSTER_FENCE=cta`, not yet measured): the cluster barriers
-                                               // without their GPU-scope fence (prelude `cluster_sync_cta`); the closing one then
-                                               // comes after the partials read are merged.
+        // Outputs each block combines.
+        let per = (grp * hd).div_ceil(splits);
+        // Kernel lab (`SMELT_CUDA_CLUSTER_FENCE=cta`, not yet measured): the cluster barriers
+        // without their GPU-scope fence (prelude `cluster_sync_cta`); the closing one then
+        // comes after the partials read are merged.
         let cta_fence =
             fold.is_none() && std::env::var("SMELT_CUDA_CLUSTER_FENCE").is_ok_and(|v| v == "cta");
         let sync = if cta_fence {
@@ -338,10 +341,12 @@ impl Gen<'_> {
             self.tab_def("0")
         };
         let prow = if rows > 1 { "rq" } else { "0" };
+        // v10b's query load into registers (both prologues below issue it).
+        let qload = format!("{hwdef}float qv[{e}];\n\
+            {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n");
         let (start, query) = if early {
             (
-                format!("{rowdef}const int p1 = pos[{prow}];\n{hwdef}float qv[{e}];\n\
-                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n\
+                format!("{rowdef}const int p1 = pos[{prow}];\n{qload}\
                     {first}cp_async_commit();\nconst int lo = {win};\n"),
                 format!("float* qs = qsh[{qsel}];\n\
                     {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane + 32 * i] = qv[i] * {sc};\n"),
@@ -370,8 +375,7 @@ impl Gen<'_> {
                     {rowdef}const int p1 = pos[{prow}];\n\
                     for (int st = 0; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn + {CHUNK} <= p1) {{\n{more}}} cp_async_commit(); }}\n\
                     PDL_WAIT();\n\
-                    {hwdef}float qv[{e}];\n\
-                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n\
+                    {qload}\
                     for (int st = 0; st < NBUF - 1; st++) {{ const int jn = s * {CHUNK} + st * step; if (jn <= p1 && p1 < jn + {CHUNK}) {{\n{more}}} }}\n\
                     cp_async_commit();\nconst int lo = {win};\n\
                     #else\nPDL_WAIT();\n{prologue}#endif\n"
