@@ -1,0 +1,202 @@
+//! What a decode kernel does first, read off its generated source: its parameters by value
+//! (v9f), its input row into registers with 16-byte loads (v10a, v11e), where it waits for
+//! the previous kernel and lets the next one launch (v11a), attention's staging before that
+//! wait (v11c). No GPU needed.
+
+use super::*;
+
+/// Decode programs' kernels take their parameters by value (prelude `PV`: the launch's
+/// constant bank, no global array read before the first address is known); at most
+/// `PV_MAX` a launch. Prefill programs (prelude kernels, cuBLAS steps) keep the array, and so
+/// does `GenOptions::global_params`. No GPU needed.
+#[test]
+fn decode_kernels_take_parameters_by_value() {
+    let d = LLAMA_1B_V1000;
+    let decode = generated_with(&d, 1, GgmlType::Q4_K, true, 256);
+    assert!(decode.param_values);
+    let kernels = decode.src.matches("extern \"C\" __global__").count();
+    let by_value = decode.src.matches("const PV P, u32* C) {").count();
+    // Every generated kernel; the prelude's own (to_f16, the GEMM and dequantisation
+    // templates) keep the pointer.
+    assert_eq!(by_value, kernels - 3);
+    for l in &decode.launches {
+        let codegen::Work::Kernel { params, .. } = &l.work else {
+            panic!("decode launches are kernels");
+        };
+        assert!(params.len() <= codegen::PV_MAX, "{}", l.label);
+    }
+    let prefill = generated_with(&d, 5, GgmlType::Q4_K, true, 256);
+    assert!(!prefill.param_values);
+    let opts = codegen::GenOptions {
+        cublas: true,
+        global_params: true,
+        ..Default::default()
+    };
+    let global = generated_kv(&d, 1, GgmlType::Q4_K, 256, false, None, opts);
+    assert!(!global.param_values);
+    assert_eq!(global.src.matches("const PV P").count(), 0);
+}
+
+/// Programmatic dependent launch (v11a): every generated decode kernel waits for the previous
+/// kernel (`PDL_WAIT`) and lets the next one launch at its end (`PDL_END`, the default) or
+/// after its last weight loads (`PDL_MID`, matmuls and attention); with the next kernel let in
+/// late, a register row stage waits before it loads the row (the `#else` branch), not after
+/// its weights' prefetch. No GPU needed.
+#[test]
+fn decode_kernels_wait_then_let_the_next_launch() {
+    let src = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    let kernels: Vec<&str> = src
+        .split("extern \"C\" __global__")
+        .filter(|k| k.contains(") dk"))
+        .collect();
+    assert!(kernels.len() >= 5, "{} decode kernels", kernels.len());
+    let mut mids = 0;
+    for k in &kernels {
+        assert!(k.contains("PDL_WAIT();"), "no wait:\n{k}");
+        assert!(
+            k.trim_end().ends_with("PDL_END();\n}"),
+            "no end trigger:\n{k}"
+        );
+        mids += usize::from(k.contains("PDL_MID();"));
+        if let Some(late) = k.split("#if SMELT_PDL && SMELT_PDL_AT == 0").nth(1) {
+            let late = late.split("#else\n").nth(1).unwrap_or("");
+            assert!(
+                late.starts_with("PDL_WAIT();"),
+                "row loaded before the wait:\n{k}"
+            );
+        }
+    }
+    assert!(mids >= 4, "{mids} kernels with a mid trigger");
+    if nvrtc_present() {
+        compile(
+            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{src}"),
+            "SmolLM2 decode with PDL",
+        );
+    }
+}
+
+/// Kernel lab (`GenOptions::attn_prewait`, not yet measured): with PDL letting decode
+/// attention in early, the key and value chunks wholly before the position are staged before
+/// `PDL_WAIT` and the one holding it after; without PDL (or with it at a kernel's start) the
+/// kernel waits first, as before. One sequence and a paged batch of 3; they compile with and
+/// without PDL. No GPU needed.
+#[test]
+fn attention_stages_old_chunks_before_the_wait_when_asked() {
+    let opts = codegen::GenOptions {
+        attn_prewait: true,
+        ..Default::default()
+    };
+    for (n, paged) in [(1, None), (3, Some(true))] {
+        let g = generated_kv(&SMOLLM2, n, GgmlType::Q8_0, 256, false, paged, opts);
+        let attn = g
+            .src
+            .split("extern \"C\" __global__")
+            .find(|k| k.contains("__cluster_dims__"))
+            .expect("a cluster attention kernel");
+        let (early, late) = attn.split_once("#else\n").expect("two prologues");
+        let (before, after) = early.split_once("PDL_WAIT();").expect("a wait");
+        assert!(before.contains("if (jn + 32 <= p1)"), "n={n}:\n{attn}");
+        assert!(
+            !before.contains("A["),
+            "n={n}: activations read before the wait"
+        );
+        assert!(after.contains("if (jn <= p1 && p1 < jn + 32)"), "n={n}");
+        assert!(
+            late.starts_with("PDL_WAIT();"),
+            "n={n}: the other prologue waits first"
+        );
+        assert!(
+            attn.contains("if (j0 + 32 > p1) cp_async_wait<0>();"),
+            "n={n}"
+        );
+        // Kernels that wait themselves take no wait before their first statement.
+        assert!(!attn.contains("PDL_LAUNCH(); PDL_WAIT();"), "n={n}");
+        if nvrtc_present() {
+            compile(&g.src, &format!("prewait n={n}"));
+            compile(
+                &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{}", g.src),
+                &format!("prewait n={n} with PDL"),
+            );
+        }
+    }
+}
+
+/// One-token decode matmuls read their input row into registers before the weights'
+/// prefetch, two 16-byte loads a thread (v11e), and an RMS norm of that row takes one block
+/// reduction with its weights loaded beside the row (v10a): every matmul kernel but the first
+/// layer's (its row stage also embeds the token), for a llama-like and a Gemma-like layer. No
+/// GPU needed.
+#[test]
+fn decode_rows_are_read_into_registers() {
+    for (d, t) in [(SMOLLM2, GgmlType::Q8_0), (QUANT, GgmlType::Q4_K)] {
+        let src = generated_with(&d, 1, t, false, 64).src;
+        let kernels: Vec<&str> = src
+            .split("extern \"C\" __global__")
+            .filter(|k| k.contains(") dk") && k.contains("const X8 x8 ="))
+            .collect();
+        assert!(
+            kernels.len() >= 4,
+            "{d:?}: {} matmul kernels",
+            kernels.len()
+        );
+        let mut norms = 0;
+        for k in &kernels {
+            let name = k
+                .split(") ")
+                .nth(1)
+                .and_then(|n| n.split('(').next())
+                .unwrap_or(k);
+            if k.contains("tok[r]") {
+                assert!(!k.contains("#if SMELT_PDL"), "{name}: embedding row stage");
+                continue;
+            }
+            // Loads before the prefetch (without PDL) are the register path's.
+            assert!(
+                k.contains("#if SMELT_PDL"),
+                "{d:?} {name}: row in registers\n{k}"
+            );
+            assert!(!k.contains("red[32]"), "{name}: the row stage's reduction");
+            // v11e: a thread's 8 values of an aligned row are two 16-byte loads.
+            assert!(
+                k.contains("*(const F4*)("),
+                "{d:?} {name}: scalar row loads\n{k}"
+            );
+            norms += k.matches("sqrtf(ss /").count();
+        }
+        assert!(norms >= 2, "{d:?}: {norms} norms in registers");
+    }
+}
+
+/// With `row_regs: Some(2)` (`SMELT_CUDA_ROW_REGS=2`, kernel lab) a batch step's matmuls
+/// compute each row's row stage in registers too, in the row loop, and without it (the
+/// default) they keep the shared-memory row stage; both compile with NVRTC where it loads.
+/// No GPU needed.
+#[test]
+fn batch_rows_go_through_registers_when_asked() {
+    for (n, qwen) in [(3, false), (8, false), (3, true)] {
+        let opts = codegen::GenOptions {
+            cublas: true,
+            row_regs: Some(2),
+            ..Default::default()
+        };
+        let regs = generated_kv(&QUANT, n, GgmlType::Q4_K, 128, qwen, Some(true), opts);
+        let plain = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
+        assert!(regs.decode && plain.decode);
+        let loops = |src: &str| {
+            src.split("extern \"C\" __global__")
+                .filter(|k| k.contains(") dk") && k.contains("const X8 x8s ="))
+                .map(|k| k.contains("][8];\n_Pragma") as usize)
+                .collect::<Vec<_>>()
+        };
+        let (r, p) = (loops(&regs.src), loops(&plain.src));
+        assert!(!r.is_empty() && r.len() == p.len(), "{n} rows: {r:?} {p:?}");
+        assert!(r.iter().sum::<usize>() >= r.len() - 1, "{n} rows: {r:?}");
+        assert_eq!(p.iter().sum::<usize>(), 0, "{n} rows: {p:?}");
+        if nvrtc_present() {
+            compile(
+                &regs.src,
+                &format!("batch of {n} rows in registers, qwen={qwen}"),
+            );
+        }
+    }
+}
