@@ -222,11 +222,12 @@ impl Gen<'_> {
         let smem = nbuf * 2 * CHUNK * hs * 2;
         // Outputs each block combines.
         let per = (grp * hd).div_ceil(splits);
-        // Kernel lab (`SMELT_CUDA_CLUSTER_FENCE=cta`, not yet measured): the cluster barriers
-        // without their GPU-scope fence (prelude `cluster_sync_cta`); the closing one then
-        // comes after the partials read are merged.
+        // v11f: the cluster barriers without their GPU-scope fence and L1 invalidation (prelude
+        // `cluster_sync_cta`): the blocks exchange only shared memory. The closing barrier then
+        // comes after the partials read are merged. `SMELT_CUDA_CLUSTER_FENCE=gpu` (kernel lab)
+        // keeps the fenced barriers and v10b's early arrive.
         let cta_fence =
-            fold.is_none() && std::env::var("SMELT_CUDA_CLUSTER_FENCE").is_ok_and(|v| v == "cta");
+            fold.is_none() && std::env::var("SMELT_CUDA_CLUSTER_FENCE").map_or(true, |v| v != "gpu");
         let sync = if cta_fence {
             "cluster_sync_cta();\n"
         } else {

@@ -125,17 +125,8 @@ impl Gen<'_> {
             _ => bundles[bi].width,
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
-        // Kernel lab (`SMELT_CUDA_DECODE_SPREAD=s`, one token, not yet measured): a kernel with
-        // fewer rows than the GPU's warps gives each block NWARPS / s rows (its other warps
-        // only stage the row), so more SMs share its weight loads.
-        let spread = match nr {
-            1 => super::lab_knob("SMELT_CUDA_DECODE_SPREAD")
-                .filter(|s| (1..=NWARPS).contains(s))
-                .unwrap_or(1),
-            _ => 1,
-        };
         let grid = (blocks * self.sm_count)
-            .min(total.div_ceil(NWARPS / spread))
+            .min(total.div_ceil(NWARPS))
             .max(1);
         let rows_per_block = total.div_ceil(grid);
         let grid = total.div_ceil(rows_per_block);

@@ -71,9 +71,11 @@ __device__ __forceinline__ void cluster_sync() {
 // `cluster_sync` with the barrier's cluster-scope release and acquire (which ptxas emits as
 // MEMBAR.ALL.GPU, ERRBAR, CGAERRBAR before the arrive and CCTL.IVALL after the wait) replaced
 // by a block-scope fence (MEMBAR.ALL.CTA) and a relaxed barrier: orders this block's
-// shared-memory writes before the other blocks' reads of them (kernel lab,
-// `SMELT_CUDA_CLUSTER_FENCE=cta`, not yet measured). Reads of other blocks' shared memory
-// must be consumed before it (the block they read may exit once every block has arrived).
+// shared-memory writes before the other blocks' reads of them (v11f, decode attention's
+// default; `SMELT_CUDA_CLUSTER_FENCE=gpu` keeps `cluster_sync`). A cluster-scope fence would
+// compile to the same MEMBAR.ALL.GPU; the partials live in this SM's shared memory, complete
+// once MEMBAR.CTA returns. Reads of other blocks' shared memory must be consumed before it
+// (the block they read may exit once every block has arrived).
 __device__ __forceinline__ void cluster_sync_cta() {
   asm volatile("fence.acq_rel.cta;\nbarrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;" ::: "memory");
 }
