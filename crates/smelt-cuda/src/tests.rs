@@ -148,7 +148,12 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         .collect();
     precompile_cases(&all, &variants, 16);
     for &(ci, d, dtype, qwen) in &all {
+        let t0 = std::time::Instant::now();
         check_case(ci, d, dtype, qwen, &variants, 16);
+        eprintln!(
+            "case {ci} {dtype:?} checked in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
     }
 }
 

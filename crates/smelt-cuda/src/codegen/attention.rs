@@ -226,8 +226,8 @@ impl Gen<'_> {
         // `cluster_sync_cta`): the blocks exchange only shared memory. The closing barrier then
         // comes after the partials read are merged. `SMELT_CUDA_CLUSTER_FENCE=gpu` (kernel lab)
         // keeps the fenced barriers and v10b's early arrive.
-        let cta_fence =
-            fold.is_none() && std::env::var("SMELT_CUDA_CLUSTER_FENCE").map_or(true, |v| v != "gpu");
+        let cta_fence = fold.is_none()
+            && std::env::var("SMELT_CUDA_CLUSTER_FENCE").map_or(true, |v| v != "gpu");
         let sync = if cta_fence {
             "cluster_sync_cta();\n"
         } else {

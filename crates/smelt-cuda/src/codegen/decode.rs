@@ -125,9 +125,7 @@ impl Gen<'_> {
             _ => bundles[bi].width,
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
-        let grid = (blocks * self.sm_count)
-            .min(total.div_ceil(NWARPS))
-            .max(1);
+        let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
         let rows_per_block = total.div_ceil(grid);
         let grid = total.div_ceil(rows_per_block);
 
@@ -580,7 +578,22 @@ impl Gen<'_> {
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let sides = sides(pair);
-        let mut s = String::new();
+        // v12a: one token's epilogue reads of other nodes (the residual) are issued before
+        // the row's weights, not after its warp sum, where they added an L2 round trip to each
+        // column (SASS of SmolLM2's down kernel). Measured (H100): SmolLM2 Q8_0 +2.3%, the
+        // 1B Q4_K_M -2%, the 8B -0.5%, so only for rows of 32-value blocks (a unit is 5-9
+        // scalar loads); `SMELT_CUDA_EPI_HOIST=0|1` forces it off or on.
+        let blocks32 = mats
+            .iter()
+            .all(|m| matches!(m.ty, "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0"));
+        let hoist = nr == 1
+            && match super::lab_knob("SMELT_CUDA_EPI_HOIST") {
+                Some(v) => v != 0,
+                None => blocks32,
+            };
+        let mut pre = String::new();
+        let epilogue = self.column_epilogue(b, pair, hoist.then_some(&mut pre), p)?;
+        let mut s = pre;
         for (m, mat) in b.matmuls.iter().zip(mats) {
             let Op::MatMul { x, .. } = self.node(*m).op else {
                 unreachable!()
@@ -614,31 +627,43 @@ impl Gen<'_> {
             )
             .unwrap();
         }
-        s += &self.column_epilogue(b, pair, p)?;
+        s += &epilogue;
         s += "}\n";
         Ok(s)
     }
 
     /// Code finishing one column `c` (or a pair `ca`, `cb`) of a bundle whose matmul values
     /// are defined as `e<id>` (`e<id>_a`, `e<id>_b`): each epilogue node's value, then the
-    /// stores of every node with a destination.
+    /// stores of every node with a destination. With `hoist`, the reads of nodes computed
+    /// elsewhere are written there as values `e<id>h<side>`, to be issued ahead of the code.
     pub(super) fn column_epilogue(
         &self,
         b: &smelt_graph::Bundle,
         pair: Option<Option<Rot>>,
+        hoist: Option<&mut String>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let sides = sides(pair);
         let mut s = String::new();
         let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
+        let hoist = hoist.map(std::cell::RefCell::new);
         for &n in &b.epilogue {
             let op = &self.node(n).op;
             let rd = |x: smelt_graph::NodeId, (suf, col): (&str, &str), p: &mut Params| {
                 if local.contains(&x) {
-                    Ok(format!("e{}{suf}", x.0))
-                } else {
-                    self.buf_read(x, col, p)
+                    return Ok(format!("e{}{suf}", x.0));
                 }
+                let read = self.buf_read(x, col, p)?;
+                let Some(pre) = &hoist else {
+                    return Ok(read);
+                };
+                let name = format!("e{}h{suf}", x.0);
+                let mut pre = pre.borrow_mut();
+                let def = format!("const float {name} = {read};\n");
+                if !pre.contains(&def) {
+                    pre.push_str(&def);
+                }
+                Ok(name)
             };
             if let (
                 Some(rot),

@@ -200,3 +200,46 @@ fn batch_rows_go_through_registers_when_asked() {
         }
     }
 }
+
+/// A one-token matmul's epilogue reads of other nodes (the residual) come before the row's
+/// weights for rows of 32-value blocks (v12a), and after the warp sum for K-quants (measured
+/// slower hoisted). No GPU needed.
+#[test]
+fn decode_epilogue_reads_come_early_for_32_value_blocks() {
+    let hoisted = |src: &str| -> usize {
+        let kernels = src
+            .split("extern \"C\" __global__")
+            .filter(|k| k.contains(") dk"));
+        let mut n = 0;
+        for k in kernels {
+            // A hoisted read: defined before the row's gemv, used in the epilogue after it.
+            let Some(h) = k.find("h = A[") else {
+                continue;
+            };
+            n += 1;
+            let gemv = k[h..].find("gemv8_").map(|i| i + h).expect("a gemv after");
+            let name_start = k[..h].rfind("const float ").unwrap() + "const float ".len();
+            let name = &k[name_start..h + 1];
+            assert!(
+                k[gemv..].contains(&format!("{name} ")),
+                "{name} unused:\n{k}"
+            );
+        }
+        n
+    };
+    let src = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    // SmolLM2's layer: wo and down add the residual.
+    assert!(
+        hoisted(&src) >= 2,
+        "SmolLM2 Q8_0: {} kernels",
+        hoisted(&src)
+    );
+    let k = generated_with(&LLAMA_1B_V1000, 1, GgmlType::Q4_K, false, 64).src;
+    assert_eq!(hoisted(&k), 0, "1B Q4_K");
+    if nvrtc_present() {
+        compile(
+            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{src}"),
+            "SmolLM2 decode, epilogue reads early",
+        );
+    }
+}
