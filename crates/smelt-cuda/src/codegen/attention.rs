@@ -155,10 +155,13 @@ impl Gen<'_> {
     /// block's warps are the query heads of the group. Every 32-key chunk of K and V travels to
     /// shared memory by `cp.async` (no registers held), the first one issued before the
     /// position is read, up to 3 (2 for 256-wide heads) more in flight while one is scored.
-    /// The splits' partial softmaxes stay in their blocks' shared memory;
-    /// after a cluster barrier every block combines a share of the group's outputs reading
-    /// the others' partials through distributed shared memory. v4's chain of global partial
-    /// stores, fence, counter and combine loads (~16 us a layer on an H100) is gone.
+    /// Each split stores its partial softmax into the shared memory of the blocks that merge
+    /// it (v12c: `st.async`, counted on each receiver's mbarrier), and every block merges a
+    /// share of the group's outputs from its own shared memory; with the output projection
+    /// folded in (or `SMELT_CUDA_ATTN_PUSH=0`) the partials stay put and each block reads the
+    /// others' through distributed shared memory between cluster barriers. v4's chain of
+    /// global partial stores, fence, counter and combine loads (~16 us a layer on an H100) is
+    /// gone.
     pub(super) fn cluster_decode_attention(
         &mut self,
         ki: usize,
@@ -285,6 +288,16 @@ impl Gen<'_> {
         // reads of the others' partials are done, combining and storing before it waits.
         let early = super::lab_knob("SMELT_CUDA_ATTN_EARLY") != Some(0);
         let split_close = early && fold.is_none() && per <= nt && !cta_fence;
+        // v12c (`SMELT_CUDA_ATTN_PUSH=0`: off): each split stores its partials into the
+        // shared memory of the blocks that merge them (`st.async`, counted on the receiver's
+        // mbarrier), so the merge reads its own shared memory after one wait, where it read
+        // the others' through two cluster barriers. The merge is the same, in the same order.
+        let push = splits > 1
+            && fold.is_none()
+            && guard.is_empty()
+            && !extra
+            && super::lab_knob("SMELT_CUDA_ATTN_PUSH") != Some(0);
+        let rs = per + 2 * grp;
         // Output `d` of group head `hh`: the splits' partials read through distributed shared
         // memory, then merged.
         let decl = format!(
@@ -321,7 +334,23 @@ impl Gen<'_> {
                 {wo_tail}"
             )
         };
-        let finish = if splits == 1 {
+        let finish = if push {
+            format!(
+                "cluster_wait();\n\
+                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int oi = warp * {hd} + lane * {e} + i, ow = oi / {per};\n\
+                  st_async_f32(&rc[s][oi - ow * {per}], ow, acc[i], &mbar); }}\n\
+                if (lane < {splits}) {{ st_async_f32(&rc[s][{per} + 2 * warp], lane, m, &mbar); st_async_f32(&rc[s][{per} + 2 * warp + 1], lane, l, &mbar); }}\n\
+                TRACE_MARK(2);\n\
+                mbar_wait0(&mbar);\n\
+                for (int jj = tid; jj < {per}; jj += {nt}) {{ const int i = s * {per} + jj; if (i < {gh}) {{\n\
+                  const int hh = i / {hd}, d = i - hh * {hd}, h = g * {grp} + hh;\n\
+                  {decl}\n\
+                  _Pragma(\"unroll\") for (int r = 0; r < {splits}; r++) {{ ms[r] = rc[r][{per} + 2 * hh]; ls[r] = rc[r][{per} + 2 * hh + 1]; os[r] = rc[r][jj]; }}\n\
+                  {merge}{outs}\n\
+                }} }}\n\
+                TRACE_MARK(3);\n"
+            )
+        } else if splits == 1 {
             format!(
                 "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }}\n"
             )
@@ -396,6 +425,7 @@ impl Gen<'_> {
             #define KVS(b, part, r) (kvs + (((b) * 2 + (part)) * {CHUNK} + (r)) * {hs})\n\
             __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];{cmb}\n\
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
+            {push_init}\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
             {prologue}\
@@ -429,6 +459,16 @@ impl Gen<'_> {
             #undef KVS\n\
             #undef NBUF\n",
             dot = k_dot("KVS(b, 0, lane)", hd),
+            push_init = if push {
+                format!(
+                    "__shared__ float rc[{splits}][{rs}]; __shared__ alignas(8) u64 mbar;\n\
+                    if (tid == 0) mbar_init_expect(&mbar, {splits} * (max(0, min((s + 1) * {per}, {gh}) - s * {per}) + {g2}) * 4);\n\
+                    cluster_arrive_relaxed();\n",
+                    g2 = 2 * grp
+                )
+            } else {
+                String::new()
+            },
             cmb = if fold.is_some() {
                 format!(" __shared__ float cmb[{per}];")
             } else {

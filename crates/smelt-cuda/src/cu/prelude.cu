@@ -88,6 +88,33 @@ __device__ __forceinline__ float ld_dsmem(const float* p, u32 rank) {
   asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
   return v;
 }
+// v12c, partials pushed to the block that merges them: its mbarrier (one arrival, this
+// block's own, with the bytes it expects) completes when every store below has landed.
+// The other blocks may store to it once the cluster barrier after this init is passed.
+__device__ __forceinline__ void mbar_init_expect(u64* bar, u32 bytes) {
+  const u32 a = (u32)__cvta_generic_to_shared(bar);
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
+               "fence.mbarrier_init.release.cluster;\n"
+               "{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }"
+               :: "r"(a), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
+// `v` into block `rank`'s copy of `*p` (this block's layout), counted on its copy of `*bar`.
+__device__ __forceinline__ void st_async_f32(float* p, u32 rank, float v, u64* bar) {
+  const u32 a = (u32)__cvta_generic_to_shared(p), b = (u32)__cvta_generic_to_shared(bar);
+  u32 ra, rb;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rb) : "r"(b), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+               :: "r"(ra), "r"(__float_as_uint(v)), "r"(rb) : "memory");
+}
+// Until phase 0 of `*bar` completes (every expected byte landed).
+__device__ __forceinline__ void mbar_wait0(u64* bar) {
+  const u32 a = (u32)__cvta_generic_to_shared(bar);
+  asm volatile("{\n.reg .pred P1;\nWAIT0:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], 0;\n"
+               "@P1 bra DONE0;\nbra WAIT0;\nDONE0:\n}" :: "r"(a) : "memory");
+}
 #endif
 __device__ __forceinline__ float silu_f(float a) { return a / (1.0f + expf(-a)); }
 __device__ __forceinline__ float gelu_f(float x) {

@@ -690,3 +690,28 @@ fn traced_decode_stamps_every_launch() {
         compile(&traced.src, "traced decode");
     }
 }
+
+/// Decode attention's splits push their partials into the shared memory of the blocks that
+/// merge them (v12c): each block's mbarrier counts the bytes it expects, the stores come
+/// before the wait, and no cluster barrier or remote read follows the scores; a batch's step
+/// too. No GPU needed.
+#[test]
+fn attention_partials_are_pushed_to_the_merging_block() {
+    let one = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    let batch = generated_paged(&LLAMA_1B_V1000, 4, GgmlType::Q4_K, false, true).src;
+    for src in [one, batch] {
+        let kernels: Vec<&str> = src
+            .split("extern \"C\" __global__")
+            .filter(|k| k.contains("__cluster_dims__"))
+            .collect();
+        assert!(!kernels.is_empty(), "no cluster attention");
+        for k in kernels {
+            assert!(k.contains("mbar_init_expect(&mbar, "), "{k}");
+            let send = k.find("st_async_f32(").expect("partials sent");
+            let wait = k.find("mbar_wait0(&mbar);").expect("a wait");
+            assert!(send < wait, "{k}");
+            assert!(!k.contains("cluster_sync"), "a cluster barrier:\n{k}");
+            assert!(!k.contains("ld_dsmem("), "a remote read:\n{k}");
+        }
+    }
+}
