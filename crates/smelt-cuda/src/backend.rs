@@ -500,6 +500,7 @@ impl CudaBackend {
                 global_params: self.global_params,
                 row_regs: None,
                 attn_prewait: false,
+                bulk_early: false,
             },
         )?;
         let mut src = gen.src.clone();

@@ -187,6 +187,9 @@ struct Gen<'a> {
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
     attn_prewait: bool,
+    /// One-token matmuls prefetch their first rows by bulk copies before `PDL_WAIT` (see
+    /// [`GenOptions::bulk_early`]).
+    bulk_early: bool,
 }
 
 struct KernelSrc {
@@ -220,6 +223,10 @@ pub(crate) struct GenOptions {
     /// Decode attention stages the key and value chunks wholly before the position ahead of
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
     pub attn_prewait: bool,
+    /// One-token matmuls prefetch each block's first weight rows into L2 by one bulk (TMA)
+    /// prefetch a matmul before `PDL_WAIT`, instead of line prefetches after the row's loads
+    /// (kernel lab on sm_90, not yet measured; also `SMELT_CUDA_BULK_EARLY=1`).
+    pub bulk_early: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -241,6 +248,7 @@ pub(crate) fn generate(
         global_params,
         row_regs,
         attn_prewait,
+        bulk_early,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -278,6 +286,7 @@ pub(crate) fn generate(
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(1),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
+        bulk_early: bulk_early || lab_knob("SMELT_CUDA_BULK_EARLY") == Some(1),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

@@ -233,6 +233,38 @@ impl Gen<'_> {
             .filter(|n| (1..=16).contains(n))
             .unwrap_or(PREFETCH_ROWS);
         let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
+        // Kernel lab (`SMELT_CUDA_BULK_EARLY=1`, sm_90, one token, not yet measured): the same
+        // rows (the block's first `pf_rows` x 16) prefetched before `PDL_WAIT` as one bulk
+        // (TMA) prefetch a matmul from one thread, where the warps' line prefetches come
+        // after the row's loads (issued first, the row's loads queued behind them: v11a).
+        // Bundles of RoPE pairs (columns not contiguous) keep the line prefetches.
+        let bulk_early = nr == 1
+            && self.cc_major >= 9
+            && !modes.iter().any(|m| matches!(m, Mode::Pair(_)))
+            && self.bulk_early;
+        let (early, prefetch) = if bulk_early {
+            let mut e = format!(
+                "if (tid == 0) {{ const int B1 = min(R1, R0 + {}); (void)B1;\n",
+                pf_rows * NWARPS
+            );
+            for (bi, ms) in mats.iter().enumerate() {
+                let (st, ..) = starts[bi];
+                let end = st + vwidth(bi);
+                for m in ms {
+                    write!(
+                        e,
+                        "{{ const int lo = max(R0, {st}) - {st}, hi = min(B1, {end}) - {st}; if (lo < hi) prefetch_bulk_l2(W + {w} + (u64)lo * {rb}, (u64)(hi - lo) * {rb}); }}\n",
+                        w = m.w,
+                        rb = m.rb
+                    )
+                    .unwrap();
+                }
+            }
+            e += "}\n";
+            (e, String::new())
+        } else {
+            (String::new(), prefetch)
+        };
         // One token whose input row goes straight to registers: its loads are issued before
         // the weights' prefetch (behind it, they waited for the prefetch's misses), unless
         // PDL makes them wait for the previous kernel first. A batch's rows (with
@@ -249,12 +281,12 @@ impl Gen<'_> {
         match in_regs.as_ref().filter(|_| nr == 1) {
             Some(f) => write!(
                 body,
-                "#if SMELT_PDL && SMELT_PDL_AT == 0\n{prefetch}PDL_WAIT();\n{loads}#else\nPDL_WAIT();\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
+                "{early}#if SMELT_PDL && SMELT_PDL_AT == 0\n{prefetch}PDL_WAIT();\n{loads}#else\nPDL_WAIT();\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
                 loads = f.loads,
                 code = f.code
             )
             .unwrap(),
-            None => write!(body, "{prefetch}PDL_WAIT();\nTRACE_MARK(0);\n").unwrap(),
+            None => write!(body, "{early}{prefetch}PDL_WAIT();\nTRACE_MARK(0);\n").unwrap(),
         }
 
         // Several rows: the prologue and quantisation run once per row, into its own slots.
