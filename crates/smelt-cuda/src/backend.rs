@@ -604,8 +604,11 @@ impl CudaBackend {
                     // kernels, attention, the 1B's QKV and output projection: bound by their
                     // chain, not HBM): on the H100 every kernel launched so lost the 8B 3% and
                     // the 1B with its full grids but not its 132-block ones 2.7% (cuda.md v11a).
+                    // `SMELT_CUDA_PDL_GRID=n` (kernel lab): grids of fewer than n blocks instead.
                     let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
-                    let programmatic = blocks < self.dev.sm_count as u64;
+                    let limit = crate::codegen::lab_knob("SMELT_CUDA_PDL_GRID")
+                        .map_or(self.dev.sm_count as u64, |n| n as u64);
+                    let programmatic = blocks < limit;
                     Step::Kernel(index[func], grid, *block, *smem, args, programmatic)
                 }
                 Work::Gemm(g) => Step::Gemm(*g),
