@@ -195,17 +195,7 @@ fn precompile_cases(
     variants: &[(FuseOptions, bool, bool)],
     cap: usize,
 ) {
-    let t0 = std::time::Instant::now();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(cases.len());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(&(ci, d, dtype, qwen)) = cases.get(i) else {
-            return;
-        };
+    in_parallel("cases", cases, |&(ci, d, dtype, qwen)| {
         let (w, file, g5, g1) = case_setup(ci, d, dtype, qwen);
         let widths = [d.n_head_kv * d.head_dim; 2];
         for &(fusion, persistent, fold) in variants {
@@ -220,17 +210,32 @@ fn precompile_cases(
             };
             let _ = cb.precompile(&[g5.clone(), g1.clone()], &kv);
         }
+    });
+}
+
+/// `f` over `items` on up to 8 threads, to warm the disk cache of compiled programs before a
+/// test checks them in order (a panic is left to the check to find again, with its message).
+fn in_parallel<T: Sync>(what: &str, items: &[T], f: impl Fn(&T) + Sync) {
+    let t0 = std::time::Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        while let Some(item) = items.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            f(item);
+        }
     };
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
         for h in handles {
-            // A panic here is the check's to find again, with its message.
             let _ = h.join();
         }
     });
     eprintln!(
-        "precompiled {} odd-shape cases on {threads} threads in {:.1}s",
-        cases.len(),
+        "precompiled {} {what} on {threads} threads in {:.1}s",
+        items.len(),
         t0.elapsed().as_secs_f64()
     );
 }
@@ -252,15 +257,15 @@ fn decode_long_rows_match_reference() {
         n_ff: 9216,
         n_vocab: 300,
     };
-    for (i, t) in QUANT_TYPES.into_iter().enumerate() {
-        check_case(
-            100 + i,
-            wide,
-            t,
-            false,
-            &[(FuseOptions::ALL, false, false)],
-            16,
-        );
+    let cases: Vec<(usize, Dims, GgmlType, bool)> = QUANT_TYPES
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (100 + i, wide, t, false))
+        .collect();
+    let variants = [(FuseOptions::ALL, false, false)];
+    precompile_cases(&cases, &variants, 16);
+    for &(ci, d, t, qwen) in &cases {
+        check_case(ci, d, t, qwen, &variants, 16);
     }
 }
 
@@ -300,8 +305,14 @@ fn folded_output_projection_matches_reference() {
         (k, GgmlType::Q4_K),
         (k, GgmlType::Q6_K),
     ];
-    for (i, (d, t)) in cases.into_iter().enumerate() {
-        check_case(200 + i, d, t, false, &variants, 256);
+    let cases: Vec<(usize, Dims, GgmlType, bool)> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, t))| (200 + i, d, t, false))
+        .collect();
+    precompile_cases(&cases, &variants, 256);
+    for &(ci, d, t, qwen) in &cases {
+        check_case(ci, d, t, qwen, &variants, 256);
     }
 }
 
@@ -481,6 +492,19 @@ fn long_context_dims() -> [Dims; 4] {
     ]
 }
 
+/// Long-context case `ci`: its weights (as drawn, in an F16 GGUF file), the prefill graph of
+/// `n0` tokens and the decode graph.
+fn long_context_case(ci: usize, d: Dims, n0: usize) -> (Weights<Draw>, Arc<Gguf>, Graph, Graph) {
+    let mut rng = Rng(0x51ed + ci as u64);
+    let mut w: Weights<Draw> = Weights::new(Box::new(move || rng.next()));
+    let gp = odd::graph(&d, n0, &mut w, true);
+    let file = w.gguf(GgmlType::F16);
+    let mut sink = Weights::new(|| 0.0);
+    sink.draw = false;
+    let g1 = odd::graph(&d, 1, &mut sink, true);
+    (w, file, gp, g1)
+}
+
 /// Decode attention over a long cache, against the reference after a 290-token prefill: every
 /// split takes one or two 32-key chunks (double buffering, the clusters' combine), the second
 /// layer's 2-key sliding window leaves most splits empty; head sizes 64, 128 and 256, GQA
@@ -491,15 +515,28 @@ fn decode_attention_long_context_matches_reference() {
         return;
     }
     let (n0, cap) = (290usize, LONG_CAPACITY);
-    for (ci, d) in long_context_dims().into_iter().enumerate() {
-        let mut rng = Rng(0x51ed + ci as u64);
-        let mut w = Weights::new(|| rng.next());
-        let gp = odd::graph(&d, n0, &mut w, true);
-        let file = w.gguf(GgmlType::F16);
+    let dims: Vec<(usize, Dims)> = long_context_dims().into_iter().enumerate().collect();
+    // The four programs of each case below (prefill, decode, persistent, attention tail),
+    // compiled into the disk cache first, the cases at once.
+    in_parallel("long-context cases", &dims, |&(ci, d)| {
+        let (w, file, gp, g1) = long_context_case(ci, d, n0);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let Ok(mut cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
+            return;
+        };
+        let Ok(kv) = cb.new_kv(cap, &widths) else {
+            return;
+        };
+        let _ = cb.precompile(&[gp, g1.clone()], &kv);
+        cb.set_persistent(true);
+        let _ = cb.precompile(std::slice::from_ref(&g1), &kv);
+        cb.set_persistent(false);
+        cb.set_attention_tail(1024);
+        let _ = cb.precompile(&[g1], &kv);
+    });
+    for &(ci, d) in &dims {
+        let (w, file, gp, g1) = long_context_case(ci, d, n0);
         let reference = ReferenceBackend::new(w.dequantized(&file), 1);
-        let mut sink = Weights::new(|| 0.0);
-        sink.draw = false;
-        let g1 = odd::graph(&d, 1, &mut sink, true);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let tokens: Vec<u32> = (0..n0 + 3)
             .map(|i| ((i * 7 + 3) % d.n_vocab) as u32)
@@ -553,21 +590,41 @@ fn decode_attention_long_context_matches_reference() {
 /// path was asked for and cuBLAS did not load.
 fn prefill_matches_reference(cublas: bool) -> bool {
     const N: usize = 37;
-    for (ci, (d, dtype)) in cases().into_iter().enumerate() {
-        // The mma.sync fallback (no libcublas) is checked on the float cases and one type of
-        // each quant family: every case took it past the device call's test budget.
-        if !cublas
-            && !matches!(
-                dtype,
-                GgmlType::F32 | GgmlType::F16 | GgmlType::Q4_0 | GgmlType::Q4_K
-            )
-        {
-            continue;
-        }
+    // The mma.sync fallback (no libcublas) is checked on the float cases and one type of each
+    // quant family: every case took it past the device call's test budget.
+    let cases: Vec<(usize, (Dims, GgmlType))> = cases()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, t))| {
+            cublas
+                || matches!(
+                    t,
+                    GgmlType::F32 | GgmlType::F16 | GgmlType::Q4_0 | GgmlType::Q4_K
+                )
+        })
+        .collect();
+    let setup = |ci: usize, d: Dims, dtype: GgmlType| {
         let mut rng = Rng(0x51ed + ci as u64);
-        let mut w = Weights::new(|| rng.next());
+        let mut w: Weights<Draw> = Weights::new(Box::new(move || rng.next()));
         let g = odd::graph(&d, N, &mut w, true);
         let file = w.gguf(dtype);
+        (w, g, file)
+    };
+    in_parallel("prefill cases", &cases, |&(ci, (d, dtype))| {
+        let (w, g, file) = setup(ci, d, dtype);
+        let Ok(mut cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
+            return;
+        };
+        if cb.set_cublas(cublas) != cublas {
+            return;
+        }
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        if let Ok(kv) = cb.new_kv(64, &widths) {
+            let _ = cb.precompile(&[g], &kv);
+        }
+    });
+    for &(ci, (d, dtype)) in &cases {
+        let (w, g, file) = setup(ci, d, dtype);
         let rw = w.dequantized(&file);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let tokens: Vec<u32> = (0..N).map(|i| ((i * 5 + 2) % d.n_vocab) as u32).collect();

@@ -67,6 +67,20 @@ fn batched_decode_matches_single_sequences() {
             })
             .collect();
         let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        // Every program below compiled into the disk cache first, each cache's in parallel
+        // (~20 compiles a case, one after another in the checks).
+        {
+            let mut alone: Vec<Graph> = prompts.iter().map(|&n| graph(n, false)).collect();
+            alone.push(graph(1, false));
+            let mut together: Vec<Graph> = prompts.iter().map(|&n| graph(n, false)).collect();
+            together.extend(steps.iter().map(|rows| graph(rows.len(), true)));
+            if let Ok(kv) = cb.new_kv(64, &widths) {
+                let _ = cb.precompile(&alone, &kv);
+            }
+            if let Ok(pool) = cb.new_paged_kv(16, &widths) {
+                let _ = cb.precompile(&together, &pool);
+            }
+        }
         // Alone: each sequence on a cache of its own, logits after its prompt and each step.
         let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
         for s in 0..8 {
