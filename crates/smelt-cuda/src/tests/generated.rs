@@ -300,6 +300,23 @@ fn nvrtc_present() -> bool {
 }
 
 /// Compile generated source with NVRTC for sm_90, as the backend does on an H100.
+/// `src` compiled as the backend compiles it on sm_90 by default: with programmatic dependent
+/// launch, the next kernel let in at each block's end. Nothing without NVRTC.
+fn compile_with_pdl(src: &str, what: &str) {
+    if nvrtc_present() {
+        compile(
+            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{src}"),
+            what,
+        );
+    }
+}
+
+/// The decode kernels (`dk<i>`) of a generated source, each from its signature on.
+fn decode_kernels(src: &str) -> impl Iterator<Item = &str> {
+    src.split("extern \"C\" __global__")
+        .filter(|k| k.contains(") dk"))
+}
+
 fn compile(src: &str, what: &str) {
     let opts = cudarc::nvrtc::CompileOptions {
         options: vec!["--gpu-architecture=sm_90".into(), "-std=c++17".into()],
@@ -324,11 +341,10 @@ fn generated_kernels_compile() {
         compile(&long, &format!("{dtype:?} n=1 capacity=4096"));
         // As the backend compiles for sm_90: with programmatic dependent launch, the next
         // kernel let in at each block's end (the default) or after its last weight loads.
-        let pdl = format!(
-            "#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{}",
-            source(&d, 5, dtype, true)
+        compile_with_pdl(
+            &source(&d, 5, dtype, true),
+            &format!("{dtype:?} n=5 with PDL"),
         );
-        compile(&pdl, &format!("{dtype:?} n=5 with PDL"));
         compile(
             &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 1\n{long}"),
             &format!("{dtype:?} n=1 capacity=4096 with PDL (mid)"),

@@ -45,10 +45,7 @@ fn decode_kernels_take_parameters_by_value() {
 #[test]
 fn decode_kernels_wait_then_let_the_next_launch() {
     let src = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
-    let kernels: Vec<&str> = src
-        .split("extern \"C\" __global__")
-        .filter(|k| k.contains(") dk"))
-        .collect();
+    let kernels: Vec<&str> = decode_kernels(&src).collect();
     assert!(kernels.len() >= 5, "{} decode kernels", kernels.len());
     let mut mids = 0;
     for k in &kernels {
@@ -67,12 +64,7 @@ fn decode_kernels_wait_then_let_the_next_launch() {
         }
     }
     assert!(mids >= 4, "{mids} kernels with a mid trigger");
-    if nvrtc_present() {
-        compile(
-            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{src}"),
-            "SmolLM2 decode with PDL",
-        );
-    }
+    compile_with_pdl(&src, "SmolLM2 decode with PDL");
 }
 
 /// Kernel lab (`GenOptions::attn_prewait`, not yet measured): with PDL letting decode
@@ -113,11 +105,8 @@ fn attention_stages_old_chunks_before_the_wait_when_asked() {
         assert!(!attn.contains("PDL_LAUNCH(); PDL_WAIT();"), "n={n}");
         if nvrtc_present() {
             compile(&g.src, &format!("prewait n={n}"));
-            compile(
-                &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{}", g.src),
-                &format!("prewait n={n} with PDL"),
-            );
         }
+        compile_with_pdl(&g.src, &format!("prewait n={n} with PDL"));
     }
 }
 
@@ -130,9 +119,8 @@ fn attention_stages_old_chunks_before_the_wait_when_asked() {
 fn decode_rows_are_read_into_registers() {
     for (d, t) in [(SMOLLM2, GgmlType::Q8_0), (QUANT, GgmlType::Q4_K)] {
         let src = generated_with(&d, 1, t, false, 64).src;
-        let kernels: Vec<&str> = src
-            .split("extern \"C\" __global__")
-            .filter(|k| k.contains(") dk") && k.contains("const X8 x8 ="))
+        let kernels: Vec<&str> = decode_kernels(&src)
+            .filter(|k| k.contains("const X8 x8 ="))
             .collect();
         assert!(
             kernels.len() >= 4,
@@ -183,8 +171,8 @@ fn batch_rows_go_through_registers_when_asked() {
         let plain = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
         assert!(regs.decode && plain.decode);
         let loops = |src: &str| {
-            src.split("extern \"C\" __global__")
-                .filter(|k| k.contains(") dk") && k.contains("const X8 x8s ="))
+            decode_kernels(src)
+                .filter(|k| k.contains("const X8 x8s ="))
                 .map(|k| k.contains("][8];\n_Pragma") as usize)
                 .collect::<Vec<_>>()
         };
@@ -207,11 +195,8 @@ fn batch_rows_go_through_registers_when_asked() {
 #[test]
 fn decode_epilogue_reads_come_early_for_32_value_blocks() {
     let hoisted = |src: &str| -> usize {
-        let kernels = src
-            .split("extern \"C\" __global__")
-            .filter(|k| k.contains(") dk"));
         let mut n = 0;
-        for k in kernels {
+        for k in decode_kernels(src) {
             // A hoisted read: defined before the row's gemv, used in the epilogue after it.
             let Some(h) = k.find("h = A[") else {
                 continue;
@@ -236,12 +221,7 @@ fn decode_epilogue_reads_come_early_for_32_value_blocks() {
     );
     let k = generated_with(&LLAMA_1B_V1000, 1, GgmlType::Q4_K, false, 64).src;
     assert_eq!(hoisted(&k), 0, "1B Q4_K");
-    if nvrtc_present() {
-        compile(
-            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{src}"),
-            "SmolLM2 decode, epilogue reads early",
-        );
-    }
+    compile_with_pdl(&src, "SmolLM2 decode, epilogue reads early");
 }
 
 /// Kernel lab (`GenOptions::bulk_early`, not yet measured): one-token matmuls without RoPE
@@ -256,11 +236,7 @@ fn matmuls_prefetch_their_first_rows_in_bulk_before_the_wait_when_asked() {
     };
     let g = generated_kv(&SMOLLM2, 1, GgmlType::Q8_0, 256, false, None, opts);
     let (mut bulk, mut lines) = (0, 0);
-    for k in g
-        .src
-        .split("extern \"C\" __global__")
-        .filter(|k| k.contains(") dk"))
-    {
+    for k in decode_kernels(&g.src) {
         if let Some(at) = k.find("prefetch_bulk_l2(W + ") {
             bulk += 1;
             let wait = k.find("PDL_WAIT();").expect("a wait");
@@ -273,10 +249,5 @@ fn matmuls_prefetch_their_first_rows_in_bulk_before_the_wait_when_asked() {
     // wo, gate+up, down, the head in bulk; QKV (RoPE pairs) by lines.
     assert!(bulk >= 4, "{bulk} kernels prefetch in bulk");
     assert!(lines >= 1, "{lines} kernels prefetch by lines");
-    if nvrtc_present() {
-        compile(
-            &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 2\n{}", g.src),
-            "SmolLM2 decode, bulk prefetch before the wait",
-        );
-    }
+    compile_with_pdl(&g.src, "SmolLM2 decode, bulk prefetch before the wait");
 }
