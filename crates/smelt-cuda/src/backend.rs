@@ -569,6 +569,13 @@ impl CudaBackend {
         let mut launches = Vec::new();
         let mut values = Vec::new();
         let mut at = 0u64;
+        // Programmatic launch (PDL) for a grid smaller than the GPU (SmolLM2's kernels,
+        // attention, the 1B's QKV and output projection: bound by their chain, not HBM): on
+        // the H100 every kernel launched so lost the 8B 3% and the 1B with its full grids but
+        // not its 132-block ones 2.7% (cuda.md v11a). `SMELT_CUDA_PDL_GRID=n` (kernel lab):
+        // grids of fewer than n blocks instead.
+        let pdl_limit = crate::codegen::lab_knob("SMELT_CUDA_PDL_GRID")
+            .map_or(self.dev.sm_count as u64, |n| n as u64);
         for l in &gen.launches {
             launches.push(match &l.work {
                 Work::Kernel {
@@ -600,15 +607,8 @@ impl CudaBackend {
                         at += ps.len() as u64;
                         a
                     };
-                    // Programmatic launch (PDL) for a grid smaller than the GPU (SmolLM2's
-                    // kernels, attention, the 1B's QKV and output projection: bound by their
-                    // chain, not HBM): on the H100 every kernel launched so lost the 8B 3% and
-                    // the 1B with its full grids but not its 132-block ones 2.7% (cuda.md v11a).
-                    // `SMELT_CUDA_PDL_GRID=n` (kernel lab): grids of fewer than n blocks instead.
                     let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
-                    let limit = crate::codegen::lab_knob("SMELT_CUDA_PDL_GRID")
-                        .map_or(self.dev.sm_count as u64, |n| n as u64);
-                    let programmatic = blocks < limit;
+                    let programmatic = blocks < pdl_limit;
                     Step::Kernel(index[func], grid, *block, *smem, args, programmatic)
                 }
                 Work::Gemm(g) => Step::Gemm(*g),
