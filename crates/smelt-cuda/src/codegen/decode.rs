@@ -589,10 +589,8 @@ impl Gen<'_> {
         let Op::MatMul { x, w } = self.node(m).op else {
             return usize::MAX;
         };
-        let ue = match type_suffix(self.weight(w).dtype) {
-            Some("q4_k" | "q5_k" | "q6_k") => 64,
-            Some("q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0") => 32,
-            _ => return usize::MAX,
+        let Some(ue) = type_suffix(self.weight(w).dtype).and_then(unit_values) else {
+            return usize::MAX;
         };
         self.node(x).shape[1].div_ceil(ue).div_ceil(32)
     }
@@ -615,9 +613,7 @@ impl Gen<'_> {
         // column (SASS of SmolLM2's down kernel). Measured (H100): SmolLM2 Q8_0 +2.3%, the
         // 1B Q4_K_M -2%, the 8B -0.5%, so only for rows of 32-value blocks (a unit is 5-9
         // scalar loads); `SMELT_CUDA_EPI_HOIST=0|1` forces it off or on.
-        let blocks32 = mats
-            .iter()
-            .all(|m| matches!(m.ty, "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0"));
+        let blocks32 = mats.iter().all(|m| unit_values(m.ty) == Some(32));
         let hoist = nr == 1
             && match super::lab_knob("SMELT_CUDA_EPI_HOIST") {
                 Some(v) => v != 0,
@@ -763,5 +759,15 @@ impl Gen<'_> {
         if !self.src.contains(&line) {
             self.src.insert_str(0, &line);
         }
+    }
+}
+
+/// Values in one gemv unit (`UE8_*`) of a quantised type's suffix: 64 for K-quants, 32 for the
+/// 32-value block types; None for float types.
+fn unit_values(ty: &str) -> Option<usize> {
+    match ty {
+        "q4_k" | "q5_k" | "q6_k" => Some(64),
+        "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => Some(32),
+        _ => None,
     }
 }
