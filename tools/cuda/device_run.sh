@@ -148,10 +148,11 @@ fi
 if [ "$MODE" = trace ]; then
   # Each decode launch's span and the gap before it inside the replayed graph
   # (SMELT_CUDA_TRACE=1: global-timer stamps by the first and last block), by label.
-  for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+  # TRACE_MODELS picks the shapes (default all three); TRACE_ENV sets variables for the runs.
+  for s in ${TRACE_MODELS:-llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m}; do
     f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
-    echo "=== ${s%%:*}" | tee -a $OUT/trace.txt
-    SMELT_CUDA_TRACE=1 timeout 120 $C/smelt bench $f -p 512 -n ${TRACE_N:-64} -r 1 2>> $OUT/trace.txt | tail -1
+    echo "=== ${s%%:*} ${TRACE_ENV:-}" | tee -a $OUT/trace.txt
+    env ${TRACE_ENV:-X=1} SMELT_CUDA_TRACE=1 timeout 120 $C/smelt bench $f -p 512 -n ${TRACE_N:-64} -r 1 2>> $OUT/trace.txt | tail -1
     grep -A12 "SMELT_CUDA_TRACE" $OUT/trace.txt | tail -13
   done
 fi
@@ -197,7 +198,7 @@ if [ "$MODE" = all ] || [ "$MODE" = lcp ] || [ "$MODE" = profile ]; then
       [ -f /tmp/$m.gguf ] || continue
       timeout 90 $B -m /tmp/$m.gguf -p 512 -n 256 -r 5 -ngl 99 -o jsonl >> $OUT/lcp.jsonl 2>> $OUT/lcp.err; echo "lcp $m rc=$?"
     done
-    if [ "$MODE" = profile ] && [ ! -f $C/lcpbin.part00 ]; then
+    if { [ "$MODE" = profile ] || [ "$MODE" = lcp ]; } && [ ! -f $C/lcpbin.part00 ]; then
       # Bring the built llama-bench back (static but for the CUDA runtime libraries) in parts.
       ldd $B | grep -v -E "^\s*(linux-vdso|/lib)" | head -20
       strip $B; tar cf - -C /tmp/l/lcp/build/bin llama-bench | xz -T16 -6 | split -d -b 15M - $OUT/lcpbin.part
