@@ -501,6 +501,7 @@ impl CudaBackend {
                 row_regs: None,
                 attn_prewait: false,
                 bulk_early: false,
+                stage_kb: 0,
             },
         )?;
         let mut src = gen.src.clone();

@@ -191,6 +191,9 @@ struct Gen<'a> {
     /// One-token matmuls prefetch their first rows by bulk copies before `PDL_WAIT` (see
     /// [`GenOptions::bulk_early`]).
     bulk_early: bool,
+    /// One-token matmuls copy their block's weight rows into shared memory before `PDL_WAIT`
+    /// where they fit this many KiB (0: never; see [`GenOptions::stage_kb`]).
+    stage_kb: usize,
 }
 
 struct KernelSrc {
@@ -228,6 +231,10 @@ pub(crate) struct GenOptions {
     /// prefetch a matmul before `PDL_WAIT`, instead of line prefetches after the row's loads
     /// (kernel lab on sm_90, not yet measured; also `SMELT_CUDA_BULK_EARLY=1`).
     pub bulk_early: bool,
+    /// One-token matmuls whose block's weight rows fit this many KiB copy them into shared
+    /// memory by bulk (TMA) copies before `PDL_WAIT`, and read them from there (kernel lab on
+    /// sm_90, v13a; 0: off; None-like 0 defers to `SMELT_CUDA_STAGE_KB`).
+    pub stage_kb: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -250,6 +257,7 @@ pub(crate) fn generate(
         row_regs,
         attn_prewait,
         bulk_early,
+        stage_kb,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -288,6 +296,10 @@ pub(crate) fn generate(
             .unwrap_or(1),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
         bulk_early: bulk_early || lab_knob("SMELT_CUDA_BULK_EARLY") == Some(1),
+        stage_kb: match stage_kb {
+            0 => lab_knob("SMELT_CUDA_STAGE_KB").unwrap_or(0),
+            n => n,
+        },
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

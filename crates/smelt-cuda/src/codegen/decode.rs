@@ -88,10 +88,61 @@ struct Mat {
     quant: bool,
     w: String,
     rb: String,
+    /// Bytes of one weight row.
+    row_bytes: usize,
     raw: usize,
     slot: usize,
     /// The bundle's width (raw scratch row of several-row steps).
     width: usize,
+    /// v13a: the block's rows of this matmul are staged in shared memory; the suffix of the
+    /// kernel's `so<suffix>` (byte offset of the first staged column's row in the stage) and
+    /// `cm<suffix>` (that column).
+    stage: Option<String>,
+}
+
+impl Mat {
+    /// The address of weight row `col` (an expression in scope).
+    fn row(&self, col: &str) -> String {
+        match &self.stage {
+            Some(x) => format!("(STG + so{x} + (u64)({col} - cm{x}) * {})", self.rb),
+            None => format!("W + {} + (u64){col} * {}", self.w, self.rb),
+        }
+    }
+}
+
+/// A read of another kernel's node that an epilogue issues ahead of the row's weights.
+pub(super) struct Hoisted {
+    name: String,
+    node: smelt_graph::NodeId,
+    read: String,
+}
+
+/// v13a: the first and last weight row (column) the virtual rows `lo..hi` of a bundle of mode
+/// `mode` read (RoPE pairs: `ca` of the first, `cb` of the last; both grow with the row).
+fn column_range(mode: Mode, lo: usize, hi: usize) -> (usize, usize) {
+    match mode {
+        Mode::Tiled | Mode::Column => (lo, hi - 1),
+        Mode::Pair(None) => (2 * lo, 2 * (hi - 1) + 1),
+        Mode::Pair(Some(Rot {
+            head_dim,
+            n_rot,
+            neox,
+        })) => {
+            let (hh, half) = (head_dim / 2, n_rot / 2);
+            let ca = |c: usize| {
+                let (k, hd0) = (c % hh, c / hh * head_dim);
+                match (neox, k < half) {
+                    (true, true) => (hd0 + k, hd0 + k + half),
+                    (true, false) => (
+                        hd0 + n_rot + 2 * (k - half),
+                        hd0 + n_rot + 2 * (k - half) + 1,
+                    ),
+                    (false, _) => (hd0 + 2 * k, hd0 + 2 * k + 1),
+                }
+            };
+            (ca(lo).0, ca(hi - 1).1)
+        }
+    }
 }
 
 impl Gen<'_> {
@@ -181,9 +232,11 @@ impl Gen<'_> {
                     quant,
                     w,
                     rb,
+                    row_bytes: wi.row_bytes as usize,
                     raw,
                     slot: mi * bc,
                     width: b.width,
+                    stage: None,
                 });
             }
             mats.push(ms);
@@ -264,6 +317,141 @@ impl Gen<'_> {
             (e, String::new())
         } else {
             (String::new(), prefetch)
+        };
+        // v13a (kernel lab, `SMELT_CUDA_STAGE_KB=n`, sm_90, one token): where every block's
+        // weight rows fit n KiB, thread 0 copies them into shared memory (one bulk copy a
+        // matmul, from the 16-byte boundary before the block's first row, counted on an
+        // mbarrier) before `PDL_WAIT`, while the previous kernel drains; the rows are read
+        // from there after one wait on the mbarrier, not from L2 or HBM after the row stage.
+        // The most bytes a block stages (each matmul's rows from a 16-byte boundary, rounded).
+        let stage_most = (0..grid)
+            .map(|blk| {
+                let (r0, r1) = (
+                    blk * rows_per_block,
+                    ((blk + 1) * rows_per_block).min(total),
+                );
+                let mut bytes = 0;
+                for (bi, ms) in mats.iter().enumerate() {
+                    let (st, ..) = starts[bi];
+                    let (lo, hi) = (r0.max(st), r1.min(st + vwidth(bi)));
+                    if lo < hi {
+                        let (c0, c1) = column_range(modes[bi], lo - st, hi - st);
+                        bytes += ms
+                            .iter()
+                            .map(|m| ((c1 - c0 + 1) * m.row_bytes + 31) / 16 * 16)
+                            .sum::<usize>();
+                    }
+                }
+                bytes
+            })
+            .max()
+            .unwrap_or(0);
+        let staged = self.stage_kb > 0
+            && nr == 1
+            && self.cc_major >= 9
+            && self.attn_tail == 0
+            && !need_f32
+            && stage_most <= self.stage_kb * 1024;
+        let (early, prefetch) = if staged {
+            let mut e = String::from(
+                "const u8* const STG = (const u8*)sm; __shared__ __align__(8) u64 stg_bar; u64 sq = 0;\n",
+            );
+            let mut issue = String::new();
+            for (bi, ms) in mats.iter_mut().enumerate() {
+                let (st, ..) = starts[bi];
+                let end = st + vwidth(bi);
+                let range = match modes[bi] {
+                    Mode::Tiled | Mode::Column => format!("cf{bi} = lo; cl{bi} = hi - 1;"),
+                    Mode::Pair(None) => format!("cf{bi} = 2 * lo; cl{bi} = 2 * hi - 1;"),
+                    m @ Mode::Pair(Some(_)) => format!(
+                        "{{ const int c = lo;\n{pc}cf{bi} = ca; }} {{ const int c = hi - 1;\n{pc}cl{bi} = cb; }}",
+                        pc = m.pair_columns()
+                    ),
+                };
+                write!(e, "int cf{bi} = 0, cl{bi} = -1; {{ const int lo = max(R0, {st}) - {st}, hi = min(R1, {end}) - {st}; if (lo < hi) {{ {range} }} }}\n").unwrap();
+                for (mi, m) in ms.iter_mut().enumerate() {
+                    let x = format!("{bi}_{mi}");
+                    write!(e, "u64 so{x} = 0, sd{x} = 0, ga{x} = 0; u32 gn{x} = 0; const int cm{x} = cf{bi};\n\
+                        if (cf{bi} <= cl{bi}) {{ const u64 src = (u64)(W + {w}) + (u64)cf{bi} * {rb}; ga{x} = src & ~15ull;\n\
+                          gn{x} = (u32)(((src + (u64)(cl{bi} - cf{bi} + 1) * {rb} + 15) & ~15ull) - ga{x}); sd{x} = sq; so{x} = sq + (src - ga{x}); sq += gn{x}; }}\n",
+                        w = m.w, rb = m.rb).unwrap();
+                    writeln!(
+                        issue,
+                        "if (gn{x}) bulk_g2s((u8*)sm + sd{x}, (const u8*)ga{x}, gn{x}, &stg_bar);"
+                    )
+                    .unwrap();
+                    m.stage = Some(x);
+                }
+            }
+            write!(
+                e,
+                "if (tid == 0) {{ mbar_init_expect(&stg_bar, (u32)sq);\n{issue}}}\n"
+            )
+            .unwrap();
+            next = stage_most.div_ceil(16) * 4;
+            (e, String::new())
+        } else {
+            (early, prefetch)
+        };
+        let units = |ty: &str| format!("{kdim} / UE8_{ty}");
+        let tiled_one = |m: &Mat| -> String {
+            if nr > 1 {
+                // Every row's raw value at `raw + row * width + c` (width: the bundle's).
+                let width = m.width;
+                format!(
+                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>(W + {} + (u64)c * {}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = v[i]; }} }}\n",
+                    m.ty,
+                    m.w,
+                    m.rb,
+                    units(m.ty),
+                    m.raw
+                )
+            } else if m.quant {
+                format!(
+                    "{{ float v = gemv8_{}({}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
+                    m.ty,
+                    m.row("c"),
+                    units(m.ty),
+                    m.raw
+                )
+            } else {
+                format!(
+                    "gemv_{}(W + {} + (u64)c * {}, {}, 1, {kdim}, xs, A + {} + c);\n",
+                    m.ty, m.w, m.rb, m.rb, m.raw
+                )
+            }
+        };
+        // Bundles with an elementwise epilogue finish each column in the warp that computed
+        // it (lane 0): no raw scratch, tile counters or second pass for them.
+        let prewait = nr == 1 && super::lab_knob("SMELT_CUDA_PREWAIT_READS") != Some(0);
+        let mut early_reads: Vec<String> = Vec::new();
+        let mut pre_dispatch: Vec<String> = vec![String::new(); bundles.len()];
+        let compute = dispatch(&mut |bi| {
+            if !inline[bi] {
+                return Ok(mats[bi].iter().map(tiled_one).collect());
+            }
+            let rot = match modes[bi] {
+                Mode::Pair(rot) => Some(rot),
+                _ => None,
+            };
+            let n0 = early_reads.len();
+            let reads = prewait.then_some((ki, &mut early_reads));
+            let code = self.warp_epilogue_code(&bundles[bi], &mats[bi], rot, nr, reads, &mut p)?;
+            pre_dispatch[bi] = early_reads[n0..].concat();
+            Ok(code)
+        })?;
+        // v13c: the warp's first row's early reads, before `PDL_WAIT`.
+        let early = if early_reads.is_empty() {
+            early
+        } else {
+            let decl: Vec<String> = (0..early_reads.len())
+                .map(|k| format!("pw{k} = 0.f"))
+                .collect();
+            let reads = dispatch(&mut |bi| Ok(std::mem::take(&mut pre_dispatch[bi])))?;
+            format!(
+                "{early}float {};\n{{ const int R = R0 + warp; if (R < R1) {{\n{reads}}} }}\n",
+                decl.join(", ")
+            )
         };
         // One token whose input row goes straight to registers: its loads are issued before
         // the weights' prefetch (behind it, they waited for the prefetch's misses), unless
@@ -377,48 +565,10 @@ impl Gen<'_> {
                 const float* xs = sm + {xf};\n").unwrap();
         }
         body += "__syncthreads();\nTRACE_MARK(1);\n";
+        if staged {
+            body += "mbar_wait0(&stg_bar);\n";
+        }
 
-        let units = |ty: &str| format!("{kdim} / UE8_{ty}");
-        let tiled_one = |m: &Mat| -> String {
-            if nr > 1 {
-                // Every row's raw value at `raw + row * width + c` (width: the bundle's).
-                let width = m.width;
-                format!(
-                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>(W + {} + (u64)c * {}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = v[i]; }} }}\n",
-                    m.ty,
-                    m.w,
-                    m.rb,
-                    units(m.ty),
-                    m.raw
-                )
-            } else if m.quant {
-                format!(
-                    "{{ float v = gemv8_{}(W + {} + (u64)c * {}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
-                    m.ty,
-                    m.w,
-                    m.rb,
-                    units(m.ty),
-                    m.raw
-                )
-            } else {
-                format!(
-                    "gemv_{}(W + {} + (u64)c * {}, {}, 1, {kdim}, xs, A + {} + c);\n",
-                    m.ty, m.w, m.rb, m.rb, m.raw
-                )
-            }
-        };
-        // Bundles with an elementwise epilogue finish each column in the warp that computed
-        // it (lane 0): no raw scratch, tile counters or second pass for them.
-        let compute = dispatch(&mut |bi| {
-            if !inline[bi] {
-                return Ok(mats[bi].iter().map(tiled_one).collect());
-            }
-            let rot = match modes[bi] {
-                Mode::Pair(rot) => Some(rot),
-                _ => None,
-            };
-            self.warp_epilogue_code(&bundles[bi], &mats[bi], rot, nr, &mut p)
-        })?;
         write!(
             body,
             "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
@@ -605,6 +755,7 @@ impl Gen<'_> {
         mats: &[Mat],
         pair: Option<Option<Rot>>,
         nr: usize,
+        early: Option<(usize, &mut Vec<String>)>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let sides = sides(pair);
@@ -619,9 +770,34 @@ impl Gen<'_> {
                 Some(v) => v != 0,
                 None => blocks32,
             };
-        let mut pre = String::new();
+        let mut pre = Vec::new();
         let epilogue = self.column_epilogue(b, pair, hoist.then_some(&mut pre), p)?;
-        let mut s = pre;
+        // v13c: a hoisted read of a node computed two or more kernels back (the residual in
+        // the down and output projections) is issued for the warp's first row before
+        // `PDL_WAIT` (that kernel is complete once the previous one has launched this one),
+        // through L2 (`__ldcg`: L1 is not yet coherent). SmolLM2 +0.9% in three rounds on the
+        // H100; `SMELT_CUDA_PREWAIT_READS=0` turns it off.
+        let mut s = String::new();
+        let mut early = early;
+        for h in pre {
+            let old = self
+                .plan
+                .placement(h.node)
+                .is_some_and(|pl| early.as_ref().is_some_and(|(ki, _)| pl.kernel + 2 <= *ki));
+            match early.as_mut() {
+                Some((_, reads)) if old => {
+                    let k = reads.len();
+                    reads.push(format!("pw{k} = __ldcg(&{});\n", h.read));
+                    writeln!(
+                        s,
+                        "const float {} = R == R0 + warp ? pw{k} : {};",
+                        h.name, h.read
+                    )
+                    .unwrap();
+                }
+                _ => writeln!(s, "const float {} = {};", h.name, h.read).unwrap(),
+            }
+        }
         for (m, mat) in b.matmuls.iter().zip(mats) {
             let Op::MatMul { x, .. } = self.node(*m).op else {
                 unreachable!()
@@ -631,8 +807,11 @@ impl Gen<'_> {
                 if nr == 1 {
                     writeln!(
                         s,
-                        "const float e{}{suf} = gemv8_{}(W + {} + (u64){col} * {}, {kdim} / UE8_{}, x8);",
-                        m.0, mat.ty, mat.w, mat.rb, mat.ty
+                        "const float e{}{suf} = gemv8_{}({}, {kdim} / UE8_{}, x8);",
+                        m.0,
+                        mat.ty,
+                        mat.row(col),
+                        mat.ty
                     )
                     .unwrap();
                 } else {
@@ -663,12 +842,12 @@ impl Gen<'_> {
     /// Code finishing one column `c` (or a pair `ca`, `cb`) of a bundle whose matmul values
     /// are defined as `e<id>` (`e<id>_a`, `e<id>_b`): each epilogue node's value, then the
     /// stores of every node with a destination. With `hoist`, the reads of nodes computed
-    /// elsewhere are written there as values `e<id>h<side>`, to be issued ahead of the code.
+    /// elsewhere are listed there as values `e<id>h<side>`, to be issued ahead of the code.
     pub(super) fn column_epilogue(
         &self,
         b: &smelt_graph::Bundle,
         pair: Option<Option<Rot>>,
-        hoist: Option<&mut String>,
+        hoist: Option<&mut Vec<Hoisted>>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let sides = sides(pair);
@@ -687,9 +866,12 @@ impl Gen<'_> {
                 };
                 let name = format!("e{}h{suf}", x.0);
                 let mut pre = pre.borrow_mut();
-                let def = format!("const float {name} = {read};\n");
-                if !pre.contains(&def) {
-                    pre.push_str(&def);
+                if !pre.iter().any(|h| h.name == name) {
+                    pre.push(Hoisted {
+                        name: name.clone(),
+                        node: x,
+                        read,
+                    });
                 }
                 Ok(name)
             };

@@ -108,6 +108,13 @@ __device__ __forceinline__ void st_async_f32(float* p, u32 rank, float v, u64* b
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
                :: "r"(ra), "r"(__float_as_uint(v)), "r"(rb) : "memory");
 }
+// v13a: bytes [src, src + n) into this block's shared memory at dst by one bulk (TMA) copy,
+// counted on `*bar` (both addresses and n multiples of 16).
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 n, u64* bar) {
+  const u32 d = (u32)__cvta_generic_to_shared(dst), b = (u32)__cvta_generic_to_shared(bar);
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               :: "r"(d), "l"(src), "r"(n), "r"(b) : "memory");
+}
 // Until phase 0 of `*bar` completes (every expected byte landed).
 __device__ __forceinline__ void mbar_wait0(u64* bar) {
   const u32 a = (u32)__cvta_generic_to_shared(bar);

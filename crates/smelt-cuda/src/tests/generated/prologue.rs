@@ -197,8 +197,12 @@ fn decode_epilogue_reads_come_early_for_32_value_blocks() {
     let hoisted = |src: &str| -> usize {
         let mut n = 0;
         for k in decode_kernels(src) {
-            // A hoisted read: defined before the row's gemv, used in the epilogue after it.
-            let Some(h) = k.find("h = A[") else {
+            // A hoisted read: defined before the row's gemv, used in the epilogue after it
+            // (the first row's taken from before the wait, v13c).
+            let Some(h) = k
+                .find("h = A[")
+                .or_else(|| k.find("h = R == R0 + warp ? pw"))
+            else {
                 continue;
             };
             n += 1;
@@ -250,4 +254,66 @@ fn matmuls_prefetch_their_first_rows_in_bulk_before_the_wait_when_asked() {
     assert!(bulk >= 4, "{bulk} kernels prefetch in bulk");
     assert!(lines >= 1, "{lines} kernels prefetch by lines");
     compile_with_pdl(&g.src, "SmolLM2 decode, bulk prefetch before the wait");
+}
+
+/// Kernel lab v13a (`GenOptions::stage_kb`, not yet measured): one-token matmuls whose
+/// block's weight rows fit the budget copy them into shared memory by bulk copies before
+/// `PDL_WAIT`, wait on the copies' mbarrier after the row stage and read every row from the
+/// stage; no line prefetches. SmolLM2's layer kernels (at most ~31 KB a block, the QKV
+/// kernel's RoPE pairs included) fit 64 KiB; none fit 1 KiB. Compiles with PDL. No GPU needed.
+#[test]
+fn matmuls_stage_their_rows_in_shared_memory_before_the_wait_when_asked() {
+    let staged = |kb: usize| {
+        let opts = codegen::GenOptions {
+            stage_kb: kb,
+            ..Default::default()
+        };
+        generated_kv(&SMOLLM2, 1, GgmlType::Q8_0, 256, false, None, opts).src
+    };
+    let src = staged(64);
+    let mut n = 0;
+    for k in decode_kernels(&src) {
+        let Some(at) = k.find("bulk_g2s(") else {
+            continue;
+        };
+        let wait = k.find("PDL_WAIT();").expect("a wait");
+        assert!(at < wait, "copies after the wait:\n{k}");
+        let landed = k
+            .find("mbar_wait0(&stg_bar);")
+            .expect("a wait on the copies");
+        let first = k.find("(STG + so").expect("rows read from the stage");
+        assert!(landed < first, "rows read before the copies landed:\n{k}");
+        assert!(
+            !k.contains("prefetch_row(") && !k.contains("gemv8_q8_0(W + "),
+            "{k}"
+        );
+        n += 1;
+    }
+    // QKV, wo, gate+up, down (the head's rows may not fit).
+    assert!(n >= 4, "{n} staged kernels");
+    compile_with_pdl(&src, "SmolLM2 decode, rows staged in shared memory");
+    assert!(!staged(1).contains("bulk_g2s(W"), "staged within 1 KiB");
+    assert!(!staged(1).contains("(STG + so"), "staged within 1 KiB");
+}
+
+/// v13c: a one-token matmul's hoisted read of a node computed two or more kernels back (the
+/// residual of SmolLM2's output and down projections) is issued for the warp's first row
+/// before `PDL_WAIT`, through L2, and the row takes it from there; reads of the previous
+/// kernel's nodes stay after the wait. Off with `SMELT_CUDA_PREWAIT_READS=0` (not set here).
+#[test]
+fn residual_reads_of_finished_kernels_go_before_the_wait() {
+    let src = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    let mut early = 0;
+    for k in decode_kernels(&src) {
+        let Some(at) = k.find("pw0 = __ldcg(&A[") else {
+            continue;
+        };
+        let wait = k.find("PDL_WAIT();").expect("a wait");
+        assert!(at < wait, "read after the wait:\n{k}");
+        assert!(k.contains("R == R0 + warp ? pw0 : A["), "{k}");
+        early += 1;
+    }
+    // The output projection and the down projection (each layer's kernels are shared).
+    assert!(early >= 2, "{early} kernels read early");
+    compile_with_pdl(&src, "SmolLM2 decode, residual read before the wait");
 }
