@@ -500,7 +500,6 @@ impl CudaBackend {
                 global_params: self.global_params,
                 row_regs: None,
                 attn_prewait: false,
-                bulk_early: false,
                 stage_kb: 0,
             },
         )?;

@@ -188,9 +188,6 @@ struct Gen<'a> {
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
     attn_prewait: bool,
-    /// One-token matmuls prefetch their first rows by bulk copies before `PDL_WAIT` (see
-    /// [`GenOptions::bulk_early`]).
-    bulk_early: bool,
     /// One-token matmuls copy their block's weight rows into shared memory before `PDL_WAIT`
     /// where they fit this many KiB (0: never; see [`GenOptions::stage_kb`]).
     stage_kb: usize,
@@ -227,13 +224,9 @@ pub(crate) struct GenOptions {
     /// Decode attention stages the key and value chunks wholly before the position ahead of
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
     pub attn_prewait: bool,
-    /// One-token matmuls prefetch each block's first weight rows into L2 by one bulk (TMA)
-    /// prefetch a matmul before `PDL_WAIT`, instead of line prefetches after the row's loads
-    /// (kernel lab on sm_90, not yet measured; also `SMELT_CUDA_BULK_EARLY=1`).
-    pub bulk_early: bool,
     /// One-token matmuls whose block's weight rows fit this many KiB copy them into shared
     /// memory by bulk (TMA) copies before `PDL_WAIT`, and read them from there (kernel lab on
-    /// sm_90, v13a; 0: off; None-like 0 defers to `SMELT_CUDA_STAGE_KB`).
+    /// sm_90, v13a, measured no faster; 0 defers to `SMELT_CUDA_STAGE_KB`, unset: off).
     pub stage_kb: usize,
 }
 
@@ -256,7 +249,6 @@ pub(crate) fn generate(
         global_params,
         row_regs,
         attn_prewait,
-        bulk_early,
         stage_kb,
     } = opts;
     let t = plan.graph().n_tokens();
@@ -295,7 +287,6 @@ pub(crate) fn generate(
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(1),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
-        bulk_early: bulk_early || lab_knob("SMELT_CUDA_BULK_EARLY") == Some(1),
         stage_kb: match stage_kb {
             0 => lab_knob("SMELT_CUDA_STAGE_KB").unwrap_or(0),
             n => n,

@@ -286,43 +286,14 @@ impl Gen<'_> {
             .filter(|n| (1..=16).contains(n))
             .unwrap_or(PREFETCH_ROWS);
         let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
-        // Kernel lab (`SMELT_CUDA_BULK_EARLY=1`, sm_90, one token, not yet measured): the same
-        // rows (the block's first `pf_rows` x 16) prefetched before `PDL_WAIT` as one bulk
-        // (TMA) prefetch a matmul from one thread, where the warps' line prefetches come
-        // after the row's loads (issued first, the row's loads queued behind them: v11a).
-        // Bundles of RoPE pairs (columns not contiguous) keep the line prefetches.
-        let bulk_early = nr == 1
-            && self.cc_major >= 9
-            && !modes.iter().any(|m| matches!(m, Mode::Pair(_)))
-            && self.bulk_early;
-        let (early, prefetch) = if bulk_early {
-            let mut e = format!(
-                "if (tid == 0) {{ const int B1 = min(R1, R0 + {}); (void)B1;\n",
-                pf_rows * NWARPS
-            );
-            for (bi, ms) in mats.iter().enumerate() {
-                let (st, ..) = starts[bi];
-                let end = st + vwidth(bi);
-                for m in ms {
-                    write!(
-                        e,
-                        "{{ const int lo = max(R0, {st}) - {st}, hi = min(B1, {end}) - {st}; if (lo < hi) prefetch_bulk_l2(W + {w} + (u64)lo * {rb}, (u64)(hi - lo) * {rb}); }}\n",
-                        w = m.w,
-                        rb = m.rb
-                    )
-                    .unwrap();
-                }
-            }
-            e += "}\n";
-            (e, String::new())
-        } else {
-            (String::new(), prefetch)
-        };
         // v13a (kernel lab, `SMELT_CUDA_STAGE_KB=n`, sm_90, one token): where every block's
         // weight rows fit n KiB, thread 0 copies them into shared memory (one bulk copy a
         // matmul, from the 16-byte boundary before the block's first row, counted on an
         // mbarrier) before `PDL_WAIT`, while the previous kernel drains; the rows are read
         // from there after one wait on the mbarrier, not from L2 or HBM after the row stage.
+        // Measured on the H100 (cuda.md v13): noise at 64 KiB (SmolLM2 2142 -> 2155 tok/s,
+        // medians of three), the 1B -5% at 120 KiB; the trace shows the row's first dot
+        // earlier but the row stage's loads later (behind the copies). Off.
         // The most bytes a block stages (each matmul's rows from a 16-byte boundary, rounded).
         let stage_most = (0..grid)
             .map(|blk| {
@@ -391,7 +362,7 @@ impl Gen<'_> {
             next = stage_most.div_ceil(16) * 4;
             (e, String::new())
         } else {
-            (early, prefetch)
+            (String::new(), prefetch)
         };
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
         let tiled_one = |m: &Mat| -> String {

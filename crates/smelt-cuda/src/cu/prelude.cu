@@ -429,15 +429,6 @@ __device__ __forceinline__ void prefetch_l2(const u8* p) { asm volatile("prefetc
 __device__ __forceinline__ void prefetch_row(const u8* row, u64 rb) {
   for (u64 o = (u64)(threadIdx.x & 31) * 128; o < rb; o += 32 * 128) prefetch_l2(row + o);
 }
-#if __CUDA_ARCH__ >= 900
-// Bytes [p, p + n) into L2 by one bulk (TMA) prefetch, the 16-byte-aligned part only (never
-// past the span); issued by one thread, it does not queue in the LSU path the row's loads
-// take (kernel lab, `SMELT_CUDA_BULK_EARLY=1`).
-__device__ __forceinline__ void prefetch_bulk_l2(const u8* p, u64 n) {
-  const u64 a = ((u64)p + 15) & ~15ull, e = ((u64)p + n) & ~15ull;
-  if (e > a) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(a), "r"((u32)(e - a)) : "memory");
-}
-#endif
 
 // ---- decode gemv for plain float weights (f32, f16, bf16) against f32 activations ----
 // Padded activation layout in shared memory: 4 floats of padding after every 32 values, so

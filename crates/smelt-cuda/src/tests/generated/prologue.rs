@@ -228,34 +228,6 @@ fn decode_epilogue_reads_come_early_for_32_value_blocks() {
     compile_with_pdl(&src, "SmolLM2 decode, epilogue reads early");
 }
 
-/// Kernel lab (`GenOptions::bulk_early`, not yet measured): one-token matmuls without RoPE
-/// pairs prefetch their block's first rows by bulk prefetches from one thread before
-/// `PDL_WAIT`, and no line prefetches follow; the QKV kernel (RoPE pairs) keeps its line
-/// prefetches. Compiles with PDL. No GPU needed.
-#[test]
-fn matmuls_prefetch_their_first_rows_in_bulk_before_the_wait_when_asked() {
-    let opts = codegen::GenOptions {
-        bulk_early: true,
-        ..Default::default()
-    };
-    let g = generated_kv(&SMOLLM2, 1, GgmlType::Q8_0, 256, false, None, opts);
-    let (mut bulk, mut lines) = (0, 0);
-    for k in decode_kernels(&g.src) {
-        if let Some(at) = k.find("prefetch_bulk_l2(W + ") {
-            bulk += 1;
-            let wait = k.find("PDL_WAIT();").expect("a wait");
-            assert!(at < wait, "bulk prefetch after the wait:\n{k}");
-            assert!(!k.contains("prefetch_row("), "line prefetches too:\n{k}");
-        } else if k.contains("prefetch_row(") {
-            lines += 1;
-        }
-    }
-    // wo, gate+up, down, the head in bulk; QKV (RoPE pairs) by lines.
-    assert!(bulk >= 4, "{bulk} kernels prefetch in bulk");
-    assert!(lines >= 1, "{lines} kernels prefetch by lines");
-    compile_with_pdl(&g.src, "SmolLM2 decode, bulk prefetch before the wait");
-}
-
 /// Kernel lab v13a (`GenOptions::stage_kb`, not yet measured): one-token matmuls whose
 /// block's weight rows fit the budget copy them into shared memory by bulk copies before
 /// `PDL_WAIT`, wait on the copies' mbarrier after the row stage and read every row from the
