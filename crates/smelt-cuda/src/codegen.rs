@@ -182,8 +182,9 @@ struct Gen<'a> {
     wo_fold: bool,
     /// Decode matmuls compute their row stage in registers where they can (v10a,
     /// `Gen::row_in_registers`), `SMELT_CUDA_ROW_REGS`: 0 never (the row stage through shared
-    /// memory, the kernel lab's baseline), 1 for one token (the default), 2 for a batch's
-    /// rows too (each row in turn; not yet measured).
+    /// memory, the kernel lab's baseline), 1 for one token, 2 for a batch's rows too (each
+    /// row in turn; the default, v13d: `smelt bench --batch` 4 and 8 rows +11-15% on the
+    /// H100).
     row_regs: usize,
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
@@ -219,7 +220,7 @@ pub(crate) struct GenOptions {
     /// taking them by value (`SMELT_CUDA_PARAMS=global`, the kernel lab's baseline).
     pub global_params: bool,
     /// Where decode matmuls compute their row stage in registers (see `Gen::row_regs`);
-    /// None: `SMELT_CUDA_ROW_REGS`, else one token only.
+    /// None: `SMELT_CUDA_ROW_REGS`, else one token and a batch's rows.
     pub row_regs: Option<usize>,
     /// Decode attention stages the key and value chunks wholly before the position ahead of
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
@@ -285,7 +286,7 @@ pub(crate) fn generate(
         wo_fold,
         row_regs: row_regs
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
-            .unwrap_or(1),
+            .unwrap_or(2),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
         stage_kb: match stage_kb {
             0 => lab_knob("SMELT_CUDA_STAGE_KB").unwrap_or(0),

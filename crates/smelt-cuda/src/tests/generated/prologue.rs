@@ -155,20 +155,19 @@ fn decode_rows_are_read_into_registers() {
     }
 }
 
-/// With `row_regs: Some(2)` (`SMELT_CUDA_ROW_REGS=2`, kernel lab) a batch step's matmuls
-/// compute each row's row stage in registers too, in the row loop, and without it (the
-/// default) they keep the shared-memory row stage; both compile with NVRTC where it loads.
-/// No GPU needed.
+/// By default (`SMELT_CUDA_ROW_REGS=2`, v13d) a batch step's matmuls compute each row's row
+/// stage in registers, in the row loop; with `row_regs: Some(1)` they keep the shared-memory
+/// row stage; both compile with NVRTC where it loads. No GPU needed.
 #[test]
-fn batch_rows_go_through_registers_when_asked() {
+fn batch_rows_go_through_registers() {
     for (n, qwen) in [(3, false), (8, false), (3, true)] {
+        let regs = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
         let opts = codegen::GenOptions {
             cublas: true,
-            row_regs: Some(2),
+            row_regs: Some(1),
             ..Default::default()
         };
-        let regs = generated_kv(&QUANT, n, GgmlType::Q4_K, 128, qwen, Some(true), opts);
-        let plain = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
+        let plain = generated_kv(&QUANT, n, GgmlType::Q4_K, 128, qwen, Some(true), opts);
         assert!(regs.decode && plain.decode);
         let loops = |src: &str| {
             decode_kernels(src)
