@@ -500,6 +500,7 @@ impl CudaBackend {
                 global_params: self.global_params,
                 row_regs: None,
                 attn_prewait: false,
+                row_pipe: false,
                 stage_kb: 0,
             },
         )?;

@@ -189,6 +189,9 @@ struct Gen<'a> {
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
     attn_prewait: bool,
+    /// A batch's rows in registers load the next row ahead of the barrier between rows
+    /// (see [`GenOptions::row_pipe`]).
+    row_pipe: bool,
     /// One-token matmuls copy their block's weight rows into shared memory before `PDL_WAIT`
     /// where they fit this many KiB (0: never; see [`GenOptions::stage_kb`]).
     stage_kb: usize,
@@ -225,6 +228,10 @@ pub(crate) struct GenOptions {
     /// Decode attention stages the key and value chunks wholly before the position ahead of
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
     pub attn_prewait: bool,
+    /// A batch step's rows in registers (`row_regs` 2) load the next row while this one is
+    /// quantised, ahead of the barrier between rows (kernel lab, v13e; also
+    /// `SMELT_CUDA_ROW_PIPE=1`).
+    pub row_pipe: bool,
     /// One-token matmuls whose block's weight rows fit this many KiB copy them into shared
     /// memory by bulk (TMA) copies before `PDL_WAIT`, and read them from there (kernel lab on
     /// sm_90, v13a, measured no faster; 0 defers to `SMELT_CUDA_STAGE_KB`, unset: off).
@@ -250,6 +257,7 @@ pub(crate) fn generate(
         global_params,
         row_regs,
         attn_prewait,
+        row_pipe,
         stage_kb,
     } = opts;
     let t = plan.graph().n_tokens();
@@ -288,6 +296,7 @@ pub(crate) fn generate(
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(2),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
+        row_pipe: row_pipe || lab_knob("SMELT_CUDA_ROW_PIPE") == Some(1),
         stage_kb: match stage_kb {
             0 => lab_knob("SMELT_CUDA_STAGE_KB").unwrap_or(0),
             n => n,

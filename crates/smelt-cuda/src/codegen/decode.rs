@@ -449,7 +449,15 @@ impl Gen<'_> {
         }
 
         // Several rows: the prologue and quantisation run once per row, into its own slots.
+        // v13e (kernel lab, `SMELT_CUDA_ROW_PIPE=1`): a batch's rows in registers load the
+        // next row while this one is quantised, ahead of the barrier between them (each row's
+        // loads otherwise wait for the previous row's barrier: a round trip a row). Mixed on
+        // the H100 at 8 rows: the 1B +2.7%, the 8B -1.1% (cuda.md v13). Off.
+        let pipe = nr > 1 && in_regs.is_some() && self.row_pipe;
         if nr > 1 {
+            if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
+                write!(body, "{}{{ const int r = 0;\n{}}}\n", f.decl, f.assign).unwrap();
+            }
             write!(
                 body,
                 "for (int r = 0; r < {nr}; r++) {{ const int rp = r; (void)rp;\n"
@@ -459,7 +467,9 @@ impl Gen<'_> {
         let xin = match &in_regs {
             Some(f) => {
                 if nr > 1 {
-                    body += &f.loads;
+                    if !pipe {
+                        body += &f.loads;
+                    }
                     body += &f.code;
                 }
                 String::new()
@@ -521,6 +531,14 @@ impl Gen<'_> {
                 .unwrap();
             } else {
                 // The next row's prologue reuses the slots this row's quantisation read.
+                if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
+                    write!(
+                        body,
+                        "if (r + 1 < {nr}) {{ const int rn = r + 1; {{ const int r = rn;\n{}}} }}\n",
+                        f.assign
+                    )
+                    .unwrap();
+                }
                 write!(
                     body,
                     "__syncthreads(); }}\n\

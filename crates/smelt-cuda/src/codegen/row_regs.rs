@@ -14,8 +14,12 @@ use crate::CudaError;
 
 /// A one-token kernel's row stage in registers ([`Gen::row_in_registers`]).
 pub(super) struct RowInRegs {
-    /// The stage's buffers and weights loaded into register arrays.
+    /// The stage's buffers and weights loaded into register arrays (`decl` then `assign`).
     pub loads: String,
+    /// The register arrays' declarations.
+    pub decl: String,
+    /// The loads into them (of row `r` where the step has several).
+    pub assign: String,
     /// Its nodes computed from them (norms, residual adds) and stored where they go.
     pub code: String,
     /// Passes of the block over the row (8 values a thread each).
@@ -142,13 +146,18 @@ impl Gen<'_> {
                 None => return Ok(None),
             },
         };
-        let loads = if regs.decl.is_empty() {
-            String::new()
+        let (decl, assign) = if regs.decl.is_empty() {
+            (String::new(), String::new())
         } else {
-            format!("float {};\n{}", regs.decl.join(", "), regs.load_code(kdim))
+            (
+                format!("float {};\n", regs.decl.join(", ")),
+                regs.load_code(kdim),
+            )
         };
         Ok(Some(RowInRegs {
-            loads,
+            loads: format!("{decl}{assign}"),
+            decl,
+            assign,
             code,
             iters,
             out,

@@ -288,3 +288,43 @@ fn residual_reads_of_finished_kernels_go_before_the_wait() {
     assert!(early >= 2, "{early} kernels read early");
     compile_with_pdl(&src, "SmolLM2 decode, residual read before the wait");
 }
+
+/// Kernel lab v13e (`GenOptions::row_pipe`): a batch step's rows in registers load the first
+/// row before the row loop and each next row after this one's quantisation, ahead of the
+/// barrier between rows; without it each row loads at the top of its turn. Compiles with
+/// NVRTC where it loads. No GPU needed.
+#[test]
+fn batch_rows_load_the_next_row_ahead_of_the_barrier_when_asked() {
+    for (n, qwen) in [(3, false), (8, true)] {
+        let opts = codegen::GenOptions {
+            cublas: true,
+            row_pipe: true,
+            ..Default::default()
+        };
+        let piped = generated_kv(&QUANT, n, GgmlType::Q4_K, 128, qwen, Some(true), opts);
+        let plain = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
+        // Kernels whose batch rows go through registers (the others keep the shared-memory
+        // row stage).
+        let in_regs = |k: &&str| k.contains("const X8 x8s =") && k.contains("][8];\n");
+        let count = |src: &str| {
+            decode_kernels(src)
+                .filter(in_regs)
+                .filter(|k| {
+                    let next = k.find("if (r + 1 < ");
+                    let barrier = k.find("__syncthreads(); }\nconst X8 x8s =");
+                    next.zip(barrier).is_some_and(|(a, b)| a < b)
+                })
+                .count()
+        };
+        let kernels = decode_kernels(&piped.src).filter(in_regs).count();
+        assert!(kernels > 0);
+        assert_eq!(count(&piped.src), kernels, "{n} rows");
+        assert_eq!(count(&plain.src), 0, "{n} rows");
+        if nvrtc_present() {
+            compile(
+                &piped.src,
+                &format!("batch of {n} rows, next row loaded early"),
+            );
+        }
+    }
+}
