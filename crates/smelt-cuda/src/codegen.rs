@@ -30,6 +30,7 @@ mod persistent;
 mod prefill;
 mod row_regs;
 mod rows;
+mod stage;
 
 pub(crate) const PRELUDE: &str = include_str!("cu/prelude.cu");
 /// Threads of row, gemv and epilogue kernels.

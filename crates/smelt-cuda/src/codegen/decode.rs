@@ -13,7 +13,7 @@ use std::fmt::Write;
 
 use smelt_graph::{KernelKind, Op};
 
-use super::{type_suffix, unsupported, Gen, Params, NT, NWARPS};
+use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
 /// Weight rows prefetched into L2 per warp before the prologue.
@@ -23,9 +23,9 @@ const PREFETCH_ROWS: usize = 2;
 /// `n_rot` dims of each head.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) struct Rot {
-    head_dim: usize,
-    n_rot: usize,
-    neox: bool,
+    pub(super) head_dim: usize,
+    pub(super) n_rot: usize,
+    pub(super) neox: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -39,7 +39,7 @@ pub(super) enum Mode {
 impl Mode {
     /// For a pair bundle: the columns `ca`, `cb` of virtual row `c`, the rotation index `ri`
     /// and whether the pair rotates (`rot`).
-    fn pair_columns(&self) -> String {
+    pub(super) fn pair_columns(&self) -> String {
         let Mode::Pair(rot) = *self else {
             return String::new();
         };
@@ -83,13 +83,13 @@ fn x_stride(kdim: usize) -> usize {
     (kp + kp / 64 * 16) / 4 + kp / 32 + kp / 16
 }
 
-struct Mat {
+pub(super) struct Mat {
     ty: &'static str,
     quant: bool,
-    w: String,
-    rb: String,
+    pub(super) w: String,
+    pub(super) rb: String,
     /// Bytes of one weight row.
-    row_bytes: usize,
+    pub(super) row_bytes: usize,
     raw: usize,
     slot: usize,
     /// The bundle's width (raw scratch row of several-row steps).
@@ -97,7 +97,7 @@ struct Mat {
     /// v13a: the block's rows of this matmul are staged in shared memory; the suffix of the
     /// kernel's `so<suffix>` (byte offset of the first staged column's row in the stage) and
     /// `cm<suffix>` (that column).
-    stage: Option<String>,
+    pub(super) stage: Option<String>,
 }
 
 impl Mat {
@@ -115,34 +115,6 @@ pub(super) struct Hoisted {
     name: String,
     node: smelt_graph::NodeId,
     read: String,
-}
-
-/// v13a: the first and last weight row (column) the virtual rows `lo..hi` of a bundle of mode
-/// `mode` read (RoPE pairs: `ca` of the first, `cb` of the last; both grow with the row).
-fn column_range(mode: Mode, lo: usize, hi: usize) -> (usize, usize) {
-    match mode {
-        Mode::Tiled | Mode::Column => (lo, hi - 1),
-        Mode::Pair(None) => (2 * lo, 2 * (hi - 1) + 1),
-        Mode::Pair(Some(Rot {
-            head_dim,
-            n_rot,
-            neox,
-        })) => {
-            let (hh, half) = (head_dim / 2, n_rot / 2);
-            let ca = |c: usize| {
-                let (k, hd0) = (c % hh, c / hh * head_dim);
-                match (neox, k < half) {
-                    (true, true) => (hd0 + k, hd0 + k + half),
-                    (true, false) => (
-                        hd0 + n_rot + 2 * (k - half),
-                        hd0 + n_rot + 2 * (k - half) + 1,
-                    ),
-                    (false, _) => (hd0 + 2 * k, hd0 + 2 * k + 1),
-                }
-            };
-            (ca(lo).0, ca(hi - 1).1)
-        }
-    }
 }
 
 impl Gen<'_> {
@@ -286,83 +258,29 @@ impl Gen<'_> {
             .filter(|n| (1..=16).contains(n))
             .unwrap_or(PREFETCH_ROWS);
         let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
-        // v13a (kernel lab, `SMELT_CUDA_STAGE_KB=n`, sm_90, one token): where every block's
-        // weight rows fit n KiB, thread 0 copies them into shared memory (one bulk copy a
-        // matmul, from the 16-byte boundary before the block's first row, counted on an
-        // mbarrier) before `PDL_WAIT`, while the previous kernel drains; the rows are read
-        // from there after one wait on the mbarrier, not from L2 or HBM after the row stage.
-        // Measured on the H100 (cuda.md v13): noise at 64 KiB (SmolLM2 2142 -> 2155 tok/s,
-        // medians of three), the 1B -5% at 120 KiB; the trace shows the row's first dot
-        // earlier but the row stage's loads later (behind the copies). Off.
-        // The most bytes a block stages (each matmul's rows from a 16-byte boundary, rounded).
-        let stage_most = (0..grid)
-            .map(|blk| {
-                let (r0, r1) = (
-                    blk * rows_per_block,
-                    ((blk + 1) * rows_per_block).min(total),
-                );
-                let mut bytes = 0;
-                for (bi, ms) in mats.iter().enumerate() {
-                    let (st, ..) = starts[bi];
-                    let (lo, hi) = (r0.max(st), r1.min(st + vwidth(bi)));
-                    if lo < hi {
-                        let (c0, c1) = column_range(modes[bi], lo - st, hi - st);
-                        bytes += ms
-                            .iter()
-                            .map(|m| ((c1 - c0 + 1) * m.row_bytes + 31) / 16 * 16)
-                            .sum::<usize>();
-                    }
-                }
-                bytes
-            })
-            .max()
-            .unwrap_or(0);
-        let staged = self.stage_kb > 0
-            && nr == 1
-            && self.cc_major >= 9
-            && self.attn_tail == 0
-            && !need_f32
-            && stage_most <= self.stage_kb * 1024;
-        let (early, prefetch) = if staged {
-            let mut e = String::from(
-                "const u8* const STG = (const u8*)sm; __shared__ __align__(8) u64 stg_bar; u64 sq = 0;\n",
-            );
-            let mut issue = String::new();
-            for (bi, ms) in mats.iter_mut().enumerate() {
-                let (st, ..) = starts[bi];
-                let end = st + vwidth(bi);
-                let range = match modes[bi] {
-                    Mode::Tiled | Mode::Column => format!("cf{bi} = lo; cl{bi} = hi - 1;"),
-                    Mode::Pair(None) => format!("cf{bi} = 2 * lo; cl{bi} = 2 * hi - 1;"),
-                    m @ Mode::Pair(Some(_)) => format!(
-                        "{{ const int c = lo;\n{pc}cf{bi} = ca; }} {{ const int c = hi - 1;\n{pc}cl{bi} = cb; }}",
-                        pc = m.pair_columns()
-                    ),
-                };
-                write!(e, "int cf{bi} = 0, cl{bi} = -1; {{ const int lo = max(R0, {st}) - {st}, hi = min(R1, {end}) - {st}; if (lo < hi) {{ {range} }} }}\n").unwrap();
-                for (mi, m) in ms.iter_mut().enumerate() {
-                    let x = format!("{bi}_{mi}");
-                    write!(e, "u64 so{x} = 0, sd{x} = 0, ga{x} = 0; u32 gn{x} = 0; const int cm{x} = cf{bi};\n\
-                        if (cf{bi} <= cl{bi}) {{ const u64 src = (u64)(W + {w}) + (u64)cf{bi} * {rb}; ga{x} = src & ~15ull;\n\
-                          gn{x} = (u32)(((src + (u64)(cl{bi} - cf{bi} + 1) * {rb} + 15) & ~15ull) - ga{x}); sd{x} = sq; so{x} = sq + (src - ga{x}); sq += gn{x}; }}\n",
-                        w = m.w, rb = m.rb).unwrap();
-                    writeln!(
-                        issue,
-                        "if (gn{x}) bulk_g2s((u8*)sm + sd{x}, (const u8*)ga{x}, gn{x}, &stg_bar);"
-                    )
-                    .unwrap();
-                    m.stage = Some(x);
-                }
+        // v13a (kernel lab, `SMELT_CUDA_STAGE_KB=n`): the block's weight rows staged in
+        // shared memory before the wait where they fit (codegen/stage.rs).
+        let widths: Vec<usize> = (0..bundles.len()).map(vwidth).collect();
+        let first: Vec<usize> = starts.iter().map(|s| s.0).collect();
+        let blocks_rows = stage::BlockRows {
+            grid,
+            rows_per_block,
+            total,
+            first: &first,
+            widths: &widths,
+            modes: &modes,
+        };
+        let stage = match nr == 1 && !need_f32 {
+            true => self.stage_rows(&mut mats, &blocks_rows),
+            false => None,
+        };
+        let staged = stage.is_some();
+        let (early, prefetch) = match stage {
+            Some((code, floats)) => {
+                next = floats;
+                (code, String::new())
             }
-            write!(
-                e,
-                "if (tid == 0) {{ mbar_init_expect(&stg_bar, (u32)sq);\n{issue}}}\n"
-            )
-            .unwrap();
-            next = stage_most.div_ceil(16) * 4;
-            (e, String::new())
-        } else {
-            (String::new(), prefetch)
+            None => (String::new(), prefetch),
         };
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
         let tiled_one = |m: &Mat| -> String {
