@@ -90,6 +90,9 @@ pub struct CudaProgram {
     cooperative: bool,
     /// Its grid barrier's counter (index into the counters), zeroed before each launch.
     barrier: Option<usize>,
+    /// v13f: the first of its launches' release counters and their number, zeroed before
+    /// each step.
+    flags: Option<(usize, usize)>,
     /// The graph capture failed (a cooperative launch the driver cannot capture).
     no_graph: std::sync::atomic::AtomicBool,
     kv_capacity: usize,
@@ -315,12 +318,15 @@ impl CudaBackend {
         let cublas = Cublas::load(dev.cu_stream());
         // Programmatic dependent launch (sm_90): by default a kernel lets the next one launch
         // when each of its blocks ends (`end`, v11a). `SMELT_CUDA_PDL`: 0 off, 1 at each
-        // kernel's start (v4b-v9, slower), `mid` once a block has issued its last weight loads.
+        // kernel's start (v4b-v9, slower), `mid` once a block has issued its last weight loads,
+        // `flag` (v13f, kernel lab, decode programs): per-launch release counters in place of
+        // the grid dependency wait (`flags_fit`).
         let pdl = match std::env::var("SMELT_CUDA_PDL").as_deref() {
             _ if dev.cc.0 < 9 => None,
             Ok("0") => None,
             Ok("1") => Some(0),
             Ok("mid") => Some(1),
+            Ok("flag") => Some(4),
             _ => Some(2),
         };
         Ok(CudaBackend {
@@ -506,9 +512,33 @@ impl CudaBackend {
         )?;
         let mut src = gen.src.clone();
         if let Some(at) = self.pdl {
+            let at = if at == 4 && !self.flags_fit(&gen) {
+                2
+            } else {
+                at
+            };
             src = format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT {at}\n{src}");
         }
         Ok((gen, src))
+    }
+
+    /// v13f (`SMELT_CUDA_PDL=flag`, kernel lab): whether program `gen` takes release counters
+    /// in place of `griddepcontrol.wait`. Each block of launch L adds 1 to counter L at its
+    /// end (`red.release.gpu`, after a block barrier); launch L + 1's blocks poll it
+    /// (`ld.acquire.gpu`, one thread) up to L's block count, then let launch L + 2 in: one
+    /// grid ahead. The counters are zeroed before each step. Decode programs whose kernels
+    /// take their parameters by value with two slots free (the counter's index and the
+    /// previous launch's blocks go in the last two), no persistent kernel, no attention tail
+    /// (it returns early).
+    fn flags_fit(&self, gen: &codegen::Generated) -> bool {
+        self.pdl == Some(4)
+            && gen.param_values
+            && !gen.persistent
+            && self.attn_tail == 0
+            && gen.launches.iter().all(|l| match &l.work {
+                Work::Kernel { params, .. } => params.len() <= codegen::PV_MAX - 2,
+                Work::Gemm(_) => false,
+            })
     }
 
     /// Compile the programs of `graphs` into the disk cache in parallel, so that lowering them
@@ -577,7 +607,10 @@ impl CudaBackend {
         // grids of fewer than n blocks instead.
         let pdl_limit = crate::codegen::lab_knob("SMELT_CUDA_PDL_GRID")
             .map_or(self.dev.sm_count as u64, |n| n as u64);
-        for l in &gen.launches {
+        // v13f: launch L's counter after the tile counters (`flags_fit`).
+        let flags = self.flags_fit(&gen).then_some(gen.counters);
+        let mut prev_blocks = 0u64;
+        for (li, l) in gen.launches.iter().enumerate() {
             launches.push(match &l.work {
                 Work::Kernel {
                     func,
@@ -598,9 +631,15 @@ impl CudaBackend {
                             ));
                         }
                     }
+                    let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
                     let args = if gen.param_values {
                         let mut v = [0u64; codegen::PV_MAX];
                         v[..ps.len()].copy_from_slice(ps);
+                        if let Some(base) = flags {
+                            v[codegen::PV_MAX - 2] = (base + li) as u64;
+                            v[codegen::PV_MAX - 1] = prev_blocks;
+                            prev_blocks = blocks;
+                        }
                         values.push(v);
                         Args::Value(values.len() - 1)
                     } else {
@@ -608,7 +647,6 @@ impl CudaBackend {
                         at += ps.len() as u64;
                         a
                     };
-                    let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
                     let programmatic = blocks < pdl_limit;
                     Step::Kernel(index[func], grid, *block, *smem, args, programmatic)
                 }
@@ -623,7 +661,8 @@ impl CudaBackend {
             labels: gen.launches.iter().map(|l| l.label.clone()).collect(),
             _params: params,
             arena_len: gen.arena_len,
-            counters: gen.counters,
+            counters: gen.counters + flags.map_or(0, |_| gen.launches.len()),
+            flags: flags.map(|base| (base, gen.launches.len())),
             out_off: gen.out_off,
             out_len: gen.out_len,
             in_len: if kv.is_paged() {

@@ -51,6 +51,12 @@ impl CudaBackend {
                     "zero the grid barrier",
                 )?;
             }
+            if let Some((base, n)) = prog.flags {
+                check(
+                    sys::cuMemsetD32Async(io.counters.ptr + base as u64 * 4, 0, n, stream),
+                    "zero the launch counters",
+                )?;
+            }
             if let Some(&e) = events.first() {
                 check(sys::cuEventRecord(e, stream), "event record")?;
             }

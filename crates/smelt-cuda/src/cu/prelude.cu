@@ -20,7 +20,19 @@ struct alignas(16) V4 { u32 x, y, z, w; };
 #define SMELT_PDL_AT 0
 #endif
 #define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
-#if SMELT_PDL
+#if SMELT_PDL && SMELT_PDL_AT == 4
+// v13f (kernel lab, decode programs): launch L's blocks each add 1 to counter C[P[62]] at
+// their end, after a block barrier, with a release at GPU scope; launch L + 1's blocks poll
+// counter L with an acquire (one thread) until it holds launch L's block count (P[63]; 0 for
+// a step's first launch), then let the next launch in. The counters are zeroed before each
+// step.
+#define PDL_WAIT() do { \
+  if (threadIdx.x == 0 && P[PV_MAX - 1] != 0) { \
+    const u32* f = C + P[PV_MAX - 2] - 1; u32 v; \
+    do { asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory"); } \
+    while (v < (u32)P[PV_MAX - 1]); } \
+  __syncthreads(); PDL_TRIGGER(); } while (0)
+#elif SMELT_PDL
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #else
 #define PDL_WAIT()
@@ -35,7 +47,11 @@ struct alignas(16) V4 { u32 x, y, z, w; };
 #else
 #define PDL_MID()
 #endif
-#if SMELT_PDL && SMELT_PDL_AT >= 1
+#if SMELT_PDL && SMELT_PDL_AT == 4
+#define PDL_END() do { __syncthreads(); \
+  if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(C + P[PV_MAX - 2]) : "memory"); \
+  } while (0)
+#elif SMELT_PDL && SMELT_PDL_AT >= 1
 #define PDL_END() PDL_TRIGGER()
 #else
 #define PDL_END()

@@ -328,3 +328,28 @@ fn batch_rows_load_the_next_row_ahead_of_the_barrier_when_asked() {
         }
     }
 }
+
+/// Kernel lab v13f (`SMELT_CUDA_PDL=flag`): SmolLM2's and the 1B's decode kernels leave the
+/// two parameter slots the launch counters take free, and their programs compile with the
+/// counters in place of the grid dependency wait. No GPU needed.
+#[test]
+fn decode_programs_compile_with_launch_counters() {
+    for (d, ty) in [
+        (&SMOLLM2, GgmlType::Q8_0),
+        (&LLAMA_1B_V1000, GgmlType::Q4_K),
+    ] {
+        let g = generated_with(d, 1, ty, false, 64);
+        assert!(g.param_values);
+        for l in &g.launches {
+            if let codegen::Work::Kernel { params, .. } = &l.work {
+                assert!(params.len() <= codegen::PV_MAX - 2, "{}", l.label);
+            }
+        }
+        if nvrtc_present() {
+            compile(
+                &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 4\n{}", g.src),
+                &format!("{ty:?} decode with launch counters"),
+            );
+        }
+    }
+}
