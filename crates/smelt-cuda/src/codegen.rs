@@ -26,6 +26,7 @@ mod attn_prefill;
 mod attn_tail;
 mod attn_wo;
 mod decode;
+mod epilogue;
 mod persistent;
 mod prefill;
 mod row_regs;

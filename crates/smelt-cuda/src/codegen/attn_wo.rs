@@ -20,7 +20,7 @@ use std::fmt::Write;
 
 use smelt_graph::{KernelKind, NodeId, Op};
 
-use super::decode::Mode;
+use super::epilogue::Mode;
 use super::{type_suffix, Gen, Params};
 use crate::CudaError;
 

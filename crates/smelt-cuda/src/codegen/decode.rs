@@ -6,85 +6,30 @@
 //! rows through the dp4a gemv units of the prelude. Raw matmul outputs go to scratch; epilogue
 //! tiles (bias, RoPE, QK-norm, SiLU*up, residual, KV write) run in the block that completes
 //! them: tiles wholly inside a block's rows at once, tiles shared by neighbouring blocks by
-//! the last one to finish (a counter per tile, reset by that block so graphs replay).
+//! the last one to finish (a counter per tile, reset by that block so graphs replay). How a
+//! bundle finishes its columns, and the warp's code for them: codegen/epilogue.rs.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
 use smelt_graph::{KernelKind, Op};
 
+use super::epilogue::Mode;
 use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
 /// Weight rows prefetched into L2 per warp before the prologue.
 const PREFETCH_ROWS: usize = 2;
 
-/// A RoPE rotation: pairs (2i, 2i + 1), or (i, i + n_rot / 2) with `neox`, of the first
-/// `n_rot` dims of each head.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) struct Rot {
-    pub(super) head_dim: usize,
-    pub(super) n_rot: usize,
-    pub(super) neox: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Mode {
-    Tiled,
-    Column,
-    /// Two columns per warp turn: a RoPE pair, or (None) neighbours of a short row.
-    Pair(Option<Rot>),
-}
-
-impl Mode {
-    /// For a pair bundle: the columns `ca`, `cb` of virtual row `c`, the rotation index `ri`
-    /// and whether the pair rotates (`rot`).
-    pub(super) fn pair_columns(&self) -> String {
-        let Mode::Pair(rot) = *self else {
-            return String::new();
-        };
-        let Some(Rot {
-            head_dim,
-            n_rot,
-            neox,
-        }) = rot
-        else {
-            return "const int ca = 2 * c, cb = ca + 1;\n".to_string();
-        };
-        let (hh, half) = (head_dim / 2, n_rot / 2);
-        let (ca, cb) = if neox {
-            (
-                format!("hd0 + (k < {half} ? k : {n_rot} + 2 * (k - {half}))"),
-                format!("ca + (k < {half} ? {half} : 1)"),
-            )
-        } else {
-            ("hd0 + 2 * k".to_string(), "ca + 1".to_string())
-        };
-        format!(
-            "const int k = c % {hh}, hd0 = c / {hh} * {head_dim}; const int ca = {ca}, cb = {cb}, ri = k; const bool rot = k < {half};\n"
-        )
-    }
-}
-
-/// The columns one warp turn finishes, with their temporaries' suffixes: `c`, or a pair's
-/// `ca` and `cb` (`pair` is `Some`).
-fn sides(pair: Option<Option<Rot>>) -> &'static [(&'static str, &'static str)] {
-    if pair.is_some() {
-        &[("_a", "ca"), ("_b", "cb")]
-    } else {
-        &[("", "c")]
-    }
-}
-
 /// Floats of one row's int8 activations in shared memory: values (padded), block scales,
 /// block sums.
-fn x_stride(kdim: usize) -> usize {
+pub(super) fn x_stride(kdim: usize) -> usize {
     let kp = kdim.div_ceil(256) * 256;
     (kp + kp / 64 * 16) / 4 + kp / 32 + kp / 16
 }
 
 pub(super) struct Mat {
-    ty: &'static str,
+    pub(super) ty: &'static str,
     quant: bool,
     pub(super) w: String,
     pub(super) rb: String,
@@ -102,19 +47,12 @@ pub(super) struct Mat {
 
 impl Mat {
     /// The address of weight row `col` (an expression in scope).
-    fn row(&self, col: &str) -> String {
+    pub(super) fn row(&self, col: &str) -> String {
         match &self.stage {
             Some(x) => format!("(STG + so{x} + (u64)({col} - cm{x}) * {})", self.rb),
             None => format!("W + {} + (u64){col} * {}", self.w, self.rb),
         }
     }
-}
-
-/// A read of another kernel's node that an epilogue issues ahead of the row's weights.
-pub(super) struct Hoisted {
-    name: String,
-    node: smelt_graph::NodeId,
-    read: String,
 }
 
 impl Gen<'_> {
@@ -288,10 +226,9 @@ impl Gen<'_> {
                 // Every row's raw value at `raw + row * width + c` (width: the bundle's).
                 let width = m.width;
                 format!(
-                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>(W + {} + (u64)c * {}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = v[i]; }} }}\n",
+                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>({}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = v[i]; }} }}\n",
                     m.ty,
-                    m.w,
-                    m.rb,
+                    m.row("c"),
                     units(m.ty),
                     m.raw
                 )
@@ -305,8 +242,11 @@ impl Gen<'_> {
                 )
             } else {
                 format!(
-                    "gemv_{}(W + {} + (u64)c * {}, {}, 1, {kdim}, xs, A + {} + c);\n",
-                    m.ty, m.w, m.rb, m.rb, m.raw
+                    "gemv_{}({}, {}, 1, {kdim}, xs, A + {} + c);\n",
+                    m.ty,
+                    m.row("c"),
+                    m.rb,
+                    m.raw
                 )
             }
         };
@@ -585,259 +525,6 @@ impl Gen<'_> {
         Ok(())
     }
 
-    /// How a bundle finishes its columns. All matmuls quantised and an epilogue elementwise
-    /// per column (bias, residual add, SiLU * up, scale, softcap): in the computing warp, one
-    /// column per turn. The same plus RoPE (one rotation for every RoPE node): a warp takes a
-    /// rotated pair of columns per turn. Otherwise (per-head norms, float weights): tiles.
-    pub(super) fn epilogue_mode(&self, b: &smelt_graph::Bundle) -> Mode {
-        let quant = b.matmuls.iter().all(|&m| {
-            let Op::MatMul { w, .. } = self.node(m).op else {
-                return false;
-            };
-            type_suffix(self.weight(w).dtype).is_some_and(|t| !matches!(t, "f32" | "f16" | "bf16"))
-        });
-        if !quant {
-            return Mode::Tiled;
-        }
-        let mut rope: Option<Rot> = None;
-        for &n in &b.epilogue {
-            match self.node(n).op {
-                ref op if op.is_columnwise() => {}
-                Op::Rope {
-                    head_dim,
-                    n_rot,
-                    neox,
-                    ..
-                } => {
-                    let r = Rot {
-                        head_dim,
-                        n_rot,
-                        neox,
-                    };
-                    let fits = head_dim.is_multiple_of(2)
-                        && n_rot.is_multiple_of(2)
-                        && n_rot <= head_dim
-                        && b.width.is_multiple_of(head_dim);
-                    if !fits || rope.is_some_and(|o| o != r) {
-                        return Mode::Tiled;
-                    }
-                    rope = Some(r);
-                }
-                _ => return Mode::Tiled,
-            }
-        }
-        match rope {
-            Some(r) if std::env::var("SMELT_CUDA_ROPE_PAIRS").map_or(true, |v| v != "0") => {
-                Mode::Pair(Some(r))
-            }
-            Some(_) => Mode::Tiled,
-            // Rows of at most one gemv unit per lane (K <= 2048 for K-quants, <= 1024 for
-            // 32-value blocks) can go two neighbouring rows per warp turn, twice the bytes in
-            // flight: measured slower (1B 1518 -> 1483, SmolLM2 1335 -> 1244 tok/s on the
-            // H100), so only with `SMELT_CUDA_TWO_ROWS=N` (rows of at most N units per lane),
-            // for the kernel lab.
-            None if b.width.is_multiple_of(2)
-                && super::lab_knob("SMELT_CUDA_TWO_ROWS")
-                    .is_some_and(|n| b.matmuls.iter().all(|&m| self.units_per_lane(m) <= n)) =>
-            {
-                Mode::Pair(None)
-            }
-            None => Mode::Column,
-        }
-    }
-
-    /// Gemv units (`UE8_*` values) each lane takes in one row of matmul `m` (rounded up).
-    fn units_per_lane(&self, m: smelt_graph::NodeId) -> usize {
-        let Op::MatMul { x, w } = self.node(m).op else {
-            return usize::MAX;
-        };
-        let Some(ue) = type_suffix(self.weight(w).dtype).and_then(unit_values) else {
-            return usize::MAX;
-        };
-        self.node(x).shape[1].div_ceil(ue).div_ceil(32)
-    }
-
-    /// Code finishing an inline bundle in the warp that computes it: the matmul values (the
-    /// whole warp), then in lane 0 each epilogue node's value and the stores. One column `c`
-    /// per turn (`pair` None; values `e<id>`), or two (`Some(rot)`): the columns `ca`, `cb`
-    /// (values `e<id>_a`, `e<id>_b`), rotated together by a RoPE node (index `ri`, `rot`).
-    fn warp_epilogue_code(
-        &self,
-        b: &smelt_graph::Bundle,
-        mats: &[Mat],
-        pair: Option<Option<Rot>>,
-        nr: usize,
-        early: Option<(usize, &mut Vec<String>)>,
-        p: &mut Params,
-    ) -> Result<String, CudaError> {
-        let sides = sides(pair);
-        // v12a: one token's epilogue reads of other nodes (the residual) are issued before
-        // the row's weights, not after its warp sum, where they added an L2 round trip to each
-        // column (SASS of SmolLM2's down kernel). Measured (H100): SmolLM2 Q8_0 +2.3%, the
-        // 1B Q4_K_M -2%, the 8B -0.5%, so only for rows of 32-value blocks (a unit is 5-9
-        // scalar loads); `SMELT_CUDA_EPI_HOIST=0|1` forces it off or on.
-        let blocks32 = mats.iter().all(|m| unit_values(m.ty) == Some(32));
-        let hoist = nr == 1
-            && match super::lab_knob("SMELT_CUDA_EPI_HOIST") {
-                Some(v) => v != 0,
-                None => blocks32,
-            };
-        let mut pre = Vec::new();
-        let epilogue = self.column_epilogue(b, pair, hoist.then_some(&mut pre), p)?;
-        // v13c: a hoisted read of a node computed two or more kernels back (the residual in
-        // the down and output projections) is issued for the warp's first row before
-        // `PDL_WAIT` (that kernel is complete once the previous one has launched this one),
-        // through L2 (`__ldcg`: L1 is not yet coherent). SmolLM2 +0.9% in three rounds on the
-        // H100; `SMELT_CUDA_PREWAIT_READS=0` turns it off.
-        let mut s = String::new();
-        let mut early = early;
-        for h in pre {
-            let old = self
-                .plan
-                .placement(h.node)
-                .is_some_and(|pl| early.as_ref().is_some_and(|(ki, _)| pl.kernel + 2 <= *ki));
-            match early.as_mut() {
-                Some((_, reads)) if old => {
-                    let k = reads.len();
-                    reads.push(format!("pw{k} = __ldcg(&{});\n", h.read));
-                    writeln!(
-                        s,
-                        "const float {} = R == R0 + warp ? pw{k} : {};",
-                        h.name, h.read
-                    )
-                    .unwrap();
-                }
-                _ => writeln!(s, "const float {} = {};", h.name, h.read).unwrap(),
-            }
-        }
-        for (m, mat) in b.matmuls.iter().zip(mats) {
-            let Op::MatMul { x, .. } = self.node(*m).op else {
-                unreachable!()
-            };
-            let kdim = self.node(x).shape[1];
-            for (suf, col) in sides {
-                if nr == 1 {
-                    writeln!(
-                        s,
-                        "const float e{}{suf} = gemv8_{}({}, {kdim} / UE8_{}, x8);",
-                        m.0,
-                        mat.ty,
-                        mat.row(col),
-                        mat.ty
-                    )
-                    .unwrap();
-                } else {
-                    writeln!(
-                        s,
-                        "const float e{}{suf} = gemv8r_{}<{nr}, {xs}>(W + {} + (u64){col} * {}, {kdim} / UE8_{}, x8s, 0);",
-                        m.0, mat.ty, mat.w, mat.rb, mat.ty, xs = x_stride(kdim)
-                    )
-                    .unwrap();
-                }
-            }
-        }
-        if nr == 1 {
-            s += "if (lane == 0) {\n";
-        } else {
-            // Lane r holds row r's sum and finishes row r.
-            write!(
-                s,
-                "if (lane < {nr}) {{ const int r = lane, rp = lane; (void)rp;\n"
-            )
-            .unwrap();
-        }
-        s += &epilogue;
-        s += "}\n";
-        Ok(s)
-    }
-
-    /// Code finishing one column `c` (or a pair `ca`, `cb`) of a bundle whose matmul values
-    /// are defined as `e<id>` (`e<id>_a`, `e<id>_b`): each epilogue node's value, then the
-    /// stores of every node with a destination. With `hoist`, the reads of nodes computed
-    /// elsewhere are listed there as values `e<id>h<side>`, to be issued ahead of the code.
-    pub(super) fn column_epilogue(
-        &self,
-        b: &smelt_graph::Bundle,
-        pair: Option<Option<Rot>>,
-        hoist: Option<&mut Vec<Hoisted>>,
-        p: &mut Params,
-    ) -> Result<String, CudaError> {
-        let sides = sides(pair);
-        let mut s = String::new();
-        let mut local: Vec<smelt_graph::NodeId> = b.matmuls.clone();
-        let hoist = hoist.map(std::cell::RefCell::new);
-        for &n in &b.epilogue {
-            let op = &self.node(n).op;
-            let rd = |x: smelt_graph::NodeId, (suf, col): (&str, &str), p: &mut Params| {
-                if local.contains(&x) {
-                    return Ok(format!("e{}{suf}", x.0));
-                }
-                let read = self.buf_read(x, col, p)?;
-                let Some(pre) = &hoist else {
-                    return Ok(read);
-                };
-                let name = format!("e{}h{suf}", x.0);
-                let mut pre = pre.borrow_mut();
-                if !pre.iter().any(|h| h.name == name) {
-                    pre.push(Hoisted {
-                        name: name.clone(),
-                        node: x,
-                        read,
-                    });
-                }
-                Ok(name)
-            };
-            if let (
-                Some(rot),
-                Op::Rope {
-                    x,
-                    base,
-                    freq_scale,
-                    factors,
-                    ..
-                },
-            ) = (pair, op)
-            {
-                let (xa, xb) = (rd(*x, sides[0], p)?, rd(*x, sides[1], p)?);
-                let fac = match factors {
-                    Some(f) => format!(" / ((const float*)(W + {}))[ri]", p.p(self.weight(*f).off)),
-                    None => String::new(),
-                };
-                write!(
-                    s,
-                    "float e{id}_a = {xa}, e{id}_b = {xb};\n\
-                     if (rot) {{ const float th = (float)pos[rp] * {fs} * powf({fb}, -2.0f * (float)ri / {nr}.0f){fac};\n\
-                       float sn, cs; sincosf(th, &sn, &cs); const float x0 = e{id}_a, x1 = e{id}_b;\n\
-                       e{id}_a = x0 * cs - x1 * sn; e{id}_b = x0 * sn + x1 * cs; }}\n",
-                    id = n.0,
-                    fs = super::lit(*freq_scale),
-                    fb = super::lit(*base),
-                    nr = rot.map_or(0, |r| r.n_rot),
-                )
-                .unwrap();
-            } else {
-                for &side in sides {
-                    let e = self.columnwise_expr(op, side.1, &|x, p| rd(x, side, p), p)?;
-                    writeln!(s, "const float e{}{} = {e};", n.0, side.0).unwrap();
-                }
-            }
-            local.push(n);
-        }
-        for &(suf, col) in sides {
-            // A pair stores each column with `c` bound to it (the stores index by `c`).
-            if pair.is_some() {
-                write!(s, "{{ const int c = {col};\n").unwrap();
-            }
-            for &n in &local {
-                s += &self.stores(n, &format!("e{}{suf}", n.0), "0", p)?;
-            }
-            if pair.is_some() {
-                s += "}\n";
-            }
-        }
-        Ok(s)
-    }
-
     fn need_gemv(&mut self, ty: &'static str, quant: bool, rows: bool) {
         if rows {
             let line = format!("DEF_GEMV8N({ty})\nDEF_GEMV8R({ty})\n");
@@ -858,7 +545,7 @@ impl Gen<'_> {
 
 /// Values in one gemv unit (`UE8_*`) of a quantised type's suffix: 64 for K-quants, 32 for the
 /// 32-value block types; None for float types.
-fn unit_values(ty: &str) -> Option<usize> {
+pub(super) fn unit_values(ty: &str) -> Option<usize> {
     match ty {
         "q4_k" | "q5_k" | "q6_k" => Some(64),
         "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => Some(32),

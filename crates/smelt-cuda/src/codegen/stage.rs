@@ -9,7 +9,8 @@
 
 use std::fmt::Write;
 
-use super::decode::{Mat, Mode, Rot};
+use super::decode::Mat;
+use super::epilogue::{Mode, Rot};
 use super::Gen;
 
 /// How a decode matmul kernel spreads its virtual rows: blocks of `rows_per_block` of
