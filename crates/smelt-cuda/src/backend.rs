@@ -508,6 +508,7 @@ impl CudaBackend {
                 attn_prewait: false,
                 row_pipe: false,
                 stage_kb: 0,
+                wrap_returns: self.pdl == Some(4),
             },
         )?;
         let mut src = gen.src.clone();

@@ -238,6 +238,9 @@ pub(crate) struct GenOptions {
     /// memory by bulk (TMA) copies before `PDL_WAIT`, and read them from there (kernel lab on
     /// sm_90, v13a, measured no faster; 0 defers to `SMELT_CUDA_STAGE_KB`, unset: off).
     pub stage_kb: usize,
+    /// Each kernel body with an early `return` becomes a function of its own, so that every
+    /// block reaches the kernel's `PDL_END` (v13f's release counters, `SMELT_CUDA_PDL=flag`).
+    pub wrap_returns: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -261,6 +264,7 @@ pub(crate) fn generate(
         attn_prewait,
         row_pipe,
         stage_kb,
+        wrap_returns,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -393,6 +397,21 @@ pub(crate) fn generate(
             } else {
                 "PDL_LAUNCH(); PDL_WAIT();\n"
             };
+            if wrap_returns && param_values && k.body.contains("return") {
+                // Its early returns end only the body: every block reaches `PDL_END`.
+                writeln!(
+                    src,
+                    "__device__ __forceinline__ void {n}_body{sig} {{\n{b}}}\n\
+                    extern \"C\" __global__ void __launch_bounds__({}) {}{n}{sig} {{\n{pdl}\
+                    {n}_body(W, A, KV, tok, pos, P, C);\nPDL_END();\n}}",
+                    k.bounds,
+                    k.attrs,
+                    n = k.name,
+                    b = k.body,
+                )
+                .unwrap();
+                continue;
+            }
             writeln!(
                 src,
                 "extern \"C\" __global__ void __launch_bounds__({}) {}{}{sig} {{\n{pdl}{}PDL_END();\n}}",

@@ -330,25 +330,67 @@ fn batch_rows_load_the_next_row_ahead_of_the_barrier_when_asked() {
 }
 
 /// Kernel lab v13f (`SMELT_CUDA_PDL=flag`): SmolLM2's and the 1B's decode kernels leave the
-/// two parameter slots the launch counters take free, and their programs compile with the
-/// counters in place of the grid dependency wait. No GPU needed.
+/// two parameter slots the launch counters take free; every kernel ends in `PDL_END` on every
+/// path (a body with an early return, attention's, is a function of its own), so each block
+/// adds to its launch's counter; and the programs compile with the counters in place of the
+/// grid dependency wait. No GPU needed.
 #[test]
 fn decode_programs_compile_with_launch_counters() {
-    for (d, ty) in [
-        (&SMOLLM2, GgmlType::Q8_0),
-        (&LLAMA_1B_V1000, GgmlType::Q4_K),
+    // One token, a batch step of 4 sequences, and 80-wide heads (no cluster attention: the
+    // split-K kernel, which returns early).
+    let hd80 = Dims {
+        n_head: 8,
+        n_head_kv: 2,
+        head_dim: 80,
+        n_rot: 80,
+        ..SMOLLM2
+    };
+    for (d, ty, n) in [
+        (&SMOLLM2, GgmlType::Q8_0, 1),
+        (&LLAMA_1B_V1000, GgmlType::Q4_K, 1),
+        (&SMOLLM2, GgmlType::Q8_0, 4),
+        (&hd80, GgmlType::Q8_0, 1),
     ] {
-        let g = generated_with(d, 1, ty, false, 64);
+        let opts = codegen::GenOptions {
+            wrap_returns: true,
+            ..Default::default()
+        };
+        let paged = (n > 1).then_some(true);
+        let g = generated_kv(d, n, ty, 64, false, paged, opts);
         assert!(g.param_values);
         for l in &g.launches {
             if let codegen::Work::Kernel { params, .. } = &l.work {
                 assert!(params.len() <= codegen::PV_MAX - 2, "{}", l.label);
             }
         }
+        let mut wrapped = 0;
+        for k in g.src.split("extern \"C\" __global__").skip(1) {
+            if !k.lines().next().is_some_and(|l| l.contains("const PV P")) {
+                continue; // the prelude's own kernels (prefill)
+            }
+            let end = k
+                .find("PDL_END();\n}")
+                .expect("every kernel ends in PDL_END");
+            let body = &k[..end];
+            if body.contains("_body(") {
+                wrapped += 1;
+            } else {
+                assert!(
+                    !body.contains("return"),
+                    "an early return skips PDL_END:\n{body}"
+                );
+            }
+        }
+        if d.head_dim == 80 {
+            assert!(
+                wrapped >= 1,
+                "the split-K attention returns early and is wrapped"
+            );
+        }
         if nvrtc_present() {
             compile(
                 &format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT 4\n{}", g.src),
-                &format!("{ty:?} decode with launch counters"),
+                &format!("{ty:?} decode of {n} with launch counters"),
             );
         }
     }
