@@ -506,7 +506,7 @@ impl CudaBackend {
                 global_params: self.global_params,
                 row_regs: None,
                 attn_prewait: false,
-                row_pipe: false,
+                row_pipe_k: None,
                 stage_kb: 0,
                 wrap_returns: self.pdl == Some(4),
             },

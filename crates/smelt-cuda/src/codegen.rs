@@ -69,6 +69,11 @@ pub const KV_BLOCK: usize = 32;
 /// sequence's few new tokens: every weight is loaded once and dotted with each row.
 pub const MAX_DECODE_ROWS: usize = 8;
 
+/// A batch step's matmuls whose rows are at most this long load the next row ahead of the
+/// barrier between rows (v13g; v13e measured: the 1B's 2048-value rows +1%, the 8B's 4096 and
+/// 14336 no faster).
+const ROW_PIPE_K: usize = 2048;
+
 /// One step of a program: a kernel launch or a cuBLAS GEMM.
 #[derive(Clone, Debug)]
 pub(crate) struct Launch {
@@ -191,9 +196,9 @@ struct Gen<'a> {
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
     attn_prewait: bool,
-    /// A batch's rows in registers load the next row ahead of the barrier between rows
-    /// (see [`GenOptions::row_pipe`]).
-    row_pipe: bool,
+    /// A batch's rows in registers of at most this many values load the next row ahead of
+    /// the barrier between rows (v13g: 2048 by default; see [`GenOptions::row_pipe`]).
+    row_pipe_k: usize,
     /// One-token matmuls copy their block's weight rows into shared memory before `PDL_WAIT`
     /// where they fit this many KiB (0: never; see [`GenOptions::stage_kb`]).
     stage_kb: usize,
@@ -230,10 +235,11 @@ pub(crate) struct GenOptions {
     /// Decode attention stages the key and value chunks wholly before the position ahead of
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
     pub attn_prewait: bool,
-    /// A batch step's rows in registers (`row_regs` 2) load the next row while this one is
-    /// quantised, ahead of the barrier between rows (kernel lab, v13e; also
-    /// `SMELT_CUDA_ROW_PIPE=1`).
-    pub row_pipe: bool,
+    /// A batch step's rows in registers (`row_regs` 2) of at most this many values load the
+    /// next row while this one is quantised, ahead of the barrier between rows (v13e, v13g).
+    /// None: `SMELT_CUDA_ROW_PIPE_K`, else every length with `SMELT_CUDA_ROW_PIPE=1`, none
+    /// with `=0`, else 2048.
+    pub row_pipe_k: Option<usize>,
     /// One-token matmuls whose block's weight rows fit this many KiB copy them into shared
     /// memory by bulk (TMA) copies before `PDL_WAIT`, and read them from there (kernel lab on
     /// sm_90, v13a, measured no faster; 0 defers to `SMELT_CUDA_STAGE_KB`, unset: off).
@@ -262,7 +268,7 @@ pub(crate) fn generate(
         global_params,
         row_regs,
         attn_prewait,
-        row_pipe,
+        row_pipe_k,
         stage_kb,
         wrap_returns,
     } = opts;
@@ -302,7 +308,13 @@ pub(crate) fn generate(
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(2),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
-        row_pipe: row_pipe || lab_knob("SMELT_CUDA_ROW_PIPE") == Some(1),
+        row_pipe_k: row_pipe_k.unwrap_or_else(|| {
+            lab_knob("SMELT_CUDA_ROW_PIPE_K").unwrap_or(match lab_knob("SMELT_CUDA_ROW_PIPE") {
+                Some(0) => 0,
+                Some(1) => usize::MAX,
+                _ => ROW_PIPE_K,
+            })
+        }),
         stage_kb: match stage_kb {
             0 => lab_knob("SMELT_CUDA_STAGE_KB").unwrap_or(0),
             n => n,

@@ -307,16 +307,12 @@ impl Gen<'_> {
         }
 
         // Several rows: the prologue and quantisation run once per row, into its own slots.
-        // v13e (kernel lab, `SMELT_CUDA_ROW_PIPE=1`): a batch's rows in registers load the
-        // next row while this one is quantised, ahead of the barrier between them (each row's
-        // loads otherwise wait for the previous row's barrier: a round trip a row). Mixed on
-        // the H100 at 8 rows: the 1B +2.7%, the 8B -1.1% (cuda.md v13). Off.
-        // `SMELT_CUDA_ROW_PIPE_K=n` limits it to rows of at most n values (the 1B's are
-        // mostly 2048, the 8B's 4096 and 14336).
-        let pipe = nr > 1
-            && in_regs.is_some()
-            && self.row_pipe
-            && kdim <= super::lab_knob("SMELT_CUDA_ROW_PIPE_K").unwrap_or(usize::MAX);
+        // v13e/v13g: a batch's rows in registers load the next row while this one is
+        // quantised, ahead of the barrier between them (each row's loads otherwise wait for
+        // the previous row's barrier: a round trip a row). On the H100 for every row length
+        // (v13e) the 1B +2.7% and the 8B -1.1% at 8 rows; for rows of at most 2048 values
+        // (v13g, the default) the 1B +1%, the 8B unchanged (cuda.md v13).
+        let pipe = nr > 1 && in_regs.is_some() && kdim <= self.row_pipe_k;
         if nr > 1 {
             if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
                 write!(body, "{}{{ const int r = 0;\n{}}}\n", f.decl, f.assign).unwrap();

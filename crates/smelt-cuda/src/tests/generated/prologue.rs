@@ -172,7 +172,7 @@ fn batch_rows_go_through_registers() {
         let loops = |src: &str| {
             decode_kernels(src)
                 .filter(|k| k.contains("const X8 x8s ="))
-                .map(|k| k.contains("][8];\n_Pragma") as usize)
+                .map(|k| k.contains("][8];\n") as usize)
                 .collect::<Vec<_>>()
         };
         let (r, p) = (loops(&regs.src), loops(&plain.src));
@@ -289,44 +289,52 @@ fn residual_reads_of_finished_kernels_go_before_the_wait() {
     compile_with_pdl(&src, "SmolLM2 decode, residual read before the wait");
 }
 
-/// Kernel lab v13e (`GenOptions::row_pipe`): a batch step's rows in registers load the first
+/// v13e/v13g (`GenOptions::row_pipe_k`): a batch step's rows in registers load the first
 /// row before the row loop and each next row after this one's quantisation, ahead of the
-/// barrier between rows; without it each row loads at the top of its turn. Compiles with
-/// NVRTC where it loads. No GPU needed.
+/// barrier between rows; without it each row loads at the top of its turn. By default rows of
+/// at most 2048 values do (all of `QUANT`'s, none of a 4096-wide model's). Compiles with NVRTC
+/// where it loads. No GPU needed.
 #[test]
-fn batch_rows_load_the_next_row_ahead_of_the_barrier_when_asked() {
-    for (n, qwen) in [(3, false), (8, true)] {
+fn batch_rows_load_the_next_row_ahead_of_the_barrier() {
+    // Kernels whose batch rows go through registers (the others keep the shared-memory row
+    // stage), and those of them that load the next row early.
+    let in_regs = |k: &&str| k.contains("const X8 x8s =") && k.contains("][8];\n");
+    let count = |src: &str| {
+        decode_kernels(src)
+            .filter(in_regs)
+            .filter(|k| {
+                let next = k.find("if (r + 1 < ");
+                let barrier = k.find("__syncthreads(); }\nconst X8 x8s =");
+                next.zip(barrier).is_some_and(|(a, b)| a < b)
+            })
+            .count()
+    };
+    let with = |d: &Dims, n: usize, qwen: bool, k: Option<usize>| {
         let opts = codegen::GenOptions {
             cublas: true,
-            row_pipe: true,
+            row_pipe_k: k,
             ..Default::default()
         };
-        let piped = generated_kv(&QUANT, n, GgmlType::Q4_K, 128, qwen, Some(true), opts);
-        let plain = generated_paged(&QUANT, n, GgmlType::Q4_K, qwen, true);
-        // Kernels whose batch rows go through registers (the others keep the shared-memory
-        // row stage).
-        let in_regs = |k: &&str| k.contains("const X8 x8s =") && k.contains("][8];\n");
-        let count = |src: &str| {
-            decode_kernels(src)
-                .filter(in_regs)
-                .filter(|k| {
-                    let next = k.find("if (r + 1 < ");
-                    let barrier = k.find("__syncthreads(); }\nconst X8 x8s =");
-                    next.zip(barrier).is_some_and(|(a, b)| a < b)
-                })
-                .count()
-        };
-        let kernels = decode_kernels(&piped.src).filter(in_regs).count();
+        generated_kv(d, n, GgmlType::Q4_K, 128, qwen, Some(true), opts).src
+    };
+    for (n, qwen) in [(3, false), (8, true)] {
+        let piped = with(&QUANT, n, qwen, Some(2048));
+        let plain = with(&QUANT, n, qwen, Some(0));
+        let kernels = decode_kernels(&piped).filter(in_regs).count();
         assert!(kernels > 0);
-        assert_eq!(count(&piped.src), kernels, "{n} rows");
-        assert_eq!(count(&plain.src), 0, "{n} rows");
+        assert_eq!(count(&piped), kernels, "{n} rows");
+        assert_eq!(count(&plain), 0, "{n} rows");
         if nvrtc_present() {
-            compile(
-                &piped.src,
-                &format!("batch of {n} rows, next row loaded early"),
-            );
+            compile(&piped, &format!("batch of {n} rows, next row loaded early"));
         }
     }
+    // The 8B's rows (4096 and 14336 values) load at the top of their turn; a limit of 1024
+    // leaves none of QUANT's rows out (256 and 768).
+    let wide = with(&LLAMA_8B, 4, false, Some(2048));
+    assert!(decode_kernels(&wide).filter(in_regs).count() > 0);
+    assert_eq!(count(&wide), 0);
+    let q = with(&QUANT, 4, false, Some(1024));
+    assert_eq!(count(&q), decode_kernels(&q).filter(in_regs).count());
 }
 
 /// Kernel lab v13f (`SMELT_CUDA_PDL=flag`): SmolLM2's and the 1B's decode kernels leave the
