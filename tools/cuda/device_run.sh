@@ -28,10 +28,11 @@ if [ ! -e /tmp/lcp_started ] && [ -f $C/lcp.tar.xz ]; then
       -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF > /tmp/lcp_build.log 2>&1 && \
     cmake --build build --target llama-bench -j12 >> /tmp/lcp_build.log 2>&1; echo \$? > /tmp/lcp_done" > /dev/null 2>&1 < /dev/null &
 fi
-bench() { # name model [env...]; a run the host SIGSEGV ends (seen, unexplained) is retried once
+bench() { # name model [env...]; a run the host SIGSEGV ends (seen, unexplained) is retried once.
+  # BP: prompt tokens (512; 1 decodes from an empty context, as llama-bench's tg256 does).
   local n=$1 m=$2; shift 2; local rc
   for try in 1 2; do
-    env "$@" timeout 150 $C/smelt bench $m -p 512 -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err; rc=$?
+    env "$@" timeout 150 $C/smelt bench $m -p ${BP:-512} -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err; rc=$?
     echo "$n try $try rc=$rc $(tail -c 300 /tmp/b.err | tr '\n' ' ')" | tail -c 400
     [ $rc = 139 ] || break
   done
@@ -50,6 +51,10 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   bench 1b /tmp/llama-1b.gguf
   bench 8b /tmp/llama-8b.gguf
   bench smol /tmp/smollm2-135m.gguf
+  # Decode from an empty context (a 1-token prompt): llama-bench's tg256 without -d.
+  BP=1 bench 1b-d0 /tmp/llama-1b.gguf
+  BP=1 bench 8b-d0 /tmp/llama-8b.gguf
+  BP=1 bench smol-d0 /tmp/smollm2-135m.gguf
   if [ -n "${ABLATE:-}" ]; then # the same binary with programmatic dependent launch off
     bench 1b-nopdl /tmp/llama-1b.gguf SMELT_CUDA_PDL=0
     bench 8b-nopdl /tmp/llama-8b.gguf SMELT_CUDA_PDL=0
@@ -196,7 +201,10 @@ if [ "$MODE" = all ] || [ "$MODE" = lcp ] || [ "$MODE" = profile ]; then
   if [ -x $B ]; then
     for m in llama-1b llama-8b smollm2-135m; do
       [ -f /tmp/$m.gguf ] || continue
+      # pp512 and tg256 from an empty context, then tg256 after 512 positions (-d 512: the
+      # context smelt's `bench -p 512 -n 256` decodes in).
       timeout 90 $B -m /tmp/$m.gguf -p 512 -n 256 -r 5 -ngl 99 -o jsonl >> $OUT/lcp.jsonl 2>> $OUT/lcp.err; echo "lcp $m rc=$?"
+      timeout 90 $B -m /tmp/$m.gguf -p 0 -n 256 -d 512 -r 5 -ngl 99 -o jsonl >> $OUT/lcp.jsonl 2>> $OUT/lcp.err; echo "lcp $m -d 512 rc=$?"
     done
     if { [ "$MODE" = profile ] || [ "$MODE" = lcp ]; } && [ ! -f $C/lcpbin.part00 ]; then
       # Bring the built llama-bench back (static but for the CUDA runtime libraries) in parts.
@@ -221,6 +229,9 @@ except Exception as e: print('smelt', e)
 try:
     for l in open('$OUT/lcp.jsonl'):
         r = json.loads(l)
-        print('llama.cpp %-40s p %3d n %3d %8.1f tok/s' % (r['model_filename'][-30:], r['n_prompt'], r['n_gen'], r['avg_ts']))
+        # The median of the repetitions, as smelt reports (llama-bench's avg_ts keeps a slow
+        # first repetition: pp512 23212 against 35935-36602 tok/s for the others, cuda13).
+        s = sorted(r['samples_ts']); med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+        print('llama.cpp %-40s p %3d n %3d d %3d median %8.1f tok/s (mean %8.1f)' % (r['model_filename'][-30:], r['n_prompt'], r['n_gen'], r.get('n_depth', 0), med, r['avg_ts']))
 except Exception as e: print('lcp', e)
 PY

@@ -99,6 +99,26 @@ pub struct CudaProgram {
     paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, Graph2)>>,
+    /// v13h: the same program with decode attention in [`SHORT_SPLITS`] splits a KV head,
+    /// run while every row's position is below the bound.
+    short: Option<(u32, Box<CudaProgram>)>,
+}
+
+/// v13h: decode attention's splits a KV head (a cluster's blocks) while every position of a
+/// step is below `SHORT_SPLITS * CHUNK` (256). There a split holds at most one 32-key chunk
+/// whatever the count, chunk s in split s, and the splits past the eighth hold nothing: the
+/// result is the 16-split kernel's bit for bit (an empty split merges as + 0), in half the
+/// blocks. SmolLM2-shaped on the H100: decode from an empty context +6% (8 splits at every
+/// position lost 1.5% after a 512-token prompt; cuda.md v13). `SMELT_CUDA_ATTN_SHORT=0`: off.
+pub(crate) const SHORT_SPLITS: usize = 8;
+
+impl CudaBackend {
+    /// The position bound below which decode program `gen` may run its [`SHORT_SPLITS`]
+    /// variant: a decode program whose cluster attention takes more splits.
+    fn short_splits(&self, gen: &codegen::Generated) -> Option<u32> {
+        (self.short_attn && gen.decode && gen.cluster_splits > SHORT_SPLITS)
+            .then_some((SHORT_SPLITS * codegen::ATTN_CHUNK) as u32)
+    }
 }
 
 /// A kernel launch: (function index, grid, block, shared bytes, parameters, whether it may
@@ -151,6 +171,20 @@ impl Drop for Graph2 {
 unsafe impl Send for Graph2 {}
 
 impl CudaProgram {
+    /// The program to run for a step at `positions`: the short-context variant while every
+    /// position is below its bound.
+    pub(crate) fn pick(&self, positions: &[u32]) -> &CudaProgram {
+        match &self.short {
+            Some((bound, p)) if positions.iter().all(|&x| x < *bound) => p,
+            _ => self,
+        }
+    }
+
+    /// The position bound of its short-context variant (v13h), if it has one.
+    pub fn short_bound(&self) -> Option<u32> {
+        self.short.as_ref().map(|(b, _)| *b)
+    }
+
     pub fn n_tokens(&self) -> usize {
         self.n_tokens
     }
@@ -232,6 +266,9 @@ pub struct CudaBackend {
     /// One-token decode: the output projection in the attention cluster
     /// (`SMELT_CUDA_WO_FOLD=1`; off by default, codegen/attn_wo.rs).
     wo_fold: bool,
+    /// Decode programs take their short-context variant (v13h, [`SHORT_SPLITS`];
+    /// `SMELT_CUDA_ATTN_SHORT=0` off).
+    short_attn: bool,
     /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
     /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
     trace: Option<crate::profile::Trace>,
@@ -345,6 +382,7 @@ impl CudaBackend {
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
+            short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT") != Some(0),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
@@ -411,6 +449,12 @@ impl CudaBackend {
     /// (codegen/attn_wo.rs), in programs lowered from now on.
     pub fn set_wo_fold(&mut self, on: bool) {
         self.wo_fold = on;
+    }
+
+    /// Decode programs lowered from now on take a short-context variant where it applies
+    /// (v13h, [`SHORT_SPLITS`]; on unless `SMELT_CUDA_ATTN_SHORT=0`).
+    pub fn set_short_attention(&mut self, on: bool) {
+        self.short_attn = on;
     }
 
     /// Stamp every launch of decode programs lowered from now on with the GPU's global timer
@@ -484,11 +528,13 @@ impl CudaBackend {
         })
     }
 
-    /// Fuse and generate `g`: its launches and the source to compile.
+    /// Fuse and generate `g` (decode attention in `attn_splits` splits a KV head, None: the
+    /// most): its launches and the source to compile.
     fn generate(
         &self,
         g: &Graph,
         kv: &CudaKvCache,
+        attn_splits: Option<usize>,
     ) -> Result<(codegen::Generated, String), CudaError> {
         let plan = fuse_with(g, self.fuse);
         let gen = codegen::generate(
@@ -509,6 +555,7 @@ impl CudaBackend {
                 row_pipe_k: None,
                 stage_kb: 0,
                 wrap_returns: self.pdl == Some(4),
+                attn_splits,
             },
         )?;
         let mut src = gen.src.clone();
@@ -553,10 +600,14 @@ impl CudaBackend {
         kv: &CudaKvCache,
     ) -> Result<(f64, f64, usize, f64), CudaError> {
         let t0 = std::time::Instant::now();
-        let srcs = graphs
-            .iter()
-            .map(|g| self.generate(g, kv).map(|(_, src)| src))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut srcs = Vec::new();
+        for g in graphs {
+            let (gen, src) = self.generate(g, kv, None)?;
+            srcs.push(src);
+            if self.short_splits(&gen).is_some() {
+                srcs.push(self.generate(g, kv, Some(SHORT_SPLITS))?.1);
+            }
+        }
         let generated = t0.elapsed().as_secs_f64();
         let (threads, slowest) = self.dev.precompile(&srcs)?;
         Ok((
@@ -567,9 +618,30 @@ impl CudaBackend {
         ))
     }
 
-    /// Fuse, generate, compile (or load from the disk cache) and prepare `g`.
+    /// Fuse, generate, compile (or load from the disk cache) and prepare `g`; a decode
+    /// program's short-context variant with it (v13h, [`SHORT_SPLITS`]).
     pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
-        let (gen, src) = self.generate(g, kv)?;
+        let (gen, src) = self.generate(g, kv, None)?;
+        let short = self.short_splits(&gen);
+        let mut prog = self.lower_generated(g, kv, gen, src)?;
+        if let Some(bound) = short {
+            let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS))?;
+            if gen.cluster_splits == SHORT_SPLITS {
+                let variant = self.lower_generated(g, kv, gen, src)?;
+                prog.short = Some((bound, Box::new(variant)));
+            }
+        }
+        Ok(prog)
+    }
+
+    /// Compile (or load) generated program `gen` of `g` and prepare it.
+    fn lower_generated(
+        &mut self,
+        g: &Graph,
+        kv: &CudaKvCache,
+        gen: codegen::Generated,
+        src: String,
+    ) -> Result<CudaProgram, CudaError> {
         let module = self.dev.compile(&src)?;
         let mut funcs = Vec::new();
         let mut index = HashMap::new();
@@ -681,6 +753,7 @@ impl CudaBackend {
             kv_capacity: kv.capacity(),
             paged: kv.is_paged(),
             graph: Mutex::new(None),
+            short: None,
         };
         self.ensure(&prog)?;
         Ok(prog)

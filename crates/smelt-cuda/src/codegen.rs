@@ -69,6 +69,9 @@ pub const KV_BLOCK: usize = 32;
 /// sequence's few new tokens: every weight is loaded once and dotted with each row.
 pub const MAX_DECODE_ROWS: usize = 8;
 
+/// Keys a decode attention split takes at a time.
+pub(crate) const ATTN_CHUNK: usize = attention::CHUNK;
+
 /// A batch step's matmuls whose rows are at most this long load the next row ahead of the
 /// barrier between rows (v13g; v13e measured: the 1B's 2048-value rows +1%, the 8B's 4096 and
 /// 14336 no faster).
@@ -115,6 +118,8 @@ pub(crate) struct Generated {
     pub trace_off: Option<usize>,
     /// Every kernel takes its parameters by value (prelude `PV`), not as a pointer.
     pub param_values: bool,
+    /// The most splits a KV head of its cluster decode attention (0: none).
+    pub cluster_splits: usize,
 }
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
@@ -202,6 +207,10 @@ struct Gen<'a> {
     /// One-token matmuls copy their block's weight rows into shared memory before `PDL_WAIT`
     /// where they fit this many KiB (0: never; see [`GenOptions::stage_kb`]).
     stage_kb: usize,
+    /// Decode attention's splits a KV head (see [`GenOptions::attn_splits`]), and the most
+    /// a cluster attention of this program took (0: none).
+    attn_splits: Option<usize>,
+    cluster_splits: usize,
 }
 
 struct KernelSrc {
@@ -247,6 +256,10 @@ pub(crate) struct GenOptions {
     /// Each kernel body with an early `return` becomes a function of its own, so that every
     /// block reaches the kernel's `PDL_END` (v13f's release counters, `SMELT_CUDA_PDL=flag`).
     pub wrap_returns: bool,
+    /// Decode attention's splits a KV head (a cluster's blocks); None: the most the GPU
+    /// takes (16 on sm_90), or `SMELT_CUDA_ATTN_SPLITS`. A one-token program's short-context
+    /// variant takes fewer (v13h, `backend.rs`).
+    pub attn_splits: Option<usize>,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -271,6 +284,7 @@ pub(crate) fn generate(
         row_pipe_k,
         stage_kb,
         wrap_returns,
+        attn_splits,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -319,6 +333,8 @@ pub(crate) fn generate(
             0 => lab_knob("SMELT_CUDA_STAGE_KB").unwrap_or(0),
             n => n,
         },
+        attn_splits,
+        cluster_splits: 0,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
@@ -445,6 +461,7 @@ pub(crate) fn generate(
         barrier: g.barrier,
         trace_off,
         param_values,
+        cluster_splits: g.cluster_splits,
     })
 }
 

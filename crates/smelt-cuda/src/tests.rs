@@ -585,6 +585,84 @@ fn decode_attention_long_context_matches_reference() {
     }
 }
 
+/// v13h: a decode program's short-context variant (8 splits a KV head while every position
+/// is below 256) gives the 16-split program's logits bit for bit, steps 250-261 after a
+/// 250-token prefill (across the bound), on every long-context shape; both against the
+/// reference. On sm_90 the program has the variant.
+#[test]
+fn short_context_attention_is_the_long_one_bit_for_bit() {
+    if !gpu() {
+        return;
+    }
+    let (n0, cap) = (250usize, LONG_CAPACITY);
+    let dims: Vec<(usize, Dims)> = long_context_dims().into_iter().enumerate().collect();
+    in_parallel("short-context cases", &dims, |&(ci, d)| {
+        let (w, file, gp, g1) = long_context_case(ci, d, n0);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let Ok(cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
+            return;
+        };
+        if let Ok(kv) = cb.new_kv(cap, &widths) {
+            let _ = cb.precompile(&[gp, g1], &kv);
+        }
+    });
+    for &(ci, d) in &dims {
+        let (w, file, gp, g1) = long_context_case(ci, d, n0);
+        let reference = ReferenceBackend::new(w.dequantized(&file), 1);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let tokens: Vec<u32> = (0..n0 + 12)
+            .map(|i| ((i * 5 + 1) % d.n_vocab) as u32)
+            .collect();
+        let positions: Vec<u32> = (0..n0 as u32).collect();
+        let mut rkv = KvCache::new(cap, &widths);
+        reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
+        let mut runs = Vec::new();
+        for short in [true, false] {
+            let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+            cb.set_short_attention(short);
+            let mut kv = cb.new_kv(cap, &widths).unwrap();
+            let pp = cb.lower(&gp, &kv).unwrap();
+            let p1 = cb.lower(&g1, &kv).unwrap();
+            if !short {
+                assert_eq!(p1.short_bound(), None);
+            } else if cb.device().cc.0 >= 9 {
+                assert_eq!(
+                    p1.short_bound(),
+                    Some(256),
+                    "{d:?}: a short variant on sm_90"
+                );
+            }
+            cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
+            let outs: Vec<Vec<f32>> = (n0..n0 + 12)
+                .map(|step| {
+                    let tk = &tokens[step..step + 1];
+                    cb.execute(&p1, tk, &[step as u32], &mut kv)
+                        .unwrap()
+                        .to_vec()
+                })
+                .collect();
+            runs.push(outs);
+        }
+        for (i, step) in (n0..n0 + 12).enumerate() {
+            let want = reference.execute(&g1, &tokens[step..step + 1], &[step as u32], &mut rkv);
+            compare(
+                &runs[0][i],
+                &want,
+                2e-2,
+                &format!("{d:?} short decode {step}"),
+            );
+            let same = runs[0][i]
+                .iter()
+                .zip(&runs[1][i])
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
+            assert!(
+                same,
+                "{d:?} step {step}: the variant differs from the 16-split program"
+            );
+        }
+    }
+}
+
 /// Prefill of 37 tokens (rows not a multiple of any tile) against the reference, every case,
 /// prefill matmuls through cuBLAS (`cublas`) or the mma.sync kernel. False when the cuBLAS
 /// path was asked for and cuBLAS did not load.

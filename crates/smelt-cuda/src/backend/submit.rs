@@ -221,7 +221,7 @@ impl CudaBackend {
         }
         self.prepare_io(prog, tokens, positions, kv)?;
         self.pinned_inputs(tokens)[..positions.len()].copy_from_slice(positions);
-        self.run(prog, kv)
+        self.run(prog.pick(positions), kv)
     }
 
     /// Run `prog` for the rows of several sequences over a paged `kv`: `seqs` in order, each
@@ -311,7 +311,7 @@ impl CudaBackend {
                 r += 1;
             }
         }
-        self.run(prog, kv)
+        self.run(prog.pick(positions), kv)
     }
 
     /// Capture `prog` as a graph if not yet (or the buffers moved), and launch the graph.

@@ -189,13 +189,16 @@ impl Gen<'_> {
         } else {
             CLUSTER
         };
-        let most = super::lab_knob("SMELT_CUDA_ATTN_SPLITS")
+        let most = self
+            .attn_splits
+            .or_else(|| super::lab_knob("SMELT_CUDA_ATTN_SPLITS"))
             .filter(|n| (1..=limit).contains(n))
             .unwrap_or(limit);
         // Every split, even on a short cache (the first chunk's rows are clamped to it, and
         // splits past the position hold nothing): one sequence's attention then sums as a
         // batch's over a pool of any size does, bit for bit.
         let splits = most;
+        self.cluster_splits = self.cluster_splits.max(splits);
         // The output projection in this kernel's tail (codegen/attn_wo.rs), not behind a guard.
         let fold = if guard.is_empty() {
             self.wo_fold(ki, n, splits)
