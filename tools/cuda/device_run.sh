@@ -21,9 +21,10 @@ if [ ! -e /tmp/lcp_started ] && ls $C/lcpbin.part* > /dev/null 2>&1; then
 fi
 if [ ! -e /tmp/lcp_started ] && [ -f $C/lcp.tar.xz ]; then
   touch /tmp/lcp_started
-  # FlashAttention kernels and NCCL off, sm_90 only, llama-bench only: fits one call's time.
+  # FlashAttention kernels (LCP_FA=ON builds them: longer than one call, keep the machine warm
+  # with other calls meanwhile) and NCCL off, sm_90 only, llama-bench only: fits one call's time.
   setsid bash -c "mkdir -p /tmp/l && tar xJf $C/lcp.tar.xz -C /tmp/l && cd /tmp/l/lcp && sed -i '/add_subdirectory(app)/d' CMakeLists.txt && \
-    cmake -G Ninja -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER=$NVCC -DGGML_CUDA_FA=OFF \
+    cmake -G Ninja -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER=$NVCC -DGGML_CUDA_FA=${LCP_FA:-OFF} \
       -DGGML_CUDA_NCCL=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
       -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF > /tmp/lcp_build.log 2>&1 && \
     cmake --build build --target llama-bench -j12 >> /tmp/lcp_build.log 2>&1; echo \$? > /tmp/lcp_done" > /dev/null 2>&1 < /dev/null &
