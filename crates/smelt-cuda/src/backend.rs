@@ -100,7 +100,8 @@ pub struct CudaProgram {
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, Graph2)>>,
     /// v13h: the same program with decode attention in [`SHORT_SPLITS`] splits a KV head,
-    /// run while every row's position is below the bound.
+    /// run while every row's position is below the bound (with v13i, its own `short`: 4
+    /// splits below 128).
     short: Option<(u32, Box<CudaProgram>)>,
 }
 
@@ -116,8 +117,16 @@ impl CudaBackend {
     /// The position bound below which decode program `gen` may run its [`SHORT_SPLITS`]
     /// variant: a decode program whose cluster attention takes more splits.
     fn short_splits(&self, gen: &codegen::Generated) -> Option<u32> {
-        (self.short_attn && gen.decode && gen.cluster_splits > SHORT_SPLITS)
+        (self.short_attn > 0 && gen.decode && gen.cluster_splits > SHORT_SPLITS)
             .then_some((SHORT_SPLITS * codegen::ATTN_CHUNK) as u32)
+    }
+
+    /// v13i (kernel lab, `SMELT_CUDA_ATTN_SHORT=2`): the short variant's own variant, 4
+    /// splits a KV head below 128 positions (exact as the 8-split one is), if asked and
+    /// `gen` (the 8-split variant) takes it.
+    fn shorter_splits(&self, gen: &codegen::Generated) -> Option<u32> {
+        (self.short_attn > 1 && gen.cluster_splits == SHORT_SPLITS)
+            .then_some((SHORT_SPLITS / 2 * codegen::ATTN_CHUNK) as u32)
     }
 }
 
@@ -175,14 +184,20 @@ impl CudaProgram {
     /// position is below its bound.
     pub(crate) fn pick(&self, positions: &[u32]) -> &CudaProgram {
         match &self.short {
-            Some((bound, p)) if positions.iter().all(|&x| x < *bound) => p,
+            Some((bound, p)) if positions.iter().all(|&x| x < *bound) => p.pick(positions),
             _ => self,
         }
     }
 
-    /// The position bound of its short-context variant (v13h), if it has one.
-    pub fn short_bound(&self) -> Option<u32> {
-        self.short.as_ref().map(|(b, _)| *b)
+    /// The position bounds of its short-context variants (v13h, v13i), widest first.
+    pub fn short_bounds(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        let mut p = self;
+        while let Some((b, next)) = &p.short {
+            v.push(*b);
+            p = next;
+        }
+        v
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -266,9 +281,10 @@ pub struct CudaBackend {
     /// One-token decode: the output projection in the attention cluster
     /// (`SMELT_CUDA_WO_FOLD=1`; off by default, codegen/attn_wo.rs).
     wo_fold: bool,
-    /// Decode programs take their short-context variant (v13h, [`SHORT_SPLITS`];
+    /// Decode programs take their short-context variant (v13h, [`SHORT_SPLITS`]): 0 never, 1
+    /// (the default), 2 with the variant's own below 128 positions (v13i, kernel lab);
     /// `SMELT_CUDA_ATTN_SHORT=0` off).
-    short_attn: bool,
+    short_attn: usize,
     /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
     /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
     trace: Option<crate::profile::Trace>,
@@ -382,7 +398,7 @@ impl CudaBackend {
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
-            short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT") != Some(0),
+            short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT").map_or(1, |n| n.min(2)),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
@@ -454,7 +470,13 @@ impl CudaBackend {
     /// Decode programs lowered from now on take a short-context variant where it applies
     /// (v13h, [`SHORT_SPLITS`]; on unless `SMELT_CUDA_ATTN_SHORT=0`).
     pub fn set_short_attention(&mut self, on: bool) {
-        self.short_attn = on;
+        self.short_attn = usize::from(on);
+    }
+
+    /// Short-context variants of decode programs lowered from now on: 0 none, 1 the 8-split
+    /// one (the default), 2 also its 4-split one below 128 positions (v13i).
+    pub fn set_short_attention_levels(&mut self, levels: usize) {
+        self.short_attn = levels.min(2);
     }
 
     /// Stamp every launch of decode programs lowered from now on with the GPU's global timer
@@ -605,7 +627,11 @@ impl CudaBackend {
             let (gen, src) = self.generate(g, kv, None)?;
             srcs.push(src);
             if self.short_splits(&gen).is_some() {
-                srcs.push(self.generate(g, kv, Some(SHORT_SPLITS))?.1);
+                let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS))?;
+                srcs.push(src);
+                if self.shorter_splits(&gen).is_some() {
+                    srcs.push(self.generate(g, kv, Some(SHORT_SPLITS / 2))?.1);
+                }
             }
         }
         let generated = t0.elapsed().as_secs_f64();
@@ -627,7 +653,15 @@ impl CudaBackend {
         if let Some(bound) = short {
             let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS))?;
             if gen.cluster_splits == SHORT_SPLITS {
-                let variant = self.lower_generated(g, kv, gen, src)?;
+                let shorter = self.shorter_splits(&gen);
+                let mut variant = self.lower_generated(g, kv, gen, src)?;
+                if let Some(b4) = shorter {
+                    let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS / 2))?;
+                    if gen.cluster_splits == SHORT_SPLITS / 2 {
+                        let v4 = self.lower_generated(g, kv, gen, src)?;
+                        variant.short = Some((b4, Box::new(v4)));
+                    }
+                }
                 prog.short = Some((bound, Box::new(variant)));
             }
         }

@@ -593,17 +593,32 @@ fn decode_attention_long_context_matches_reference() {
 /// reference. On sm_90 the program has the variant.
 #[test]
 fn short_context_attention_is_the_long_one_bit_for_bit() {
+    short_variants_match(250, 12, 1, &[256]);
+}
+
+/// v13i (kernel lab, `SMELT_CUDA_ATTN_SHORT=2`): the variant's own variant (4 splits below
+/// 128 positions) too, steps 120-135 after a 120-token prefill.
+#[test]
+fn shorter_context_attention_is_the_long_one_bit_for_bit() {
+    short_variants_match(120, 16, 2, &[256, 128]);
+}
+
+/// Decode steps `n0..n0 + steps` after an `n0`-token prefill on the long-context shapes, with
+/// `levels` short-context variants (bounds `want` on sm_90) and without: bit-equal logits,
+/// both close to the reference's.
+fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32]) {
     if !gpu() {
         return;
     }
-    let (n0, cap) = (250usize, LONG_CAPACITY);
+    let cap = LONG_CAPACITY;
     let dims: Vec<(usize, Dims)> = long_context_dims().into_iter().enumerate().collect();
     in_parallel("short-context cases", &dims, |&(ci, d)| {
         let (w, file, gp, g1) = long_context_case(ci, d, n0);
         let widths = [d.n_head_kv * d.head_dim; 2];
-        let Ok(cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
+        let Ok(mut cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
             return;
         };
+        cb.set_short_attention_levels(levels);
         if let Ok(kv) = cb.new_kv(cap, &widths) {
             let _ = cb.precompile(&[gp, g1], &kv);
         }
@@ -612,30 +627,26 @@ fn short_context_attention_is_the_long_one_bit_for_bit() {
         let (w, file, gp, g1) = long_context_case(ci, d, n0);
         let reference = ReferenceBackend::new(w.dequantized(&file), 1);
         let widths = [d.n_head_kv * d.head_dim; 2];
-        let tokens: Vec<u32> = (0..n0 + 12)
+        let tokens: Vec<u32> = (0..n0 + steps)
             .map(|i| ((i * 5 + 1) % d.n_vocab) as u32)
             .collect();
         let positions: Vec<u32> = (0..n0 as u32).collect();
         let mut rkv = KvCache::new(cap, &widths);
         reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
         let mut runs = Vec::new();
-        for short in [true, false] {
+        for lv in [levels, 0] {
             let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
-            cb.set_short_attention(short);
+            cb.set_short_attention_levels(lv);
             let mut kv = cb.new_kv(cap, &widths).unwrap();
             let pp = cb.lower(&gp, &kv).unwrap();
             let p1 = cb.lower(&g1, &kv).unwrap();
-            if !short {
-                assert_eq!(p1.short_bound(), None);
+            if lv == 0 {
+                assert!(p1.short_bounds().is_empty());
             } else if cb.device().cc.0 >= 9 {
-                assert_eq!(
-                    p1.short_bound(),
-                    Some(256),
-                    "{d:?}: a short variant on sm_90"
-                );
+                assert_eq!(p1.short_bounds(), want, "{d:?}: the variants on sm_90");
             }
             cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
-            let outs: Vec<Vec<f32>> = (n0..n0 + 12)
+            let outs: Vec<Vec<f32>> = (n0..n0 + steps)
                 .map(|step| {
                     let tk = &tokens[step..step + 1];
                     cb.execute(&p1, tk, &[step as u32], &mut kv)
@@ -645,7 +656,7 @@ fn short_context_attention_is_the_long_one_bit_for_bit() {
                 .collect();
             runs.push(outs);
         }
-        for (i, step) in (n0..n0 + 12).enumerate() {
+        for (i, step) in (n0..n0 + steps).enumerate() {
             let want = reference.execute(&g1, &tokens[step..step + 1], &[step as u32], &mut rkv);
             compare(
                 &runs[0][i],
@@ -659,7 +670,7 @@ fn short_context_attention_is_the_long_one_bit_for_bit() {
                 .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
             assert!(
                 same,
-                "{d:?} step {step}: the variant differs from the 16-split program"
+                "{d:?} step {step}: a variant differs from the 16-split program"
             );
         }
     }
