@@ -139,7 +139,8 @@ if [ "$MODE" = ncu ]; then
 fi
 if [ "$MODE" = ab ]; then
   # A/B of one environment variable (AB_VAR, values AB_VALUES) on the three synthetic models,
-  # interleaved per model so clocks and heat treat each value alike.
+  # interleaved per model so clocks and heat treat each value alike; AB_P prompt tokens (512;
+  # 1 decodes from an empty context).
   for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
     f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
   done
@@ -147,8 +148,8 @@ if [ "$MODE" = ab ]; then
   # AB_VALUES="A=0,B=2 A=1,B=1").
   for m in ${AB_MODELS:-llama-1b smollm2-135m llama-8b}; do for v in ${AB_VALUES:-0 1}; do
     case $v in *=*) a=${v//,/ } ;; *) a="${AB_VAR:-X}=$v" ;; esac
-    env $a timeout 90 $C/smelt bench /tmp/$m.gguf -p 512 -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err
-    python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m $a prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
+    env $a timeout 90 $C/smelt bench /tmp/$m.gguf -p ${AB_P:-512} -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err
+    python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m -p ${AB_P:-512} $a prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
   done; done
 fi
 if [ "$MODE" = trace ]; then
