@@ -648,23 +648,36 @@ impl CudaBackend {
     /// program's short-context variant with it (v13h, [`SHORT_SPLITS`]).
     pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
         let (gen, src) = self.generate(g, kv, None)?;
-        let short = self.short_splits(&gen);
-        let mut prog = self.lower_generated(g, kv, gen, src)?;
-        if let Some(bound) = short {
-            let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS))?;
-            if gen.cluster_splits == SHORT_SPLITS {
-                let shorter = self.shorter_splits(&gen);
-                let mut variant = self.lower_generated(g, kv, gen, src)?;
+        // Its short-context variants, widest first: (position bound, program).
+        let mut variants = Vec::new();
+        if let Some(bound) = self.short_splits(&gen) {
+            let (g8, s8) = self.generate(g, kv, Some(SHORT_SPLITS))?;
+            if g8.cluster_splits == SHORT_SPLITS {
+                let shorter = self.shorter_splits(&g8);
+                variants.push((bound, g8, s8));
                 if let Some(b4) = shorter {
-                    let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS / 2))?;
-                    if gen.cluster_splits == SHORT_SPLITS / 2 {
-                        let v4 = self.lower_generated(g, kv, gen, src)?;
-                        variant.short = Some((b4, Box::new(v4)));
+                    let (g4, s4) = self.generate(g, kv, Some(SHORT_SPLITS / 2))?;
+                    if g4.cluster_splits == SHORT_SPLITS / 2 {
+                        variants.push((b4, g4, s4));
                     }
                 }
-                prog.short = Some((bound, Box::new(variant)));
             }
         }
+        if !variants.is_empty() {
+            // Compiled side by side into the disk cache first: on a cold cache the variants
+            // then cost no wall time where there are cores for them.
+            let mut srcs = vec![src.clone()];
+            srcs.extend(variants.iter().map(|v| v.2.clone()));
+            self.dev.precompile(&srcs)?;
+        }
+        let mut prog = self.lower_generated(g, kv, gen, src)?;
+        let mut chain: Option<(u32, Box<CudaProgram>)> = None;
+        for (bound, gen, src) in variants.into_iter().rev() {
+            let mut p = self.lower_generated(g, kv, gen, src)?;
+            p.short = chain.take();
+            chain = Some((bound, Box::new(p)));
+        }
+        prog.short = chain;
         Ok(prog)
     }
 
