@@ -391,51 +391,50 @@ pub(crate) fn generate(
         persistent::emit(&mut g, &mut src);
     } else {
         for k in &g.kernels {
-            if trace_off.is_some() {
-                // The body as a function of its own (its early returns end only it), stamped
-                // around by the kernel; the stamps' offsets follow the body's parameters.
-                let np = g
-                    .launches
-                    .iter()
-                    .find_map(|l| match &l.work {
-                        Work::Kernel { func, params, .. } if *func == k.name => {
-                            Some(params.len() - 2)
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                writeln!(
-                    src,
-                    "__device__ __forceinline__ void {n}_body{bsig} {{\n{b}}}\n\
-                    extern \"C\" __global__ void __launch_bounds__({}) {}{n}{sig} {{\nPDL_LAUNCH(); PDL_WAIT();\n\
-                    trace_begin(A, C, P[{np}], P[{np} + 1]);\n{n}_body(W, A, KV, tok, pos, P, C, P[{np}]);\ntrace_end(A, C, P[{np}], P[{np} + 1]);\nPDL_END();\n}}",
-                    k.bounds,
-                    k.attrs,
-                    n = k.name,
-                    b = k.body,
-                    bsig = sig.replace(')', ", const u64 TS)"),
-                )
-                .unwrap();
-                continue;
-            }
             // A body that reads only weights first places its own PDL_WAIT (decode matmuls,
-            // after their L2 prefetch); every other body waits before its first statement.
-            let pdl = if k.body.contains("PDL_WAIT()") {
+            // after their L2 prefetch); every other body, and every traced kernel (before its
+            // first stamp), waits before its first statement.
+            let pdl = if k.body.contains("PDL_WAIT()") && trace_off.is_none() {
                 "PDL_LAUNCH();\n"
             } else {
                 "PDL_LAUNCH(); PDL_WAIT();\n"
             };
-            if wrap_returns && param_values && k.body.contains("return") {
-                // Its early returns end only the body: every block reaches `PDL_END`.
+            if trace_off.is_some() || (wrap_returns && param_values && k.body.contains("return")) {
+                // The body as a function of its own: its early returns end only it, so every
+                // block reaches the kernel's end (the trace's stamps around the body, v13f's
+                // arrival in `PDL_END`). The stamps' offsets follow the body's parameters.
+                let (bsig, targ, stamps) = match trace_off {
+                    Some(_) => {
+                        let np = g
+                            .launches
+                            .iter()
+                            .find_map(|l| match &l.work {
+                                Work::Kernel { func, params, .. } if *func == k.name => {
+                                    Some(params.len() - 2)
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or(0);
+                        let at = format!("(A, C, P[{np}], P[{np} + 1]);\n");
+                        (
+                            sig.replace(')', ", const u64 TS)"),
+                            format!(", P[{np}]"),
+                            (format!("trace_begin{at}"), format!("trace_end{at}")),
+                        )
+                    }
+                    None => (sig.to_string(), String::new(), Default::default()),
+                };
                 writeln!(
                     src,
-                    "__device__ __forceinline__ void {n}_body{sig} {{\n{b}}}\n\
+                    "__device__ __forceinline__ void {n}_body{bsig} {{\n{b}}}\n\
                     extern \"C\" __global__ void __launch_bounds__({}) {}{n}{sig} {{\n{pdl}\
-                    {n}_body(W, A, KV, tok, pos, P, C);\nPDL_END();\n}}",
+                    {begin}{n}_body(W, A, KV, tok, pos, P, C{targ});\n{end}PDL_END();\n}}",
                     k.bounds,
                     k.attrs,
                     n = k.name,
                     b = k.body,
+                    begin = stamps.0,
+                    end = stamps.1,
                 )
                 .unwrap();
                 continue;
