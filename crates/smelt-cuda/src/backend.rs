@@ -1,19 +1,19 @@
 //! The CUDA backend for one model: weights uploaded once, KV cache on the device, programs
 //! (generated, NVRTC-compiled plans) executed with one host submission per decode step.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaFunction, CudaModule};
 use smelt_gguf::Gguf;
-use smelt_graph::{fuse_with, FuseOptions, Graph, WeightSpec};
+use smelt_graph::{FuseOptions, WeightSpec};
 
-use crate::codegen::{self, KvInfo, WeightInfo, Work, KV_BLOCK};
+use crate::codegen::{self, KvInfo, WeightInfo, KV_BLOCK};
 use crate::cublas::{Cublas, GemmCall};
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::profile::Profile;
 use crate::CudaError;
 
+mod lower;
 mod submit;
 
 /// Counters for `smelt bench`.
@@ -99,35 +99,10 @@ pub struct CudaProgram {
     paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, Graph2)>>,
-    /// v13h: the same program with decode attention in [`SHORT_SPLITS`] splits a KV head,
+    /// v13h: the same program with decode attention in [`lower::SHORT_SPLITS`] splits a KV head,
     /// run while every row's position is below the bound (with v13i, its own `short`: 4
     /// splits below 128).
     short: Option<(u32, Box<CudaProgram>)>,
-}
-
-/// v13h: decode attention's splits a KV head (a cluster's blocks) while every position of a
-/// step is below `SHORT_SPLITS * CHUNK` (256). There a split holds at most one 32-key chunk
-/// whatever the count, chunk s in split s, and the splits past the eighth hold nothing: the
-/// result is the 16-split kernel's bit for bit (an empty split merges as + 0), in half the
-/// blocks. SmolLM2-shaped on the H100: decode from an empty context +6% (8 splits at every
-/// position lost 1.5% after a 512-token prompt; cuda.md v13). `SMELT_CUDA_ATTN_SHORT=0`: off.
-pub(crate) const SHORT_SPLITS: usize = 8;
-
-impl CudaBackend {
-    /// The position bound below which decode program `gen` may run its [`SHORT_SPLITS`]
-    /// variant: a decode program whose cluster attention takes more splits.
-    fn short_splits(&self, gen: &codegen::Generated) -> Option<u32> {
-        (self.short_attn > 0 && gen.decode && gen.cluster_splits > SHORT_SPLITS)
-            .then_some((SHORT_SPLITS * codegen::ATTN_CHUNK) as u32)
-    }
-
-    /// v13i (kernel lab, `SMELT_CUDA_ATTN_SHORT=2`): the short variant's own variant, 4
-    /// splits a KV head below 128 positions (exact as the 8-split one is), if asked and
-    /// `gen` (the 8-split variant) takes it.
-    fn shorter_splits(&self, gen: &codegen::Generated) -> Option<u32> {
-        (self.short_attn > 1 && gen.cluster_splits == SHORT_SPLITS)
-            .then_some((SHORT_SPLITS / 2 * codegen::ATTN_CHUNK) as u32)
-    }
 }
 
 /// A kernel launch: (function index, grid, block, shared bytes, parameters, whether it may
@@ -281,7 +256,7 @@ pub struct CudaBackend {
     /// One-token decode: the output projection in the attention cluster
     /// (`SMELT_CUDA_WO_FOLD=1`; off by default, codegen/attn_wo.rs).
     wo_fold: bool,
-    /// Decode programs take their short-context variant (v13h, [`SHORT_SPLITS`]): 0 never, 1
+    /// Decode programs take their short-context variant (v13h, [`lower::SHORT_SPLITS`]): 0 never, 1
     /// (the default), 2 with the variant's own below 128 positions (v13i, kernel lab);
     /// `SMELT_CUDA_ATTN_SHORT=0` off).
     short_attn: usize,
@@ -467,12 +442,6 @@ impl CudaBackend {
         self.wo_fold = on;
     }
 
-    /// Decode programs lowered from now on take a short-context variant where it applies
-    /// (v13h, [`SHORT_SPLITS`]; on unless `SMELT_CUDA_ATTN_SHORT=0`).
-    pub fn set_short_attention(&mut self, on: bool) {
-        self.short_attn = usize::from(on);
-    }
-
     /// Short-context variants of decode programs lowered from now on: 0 none, 1 the 8-split
     /// one (the default), 2 also its 4-split one below 128 positions (v13i).
     pub fn set_short_attention_levels(&mut self, levels: usize) {
@@ -548,262 +517,6 @@ impl CudaBackend {
                 paged,
             },
         })
-    }
-
-    /// Fuse and generate `g` (decode attention in `attn_splits` splits a KV head, None: the
-    /// most): its launches and the source to compile.
-    fn generate(
-        &self,
-        g: &Graph,
-        kv: &CudaKvCache,
-        attn_splits: Option<usize>,
-    ) -> Result<(codegen::Generated, String), CudaError> {
-        let plan = fuse_with(g, self.fuse);
-        let gen = codegen::generate(
-            &plan,
-            &self.winfo,
-            &kv.info,
-            self.dev.sm_count as usize,
-            self.dev.cc.0,
-            codegen::GenOptions {
-                cublas: self.use_cublas,
-                persistent: self.persistent,
-                attn_tail: self.attn_tail,
-                wo_fold: self.wo_fold,
-                trace: self.trace.is_some(),
-                global_params: self.global_params,
-                row_regs: None,
-                attn_prewait: false,
-                row_pipe_k: None,
-                stage_kb: 0,
-                wrap_returns: self.pdl == Some(4),
-                attn_splits,
-            },
-        )?;
-        let mut src = gen.src.clone();
-        if let Some(at) = self.pdl {
-            let at = if at == 4 && !self.flags_fit(&gen) {
-                2
-            } else {
-                at
-            };
-            src = format!("#define SMELT_PDL 1\n#define SMELT_PDL_AT {at}\n{src}");
-        }
-        Ok((gen, src))
-    }
-
-    /// v13f (`SMELT_CUDA_PDL=flag`, kernel lab): whether program `gen` takes release counters
-    /// in place of `griddepcontrol.wait`. Each block of launch L adds 1 to counter L at its
-    /// end (`red.release.gpu`, after a block barrier); launch L + 1's blocks poll it
-    /// (`ld.acquire.gpu`, one thread) up to L's block count, then let launch L + 2 in: one
-    /// grid ahead. The counters are zeroed before each step. Decode programs whose kernels
-    /// take their parameters by value with two slots free (the counter's index and the
-    /// previous launch's blocks go in the last two), no persistent kernel, no attention tail
-    /// (it returns early).
-    fn flags_fit(&self, gen: &codegen::Generated) -> bool {
-        self.pdl == Some(4)
-            && gen.param_values
-            && !gen.persistent
-            && self.attn_tail == 0
-            && gen.launches.iter().all(|l| match &l.work {
-                Work::Kernel { params, .. } => params.len() <= codegen::PV_MAX - 2,
-                Work::Gemm(_) => false,
-            })
-    }
-
-    /// Compile the programs of `graphs` into the disk cache in parallel, so that lowering them
-    /// later only loads them (a batch engine's step shapes, at load). Returns the seconds spent
-    /// generating the sources (fusion and code generation, one after another), compiling
-    /// them (NVRTC in parallel, or reading the cache), the number of compile threads and the
-    /// longest single compile (seconds).
-    pub fn precompile(
-        &self,
-        graphs: &[Graph],
-        kv: &CudaKvCache,
-    ) -> Result<(f64, f64, usize, f64), CudaError> {
-        let t0 = std::time::Instant::now();
-        let mut srcs = Vec::new();
-        for g in graphs {
-            let (gen, src) = self.generate(g, kv, None)?;
-            srcs.push(src);
-            if self.short_splits(&gen).is_some() {
-                let (gen, src) = self.generate(g, kv, Some(SHORT_SPLITS))?;
-                srcs.push(src);
-                if self.shorter_splits(&gen).is_some() {
-                    srcs.push(self.generate(g, kv, Some(SHORT_SPLITS / 2))?.1);
-                }
-            }
-        }
-        let generated = t0.elapsed().as_secs_f64();
-        let (threads, slowest) = self.dev.precompile(&srcs)?;
-        Ok((
-            generated,
-            t0.elapsed().as_secs_f64() - generated,
-            threads,
-            slowest,
-        ))
-    }
-
-    /// Fuse, generate, compile (or load from the disk cache) and prepare `g`; a decode
-    /// program's short-context variant with it (v13h, [`SHORT_SPLITS`]).
-    pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
-        let (gen, src) = self.generate(g, kv, None)?;
-        // Its short-context variants, widest first: (position bound, program).
-        let mut variants = Vec::new();
-        if let Some(bound) = self.short_splits(&gen) {
-            let (g8, s8) = self.generate(g, kv, Some(SHORT_SPLITS))?;
-            if g8.cluster_splits == SHORT_SPLITS {
-                let shorter = self.shorter_splits(&g8);
-                variants.push((bound, g8, s8));
-                if let Some(b4) = shorter {
-                    let (g4, s4) = self.generate(g, kv, Some(SHORT_SPLITS / 2))?;
-                    if g4.cluster_splits == SHORT_SPLITS / 2 {
-                        variants.push((b4, g4, s4));
-                    }
-                }
-            }
-        }
-        if !variants.is_empty() {
-            // Compiled side by side into the disk cache first: on a cold cache the variants
-            // then cost no wall time where there are cores for them.
-            let mut srcs = vec![src.clone()];
-            srcs.extend(variants.iter().map(|v| v.2.clone()));
-            self.dev.precompile(&srcs)?;
-        }
-        let mut prog = self.lower_generated(g, kv, gen, src)?;
-        let mut chain: Option<(u32, Box<CudaProgram>)> = None;
-        for (bound, gen, src) in variants.into_iter().rev() {
-            let mut p = self.lower_generated(g, kv, gen, src)?;
-            p.short = chain.take();
-            chain = Some((bound, Box::new(p)));
-        }
-        prog.short = chain;
-        Ok(prog)
-    }
-
-    /// Compile (or load) generated program `gen` of `g` and prepare it.
-    fn lower_generated(
-        &mut self,
-        g: &Graph,
-        kv: &CudaKvCache,
-        gen: codegen::Generated,
-        src: String,
-    ) -> Result<CudaProgram, CudaError> {
-        let module = self.dev.compile(&src)?;
-        let mut funcs = Vec::new();
-        let mut index = HashMap::new();
-        let mut fn_smem: HashMap<String, usize> = gen.funcs.iter().cloned().collect();
-        for l in &gen.launches {
-            let Work::Kernel { func, smem, .. } = &l.work else {
-                continue;
-            };
-            if !index.contains_key(func) {
-                let smem = fn_smem.remove(func).unwrap_or(*smem as usize);
-                index.insert(func.clone(), funcs.len());
-                funcs.push(self.dev.function(&module, func, smem)?);
-            }
-        }
-        // Kernels taking their parameters by value need no device copy of them.
-        let flat: Vec<u64> = gen
-            .launches
-            .iter()
-            .filter(|_| !gen.param_values)
-            .flat_map(|l| match &l.work {
-                Work::Kernel { params, .. } => params.as_slice(),
-                Work::Gemm(_) => &[],
-            })
-            .copied()
-            .collect();
-        let params = self.dev.alloc(flat.len().max(1) * 8)?;
-        let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.dev.upload(params.ptr, &bytes)?;
-        let mut launches = Vec::new();
-        let mut values = Vec::new();
-        let mut at = 0u64;
-        // Programmatic launch (PDL) for a grid smaller than the GPU (SmolLM2's kernels,
-        // attention, the 1B's QKV and output projection: bound by their chain, not HBM): on
-        // the H100 every kernel launched so lost the 8B 3% and the 1B with its full grids but
-        // not its 132-block ones 2.7% (cuda.md v11a). `SMELT_CUDA_PDL_GRID=n` (kernel lab):
-        // grids of fewer than n blocks instead.
-        let pdl_limit = crate::codegen::lab_knob("SMELT_CUDA_PDL_GRID")
-            .map_or(self.dev.sm_count as u64, |n| n as u64);
-        // v13f: launch L's counter after the tile counters (`flags_fit`).
-        let flags = self.flags_fit(&gen).then_some(gen.counters);
-        let mut prev_blocks = 0u64;
-        for (li, l) in gen.launches.iter().enumerate() {
-            launches.push(match &l.work {
-                Work::Kernel {
-                    func,
-                    grid,
-                    block,
-                    smem,
-                    params: ps,
-                } => {
-                    let mut grid = *grid;
-                    if gen.persistent {
-                        // As many blocks as are resident at once, at most the generated count.
-                        let per_sm = crate::device::occupancy(&funcs[index[func]], *block, *smem)?;
-                        let sms = self.dev.sm_count as u32;
-                        grid.0 = grid.0.min(per_sm * sms);
-                        if grid.0 == 0 {
-                            return Err(CudaError::Driver(
-                                "the persistent decode kernel does not fit on an SM".into(),
-                            ));
-                        }
-                    }
-                    let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
-                    let args = if gen.param_values {
-                        let mut v = [0u64; codegen::PV_MAX];
-                        v[..ps.len()].copy_from_slice(ps);
-                        if let Some(base) = flags {
-                            v[codegen::PV_MAX - 2] = (base + li) as u64;
-                            v[codegen::PV_MAX - 1] = prev_blocks;
-                            prev_blocks = blocks;
-                        }
-                        values.push(v);
-                        Args::Value(values.len() - 1)
-                    } else {
-                        let a = Args::Device(params.ptr + at * 8);
-                        at += ps.len() as u64;
-                        a
-                    };
-                    let programmatic = blocks < pdl_limit;
-                    Step::Kernel(index[func], grid, *block, *smem, args, programmatic)
-                }
-                Work::Gemm(g) => Step::Gemm(*g),
-            });
-        }
-        let prog = CudaProgram {
-            n_tokens: g.n_tokens(),
-            _module: module,
-            funcs,
-            launches,
-            labels: gen.launches.iter().map(|l| l.label.clone()).collect(),
-            _params: params,
-            arena_len: gen.arena_len,
-            counters: gen.counters + flags.map_or(0, |_| gen.launches.len()),
-            flags: flags.map(|base| (base, gen.launches.len())),
-            out_off: gen.out_off,
-            out_len: gen.out_len,
-            in_len: if kv.is_paged() {
-                let tables = if gen.decode { g.n_tokens() } else { 1 };
-                3 * g.n_tokens() + tables * kv.n_blocks()
-            } else {
-                g.n_tokens()
-            },
-            decode: gen.decode,
-            cooperative: gen.persistent,
-            barrier: gen.barrier,
-            trace_off: gen.trace_off,
-            values,
-            no_graph: Default::default(),
-            kv_capacity: kv.capacity(),
-            paged: kv.is_paged(),
-            graph: Mutex::new(None),
-            short: None,
-        };
-        self.ensure(&prog)?;
-        Ok(prog)
     }
 
     /// Grow the shared buffers to what `prog` needs; moving them invalidates captured graphs.

@@ -258,7 +258,7 @@ pub(crate) struct GenOptions {
     pub wrap_returns: bool,
     /// Decode attention's splits a KV head (a cluster's blocks); None: the most the GPU
     /// takes (16 on sm_90), or `SMELT_CUDA_ATTN_SPLITS`. A one-token program's short-context
-    /// variant takes fewer (v13h, `backend.rs`).
+    /// variant takes fewer (v13h, `backend/lower.rs`).
     pub attn_splits: Option<usize>,
 }
 
