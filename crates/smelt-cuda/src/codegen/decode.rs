@@ -299,7 +299,7 @@ impl Gen<'_> {
             Some(f) => write!(
                 body,
                 "{early}#if SMELT_PDL && SMELT_PDL_AT == 0\n{prefetch}PDL_WAIT();\n{loads}#else\nPDL_WAIT();\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
-                loads = f.loads,
+                loads = f.loads(),
                 code = f.code
             )
             .unwrap(),
@@ -327,7 +327,7 @@ impl Gen<'_> {
             Some(f) => {
                 if nr > 1 {
                     if !pipe {
-                        body += &f.loads;
+                        body += &f.loads();
                     }
                     body += &f.code;
                 }

@@ -14,9 +14,7 @@ use crate::CudaError;
 
 /// A one-token kernel's row stage in registers ([`Gen::row_in_registers`]).
 pub(super) struct RowInRegs {
-    /// The stage's buffers and weights loaded into register arrays (`decl` then `assign`).
-    pub loads: String,
-    /// The register arrays' declarations.
+    /// The register arrays' declarations (the stage's buffers and weights).
     pub decl: String,
     /// The loads into them (of row `r` where the step has several).
     pub assign: String,
@@ -26,6 +24,13 @@ pub(super) struct RowInRegs {
     pub iters: usize,
     /// The array holding the matmul's input.
     pub out: String,
+}
+
+impl RowInRegs {
+    /// The stage's buffers and weights loaded into register arrays: `decl` then `assign`.
+    pub fn loads(&self) -> String {
+        format!("{}{}", self.decl, self.assign)
+    }
 }
 
 /// Register arrays of a row stage being generated.
@@ -155,7 +160,6 @@ impl Gen<'_> {
             )
         };
         Ok(Some(RowInRegs {
-            loads: format!("{decl}{assign}"),
             decl,
             assign,
             code,
