@@ -326,8 +326,9 @@ impl CudaBackend {
                     &gguf.bytes()[start..start + t.n_bytes as usize]
                 }
             };
-            // Blocks that GGUF leaves 2-byte aligned are padded on the way (see `layout`).
-            match crate::layout::to_device(w.dtype, bytes) {
+            // Rows of blocks that GGUF leaves 2-byte aligned are sectioned on the way (see
+            // `layout`).
+            match crate::layout::to_device(w.dtype, bytes, s.shape[1]) {
                 Some(padded) => dev.upload(weights.ptr + w.off, &padded)?,
                 None => dev.upload(weights.ptr + w.off, bytes)?,
             }

@@ -40,8 +40,11 @@ pub(super) struct WoFold {
     rb: u64,
     /// Output columns (the projection's rows).
     n: usize,
-    /// Weight units (`UE8_*` values) of one group's columns, and their bytes in a row.
+    /// Weight units (`UE8_*` values) of one group's columns, of a whole row, and the bytes
+    /// of one group's units in the row's first section (the whole row for GGUF's blocks,
+    /// the quants for sectioned rows, layout.rs): the slice prefetched into L2.
     units: usize,
+    row_units: usize,
     seg_bytes: u64,
 }
 
@@ -91,11 +94,19 @@ impl Gen<'_> {
             || !gh.is_multiple_of(block)
             || !gh.is_multiple_of(32)
             || blocks == 0
-            || !wi.row_bytes.is_multiple_of(blocks)
         {
             return None;
         }
         let units = gh / ue;
+        let row_units = kdim / ue;
+        // Bytes of one unit in the row's first section.
+        let unit_bytes = match crate::layout::sectioned(wi.dtype) {
+            Some(sec) => sec.fields[0].1 as u64 * ue as u64 / block as u64,
+            None if wi.row_bytes.is_multiple_of(row_units as u64) => {
+                wi.row_bytes / row_units as u64
+            }
+            None => return None,
+        };
         // One unit per lane per row at most for 32 lanes: wider groups keep two kernels.
         if units > 32 {
             return None;
@@ -111,7 +122,8 @@ impl Gen<'_> {
             rb: wi.row_bytes,
             n: b.width,
             units,
-            seg_bytes: wi.row_bytes / blocks * (gh / block) as u64,
+            row_units,
+            seg_bytes: unit_bytes * units as u64,
         })
     }
 
@@ -137,6 +149,7 @@ impl Gen<'_> {
             rb,
             n,
             units,
+            row_units,
             seg_bytes: sb,
             ..
         } = *f;
@@ -177,11 +190,11 @@ impl Gen<'_> {
               __syncthreads();\n\
               const X8 x8 = {{xq8, xd8, xs8}};\n\
               const int R0w = s * {rbk}, R1w = min(R0w + {rbk}, {n}), sub = lane & {lm}, rl = lane / {lpr};\n\
-              const u8* Wg = W + {wp} + (u64)g * {sb};\n\
+              const u8* Wb = W + {wp};\n\
               for (int t0 = R0w + warp * {rpt}; t0 < R1w; t0 += {step}) {{\n\
                 Q_{ty} wu[{TURNS}][{ul}];\n\
-                _Pragma(\"unroll\") for (int b = 0; b < {TURNS}; b++) {{ const u8* wr = Wg + (u64)min(t0 + b * {turn} + rl, R1w - 1) * {rb};\n\
-                  _Pragma(\"unroll\") for (int k = 0; k < {ul}; k++) ld8_{ty}(wu[b][k], wr, min(sub + k * {lpr}, {units} - 1)); }}\n\
+                _Pragma(\"unroll\") for (int b = 0; b < {TURNS}; b++) {{ const u8* wr = Wb + (u64)min(t0 + b * {turn} + rl, R1w - 1) * {rb};\n\
+                  _Pragma(\"unroll\") for (int k = 0; k < {ul}; k++) ld8_{ty}(wu[b][k], wr, g * {units} + min(sub + k * {lpr}, {units} - 1), {row_units}); }}\n\
                 _Pragma(\"unroll\") for (int b = 0; b < {TURNS}; b++) {{ const int r = t0 + b * {turn} + rl; float acc = 0.f;\n\
                   _Pragma(\"unroll\") for (int k = 0; k < {ul}; k++) {{ const int u = sub + k * {lpr}; if (u < {units}) acc += dot8_{ty}(wu[b][k], u, x8); }}\n\
                   _Pragma(\"unroll\") for (int o = {lpr} / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);\n\

@@ -46,7 +46,9 @@ impl Gen<'_> {
                     let wi = self.weight(table);
                     let ty = type_suffix(wi.dtype).ok_or_else(|| unsupported(wi.dtype))?;
                     let (wo, rb) = (p.p(wi.off), p.p(wi.row_bytes));
-                    s += &each(format!("deq_{ty}(W + {wo} + (u64)tok[r] * {rb}, c)"));
+                    s += &each(format!(
+                        "deq_{ty}(W + {wo} + (u64)tok[r] * {rb}, c, {cols})"
+                    ));
                 }
                 Op::RmsNorm { x, w, eps, group } => {
                     let xv = rd(x, "c", p)?;

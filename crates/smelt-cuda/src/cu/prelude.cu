@@ -151,53 +151,54 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, float& sc, floa
   }
 }
 
-// ---- element dequantisation: value k of a weight row (embedding rows, prefill tiles) ----
-__device__ float deq_f32(const u8* r, int k) { return ((const float*)r)[k]; }
-__device__ float deq_f16(const u8* r, int k) { return h2f(((const u16*)r)[k]); }
-__device__ float deq_bf16(const u8* r, int k) { return bf2f(((const u16*)r)[k]); }
-__device__ float deq_q4_0(const u8* r, int k) {
-  const u8* b = r + (k >> 5) * 20 + 2; int j = k & 31;
-  int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
-  return h2f(ld16(b)) * (float)(q - 8);
+// ---- element dequantisation: value k of a weight row of K values (embedding rows, prefill
+// tiles). Q4_0, Q5_0, Q8_0 and Q6_K rows are sectioned (layout.rs): each field of a block,
+// for every block of the row in turn, so their fields are found from the row's block count.
+__device__ float deq_f32(const u8* r, int k, int K) { return ((const float*)r)[k]; }
+__device__ float deq_f16(const u8* r, int k, int K) { return h2f(((const u16*)r)[k]); }
+__device__ float deq_bf16(const u8* r, int k, int K) { return bf2f(((const u16*)r)[k]); }
+__device__ float deq_q4_0(const u8* r, int k, int K) {
+  const int nb = K >> 5, bi = k >> 5, j = k & 31; const u8* qs = r + 16 * bi;
+  int q = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+  return h2f(ld16(r + 16 * nb + 2 * bi)) * (float)(q - 8);
 }
-__device__ float deq_q4_1(const u8* r, int k) {
+__device__ float deq_q4_1(const u8* r, int k, int K) {
   const u8* b = r + (k >> 5) * 20; int j = k & 31;
   int q = j < 16 ? (b[4 + j] & 15) : (b[4 + j - 16] >> 4);
   return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
 }
-__device__ float deq_q5_0(const u8* r, int k) {
-  const u8* b = r + (k >> 5) * 24 + 2; int j = k & 31;
-  u32 qh = ld32_2(b + 2);
-  int q = j < 16 ? ((b[6 + j] & 15) | (((qh >> j) & 1) << 4)) : ((b[6 + j - 16] >> 4) | (((qh >> j) & 1) << 4));
-  return h2f(ld16(b)) * (float)(q - 16);
+__device__ float deq_q5_0(const u8* r, int k, int K) {
+  const int nb = K >> 5, bi = k >> 5, j = k & 31; const u8* qs = r + 16 * bi;
+  u32 qh = *(const u32*)(r + 16 * nb + 4 * bi);
+  int q = j < 16 ? ((qs[j] & 15) | (((qh >> j) & 1) << 4)) : ((qs[j - 16] >> 4) | (((qh >> j) & 1) << 4));
+  return h2f(ld16(r + 20 * nb + 2 * bi)) * (float)(q - 16);
 }
-__device__ float deq_q5_1(const u8* r, int k) {
+__device__ float deq_q5_1(const u8* r, int k, int K) {
   const u8* b = r + (k >> 5) * 24; int j = k & 31;
   u32 qh = ld32_2(b + 4);
   int q = j < 16 ? ((b[8 + j] & 15) | (((qh >> j) & 1) << 4)) : ((b[8 + j - 16] >> 4) | (((qh >> j) & 1) << 4));
   return h2f(ld16(b)) * (float)q + h2f(ld16(b + 2));
 }
-__device__ float deq_q8_0(const u8* r, int k) {
-  const u8* b = r + (k >> 5) * 36 + 2;
-  return h2f(ld16(b)) * (float)(signed char)b[2 + (k & 31)];
+__device__ float deq_q8_0(const u8* r, int k, int K) {
+  return h2f(ld16(r + 32 * (K >> 5) + 2 * (k >> 5))) * (float)(signed char)r[k];
 }
-__device__ float deq_q4_k(const u8* r, int k) {
+__device__ float deq_q4_k(const u8* r, int k, int K) {
   const u8* b = r + (k >> 8) * 144; int e = k & 255; int c = e >> 6, l = e & 31, hi = (e >> 5) & 1;
   float sc, m; scale_min_k4(2 * c + hi, b + 4, sc, m);
   int q = (b[16 + 32 * c + l] >> (4 * hi)) & 15;
   return h2f(ld16(b)) * sc * (float)q - h2f(ld16(b + 2)) * m;
 }
-__device__ float deq_q5_k(const u8* r, int k) {
+__device__ float deq_q5_k(const u8* r, int k, int K) {
   const u8* b = r + (k >> 8) * 176; int e = k & 255; int g = e >> 5, l = e & 31;
   float sc, m; scale_min_k4(g, b + 4, sc, m);
   int q = ((b[48 + 32 * (g >> 1) + l] >> (4 * (g & 1))) & 15) | (((b[16 + l] >> g) & 1) << 4);
   return h2f(ld16(b)) * sc * (float)q - h2f(ld16(b + 2)) * m;
 }
-__device__ float deq_q6_k(const u8* r, int k) {
-  const u8* b = r + (k >> 8) * 224; int e = k & 255; int ch = e >> 5, l = e & 31; int n = ch >> 2, g = ch & 3;
-  int q = ((b[64 * n + 32 * (g & 1) + l] >> (4 * (g >> 1))) & 15) | (((b[128 + 32 * n + l] >> (2 * g)) & 3) << 4);
-  float d = h2f(ld16(b + 208));
-  return d * (float)((signed char)b[192 + 2 * ch + (l >> 4)]) * (float)(q - 32);
+__device__ float deq_q6_k(const u8* r, int k, int K) {
+  const int nb = K >> 8, bi = k >> 8; int e = k & 255; int ch = e >> 5, l = e & 31; int n = ch >> 2, g = ch & 3;
+  int q = ((r[128 * bi + 64 * n + 32 * (g & 1) + l] >> (4 * (g >> 1))) & 15) | (((r[128 * nb + 64 * bi + 32 * n + l] >> (2 * g)) & 3) << 4);
+  float d = h2f(ld16(r + 208 * nb + 2 * bi));
+  return d * (float)((signed char)r[192 * nb + 16 * bi + 2 * ch + (l >> 4)]) * (float)(q - 32);
 }
 
 // ---- decode gemv against int8 activations (dp4a) ----
@@ -206,8 +207,9 @@ __device__ float deq_q6_k(const u8* r, int k) {
 // d (one scale per 32 values) and s (per 16 values: d * sum of q, for the formats' offsets).
 // A lane loads one unit of a weight row with 16-byte (or 4-byte) loads and dots it in
 // integers: no int-to-float conversion per weight, ~1 instruction per weight.
-// Device layouts: blocks that are only 2-byte aligned in GGUF are padded (see codegen's
-// `dev_block`): Q4_0 20 B, Q5_0 24 B, Q8_0 36 B with 2 bytes in front; Q6_K 224 B.
+// Device layouts: rows of blocks that are only 2-byte aligned in GGUF (Q4_0, Q5_0, Q8_0,
+// Q6_K) are sectioned (layout.rs), so `ld8_*` takes the row's unit count `nu` besides the
+// unit: a section's offset is the row's blocks times the fields before it.
 struct X8 { const signed char* q; const float* d; const float* s; };
 // Decode kernels take their offsets by value (`P[i]` reads the launch's constant bank, not a
 // global array: no memory round trip before a kernel's first address is known).
@@ -225,7 +227,7 @@ __device__ __forceinline__ u32 hbit4(u32 v) { return ((v * 0x00204081u) & 0x0101
 // Q4_K: unit = 64 values (sub-blocks 2j, 2j+1 of a 256-block): header + 32 bytes of nibbles.
 struct Q_q4_k { V4 h, a, b; };
 #define UE8_q4_k 64
-__device__ __forceinline__ void ld8_q4_k(Q_q4_k& w, const u8* row, int u) {
+__device__ __forceinline__ void ld8_q4_k(Q_q4_k& w, const u8* row, int u, int nu) {
   const u8* b = row + (u >> 2) * 144; int j = u & 3;
   w.h = *(const V4*)b; w.a = *(const V4*)(b + 16 + 32 * j); w.b = *(const V4*)(b + 32 + 32 * j);
 }
@@ -254,7 +256,7 @@ __device__ __forceinline__ float dot8_q4_k(const Q_q4_k& w, int u, const X8& x) 
 // Q5_K: as Q4_K plus the fifth bits (32 bytes of qh: bits 2j and 2j+1 of byte l).
 struct Q_q5_k { V4 h, ha, hb, a, b; };
 #define UE8_q5_k 64
-__device__ __forceinline__ void ld8_q5_k(Q_q5_k& w, const u8* row, int u) {
+__device__ __forceinline__ void ld8_q5_k(Q_q5_k& w, const u8* row, int u, int nu) {
   const u8* b = row + (u >> 2) * 176; int j = u & 3;
   w.h = *(const V4*)b; w.ha = *(const V4*)(b + 16); w.hb = *(const V4*)(b + 32);
   w.a = *(const V4*)(b + 48 + 32 * j); w.b = *(const V4*)(b + 64 + 32 * j);
@@ -280,14 +282,16 @@ __device__ __forceinline__ float dot8_q5_k(const Q_q5_k& w, int u, const X8& x) 
        - dm * (m1 * (x.s[2 * b] + x.s[2 * b + 1]) + m2 * (x.s[2 * b + 2] + x.s[2 * b + 3]));
 }
 
-// Q6_K (224-byte device blocks): unit = 16 positions l of one 128-value half n: 16 bytes of
-// ql for groups 0/2, 16 for groups 1/3, 16 of qh; 4 groups of 16 values, 32 apart.
+// Q6_K (sectioned rows: every block's 128 bytes of ql, then 64 of qh, 16 of scales, 2 of d):
+// unit = 16 positions l of one 128-value half n: 16 bytes of ql for groups 0/2, 16 for
+// groups 1/3, 16 of qh; 4 groups of 16 values, 32 apart.
 struct Q_q6_k { V4 a, b, h; uint2 s; u32 d; };
 #define UE8_q6_k 64
-__device__ __forceinline__ void ld8_q6_k(Q_q6_k& w, const u8* row, int u) {
-  const u8* bp = row + (u >> 2) * 224; int n = (u & 3) >> 1, hh = u & 1;
-  w.a = *(const V4*)(bp + 64 * n + 16 * hh); w.b = *(const V4*)(bp + 64 * n + 32 + 16 * hh);
-  w.h = *(const V4*)(bp + 128 + 32 * n + 16 * hh); w.s = *(const uint2*)(bp + 192 + 8 * n); w.d = ld16(bp + 208);
+__device__ __forceinline__ void ld8_q6_k(Q_q6_k& w, const u8* row, int u, int nu) {
+  const int bi = u >> 2, nb = nu >> 2, n = (u & 3) >> 1, hh = u & 1; const u8* ql = row + 128 * bi + 64 * n + 16 * hh;
+  w.a = *(const V4*)ql; w.b = *(const V4*)(ql + 32);
+  w.h = *(const V4*)(row + 128 * nb + 64 * bi + 32 * n + 16 * hh); w.s = *(const uint2*)(row + 192 * nb + 16 * bi + 8 * n);
+  w.d = ld16(row + 208 * nb + 2 * bi);
 }
 __device__ __forceinline__ float dot8_q6_k(const Q_q6_k& w, int u, const X8& x) {
   int n = (u & 3) >> 1, hh = u & 1; int base = (u >> 2) * 256 + 128 * n + 16 * hh;
@@ -315,13 +319,13 @@ __device__ __forceinline__ float dot8_q6_k(const Q_q6_k& w, int u, const X8& x) 
   return h2f((u16)w.d) * acc;
 }
 
-// Q8_0 (36-byte device blocks: 2 bytes padding, d, 32 int8).
+// Q8_0 (sectioned rows: every block's 32 int8, then every block's d): two 16-byte loads.
 struct Q_q8_0 { u32 q[8]; u32 d; };
 #define UE8_q8_0 32
-__device__ __forceinline__ void ld8_q8_0(Q_q8_0& w, const u8* row, int u) {
-  const u8* b = row + u * 36; w.d = ld16(b + 2);
-#pragma unroll
-  for (int i = 0; i < 8; i++) w.q[i] = ld32(b + 4 + 4 * i);
+__device__ __forceinline__ void ld8_q8_0(Q_q8_0& w, const u8* row, int u, int nu) {
+  const V4 a = *(const V4*)(row + 32 * u), b = *(const V4*)(row + 32 * u + 16);
+  w.q[0] = a.x; w.q[1] = a.y; w.q[2] = a.z; w.q[3] = a.w; w.q[4] = b.x; w.q[5] = b.y; w.q[6] = b.z; w.q[7] = b.w;
+  w.d = ld16(row + 32 * nu + 2 * u);
 }
 __device__ __forceinline__ float dot8_q8_0(const Q_q8_0& w, int u, const X8& x) {
   const int4* xp = (const int4*)(x.q + pad8(u * 32)); int4 x0 = xp[0], x1 = xp[1];
@@ -333,12 +337,13 @@ __device__ __forceinline__ float dot8_q8_0(const Q_q8_0& w, int u, const X8& x) 
 }
 
 // Q4_0 / Q4_1 / Q5_0 / Q5_1: unit = one block of 32 (low nibbles values 0..15, high 16..31).
+// Q4_0 rows are sectioned (every block's 16 bytes of nibbles, then every block's d); Q4_1
+// keeps GGUF's 20-byte blocks (d and m in the first word).
 struct Q_q4_0 { u32 q[4]; u32 d; };
 #define UE8_q4_0 32
-__device__ __forceinline__ void ld8_q4_0(Q_q4_0& w, const u8* row, int u) {
-  const u8* b = row + u * 20; w.d = ld32(b);
-#pragma unroll
-  for (int i = 0; i < 4; i++) w.q[i] = ld32(b + 4 + 4 * i);
+__device__ __forceinline__ void ld8_q4_0(Q_q4_0& w, const u8* row, int u, int nu) {
+  const V4 a = *(const V4*)(row + 16 * u); w.q[0] = a.x; w.q[1] = a.y; w.q[2] = a.z; w.q[3] = a.w;
+  w.d = ld16(row + 16 * nu + 2 * u);
 }
 __device__ __forceinline__ int nib_dot(const u32* q, const X8& x, int u) {
   const int4* xp = (const int4*)(x.q + pad8(u * 32)); int4 x0 = xp[0], x1 = xp[1];
@@ -348,22 +353,26 @@ __device__ __forceinline__ int nib_dot(const u32* q, const X8& x, int u) {
   for (int i = 0; i < 4; i++) { s = dp4a(q[i] & M4, xl[i], s); s = dp4a((q[i] >> 4) & M4, xh[i], s); }
   return s;
 }
-// Device Q4_0 starts with 2 bytes of padding: d is the high half of the first word.
 __device__ __forceinline__ float dot8_q4_0(const Q_q4_0& w, int u, const X8& x) {
-  return h2f((u16)(w.d >> 16)) * (x.d[u] * (float)nib_dot(w.q, x, u) - 8.0f * (x.s[2 * u] + x.s[2 * u + 1]));
+  return h2f((u16)w.d) * (x.d[u] * (float)nib_dot(w.q, x, u) - 8.0f * (x.s[2 * u] + x.s[2 * u + 1]));
 }
 typedef Q_q4_0 Q_q4_1;
 #define UE8_q4_1 32
-__device__ __forceinline__ void ld8_q4_1(Q_q4_1& w, const u8* row, int u) { ld8_q4_0(w, row, u); }
+__device__ __forceinline__ void ld8_q4_1(Q_q4_1& w, const u8* row, int u, int nu) {
+  const u8* b = row + u * 20; w.d = ld32(b);
+#pragma unroll
+  for (int i = 0; i < 4; i++) w.q[i] = ld32(b + 4 + 4 * i);
+}
 __device__ __forceinline__ float dot8_q4_1(const Q_q4_1& w, int u, const X8& x) {
   return h2f((u16)(w.d & 0xffff)) * x.d[u] * (float)nib_dot(w.q, x, u) + h2f((u16)(w.d >> 16)) * (x.s[2 * u] + x.s[2 * u + 1]);
 }
+// Q5_0 rows are sectioned (every block's 16 bytes of nibbles, then their 4 bytes of fifth
+// bits, then their d); Q5_1 keeps GGUF's 24-byte blocks.
 struct Q_q5_0 { u32 q[4]; u32 d, qh; };
 #define UE8_q5_0 32
-__device__ __forceinline__ void ld8_q5_0(Q_q5_0& w, const u8* row, int u) {
-  const u8* b = row + u * 24; w.d = ld32(b); w.qh = ld32(b + 4);
-#pragma unroll
-  for (int i = 0; i < 4; i++) w.q[i] = ld32(b + 8 + 4 * i);
+__device__ __forceinline__ void ld8_q5_0(Q_q5_0& w, const u8* row, int u, int nu) {
+  const V4 a = *(const V4*)(row + 16 * u); w.q[0] = a.x; w.q[1] = a.y; w.q[2] = a.z; w.q[3] = a.w;
+  w.qh = ld32(row + 16 * nu + 4 * u); w.d = ld16(row + 20 * nu + 2 * u);
 }
 __device__ __forceinline__ int nib5_dot(const Q_q5_0& w, const X8& x, int u) {
   const int4* xp = (const int4*)(x.q + pad8(u * 32)); int4 x0 = xp[0], x1 = xp[1];
@@ -377,11 +386,15 @@ __device__ __forceinline__ int nib5_dot(const Q_q5_0& w, const X8& x, int u) {
   return s;
 }
 __device__ __forceinline__ float dot8_q5_0(const Q_q5_0& w, int u, const X8& x) {
-  return h2f((u16)(w.d >> 16)) * (x.d[u] * (float)nib5_dot(w, x, u) - 16.0f * (x.s[2 * u] + x.s[2 * u + 1]));
+  return h2f((u16)w.d) * (x.d[u] * (float)nib5_dot(w, x, u) - 16.0f * (x.s[2 * u] + x.s[2 * u + 1]));
 }
 typedef Q_q5_0 Q_q5_1;
 #define UE8_q5_1 32
-__device__ __forceinline__ void ld8_q5_1(Q_q5_1& w, const u8* row, int u) { ld8_q5_0(w, row, u); }
+__device__ __forceinline__ void ld8_q5_1(Q_q5_1& w, const u8* row, int u, int nu) {
+  const u8* b = row + u * 24; w.d = ld32(b); w.qh = ld32(b + 4);
+#pragma unroll
+  for (int i = 0; i < 4; i++) w.q[i] = ld32(b + 8 + 4 * i);
+}
 __device__ __forceinline__ float dot8_q5_1(const Q_q5_1& w, int u, const X8& x) {
   return h2f((u16)(w.d & 0xffff)) * x.d[u] * (float)nib5_dot(w, x, u) + h2f((u16)(w.d >> 16)) * (x.s[2 * u] + x.s[2 * u + 1]);
 }
@@ -395,10 +408,10 @@ __device__ __forceinline__ float dot8_q5_1(const Q_q5_1& w, int u, const X8& x) 
 __device__ __forceinline__ float gemv8_##T(const u8* row, int units, const X8& x) { \
   int u = threadIdx.x & 31; float acc = 0.f; \
   for (; u + 32 < units; u += 64) { \
-    Q_##T a, b; ld8_##T(a, row, u); ld8_##T(b, row, u + 32); \
+    Q_##T a, b; ld8_##T(a, row, u, units); ld8_##T(b, row, u + 32, units); \
     acc += dot8_##T(a, u, x) + dot8_##T(b, u + 32, x); \
   } \
-  if (u < units) { Q_##T a; ld8_##T(a, row, u); acc += dot8_##T(a, u, x); } \
+  if (u < units) { Q_##T a; ld8_##T(a, row, u, units); acc += dot8_##T(a, u, x); } \
   return warp_sum(acc); \
 }
 
@@ -417,10 +430,10 @@ template <int NR, int XS> __device__ __forceinline__ void gemv8n_##T(const u8* r
     int u = threadIdx.x & 31; float acc[NR]; \
     _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] = 0.f; \
     for (; u + 32 < units; u += 64) { \
-      Q_##T a, b; ld8_##T(a, row, u); ld8_##T(b, row, u + 32); \
+      Q_##T a, b; ld8_##T(a, row, u, units); ld8_##T(b, row, u + 32, units); \
       _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] += dot8_##T(a, u, XROW(x0, i, XS)) + dot8_##T(b, u + 32, XROW(x0, i, XS)); \
     } \
-    if (u < units) { Q_##T a; ld8_##T(a, row, u); _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] += dot8_##T(a, u, XROW(x0, i, XS)); } \
+    if (u < units) { Q_##T a; ld8_##T(a, row, u, units); _Pragma("unroll") for (int i = 0; i < NR; i++) acc[i] += dot8_##T(a, u, XROW(x0, i, XS)); } \
     _Pragma("unroll") for (int i = 0; i < NR; i++) out[i] = warp_sum(acc[i]); \
   } \
 }
@@ -507,7 +520,7 @@ extern "C" __global__ void __launch_bounds__(128) gemm_##T(const u8* W, float* A
       *(u32*)&As[r][kk] = pack2(v0, v1); } \
     for (int i = tid; i < 64 * 16; i += 128) { int r = i >> 4, kk = (i & 15) * 2; int gn = n0 + r, gk = k0 + kk; \
       const u8* row = Wt + (u64)gn * rb; \
-      float v0 = (gn < N && gk < K) ? deq_##T(row, gk) : 0.f; float v1 = (gn < N && gk + 1 < K) ? deq_##T(row, gk + 1) : 0.f; \
+      float v0 = (gn < N && gk < K) ? deq_##T(row, gk, K) : 0.f; float v1 = (gn < N && gk + 1 < K) ? deq_##T(row, gk + 1, K) : 0.f; \
       *(u32*)&Bs[r][kk] = pack2(v0, v1); } \
     __syncthreads(); \
     _Pragma("unroll") for (int kk = 0; kk < 32; kk += 16) { \
@@ -544,17 +557,17 @@ __device__ __forceinline__ u32 pack2s(float a, float b) {
   _Pragma("unroll") for (int i = 0; i < 4; i++) { u32 q = ld32((B) + 4 * i); \
     _Pragma("unroll") for (int j = 0; j < 4; j++) { const int l = 4 * i + j; const int x = (q >> (8 * j)) & 255; BODY } }
 __device__ __forceinline__ void dqu_q4_0(const u8* r, int g, int K, float* v) {
-  const u8* b = r + g * 20; const float d = h2f((u16)(ld32(b) >> 16));
-  DQU_NIB_LOOP(b + 4, v[l] = __fmul_rn((float)((x & 15) - 8), d); v[l + 16] = __fmul_rn((float)((x >> 4) - 8), d);)
+  const float d = h2f(ld16(r + 16 * (K >> 5) + 2 * g));
+  DQU_NIB_LOOP(r + 16 * g, v[l] = __fmul_rn((float)((x & 15) - 8), d); v[l + 16] = __fmul_rn((float)((x >> 4) - 8), d);)
 }
 __device__ __forceinline__ void dqu_q4_1(const u8* r, int g, int K, float* v) {
   const u8* b = r + g * 20; const u32 dm = ld32(b); const float d = h2f((u16)dm), m = h2f((u16)(dm >> 16));
   DQU_NIB_LOOP(b + 4, v[l] = __fadd_rn(__fmul_rn(d, (float)(x & 15)), m); v[l + 16] = __fadd_rn(__fmul_rn(d, (float)(x >> 4)), m);)
 }
 __device__ __forceinline__ void dqu_q5_0(const u8* r, int g, int K, float* v) {
-  const u8* b = r + g * 24; const float d = h2f((u16)(ld32(b) >> 16)); const u32 qh = ld32(b + 4);
+  const int nb = K >> 5; const float d = h2f(ld16(r + 20 * nb + 2 * g)); const u32 qh = ld32(r + 16 * nb + 4 * g);
   // qh is unsigned: the 5-bit value is made signed before the offset is taken away.
-  DQU_NIB_LOOP(b + 8, v[l] = __fmul_rn((float)((int)((x & 15) | (((qh >> l) & 1) << 4)) - 16), d);
+  DQU_NIB_LOOP(r + 16 * g, v[l] = __fmul_rn((float)((int)((x & 15) | (((qh >> l) & 1) << 4)) - 16), d);
     v[l + 16] = __fmul_rn((float)((int)((x >> 4) | (((qh >> (l + 16)) & 1) << 4)) - 16), d);)
 }
 __device__ __forceinline__ void dqu_q5_1(const u8* r, int g, int K, float* v) {
@@ -564,8 +577,8 @@ __device__ __forceinline__ void dqu_q5_1(const u8* r, int g, int K, float* v) {
     v[l + 16] = __fadd_rn(__fmul_rn(d, (float)((x >> 4) | (((qh >> (l + 16)) & 1) << 4))), m);)
 }
 __device__ __forceinline__ void dqu_q8_0(const u8* r, int g, int K, float* v) {
-  const u8* b = r + g * 36; const float d = h2f((u16)(ld32(b) >> 16));
-  _Pragma("unroll") for (int i = 0; i < 8; i++) { u32 q = ld32(b + 4 + 4 * i);
+  const u8* b = r + g * 32; const float d = h2f(ld16(r + 32 * (K >> 5) + 2 * g));
+  _Pragma("unroll") for (int i = 0; i < 8; i++) { u32 q = ld32(b + 4 * i);
     _Pragma("unroll") for (int j = 0; j < 4; j++) v[4 * i + j] = __fmul_rn(d, (float)(signed char)((q >> (8 * j)) & 255)); }
 }
 // K-quants: unit g = sub-block g (32 values) of a 256-value block.
@@ -591,11 +604,11 @@ __device__ __forceinline__ void dqu_q5_k(const u8* r, int g, int K, float* v) {
     v[4 * i + j] = __fsub_rn(__fmul_rn(d1, (float)q), m1); }
 }
 __device__ __forceinline__ void dqu_q6_k(const u8* r, int g, int K, float* v) {
-  const u8* b = r + (g >> 3) * 224; const int ch = g & 7, n = ch >> 2, k = ch & 3;
-  const float d = h2f(ld16(b + 208));
-  const float dl0 = __fmul_rn(d, (float)(signed char)b[192 + 2 * ch]), dl1 = __fmul_rn(d, (float)(signed char)b[193 + 2 * ch]);
-  const V4* lp = (const V4*)(b + 64 * n + 32 * (k & 1)); const V4 l0 = lp[0], l1 = lp[1];
-  const V4* hp = (const V4*)(b + 128 + 32 * n); const V4 h0 = hp[0], h1 = hp[1];
+  const int nb = K >> 8, bi = g >> 3, ch = g & 7, n = ch >> 2, k = ch & 3;
+  const float d = h2f(ld16(r + 208 * nb + 2 * bi)); const u8* sc = r + 192 * nb + 16 * bi;
+  const float dl0 = __fmul_rn(d, (float)(signed char)sc[2 * ch]), dl1 = __fmul_rn(d, (float)(signed char)sc[2 * ch + 1]);
+  const V4* lp = (const V4*)(r + 128 * bi + 64 * n + 32 * (k & 1)); const V4 l0 = lp[0], l1 = lp[1];
+  const V4* hp = (const V4*)(r + 128 * nb + 64 * bi + 32 * n); const V4 h0 = hp[0], h1 = hp[1];
   const u32 lw[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
   const u32 hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
   const int ls = 4 * (k >> 1), hs = 2 * k;
