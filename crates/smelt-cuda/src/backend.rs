@@ -250,6 +250,9 @@ pub struct CudaBackend {
     use_cublas: bool,
     /// One-token decode programs as one persistent kernel (`SMELT_CUDA_PERSISTENT=1`).
     persistent: bool,
+    /// One-token decode programs of small models as one thread block cluster of this many
+    /// blocks and the head (`SMELT_CUDA_CLUSTER=8|16`, v14b, codegen/cluster.rs; 0: off).
+    cluster: usize,
     /// Decode attention in the QKV kernel's tail below this many positions
     /// (`SMELT_CUDA_ATTN_TAIL=N`; 0, the default: never).
     attn_tail: usize,
@@ -370,6 +373,7 @@ impl CudaBackend {
             graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             pdl,
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
+            cluster: codegen::lab_knob("SMELT_CUDA_CLUSTER").unwrap_or(0),
             // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
@@ -429,6 +433,12 @@ impl CudaBackend {
     /// (codegen/persistent.rs) instead of a launch per fused kernel.
     pub fn set_persistent(&mut self, on: bool) {
         self.persistent = on;
+    }
+
+    /// Lower one-token decode programs of small models from now on as one thread block
+    /// cluster of `blocks` (8 or 16) and the head kernel (0: off; codegen/cluster.rs).
+    pub fn set_cluster(&mut self, blocks: usize) {
+        self.cluster = blocks;
     }
 
     /// Compute one-token decode attention in the QKV kernel's tail below `keys` positions

@@ -25,6 +25,7 @@ mod attention;
 mod attn_prefill;
 mod attn_tail;
 mod attn_wo;
+mod cluster;
 mod decode;
 mod epilogue;
 mod persistent;
@@ -260,6 +261,9 @@ pub(crate) struct GenOptions {
     /// takes (16 on sm_90), or `SMELT_CUDA_ATTN_SPLITS`. A one-token program's short-context
     /// variant takes fewer (v13h, `backend/lower.rs`).
     pub attn_splits: Option<usize>,
+    /// A one-token decode program's kernels but the head as one thread block cluster of this
+    /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
+    pub cluster: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -285,6 +289,7 @@ pub(crate) fn generate(
         stage_kb,
         wrap_returns,
         attn_splits,
+        cluster,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -362,6 +367,9 @@ pub(crate) fn generate(
                 }
             }
         }
+    }
+    if cluster > 0 && !g.persistent && !trace && attn_tail == 0 {
+        g.cluster_decode(cluster)?;
     }
     let out = plan.output_buffer();
     let ob = plan.buffer(out);

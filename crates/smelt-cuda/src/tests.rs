@@ -138,9 +138,9 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
         .chain(qwen_cases);
     // The fused plan, the unfused one, and the fused one as one persistent kernel.
     let variants = [
-        (FuseOptions::ALL, false, false),
-        (FuseOptions::NONE, false, false),
-        (FuseOptions::ALL, true, false),
+        (FuseOptions::ALL, false, false, 0),
+        (FuseOptions::NONE, false, false, 0),
+        (FuseOptions::ALL, true, false, 0),
     ];
     let all: Vec<(usize, Dims, GgmlType, bool)> = all
         .enumerate()
@@ -190,21 +190,18 @@ fn case_setup(
 /// cases at once (the device has many cores; one NVRTC compile takes 1-3 s, most of the
 /// suite's ~250-440 s with a cold cache). Anything failing here is left to the check itself
 /// to report: this only warms the cache (and does nothing without one).
-fn precompile_cases(
-    cases: &[(usize, Dims, GgmlType, bool)],
-    variants: &[(FuseOptions, bool, bool)],
-    cap: usize,
-) {
+fn precompile_cases(cases: &[(usize, Dims, GgmlType, bool)], variants: &[Variant], cap: usize) {
     in_parallel("cases", cases, |&(ci, d, dtype, qwen)| {
         let (w, file, g5, g1) = case_setup(ci, d, dtype, qwen);
         let widths = [d.n_head_kv * d.head_dim; 2];
-        for &(fusion, persistent, fold) in variants {
+        for &(fusion, persistent, fold, cluster) in variants {
             let Ok(mut cb) = CudaBackend::new(Arc::clone(&file), &w.specs) else {
                 return;
             };
             cb.set_fusion(fusion);
             cb.set_persistent(persistent);
             cb.set_wo_fold(fold);
+            cb.set_cluster(cluster);
             let Ok(kv) = cb.new_kv(cap, &widths) else {
                 return;
             };
@@ -262,7 +259,7 @@ fn decode_long_rows_match_reference() {
         .enumerate()
         .map(|(i, t)| (100 + i, wide, t, false))
         .collect();
-    let variants = [(FuseOptions::ALL, false, false)];
+    let variants = [(FuseOptions::ALL, false, false, 0)];
     precompile_cases(&cases, &variants, 16);
     for &(ci, d, t, qwen) in &cases {
         check_case(ci, d, t, qwen, &variants, 16);
@@ -296,8 +293,8 @@ fn folded_output_projection_matches_reference() {
         ..smol
     };
     let variants = [
-        (FuseOptions::ALL, false, true),
-        (FuseOptions::ALL, false, false),
+        (FuseOptions::ALL, false, true, 0),
+        (FuseOptions::ALL, false, false, 0),
     ];
     let cases = [
         (smol, GgmlType::Q8_0),
@@ -372,14 +369,11 @@ fn traced_decode_reports_every_launch() {
 
 /// `variants`: fusion options, one persistent kernel, the folded output projection; `cap`:
 /// the KV cache's positions (decode attention splits it in chunks of 32).
-fn check_case(
-    ci: usize,
-    d: Dims,
-    dtype: GgmlType,
-    qwen: bool,
-    variants: &[(FuseOptions, bool, bool)],
-    cap: usize,
-) {
+/// A variant of the odd-shape check: fusion options, one persistent kernel, the folded output
+/// projection, one cluster of this many blocks (0: none).
+type Variant = (FuseOptions, bool, bool, usize);
+
+fn check_case(ci: usize, d: Dims, dtype: GgmlType, qwen: bool, variants: &[Variant], cap: usize) {
     let (w, file, g5, g1) = case_setup(ci, d, dtype, qwen);
     let rw = w.dequantized(&file);
     let widths = [d.n_head_kv * d.head_dim; 2];
@@ -393,16 +387,24 @@ fn check_case(
     } else {
         Vec::new()
     };
-    for &(fusion, persistent, fold) in variants {
+    for &(fusion, persistent, fold, cluster) in variants {
         let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
         cb.set_fusion(fusion);
         cb.set_persistent(persistent);
         cb.set_wo_fold(fold);
+        cb.set_cluster(cluster);
         let mut kv = cb.new_kv(cap, &widths).unwrap();
         let p5 = cb.lower(&g5, &kv).unwrap();
         let p1 = cb.lower(&g1, &kv).unwrap();
         if persistent {
             assert_eq!(p1.kernels(), 1, "case {ci}: one persistent decode kernel");
+        }
+        if cluster > 0 && cb.device().cc.0 >= 9 {
+            assert_eq!(
+                p1.kernels(),
+                2,
+                "case {ci}: one cluster kernel and the head"
+            );
         }
         if fold && cb.device().cc.0 >= 9 {
             assert!(
@@ -456,7 +458,7 @@ fn check_case(
                 got,
                 &want,
                 tol,
-                &format!("case {ci} {dtype:?} {fusion:?} persistent={persistent} decode {step}"),
+                &format!("case {ci} {dtype:?} {fusion:?} persistent={persistent} cluster={cluster} decode {step}"),
             );
         }
         let st = cb.stats();
@@ -755,3 +757,27 @@ fn prefill_cublas_matches_reference() {
 mod batched;
 mod generated;
 mod prelude_kernels;
+
+/// v14b: one-token decode as one thread block cluster (of 16, then 8 blocks) and the head, on
+/// every quantised type and the Qwen-like layer (NEOX pairs, biases), against the reference.
+#[test]
+fn cluster_decode_matches_reference() {
+    if !gpu() {
+        return;
+    }
+    let cases: Vec<(usize, Dims, GgmlType, bool)> = QUANT_TYPES
+        .into_iter()
+        .map(|t| (QUANT, t, false))
+        .chain([(QUANT, GgmlType::Q8_0, true), (QUANT, GgmlType::Q4_K, true)])
+        .enumerate()
+        .map(|(i, (d, t, q))| (200 + i, d, t, q))
+        .collect();
+    let variants = [
+        (FuseOptions::ALL, false, false, 16),
+        (FuseOptions::ALL, false, false, 8),
+    ];
+    precompile_cases(&cases, &variants, 16);
+    for &(ci, d, t, qwen) in &cases {
+        check_case(ci, d, t, qwen, &variants, 16);
+    }
+}

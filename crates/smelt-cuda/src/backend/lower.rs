@@ -50,6 +50,7 @@ impl CudaBackend {
                 stage_kb: 0,
                 wrap_returns: self.pdl == Some(4),
                 attn_splits,
+                cluster: self.cluster,
             },
         )?;
         let mut src = gen.src.clone();

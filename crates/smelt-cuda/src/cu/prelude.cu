@@ -131,6 +131,28 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, u32 n, u64*
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                :: "r"(d), "l"(src), "r"(n), "r"(b) : "memory");
 }
+// v14b (codegen/cluster.rs): an mbarrier of one arrival; an arrival expecting `bytes` (0
+// completes the phase at once); a wait for the phase of parity `par`; `v` stored into block
+// `rank`'s copy of `*p`; this block's rank in its cluster.
+__device__ __forceinline__ void mbar_init1(u64* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"((u32)__cvta_generic_to_shared(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(u64* bar, u32 bytes) {
+  asm volatile("{ .reg .b64 st; mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1; }"
+               :: "r"((u32)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait_par(u64* bar, u32 par) {
+  const u32 a = (u32)__cvta_generic_to_shared(bar);
+  asm volatile("{\n.reg .pred P1;\nWAITP:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+               "@P1 bra DONEP;\nbra WAITP;\nDONEP:\n}" :: "r"(a), "r"(par) : "memory");
+}
+__device__ __forceinline__ void st_dsmem(float* p, u32 rank, float v) {
+  u32 a = (u32)__cvta_generic_to_shared(p), r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  asm volatile("st.shared::cluster.f32 [%0], %1;" :: "r"(r), "f"(v) : "memory");
+}
+__device__ __forceinline__ u32 cluster_rank() { u32 r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
 // Until phase 0 of `*bar` completes (every expected byte landed).
 __device__ __forceinline__ void mbar_wait0(u64* bar) {
   const u32 a = (u32)__cvta_generic_to_shared(bar);

@@ -731,3 +731,62 @@ fn attention_partials_are_pushed_to_the_merging_block() {
         }
     }
 }
+
+/// v14b: a small model's one-token decode program as one cluster kernel and the head (30
+/// SmolLM2-shaped layers of Q8_0, fewer of Q4_K and Q4_1, those compiling with NVRTC); a 1B-shaped layer's stages do
+/// not fit a block's ring, and its program keeps its launches. No GPU needed.
+#[test]
+fn small_decode_programs_take_one_cluster() {
+    for (d, t, layers, fits) in [
+        (SMOLLM2, GgmlType::Q8_0, 30, true),
+        (SMOLLM2_Q4K, GgmlType::Q4_K, 4, true),
+        (SMOLLM2, GgmlType::Q4_1, 2, true),
+        (LLAMA_1B_V1000, GgmlType::Q4_K, 2, false),
+    ] {
+        let mut w = Weights::new(|| 0.0);
+        w.draw = false;
+        let g = llama_graph(&d, layers, 1, &mut w);
+        let opts = codegen::GenOptions {
+            cluster: 16,
+            ..Default::default()
+        };
+        let gen = generated_graph_of(&g, &w.specs, &d, t, 64, layers, None, opts);
+        let labels: Vec<&str> = gen.launches.iter().map(|l| l.label.as_str()).collect();
+        eprintln!("{t:?} {layers} layers: {labels:?}, {} bytes", gen.src.len());
+        if !fits {
+            assert!(gen.launches.len() >= 5 * layers, "{labels:?}");
+            continue;
+        }
+        assert_eq!(gen.launches.len(), 2, "{labels:?}");
+        assert!(labels[0].starts_with("cluster decode"), "{labels:?}");
+        assert!(labels[1].starts_with("decode mm"), "{labels:?}");
+        assert_eq!(gen.cluster_splits, 0);
+        // 30 layers of straight-line stages: ~30 s of NVRTC; the short models compile.
+        if layers <= 4 {
+            compile_with_pdl(&gen.src, &format!("cluster {t:?}"));
+        }
+    }
+}
+
+/// The odd-shape suite's quantised cases (the Gemma-like second layer: QK-norm, a 2-key window;
+/// the Qwen-like one: NEOX pairs, biases) take the cluster kernel that
+/// `cluster_decode_matches_reference` runs on the GPU, and compile. No GPU needed.
+#[test]
+fn odd_shape_cases_take_one_cluster() {
+    for (t, qwen) in QUANT_TYPES
+        .into_iter()
+        .map(|t| (t, false))
+        .chain([(GgmlType::Q8_0, true), (GgmlType::Q4_K, true)])
+    {
+        for nb in [16, 8] {
+            let opts = codegen::GenOptions {
+                cluster: nb,
+                ..Default::default()
+            };
+            let gen = generated_kv(&QUANT, 1, t, 16, qwen, None, opts);
+            let labels: Vec<&str> = gen.launches.iter().map(|l| l.label.as_str()).collect();
+            assert_eq!(gen.launches.len(), 2, "{t:?} qwen={qwen}: {labels:?}");
+            compile_with_pdl(&gen.src, &format!("cluster {t:?} qwen={qwen} of {nb}"));
+        }
+    }
+}
