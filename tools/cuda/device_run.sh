@@ -11,9 +11,6 @@ MODE=${1:-all}
 S=$(date +%s)
 el() { echo "[$(( $(date +%s) - S ))s] $*"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee $OUT/gpu.txt
-chmod +x $C/smelt $C/smelt_cuda_tests
-$C/smelt --version
-NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
 if [ "$MODE" = lcpstash ]; then
   # The FlashAttention llama-bench (three 15 MiB parts) and smelt's binaries together are over
   # one call's 64 MiB: a first call carries the parts alone (.devcarry-lcp) and leaves them
@@ -21,6 +18,9 @@ if [ "$MODE" = lcpstash ]; then
   mkdir -p /tmp/lcpstash && cp $C/lcpbin.part* /tmp/lcpstash/ && ls -la /tmp/lcpstash
   exit 0
 fi
+chmod +x $C/smelt $C/smelt_cuda_tests
+$C/smelt --version
+NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
 LP=$C; ls $C/lcpbin.part* > /dev/null 2>&1 || LP=/tmp/lcpstash
 if [ ! -e /tmp/lcp_started ] && ls $LP/lcpbin.part* > /dev/null 2>&1; then
   # llama-bench built by an earlier call (MODE=profile brings it back in parts): no rebuild.

@@ -52,100 +52,8 @@ const NBAR: usize = 32;
 /// Dynamic shared memory of the cluster kernel's blocks (the H100's most, 227 KiB).
 const SMEM_MAX: usize = 226 * 1024;
 
-/// Device functions of the cluster kernel, not inlined: one copy serves every layer (inlined,
-/// a 30-layer model's kernel was 549 KB of source and 127 s of NVRTC).
-const FNS: &str = r#"
-// v14b (codegen/cluster.rs): the int8 row of x (k values, kp padded) as the gemv kernels read it.
-__device__ __noinline__ void cl_quant(const float* x, int k, int kp, signed char* xq, float* xd, float* xs) {
-  const int tid = threadIdx.x, lane = tid & 31;
-  for (int c0 = tid * 8; c0 < kp; c0 += blockDim.x * 8) { float v[8];
-    _Pragma("unroll") for (int i = 0; i < 8; i++) { const int c = c0 + i; v[i] = c < k ? x[c] : 0.f; }
-    float a = 0.f; _Pragma("unroll") for (int i = 0; i < 8; i++) a = fmaxf(a, fabsf(v[i]));
-    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1)); a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
-    const float d = a * (1.0f / 127.0f), iv = a > 0.f ? 127.0f / a : 0.f; int sq = 0; u32 pk[2] = {0u, 0u};
-    _Pragma("unroll") for (int i = 0; i < 8; i++) { const int q = __float2int_rn(v[i] * iv); sq += q; pk[i >> 2] |= ((u32)(q & 0xff)) << (8 * (i & 3)); }
-    uint2 pw; pw.x = pk[0]; pw.y = pk[1]; *(uint2*)(xq + pad8(c0)) = pw;
-    sq += __shfl_xor_sync(0xffffffffu, sq, 1);
-    if ((lane & 1) == 0) xs[c0 >> 4] = d * (float)sq; if ((lane & 3) == 0) xd[c0 >> 5] = d; }
-}
-// y = x / rms(x) * w over groups of `group` values (w may be null); `red` 16 floats.
-__device__ __noinline__ void cl_rmsnorm(const float* x, const float* w, float* y, int cols, int group, float eps, float* red) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-  if (group == cols) {
-    float ss = 0.f; for (int c = tid; c < cols; c += blockDim.x) { const float v = x[c]; ss += v * v; }
-    ss = warp_sum(ss); if (lane == 0) red[warp] = ss; __syncthreads();
-    ss = 0.f; for (int i = 0; i < nw; i++) ss += red[i];
-    const float sc = 1.0f / sqrtf(ss / (float)cols + eps);
-    for (int c = tid; c < cols; c += blockDim.x) y[c] = x[c] * sc * (w ? w[c] : 1.0f);
-    __syncthreads();
-  } else {
-    for (int gi = warp; gi < cols / group; gi += nw) { float ss = 0.f;
-      for (int c = gi * group + lane; c < (gi + 1) * group; c += 32) { const float v = x[c]; ss += v * v; }
-      ss = warp_sum(ss); const float sc = 1.0f / sqrtf(ss / (float)group + eps);
-      for (int c = gi * group + lane; c < (gi + 1) * group; c += 32) y[c] = x[c] * sc * (w ? w[c - gi * group] : 1.0f); }
-  }
-}
-__device__ __noinline__ void cl_issue(u64* bar, u8* dst, u64 src, u32 n) { mbar_expect(bar, n); if (n) bulk_g2s(dst, (const u8*)src, n, bar); }
-// Rows c0..c1 of a matmul (row r at base + (r - c0) * rb), a warp a row, each value stored
-// into every block's `out`.
-#define DEF_CL_ROWS(T) \
-__device__ __noinline__ void cl_rows_##T(const u8* base, int c0, int c1, u64 rb, int units, const X8 x8, float* out, u32 nb) { \
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5; \
-  for (int rr = c0 + warp; rr < c1; rr += nw) { const float v = gemv8_##T(base + (u64)(rr - c0) * rb, units, x8); \
-    if (lane < (int)nb) st_dsmem(out + rr, (u32)lane, v); } \
-}
-// This block's keys (chunks of 32: rank, rank + nb, ...) for every query head: each head's
-// partial softmax (m, l, HD outputs) into `part`. K/V rows of `width` halves; the current
-// position p0's key and value from `kc`, `vc`.
-template <int HD> __device__ __noinline__ void cl_attn_part(const float* q, const float* kc, const float* vc, const u16* K, const u16* V,
-    int width, int n_head, int grp, float scale, int jlo, int p0, u32 rank, u32 nb, float* part) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5; constexpr int DL = HD / 32;
-  for (int h = warp; h < n_head; h += nw) { const int g = h / grp; const float* qh = q + h * HD;
-    float m = -INFINITY, l = 0.f, acc[DL]; _Pragma("unroll") for (int i = 0; i < DL; i++) acc[i] = 0.f;
-    for (int ch = (int)rank; ch * 32 <= p0; ch += (int)nb) { const int j = ch * 32 + lane;
-      if (ch * 32 + 31 < jlo) continue;
-      const bool ok = j <= p0 && j >= jlo; float sc = -INFINITY;
-      if (ok) { float dot = 0.f;
-        if (j == p0) { for (int d = 0; d < HD; d++) dot += qh[d] * kc[g * HD + d]; }
-        else { const u16* kr = K + (u64)j * width + g * HD;
-          _Pragma("unroll") for (int d0 = 0; d0 < HD; d0 += 8) { const V4 w4 = *(const V4*)(kr + d0); const u32 ws[4] = {w4.x, w4.y, w4.z, w4.w};
-            _Pragma("unroll") for (int i = 0; i < 4; i++) dot += qh[d0 + 2 * i] * h2f((u16)(ws[i] & 0xffff)) + qh[d0 + 2 * i + 1] * h2f((u16)(ws[i] >> 16)); } }
-        sc = dot * scale; }
-      const float cm = warp_max(sc), nm = fmaxf(m, cm);
-      const float corr = m == -INFINITY ? 0.f : __expf(m - nm), pj = ok ? __expf(sc - nm) : 0.f;
-      l = l * corr + warp_sum(pj); m = nm;
-      _Pragma("unroll") for (int i = 0; i < DL; i++) acc[i] *= corr;
-      // The chunk's 32 value rows loaded before any is used (a load a row in turn was 32
-      // dependent round trips a chunk).
-      _Pragma("unroll") for (int i = 0; i < DL; i++) { u16 t[32];
-        _Pragma("unroll") for (int jj = 0; jj < 32; jj++) { const int jv = ch * 32 + jj;
-          t[jj] = (jv < p0 && jv >= jlo) ? V[(u64)jv * width + g * HD + lane + 32 * i] : (u16)0; }
-        float a = acc[i];
-        _Pragma("unroll") for (int jj = 0; jj < 32; jj++) { const float pw = __shfl_sync(0xffffffffu, pj, jj);
-          a += pw * (ch * 32 + jj == p0 ? vc[g * HD + lane + 32 * i] : h2f(t[jj])); }
-        acc[i] = a; }
-    }
-    float* pp = part + h * (HD + 2);
-    if (lane == 0) { pp[0] = m; pp[1] = l; }
-    _Pragma("unroll") for (int i = 0; i < DL; i++) pp[2 + lane + 32 * i] = acc[i];
-  }
-}
-// Heads rank, rank + nb, ... merged from every block's partials, stored into every block's `out`.
-template <int HD> __device__ __noinline__ void cl_attn_merge(float* part, float* out, int n_head, u32 rank, u32 nb) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5; constexpr int DL = HD / 32;
-  for (int h = (int)rank + (int)nb * warp; h < n_head; h += (int)nb * nw) {
-    const float mr = lane < (int)nb ? ld_dsmem(part + h * (HD + 2), (u32)lane) : -INFINITY;
-    const float lr = lane < (int)nb ? ld_dsmem(part + h * (HD + 2) + 1, (u32)lane) : 0.f;
-    const float M = warp_max(mr); const float wr = mr == -INFINITY ? 0.f : __expf(mr - M);
-    const float L = warp_sum(lr * wr);
-    float acc[DL]; _Pragma("unroll") for (int i = 0; i < DL; i++) acc[i] = 0.f;
-    for (int rr = 0; rr < (int)nb; rr++) { const float w = __shfl_sync(0xffffffffu, wr, rr); if (w == 0.f) continue;
-      _Pragma("unroll") for (int i = 0; i < DL; i++) acc[i] += w * ld_dsmem(part + h * (HD + 2) + 2 + lane + 32 * i, (u32)rr); }
-    const float il = L > 0.f ? 1.0f / L : 0.f;
-    for (int rr = 0; rr < (int)nb; rr++) _Pragma("unroll") for (int i = 0; i < DL; i++) st_dsmem(out + h * HD + lane + 32 * i, (u32)rr, acc[i] * il);
-  }
-}
-"#;
+/// Device functions of the cluster kernel (`cu/cluster.cu`).
+const FNS: &str = include_str!("../cu/cluster.cu");
 
 /// One copy into the ring.
 struct Chunk {
@@ -173,6 +81,12 @@ struct Sched {
     /// `SMELT_CUDA_CLUSTER_PRINT=pos` (kernel lab): block 0 prints the global timer at every
     /// cluster barrier of the step at that position.
     print: Option<usize>,
+    /// The barrier: `cluster_sync`, or with `SMELT_CUDA_CLUSTER_FENCE=cta` (kernel lab, a
+    /// measure only) `cluster_sync_cta`, without the cluster-scope release (MEMBAR.ALL.GPU)
+    /// that the remote stores before it need.
+    fence: &'static str,
+    /// Weight types of the matmuls (each needs its `cl_rows_*`).
+    types: Vec<&'static str>,
 }
 
 impl Sched {
@@ -215,18 +129,17 @@ impl Sched {
     fn sync(&mut self) -> String {
         self.released.push(self.consumed);
         let k = self.released.len() - 1;
-        let stamp = match self.print {
-            Some(at) => format!("if (rank == 0 && tid == 0 && p0 == {at}u) printf(\"cl %d %llu\\n\", {k}, gtimer());\n"),
+        format!("{}{}();\n/*ISSUE{k}*/\n", self.stamp(k), self.fence)
+    }
+
+    /// With `print`: block 0 prints the global timer as mark `k` of the chosen step.
+    fn stamp(&self, k: usize) -> String {
+        match self.print {
+            Some(at) => format!(
+                "if (rank == 0 && tid == 0 && p0 == {at}u) printf(\"cl {k} %llu\\n\", gtimer());\n"
+            ),
             None => String::new(),
-        };
-        // `SMELT_CUDA_CLUSTER_FENCE=cta` (kernel lab, a measure only): the barrier without its
-        // cluster-scope release (MEMBAR.ALL.GPU), which the remote stores before it need.
-        let bar = if std::env::var("SMELT_CUDA_CLUSTER_FENCE").is_ok_and(|v| v == "cta") {
-            "cluster_sync_cta"
-        } else {
-            "cluster_sync"
-        };
-        format!("{stamp}{bar}();\n/*ISSUE{k}*/\n")
+        }
     }
 
     /// Where each chunk is issued: the first sync point where the ring bytes it overlaps and
@@ -314,6 +227,10 @@ impl Slots {
         self.pending.clear();
     }
 }
+
+/// What [`Gen::cluster_walk`] gives: the slots' top, body, label, bytes before the ring, the
+/// matmuls' weight types.
+type Walked = (usize, String, String, usize, Vec<&'static str>);
 
 /// A step of the cluster kernel, in order.
 enum Step {
@@ -434,23 +351,7 @@ impl Gen<'_> {
                 slot_budget = done.0.div_ceil(64) * 64;
                 continue;
             }
-            let (_, body, label, fixed) = done;
-            let mut types: Vec<&'static str> = Vec::new();
-            for st in &steps {
-                if let Step::Mats(ki) = *st {
-                    if let KernelKind::MatMul { bundles, .. } = &kernels[ki].kind {
-                        for &m in bundles.iter().flat_map(|b| &b.matmuls) {
-                            if let Op::MatMul { w, .. } = self.node(m).op {
-                                if let Some(t) = type_suffix(self.weight(w).dtype) {
-                                    if !types.contains(&t) {
-                                        types.push(t);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let (_, body, label, fixed, types) = done;
             let smem = SMEM_MAX;
             let attrs = format!("__cluster_dims__({nb}, 1, 1) ");
             if !self.src.contains("cl_quant") {
@@ -495,7 +396,7 @@ impl Gen<'_> {
     }
 
     /// The cluster kernel's body for `slot_budget` floats of node slots: (the slots' top,
-    /// body, label, bytes before the ring); None where something does not fit. `measure`: a
+    /// body, label, bytes before the ring, the matmuls' weight types); None where something does not fit. `measure`: a
     /// ring too large to fail, for the slots' size alone.
     #[allow(clippy::too_many_arguments)]
     fn cluster_walk(
@@ -509,7 +410,7 @@ impl Gen<'_> {
         part: usize,
         slot_budget: usize,
         measure: bool,
-    ) -> Result<Option<(usize, String, String, usize)>, CudaError> {
+    ) -> Result<Option<Walked>, CudaError> {
         let kernels = self.plan.kernels();
         let fixed = (slot_budget + xfloats + part.div_ceil(4) * 4) * 4;
         if fixed + 32 * 1024 > SMEM_MAX {
@@ -523,6 +424,11 @@ impl Gen<'_> {
             },
             released: vec![0],
             print: super::lab_knob("SMELT_CUDA_CLUSTER_PRINT"),
+            fence: if std::env::var("SMELT_CUDA_CLUSTER_FENCE").is_ok_and(|v| v == "cta") {
+                "cluster_sync_cta"
+            } else {
+                "cluster_sync"
+            },
             ..Default::default()
         };
         let mut slots = Slots::default();
@@ -579,7 +485,13 @@ impl Gen<'_> {
             }
         }
         if measure {
-            return Ok(Some((slots.top, String::new(), String::new(), 0)));
+            return Ok(Some((
+                slots.top,
+                String::new(),
+                String::new(),
+                0,
+                Vec::new(),
+            )));
         }
         if slots.top > slot_budget || !sch.place() {
             return Ok(None);
@@ -588,12 +500,6 @@ impl Gen<'_> {
         for k in 1..sch.released.len() {
             code = code.replace(&format!("/*ISSUE{k}*/"), &sch.issue_code(k));
         }
-        let stamp = |k: usize| match sch.print {
-            Some(at) => format!(
-                "if (rank == 0 && tid == 0 && p0 == {at}u) printf(\"cl {k} %llu\\n\", gtimer());\n"
-            ),
-            None => String::new(),
-        };
         let head = format!(
             "extern __shared__ __align__(16) float S[]; __shared__ __align__(8) u64 bar[{NBAR}]; __shared__ float red[33];\n\
             u8* const RING = (u8*)(S + {ring_f}); (void)red;\n\
@@ -605,10 +511,10 @@ impl Gen<'_> {
             const X8 x8 = {{(const signed char*)(S + {xq}), S + {xd}, S + {xs}}}; (void)x8;\n",
             ring_f = fixed / 4,
             issue0 = sch.issue_code(0),
-            stamp0 = stamp(0),
+            stamp0 = sch.stamp(0),
         );
         // Every block must be done reading the others' shared memory before any exits.
-        let mut body = format!("{head}{code}{}cluster_sync();\n", stamp(99999));
+        let mut body = format!("{head}{code}{}cluster_sync();\n", sch.stamp(99999));
         // Parameters as literals: the kernel is this model's alone.
         for (i, v) in p.0.iter().enumerate().rev() {
             body = body.replace(&format!("P[{i}]"), &format!("{v}ull"));
@@ -619,7 +525,7 @@ impl Gen<'_> {
             sch.chunks.len(),
             sch.ring_len / 1024
         );
-        Ok(Some((slots.top, body, label, fixed)))
+        Ok(Some((slots.top, body, label, fixed, sch.types)))
     }
 
     /// Dest stores of node `n` by block 0: its cache rows, and its buffer if the head reads it.
@@ -828,6 +734,9 @@ impl Gen<'_> {
             else {
                 return Ok(None);
             };
+            if !sch.types.contains(&ty) {
+                sch.types.push(ty);
+            }
             let rows = self.node(m).shape[1];
             let rb = wi.row_bytes as usize;
             let rpb = rows.div_ceil(nb);
