@@ -212,8 +212,13 @@ struct Gen<'a> {
     /// a cluster attention of this program took (0: none).
     attn_splits: Option<usize>,
     cluster_splits: usize,
+    /// While a decode matmul kernel is generated: the factor of its sums where its input's
+    /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
+    /// for a batch's lane, and the array of a batch's rows' (empty: none).
+    norm_scale: (String, String, String),
 }
 
+#[derive(Clone)]
 struct KernelSrc {
     name: String,
     bounds: String,
@@ -340,6 +345,7 @@ pub(crate) fn generate(
         },
         attn_splits,
         cluster_splits: 0,
+        norm_scale: Default::default(),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
@@ -398,16 +404,41 @@ pub(crate) fn generate(
     if persistent {
         persistent::emit(&mut g, &mut src);
     } else {
+        // v15b: a one-token step's position is read once a kernel, before `PDL_WAIT` (the
+        // host's copy precedes the step's first kernel, and no kernel writes it), so the
+        // attention's chunk bounds and the RoPE angles do not wait for an L2 round trip after
+        // the previous kernel (`SMELT_CUDA_PREWAIT_POS=0`: each read where it was).
+        let pos_first = decode && g.t == 1 && lab_knob("SMELT_CUDA_PREWAIT_POS") != Some(0);
         for k in &g.kernels {
+            let hoisted;
+            let (k, posr) =
+                match pos_first && (k.body.contains("pos[0]") || k.body.contains("pos[rp]")) {
+                    true => {
+                        hoisted = KernelSrc {
+                            body: k.body.replace("pos[0]", "posr").replace("pos[rp]", "posr"),
+                            ..k.clone()
+                        };
+                        (&hoisted, "const u32 posr = __ldcg(pos);\n")
+                    }
+                    false => (k, ""),
+                };
             // A body that reads only weights first places its own PDL_WAIT (decode matmuls,
             // after their L2 prefetch); every other body, and every traced kernel (before its
             // first stamp), waits before its first statement.
-            let pdl = if k.body.contains("PDL_WAIT()") && trace_off.is_none() {
-                "PDL_LAUNCH();\n"
-            } else {
-                "PDL_LAUNCH(); PDL_WAIT();\n"
+            let own_wait = k.body.contains("PDL_WAIT()") && trace_off.is_none();
+            let wrapped =
+                trace_off.is_some() || (wrap_returns && param_values && k.body.contains("return"));
+            let pdl = match (own_wait, wrapped) {
+                (true, _) => format!("PDL_LAUNCH();\n{posr}"),
+                (false, false) => format!("PDL_LAUNCH(); {posr}PDL_WAIT();\n"),
+                (false, true) => "PDL_LAUNCH(); PDL_WAIT();\n".to_string(),
             };
-            if trace_off.is_some() || (wrap_returns && param_values && k.body.contains("return")) {
+            // A body of its own function reads the position in it.
+            let body = match wrapped && !posr.is_empty() {
+                true => format!("{posr}{}", k.body),
+                false => k.body.clone(),
+            };
+            if wrapped {
                 // The body as a function of its own: its early returns end only it, so every
                 // block reaches the kernel's end (the trace's stamps around the body, v13f's
                 // arrival in `PDL_END`). The stamps' offsets follow the body's parameters.
@@ -440,7 +471,7 @@ pub(crate) fn generate(
                     k.bounds,
                     k.attrs,
                     n = k.name,
-                    b = k.body,
+                    b = body,
                     begin = stamps.0,
                     end = stamps.1,
                 )
@@ -450,7 +481,7 @@ pub(crate) fn generate(
             writeln!(
                 src,
                 "extern \"C\" __global__ void __launch_bounds__({}) {}{}{sig} {{\n{pdl}{}PDL_END();\n}}",
-                k.bounds, k.attrs, k.name, k.body
+                k.bounds, k.attrs, k.name, body
             )
             .unwrap();
         }

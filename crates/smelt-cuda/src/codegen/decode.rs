@@ -15,6 +15,7 @@ use std::fmt::Write;
 use smelt_graph::{KernelKind, Op};
 
 use super::epilogue::Mode;
+use super::row_regs::RED_LEN;
 use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
@@ -93,8 +94,8 @@ impl Gen<'_> {
         let mut p = Params::default();
         let mut slots = HashMap::new();
         let mut next = 0usize;
-        let mut body = String::from(
-            "extern __shared__ float sm[]; __shared__ float red[33]; __shared__ int ntl;\n\
+        let mut body = format!(
+            "extern __shared__ float sm[]; __shared__ float red[{RED_LEN}]; __shared__ int ntl;\n\
             const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; ",
         );
         body += if nr == 1 {
@@ -220,21 +221,46 @@ impl Gen<'_> {
             }
             None => (String::new(), prefetch),
         };
+        // One token whose input row goes straight to registers: its loads are issued before
+        // the weights' prefetch (behind it, they waited for the prefetch's misses), unless
+        // PDL makes them wait for the previous kernel first. A batch's rows (with
+        // `SMELT_CUDA_ROW_REGS=2`) load theirs in turn, in the row loop below.
+        let regs_here = match nr {
+            1 => self.row_regs >= 1,
+            _ => self.row_regs >= 2,
+        };
+        let in_regs = if regs_here && need_q8 && !need_f32 {
+            self.row_in_registers(&k.rows, *input, kdim, kp, &mut p)?
+        } else {
+            None
+        };
+        // v15c: the input's norm applied to each column's sum.
+        let ns = in_regs.as_ref().and_then(|f| f.scale.as_ref());
+        self.norm_scale = match ns {
+            Some(ns) if nr == 1 => (format!("{} * ", ns.one), String::new(), String::new()),
+            Some(ns) => (String::new(), format!("{} * ", ns.lane), ns.row.clone()),
+            None => Default::default(),
+        };
+        let (scale1, scale_rows) = (self.norm_scale.0.clone(), self.norm_scale.2.clone());
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
         let tiled_one = |m: &Mat| -> String {
             if nr > 1 {
                 // Every row's raw value at `raw + row * width + c` (width: the bundle's).
                 let width = m.width;
                 format!(
-                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>({}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = v[i]; }} }}\n",
+                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>({}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = {sr}v[i]; }} }}\n",
                     m.ty,
                     m.row("c"),
                     units(m.ty),
-                    m.raw
+                    m.raw,
+                    sr = match scale_rows.is_empty() {
+                        true => String::new(),
+                        false => format!("{scale_rows}[i] * "),
+                    }
                 )
             } else if m.quant {
                 format!(
-                    "{{ float v = gemv8_{}({}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
+                    "{{ float v = {scale1}gemv8_{}({}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
                     m.ty,
                     m.row("c"),
                     units(m.ty),
@@ -282,27 +308,24 @@ impl Gen<'_> {
                 decl.join(", ")
             )
         };
-        // One token whose input row goes straight to registers: its loads are issued before
-        // the weights' prefetch (behind it, they waited for the prefetch's misses), unless
-        // PDL makes them wait for the previous kernel first. A batch's rows (with
-        // `SMELT_CUDA_ROW_REGS=2`) load theirs in turn, in the row loop below.
-        let regs_here = match nr {
-            1 => self.row_regs >= 1,
-            _ => self.row_regs >= 2,
-        };
-        let in_regs = if regs_here && need_q8 && !need_f32 {
-            self.row_in_registers(&k.rows, *input, kdim, kp, &mut p)?
-        } else {
-            None
-        };
+        // v15a: the row stage's weights (a norm's, a bias's) are loaded before `PDL_WAIT`:
+        // nothing writes them, and between two tokens the rest of the weights evict them
+        // from L2, so theirs was a DRAM round trip after the wait (`SMELT_CUDA_PREWAIT_NORM=0`:
+        // after it, as before).
+        let norm_first = super::lab_knob("SMELT_CUDA_PREWAIT_NORM") != Some(0);
         match in_regs.as_ref().filter(|_| nr == 1) {
-            Some(f) => write!(
-                body,
-                "{early}#if SMELT_PDL && SMELT_PDL_AT == 0\n{prefetch}PDL_WAIT();\n{loads}#else\nPDL_WAIT();\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
-                loads = f.loads(),
-                code = f.code
-            )
-            .unwrap(),
+            Some(f) => {
+                let (pre, loads) = match norm_first {
+                    true => f.split_loads(),
+                    false => (String::new(), f.loads()),
+                };
+                write!(
+                    body,
+                    "{early}{pre}#if SMELT_PDL && SMELT_PDL_AT == 0\n{prefetch}PDL_WAIT();\n{loads}#else\nPDL_WAIT();\n{loads}{prefetch}#endif\nTRACE_MARK(0);\n{code}",
+                    code = f.code
+                )
+                .unwrap()
+            }
             None => write!(body, "{early}{prefetch}PDL_WAIT();\nTRACE_MARK(0);\n").unwrap(),
         }
 
@@ -412,7 +435,11 @@ impl Gen<'_> {
             write!(body, "for (int c = tid; c < {kp}; c += {NT}) sm[{xf} + xpad(c)] = c < {kdim} ? {xin} : 0.f;\n\
                 const float* xs = sm + {xf};\n").unwrap();
         }
-        body += "__syncthreads();\nTRACE_MARK(1);\n";
+        body += "__syncthreads();\n";
+        if let Some(ns) = in_regs.as_ref().and_then(|f| f.scale.as_ref()) {
+            body += &ns.post;
+        }
+        body += "TRACE_MARK(1);\n";
         if staged {
             body += "mbar_wait0(&stg_bar);\n";
         }
@@ -507,6 +534,7 @@ impl Gen<'_> {
         for t in mats.iter().flatten().map(|m| (m.ty, m.quant)) {
             self.need_gemv(t.0, t.1, nr > 1);
         }
+        self.norm_scale = Default::default();
         body += "TRACE_MARK(4);\n";
         let smem = (next + se_len).max(tail_len) * 4;
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);

@@ -211,8 +211,9 @@ impl Gen<'_> {
                 if nr == 1 {
                     writeln!(
                         s,
-                        "const float e{}{suf} = gemv8_{}({}, {kdim} / UE8_{}, x8);",
+                        "const float e{}{suf} = {}gemv8_{}({}, {kdim} / UE8_{}, x8);",
                         m.0,
+                        self.norm_scale.0,
                         mat.ty,
                         mat.row(col),
                         mat.ty
@@ -221,8 +222,9 @@ impl Gen<'_> {
                 } else {
                     writeln!(
                         s,
-                        "const float e{}{suf} = gemv8r_{}<{nr}, {xs}>({}, {kdim} / UE8_{}, x8s, 0);",
+                        "const float e{}{suf} = {}gemv8r_{}<{nr}, {xs}>({}, {kdim} / UE8_{}, x8s, 0);",
                         m.0,
+                        self.norm_scale.1,
                         mat.ty,
                         mat.row(col),
                         mat.ty,

@@ -12,12 +12,38 @@ use smelt_graph::{NodeId, Op, WeightId};
 use super::{lit, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
+/// Floats of `red` before a batch's rows' partial sums of a norm applied after the matmul
+/// (the two halves the other norms alternate between).
+pub(super) const RED_ROWS: usize = 2 * NWARPS;
+/// The most rows a step's norm applied after the matmul keeps partials for.
+pub(super) const MAX_ROWS: usize = super::MAX_DECODE_ROWS;
+/// `red`'s floats in a decode matmul kernel.
+pub(super) const RED_LEN: usize = RED_ROWS + MAX_ROWS * NWARPS;
+
+/// The matmul input's RMS norm applied to the matmul's sums (v15c): the scale is a factor of
+/// every column's sum, so the row is quantised before the norm's reduction is over.
+pub(super) struct NormScale {
+    /// Code after the quantisation's barrier computing the scale(s).
+    pub post: String,
+    /// One token: the scale.
+    pub one: String,
+    /// A batch: lane q's row's scale (lane q finishes row q), and the array of every row's.
+    pub lane: String,
+    pub row: String,
+}
+
 /// A one-token kernel's row stage in registers ([`Gen::row_in_registers`]).
 pub(super) struct RowInRegs {
+    /// The input's norm applied after the matmul (v15c), if it is.
+    pub scale: Option<NormScale>,
     /// The register arrays' declarations (the stage's buffers and weights).
     pub decl: String,
     /// The loads into them (of row `r` where the step has several).
     pub assign: String,
+    /// `assign` split for one token: the weights' loads (norms, biases), which no kernel
+    /// writes, so they may be issued before `PDL_WAIT` (v15a), and the buffers' loads.
+    pub weights: String,
+    pub buffers: String,
     /// Its nodes computed from them (norms, residual adds) and stored where they go.
     pub code: String,
     /// Passes of the block over the row (8 values a thread each).
@@ -31,6 +57,15 @@ impl RowInRegs {
     pub fn loads(&self) -> String {
         format!("{}{}", self.decl, self.assign)
     }
+
+    /// The same loads for one token, the weights' first: (declarations and weights' loads,
+    /// buffers' loads).
+    pub fn split_loads(&self) -> (String, String) {
+        (
+            format!("{}{}", self.decl, self.weights),
+            self.buffers.clone(),
+        )
+    }
 }
 
 /// Register arrays of a row stage being generated.
@@ -40,9 +75,10 @@ struct RegRow {
     vals: HashMap<NodeId, String>,
     /// Declarations of the loaded arrays.
     decl: Vec<String>,
-    /// Their sources: the array, the address of its row's first float, and whether that
-    /// address is 16-byte aligned (then a thread's 8 values are two 16-byte loads).
-    srcs: Vec<(String, String, bool)>,
+    /// Their sources: the array, the address of its row's first float, whether that
+    /// address is 16-byte aligned (then a thread's 8 values are two 16-byte loads), and
+    /// whether it is a weight.
+    srcs: Vec<(String, String, bool, bool)>,
     /// 16-byte loads where aligned (`SMELT_CUDA_ROW_VEC=0`: scalar loads, the kernel lab's
     /// baseline).
     vec: bool,
@@ -96,6 +132,9 @@ impl Gen<'_> {
         );
         let mut code = String::new();
         let mut half = 0;
+        // v15c (`SMELT_CUDA_NORM_AFTER=0`: off): the input's norm applied after the matmul.
+        let factor = super::lab_knob("SMELT_CUDA_NORM_AFTER") != Some(0) && t <= MAX_ROWS;
+        let mut scale = None;
         for (j, &n) in rows.iter().enumerate() {
             let Some(v) = self.reg_operands(n, kdim, &mut regs, p)? else {
                 return Ok(None);
@@ -112,6 +151,52 @@ impl Gen<'_> {
                 (Op::GeluTanh { .. }, [x]) => format!("gelu_f({})", e(x)),
                 (Op::Softcap { cap, .. }, [x]) => {
                     format!("{c} * tanhf({} / {c})", e(x), c = lit(*cap))
+                }
+                (Op::RmsNorm { eps, .. }, [x, w @ ..])
+                    if factor && j + 1 == rows.len() && self.plan.dests(n).is_empty() =>
+                {
+                    // v15c: the matmul's input norm, scaled after the sums. Each warp's
+                    // partial sum of squares goes to `red` without a barrier; the row
+                    // quantised is x * w, and the scale is summed from the partials after
+                    // the quantisation's barrier and multiplies each column's sum
+                    // (`RowInRegs::scale`). A batch's rows keep their partials apart.
+                    let slot = match t {
+                        1 => format!("{}", half * NWARPS),
+                        _ => format!("{RED_ROWS} + r * {NWARPS}"),
+                    };
+                    write!(
+                        code,
+                        "{{ float ss = 0.f; {each} ss += {x}[it][i] * {x}[it][i]; }}\n\
+                        ss = warp_sum(ss); if (lane == 0) red[{slot} + warp] = ss; }}\n"
+                    )
+                    .unwrap();
+                    let sum = |slot: &str, out: &str| {
+                        format!("{{ float ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {NWARPS}; i++) ss += red[{slot} + i];\n\
+                            {out} = 1.0f / sqrtf(ss / {kdim}.0f + {eps}); }}\n", eps = lit(*eps))
+                    };
+                    scale = Some(match t {
+                        1 => NormScale {
+                            post: format!("float sc{j};\n{}", sum(&slot, &format!("sc{j}"))),
+                            one: format!("sc{j}"),
+                            lane: String::new(),
+                            row: String::new(),
+                        },
+                        _ => NormScale {
+                            // Every row's scale (`scr[q]`), and lane q's own row's (`scl`).
+                            post: format!(
+                                "float scr[{t}]; _Pragma(\"unroll\") for (int q = 0; q < {t}; q++) {}\
+                                float scl = scr[0]; _Pragma(\"unroll\") for (int q = 1; q < {t}; q++) if (lane == q) scl = scr[q];\n",
+                                sum(&format!("{RED_ROWS} + q * {NWARPS}"), "scr[q]")
+                            ),
+                            one: String::new(),
+                            lane: "scl".into(),
+                            row: "scr".into(),
+                        },
+                    });
+                    match w {
+                        [w] => format!("{} * {}", e(x), e(w)),
+                        _ => e(x),
+                    }
                 }
                 (Op::RmsNorm { eps, .. }, [x, w @ ..]) => {
                     // Consecutive norms reduce into alternate halves of `red`: the barrier of
@@ -156,12 +241,15 @@ impl Gen<'_> {
         } else {
             (
                 format!("float {};\n", regs.decl.join(", ")),
-                regs.load_code(kdim),
+                regs.load_code(kdim, None),
             )
         };
         Ok(Some(RowInRegs {
+            scale,
             decl,
             assign,
+            weights: regs.load_code(kdim, Some(true)),
+            buffers: regs.load_code(kdim, Some(false)),
             code,
             iters,
             out,
@@ -191,7 +279,8 @@ impl Gen<'_> {
             let name = format!("l{}", regs.decl.len());
             let off = self.weight(w).off;
             let base = format!("((const float*)(W + {}))", p.p(off));
-            regs.srcs.push((name.clone(), base, off.is_multiple_of(16)));
+            regs.srcs
+                .push((name.clone(), base, off.is_multiple_of(16), true));
             regs.decl.push(format!("{name}[{}][8]", regs.iters));
             out.push(name);
         }
@@ -214,7 +303,7 @@ impl Gen<'_> {
         }
         let name = format!("l{}", regs.decl.len());
         let (base, aligned) = self.buf_row(x, p)?;
-        regs.srcs.push((name.clone(), base, aligned));
+        regs.srcs.push((name.clone(), base, aligned, false));
         regs.decl.push(format!("{name}[{}][8]", regs.iters));
         regs.vals.insert(x, name.clone());
         Ok(Some(name))
@@ -222,13 +311,22 @@ impl Gen<'_> {
 }
 
 impl RegRow {
-    /// The loads of every source array: a thread's 8 values of a pass as two 16-byte loads
-    /// where the row is aligned and the 8 are in it (v11e: the 1B's 8192-wide rows took 16
-    /// scalar loads a thread), else one guarded float each.
-    fn load_code(&self, kdim: usize) -> String {
+    /// The loads of every source array (`weights`: only the weights' or only the buffers'):
+    /// a thread's 8 values of a pass as two 16-byte loads where the row is aligned and the 8
+    /// are in it (v11e: the 1B's 8192-wide rows took 16 scalar loads a thread), else one
+    /// guarded float each. Empty where no array is selected.
+    fn load_code(&self, kdim: usize, weights: Option<bool>) -> String {
         let mut vec = String::new();
         let mut each = String::new();
-        for (name, base, aligned) in &self.srcs {
+        let picked = self
+            .srcs
+            .iter()
+            .filter(|s| weights.is_none_or(|w| w == s.3))
+            .collect::<Vec<_>>();
+        if picked.is_empty() {
+            return String::new();
+        }
+        for (name, base, aligned, _) in picked {
             if *aligned && self.vec {
                 write!(
                     vec,
