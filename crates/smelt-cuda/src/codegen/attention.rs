@@ -416,6 +416,11 @@ impl Gen<'_> {
         } else {
             (prologue, "cp_async_wait<NBUF - 2>();".to_string())
         };
+        // Kernel lab (`SMELT_CUDA_ATTN_MARKS=1`, for `SMELT_CUDA_TRACE`): the trace's marks
+        // inside the key loop: m1 the first chunk landed, m2 it scored and summed into the
+        // output, m3 the loop over (by default m1 the loop over, m2 the partials pushed, m3
+        // merged).
+        let marks = super::lab_knob("SMELT_CUDA_ATTN_MARKS") == Some(1);
         // A multistage pipeline: one commit group per chunk (empty past the position) keeps
         // the wait count a constant: chunk k has landed when at most NBUF - 2 groups pend.
         let body = format!(
@@ -435,7 +440,7 @@ impl Gen<'_> {
             int k = 0; TRACE_MARK(0);\n\
             for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++) {{\n\
               {wait}\n\
-              __syncthreads();\n\
+              __syncthreads();{mark_landed}\n\
               {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
               const int b = k % NBUF;\n\
               if ({sif}j0 + {CHUNK} > lo) {{\n\
@@ -449,15 +454,23 @@ impl Gen<'_> {
                 _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
                   const u16* vr = KVS(b, 1, jj) + lane * {e};\n\
                   _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
-              }}\n\
+              }}{mark_scored}\n\
             }}\n\
             cp_async_wait<0>();\n\
-            PDL_MID(); TRACE_MARK(1);\n\
+            PDL_MID(); TRACE_MARK({mark_loop});\n\
             {finish}\
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
             dot = k_dot("KVS(b, 0, lane)", hd),
+            mark_landed = if marks { " if (k == 0) TRACE_MARK(1);" } else { "" },
+            mark_scored = if marks { " if (k == 0) TRACE_MARK(2);" } else { "" },
+            mark_loop = if marks { 3 } else { 1 },
+            finish = if marks {
+                finish.replace("TRACE_MARK(2);", "").replace("TRACE_MARK(3);", "")
+            } else {
+                finish
+            },
             push_init = if push {
                 format!(
                     "__shared__ float rc[{splits}][{rs}]; __shared__ alignas(8) u64 mbar;\n\
