@@ -57,19 +57,13 @@ pub(super) struct AttnIo {
     pub outs: String,
 }
 
-/// `d += q . k` over `n` f16 key values at `kr` against f32 queries at `q`, 16 bytes of key
-/// at a time (`n % 8 == 0`).
-fn k_dot_from(kr: &str, q: &str, n: usize) -> String {
-    format!("_Pragma(\"unroll\") for (int c = 0; c < {n}; c += 8) {{ V4 kk = *(const V4*)({kr} + c); const float* qq = {q} + c;\n\
-        d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
-           + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n")
-}
-
 /// `d += q . k` over a head of `hd` f16 key values at `kr` against f32 queries at `qs`, 16
 /// bytes of key at a time (`hd % 8 == 0`) or one value at a time.
 pub(super) fn k_dot(kr: &str, hd: usize) -> String {
     if hd.is_multiple_of(8) {
-        k_dot_from(kr, "qs", hd)
+        format!("_Pragma(\"unroll\") for (int c = 0; c < {hd}; c += 8) {{ V4 kk = *(const V4*)({kr} + c); const float* qq = qs + c;\n\
+            d += qq[0] * h2f(kk.x & 0xffff) + qq[1] * h2f(kk.x >> 16) + qq[2] * h2f(kk.y & 0xffff) + qq[3] * h2f(kk.y >> 16)\n\
+               + qq[4] * h2f(kk.z & 0xffff) + qq[5] * h2f(kk.z >> 16) + qq[6] * h2f(kk.w & 0xffff) + qq[7] * h2f(kk.w >> 16); }}\n")
     } else {
         format!("for (int c = 0; c < {hd}; c++) d += qs[c] * h2f(({kr})[c]);\n")
     }
@@ -211,24 +205,10 @@ impl Gen<'_> {
         } else {
             None
         };
-        // v15d, kernel lab (`SMELT_CUDA_ATTN_HALVES=1`): two warps a query head, each taking
-        // half of every chunk's keys (16), a key's scores over half the head's dimensions a
-        // lane (the halves summed by one shuffle); the two warps' partial softmaxes merged in
-        // the block before the splits' push. A chunk's chain of dependent shuffles,
-        // conversions and FMAs is what a decode attention's time is (cuda.md v15). Correct
-        // (every GPU test passed with it on), no faster: the first chunk's chain 0.88 ->
-        // 0.71 us, the loop's end unchanged; the 1B -0.5 to -1%.
-        let halves = splits > 1
-            && fold.is_none()
-            && guard.is_empty()
-            && hd.is_multiple_of(16)
-            && super::lab_knob("SMELT_CUDA_ATTN_PUSH") != Some(0)
-            && super::lab_knob("SMELT_CUDA_ATTN_HALVES") == Some(1);
-        // A warp per query head of the group (two with `halves`); a folded projection takes
-        // more warps (they stage K and V with the others and share the projection's rows).
+        // A warp per query head of the group; a folded projection takes more warps (they stage
+        // K and V with the others and share the projection's rows).
         let nt = match &fold {
             Some(f) => (grp * 32).max(f.threads),
-            None if halves => grp * 64,
             None => grp * 32,
         };
         let e = hd / 32;
@@ -290,10 +270,8 @@ impl Gen<'_> {
         let more = stage("st", "jn", false);
         let next = stage("(k + NBUF - 1) % NBUF", "jn", false);
         // Warps past the group's heads (a folded projection's) stage K and V only.
-        let extra = !halves && nt > grp * 32;
-        let (hwdef, qsel, qif, sif) = if halves {
-            (String::new(), "warp", "if (kh == 0) ", "")
-        } else if extra {
+        let extra = nt > grp * 32;
+        let (hwdef, qsel, qif, sif) = if extra {
             (
                 format!("const bool hw = warp < {grp};\n"),
                 "hw ? warp : 0",
@@ -355,13 +333,12 @@ impl Gen<'_> {
                 {wo_tail}"
             )
         };
-        let push_if = if halves { "if (kh == 0) " } else { "" };
         let finish = if push {
             format!(
-                "cluster_wait();\n{push_if}{{\n\
+                "cluster_wait();\n\
                 _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int oi = warp * {hd} + lane * {e} + i, ow = oi / {per};\n\
                   st_async_f32(&rc[s][oi - ow * {per}], ow, acc[i], &mbar); }}\n\
-                if (lane < {splits}) {{ st_async_f32(&rc[s][{per} + 2 * warp], lane, m, &mbar); st_async_f32(&rc[s][{per} + 2 * warp + 1], lane, l, &mbar); }} }}\n\
+                if (lane < {splits}) {{ st_async_f32(&rc[s][{per} + 2 * warp], lane, m, &mbar); st_async_f32(&rc[s][{per} + 2 * warp + 1], lane, l, &mbar); }}\n\
                 TRACE_MARK(2);\n\
                 mbar_wait0(&mbar);\n\
                 for (int jj = tid; jj < {per}; jj += {nt}) {{ const int i = s * {per} + jj; if (i < {gh}) {{\n\
@@ -451,7 +428,7 @@ impl Gen<'_> {
             #define NBUF {nbuf}\n\
             #define KVS(b, part, r) (kvs + (((b) * 2 + (part)) * {CHUNK} + (r)) * {hs})\n\
             __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];{cmb}\n\
-            const int g = blockIdx.x, s = blockIdx.y, {warps}lane = threadIdx.x & 31, tid = threadIdx.x;\n\
+            const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             {push_init}\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
             const u16* Kp = KV + {kbp} + g * {hd}; const u16* Vp = KV + {vbp} + g * {hd};\n\
@@ -467,64 +444,25 @@ impl Gen<'_> {
               {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
               const int b = k % NBUF;\n\
               if ({sif}j0 + {CHUNK} > lo) {{\n\
-{score}\
-                const float mn = fmaxf(m, {wmax}(sc));\n\
+                const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
+                if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
+                const float mn = fmaxf(m, warp_max(sc));\n\
                 const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
-                l = l * corr + {wsum}(pj); m = mn;\n\
+                l = l * corr + warp_sum(pj); m = mn;\n\
                 _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
-                const int nk = {nk}; // keys past the position may be unwritten\n\
+                const int nk = min({CHUNK}, p1 + 1 - j0); // keys past the position may be unwritten\n\
                 _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
-                  const u16* vr = KVS(b, 1, {kh16}jj) + lane * {e};\n\
+                  const u16* vr = KVS(b, 1, jj) + lane * {e};\n\
                   _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
               }}{mark_scored}\n\
             }}\n\
             cp_async_wait<0>();\n\
-            {halves_merge}\
             PDL_MID(); TRACE_MARK({mark_loop});\n\
             {finish}\
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
-            warps = if halves {
-                "warp = threadIdx.x >> 6, kh = (threadIdx.x >> 5) & 1, "
-            } else {
-                "warp = threadIdx.x >> 5, "
-            },
-            score = if halves {
-                format!(
-                    "const int j = j0 + kh * 16 + (lane & 15); const bool ok = j >= lo && j <= p1; float sc;\n\
-                    {{ float d = 0.f; const int dh = (lane >> 4) * {h2};\n{dot}d += __shfl_xor_sync(0xffffffffu, d, 16); sc = ok ? d : -INFINITY; }}\n",
-                    h2 = hd / 2,
-                    dot = k_dot_from("KVS(b, 0, kh * 16 + (lane & 15)) + dh", "qs + dh", hd / 2)
-                )
-            } else {
-                format!(
-                    "const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
-                    if (ok) {{ float d = 0.f;\n{}sc = d; }}\n",
-                    k_dot("KVS(b, 0, lane)", hd)
-                )
-            },
-            wmax = if halves { "half_max16" } else { "warp_max" },
-            wsum = if halves { "half_sum16" } else { "warp_sum" },
-            nk = if halves {
-                "max(0, min(16, p1 + 1 - j0 - kh * 16))".to_string()
-            } else {
-                format!("min({CHUNK}, p1 + 1 - j0)")
-            },
-            kh16 = if halves { "kh * 16 + " } else { "" },
-            halves_merge = if halves {
-                format!(
-                    "{{ __shared__ float hx[{grp}][{hd} + 2];\n\
-                    if (kh == 1) {{ if (lane == 0) {{ hx[warp][0] = m; hx[warp][1] = l; }} _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) hx[warp][2 + lane * {e} + i] = acc[i]; }}\n\
-                    __syncthreads();\n\
-                    if (kh == 0) {{ const float m2 = hx[warp][0], l2 = hx[warp][1], mx = fmaxf(m, m2);\n\
-                      const float c1 = m == -INFINITY ? 0.f : __expf(m - mx), c2 = m2 == -INFINITY ? 0.f : __expf(m2 - mx);\n\
-                      l = l * c1 + l2 * c2; m = mx;\n\
-                      _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = acc[i] * c1 + hx[warp][2 + lane * {e} + i] * c2; }} }}\n"
-                )
-            } else {
-                String::new()
-            },
+            dot = k_dot("KVS(b, 0, lane)", hd),
             mark_landed = if marks { " if (k == 0) TRACE_MARK(1);" } else { "" },
             mark_scored = if marks { " if (k == 0) TRACE_MARK(2);" } else { "" },
             mark_loop = if marks { 3 } else { 1 },

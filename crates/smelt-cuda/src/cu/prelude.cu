@@ -71,16 +71,6 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// Over each half-warp's 16 lanes (decode attention's halves, v15d: lanes l and l + 16 hold
-// the same key, so either half's sum is every key's once).
-__device__ __forceinline__ float half_sum16(float v) {
-  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float half_max16(float v) {
-  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 // Asynchronous 16-byte copies from global to shared memory (sm_80+): no registers held while
 // the bytes travel; `cp_async_wait<n>` waits until at most n committed groups are pending.
 __device__ __forceinline__ void cp_async16(void* smem, const void* g) {
