@@ -664,6 +664,16 @@ impl<'a> Gen<'a> {
         Ok((if part == KvPart::K { k } else { v }, width))
     }
 
+    /// Offset of layer `layer`'s `part` in the KV cache, for a node of `cols` columns stored
+    /// there (an error where the cache's rows are another width).
+    fn kv_store_off(&self, layer: usize, part: KvPart, cols: usize) -> Result<u64, CudaError> {
+        let (off, width) = self.kv_off(layer, part)?;
+        if width != cols {
+            return Err(CudaError::Invalid(format!("KV width {width} != {cols}")));
+        }
+        Ok(off)
+    }
+
     /// The cache row that position row `rp` writes its key and value to: its position, or
     /// in a paged cache the row the host computed from its block table.
     fn kv_write_row(&self) -> String {
@@ -728,10 +738,7 @@ impl<'a> Gen<'a> {
                     .unwrap();
                 }
                 Dest::Kv { layer, part } => {
-                    let (off, width) = self.kv_off(layer, part)?;
-                    if width != cols {
-                        return Err(CudaError::Invalid(format!("KV width {width} != {cols}")));
-                    }
+                    let off = self.kv_store_off(layer, part, cols)?;
                     writeln!(
                         s,
                         "KV[{} + (u64){} * {cols} + {col0} + c] = f2h({val});",

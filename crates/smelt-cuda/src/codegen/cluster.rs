@@ -542,10 +542,7 @@ impl Gen<'_> {
         for d in self.plan.dests(n) {
             match *d {
                 Dest::Kv { layer, part } => {
-                    let (off, width) = self.kv_off(layer, part)?;
-                    if width != cols {
-                        return Err(CudaError::Invalid(format!("KV width {width} != {cols}")));
-                    }
+                    let off = self.kv_store_off(layer, part, cols)?;
                     writeln!(
                         s,
                         "KV[{} + (u64)p0 * {cols} + c] = f2h(S[{o} + c]);",
