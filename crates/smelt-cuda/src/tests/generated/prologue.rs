@@ -1,7 +1,8 @@
 //! What a decode kernel does first, read off its generated source: its parameters by value
 //! (v9f), its input row into registers with 16-byte loads (v10a, v11e), where it waits for
 //! the previous kernel and lets the next one launch (v11a), attention's staging before that
-//! wait (v11c). No GPU needed.
+//! wait (v11c), the weights and the position read before it and the norm applied after the
+//! matmul (v15). No GPU needed.
 
 use super::*;
 
@@ -402,4 +403,79 @@ fn decode_programs_compile_with_launch_counters() {
             );
         }
     }
+}
+
+/// v15a/v15b: a one-token step loads what no kernel writes before its kernels' `PDL_WAIT`:
+/// the row stage's norm weights, and the position (read once a kernel as `posr`, so no
+/// `pos[0]` or `pos[rp]` is left). A batch step reads each row's position where it is used.
+/// No GPU needed.
+#[test]
+fn one_token_steps_load_weights_and_position_before_the_wait() {
+    let g = generated_with(&LLAMA_1B_V1000, 1, GgmlType::Q4_K, false, 64);
+    let mut normed = 0;
+    for k in decode_kernels(&g.src) {
+        assert!(
+            !k.contains("pos[0]") && !k.contains("pos[rp]"),
+            "a one-token kernel reads the position after the wait:\n{k}"
+        );
+        let wait = k.find("PDL_WAIT()").expect("every decode kernel waits");
+        if k.contains("posr") {
+            let first = k
+                .find("posr = __ldcg(pos)")
+                .expect("the position is loaded");
+            assert!(first < wait, "the position is loaded after the wait:\n{k}");
+        }
+        // A register row stage whose RMS norm has weights: `l<i>` arrays loaded from `W`.
+        if let Some(load) = k.find("((const float*)(W + P[") {
+            if k[..load].contains("float l0[") && k.contains("sqrtf(ss /") {
+                assert!(
+                    load < wait,
+                    "the norm's weights are loaded after the wait:\n{k}"
+                );
+                normed += 1;
+            }
+        }
+    }
+    // The 1B's QKV and gate+up kernels (every layer shares them) and the head's norm.
+    assert!(
+        normed >= 2,
+        "{normed} kernels with the norm's weights before the wait"
+    );
+    let b = generated_paged(&LLAMA_1B_V1000, 3, GgmlType::Q4_K, false, true);
+    assert!(b.decode && b.src.contains("pos[rp]") && !b.src.contains("posr"));
+}
+
+/// v15c: a decode matmul whose input is an RMS norm quantises the row before the norm's sum
+/// is over and multiplies each column's sum by the scale: one token by `sc<j>`, a batch's
+/// lanes and tiles by their row's (`scl`, `scr[i]`), summed in the same order, so a batch's
+/// rows stay bit for bit one sequence's. No GPU needed.
+#[test]
+fn normed_inputs_scale_the_sums_after_the_matmul() {
+    let one = generated_with(&LLAMA_1B_V1000, 1, GgmlType::Q4_K, false, 64);
+    let mut scaled = 0;
+    for k in decode_kernels(&one.src) {
+        let Some(at) = k.find(" * gemv8_") else {
+            continue;
+        };
+        // The scale is summed after the quantisation's barrier (an earlier norm of the row
+        // stage sums before it), then multiplies the sums.
+        let sum = k[..at].rfind("ss += red[").expect("the scale's sum");
+        let quant = k.find("__float2int_rn").expect("the row's quantisation");
+        let barrier = k[quant..].find("__syncthreads()").expect("its barrier") + quant;
+        assert!(
+            barrier < sum,
+            "the scale is summed before the barrier:\n{k}"
+        );
+        let name = k[..at].rsplit([' ', '(']).next().unwrap_or_default();
+        assert!(name.starts_with("sc"), "{name}: not a norm's scale:\n{k}");
+        scaled += 1;
+    }
+    // The QKV and gate+up kernels (the head's too, which takes the final norm).
+    assert!(scaled >= 2, "{scaled} kernels scale their sums");
+    let batch = generated_paged(&LLAMA_1B_V1000, 4, GgmlType::Q4_K, false, true);
+    assert!(
+        batch.src.contains("scl * gemv8r_q4_k<4"),
+        "a batch lane's scale"
+    );
+    assert!(batch.src.contains("float scr[4];"), "every row's scale");
 }
