@@ -214,11 +214,10 @@ struct Gen<'a> {
     cluster_splits: usize,
     /// While a decode matmul kernel is generated: the factor of its sums where its input's
     /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
-    /// for a batch's lane, and the array of a batch's rows' (empty: none).
-    norm_scale: (String, String, String),
+    /// for a batch's lane (empty: none); the warps' epilogues read it.
+    norm_scale: (String, String),
 }
 
-#[derive(Clone)]
 struct KernelSrc {
     name: String,
     bounds: String,
@@ -410,17 +409,13 @@ pub(crate) fn generate(
         // the previous kernel (`SMELT_CUDA_PREWAIT_POS=0`: each read where it was).
         let pos_first = decode && g.t == 1 && lab_knob("SMELT_CUDA_PREWAIT_POS") != Some(0);
         for k in &g.kernels {
-            let hoisted;
-            let (k, posr) =
+            let (body, posr) =
                 match pos_first && (k.body.contains("pos[0]") || k.body.contains("pos[rp]")) {
-                    true => {
-                        hoisted = KernelSrc {
-                            body: k.body.replace("pos[0]", "posr").replace("pos[rp]", "posr"),
-                            ..k.clone()
-                        };
-                        (&hoisted, "const u32 posr = __ldcg(pos);\n")
-                    }
-                    false => (k, ""),
+                    true => (
+                        k.body.replace("pos[0]", "posr").replace("pos[rp]", "posr"),
+                        "const u32 posr = __ldcg(pos);\n",
+                    ),
+                    false => (k.body.clone(), ""),
                 };
             // A body that reads only weights first places its own PDL_WAIT (decode matmuls,
             // after their L2 prefetch); every other body, and every traced kernel (before its
@@ -434,9 +429,9 @@ pub(crate) fn generate(
                 (false, true) => "PDL_LAUNCH(); PDL_WAIT();\n".to_string(),
             };
             // A body of its own function reads the position in it.
-            let body = match wrapped && !posr.is_empty() {
-                true => format!("{posr}{}", k.body),
-                false => k.body.clone(),
+            let body = match wrapped {
+                true => format!("{posr}{body}"),
+                false => body,
             };
             if wrapped {
                 // The body as a function of its own: its early returns end only it, so every

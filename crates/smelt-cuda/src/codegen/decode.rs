@@ -235,13 +235,13 @@ impl Gen<'_> {
             None
         };
         // v15c: the input's norm applied to each column's sum.
-        let ns = in_regs.as_ref().and_then(|f| f.scale.as_ref());
-        self.norm_scale = match ns {
+        let (scale1, scale_lane, scale_rows) = match in_regs.as_ref().and_then(|f| f.scale.as_ref())
+        {
             Some(ns) if nr == 1 => (format!("{} * ", ns.one), String::new(), String::new()),
             Some(ns) => (String::new(), format!("{} * ", ns.lane), ns.row.clone()),
             None => Default::default(),
         };
-        let (scale1, scale_rows) = (self.norm_scale.0.clone(), self.norm_scale.2.clone());
+        self.norm_scale = (scale1.clone(), scale_lane);
         let units = |ty: &str| format!("{kdim} / UE8_{ty}");
         let tiled_one = |m: &Mat| -> String {
             if nr > 1 {
