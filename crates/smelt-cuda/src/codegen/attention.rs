@@ -57,6 +57,68 @@ pub(super) struct AttnIo {
     pub outs: String,
 }
 
+/// Decode attention's work on one staged chunk (buffer `b`, keys `j0..j0 + 31`) in v15's
+/// layout: a warp a query head, a lane a key's score, every lane two or more of the output's
+/// dims.
+fn scalar_chunk(hd: usize, sif: &str) -> String {
+    let e = hd / 32;
+    let dot = k_dot("KVS(b, 0, lane)", hd);
+    format!(
+        "if ({sif}j0 + {CHUNK} > lo) {{\n\
+          const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
+          if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
+          const float mn = fmaxf(m, warp_max(sc));\n\
+          const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
+          l = l * corr + warp_sum(pj); m = mn;\n\
+          _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
+          const int nk = min({CHUNK}, p1 + 1 - j0); // keys past the position may be unwritten\n\
+          _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
+            const u16* vr = KVS(b, 1, jj) + lane * {e};\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
+        }}"
+    )
+}
+
+/// v16a: the same chunk's work in warp 0 on tensor cores. S = Q K^T as four 8-key tiles
+/// (`ldmatrix` of K rows: each lane gets a key's two dims, the B fragment as stored), a key
+/// outside `lo..=p1` set to -inf; row r's max and sum over lane quad r (two shuffles each);
+/// O = O * corr + P V over two 16-key steps, V's fragments by a transposing `ldmatrix` with
+/// the keys past the position zeroed (they may be unwritten: any bits, NaN included, where
+/// the probability 0 would not cancel them). Rows 8-15 of every product are zero and unused.
+fn mma_chunk(hd: usize) -> String {
+    let (ks, dn, qj) = (hd / 16, hd / 8, hd / 32);
+    format!(
+        "if (warp == 0 && j0 + {CHUNK} > lo) {{\n\
+          u32 qa[2][{qj}][4]; float sa[4][4], sb[4][4];\n\
+          _Pragma(\"unroll\") for (int x = 0; x < 2; x++) _Pragma(\"unroll\") for (int i = 0; i < {qj}; i++) ldsm4(qa[x][i], &qh[x][lane & 7][32 * i + 8 * (lane >> 3)]);\n\
+          _Pragma(\"unroll\") for (int t = 0; t < 4; t++) _Pragma(\"unroll\") for (int c = 0; c < 4; c++) {{ sa[t][c] = 0.f; sb[t][c] = 0.f; }}\n\
+          _Pragma(\"unroll\") for (int i = 0; i < {ks}; i++) _Pragma(\"unroll\") for (int t = 0; t < 4; t += 2) {{ u32 kf[4];\n\
+            ldsm4(kf, KVS(b, 0, t * 8 + (lane >> 4) * 8 + (lane & 7)) + 16 * i + ((lane >> 3) & 1) * 8);\n\
+            const u32* ah = &qa[0][i >> 1][2 * (i & 1)]; const u32* al = &qa[1][i >> 1][2 * (i & 1)];\n\
+            mma_top(sa[t], ah[0], ah[1], kf[0], kf[1]); mma_top(sa[t + 1], ah[0], ah[1], kf[2], kf[3]);\n\
+            mma_top(sb[t], al[0], al[1], kf[0], kf[1]); mma_top(sb[t + 1], al[0], al[1], kf[2], kf[3]); }}\n\
+          _Pragma(\"unroll\") for (int t = 0; t < 4; t++) {{ sa[t][0] += sb[t][0]; sa[t][1] += sb[t][1]; }}\n\
+          const int jq = j0 + 2 * (lane & 3); float mx = -INFINITY;\n\
+          _Pragma(\"unroll\") for (int t = 0; t < 4; t++) _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{\n\
+            const int j = jq + 8 * t + c; if (j < lo || j > p1) sa[t][c] = -INFINITY; mx = fmaxf(mx, sa[t][c]); }}\n\
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1)); mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));\n\
+          const float mn = fmaxf(m, mx); const float corr = m == -INFINITY ? 0.f : __expf(m - mn);\n\
+          float ps = 0.f; u32 pa[2][2];\n\
+          _Pragma(\"unroll\") for (int t = 0; t < 4; t++) {{ const float e0 = __expf(sa[t][0] - mn), e1 = __expf(sa[t][1] - mn);\n\
+            ps += e0 + e1; pa[t >> 1][t & 1] = pack2(e0, e1); }}\n\
+          ps += __shfl_xor_sync(0xffffffffu, ps, 1); ps += __shfl_xor_sync(0xffffffffu, ps, 2);\n\
+          l = l * corr + ps; m = mn;\n\
+          _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) {{ o[i][0] *= corr; o[i][1] *= corr; }}\n\
+          _Pragma(\"unroll\") for (int kk = 0; kk < 2; kk++) {{\n\
+            const int jb = j0 + 16 * kk + 2 * (lane & 3);\n\
+            const u32 k0 = (jb <= p1 ? 0xffffu : 0u) | (jb + 1 <= p1 ? 0xffff0000u : 0u), k1 = (jb + 8 <= p1 ? 0xffffu : 0u) | (jb + 9 <= p1 ? 0xffff0000u : 0u);\n\
+            const u16* vrow = KVS(b, 1, 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) + (lane >> 4) * 8;\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {dn}; i += 2) {{ u32 vf[4]; ldsm4t(vf, vrow + 8 * i);\n\
+              mma_top(o[i], pa[kk][0], pa[kk][1], vf[0] & k0, vf[1] & k1); mma_top(o[i + 1], pa[kk][0], pa[kk][1], vf[2] & k0, vf[3] & k1); }} }}\n\
+        }}"
+    )
+}
+
 /// `d += q . k` over a head of `hd` f16 key values at `kr` against f32 queries at `qs`, 16
 /// bytes of key at a time (`hd % 8 == 0`) or one value at a time.
 pub(super) fn k_dot(kr: &str, hd: usize) -> String {
@@ -297,6 +359,19 @@ impl Gen<'_> {
             && !extra
             && super::lab_knob("SMELT_CUDA_ATTN_PUSH") != Some(0);
         let rs = per + 2 * grp;
+        // v16a (`SMELT_CUDA_ATTN_MMA=0`: off): warp 0 scores a chunk for every query head of
+        // the group at once on tensor cores (`mma` m16n8k16: the heads are rows 0-7 of A, 16
+        // dims a step; K and V from shared memory by `ldmatrix`), one softmax a row over its
+        // lane quad, the probabilities rounded to f16 as the A operand of P * V. Where v15's
+        // warp a head spent ~435 dependent instructions a chunk (trace: 0.85-1.1 us), this is
+        // 32 products and 16 matrix loads. Only with pushed partials (the pushes read the
+        // product's fragments).
+        let mma = push
+            && early
+            && grp <= 8
+            && matches!(hd, 64 | 128)
+            && super::lab_knob("SMELT_CUDA_ATTN_MMA") != Some(0);
+        let dn = hd / 8;
         // Output `d` of group head `hh`: the splits' partials read through distributed shared
         // memory, then merged.
         let decl = format!(
@@ -333,12 +408,27 @@ impl Gen<'_> {
                 {wo_tail}"
             )
         };
+        // Each split's pushes: v16a's from warp 0's fragments (lane quad r holds head r's
+        // dims 8i + 2 (lane & 3) + {0, 1}), v15's from each head's warp.
+        let pushes = if mma {
+            format!(
+                "if (warp == 0 && (lane >> 2) < {grp}) {{ const int r = lane >> 2;\n\
+                  _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{\n\
+                    const int oi = r * {hd} + i * 8 + 2 * (lane & 3) + c, ow = oi / {per};\n\
+                    st_async_f32(&rc[s][oi - ow * {per}], ow, o[i][c], &mbar); }}\n\
+                  for (int w = lane & 3; w < {splits}; w += 4) {{ st_async_f32(&rc[s][{per} + 2 * r], w, m, &mbar); st_async_f32(&rc[s][{per} + 2 * r + 1], w, l, &mbar); }} }}\n"
+            )
+        } else {
+            format!(
+                "_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int oi = warp * {hd} + lane * {e} + i, ow = oi / {per};\n\
+                  st_async_f32(&rc[s][oi - ow * {per}], ow, acc[i], &mbar); }}\n\
+                if (lane < {splits}) {{ st_async_f32(&rc[s][{per} + 2 * warp], lane, m, &mbar); st_async_f32(&rc[s][{per} + 2 * warp + 1], lane, l, &mbar); }}\n"
+            )
+        };
         let finish = if push {
             format!(
                 "cluster_wait();\n\
-                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int oi = warp * {hd} + lane * {e} + i, ow = oi / {per};\n\
-                  st_async_f32(&rc[s][oi - ow * {per}], ow, acc[i], &mbar); }}\n\
-                if (lane < {splits}) {{ st_async_f32(&rc[s][{per} + 2 * warp], lane, m, &mbar); st_async_f32(&rc[s][{per} + 2 * warp + 1], lane, l, &mbar); }}\n\
+                {pushes}\
                 TRACE_MARK(2);\n\
                 mbar_wait0(&mbar);\n\
                 for (int jj = tid; jj < {per}; jj += {nt}) {{ const int i = s * {per} + jj; if (i < {gh}) {{\n\
@@ -375,10 +465,19 @@ impl Gen<'_> {
             {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n");
         let (start, query) = if early {
             (
-                format!("{rowdef}const int p1 = pos[{prow}];\n{qload}\
-                    {first}cp_async_commit();\nconst int lo = {win};\n"),
-                format!("float* qs = qsh[{qsel}];\n\
-                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane + 32 * i] = qv[i] * {sc};\n"),
+                format!(
+                    "{rowdef}const int p1 = pos[{prow}];\n{qload}\
+                    {first}cp_async_commit();\nconst int lo = {win};\n"
+                ),
+                if mma {
+                    // v16a: the scaled query as two f16 rows a head (the value rounded, then
+                    // what rounding lost), for warp 0's A fragments.
+                    format!("_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const float v = fminf(fmaxf(qv[i] * {sc}, -65504.f), 65504.f); const u16 hi = f2h(v);\n\
+                        qh[0][warp][lane + 32 * i] = hi; qh[1][warp][lane + 32 * i] = f2h(v - h2f(hi)); }}\n")
+                } else {
+                    format!("float* qs = qsh[{qsel}];\n\
+                    {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qs[lane + 32 * i] = qv[i] * {sc};\n")
+                },
             )
         } else {
             (
@@ -427,7 +526,7 @@ impl Gen<'_> {
             "{guard}extern __shared__ float sm[]; u16* kvs = (u16*)sm;\n\
             #define NBUF {nbuf}\n\
             #define KVS(b, part, r) (kvs + (((b) * 2 + (part)) * {CHUNK} + (r)) * {hs})\n\
-            __shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];{cmb}\n\
+            {qdecl}{cmb}\n\
             const int g = blockIdx.x, s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tid = threadIdx.x;\n\
             {push_init}\
             const int h = g * {grp} + warp; const int step = {splits} * {CHUNK};\n\
@@ -435,26 +534,14 @@ impl Gen<'_> {
             {prologue}\
             {wo_pre}\
             {query}\
-            float m = -INFINITY, l = 0.f, acc[{e}];\n\
-            _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n\
+            {accdef}\
             int k = 0; TRACE_MARK(0);\n\
             for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++) {{\n\
               {wait}\n\
               __syncthreads();{mark_landed}\n\
               {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
               const int b = k % NBUF;\n\
-              if ({sif}j0 + {CHUNK} > lo) {{\n\
-                const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
-                if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
-                const float mn = fmaxf(m, warp_max(sc));\n\
-                const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
-                l = l * corr + warp_sum(pj); m = mn;\n\
-                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
-                const int nk = min({CHUNK}, p1 + 1 - j0); // keys past the position may be unwritten\n\
-                _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
-                  const u16* vr = KVS(b, 1, jj) + lane * {e};\n\
-                  _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
-              }}{mark_scored}\n\
+              {chunk}{mark_scored}\n\
             }}\n\
             cp_async_wait<0>();\n\
             PDL_MID(); TRACE_MARK({mark_loop});\n\
@@ -462,7 +549,21 @@ impl Gen<'_> {
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
-            dot = k_dot("KVS(b, 0, lane)", hd),
+            accdef = if mma {
+                format!("float m = -INFINITY, l = 0.f, o[{dn}][4];\n\
+                    _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) {{ o[i][0] = 0.f; o[i][1] = 0.f; o[i][2] = 0.f; o[i][3] = 0.f; }}\n")
+            } else {
+                format!("float m = -INFINITY, l = 0.f, acc[{e}];\n\
+                    _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n")
+            },
+            chunk = if mma { mma_chunk(hd) } else { scalar_chunk(hd, sif) },
+            qdecl = if mma {
+                // Rows 8 a KV group: A's rows past the group's heads hold any bits and give
+                // rows of S, P and O that nothing reads.
+                format!("__shared__ alignas(16) u16 qh[2][8][{hs}];")
+            } else {
+                format!("__shared__ alignas(16) float qsh[{grp}][{hd}]; __shared__ float mls[{grp}][2];")
+            },
             mark_landed = if marks { " if (k == 0) TRACE_MARK(1);" } else { "" },
             mark_scored = if marks { " if (k == 0) TRACE_MARK(2);" } else { "" },
             mark_loop = if marks { 3 } else { 1 },

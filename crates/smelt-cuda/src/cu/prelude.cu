@@ -161,6 +161,22 @@ __device__ __forceinline__ void mbar_wait0(u64* bar) {
                "@P1 bra DONE0;\nbra WAIT0;\nDONE0:\n}" :: "r"(a) : "memory");
 }
 #endif
+// v16a, decode attention on tensor cores: four 8x8 matrices of 16-bit values from shared
+// memory (lane l names row l & 7 of matrix l >> 3), as stored or transposed; and one
+// m16n8k16 product whose A rows 8-15 are zero (a KV group's query heads are rows 0-7).
+__device__ __forceinline__ void ldsm4(u32 (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((u32)__cvta_generic_to_shared(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm4t(u32 (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((u32)__cvta_generic_to_shared(p)) : "memory");
+}
+__device__ __forceinline__ void mma_top(float (&d)[4], u32 a0, u32 a2, u32 b0, u32 b1) {
+  const u32 z = 0;
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a0), "r"(z), "r"(a2), "r"(z), "r"(b0), "r"(b1));
+}
 __device__ __forceinline__ float silu_f(float a) { return a / (1.0f + expf(-a)); }
 __device__ __forceinline__ float gelu_f(float x) {
   return 0.5f * x * (1.0f + tanhf(0.7978846f * x * (1.0f + 0.044715f * x * x)));

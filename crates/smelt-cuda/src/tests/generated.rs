@@ -733,6 +733,41 @@ fn attention_partials_are_pushed_to_the_merging_block() {
     }
 }
 
+/// v16a: decode attention scores a chunk on tensor cores where a KV group's heads fit A's
+/// eight rows and the head is 64 or 128 wide: the query as two f16 rows (rounded, and what
+/// rounding lost) in shared memory, K and V by `ldmatrix` (V transposed, its rows past the
+/// position masked), the partials pushed from the fragments; 256-wide heads keep a warp a
+/// head. One token and a batch. No GPU needed.
+#[test]
+fn decode_attention_scores_chunks_on_tensor_cores() {
+    let one = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    let batch = generated_paged(&LLAMA_1B_V1000, 4, GgmlType::Q4_K, false, true).src;
+    for src in [one, batch] {
+        let k = src
+            .split("extern \"C\" __global__")
+            .find(|k| k.contains("__cluster_dims__"))
+            .expect("cluster attention");
+        for want in [
+            "qh[1][warp][lane + 32 * i] = f2h(v - h2f(hi))",
+            "ldsm4(kf, KVS(b, 0, ",
+            "ldsm4t(vf, vrow + 8 * i)",
+            "vf[0] & k0, vf[1] & k1",
+            "st_async_f32(&rc[s][oi - ow * ",
+        ] {
+            assert!(k.contains(want), "{want} missing:\n{k}");
+        }
+        assert!(!k.contains("warp_sum("), "a warp a head:\n{k}");
+    }
+    let wide = long_context_dims()[2];
+    assert_eq!(wide.head_dim, 256);
+    let src = generated_with(&wide, 1, GgmlType::F16, false, LONG_CAPACITY).src;
+    let k = src
+        .split("extern \"C\" __global__")
+        .find(|k| k.contains("__cluster_dims__"))
+        .expect("cluster attention");
+    assert!(!k.contains("mma_top(") && k.contains("warp_sum("), "{k}");
+}
+
 /// v14b: a small model's one-token decode program as one cluster kernel and the head (30
 /// SmolLM2-shaped layers of Q8_0, fewer of Q4_K and Q4_1, those compiling with NVRTC); a 1B-shaped layer's stages do
 /// not fit a block's ring, and its program keeps its launches. No GPU needed.
