@@ -768,6 +768,42 @@ fn decode_attention_scores_chunks_on_tensor_cores() {
     assert!(!k.contains("mma_top(") && k.contains("warp_sum("), "{k}");
 }
 
+/// v16c: prefill attention on tensor cores for 64- and 128-wide heads (a block per KV head
+/// and tile of query rows, a warp per head and 16 rows; the query as f16 hi and lo A
+/// fragments, K and V by `ldmatrix`, tiles past a warp's last position skipped by the whole
+/// warp); 256-wide heads keep the tiled kernel. No GPU needed.
+#[test]
+fn prefill_attention_takes_tensor_cores() {
+    for (d, t, wide) in [
+        (SMOLLM2, GgmlType::Q8_0, false),
+        (LLAMA_8B, GgmlType::Q4_K, false),
+        (long_context_dims()[2], GgmlType::F16, true),
+    ] {
+        let g = generated(&d, 37, t, true);
+        let labels: Vec<&str> = g
+            .launches
+            .iter()
+            .map(|l| l.label.as_str())
+            .filter(|l| l.starts_with("attention"))
+            .collect();
+        assert!(!labels.is_empty());
+        for l in labels {
+            assert_eq!(l.contains("tensor cores"), !wide, "{l}");
+            assert_eq!(l.contains("tiled"), wide, "{l}");
+        }
+        if !wide {
+            for want in [
+                "qa[1][i][f] = (u32)f2h(v0 - h2f(h0))",
+                "mma_full(sb[u], qa[1][i], kf[0], kf[1])",
+                "ldsm4t(vf, vrow + 8 * i)",
+                "if (j0 <= wmax)",
+            ] {
+                assert!(g.src.contains(want), "{want} missing");
+            }
+        }
+    }
+}
+
 /// v14b: a small model's one-token decode program as one cluster kernel and the head (30
 /// SmolLM2-shaped layers of Q8_0, fewer of Q4_K and Q4_1, those compiling with NVRTC); a 1B-shaped layer's stages do
 /// not fit a block's ring, and its program keeps its launches. No GPU needed.
