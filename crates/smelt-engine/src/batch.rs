@@ -233,6 +233,17 @@ impl BatchRunner {
         }
     }
 
+    /// Prompt rows a batch step takes at most: [`crate::STEP_TOKENS`] on the CPU; on the GPU the
+    /// longest prefill chunk (2048 rows by default: each prefill execution dequantises the
+    /// weights once, so a longer chunk spreads that over more rows).
+    pub fn step_tokens(&self) -> usize {
+        match &self.back {
+            Back::Fast { .. } => crate::model::STEP_TOKENS,
+            #[cfg(feature = "cuda")]
+            Back::Cuda(_) => crate::cuda::max_prefill_rows(),
+        }
+    }
+
     /// Where the model runs: `cpu`, or `cuda: <GPU name, capability, driver>`.
     pub fn device(&self) -> String {
         match &self.back {

@@ -70,8 +70,25 @@ impl CudaExec {
 /// compiled (a decode program holds its captured graph).
 const MAX_BATCH_PROGRAMS: usize = 24;
 
-/// Prompt rows a prefill execution takes at most (see `chunk_shape`).
-const MAX_PREFILL_ROWS: usize = 512;
+/// Prompt rows a prefill execution takes at most by default (see `chunk_shape`), and the
+/// batch engine's prompt rows a step on the GPU. Each prefill execution dequantises every
+/// weight matrix to f16 once for cuBLAS (~11 ms of the 8B's prefill on an H100), so longer
+/// chunks spread it over more rows; the batch loop's pacer still shortens the chunks while
+/// other requests generate.
+const DEFAULT_PREFILL_ROWS: usize = 2048;
+
+/// [`DEFAULT_PREFILL_ROWS`], or `SMELT_CUDA_PREFILL_ROWS` (a power of two from 16 to 8192;
+/// the kernel lab's A/B of chunk lengths).
+pub(crate) fn max_prefill_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("SMELT_CUDA_PREFILL_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| n.is_power_of_two() && (PREFILL_MIN_ROWS..=8192).contains(n))
+            .unwrap_or(DEFAULT_PREFILL_ROWS)
+    })
+}
 
 /// Prompt rows of a chunk taken off `left` rows of one sequence, and its program: from
 /// [`PREFILL_MIN_ROWS`] rows on, the prefill kernels (tensor-core GEMMs) on a power of two of
@@ -79,7 +96,7 @@ const MAX_PREFILL_ROWS: usize = 512;
 /// up to [`smelt_cuda::MAX_DECODE_ROWS`]. A few programs serve every prompt length.
 pub(crate) fn chunk_shape(left: usize) -> (usize, (usize, Output)) {
     if left >= PREFILL_MIN_ROWS {
-        let n = 1 << left.min(MAX_PREFILL_ROWS).ilog2();
+        let n = 1 << left.min(max_prefill_rows()).ilog2();
         (n, (n, Output::SeqLogits(1)))
     } else {
         let n = 1 << left.clamp(1, smelt_cuda::MAX_DECODE_ROWS).ilog2();
@@ -316,7 +333,7 @@ impl CudaBatch {
         let mut at = 0;
         while at < tokens.len() {
             // Powers of two: a few programs serve every length.
-            let n = 1 << (tokens.len() - at).min(MAX_PREFILL_ROWS).ilog2();
+            let n = 1 << (tokens.len() - at).min(max_prefill_rows()).ilog2();
             let pi = self.program(arch, (n, Output::Hidden))?;
             let positions: Vec<u32> = (at as u32..(at + n) as u32).collect();
             let rows = [BatchSeq { rows: n, blocks }];
@@ -345,9 +362,10 @@ mod tests {
     /// chunks cover the rows exactly, and few programs do it.
     #[test]
     fn prepared_shapes_cover_every_prompt_step() {
-        for (max_seqs, step_tokens) in [(1, 256), (4, 256), (8, 256), (8, 100), (3, 7)] {
+        let most = max_prefill_rows();
+        for (max_seqs, step_tokens) in [(1, 256), (4, 256), (8, 256), (8, 100), (3, 7), (8, most)] {
             let shapes = step_shapes(max_seqs, step_tokens);
-            assert!(shapes.len() <= 8 + 6, "{shapes:?}");
+            assert!(shapes.len() <= 8 + 9, "{shapes:?}");
             for n in 1..=max_seqs.min(smelt_cuda::MAX_DECODE_ROWS) {
                 assert!(shapes.contains(&(n, Output::SeqLogits(n))));
             }
@@ -367,5 +385,19 @@ mod tests {
                 assert_eq!(covered, rows);
             }
         }
+    }
+
+    /// A long prompt goes in chunks of the most prefill rows (2048 unless the kernel lab's
+    /// `SMELT_CUDA_PREFILL_ROWS` says otherwise), then powers of two down to its tail.
+    #[test]
+    fn long_prompts_take_the_longest_chunks() {
+        let most = max_prefill_rows();
+        if std::env::var_os("SMELT_CUDA_PREFILL_ROWS").is_none() {
+            assert_eq!(most, DEFAULT_PREFILL_ROWS);
+        }
+        assert_eq!(chunk_shape(5000).0, most.min(4096));
+        assert_eq!(chunk_shape(most + 1).0, most);
+        assert_eq!(chunk_shape(600).0, 512);
+        assert_eq!(chunk_shape(15), (8, (8, Output::SeqLogits(8))));
     }
 }

@@ -31,8 +31,9 @@ pub struct LoadOptions {
     pub kv_positions: usize,
 }
 
-/// Prompt tokens per batch step (besides one row per decoding sequence): long prompts advance
-/// this much per step while the running streams keep flowing.
+/// Prompt tokens per batch step on the CPU (besides one row per decoding sequence): long
+/// prompts advance this much per step while the running streams keep flowing. The GPU takes
+/// longer chunks (`BatchRunner::step_tokens`).
 pub const STEP_TOKENS: usize = 256;
 
 /// While requests generate, a step carrying prompt tokens takes at most this many times a step
@@ -139,11 +140,11 @@ impl Model {
         )?;
         let cfg = BatchConfig {
             max_seqs: opts.parallel,
-            step_tokens: STEP_TOKENS,
+            step_tokens: runner.step_tokens(),
             latency_factor: LATENCY_FACTOR,
         };
         // Lower the largest step now, so its activations are allocated (and counted) at load.
-        runner.prepare(STEP_TOKENS + opts.parallel, opts.parallel)?;
+        runner.prepare(cfg.step_tokens + opts.parallel, opts.parallel)?;
         let mut info = describe(&gguf, runner.arch(), n_ctx, runner.memory_bytes(), path);
         info.device = runner.device();
         let (mapped, kv_bytes) = (runner.mapped_weight_bytes(), runner.kv_bytes());

@@ -42,7 +42,7 @@ pub fn run(model: &Path, a: &BenchArgs, n: usize, threads: usize) -> Result<()> 
             backend: BackendKind::from_env()?,
         },
     )?;
-    runner.prepare(smelt_engine::STEP_TOKENS + n, n)?;
+    runner.prepare(runner.step_tokens() + n, n)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let nv = runner.arch().n_vocab();
     let (mut prefill_s, mut decode_s) = (Vec::new(), Vec::new());
