@@ -57,14 +57,16 @@ pub(super) struct AttnIo {
     pub outs: String,
 }
 
-/// Decode attention's work on one staged chunk (buffer `b`, keys `j0..j0 + 31`) in v15's
-/// layout: a warp a query head, a lane a key's score, every lane two or more of the output's
-/// dims.
-fn scalar_chunk(hd: usize, sif: &str) -> String {
+/// One warp's work on a staged 32-key chunk (keys `j0..j0 + 31`, lane `l`'s key row at
+/// `krow`, key `jj`'s value row at `vrow`, each with `lane`/`jj` in it) in v15's layout: the
+/// warp a query head (queries at `qs`), a lane a key's score, every lane two or more of the
+/// output's dims; `who` (empty or ending in `&& `) says which warps take it. Decode attention
+/// (v15, and 256-wide heads) and the tiled prefill kernel.
+pub(super) fn scalar_chunk(hd: usize, who: &str, krow: &str, vrow: &str) -> String {
     let e = hd / 32;
-    let dot = k_dot("KVS(b, 0, lane)", hd);
+    let dot = k_dot(krow, hd);
     format!(
-        "if ({sif}j0 + {CHUNK} > lo) {{\n\
+        "if ({who}j0 + {CHUNK} > lo) {{\n\
           const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
           if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
           const float mn = fmaxf(m, warp_max(sc));\n\
@@ -73,7 +75,7 @@ fn scalar_chunk(hd: usize, sif: &str) -> String {
           _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
           const int nk = min({CHUNK}, p1 + 1 - j0); // keys past the position may be unwritten\n\
           _Pragma(\"unroll 8\") for (int jj = 0; jj < nk; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
-            const u16* vr = KVS(b, 1, jj) + lane * {e};\n\
+            const u16* vr = {vrow} + lane * {e};\n\
             _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
         }}"
     )
@@ -556,7 +558,11 @@ impl Gen<'_> {
                 format!("float m = -INFINITY, l = 0.f, acc[{e}];\n\
                     _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n")
             },
-            chunk = if mma { mma_chunk(hd) } else { scalar_chunk(hd, sif) },
+            chunk = if mma {
+                mma_chunk(hd)
+            } else {
+                scalar_chunk(hd, sif, "KVS(b, 0, lane)", "KVS(b, 1, jj)")
+            },
             qdecl = if mma {
                 // Rows 8 a KV group: A's rows past the group's heads hold any bits and give
                 // rows of S, P and O that nothing reads.

@@ -10,7 +10,7 @@
 
 use smelt_graph::Op;
 
-use super::attention::{k_dot, AttnIo, CHUNK};
+use super::attention::{scalar_chunk, AttnIo, CHUNK};
 use super::{lit, Gen, Params};
 use crate::CudaError;
 
@@ -79,22 +79,12 @@ impl Gen<'_> {
                 const u64 row = {krow} * {kw} + c;\n\
                 *(V4*)&ks[kr][c] = *(const V4*)(Kp + row); *(V4*)&vsh[kr][c] = *(const V4*)(Vp + row); }}\n\
               __syncthreads();\n\
-              if (live && j0 <= p1 && j0 + {CHUNK} > lo) {{\n\
-                const int j = j0 + lane; const bool ok = j >= lo && j <= p1; float sc = -INFINITY;\n\
-                if (ok) {{ float d = 0.f;\n{dot}sc = d; }}\n\
-                const float mn = fmaxf(m, warp_max(sc));\n\
-                const float corr = m == -INFINITY ? 0.f : __expf(m - mn); const float pj = ok ? __expf(sc - mn) : 0.f;\n\
-                l = l * corr + warp_sum(pj); m = mn;\n\
-                _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] *= corr;\n\
-                _Pragma(\"unroll 8\") for (int jj = 0; jj < {CHUNK}; jj++) {{ const float pw = __shfl_sync(0xffffffffu, pj, jj);\n\
-                  const u16* vr = &vsh[jj][lane * {e}];\n\
-                  _Pragma(\"unroll\") for (int i = 0; i < {e}; i += 2) {{ const u32 w = *(const u32*)(vr + i); acc[i] += pw * h2f(w & 0xffff); acc[i + 1] += pw * h2f(w >> 16); }} }}\n\
-              }}\n\
+              {chunk}\n\
               __syncthreads();\n\
             }}\n\
             if (live) {{ _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) {{ const int d = lane * {e} + i; const float v = l > 0.f ? acc[i] / l : 0.f; {outs} }} }}\n",
             sc = lit(scale),
-            dot = k_dot("ks[lane]", hd),
+            chunk = scalar_chunk(hd, "live && j0 <= p1 && ", "ks[lane]", "vsh[jj]"),
             // One sequence's rows (the backend runs a prefill program for one sequence).
             tab = self.tab_def("0"),
             krow = self.key_row("min(j0 + kr, khi)"),
