@@ -202,6 +202,9 @@ struct Gen<'a> {
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
     attn_prewait: bool,
+    /// Decode attention's chunk on tensor cores: 0 off, 1 v16a, 2 v16d (see
+    /// [`GenOptions::attn_mma`]).
+    attn_mma: usize,
     /// A batch's rows in registers of at most this many values load the next row ahead of
     /// the barrier between rows (v13g: 2048 by default; see [`GenOptions::row_pipe`]).
     row_pipe_k: usize,
@@ -249,6 +252,9 @@ pub(crate) struct GenOptions {
     /// Decode attention stages the key and value chunks wholly before the position ahead of
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
     pub attn_prewait: bool,
+    /// Decode attention's chunk: 0 a warp a query head (v15), 1 on tensor cores (v16a), 2
+    /// with the products transposed (v16d, kernel lab); None: `SMELT_CUDA_ATTN_MMA`, else 1.
+    pub attn_mma: Option<usize>,
     /// A batch step's rows in registers (`row_regs` 2) of at most this many values load the
     /// next row while this one is quantised, ahead of the barrier between rows (v13e, v13g).
     /// None: `SMELT_CUDA_ROW_PIPE_K`, else every length with `SMELT_CUDA_ROW_PIPE=1`, none
@@ -289,6 +295,7 @@ pub(crate) fn generate(
         global_params,
         row_regs,
         attn_prewait,
+        attn_mma,
         row_pipe_k,
         stage_kb,
         wrap_returns,
@@ -331,6 +338,10 @@ pub(crate) fn generate(
             .or_else(|| lab_knob("SMELT_CUDA_ROW_REGS"))
             .unwrap_or(2),
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
+        attn_mma: attn_mma
+            .or_else(|| lab_knob("SMELT_CUDA_ATTN_MMA"))
+            .filter(|&v| v <= 2)
+            .unwrap_or(1),
         row_pipe_k: row_pipe_k.unwrap_or_else(|| {
             lab_knob("SMELT_CUDA_ROW_PIPE_K").unwrap_or(match lab_knob("SMELT_CUDA_ROW_PIPE") {
                 Some(0) => 0,

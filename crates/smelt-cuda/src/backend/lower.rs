@@ -46,6 +46,7 @@ impl CudaBackend {
                 global_params: self.global_params,
                 row_regs: None,
                 attn_prewait: false,
+                attn_mma: None,
                 row_pipe_k: None,
                 stage_kb: 0,
                 wrap_returns: self.pdl == Some(4),

@@ -121,6 +121,50 @@ fn mma_chunk(hd: usize) -> String {
     )
 }
 
+/// v16d (kernel lab): v16a's chunk with the products transposed. S^T = K Q^T: the chunk's
+/// 32 keys as M (two tiles of 16, K's A fragments by `ldmatrix`), the group's heads as N = 8
+/// (the query's fragments as v16a loads them serve as B); lane (g, t) holds keys g, g + 8 of
+/// each tile for heads 2t and 2t + 1, so a head's max and sum take three shuffles over the
+/// lanes of its t. P^T's f16 fragments, transposed by `movmatrix`, are the B operand of
+/// O^T = V^T P^T (V^T's A fragments by a transposing `ldmatrix`, masked past the position as
+/// v16a's). 16 + 8 products a chunk of 64 dims against v16a's 32 + 16.
+fn mma_chunk_t(hd: usize) -> String {
+    let (qj, dm) = (hd / 32, hd / 16);
+    format!(
+        "if (warp == 0 && j0 + {CHUNK} > lo) {{\n\
+          u32 qa[2][{qj}][4]; float sa[2][4], sb[2][4];\n\
+          _Pragma(\"unroll\") for (int x = 0; x < 2; x++) _Pragma(\"unroll\") for (int i = 0; i < {qj}; i++) ldsm4(qa[x][i], &qh[x][lane & 7][32 * i + 8 * (lane >> 3)]);\n\
+          _Pragma(\"unroll\") for (int u = 0; u < 2; u++) _Pragma(\"unroll\") for (int c = 0; c < 4; c++) {{ sa[u][c] = 0.f; sb[u][c] = 0.f; }}\n\
+          _Pragma(\"unroll\") for (int i = 0; i < {ks}; i++) _Pragma(\"unroll\") for (int u = 0; u < 2; u++) {{ u32 kf[4];\n\
+            ldsm4(kf, KVS(b, 0, 16 * u + (lane & 7) + ((lane >> 3) & 1) * 8) + 16 * i + (lane >> 4) * 8);\n\
+            const u32* bh = &qa[0][i >> 1][2 * (i & 1)]; const u32* bl = &qa[1][i >> 1][2 * (i & 1)];\n\
+            mma_full(sa[u], kf, bh[0], bh[1]); mma_full(sb[u], kf, bl[0], bl[1]); }}\n\
+          float mx[2] = {{-INFINITY, -INFINITY}};\n\
+          _Pragma(\"unroll\") for (int u = 0; u < 2; u++) _Pragma(\"unroll\") for (int x = 0; x < 2; x++) {{\n\
+            const int j = j0 + 16 * u + (lane >> 2) + 8 * x; const bool ok = j >= lo && j <= p1;\n\
+            _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{ const int f = 2 * x + c; sa[u][f] = ok ? sa[u][f] + sb[u][f] : -INFINITY; mx[c] = fmaxf(mx[c], sa[u][f]); }} }}\n\
+          _Pragma(\"unroll\") for (int x = 4; x < 32; x <<= 1) {{ mx[0] = fmaxf(mx[0], __shfl_xor_sync(0xffffffffu, mx[0], x)); mx[1] = fmaxf(mx[1], __shfl_xor_sync(0xffffffffu, mx[1], x)); }}\n\
+          float corr[2], mn[2], ps[2] = {{0.f, 0.f}};\n\
+          _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{ mn[c] = fmaxf(mt[c], mx[c]); corr[c] = mt[c] == -INFINITY ? 0.f : __expf(mt[c] - mn[c]); }}\n\
+          u32 pb[2][2];\n\
+          _Pragma(\"unroll\") for (int u = 0; u < 2; u++) _Pragma(\"unroll\") for (int x = 0; x < 2; x++) {{\n\
+            const float e0 = __expf(sa[u][2 * x] - mn[0]), e1 = __expf(sa[u][2 * x + 1] - mn[1]);\n\
+            ps[0] += e0; ps[1] += e1; pb[u][x] = movt(pack2(e0, e1)); }}\n\
+          _Pragma(\"unroll\") for (int x = 4; x < 32; x <<= 1) {{ ps[0] += __shfl_xor_sync(0xffffffffu, ps[0], x); ps[1] += __shfl_xor_sync(0xffffffffu, ps[1], x); }}\n\
+          _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{ lt[c] = lt[c] * corr[c] + ps[c]; mt[c] = mn[c]; }}\n\
+          _Pragma(\"unroll\") for (int i = 0; i < {dm}; i++) {{ o[i][0] *= corr[0]; o[i][1] *= corr[1]; o[i][2] *= corr[0]; o[i][3] *= corr[1]; }}\n\
+          _Pragma(\"unroll\") for (int kk = 0; kk < 2; kk++) {{\n\
+            const int jb = j0 + 16 * kk + 2 * (lane & 3);\n\
+            const u32 k0 = (jb <= p1 ? 0xffffu : 0u) | (jb + 1 <= p1 ? 0xffff0000u : 0u), k1 = (jb + 8 <= p1 ? 0xffffu : 0u) | (jb + 9 <= p1 ? 0xffff0000u : 0u);\n\
+            const u16* vrow = KVS(b, 1, 16 * kk + (lane & 7) + (lane >> 4) * 8) + ((lane >> 3) & 1) * 8;\n\
+            _Pragma(\"unroll\") for (int i = 0; i < {dm}; i++) {{ u32 vf[4]; ldsm4t(vf, vrow + 16 * i);\n\
+              vf[0] &= k0; vf[1] &= k0; vf[2] &= k1; vf[3] &= k1;\n\
+              mma_full(o[i], vf, pb[kk][0], pb[kk][1]); }} }}\n\
+        }}",
+        ks = hd / 16
+    )
+}
+
 /// `d += q . k` over a head of `hd` f16 key values at `kr` against f32 queries at `qs`, 16
 /// bytes of key at a time (`hd % 8 == 0`) or one value at a time.
 pub(super) fn k_dot(kr: &str, hd: usize) -> String {
@@ -368,11 +412,10 @@ impl Gen<'_> {
         // warp a head spent ~435 dependent instructions a chunk (trace: 0.85-1.1 us), this is
         // 32 products and 16 matrix loads. Only with pushed partials (the pushes read the
         // product's fragments).
-        let mma = push
-            && early
-            && grp <= 8
-            && matches!(hd, 64 | 128)
-            && super::lab_knob("SMELT_CUDA_ATTN_MMA") != Some(0);
+        let mma = push && early && grp <= 8 && matches!(hd, 64 | 128) && self.attn_mma > 0;
+        // v16d (kernel lab, `SMELT_CUDA_ATTN_MMA=2`, built, not yet measured): the transposed
+        // products, S^T = K Q^T and O^T = V^T P^T, half v16a's tensor-core products.
+        let mmat = mma && self.attn_mma == 2;
         let dn = hd / 8;
         // Output `d` of group head `hh`: the splits' partials read through distributed shared
         // memory, then merged.
@@ -412,7 +455,17 @@ impl Gen<'_> {
         };
         // Each split's pushes: v16a's from warp 0's fragments (lane quad r holds head r's
         // dims 8i + 2 (lane & 3) + {0, 1}), v15's from each head's warp.
-        let pushes = if mma {
+        let pushes = if mmat {
+            // v16d: lane (g, t) holds heads 2t and 2t + 1, dims 16i + g and 16i + g + 8.
+            format!(
+                "if (warp == 0) {{ _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{ const int r = 2 * (lane & 3) + c; if (r < {grp}) {{\n\
+                  _Pragma(\"unroll\") for (int i = 0; i < {dm}; i++) _Pragma(\"unroll\") for (int x = 0; x < 2; x++) {{\n\
+                    const int oi = r * {hd} + 16 * i + (lane >> 2) + 8 * x, ow = oi / {per};\n\
+                    st_async_f32(&rc[s][oi - ow * {per}], ow, o[i][c + 2 * x], &mbar); }}\n\
+                  for (int w = lane >> 2; w < {splits}; w += 8) {{ st_async_f32(&rc[s][{per} + 2 * r], w, mt[c], &mbar); st_async_f32(&rc[s][{per} + 2 * r + 1], w, lt[c], &mbar); }} }} }} }}\n",
+                dm = hd / 16
+            )
+        } else if mma {
             format!(
                 "if (warp == 0 && (lane >> 2) < {grp}) {{ const int r = lane >> 2;\n\
                   _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{\n\
@@ -551,14 +604,19 @@ impl Gen<'_> {
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
-            accdef = if mma {
+            accdef = if mmat {
+                format!("float mt[2] = {{-INFINITY, -INFINITY}}, lt[2] = {{0.f, 0.f}}, o[{dm}][4];\n\
+                    _Pragma(\"unroll\") for (int i = 0; i < {dm}; i++) {{ o[i][0] = 0.f; o[i][1] = 0.f; o[i][2] = 0.f; o[i][3] = 0.f; }}\n", dm = hd / 16)
+            } else if mma {
                 format!("float m = -INFINITY, l = 0.f, o[{dn}][4];\n\
                     _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) {{ o[i][0] = 0.f; o[i][1] = 0.f; o[i][2] = 0.f; o[i][3] = 0.f; }}\n")
             } else {
                 format!("float m = -INFINITY, l = 0.f, acc[{e}];\n\
                     _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) acc[i] = 0.f;\n")
             },
-            chunk = if mma {
+            chunk = if mmat {
+                mma_chunk_t(hd)
+            } else if mma {
                 mma_chunk(hd)
             } else {
                 scalar_chunk(hd, sif, "KVS(b, 0, lane)", "KVS(b, 1, jj)")

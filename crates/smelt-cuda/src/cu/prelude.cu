@@ -177,6 +177,11 @@ __device__ __forceinline__ void mma_top(float (&d)[4], u32 a0, u32 a2, u32 b0, u
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "r"(a0), "r"(z), "r"(a2), "r"(z), "r"(b0), "r"(b1));
 }
+// v16d: an 8x8 matrix of 16-bit values transposed across the warp (lane (g, t) gives its
+// row g, columns 2t and 2t + 1, and gets the same of the transpose).
+__device__ __forceinline__ u32 movt(u32 a) {
+  u32 d; asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(d) : "r"(a)); return d;
+}
 // v16c: one m16n8k16 product with all four A registers (prefill attention's 16 query rows).
 __device__ __forceinline__ void mma_full(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"

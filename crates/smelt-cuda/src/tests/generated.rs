@@ -768,6 +768,42 @@ fn decode_attention_scores_chunks_on_tensor_cores() {
     assert!(!k.contains("mma_top(") && k.contains("warp_sum("), "{k}");
 }
 
+/// v16d (kernel lab, `attn_mma` 2): the transposed products: K's A fragments, the query's as
+/// B, P^T transposed by `movmatrix` into O^T = V^T P^T's B operand, a head's max and sum over
+/// the eight lanes of its column pair; and 0 keeps a warp a head. One token and a batch. No
+/// GPU needed.
+#[test]
+fn decode_attention_takes_the_transposed_products_when_asked() {
+    let attn = |mma: usize, n: usize, paged: Option<bool>| {
+        let opts = codegen::GenOptions {
+            attn_mma: Some(mma),
+            cublas: true,
+            ..Default::default()
+        };
+        let g = generated_kv(&LLAMA_1B_V1000, n, GgmlType::Q4_K, 128, false, paged, opts);
+        g.src
+            .split("extern \"C\" __global__")
+            .find(|k| k.contains("__cluster_dims__"))
+            .expect("cluster attention")
+            .to_string()
+    };
+    for (n, paged) in [(1, None), (4, Some(true))] {
+        let k = attn(2, n, paged);
+        for want in [
+            "mma_full(sa[u], kf, bh[0], bh[1])",
+            "pb[u][x] = movt(pack2(e0, e1))",
+            "mma_full(o[i], vf, pb[kk][0], pb[kk][1])",
+            "vf[2] &= k1",
+            "for (int w = lane >> 2; w < ",
+        ] {
+            assert!(k.contains(want), "{want} missing:\n{k}");
+        }
+        assert!(!k.contains("mma_top("), "{k}");
+        let k = attn(0, n, paged);
+        assert!(!k.contains("mma_") && k.contains("warp_sum("), "{k}");
+    }
+}
+
 /// v16c: prefill attention on tensor cores for 64- and 128-wide heads (a block per KV head
 /// and tile of query rows, a warp per head and 16 rows; the query as f16 hi and lo A
 /// fragments, K and V by `ldmatrix`, tiles past a warp's last position skipped by the whole
