@@ -22,6 +22,7 @@ use crate::cublas::GemmCall;
 use crate::CudaError;
 
 mod attention;
+mod attn_chunk;
 mod attn_prefill;
 mod attn_tail;
 mod attn_wo;

@@ -8,9 +8,8 @@
 //! tok/s, 8B 14736 vs 11554 against the general kernel of codegen/attention.rs
 //! (`SMELT_CUDA_PREFILL_ATTN=default`).
 
-use smelt_graph::Op;
-
-use super::attention::{scalar_chunk, AttnIo, CHUNK};
+use super::attention::{AttnIo, CHUNK};
+use super::attn_chunk::scalar_chunk;
 use super::{lit, Gen, Params};
 use crate::CudaError;
 
@@ -24,18 +23,6 @@ impl Gen<'_> {
     }
 
     pub(super) fn prefill_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
-        let Op::Attention {
-            n_head,
-            n_head_kv,
-            head_dim,
-            ..
-        } = self.node(n).op
-        else {
-            unreachable!()
-        };
-        if self.mma_prefill_attention_fits(head_dim, n_head / n_head_kv.max(1)) {
-            return self.mma_prefill_attention(n);
-        }
         let mut p = Params::default();
         let AttnIo {
             n_head,
@@ -103,7 +90,7 @@ impl Gen<'_> {
 
     /// v16c: prefill attention on tensor cores where a KV group has at most 8 heads of 64 or
     /// 128 dims on an sm_80+ GPU (`SMELT_CUDA_PREFILL_ATTN=tiled` keeps the kernel above).
-    fn mma_prefill_attention_fits(&self, hd: usize, grp: usize) -> bool {
+    pub(super) fn mma_prefill_attention_fits(&self, hd: usize, grp: usize) -> bool {
         self.cc_major >= 8
             && matches!(hd, 64 | 128)
             && (1..=8).contains(&grp)
@@ -119,7 +106,10 @@ impl Gen<'_> {
     /// running max and sum over its lane quad, and adds P V with P's f16 fragments as A and
     /// V's by a transposing `ldmatrix` (FlashAttention-2's order). Key rows past the block's
     /// last position are clamped to it (written, finite, their probability 0).
-    fn mma_prefill_attention(&mut self, n: smelt_graph::NodeId) -> Result<(), CudaError> {
+    pub(super) fn mma_prefill_attention(
+        &mut self,
+        n: smelt_graph::NodeId,
+    ) -> Result<(), CudaError> {
         let mut p = Params::default();
         let AttnIo {
             n_head,
