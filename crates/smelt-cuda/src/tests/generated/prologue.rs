@@ -81,11 +81,7 @@ fn attention_stages_old_chunks_before_the_wait_when_asked() {
     };
     for (n, paged) in [(1, None), (3, Some(true))] {
         let g = generated_kv(&SMOLLM2, n, GgmlType::Q8_0, 256, false, paged, opts);
-        let attn = g
-            .src
-            .split("extern \"C\" __global__")
-            .find(|k| k.contains("__cluster_dims__"))
-            .expect("a cluster attention kernel");
+        let attn = cluster_attention(&g.src);
         let (early, late) = attn.split_once("#else\n").expect("two prologues");
         let (before, after) = early.split_once("PDL_WAIT();").expect("a wait");
         assert!(before.contains("if (jn + 32 <= p1)"), "n={n}:\n{attn}");
