@@ -31,6 +31,7 @@ mod decode;
 mod epilogue;
 mod persistent;
 mod prefill;
+mod qkv_attn;
 mod row_regs;
 mod rows;
 mod stage;
@@ -220,6 +221,10 @@ struct Gen<'a> {
     /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
     /// for a batch's lane (empty: none); the warps' epilogues read it.
     norm_scale: (String, String),
+    /// v17b: QKV matmuls fold into the attention kernel after them where they fit.
+    qkv_attn: bool,
+    /// v17b: the folded QKV kernel's body, waiting for its attention kernel.
+    fused_qkv: Option<qkv_attn::FusedQkv>,
 }
 
 struct KernelSrc {
@@ -275,6 +280,10 @@ pub(crate) struct GenOptions {
     /// A one-token decode program's kernels but the head as one thread block cluster of this
     /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
     pub cluster: usize,
+    /// One-token decode: the QKV matmuls computed by the attention cluster's blocks, their
+    /// KV group's rows split over the group's splits, in the attention kernel (v17b,
+    /// codegen/qkv_attn.rs; also `SMELT_CUDA_QKV_ATTN=1`).
+    pub qkv_attn: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -302,6 +311,7 @@ pub(crate) fn generate(
         wrap_returns,
         attn_splits,
         cluster,
+        qkv_attn,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -357,6 +367,8 @@ pub(crate) fn generate(
         attn_splits,
         cluster_splits: 0,
         norm_scale: Default::default(),
+        qkv_attn: qkv_attn || lab_knob("SMELT_CUDA_QKV_ATTN") == Some(1),
+        fused_qkv: None,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

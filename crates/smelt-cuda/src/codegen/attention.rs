@@ -35,11 +35,11 @@ pub(super) const CHUNK: usize = 32;
 /// Most splits per KV head (the combine reads one split per lane).
 const MAX_SPLITS: usize = 32;
 /// Blocks (splits) per cluster in decode attention v5: the portable cluster size limit.
-const CLUSTER: usize = 8;
+pub(super) const CLUSTER: usize = 8;
 /// Blocks per cluster on Hopper (compute capability 9): its non-portable limit, allowed on
 /// every function the backend loads. v9b: SmolLM2 +2.4% / +3.9%, 1B and 8B within +-0.7%
 /// (two A/Bs on the H100).
-const HOPPER_CLUSTER: usize = 16;
+pub(super) const HOPPER_CLUSTER: usize = 16;
 
 /// What every attention kernel needs of its node: shapes, KV offsets, and generated code for
 /// the query's base offset and the output stores.
@@ -153,7 +153,17 @@ impl Gen<'_> {
         n: smelt_graph::NodeId,
         guard: &str,
     ) -> Result<bool, CudaError> {
-        let mut p = Params::default();
+        // v17b: the QKV kernel before this one, folded in (codegen/qkv_attn.rs): its body
+        // first, its parameters continued.
+        let (mut p, qkv) = match self.fused_qkv.take() {
+            Some(f) if f.ki + 1 == ki => (f.p, Some((f.body, f.smem, f.label))),
+            Some(_) => {
+                return Err(CudaError::Invalid(
+                    "a folded QKV kernel without its attention".into(),
+                ))
+            }
+            None => (Params::default(), None),
+        };
         let AttnIo {
             n_head,
             n_head_kv,
@@ -170,19 +180,7 @@ impl Gen<'_> {
         // Several rows (a batch's sequences, or one's few new tokens): a cluster row per row.
         let rows = self.t;
         let cap = self.kv.capacity.max(1);
-        // `SMELT_CUDA_ATTN_SPLITS` (1 to the limit) sets the splits per KV head, for the
-        // kernel lab (v8: each halving below 8 measured slower, 1B 1484 -> 1414 -> 1281 ->
-        // 1112 tok/s from 8 to 1).
-        let limit = if self.cc_major == 9 {
-            HOPPER_CLUSTER
-        } else {
-            CLUSTER
-        };
-        let most = self
-            .attn_splits
-            .or_else(|| super::lab_knob("SMELT_CUDA_ATTN_SPLITS"))
-            .filter(|n| (1..=limit).contains(n))
-            .unwrap_or(limit);
+        let most = self.decode_attn_splits();
         // Every split, even on a short cache (the first chunk's rows are clamped to it, and
         // splits past the position hold nothing): one sequence's attention then sums as a
         // batch's over a pool of any size does, bit for bit.
@@ -196,9 +194,10 @@ impl Gen<'_> {
         };
         // A warp per query head of the group; a folded projection takes more warps (they stage
         // K and V with the others and share the projection's rows).
-        let nt = match &fold {
-            Some(f) => (grp * 32).max(f.threads),
-            None => grp * 32,
+        let nt = match (&fold, &qkv) {
+            (_, Some(_)) => super::NT,
+            (Some(f), None) => (grp * 32).max(f.threads),
+            (None, None) => grp * 32,
         };
         let e = hd / 32;
         // Shared row stride in halves (16-byte reads of 8 lanes: distinct banks), and the
@@ -283,7 +282,7 @@ impl Gen<'_> {
         let push = splits > 1
             && fold.is_none()
             && guard.is_empty()
-            && !extra
+            && (!extra || qkv.is_some())
             && super::lab_knob("SMELT_CUDA_ATTN_PUSH") != Some(0);
         let rs = per + 2 * grp;
         // v16a (`SMELT_CUDA_ATTN_MMA=0`: off): warp 0 scores a chunk for every query head of
@@ -380,12 +379,17 @@ impl Gen<'_> {
         let qload = format!("{hwdef}float qv[{e}];\n\
             {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n");
         let (start, query) = if early {
+            let store = work.query_store(hd, &sc, qsel, qif);
             (
                 format!(
                     "{rowdef}const int p1 = pos[{prow}];\n{qload}\
                     {first}cp_async_commit();\nconst int lo = {win};\n"
                 ),
-                work.query_store(hd, &sc, qsel, qif),
+                // A fold's warps past the group's heads hold no query.
+                match qkv.is_some() {
+                    true => format!("if (hw) {{\n{store}}}\n"),
+                    false => store,
+                },
             )
         } else {
             (
@@ -489,16 +493,26 @@ impl Gen<'_> {
         } else {
             String::new()
         };
-        let name = self.kernel_with(&nt.to_string(), &attrs, body, smem);
         let with = if fold.is_some() { " + wo" } else { "" };
-        self.launch(
-            format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}"),
-            name,
-            (n_head_kv, splits, rows),
-            nt,
-            smem,
-            p,
-        );
+        let mut label = format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}");
+        let (bounds, body, smem) = match qkv {
+            Some((qb, qsmem, ql)) => {
+                if work == Chunk::Scalar || !push {
+                    return Err(CudaError::Invalid(
+                        "a folded QKV kernel needs the tensor-core attention".into(),
+                    ));
+                }
+                label = format!("{ql} + {label}");
+                (
+                    format!("{nt}, 1"),
+                    format!("{{\n{qb}}}\ncluster_sync();\n{{\n{body}}}\n"),
+                    smem.max(qsmem),
+                )
+            }
+            None => (nt.to_string(), body, smem),
+        };
+        let name = self.kernel_with(&bounds, &attrs, body, smem);
+        self.launch(label, name, (n_head_kv, splits, rows), nt, smem, p);
         Ok(fold.is_some())
     }
 

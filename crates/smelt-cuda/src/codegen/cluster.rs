@@ -51,6 +51,8 @@ const CHUNK_MAX: usize = 32 * 1024;
 const NBAR: usize = 32;
 /// Dynamic shared memory of the cluster kernel's blocks (the H100's most, 227 KiB).
 const SMEM_MAX: usize = 226 * 1024;
+/// Stamps of `SMELT_CUDA_CLUSTER_PRINT` (kernel lab), u64 each, at the end of the fixed bytes.
+const MARKS: usize = 2048;
 
 /// Device functions of the cluster kernel (`cu/cluster.cu`).
 const FNS: &str = include_str!("../cu/cluster.cu");
@@ -81,6 +83,8 @@ struct Sched {
     /// `SMELT_CUDA_CLUSTER_PRINT=pos` (kernel lab): block 0 prints the global timer at every
     /// cluster barrier of the step at that position.
     print: Option<usize>,
+    /// With `print`: the tag of each stamp, in the order of its slot in the stamps' area.
+    marks: Vec<String>,
     /// The barrier: `cluster_sync`, or with `SMELT_CUDA_CLUSTER_FENCE=cta` (kernel lab, a
     /// measure only) `cluster_sync_cta`, without the cluster-scope release (MEMBAR.ALL.GPU)
     /// that the remote stores before it need.
@@ -122,24 +126,48 @@ impl Sched {
     /// Code waiting for chunk `i` (every thread that reads it).
     fn wait(&mut self, i: usize) -> String {
         self.consumed = self.consumed.max(i + 1);
-        format!("mbar_wait_par(&bar[{}], {}u);\n", i % NBAR, (i / NBAR) & 1)
+        let m = self.mark(&format!("w{i}"));
+        format!(
+            "mbar_wait_par(&bar[{}], {}u);\n{m}",
+            i % NBAR,
+            (i / NBAR) & 1
+        )
     }
 
     /// A cluster barrier: its marker, replaced by the chunks issued after it.
     fn sync(&mut self) -> String {
         self.released.push(self.consumed);
         let k = self.released.len() - 1;
-        format!("{}{}();\n/*ISSUE{k}*/\n", self.stamp(k), self.fence)
+        let (a, b) = (self.mark(&format!("a{k}")), self.mark(&format!("s{k}")));
+        format!("{a}{}();\n{b}/*ISSUE{k}*/\n", self.fence)
     }
 
-    /// With `print`: block 0 prints the global timer as mark `k` of the chosen step.
-    fn stamp(&self, k: usize) -> String {
+    /// With `print`: block 0's thread 0 keeps the global timer as a stamp tagged `tag` of the
+    /// chosen step (in shared memory; printed once the step is over, so printing costs the
+    /// step nothing).
+    fn mark(&mut self, tag: &str) -> String {
         match self.print {
-            Some(at) => format!(
-                "if (rank == 0 && tid == 0 && p0 == {at}u) printf(\"cl {k} %llu\\n\", gtimer());\n"
-            ),
-            None => String::new(),
+            Some(at) if self.marks.len() < MARKS => {
+                self.marks.push(tag.to_string());
+                format!(
+                    "if (rank == 0 && tid == 0 && p0 == {at}u) STAMPS[{}] = gtimer();\n",
+                    self.marks.len() - 1
+                )
+            }
+            _ => String::new(),
         }
+    }
+
+    /// The stamps printed by block 0 at the end of the chosen step.
+    fn print_marks(&self) -> String {
+        let Some(at) = self.print else {
+            return String::new();
+        };
+        let mut s = format!("if (rank == 0 && tid == 0 && p0 == {at}u) {{\n");
+        for (i, t) in self.marks.iter().enumerate() {
+            writeln!(s, "printf(\"cl {i} {t} %llu\\n\", STAMPS[{i}]);").unwrap();
+        }
+        s + "}\n"
     }
 
     /// Where each chunk is issued: the first sync point where the ring bytes it overlaps and
@@ -412,7 +440,9 @@ impl Gen<'_> {
         measure: bool,
     ) -> Result<Option<Walked>, CudaError> {
         let kernels = self.plan.kernels();
-        let fixed = (slot_budget + xfloats + part.div_ceil(4) * 4) * 4;
+        let print = super::lab_knob("SMELT_CUDA_CLUSTER_PRINT");
+        let stamps_f = slot_budget + xfloats + part.div_ceil(4) * 4;
+        let fixed = stamps_f * 4 + if print.is_some() { MARKS * 8 } else { 0 };
         if fixed + 32 * 1024 > SMEM_MAX {
             return Ok(None);
         }
@@ -423,7 +453,7 @@ impl Gen<'_> {
                 (SMEM_MAX - fixed) / 16 * 16
             },
             released: vec![0],
-            print: super::lab_knob("SMELT_CUDA_CLUSTER_PRINT"),
+            print,
             fence: if std::env::var("SMELT_CUDA_CLUSTER_FENCE").is_ok_and(|v| v == "cta") {
                 "cluster_sync_cta"
             } else {
@@ -502,7 +532,7 @@ impl Gen<'_> {
         }
         let head = format!(
             "extern __shared__ __align__(16) float S[]; __shared__ __align__(8) u64 bar[{NBAR}]; __shared__ float red[33];\n\
-            u8* const RING = (u8*)(S + {ring_f}); (void)red;\n\
+            u8* const RING = (u8*)(S + {ring_f}); (void)red; u64* const STAMPS = (u64*)(S + {stamps_f}); (void)STAMPS;\n\
             const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5; const u32 rank = cluster_rank(); (void)lane; (void)warp;\n\
             const int r = 0, rp = 0; (void)r; (void)rp; const u32 p0 = pos[0];\n\
             if (tid < {NBAR}) {{ mbar_init1(&bar[tid]); asm volatile(\"fence.mbarrier_init.release.cluster;\" ::: \"memory\"); }}\n\
@@ -511,10 +541,11 @@ impl Gen<'_> {
             const X8 x8 = {{(const signed char*)(S + {xq}), S + {xd}, S + {xs}}}; (void)x8;\n",
             ring_f = fixed / 4,
             issue0 = sch.issue_code(0),
-            stamp0 = sch.stamp(0),
+            stamp0 = sch.mark("start"),
         );
         // Every block must be done reading the others' shared memory before any exits.
-        let mut body = format!("{head}{code}{}cluster_sync();\n", sch.stamp(99999));
+        let end = sch.mark("end");
+        let mut body = format!("{head}{code}{end}cluster_sync();\n{}", sch.print_marks());
         // Parameters as literals: the kernel is this model's alone.
         for (i, v) in p.0.iter().enumerate().rev() {
             body = body.replace(&format!("P[{i}]"), &format!("{v}ull"));
@@ -722,6 +753,7 @@ impl Gen<'_> {
         debug_assert!(kp <= kp_max);
         let mut s = String::new();
         writeln!(s, "cl_quant(S + {xo}, {k}, {kp}, (signed char*)(S + {xq}), S + {xd}, S + {xs});\n__syncthreads();").unwrap();
+        s += &sch.mark(&format!("q{ki}"));
         for &m in bundles.iter().flat_map(|b| &b.matmuls) {
             let Op::MatMul { w, .. } = self.node(m).op else {
                 unreachable!()
@@ -764,6 +796,7 @@ impl Gen<'_> {
             }
             s += "(void)r0; (void)r1; }\n";
         }
+        s += &sch.mark(&format!("rows{ki}"));
         Ok(Some(s))
     }
 
@@ -805,6 +838,7 @@ impl Gen<'_> {
             "cl_attn_part<{hd}>(S + {kq}, S + {kk}, S + {kv}, KV + {ko}, KV + {vo}, {width}, {n_head}, {grp}, {}, {lo}, (int)p0, rank, {nb}u, S + {part_off});\n",
             lit(scale)
         );
+        s += &sch.mark("ap");
         s += &sch.sync();
         slots.sync();
         writeln!(
