@@ -31,7 +31,6 @@ mod decode;
 mod epilogue;
 mod persistent;
 mod prefill;
-mod qkv_attn;
 mod row_regs;
 mod rows;
 mod stage;
@@ -204,7 +203,7 @@ struct Gen<'a> {
     /// Decode attention stages the chunks before the position ahead of `PDL_WAIT` (see
     /// [`GenOptions::attn_prewait`]).
     attn_prewait: bool,
-    /// Decode attention's chunk on tensor cores: 0 off, 1 v16a, 2 v16d (see
+    /// Decode attention's chunk on tensor cores: 0 off, 1 v16a, 2 v16d, 3 by head size (see
     /// [`GenOptions::attn_mma`]).
     attn_mma: usize,
     /// A batch's rows in registers of at most this many values load the next row ahead of
@@ -221,10 +220,6 @@ struct Gen<'a> {
     /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
     /// for a batch's lane (empty: none); the warps' epilogues read it.
     norm_scale: (String, String),
-    /// v17b: QKV matmuls fold into the attention kernel after them where they fit.
-    qkv_attn: bool,
-    /// v17b: the folded QKV kernel's body, waiting for its attention kernel.
-    fused_qkv: Option<qkv_attn::FusedQkv>,
 }
 
 struct KernelSrc {
@@ -259,7 +254,9 @@ pub(crate) struct GenOptions {
     /// `PDL_WAIT` (kernel lab, not yet measured; also `SMELT_CUDA_ATTN_PREWAIT=1`).
     pub attn_prewait: bool,
     /// Decode attention's chunk: 0 a warp a query head (v15), 1 on tensor cores (v16a), 2
-    /// with the products transposed (v16d, kernel lab); None: `SMELT_CUDA_ATTN_MMA`, else 1.
+    /// with the products transposed (v16d), 3 v16d for 128-wide heads and v16a for 64-wide
+    /// ones (v17: the 8B +0.9% after 512 tokens, the 64-wide models within noise); None:
+    /// `SMELT_CUDA_ATTN_MMA`, else 3.
     pub attn_mma: Option<usize>,
     /// A batch step's rows in registers (`row_regs` 2) of at most this many values load the
     /// next row while this one is quantised, ahead of the barrier between rows (v13e, v13g).
@@ -280,10 +277,6 @@ pub(crate) struct GenOptions {
     /// A one-token decode program's kernels but the head as one thread block cluster of this
     /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
     pub cluster: usize,
-    /// One-token decode: the QKV matmuls computed by the attention cluster's blocks, their
-    /// KV group's rows split over the group's splits, in the attention kernel (v17b,
-    /// codegen/qkv_attn.rs; also `SMELT_CUDA_QKV_ATTN=1`).
-    pub qkv_attn: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -311,7 +304,6 @@ pub(crate) fn generate(
         wrap_returns,
         attn_splits,
         cluster,
-        qkv_attn,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -351,8 +343,8 @@ pub(crate) fn generate(
         attn_prewait: attn_prewait || lab_knob("SMELT_CUDA_ATTN_PREWAIT") == Some(1),
         attn_mma: attn_mma
             .or_else(|| lab_knob("SMELT_CUDA_ATTN_MMA"))
-            .filter(|&v| v <= 2)
-            .unwrap_or(1),
+            .filter(|&v| v <= 3)
+            .unwrap_or(3),
         row_pipe_k: row_pipe_k.unwrap_or_else(|| {
             lab_knob("SMELT_CUDA_ROW_PIPE_K").unwrap_or(match lab_knob("SMELT_CUDA_ROW_PIPE") {
                 Some(0) => 0,
@@ -367,8 +359,6 @@ pub(crate) fn generate(
         attn_splits,
         cluster_splits: 0,
         norm_scale: Default::default(),
-        qkv_attn: qkv_attn || lab_knob("SMELT_CUDA_QKV_ATTN") == Some(1),
-        fused_qkv: None,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

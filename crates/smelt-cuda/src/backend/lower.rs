@@ -52,7 +52,6 @@ impl CudaBackend {
                 wrap_returns: self.pdl == Some(4),
                 attn_splits,
                 cluster: self.cluster,
-                qkv_attn: false,
             },
         )?;
         let mut src = gen.src.clone();

@@ -35,11 +35,11 @@ pub(super) const CHUNK: usize = 32;
 /// Most splits per KV head (the combine reads one split per lane).
 const MAX_SPLITS: usize = 32;
 /// Blocks (splits) per cluster in decode attention v5: the portable cluster size limit.
-pub(super) const CLUSTER: usize = 8;
+const CLUSTER: usize = 8;
 /// Blocks per cluster on Hopper (compute capability 9): its non-portable limit, allowed on
 /// every function the backend loads. v9b: SmolLM2 +2.4% / +3.9%, 1B and 8B within +-0.7%
 /// (two A/Bs on the H100).
-pub(super) const HOPPER_CLUSTER: usize = 16;
+const HOPPER_CLUSTER: usize = 16;
 
 /// What every attention kernel needs of its node: shapes, KV offsets, and generated code for
 /// the query's base offset and the output stores.
@@ -153,17 +153,7 @@ impl Gen<'_> {
         n: smelt_graph::NodeId,
         guard: &str,
     ) -> Result<bool, CudaError> {
-        // v17b: the QKV kernel before this one, folded in (codegen/qkv_attn.rs): its body
-        // first, its parameters continued.
-        let (mut p, qkv) = match self.fused_qkv.take() {
-            Some(f) if f.ki + 1 == ki => (f.p, Some((f.body, f.smem, f.label))),
-            Some(_) => {
-                return Err(CudaError::Invalid(
-                    "a folded QKV kernel without its attention".into(),
-                ))
-            }
-            None => (Params::default(), None),
-        };
+        let mut p = Params::default();
         let AttnIo {
             n_head,
             n_head_kv,
@@ -180,7 +170,19 @@ impl Gen<'_> {
         // Several rows (a batch's sequences, or one's few new tokens): a cluster row per row.
         let rows = self.t;
         let cap = self.kv.capacity.max(1);
-        let most = self.decode_attn_splits();
+        // `SMELT_CUDA_ATTN_SPLITS` (1 to the limit) sets the splits per KV head, for the
+        // kernel lab (v8: each halving below 8 measured slower, 1B 1484 -> 1414 -> 1281 ->
+        // 1112 tok/s from 8 to 1).
+        let limit = if self.cc_major == 9 {
+            HOPPER_CLUSTER
+        } else {
+            CLUSTER
+        };
+        let most = self
+            .attn_splits
+            .or_else(|| super::lab_knob("SMELT_CUDA_ATTN_SPLITS"))
+            .filter(|n| (1..=limit).contains(n))
+            .unwrap_or(limit);
         // Every split, even on a short cache (the first chunk's rows are clamped to it, and
         // splits past the position hold nothing): one sequence's attention then sums as a
         // batch's over a pool of any size does, bit for bit.
@@ -194,10 +196,9 @@ impl Gen<'_> {
         };
         // A warp per query head of the group; a folded projection takes more warps (they stage
         // K and V with the others and share the projection's rows).
-        let nt = match (&fold, &qkv) {
-            (_, Some(_)) => super::NT,
-            (Some(f), None) => (grp * 32).max(f.threads),
-            (None, None) => grp * 32,
+        let nt = match &fold {
+            Some(f) => (grp * 32).max(f.threads),
+            None => grp * 32,
         };
         let e = hd / 32;
         // Shared row stride in halves (16-byte reads of 8 lanes: distinct banks), and the
@@ -282,7 +283,7 @@ impl Gen<'_> {
         let push = splits > 1
             && fold.is_none()
             && guard.is_empty()
-            && (!extra || qkv.is_some())
+            && !extra
             && super::lab_knob("SMELT_CUDA_ATTN_PUSH") != Some(0);
         let rs = per + 2 * grp;
         // v16a (`SMELT_CUDA_ATTN_MMA=0`: off): warp 0 scores a chunk for every query head of
@@ -293,11 +294,12 @@ impl Gen<'_> {
         // 32 products and 16 matrix loads. Only with pushed partials (the pushes read the
         // product's fragments).
         let work = if push && early && grp <= 8 && matches!(hd, 64 | 128) {
-            match self.attn_mma {
-                0 => Chunk::Scalar,
-                1 => Chunk::Mma,
-                // v16d (kernel lab, `SMELT_CUDA_ATTN_MMA=2`, built, not yet measured): the
-                // transposed products, S^T = K Q^T and O^T = V^T P^T, half v16a's.
+            // v16d (`SMELT_CUDA_ATTN_MMA=2`): the transposed products, S^T = K Q^T and
+            // O^T = V^T P^T, half v16a's; the default for 128-wide heads (v17: the 8B +0.4%
+            // from an empty context, +0.9% after 512 tokens; 64-wide heads within noise).
+            match (self.attn_mma, hd) {
+                (0, _) => Chunk::Scalar,
+                (1, _) | (3, 64) => Chunk::Mma,
                 _ => Chunk::MmaT,
             }
         } else {
@@ -379,17 +381,12 @@ impl Gen<'_> {
         let qload = format!("{hwdef}float qv[{e}];\n\
             {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n");
         let (start, query) = if early {
-            let store = work.query_store(hd, &sc, qsel, qif);
             (
                 format!(
                     "{rowdef}const int p1 = pos[{prow}];\n{qload}\
                     {first}cp_async_commit();\nconst int lo = {win};\n"
                 ),
-                // A fold's warps past the group's heads hold no query.
-                match qkv.is_some() {
-                    true => format!("if (hw) {{\n{store}}}\n"),
-                    false => store,
-                },
+                work.query_store(hd, &sc, qsel, qif),
             )
         } else {
             (
@@ -493,26 +490,16 @@ impl Gen<'_> {
         } else {
             String::new()
         };
+        let name = self.kernel_with(&nt.to_string(), &attrs, body, smem);
         let with = if fold.is_some() { " + wo" } else { "" };
-        let mut label = format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}");
-        let (bounds, body, smem) = match qkv {
-            Some((qb, qsmem, ql)) => {
-                if work == Chunk::Scalar || !push {
-                    return Err(CudaError::Invalid(
-                        "a folded QKV kernel needs the tensor-core attention".into(),
-                    ));
-                }
-                label = format!("{ql} + {label}");
-                (
-                    format!("{nt}, 1"),
-                    format!("{{\n{qb}}}\ncluster_sync();\n{{\n{body}}}\n"),
-                    smem.max(qsmem),
-                )
-            }
-            None => (nt.to_string(), body, smem),
-        };
-        let name = self.kernel_with(&bounds, &attrs, body, smem);
-        self.launch(label, name, (n_head_kv, splits, rows), nt, smem, p);
+        self.launch(
+            format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}"),
+            name,
+            (n_head_kv, splits, rows),
+            nt,
+            smem,
+            p,
+        );
         Ok(fold.is_some())
     }
 

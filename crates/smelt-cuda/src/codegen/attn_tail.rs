@@ -28,8 +28,8 @@ use crate::CudaError;
 /// The attention a decode matmul kernel finishes in its tail: the node, and per role (query,
 /// key, value) the bundle producing it and its virtual rows per KV group.
 pub(super) struct Tail {
-    pub(super) node: NodeId,
-    pub(super) roles: [(usize, usize); 3],
+    node: NodeId,
+    roles: [(usize, usize); 3],
 }
 
 impl Gen<'_> {
@@ -37,18 +37,7 @@ impl Gen<'_> {
     /// token, a contiguous cache, a head size of 64-256, and every role's bundle finishing
     /// its columns in the computing warp (`inline`; `pair`: two columns per virtual row).
     pub(super) fn attention_tail(&self, ki: usize, inline: &[bool], pair: &[bool]) -> Option<Tail> {
-        if self.attn_tail == 0 {
-            return None;
-        }
-        self.qkv_roles(ki, inline, pair)
-    }
-
-    /// The attention kernel `ki + 1` of a one-token program on a contiguous cache, when
-    /// decode matmul kernel `ki` computes its query, key and value (each a bundle finishing
-    /// its columns in the computing warp): the node, and each role's bundle and virtual rows
-    /// per KV group.
-    pub(super) fn qkv_roles(&self, ki: usize, inline: &[bool], pair: &[bool]) -> Option<Tail> {
-        if self.t != 1 || self.kv.paged {
+        if self.t != 1 || self.kv.paged || self.attn_tail == 0 {
             return None;
         }
         let KernelKind::MatMul { bundles, .. } = &self.plan.kernels()[ki].kind else {

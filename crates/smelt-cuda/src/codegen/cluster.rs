@@ -32,10 +32,15 @@
 //! Measured on the H100 (cuda.md v14b): correct (`cluster_decode_matches_reference`, every
 //! quantised type, the Gemma-like and Qwen-like layers, clusters of 16 and 8), and **4x
 //! slower** than the launches it replaces on SmolLM2 (2210 -> 552 tok/s after 512 tokens,
-//! 2358 -> 748 from an empty context). Nsight Compute: 24.2 million instructions a token (the
-//! dp4a gemv work of 135 M weights) issued by 16 SMs at one every 6.2 cycles a scheduler;
-//! a cluster is too few SMs for a small model's instruction count, whatever its barriers
-//! cost. Off by default (cuda.md v14b).
+//! 2358 -> 748 from an empty context). Nsight Compute: 24.2 million instructions a token
+//! issued by 16 SMs at one every 6.2 cycles a scheduler. v17a's stamps (block 0's global
+//! timer at every barrier, chunk wait, quantisation and rows, `SMELT_CUDA_CLUSTER_PRINT`)
+//! split a token: the rows' dot products are ~94 us of it (3 us a layer); waiting for the
+//! weight chunks ~296 us (a block's 238 KiB a layer arriving at ~10 GB/s an SM: one GPC
+//! streams a small share of the GPU's bandwidth); the attention partials (a lane a key, its
+//! rows loaded from global memory one by one) 240 us from an empty context and 877 us at
+//! 600 positions; the quantisations, barriers and arrivals ~300 us more. Off by default
+//! (cuda.md v14b, v17).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;

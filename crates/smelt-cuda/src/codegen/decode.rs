@@ -88,13 +88,6 @@ impl Gen<'_> {
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
         let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
-        // v17b: the rows of the attention kernel after this one, computed in it.
-        let inline: Vec<bool> = modes.iter().map(|m| *m != Mode::Tiled).collect();
-        let pair: Vec<bool> = modes.iter().map(|m| matches!(m, Mode::Pair(_))).collect();
-        let fold = match nr {
-            1 => self.qkv_fold(ki, &inline, &pair),
-            _ => None,
-        };
         let rows_per_block = total.div_ceil(grid);
         let grid = total.div_ceil(rows_per_block);
 
@@ -110,29 +103,18 @@ impl Gen<'_> {
         } else {
             "(void)lane;\n"
         };
-        match &fold {
-            Some(f) => {
-                let starts: Vec<usize> = (0..bundles.len())
-                    .scan(0, |st, bi| {
-                        let s = *st;
-                        *st += vwidth(bi);
-                        Some(s)
-                    })
-                    .collect();
-                body += &Self::qkv_fold_header(f, &starts);
-            }
-            None => write!(
-                body,
-                "const int R0 = blockIdx.x * {rows_per_block}, R1 = min(R0 + {rows_per_block}, {total});\n"
-            )
-            .unwrap(),
-        }
+        write!(
+            body,
+            "const int R0 = blockIdx.x * {rows_per_block}, R1 = min(R0 + {rows_per_block}, {total});\n"
+        )
+        .unwrap();
 
         // Per bundle: first row, tile width, first tile; per matmul: weight, raw scratch.
         let mut mats: Vec<Vec<Mat>> = Vec::new();
         let mut starts = Vec::new();
         let (mut start, mut tiles, mut max_tl) = (0usize, 0usize, 0usize);
         let (mut need_q8, mut need_f32) = (false, false);
+        let inline: Vec<bool> = modes.iter().map(|m| *m != Mode::Tiled).collect();
         for (bi, b) in bundles.iter().enumerate() {
             let bc = Self::tile_cols(b.align, 32);
             let nt = if inline[bi] { 0 } else { b.width.div_ceil(bc) };
@@ -214,10 +196,7 @@ impl Gen<'_> {
         let pf_rows = super::lab_knob("SMELT_CUDA_PREFETCH_ROWS")
             .filter(|n| (1..=16).contains(n))
             .unwrap_or(PREFETCH_ROWS);
-        let prefetch = format!(
-            "for (int i = 0; i < {pf_rows}; i++) {}",
-            Self::warp_row(fold.is_some(), &format!(" + i * {NWARPS}"), &prefetch)
-        );
+        let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
         // v13a (kernel lab, `SMELT_CUDA_STAGE_KB=n`): the block's weight rows staged in
         // shared memory before the wait where they fit (codegen/stage.rs).
         let widths: Vec<usize> = (0..bundles.len()).map(vwidth).collect();
@@ -230,7 +209,7 @@ impl Gen<'_> {
             widths: &widths,
             modes: &modes,
         };
-        let stage = match nr == 1 && !need_f32 && fold.is_none() {
+        let stage = match nr == 1 && !need_f32 {
             true => self.stage_rows(&mut mats, &blocks_rows),
             false => None,
         };
@@ -325,9 +304,8 @@ impl Gen<'_> {
                 .collect();
             let reads = dispatch(&mut |bi| Ok(std::mem::take(&mut pre_dispatch[bi])))?;
             format!(
-                "{early}float {};\n{}",
-                decl.join(", "),
-                Self::warp_row(fold.is_some(), "", &reads)
+                "{early}float {};\n{{ const int R = R0 + warp; if (R < R1) {{\n{reads}}} }}\n",
+                decl.join(", ")
             )
         };
         // v15a: the row stage's weights (a norm's, a bias's) are loaded before `PDL_WAIT`:
@@ -466,8 +444,11 @@ impl Gen<'_> {
             body += "mbar_wait0(&stg_bar);\n";
         }
 
-        body += &Self::rows_loop(fold.is_some(), &compute);
-        body += "PDL_MID();\nTRACE_MARK(3);\n";
+        write!(
+            body,
+            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
+        )
+        .unwrap();
         let any_tiles = inline.iter().any(|&i| !i);
         if any_tiles {
             body += "__threadfence(); __syncthreads();\n";
@@ -540,6 +521,7 @@ impl Gen<'_> {
         }
 
         // One token: the next kernel's attention in this one's tail (codegen/attn_tail.rs).
+        let pair: Vec<bool> = modes.iter().map(|m| matches!(m, Mode::Pair(_))).collect();
         let mut tail_len = 0;
         let mut with = "";
         if let Some(tail) = self.attention_tail(ki, &inline, &pair) {
@@ -555,23 +537,6 @@ impl Gen<'_> {
         self.norm_scale = Default::default();
         body += "TRACE_MARK(4);\n";
         let smem = (next + se_len).max(tail_len) * 4;
-        if fold.is_some() {
-            // The attention kernel after this one takes the body (codegen/qkv_attn.rs); one
-            // block (group 0, split 0) stores what a row stage stores for later kernels.
-            let body = body.replace(
-                "if (blockIdx.x == 0)",
-                "if (blockIdx.x == 0 && blockIdx.y == 0)",
-            ) + "#undef RMAP\n";
-            let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
-            self.fused_qkv = Some(super::qkv_attn::FusedQkv {
-                ki,
-                body,
-                p,
-                smem,
-                label: format!("decode mm {} {total}x{kdim}", types.join("+")),
-            });
-            return Ok(());
-        }
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
         let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
         let rows = if nr == 1 {

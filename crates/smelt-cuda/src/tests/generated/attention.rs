@@ -58,10 +58,10 @@ fn decode_attention_scores_chunks_on_tensor_cores() {
     assert!(!k.contains("mma_top(") && k.contains("warp_sum("), "{k}");
 }
 
-/// v16d (kernel lab, `attn_mma` 2): the transposed products: K's A fragments, the query's as
-/// B, P^T transposed by `movmatrix` into O^T = V^T P^T's B operand, a head's max and sum over
-/// the eight lanes of its column pair; and 0 keeps a warp a head. One token and a batch. No
-/// GPU needed.
+/// v16d (`attn_mma` 2, the default for 128-wide heads): the transposed products: K's A
+/// fragments, the query's as B, P^T transposed by `movmatrix` into O^T = V^T P^T's B operand,
+/// a head's max and sum over the eight lanes of its column pair; and 0 keeps a warp a head.
+/// One token and a batch. No GPU needed.
 #[test]
 fn decode_attention_takes_the_transposed_products_when_asked() {
     let attn = |mma: usize, n: usize, paged: Option<bool>| {
@@ -87,6 +87,13 @@ fn decode_attention_takes_the_transposed_products_when_asked() {
         assert!(!k.contains("mma_top("), "{k}");
         let k = attn(0, n, paged);
         assert!(!k.contains("mma_") && k.contains("warp_sum("), "{k}");
+    }
+    // By default (v17) 128-wide heads take the transposed products, 64-wide ones v16a's.
+    for (d, transposed) in [(LLAMA_8B, true), (SMOLLM2, false)] {
+        let src = generated_with(&d, 1, GgmlType::Q8_0, false, 64).src;
+        let k = cluster_attention(&src);
+        assert_eq!(k.contains("movt("), transposed, "{k}");
+        assert_eq!(k.contains("mma_top("), !transposed, "{k}");
     }
 }
 
@@ -123,59 +130,5 @@ fn prefill_attention_takes_tensor_cores() {
                 assert!(g.src.contains(want), "{want} missing");
             }
         }
-    }
-}
-
-/// v17b (`GenOptions::qkv_attn`): a SmolLM2-shaped one-token program's QKV matmuls run in the
-/// attention kernel after them, one launch less a layer: the group's rows split over the
-/// cluster's blocks (`RMAP`), the QKV kernel's stores, one fenced cluster barrier, then the
-/// tensor-core attention with 512 threads; a 1B-shaped one (8 KV groups of 16 blocks, over
-/// half the SMs) and a batch keep their launches. The fold compiles with NVRTC. No GPU
-/// needed.
-#[test]
-fn qkv_matmuls_fold_into_decode_attention_when_asked() {
-    let opts = codegen::GenOptions {
-        qkv_attn: true,
-        ..Default::default()
-    };
-    let build = |d: &Dims, t: GgmlType, layers: usize, n: usize| {
-        let mut w = Weights::new(|| 0.0);
-        w.draw = false;
-        let g = llama_graph(d, layers, n, &mut w);
-        let paged = (n > 1).then_some(true);
-        let plain = generated_graph_of(&g, &w.specs, d, t, 64, layers, paged, Default::default());
-        let fold = generated_graph_of(&g, &w.specs, d, t, 64, layers, paged, opts);
-        (plain, fold)
-    };
-    let (plain, fold) = build(&SMOLLM2, GgmlType::Q8_0, 2, 1);
-    assert_eq!(fold.launches.len() + 2, plain.launches.len());
-    let labels: Vec<&str> = fold.launches.iter().map(|l| l.label.as_str()).collect();
-    let folded: Vec<&&str> = labels
-        .iter()
-        .filter(|l| l.starts_with("decode mm") && l.contains(" + attention"))
-        .collect();
-    assert_eq!(folded.len(), 2, "{labels:?}");
-    let k = cluster_attention(&fold.src);
-    let (rows, attn) = k
-        .split_once("cluster_sync();")
-        .expect("one cluster barrier");
-    assert!(
-        rows.contains("const int R = RMAP(ii);") && rows.contains("PDL_WAIT();"),
-        "{rows}"
-    );
-    assert!(
-        attn.contains("if (hw) {") && attn.contains("mma_top("),
-        "{attn}"
-    );
-    assert!(k.contains("__launch_bounds__(512, 1)"), "{k}");
-    for (plain, fold) in [
-        build(&LLAMA_1B_V1000, GgmlType::Q4_K, 1, 1),
-        build(&SMOLLM2, GgmlType::Q8_0, 1, 4),
-    ] {
-        assert_eq!(fold.launches.len(), plain.launches.len());
-        assert_eq!(fold.src, plain.src);
-    }
-    if nvrtc_present() {
-        compile_with_pdl(&fold.src, "folded QKV");
     }
 }
