@@ -85,8 +85,9 @@ struct Sched {
     consumed: usize,
     /// Per sync point (0: the kernel's start), the chunks released by then.
     released: Vec<usize>,
-    /// `SMELT_CUDA_CLUSTER_PRINT=pos` (kernel lab): block 0 prints the global timer at every
-    /// cluster barrier of the step at that position.
+    /// `SMELT_CUDA_CLUSTER_PRINT=pos` (kernel lab): block 0 stamps the global timer at every
+    /// cluster barrier (arrival and passing), chunk wait, quantisation, matmul stage and
+    /// attention part of the step at that position, and prints the stamps after it (v17a).
     print: Option<usize>,
     /// With `print`: the tag of each stamp, in the order of its slot in the stamps' area.
     marks: Vec<String>,
