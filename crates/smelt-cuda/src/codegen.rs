@@ -220,6 +220,8 @@ struct Gen<'a> {
     /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
     /// for a batch's lane (empty: none); the warps' epilogues read it.
     norm_scale: (String, String),
+    /// v17c: a batch step's matmuls on tensor cores where they fit.
+    batch_mma: bool,
 }
 
 struct KernelSrc {
@@ -277,6 +279,9 @@ pub(crate) struct GenOptions {
     /// A one-token decode program's kernels but the head as one thread block cluster of this
     /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
     pub cluster: usize,
+    /// A batch step's matmuls on tensor cores where every weight is Q8_0, Q4_K or Q6_K (v17c,
+    /// cu/mma_rows.cu; also `SMELT_CUDA_BATCH_MMA=1`).
+    pub batch_mma: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -304,6 +309,7 @@ pub(crate) fn generate(
         wrap_returns,
         attn_splits,
         cluster,
+        batch_mma,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -359,6 +365,7 @@ pub(crate) fn generate(
         attn_splits,
         cluster_splits: 0,
         norm_scale: Default::default(),
+        batch_mma: batch_mma || lab_knob("SMELT_CUDA_BATCH_MMA") == Some(1),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

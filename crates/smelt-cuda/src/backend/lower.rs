@@ -52,6 +52,7 @@ impl CudaBackend {
                 wrap_returns: self.pdl == Some(4),
                 attn_splits,
                 cluster: self.cluster,
+                batch_mma: false,
             },
         )?;
         let mut src = gen.src.clone();

@@ -19,6 +19,9 @@ use super::row_regs::RED_LEN;
 use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
+/// Device functions of v17c's batch rows on tensor cores.
+const MMA_ROWS: &str = include_str!("../cu/mma_rows.cu");
+
 /// Weight rows prefetched into L2 per warp before the prologue.
 const PREFETCH_ROWS: usize = 2;
 
@@ -81,14 +84,23 @@ impl Gen<'_> {
         };
         // A bundle finishes its columns in the computing warp (one column per warp turn, or a
         // RoPE pair of columns per turn) or in tiles after all the block's rows.
-        let modes: Vec<Mode> = bundles.iter().map(|b| self.epilogue_mode(b)).collect();
+        // v17c (kernel lab, `SMELT_CUDA_BATCH_MMA=1`): a batch's matmuls on tensor cores, a
+        // warp 16 weight rows (cu/mma_rows.cu), every bundle finishing in tiles.
+        let mma = nr > 1 && self.batch_mma && self.mma_rows_fit(bundles, kdim);
+        let modes: Vec<Mode> = match mma {
+            true => vec![Mode::Tiled; bundles.len()],
+            false => bundles.iter().map(|b| self.epilogue_mode(b)).collect(),
+        };
         let vwidth = |bi: usize| match modes[bi] {
             Mode::Pair(_) => bundles[bi].width / 2,
             _ => bundles[bi].width,
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
         let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
-        let rows_per_block = total.div_ceil(grid);
+        let rows_per_block = match mma {
+            true => total.div_ceil(grid).div_ceil(16) * 16,
+            false => total.div_ceil(grid),
+        };
         let grid = total.div_ceil(rows_per_block);
 
         let mut p = Params::default();
@@ -444,11 +456,43 @@ impl Gen<'_> {
             body += "mbar_wait0(&stg_bar);\n";
         }
 
-        write!(
-            body,
-            "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
-        )
-        .unwrap();
+        if mma {
+            let compute = dispatch(&mut |bi| {
+                let width = bundles[bi].width;
+                Ok(mats[bi]
+                    .iter()
+                    .map(|m| {
+                        let sr = match scale_rows.is_empty() {
+                            true => String::new(),
+                            false => format!("{scale_rows}[n] * "),
+                        };
+                        format!(
+                            "{{ float v[4]; mmar_{}<{xstride}>({}, {}, {kdim}, x8s, {nr}, v);\n\
+                            _Pragma(\"unroll\") for (int e = 0; e < 4; e++) {{ const int n = 2 * (lane & 3) + (e & 1), col = c + (lane >> 2) + 8 * (e >> 1);\n\
+                            if (n < {nr}) A[{} + (u64)n * {width} + col] = {sr}v[e]; }} }}\n",
+                            m.ty,
+                            m.row("c"),
+                            m.rb,
+                            m.raw
+                        )
+                    })
+                    .collect())
+            })?;
+            write!(
+                body,
+                "for (int R = R0 + 16 * warp; R < R1; R += 16 * {NWARPS}) {{\n{compute}}}\nPDL_MID();\nTRACE_MARK(3);\n"
+            )
+            .unwrap();
+            if !self.src.contains("imma_k32") {
+                self.src.push_str(MMA_ROWS);
+            }
+        } else {
+            write!(
+                body,
+                "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
+            )
+            .unwrap();
+        }
         let any_tiles = inline.iter().any(|&i| !i);
         if any_tiles {
             body += "__threadfence(); __syncthreads();\n";
@@ -574,5 +618,25 @@ pub(super) fn unit_values(ty: &str) -> Option<usize> {
         "q4_k" | "q5_k" | "q6_k" => Some(64),
         "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => Some(32),
         _ => None,
+    }
+}
+
+impl Gen<'_> {
+    /// v17c: whether a batch kernel's matmuls (rows of `kdim` values) take the tensor-core
+    /// rows: every weight Q8_0, Q4_K or Q6_K, every matmul's rows a multiple of 16.
+    fn mma_rows_fit(&self, bundles: &[smelt_graph::Bundle], kdim: usize) -> bool {
+        bundles.iter().all(|b| {
+            b.width.is_multiple_of(16)
+                && b.matmuls.iter().all(|&m| {
+                    let Op::MatMul { w, .. } = self.node(m).op else {
+                        return false;
+                    };
+                    match type_suffix(self.weight(w).dtype) {
+                        Some("q8_0") => kdim.is_multiple_of(32),
+                        Some("q4_k" | "q6_k") => kdim.is_multiple_of(256),
+                        _ => false,
+                    }
+                })
+        })
     }
 }

@@ -6,6 +6,7 @@ use smelt_graph::NodeId;
 use smelt_testutil::odd::AddWeight;
 
 mod attention;
+mod batch_mma;
 mod prologue;
 
 /// The generated program of `d`'s test graph for `n` tokens, every matrix of type `dtype`,
