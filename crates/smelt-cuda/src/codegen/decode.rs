@@ -98,7 +98,11 @@ impl Gen<'_> {
         let total: usize = (0..bundles.len()).map(vwidth).sum();
         let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
         let rows_per_block = match mma {
-            true => total.div_ceil(grid).div_ceil(16) * 16,
+            // Whole passes of the block's column groups (`mma_split`).
+            true => {
+                let span = 16 * NWARPS / mma_split_of(bundles, kdim, |m| self.mat_type(m));
+                total.div_ceil(grid).div_ceil(span) * span
+            }
             false => total.div_ceil(grid),
         };
         let grid = total.div_ceil(rows_per_block);
@@ -456,23 +460,45 @@ impl Gen<'_> {
             body += "mbar_wait0(&stg_bar);\n";
         }
 
+        // v17c: 16 columns a warp group, the rows' K units split over `ks` warps (their
+        // partial sums added in a fixed order by the group's first warp, through shared
+        // memory), `cg` groups a pass of the block.
+        let mut part_len = 0;
         if mma {
+            let (ks, cg) = mma_split(&mats, kdim);
+            let nmat = bundles.iter().map(|b| b.matmuls.len()).max().unwrap_or(1);
+            part_len = NWARPS * nmat * 128;
+            let po = next;
             let compute = dispatch(&mut |bi| {
+                Ok(mats[bi]
+                    .iter()
+                    .enumerate()
+                    .map(|(mi, m)| {
+                        let units = mma_units(m.ty, kdim);
+                        format!(
+                            "mmar_{}<{xstride}>({}, {}, {kdim}, {units} * ks / {ks}, {units} * (ks + 1) / {ks}, x8s, {nr}, pv[{mi}]);\n",
+                            m.ty,
+                            m.row("c"),
+                            m.rb,
+                        )
+                    })
+                    .collect())
+            })?;
+            let reduce = dispatch(&mut |bi| {
                 let width = bundles[bi].width;
                 Ok(mats[bi]
                     .iter()
-                    .map(|m| {
+                    .enumerate()
+                    .map(|(mi, m)| {
                         let sr = match scale_rows.is_empty() {
                             true => String::new(),
                             false => format!("{scale_rows}[n] * "),
                         };
                         format!(
-                            "{{ float v[4]; mmar_{}<{xstride}>({}, {}, {kdim}, x8s, {nr}, v);\n\
-                            _Pragma(\"unroll\") for (int e = 0; e < 4; e++) {{ const int n = 2 * (lane & 3) + (e & 1), col = c + (lane >> 2) + 8 * (e >> 1);\n\
-                            if (n < {nr}) A[{} + (u64)n * {width} + col] = {sr}v[e]; }} }}\n",
-                            m.ty,
-                            m.row("c"),
-                            m.rb,
+                            "_Pragma(\"unroll\") for (int e = 0; e < 4; e++) {{ float v = 0.f;\n\
+                            for (int q = 0; q < {ks}; q++) v += sm[{po} + (((warp + q) * {nmat} + {mi}) * 4 + e) * 32 + lane];\n\
+                            const int n = 2 * (lane & 3) + (e & 1), col = c + (lane >> 2) + 8 * (e >> 1);\n\
+                            if (n < {nr}) A[{} + (u64)n * {width} + col] = {sr}v; }}\n",
                             m.raw
                         )
                     })
@@ -480,7 +506,16 @@ impl Gen<'_> {
             })?;
             write!(
                 body,
-                "for (int R = R0 + 16 * warp; R < R1; R += 16 * {NWARPS}) {{\n{compute}}}\nPDL_MID();\nTRACE_MARK(3);\n"
+                "{{ const int ks = warp % {ks}; (void)ks;\n\
+                for (int RP = R0; RP < R1; RP += {span}) {{ const int R = RP + 16 * (warp / {ks});\n\
+                  float pv[{nmat}][4]; _Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) {{ pv[i][0] = 0.f; pv[i][1] = 0.f; pv[i][2] = 0.f; pv[i][3] = 0.f; }}\n\
+                  if (R < R1) {{\n{compute}}}\n\
+                  _Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) _Pragma(\"unroll\") for (int e = 0; e < 4; e++) sm[{po} + ((warp * {nmat} + i) * 4 + e) * 32 + lane] = pv[i][e];\n\
+                  __syncthreads();\n\
+                  if (ks == 0 && R < R1) {{\n{reduce}}}\n\
+                  __syncthreads();\n\
+                }} }}\nPDL_MID();\nTRACE_MARK(3);\n",
+                span = 16 * cg
             )
             .unwrap();
             if !self.src.contains("imma_k32") {
@@ -580,7 +615,7 @@ impl Gen<'_> {
         }
         self.norm_scale = Default::default();
         body += "TRACE_MARK(4);\n";
-        let smem = (next + se_len).max(tail_len) * 4;
+        let smem = (next + se_len).max(tail_len).max(next + part_len) * 4;
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
         let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
         let rows = if nr == 1 {
@@ -624,6 +659,14 @@ pub(super) fn unit_values(ty: &str) -> Option<usize> {
 impl Gen<'_> {
     /// v17c: whether a batch kernel's matmuls (rows of `kdim` values) take the tensor-core
     /// rows: every weight Q8_0, Q4_K or Q6_K, every matmul's rows a multiple of 16.
+    /// A matmul node's weight type suffix (`f32` where it has none).
+    fn mat_type(&self, m: smelt_graph::NodeId) -> &'static str {
+        match self.node(m).op {
+            Op::MatMul { w, .. } => type_suffix(self.weight(w).dtype).unwrap_or("f32"),
+            _ => "f32",
+        }
+    }
+
     fn mma_rows_fit(&self, bundles: &[smelt_graph::Bundle], kdim: usize) -> bool {
         bundles.iter().all(|b| {
             b.width.is_multiple_of(16)
@@ -639,4 +682,49 @@ impl Gen<'_> {
                 })
         })
     }
+}
+
+/// v17c: K units of a matmul's rows of `kdim` values as the tensor-core rows walk them (a
+/// super-block of 256 for the K-quants, a block of 32 for Q8_0).
+fn mma_units(ty: &str, kdim: usize) -> usize {
+    match ty {
+        "q8_0" => kdim / 32,
+        _ => kdim / 256,
+    }
+}
+
+/// v17c: the warps a column group's K units are split over (a power of two, at most 16 and at
+/// most the fewest units of the kernel's matmuls) and the column groups a pass of the block.
+fn mma_split(mats: &[Vec<Mat>], kdim: usize) -> (usize, usize) {
+    let units = mats
+        .iter()
+        .flatten()
+        .map(|m| mma_units(m.ty, kdim))
+        .min()
+        .unwrap_or(1);
+    let ks = split_of(units);
+    (ks, NWARPS / ks)
+}
+
+fn split_of(units: usize) -> usize {
+    let mut ks = 1;
+    while ks * 2 <= units.min(NWARPS) {
+        ks *= 2;
+    }
+    ks
+}
+
+/// [`mma_split`]'s `ks` from the bundles, before the kernel's `Mat`s exist.
+fn mma_split_of(
+    bundles: &[smelt_graph::Bundle],
+    kdim: usize,
+    ty: impl Fn(smelt_graph::NodeId) -> &'static str,
+) -> usize {
+    let units = bundles
+        .iter()
+        .flat_map(|b| &b.matmuls)
+        .map(|&m| mma_units(ty(m), kdim))
+        .min()
+        .unwrap_or(1);
+    split_of(units)
 }

@@ -5,7 +5,9 @@
 // one product a 32-value block (16 for Q6_K's 16-value scales), its int32 sums scaled by the
 // weight's and the activation's block scales into f32. Lane (g, t) ends with rows g and g + 8
 // of sequences 2t and 2t + 1: v[0] (g, 2t), v[1] (g, 2t + 1), v[2] (g + 8, 2t), v[3] (g + 8,
-// 2t + 1). Activation rows are XS floats apart (gemv8n's layout); rows from `nr` on are zero.
+// 2t + 1), added to what v holds: the caller splits a row's K units [u0, u1) over warps (a
+// super-block of 256 values for the K-quants, a block of 32 for Q8_0) and sums their parts.
+// Activation rows are XS floats apart (gemv8n's layout); rows from `nr` on are zero.
 __device__ __forceinline__ void imma_k32(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
   asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
@@ -26,12 +28,11 @@ template <int XS> __device__ __forceinline__ float mma_xs(const X8& x, int n, in
 }
 
 // Q8_0 (sectioned rows: every block's 32 int8, then every block's f16 d).
-template <int XS> __device__ __forceinline__ void mmar_q8_0(const u8* W, u64 rb, int K, const X8& x, int nr, float* v) {
+template <int XS> __device__ __forceinline__ void mmar_q8_0(const u8* W, u64 rb, int K, int u0, int u1, const X8& x, int nr, float* v) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, nu = K >> 5;
   const u8* r0 = W + (u64)g * rb; const u8* r1 = r0 + 8 * rb;
-  v[0] = v[1] = v[2] = v[3] = 0.f;
 #pragma unroll 4
-  for (int u = 0; u < nu; u++) {
+  for (int u = u0; u < u1; u++) {
     const u32 a0 = ld32(r0 + 32 * u + 4 * t), a2 = ld32(r0 + 32 * u + 16 + 4 * t);
     const u32 a1 = ld32(r1 + 32 * u + 4 * t), a3 = ld32(r1 + 32 * u + 16 + 4 * t);
     const float d0 = h2f(ld16(r0 + 32 * nu + 2 * u)), d1 = h2f(ld16(r1 + 32 * nu + 2 * u));
@@ -45,12 +46,10 @@ template <int XS> __device__ __forceinline__ void mmar_q8_0(const u8* W, u64 rb,
 
 // Q4_K: 144-byte blocks of 256 values (d, dmin, 12 scale bytes, 128 bytes of nibbles: chunk j's
 // 32 bytes hold sub-block 2j in the low nibbles, 2j + 1 in the high ones).
-template <int XS> __device__ __forceinline__ void mmar_q4_k(const u8* W, u64 rb, int K, const X8& x, int nr, float* v) {
+template <int XS> __device__ __forceinline__ void mmar_q4_k(const u8* W, u64 rb, int K, int u0, int u1, const X8& x, int nr, float* v) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const u8* r0 = W + (u64)g * rb; const u8* r1 = r0 + 8 * rb;
-  v[0] = v[1] = v[2] = v[3] = 0.f;
-#pragma unroll 2
-  for (int sb = 0; sb < K >> 8; sb++) {
+  for (int sb = u0; sb < u1; sb++) {
     const u8* b0 = r0 + sb * 144; const u8* b1 = r1 + sb * 144;
     const V4 h0 = *(const V4*)b0, h1 = *(const V4*)b1;
     u32 lo0[4], hi0[4], lo1[4], hi1[4];
@@ -82,11 +81,10 @@ template <int XS> __device__ __forceinline__ void mmar_q4_k(const u8* W, u64 rb,
 // value l of 32-value chunk ch = 4n + q of block bi: ql byte 128 bi + 64 n + 32 (q & 1) + l
 // (nibble q >> 1), qh byte 64 bi + 32 n + l (bits 2q); a scale per 16 values, so one k16
 // product each.
-template <int XS> __device__ __forceinline__ void mmar_q6_k(const u8* W, u64 rb, int K, const X8& x, int nr, float* v) {
+template <int XS> __device__ __forceinline__ void mmar_q6_k(const u8* W, u64 rb, int K, int u0, int u1, const X8& x, int nr, float* v) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, nb = K >> 8;
   const u8* r0 = W + (u64)g * rb; const u8* r1 = r0 + 8 * rb;
-  v[0] = v[1] = v[2] = v[3] = 0.f;
-  for (int bi = 0; bi < nb; bi++) {
+  for (int bi = u0; bi < u1; bi++) {
     const float d0 = h2f(ld16(r0 + 208 * nb + 2 * bi)), d1 = h2f(ld16(r1 + 208 * nb + 2 * bi));
     const V4 sw0 = *(const V4*)(r0 + 192 * nb + 16 * bi), sw1 = *(const V4*)(r1 + 192 * nb + 16 * bi);
     const u32 sa0[4] = {sw0.x, sw0.y, sw0.z, sw0.w}, sa1[4] = {sw1.x, sw1.y, sw1.z, sw1.w};
