@@ -230,6 +230,10 @@ struct IoBufs {
     max_out: usize,
 }
 
+/// Batch decode steps of at least this many rows take their matmuls on tensor cores by
+/// default (v17c; cuda.md has the measurements behind it).
+pub const BATCH_MMA_ROWS: usize = 8;
+
 pub struct CudaBackend {
     pub(crate) weights: DevBuf,
     pub(crate) winfo: Vec<WeightInfo>,
@@ -253,6 +257,10 @@ pub struct CudaBackend {
     /// One-token decode programs of small models as one thread block cluster of this many
     /// blocks and the head (`SMELT_CUDA_CLUSTER=8|16`, v14b, codegen/cluster.rs; 0: off).
     cluster: usize,
+    /// Batch decode steps of at least this many rows take their matmuls on tensor cores where
+    /// the weights are Q8_0, Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never;
+    /// `SMELT_CUDA_BATCH_MMA=n`).
+    batch_mma: usize,
     /// Decode attention in the QKV kernel's tail below this many positions
     /// (`SMELT_CUDA_ATTN_TAIL=N`; 0, the default: never).
     attn_tail: usize,
@@ -374,6 +382,7 @@ impl CudaBackend {
             pdl,
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
             cluster: codegen::lab_knob("SMELT_CUDA_CLUSTER").unwrap_or(0),
+            batch_mma: codegen::lab_knob("SMELT_CUDA_BATCH_MMA").unwrap_or(BATCH_MMA_ROWS),
             // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
@@ -439,6 +448,12 @@ impl CudaBackend {
     /// cluster of `blocks` (8 or 16) and the head kernel (0: off; codegen/cluster.rs).
     pub fn set_cluster(&mut self, blocks: usize) {
         self.cluster = blocks;
+    }
+
+    /// Lower batch decode steps of at least `rows` rows (0: none) with their matmuls on tensor
+    /// cores where every weight of a kernel is Q8_0, Q4_K or Q6_K, from now on (v17c).
+    pub fn set_batch_mma(&mut self, rows: usize) {
+        self.batch_mma = rows;
     }
 
     /// Compute one-token decode attention in the QKV kernel's tail below `keys` positions

@@ -220,8 +220,9 @@ struct Gen<'a> {
     /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
     /// for a batch's lane (empty: none); the warps' epilogues read it.
     norm_scale: (String, String),
-    /// v17c: a batch step's matmuls on tensor cores where they fit.
-    batch_mma: bool,
+    /// v17c: a batch step of at least this many rows takes its matmuls on tensor cores where
+    /// they fit (0: never).
+    batch_mma: usize,
 }
 
 struct KernelSrc {
@@ -279,9 +280,9 @@ pub(crate) struct GenOptions {
     /// A one-token decode program's kernels but the head as one thread block cluster of this
     /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
     pub cluster: usize,
-    /// A batch step's matmuls on tensor cores where every weight is Q8_0, Q4_K or Q6_K (v17c,
-    /// cu/mma_rows.cu; also `SMELT_CUDA_BATCH_MMA=1`).
-    pub batch_mma: bool,
+    /// A batch step of at least this many rows takes its matmuls on tensor cores where every
+    /// weight is Q8_0, Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never).
+    pub batch_mma: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -365,7 +366,7 @@ pub(crate) fn generate(
         attn_splits,
         cluster_splits: 0,
         norm_scale: Default::default(),
-        batch_mma: batch_mma || lab_knob("SMELT_CUDA_BATCH_MMA") == Some(1),
+        batch_mma,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

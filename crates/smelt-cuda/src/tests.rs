@@ -77,20 +77,29 @@ const ALL_TYPES: [GgmlType; 11] = [
 ];
 
 fn compare(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Err(e) = check(got, want, tol) {
+        panic!("{what}: {e}");
+    }
+}
+
+/// [`compare`]'s verdict without the panic: the lengths, every value finite, and the largest
+/// difference within `tol` of `want`'s largest magnitude.
+fn check(got: &[f32], want: &[f32], tol: f32) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("lengths {} and {}", got.len(), want.len()));
+    }
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
     let diff = got
         .iter()
         .zip(want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        got.iter().all(|x| x.is_finite()),
-        "{what}: non-finite output"
-    );
-    assert!(
-        diff <= tol * scale,
-        "{what}: max diff {diff} of scale {scale}"
-    );
+    if !got.iter().all(|x| x.is_finite()) {
+        return Err("non-finite output".into());
+    }
+    match diff <= tol * scale {
+        true => Ok(()),
+        false => Err(format!("max diff {diff} of scale {scale}")),
+    }
 }
 
 /// The CPU fast path's decode logits for steps 5..8 after a 5-token prefill: like the GPU's

@@ -52,7 +52,7 @@ impl CudaBackend {
                 wrap_returns: self.pdl == Some(4),
                 attn_splits,
                 cluster: self.cluster,
-                batch_mma: false,
+                batch_mma: self.batch_mma,
             },
         )?;
         let mut src = gen.src.clone();

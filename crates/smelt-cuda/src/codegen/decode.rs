@@ -29,7 +29,10 @@ const PREFETCH_ROWS: usize = 2;
 /// block sums.
 pub(super) fn x_stride(kdim: usize) -> usize {
     let kp = kdim.div_ceil(256) * 256;
-    (kp + kp / 64 * 16) / 4 + kp / 32 + kp / 16
+    let xs = (kp + kp / 64 * 16) / 4 + kp / 32 + kp / 16;
+    // Rows 4 banks apart mod 8 (v17c): the tensor-core rows' B fragments read the same word
+    // of 8 rows at once, which a stride of a multiple of 32 floats put in one bank.
+    xs + (36 - xs % 8) % 8
 }
 
 pub(super) struct Mat {
@@ -84,12 +87,30 @@ impl Gen<'_> {
         };
         // A bundle finishes its columns in the computing warp (one column per warp turn, or a
         // RoPE pair of columns per turn) or in tiles after all the block's rows.
-        // v17c (kernel lab, `SMELT_CUDA_BATCH_MMA=1`): a batch's matmuls on tensor cores, a
-        // warp 16 weight rows (cu/mma_rows.cu), every bundle finishing in tiles.
-        let mma = nr > 1 && self.batch_mma && self.mma_rows_fit(bundles, kdim);
-        let modes: Vec<Mode> = match mma {
-            true => vec![Mode::Tiled; bundles.len()],
-            false => bundles.iter().map(|b| self.epilogue_mode(b)).collect(),
+        // v17c: a batch step of at least `batch_mma` rows takes its matmuls on tensor cores, a
+        // warp 16 weight rows (cu/mma_rows.cu; H100, 8 rows: the 1B's step 1.80 -> 1.37 ms,
+        // the 8B's 6.54 -> 5.48; at 2 and 4 rows slower, so 8 by default).
+        // Diagnostics: `SMELT_CUDA_BATCH_TILES=1` forces the tiles without the tensor-core rows;
+        // `SMELT_CUDA_BATCH_MMA_K=n` takes the rows only in kernels of rows of n values.
+        let k_ok = super::lab_knob("SMELT_CUDA_BATCH_MMA_K").is_none_or(|n| n == kdim);
+        let fits = nr > 1 && k_ok && self.mma_rows_fit(bundles, kdim);
+        let tiles_only = fits && super::lab_knob("SMELT_CUDA_BATCH_TILES") == Some(1);
+        let mma = fits && !tiles_only && self.batch_mma > 0 && nr >= self.batch_mma;
+        // How each bundle would finish one token's columns; with the tensor-core rows a
+        // column-wise epilogue (or an adjacent RoPE pair, the partner column one lane quad
+        // away) runs where the rows are summed, a NEOX pair or a per-head norm in tiles.
+        let fin: Vec<Mode> = bundles.iter().map(|b| self.epilogue_mode(b)).collect();
+        let modes: Vec<Mode> = match (mma, tiles_only) {
+            (true, _) => fin
+                .iter()
+                .map(|m| match m {
+                    Mode::Column => Mode::Column,
+                    Mode::Pair(Some(r)) if !r.neox => Mode::Column,
+                    _ => Mode::Tiled,
+                })
+                .collect(),
+            (false, true) => vec![Mode::Tiled; bundles.len()],
+            (false, false) => fin.clone(),
         };
         let vwidth = |bi: usize| match modes[bi] {
             Mode::Pair(_) => bundles[bi].width / 2,
@@ -298,6 +319,10 @@ impl Gen<'_> {
         let mut early_reads: Vec<String> = Vec::new();
         let mut pre_dispatch: Vec<String> = vec![String::new(); bundles.len()];
         let compute = dispatch(&mut |bi| {
+            if mma {
+                // The tensor-core rows below have their own.
+                return Ok(String::new());
+            }
             if !inline[bi] {
                 return Ok(mats[bi].iter().map(tiled_one).collect());
             }
@@ -437,9 +462,24 @@ impl Gen<'_> {
                     )
                     .unwrap();
                 }
+                // v17d: a row stage in registers with no block reduction (no barrier of its
+                // own) writes each row's quantised values, scales and norm partials to slots
+                // of their own and keeps the next row in the thread's registers: no barrier
+                // between the rows, one after them (below), so a warp need not wait for the
+                // slowest one's loads each row (H100, 8 rows: the 8B +3.8%, the 1B +1%;
+                // `SMELT_CUDA_ROW_NOBAR=0`: a barrier after each row, as before).
+                let bar = match in_regs.as_ref() {
+                    Some(f)
+                        if !f.code.contains("__syncthreads")
+                            && super::lab_knob("SMELT_CUDA_ROW_NOBAR") != Some(0) =>
+                    {
+                        ""
+                    }
+                    _ => "__syncthreads(); ",
+                };
                 write!(
                     body,
-                    "__syncthreads(); }}\n\
+                    "{bar}}}\n\
                     const X8 x8s = {{(const signed char*)(sm + {xq}), sm + {xd}, sm + {xs}}};\n"
                 )
                 .unwrap();
@@ -476,7 +516,7 @@ impl Gen<'_> {
                     .map(|(mi, m)| {
                         let units = mma_units(m.ty, kdim);
                         format!(
-                            "mmar_{}<{xstride}>({}, {}, {kdim}, {units} * ks / {ks}, {units} * (ks + 1) / {ks}, x8s, {nr}, pv[{mi}]);\n",
+                            "{{ const float4 s = mmar_{}<{xstride}>({}, {}, {kdim}, {units} * ks / {ks}, {units} * (ks + 1) / {ks}, x8s, {nr}); pv[{mi}][0] += s.x; pv[{mi}][1] += s.y; pv[{mi}][2] += s.z; pv[{mi}][3] += s.w; }}\n",
                             m.ty,
                             m.row("c"),
                             m.rb,
@@ -484,36 +524,89 @@ impl Gen<'_> {
                     })
                     .collect())
             })?;
+            // A column group's sums: its warps' parts through shared memory (`ks` > 1) or
+            // the warp's own registers.
+            let sum = |mi: usize| {
+                match ks {
+                1 => format!("const float v{mi} = pv[{mi}][e];\n"),
+                _ => format!(
+                    "float v{mi} = 0.f; for (int q = 0; q < {ks}; q++) v{mi} += sm[{po} + (((warp + q) * {nmat} + {mi}) * 4 + e) * 32 + lane];\n"
+                ),
+            }
+            };
+            let sr = match scale_rows.is_empty() {
+                true => String::new(),
+                false => format!("{scale_rows}[n] * "),
+            };
             let reduce = dispatch(&mut |bi| {
                 let width = bundles[bi].width;
-                Ok(mats[bi]
-                    .iter()
-                    .enumerate()
-                    .map(|(mi, m)| {
-                        let sr = match scale_rows.is_empty() {
-                            true => String::new(),
-                            false => format!("{scale_rows}[n] * "),
-                        };
-                        format!(
-                            "_Pragma(\"unroll\") for (int e = 0; e < 4; e++) {{ float v = 0.f;\n\
-                            for (int q = 0; q < {ks}; q++) v += sm[{po} + (((warp + q) * {nmat} + {mi}) * 4 + e) * 32 + lane];\n\
-                            const int n = 2 * (lane & 3) + (e & 1), col = c + (lane >> 2) + 8 * (e >> 1);\n\
-                            if (n < {nr}) A[{} + (u64)n * {width} + col] = {sr}v; }}\n",
-                            m.raw
+                let b = &bundles[bi];
+                let sums: String = (0..mats[bi].len()).map(sum).collect();
+                let head = format!(
+                    "_Pragma(\"unroll\") for (int e = 0; e < 4; e++) {{\n\
+                    const int n = 2 * (lane & 3) + (e & 1), col = c + (lane >> 2) + 8 * (e >> 1);\n{sums}"
+                );
+                if modes[bi] == Mode::Tiled {
+                    let stores: String = mats[bi]
+                        .iter()
+                        .enumerate()
+                        .map(|(mi, m)| {
+                            format!("A[{} + (u64)n * {width} + col] = {sr}v{mi};\n", m.raw)
+                        })
+                        .collect();
+                    return Ok(format!("{head}if (n < {nr}) {{\n{stores}}} }}\n"));
+                }
+                let pair = match fin[bi] {
+                    Mode::Pair(Some(r)) => Some(r),
+                    _ => None,
+                };
+                let epi = self.column_epilogue(b, pair.map(Some), None, &mut p)?;
+                let mut vals = String::new();
+                for (mi, &m) in b.matmuls.iter().enumerate() {
+                    match pair {
+                        None => writeln!(vals, "const float e{} = {sr}v{mi};", m.0).unwrap(),
+                        Some(_) => writeln!(
+                            vals,
+                            "const float e{id}_a = {sr}v{mi}, e{id}_b = {sr}o{mi};",
+                            id = m.0
                         )
-                    })
-                    .collect())
+                        .unwrap(),
+                    }
+                }
+                Ok(match pair {
+                    None => format!(
+                        "{head}if (n < {nr}) {{ const int r = n, rp = n, c = col; (void)r; (void)rp;\n{vals}{epi}}} }}\n"
+                    ),
+                    Some(rot) => {
+                        // Rows col and col + 1 (lanes 4 apart) rotate together; the lane of
+                        // the even one finishes both, as the one-token kernels' virtual row.
+                        let others: String = (0..mats[bi].len())
+                            .map(|mi| format!("const float o{mi} = __shfl_xor_sync(0xffffffffu, v{mi}, 4);\n"))
+                            .collect();
+                        format!(
+                            "{head}{others}if (n < {nr} && ((lane >> 2) & 1) == 0) {{ const int r = n, rp = n; (void)r; (void)rp;\n\
+                            const int c = col / {hd} * {hh} + col % {hd} / 2;\n{cols}{vals}{epi}}} }}\n",
+                            hd = rot.head_dim,
+                            hh = rot.head_dim / 2,
+                            cols = fin[bi].pair_columns(),
+                        )
+                    }
+                })
             })?;
+            let (store, sync) = match ks {
+                1 => (String::new(), ""),
+                _ => (
+                    format!("_Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) _Pragma(\"unroll\") for (int e = 0; e < 4; e++) sm[{po} + ((warp * {nmat} + i) * 4 + e) * 32 + lane] = pv[i][e];\n__syncthreads();\n"),
+                    "__syncthreads();\n",
+                ),
+            };
             write!(
                 body,
                 "{{ const int ks = warp % {ks}; (void)ks;\n\
                 for (int RP = R0; RP < R1; RP += {span}) {{ const int R = RP + 16 * (warp / {ks});\n\
                   float pv[{nmat}][4]; _Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) {{ pv[i][0] = 0.f; pv[i][1] = 0.f; pv[i][2] = 0.f; pv[i][3] = 0.f; }}\n\
-                  if (R < R1) {{\n{compute}}}\n\
-                  _Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) _Pragma(\"unroll\") for (int e = 0; e < 4; e++) sm[{po} + ((warp * {nmat} + i) * 4 + e) * 32 + lane] = pv[i][e];\n\
-                  __syncthreads();\n\
-                  if (ks == 0 && R < R1) {{\n{reduce}}}\n\
-                  __syncthreads();\n\
+                  if (R < R1) {{\n{compute}}}\n{store}\
+                  if (ks == 0 && R < R1) {{\n{reduce}}}\n{sync}\
                 }} }}\nPDL_MID();\nTRACE_MARK(3);\n",
                 span = 16 * cg
             )
@@ -657,8 +750,6 @@ pub(super) fn unit_values(ty: &str) -> Option<usize> {
 }
 
 impl Gen<'_> {
-    /// v17c: whether a batch kernel's matmuls (rows of `kdim` values) take the tensor-core
-    /// rows: every weight Q8_0, Q4_K or Q6_K, every matmul's rows a multiple of 16.
     /// A matmul node's weight type suffix (`f32` where it has none).
     fn mat_type(&self, m: smelt_graph::NodeId) -> &'static str {
         match self.node(m).op {
@@ -667,6 +758,8 @@ impl Gen<'_> {
         }
     }
 
+    /// v17c: whether a batch kernel's matmuls (rows of `kdim` values) take the tensor-core
+    /// rows: every weight Q8_0, Q4_K or Q6_K, every matmul's rows a multiple of 16.
     fn mma_rows_fit(&self, bundles: &[smelt_graph::Bundle], kdim: usize) -> bool {
         bundles.iter().all(|b| {
             b.width.is_multiple_of(16)

@@ -5,7 +5,9 @@
 // one product a 32-value block (16 for Q6_K's 16-value scales), its int32 sums scaled by the
 // weight's and the activation's block scales into f32. Lane (g, t) ends with rows g and g + 8
 // of sequences 2t and 2t + 1: v[0] (g, 2t), v[1] (g, 2t + 1), v[2] (g + 8, 2t), v[3] (g + 8,
-// 2t + 1), added to what v holds: the caller splits a row's K units [u0, u1) over warps (a
+// 2t + 1), returned as x, y, z, w (a function of its own, not inlined: the calls of a kernel's
+// bundles compile once, where inlined copies took NVRTC and ptxas over a minute for the 1B's
+// batch steps): the caller splits a row's K units [u0, u1) over warps (a
 // super-block of 256 values for the K-quants, a block of 32 for Q8_0) and sums their parts.
 // Activation rows are XS floats apart (gemv8n's layout); rows from `nr` on are zero.
 __device__ __forceinline__ void imma_k32(int* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -16,19 +18,25 @@ __device__ __forceinline__ void imma_k16(int* c, u32 a0, u32 a1, u32 b0) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
                : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) : "r"(a0), "r"(a1), "r"(b0));
 }
-// The B fragment word of this lane: sequence g's int8 values k .. k + 3 (zero past nr).
+// The B fragment word of this lane: sequence n's int8 values k .. k + 3 (zero past nr). The
+// loads are branch-free (a row clamped, the value selected): `mma.sync.aligned` needs the
+// warp converged, and a load skipped by a branch left it diverged where nr < 8.
 template <int XS> __device__ __forceinline__ u32 mma_xw(const X8& x, int n, int nr, int k) {
-  return n < nr ? *(const u32*)(x.q + n * XS * 4 + pad8(k)) : 0u;
+  const u32 w = *(const u32*)(x.q + min(n, nr - 1) * XS * 4 + pad8(k));
+  return n < nr ? w : 0u;
 }
 template <int XS> __device__ __forceinline__ float mma_xd(const X8& x, int n, int nr, int b) {
-  return n < nr ? x.d[n * XS + b] : 0.f;
+  const float d = x.d[min(n, nr - 1) * XS + b];
+  return n < nr ? d : 0.f;
 }
 template <int XS> __device__ __forceinline__ float mma_xs(const X8& x, int n, int nr, int h) {
-  return n < nr ? x.s[n * XS + h] : 0.f;
+  const float s = x.s[min(n, nr - 1) * XS + h];
+  return n < nr ? s : 0.f;
 }
 
 // Q8_0 (sectioned rows: every block's 32 int8, then every block's f16 d).
-template <int XS> __device__ __forceinline__ void mmar_q8_0(const u8* W, u64 rb, int K, int u0, int u1, const X8& x, int nr, float* v) {
+template <int XS> __device__ __noinline__ float4 mmar_q8_0(const u8* W, u64 rb, int K, int u0, int u1, const X8 x, int nr) {
+  float v[4] = {0.f, 0.f, 0.f, 0.f};
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, nu = K >> 5;
   const u8* r0 = W + (u64)g * rb; const u8* r1 = r0 + 8 * rb;
 #pragma unroll 4
@@ -42,11 +50,13 @@ template <int XS> __device__ __forceinline__ void mmar_q8_0(const u8* W, u64 rb,
     v[0] += d0 * x0 * (float)c[0]; v[1] += d0 * x1 * (float)c[1];
     v[2] += d1 * x0 * (float)c[2]; v[3] += d1 * x1 * (float)c[3];
   }
+  return make_float4(v[0], v[1], v[2], v[3]);
 }
 
 // Q4_K: 144-byte blocks of 256 values (d, dmin, 12 scale bytes, 128 bytes of nibbles: chunk j's
 // 32 bytes hold sub-block 2j in the low nibbles, 2j + 1 in the high ones).
-template <int XS> __device__ __forceinline__ void mmar_q4_k(const u8* W, u64 rb, int K, int u0, int u1, const X8& x, int nr, float* v) {
+template <int XS> __device__ __noinline__ float4 mmar_q4_k(const u8* W, u64 rb, int K, int u0, int u1, const X8 x, int nr) {
+  float v[4] = {0.f, 0.f, 0.f, 0.f};
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const u8* r0 = W + (u64)g * rb; const u8* r1 = r0 + 8 * rb;
   for (int sb = u0; sb < u1; sb++) {
@@ -75,13 +85,15 @@ template <int XS> __device__ __forceinline__ void mmar_q4_k(const u8* W, u64 rb,
         v[2] += d1 * sc1 * x0 * (float)c[2] - m1 * mn1 * s0; v[3] += d1 * sc1 * x1 * (float)c[3] - m1 * mn1 * s1;
       }
   }
+  return make_float4(v[0], v[1], v[2], v[3]);
 }
 
 // Q6_K (sectioned rows: every block's 128 bytes of ql, then 64 of qh, 16 of scales, 2 of d):
 // value l of 32-value chunk ch = 4n + q of block bi: ql byte 128 bi + 64 n + 32 (q & 1) + l
 // (nibble q >> 1), qh byte 64 bi + 32 n + l (bits 2q); a scale per 16 values, so one k16
 // product each.
-template <int XS> __device__ __forceinline__ void mmar_q6_k(const u8* W, u64 rb, int K, int u0, int u1, const X8& x, int nr, float* v) {
+template <int XS> __device__ __noinline__ float4 mmar_q6_k(const u8* W, u64 rb, int K, int u0, int u1, const X8 x, int nr) {
+  float v[4] = {0.f, 0.f, 0.f, 0.f};
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, nb = K >> 8;
   const u8* r0 = W + (u64)g * rb; const u8* r1 = r0 + 8 * rb;
   for (int bi = u0; bi < u1; bi++) {
@@ -120,4 +132,5 @@ template <int XS> __device__ __forceinline__ void mmar_q6_k(const u8* W, u64 rb,
         }
     }
   }
+  return make_float4(v[0], v[1], v[2], v[3]);
 }

@@ -6,12 +6,31 @@ use super::*;
 /// of 1 to 40 tokens, in scattered blocks) are prefilled one by one, then decode three steps
 /// together (all 8 rows: two passes of 4 in the gemv; then 2 of them; then 4), against each
 /// sequence run alone on a cache of its own. Types of both gemv families and of the tiled epilogue (the Gemma-like
-/// layer's QK-norm), the Qwen-like layer's NEOX pairs, a sliding window.
+/// layer's QK-norm), the Qwen-like layer's NEOX pairs, a sliding window. The batch rows'
+/// gemv (no tensor cores) makes the same sums in the same order as one sequence's.
 #[test]
 fn batched_decode_matches_single_sequences() {
     if !gpu() {
         return;
     }
+    batched_steps(0);
+}
+
+/// The same batches with their matmuls on tensor cores (v17c, every step of 2 rows or more):
+/// the products are summed per 32 values in another order than one sequence's gemv, so each
+/// row is held to the CPU reference, within twice the CPU fast path's own distance from it (as
+/// one sequence's decode is, `matches_reference_on_odd_shapes_and_quant_types`).
+#[test]
+fn batched_tensor_core_rows_match_reference() {
+    if !gpu() {
+        return;
+    }
+    batched_steps(2);
+}
+
+/// Prefill eight sequences into a paged pool, decode three batched steps with tensor-core rows
+/// from `mma_rows` rows on (0: none), and check every row.
+fn batched_steps(mma_rows: usize) {
     let cases = [
         (GgmlType::Q8_0, false),
         (GgmlType::Q4_K, false),
@@ -31,7 +50,16 @@ fn batched_decode_matches_single_sequences() {
     ];
     // Rows of each step: sequence indices.
     let steps: [&[usize]; 3] = [&[0, 1, 2, 3, 4, 5, 6, 7], &[1, 3], &[0, 1, 2, 3]];
+    // Every step's mismatches, reported together at the end.
+    let mut failures: Vec<String> = Vec::new();
+    // `SMELT_TEST_BATCH_CASES=1,3` runs those cases alone (a diagnosis on the device).
+    let only: Option<Vec<usize>> = std::env::var("SMELT_TEST_BATCH_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect());
     for (ci, (dtype, qwen)) in cases.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&ci)) {
+            continue;
+        }
         let d = QUANT;
         let mut rng = Rng(0xba7c + ci as u64);
         let mut w = Weights::new(|| rng.next());
@@ -67,6 +95,7 @@ fn batched_decode_matches_single_sequences() {
             })
             .collect();
         let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        cb.set_batch_mma(mma_rows);
         // Every program below compiled into the disk cache first, each cache's in parallel
         // (~20 compiles a case, one after another in the checks).
         {
@@ -101,6 +130,34 @@ fn batched_decode_matches_single_sequences() {
                 );
             }
             alone.push(outs);
+        }
+        // With tensor-core rows: each sequence's logits from the CPU reference and the CPU
+        // fast path (the yardstick), after its prompt and each step.
+        let mut reference: Vec<Vec<Vec<f32>>> = Vec::new();
+        let mut fast: Vec<Vec<Vec<f32>>> = Vec::new();
+        if mma_rows > 0 {
+            use smelt_cpu::{FastBackend, FastKvCache};
+            let rb = ReferenceBackend::new(w.dequantized(&file), 1);
+            let mut fb = FastBackend::new(Arc::clone(&file), &w.specs, 2).unwrap();
+            for s in 0..8 {
+                let (mut rkv, mut fkv) = (KvCache::new(64, &widths), FastKvCache::new(64, &widths));
+                let (mut r, mut f) = (Vec::new(), Vec::new());
+                for (i, n) in std::iter::once(prompts[s]).chain([1; 3]).enumerate() {
+                    let at = if i == 0 { 0 } else { prompts[s] + i - 1 };
+                    let g = graph(n, false);
+                    let positions: Vec<u32> = (at as u32..(at + n) as u32).collect();
+                    let toks = &tokens[s][at..at + n];
+                    r.push(rb.execute(&g, toks, &positions, &mut rkv));
+                    let fp = fb.lower(&g, &fkv).unwrap();
+                    f.push(
+                        fb.execute(&fp, toks, &positions, &mut fkv)
+                            .unwrap()
+                            .to_vec(),
+                    );
+                }
+                reference.push(r);
+                fast.push(f);
+            }
         }
         // Together on a pool of 16 blocks.
         let mut pool = cb.new_paged_kv(16, &widths).unwrap();
@@ -146,12 +203,25 @@ fn batched_decode_matches_single_sequences() {
             assert_eq!(got.len(), rows.len() * nv);
             for (r, &s) in rows.iter().enumerate() {
                 steps_done[s] += 1;
-                compare(
-                    &got[r * nv..(r + 1) * nv],
-                    &alone[s][steps_done[s]],
-                    2e-3,
-                    &format!("case {ci} {dtype:?} step {si} sequence {s}"),
-                );
+                let what = format!("case {ci} {dtype:?} step {si} sequence {s}");
+                let row = &got[r * nv..(r + 1) * nv];
+                let verdict = if mma_rows == 0 {
+                    check(row, &alone[s][steps_done[s]], 2e-3)
+                } else {
+                    let want = &reference[s][steps_done[s]];
+                    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+                    let fd = max_diff(&fast[s][steps_done[s]], want);
+                    eprintln!(
+                        "{what}: tensor cores {} one sequence {} cpu fast {fd} of {scale}",
+                        max_diff(row, want),
+                        max_diff(&alone[s][steps_done[s]], want)
+                    );
+                    check(row, want, (2.0 * fd / scale).max(2e-2))
+                };
+                if let Err(e) = verdict {
+                    eprintln!("{what}: {e}");
+                    failures.push(format!("{what}: {e}"));
+                }
                 n_kv[s] += 1;
             }
         }
@@ -173,4 +243,8 @@ fn batched_decode_matches_single_sequences() {
             assert!(r.is_err(), "{what}: refused");
         }
     }
+    assert!(
+        failures.is_empty(),
+        "batched steps differ from the sequences alone: {failures:#?}"
+    );
 }

@@ -10,7 +10,7 @@ use super::*;
 #[test]
 fn batch_matmuls_take_tensor_cores_when_asked() {
     let opts = codegen::GenOptions {
-        batch_mma: true,
+        batch_mma: 2,
         cublas: true,
         ..Default::default()
     };
