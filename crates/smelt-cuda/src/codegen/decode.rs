@@ -507,7 +507,8 @@ impl Gen<'_> {
         if mma {
             let (ks, cg) = mma_split(&mats, kdim);
             let nmat = bundles.iter().map(|b| b.matmuls.len()).max().unwrap_or(1);
-            part_len = NWARPS * nmat * 128;
+            // The warps' parts where a column group has several (`ks` > 1).
+            part_len = if ks > 1 { NWARPS * nmat * 128 } else { 0 };
             let po = next;
             let compute = dispatch(&mut |bi| {
                 Ok(mats[bi]

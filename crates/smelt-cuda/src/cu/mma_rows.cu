@@ -1,5 +1,5 @@
-// v17c (codegen/decode.rs, `SMELT_CUDA_BATCH_MMA=1`, kernel lab): a batch step's matmul rows
-// on tensor cores. A warp takes 16 weight rows (the A operand of `mma.sync` m16n8k32 or
+// v17c (codegen/decode.rs; steps of 8 rows by default, `SMELT_CUDA_BATCH_MMA=n`): a batch
+// step's matmul rows on tensor cores. A warp takes 16 weight rows (the A operand of `mma.sync` m16n8k32 or
 // m16n8k16 with int8 inputs, straight from the quantised row: nibbles masked, Q6_K's high bits
 // or'ed in) against the batch's int8 activation rows (B: sequence n is column n, up to 8),
 // one product a 32-value block (16 for Q6_K's 16-value scales), its int32 sums scaled by the
