@@ -258,9 +258,12 @@ pub struct CudaBackend {
     /// blocks and the head (`SMELT_CUDA_CLUSTER=8|16`, v14b, codegen/cluster.rs; 0: off).
     cluster: usize,
     /// Batch decode steps of at least this many rows take their matmuls on tensor cores where
-    /// the weights are Q8_0, Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never;
+    /// the weights are Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never;
     /// `SMELT_CUDA_BATCH_MMA=n`).
     batch_mma: usize,
+    /// Also where they are Q8_0: measured correct, its speed not yet (on where
+    /// `SMELT_CUDA_BATCH_MMA` is set or [`CudaBackend::set_batch_mma`] was called).
+    batch_mma_q8_0: bool,
     /// Decode attention in the QKV kernel's tail below this many positions
     /// (`SMELT_CUDA_ATTN_TAIL=N`; 0, the default: never).
     attn_tail: usize,
@@ -383,6 +386,7 @@ impl CudaBackend {
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
             cluster: codegen::lab_knob("SMELT_CUDA_CLUSTER").unwrap_or(0),
             batch_mma: codegen::lab_knob("SMELT_CUDA_BATCH_MMA").unwrap_or(BATCH_MMA_ROWS),
+            batch_mma_q8_0: codegen::lab_knob("SMELT_CUDA_BATCH_MMA").is_some(),
             // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
@@ -454,6 +458,7 @@ impl CudaBackend {
     /// cores where every weight of a kernel is Q8_0, Q4_K or Q6_K, from now on (v17c).
     pub fn set_batch_mma(&mut self, rows: usize) {
         self.batch_mma = rows;
+        self.batch_mma_q8_0 = true;
     }
 
     /// Compute one-token decode attention in the QKV kernel's tail below `keys` positions

@@ -221,8 +221,9 @@ struct Gen<'a> {
     /// for a batch's lane (empty: none); the warps' epilogues read it.
     norm_scale: (String, String),
     /// v17c: a batch step of at least this many rows takes its matmuls on tensor cores where
-    /// they fit (0: never).
+    /// they fit (0: never), Q8_0 weights too where this is set.
     batch_mma: usize,
+    batch_mma_q8_0: bool,
 }
 
 struct KernelSrc {
@@ -281,8 +282,10 @@ pub(crate) struct GenOptions {
     /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
     pub cluster: usize,
     /// A batch step of at least this many rows takes its matmuls on tensor cores where every
-    /// weight is Q8_0, Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never).
+    /// weight is Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never)...
     pub batch_mma: usize,
+    /// ... or Q8_0, where this is set.
+    pub batch_mma_q8_0: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -311,6 +314,7 @@ pub(crate) fn generate(
         attn_splits,
         cluster,
         batch_mma,
+        batch_mma_q8_0,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -367,6 +371,7 @@ pub(crate) fn generate(
         cluster_splits: 0,
         norm_scale: Default::default(),
         batch_mma,
+        batch_mma_q8_0,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

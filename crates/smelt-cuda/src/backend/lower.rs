@@ -53,6 +53,7 @@ impl CudaBackend {
                 attn_splits,
                 cluster: self.cluster,
                 batch_mma: self.batch_mma,
+                batch_mma_q8_0: self.batch_mma_q8_0,
             },
         )?;
         let mut src = gen.src.clone();

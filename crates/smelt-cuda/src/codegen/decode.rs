@@ -760,7 +760,8 @@ impl Gen<'_> {
     }
 
     /// v17c: whether a batch kernel's matmuls (rows of `kdim` values) take the tensor-core
-    /// rows: every weight Q8_0, Q4_K or Q6_K, every matmul's rows a multiple of 16.
+    /// rows: every weight Q4_K or Q6_K (or Q8_0 where asked: its speed is not yet measured),
+    /// every matmul's rows a multiple of 16.
     fn mma_rows_fit(&self, bundles: &[smelt_graph::Bundle], kdim: usize) -> bool {
         bundles.iter().all(|b| {
             b.width.is_multiple_of(16)
@@ -769,7 +770,7 @@ impl Gen<'_> {
                         return false;
                     };
                     match type_suffix(self.weight(w).dtype) {
-                        Some("q8_0") => kdim.is_multiple_of(32),
+                        Some("q8_0") => self.batch_mma_q8_0 && kdim.is_multiple_of(32),
                         Some("q4_k" | "q6_k") => kdim.is_multiple_of(256),
                         _ => false,
                     }

@@ -3,14 +3,15 @@
 
 use super::*;
 
-/// With `batch_mma`, a batch step's matmuls over Q8_0, Q4_K and Q6_K weights take the
-/// tensor-core rows (a warp 16 weight rows, `mmar_*`), their epilogues in tiles; one token
+/// With `batch_mma`, a batch step's matmuls over Q4_K and Q6_K weights (and Q8_0 with
+/// `batch_mma_q8_0`) take the tensor-core rows (a warp 16 weight rows, `mmar_*`), their epilogues in tiles; one token
 /// keeps the gemv kernels, and without the option the batch source is as before. The
 /// programs compile with NVRTC.
 #[test]
 fn batch_matmuls_take_tensor_cores_when_asked() {
     let opts = codegen::GenOptions {
         batch_mma: 2,
+        batch_mma_q8_0: true,
         cublas: true,
         ..Default::default()
     };
@@ -31,6 +32,13 @@ fn batch_matmuls_take_tensor_cores_when_asked() {
         assert!(kernels.count() >= 4, "{t:?}");
         let one = generated_kv(&d, 1, t, 128, false, None, opts).src;
         assert!(!one.contains("mmar_"), "{t:?}: one token");
+        // Q8_0 only where asked (its speed is not measured yet), the K-quants by default.
+        let default_q8 = codegen::GenOptions {
+            batch_mma_q8_0: false,
+            ..opts
+        };
+        let src = generated_kv(&d, 4, t, 128, false, Some(true), default_q8).src;
+        assert_eq!(src.contains(&ty), t != GgmlType::Q8_0, "{t:?} by default");
         if nvrtc_present() {
             compile(&mma, &format!("batch mma {t:?}"));
         }
