@@ -224,6 +224,11 @@ struct Gen<'a> {
     /// they fit (0: never), Q8_0 weights too where this is set.
     batch_mma: usize,
     batch_mma_q8_0: bool,
+    /// While a batch kernel's row stage is generated several rows a block pass (v18a): the
+    /// threads a row (0: one row a pass, thread `tid` holding its values).
+    row_threads: usize,
+    /// v18a: a batch's short rows several a block pass where the row stage has no reduction.
+    rows_at_once: bool,
 }
 
 struct KernelSrc {
@@ -286,6 +291,8 @@ pub(crate) struct GenOptions {
     pub batch_mma: usize,
     /// ... or Q8_0, where this is set.
     pub batch_mma_q8_0: bool,
+    /// A batch's short rows several a block pass (v18a; also `SMELT_CUDA_ROWS_AT_ONCE=1`).
+    pub rows_at_once: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -315,6 +322,7 @@ pub(crate) fn generate(
         cluster,
         batch_mma,
         batch_mma_q8_0,
+        rows_at_once,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -372,6 +380,8 @@ pub(crate) fn generate(
         norm_scale: Default::default(),
         batch_mma,
         batch_mma_q8_0,
+        row_threads: 0,
+        rows_at_once: rows_at_once || lab_knob("SMELT_CUDA_ROWS_AT_ONCE") == Some(1),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

@@ -54,6 +54,7 @@ impl CudaBackend {
                 cluster: self.cluster,
                 batch_mma: self.batch_mma,
                 batch_mma_q8_0: self.batch_mma_q8_0,
+                rows_at_once: false,
             },
         )?;
         let mut src = gen.src.clone();

@@ -266,11 +266,35 @@ impl Gen<'_> {
             1 => self.row_regs >= 1,
             _ => self.row_regs >= 2,
         };
+        // v18a (kernel lab, `SMELT_CUDA_ROWS_AT_ONCE=1`): a batch's rows of at most 2048
+        // values and a row stage without a block reduction, several rows a block pass
+        // (`rpp`, `kp / 8` threads a row): each pass is one round trip for its rows' loads
+        // where one row a pass took one a row.
+        let tpr = kp / 8;
+        let mut rpp = 1;
+        if nr > 1
+            && regs_here
+            && need_q8
+            && !need_f32
+            && self.rows_without_reduction(&k.rows)
+            && self.rows_at_once
+        {
+            while rpp * 2 <= (NT / tpr).min(nr) {
+                rpp *= 2;
+            }
+        }
+        if rpp > 1 {
+            self.row_threads = tpr;
+        }
         let in_regs = if regs_here && need_q8 && !need_f32 {
             self.row_in_registers(&k.rows, *input, kdim, kp, &mut p)?
         } else {
             None
         };
+        self.row_threads = 0;
+        if in_regs.is_none() {
+            rpp = 1;
+        }
         // v15c: the input's norm applied to each column's sum.
         let (scale1, scale_lane, scale_rows) = match in_regs.as_ref().and_then(|f| f.scale.as_ref())
         {
@@ -377,7 +401,22 @@ impl Gen<'_> {
         // (v13e) the 1B +2.7% and the 8B -1.1% at 8 rows; for rows of at most 2048 values
         // (v13g, the default) the 1B +1%, the 8B unchanged (cuda.md v13).
         let pipe = nr > 1 && in_regs.is_some() && kdim <= self.row_pipe_k;
-        if nr > 1 {
+        if nr > 1 && rpp > 1 {
+            write!(body, "const int ctid = tid % {tpr}, rrow = tid / {tpr};\n").unwrap();
+            if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
+                write!(
+                    body,
+                    "{}{{ const int r = rrow; if (rrow < {rpp} && r < {nr}) {{\n{}}} }}\n",
+                    f.decl, f.assign
+                )
+                .unwrap();
+            }
+            write!(
+                body,
+                "for (int r0 = 0; r0 < {nr}; r0 += {rpp}) {{ const int r = r0 + rrow, rp = r; (void)rp; if (rrow < {rpp} && r < {nr}) {{\n"
+            )
+            .unwrap();
+        } else if nr > 1 {
             if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
                 write!(body, "{}{{ const int r = 0;\n{}}}\n", f.decl, f.assign).unwrap();
             }
@@ -426,7 +465,7 @@ impl Gen<'_> {
             // 14336 columns on the H100).
             let (each, loads) = match &in_regs {
                 Some(f) => (
-                    format!("_Pragma(\"unroll\") for (int it = 0; it < {}; it++) {{ const int c0 = tid * 8 + it * {NT} * 8; if (c0 < {kp}) {{ float v[8];\n", f.iters),
+                    format!("_Pragma(\"unroll\") for (int it = 0; it < {}; it++) {{ const int c0 = {ct} * 8 + it * {NT} * 8; if (c0 < {kp}) {{ float v[8];\n", f.iters, ct = if rpp > 1 { "ctid" } else { "tid" }),
                     format!("_Pragma(\"unroll\") for (int i = 0; i < 8; i++) v[i] = {}[it][i];\n", f.out),
                 ),
                 None => (
@@ -457,7 +496,7 @@ impl Gen<'_> {
                 if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
                     write!(
                         body,
-                        "if (r + 1 < {nr}) {{ const int rn = r + 1; {{ const int r = rn;\n{}}} }}\n",
+                        "if (r + {rpp} < {nr}) {{ const int rn = r + {rpp}; {{ const int r = rn;\n{}}} }}\n",
                         f.assign
                     )
                     .unwrap();
@@ -477,9 +516,15 @@ impl Gen<'_> {
                     }
                     _ => "__syncthreads(); ",
                 };
+                // Several rows a pass: the row's guard closes too (no barrier: the stage has
+                // no reduction).
+                let (bar, close) = match rpp {
+                    1 => (bar, ""),
+                    _ => ("", "}"),
+                };
                 write!(
                     body,
-                    "{bar}}}\n\
+                    "{bar}{close}}}\n\
                     const X8 x8s = {{(const signed char*)(sm + {xq}), sm + {xd}, sm + {xs}}};\n"
                 )
                 .unwrap();

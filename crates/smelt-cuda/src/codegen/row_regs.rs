@@ -127,8 +127,15 @@ impl Gen<'_> {
             srcs: Vec::new(),
             vec: super::lab_knob("SMELT_CUDA_ROW_VEC") != Some(0),
         };
+        // v18a: a batch's rows several a block pass (`row_threads` threads a row, one pass):
+        // thread `tid` holds values `ctid * 8 + i` of row `r`, `ctid = tid % row_threads`,
+        // the same values and warps as one row a pass, so the same sums.
+        let tid = match self.row_threads {
+            0 => "tid",
+            _ => "ctid",
+        };
         let each = format!(
-            "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = tid * 8 + it * {NT} * 8 + i;"
+            "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = {tid} * 8 + it * {NT} * 8 + i;"
         );
         let mut code = String::new();
         let mut half = 0;
@@ -164,14 +171,20 @@ impl Gen<'_> {
                         1 => format!("{}", half * NWARPS),
                         _ => format!("{RED_ROWS} + r * {NWARPS}"),
                     };
+                    // Several rows a pass (v18a): a row's warps are the first `wpr` of one
+                    // row a pass (the others held zeros there, so the sums are the same).
+                    let (wrow, wpr) = match self.row_threads {
+                        0 => ("warp".to_string(), NWARPS),
+                        n => (format!("warp % {}", n / 32), n / 32),
+                    };
                     write!(
                         code,
                         "{{ float ss = 0.f; {each} ss += {x}[it][i] * {x}[it][i]; }}\n\
-                        ss = warp_sum(ss); if (lane == 0) red[{slot} + warp] = ss; }}\n"
+                        ss = warp_sum(ss); if (lane == 0) red[{slot} + {wrow}] = ss; }}\n"
                     )
                     .unwrap();
                     let sum = |slot: &str, out: &str| {
-                        format!("{{ float ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {NWARPS}; i++) ss += red[{slot} + i];\n\
+                        format!("{{ float ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {wpr}; i++) ss += red[{slot} + i];\n\
                             {out} = 1.0f / sqrtf(ss / {kdim}.0f + {eps}); }}\n", eps = lit(*eps))
                     };
                     scale = Some(match t {
@@ -241,15 +254,15 @@ impl Gen<'_> {
         } else {
             (
                 format!("float {};\n", regs.decl.join(", ")),
-                regs.load_code(kdim, None),
+                regs.load_code(kdim, None, tid),
             )
         };
         Ok(Some(RowInRegs {
             scale,
             decl,
             assign,
-            weights: regs.load_code(kdim, Some(true)),
-            buffers: regs.load_code(kdim, Some(false)),
+            weights: regs.load_code(kdim, Some(true), tid),
+            buffers: regs.load_code(kdim, Some(false), tid),
             code,
             iters,
             out,
@@ -315,7 +328,7 @@ impl RegRow {
     /// a thread's 8 values of a pass as two 16-byte loads where the row is aligned and the 8
     /// are in it (v11e: the 1B's 8192-wide rows took 16 scalar loads a thread), else one
     /// guarded float each. Empty where no array is selected.
-    fn load_code(&self, kdim: usize, weights: Option<bool>) -> String {
+    fn load_code(&self, kdim: usize, weights: Option<bool>, tid: &str) -> String {
         let mut vec = String::new();
         let mut each = String::new();
         let picked = self
@@ -345,11 +358,29 @@ impl RegRow {
             write!(each, " {name}[it][i] = c < {kdim} ? {base}[c] : 0.f;").unwrap();
         }
         format!(
-            "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) {{ const int c0 = tid * 8 + it * {NT} * 8;\n\
+            "_Pragma(\"unroll\") for (int it = 0; it < {iters}; it++) {{ const int c0 = {tid} * 8 + it * {NT} * 8;\n\
              if (c0 + 8 <= {kdim}) {{\n{vec}}} else {{\n\
              _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = c0 + i;{each} }} }} }}\n",
             iters = self.iters
         )
+    }
+}
+
+impl Gen<'_> {
+    /// Whether a batch kernel's row stage `rows` (into a matmul of `kdim`-value rows) has no
+    /// block reduction of its own: every RMS norm in it is the matmul input's, applied after
+    /// the matmul (v15c), so each row's values, partials and quantisation are its own
+    /// threads' (v17d, v18a).
+    pub(super) fn rows_without_reduction(&self, rows: &[NodeId]) -> bool {
+        let factor = super::lab_knob("SMELT_CUDA_NORM_AFTER") != Some(0) && self.t <= MAX_ROWS;
+        rows.iter()
+            .enumerate()
+            .all(|(j, &n)| match self.node(n).op {
+                Op::RmsNorm { .. } => {
+                    factor && j + 1 == rows.len() && self.plan.dests(n).is_empty()
+                }
+                _ => true,
+            })
     }
 }
 

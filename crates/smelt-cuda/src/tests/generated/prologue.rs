@@ -487,3 +487,37 @@ fn normed_inputs_scale_the_sums_after_the_matmul() {
     );
     assert!(batch.src.contains("float scr[4];"), "every row's scale");
 }
+
+/// Kernel lab v18a (`GenOptions::rows_at_once`): a batch's rows of at most 2048 values whose
+/// row stage has no block reduction go several a block pass (`kp / 8` threads a row: all 8 of
+/// `QUANT`'s 256-value rows at once, two of the 1B's 2048-value rows), each row's norm
+/// partials from its own warps; without it one row a pass. Compiles with NVRTC. No GPU needed.
+#[test]
+fn batch_rows_go_several_a_pass_when_asked() {
+    let with = |d: &Dims, n: usize, at_once: bool| {
+        let opts = codegen::GenOptions {
+            cublas: true,
+            rows_at_once: at_once,
+            ..Default::default()
+        };
+        generated_kv(d, n, GgmlType::Q4_K, 128, false, Some(true), opts).src
+    };
+    for (d, n, rpp) in [(QUANT, 8, 8), (QUANT, 3, 2), (LLAMA_1B_V1000, 8, 2)] {
+        let src = with(&d, n, true);
+        let passes = format!("r0 += {rpp}) {{ const int r = r0 + rrow");
+        let several = decode_kernels(&src).filter(|k| k.contains(&passes)).count();
+        assert!(several > 0, "{n} rows: several a pass");
+        // The norm applied after the matmul sums its row's warps' partials.
+        assert!(src.contains("red[32 + r * 16 + warp % "), "{n} rows");
+        assert!(
+            !with(&d, n, false).contains("rrow"),
+            "{n} rows: off by default"
+        );
+        if nvrtc_present() {
+            compile(&src, &format!("batch of {n} rows, {rpp} a pass"));
+        }
+    }
+    // One token and the 8B's 4096-value rows: one row a pass.
+    assert!(!with(&QUANT, 1, true).contains("rrow"));
+    assert!(!with(&LLAMA_8B, 4, true).contains("rrow"));
+}
