@@ -78,16 +78,20 @@ if [ "$MODE" = batch ]; then
   # then `smelt bench --serve` (the real HTTP server, SMELT_NUM_PARALLEL = clients) on the
   # synthetic 1B and 8B: aggregate output tok/s, inter-token and first-token latency.
   el "kernel tests"
-  [ -n "${SKIP_TESTS:-}" ] || timeout ${TEST_S:-200} $C/smelt_cuda_tests --test-threads=1 --nocapture ${TEST_ARGS:-batched} > $OUT/tests.log 2>&1; echo "tests rc=$?"
+  # TEST_ENV: assignments for the tests alone (comma-separated).
+  [ -n "${SKIP_TESTS:-}" ] || env $(echo "${TEST_ENV:-}" | tr , " ") X=1 timeout ${TEST_S:-200} $C/smelt_cuda_tests --test-threads=1 --nocapture ${TEST_ARGS:-batched} > $OUT/tests.log 2>&1; echo "tests rc=$?"
   grep -E "test result|panicked|FAILED" $OUT/tests.log | head -8
   for s in ${BATCH_MODELS:-llama-1b:q4_k_m llama-8b:q4_k_m}; do
     f=/tmp/${s%%:*}.gguf
     [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
-    for b in ${BATCH_SIZES:-1 2 4 8}; do
-      el "bench --batch $b ${s%%:*}"
-      timeout 200 $C/smelt bench --batch $b $f -p 128 -n ${BATCH_GEN:-128} -r 3 --json 2>> $OUT/serve.log | tee -a $OUT/batch.jsonl
-    done
-    for c in ${BATCH_CLIENTS:-8}; do
+    # BATCH_ENVS: settings to compare, each a comma-separated list of assignments, run
+    # interleaved per batch size (e.g. "X=1 SMELT_CUDA_ROWS_AT_ONCE=1 SMELT_CUDA_BATCH_MMA=0").
+    for b in ${BATCH_SIZES:-1 2 4 8}; do for e in ${BATCH_ENVS:-X=1}; do
+      el "bench --batch $b ${s%%:*} $e"
+      env ${e//,/ } timeout 200 $C/smelt bench --batch $b $f -p 128 -n ${BATCH_GEN:-128} -r 3 --json 2>> $OUT/serve.log \
+        | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['env']='$e'; print(json.dumps(r))" | tee -a $OUT/batch.jsonl
+    done; done
+    for c in ${BATCH_CLIENTS-8}; do
       el "serve ${s%%:*} clients=$c"
       SMELT_DEBUG=1 SMELT_NUM_PARALLEL=$c timeout ${BATCH_S:-150} $C/smelt bench --serve $f --clients $c --requests ${BATCH_REQ:-2} \
         --prompt-tokens 128 --max-tokens ${BATCH_TOKENS:-128} --verbose --json > /tmp/s.json 2> /tmp/s.err; echo "rc=$?"
