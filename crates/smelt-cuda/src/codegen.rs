@@ -29,6 +29,7 @@ mod attn_wo;
 mod cluster;
 mod decode;
 mod epilogue;
+mod mma_rows;
 mod persistent;
 mod prefill;
 mod row_regs;

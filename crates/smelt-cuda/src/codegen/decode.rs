@@ -19,9 +19,6 @@ use super::row_regs::RED_LEN;
 use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
-/// Device functions of v17c's batch rows on tensor cores.
-const MMA_ROWS: &str = include_str!("../cu/mma_rows.cu");
-
 /// Weight rows prefetched into L2 per warp before the prologue.
 const PREFETCH_ROWS: usize = 2;
 
@@ -118,10 +115,16 @@ impl Gen<'_> {
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
         let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
+        // v17c: the warps a column group's K units are split over (`mma_rows.rs`).
+        let ks = if mma {
+            self.mma_split(bundles, kdim)
+        } else {
+            1
+        };
         let rows_per_block = match mma {
-            // Whole passes of the block's column groups (`mma_split`).
+            // Whole passes of the block's column groups (16 rows each, `NWARPS / ks` a pass).
             true => {
-                let span = 16 * NWARPS / mma_split_of(bundles, kdim, |m| self.mat_type(m));
+                let span = 16 * NWARPS / ks;
                 total.div_ceil(grid).div_ceil(span) * span
             }
             false => total.div_ceil(grid),
@@ -550,7 +553,7 @@ impl Gen<'_> {
         // memory), `cg` groups a pass of the block.
         let mut part_len = 0;
         if mma {
-            let (ks, cg) = mma_split(&mats, kdim);
+            let cg = NWARPS / ks;
             let nmat = bundles.iter().map(|b| b.matmuls.len()).max().unwrap_or(1);
             // The warps' parts where a column group has several (`ks` > 1).
             part_len = if ks > 1 { NWARPS * nmat * 128 } else { 0 };
@@ -560,7 +563,7 @@ impl Gen<'_> {
                     .iter()
                     .enumerate()
                     .map(|(mi, m)| {
-                        let units = mma_units(m.ty, kdim);
+                        let units = super::mma_rows::mma_units(m.ty, kdim);
                         format!(
                             "{{ const float4 s = mmar_{}<{xstride}>({}, {}, {kdim}, {units} * ks / {ks}, {units} * (ks + 1) / {ks}, x8s, {nr}); pv[{mi}][0] += s.x; pv[{mi}][1] += s.y; pv[{mi}][2] += s.z; pv[{mi}][3] += s.w; }}\n",
                             m.ty,
@@ -658,7 +661,7 @@ impl Gen<'_> {
             )
             .unwrap();
             if !self.src.contains("imma_k32") {
-                self.src.push_str(MMA_ROWS);
+                self.src.push_str(super::mma_rows::MMA_ROWS);
             }
         } else {
             write!(
@@ -793,78 +796,4 @@ pub(super) fn unit_values(ty: &str) -> Option<usize> {
         "q4_0" | "q4_1" | "q5_0" | "q5_1" | "q8_0" => Some(32),
         _ => None,
     }
-}
-
-impl Gen<'_> {
-    /// A matmul node's weight type suffix (`f32` where it has none).
-    fn mat_type(&self, m: smelt_graph::NodeId) -> &'static str {
-        match self.node(m).op {
-            Op::MatMul { w, .. } => type_suffix(self.weight(w).dtype).unwrap_or("f32"),
-            _ => "f32",
-        }
-    }
-
-    /// v17c: whether a batch kernel's matmuls (rows of `kdim` values) take the tensor-core
-    /// rows: every weight Q4_K or Q6_K (or Q8_0 where asked: its speed is not yet measured),
-    /// every matmul's rows a multiple of 16.
-    fn mma_rows_fit(&self, bundles: &[smelt_graph::Bundle], kdim: usize) -> bool {
-        bundles.iter().all(|b| {
-            b.width.is_multiple_of(16)
-                && b.matmuls.iter().all(|&m| {
-                    let Op::MatMul { w, .. } = self.node(m).op else {
-                        return false;
-                    };
-                    match type_suffix(self.weight(w).dtype) {
-                        Some("q8_0") => self.batch_mma_q8_0 && kdim.is_multiple_of(32),
-                        Some("q4_k" | "q6_k") => kdim.is_multiple_of(256),
-                        _ => false,
-                    }
-                })
-        })
-    }
-}
-
-/// v17c: K units of a matmul's rows of `kdim` values as the tensor-core rows walk them (a
-/// super-block of 256 for the K-quants, a block of 32 for Q8_0).
-fn mma_units(ty: &str, kdim: usize) -> usize {
-    match ty {
-        "q8_0" => kdim / 32,
-        _ => kdim / 256,
-    }
-}
-
-/// v17c: the warps a column group's K units are split over (a power of two, at most 16 and at
-/// most the fewest units of the kernel's matmuls) and the column groups a pass of the block.
-fn mma_split(mats: &[Vec<Mat>], kdim: usize) -> (usize, usize) {
-    let units = mats
-        .iter()
-        .flatten()
-        .map(|m| mma_units(m.ty, kdim))
-        .min()
-        .unwrap_or(1);
-    let ks = split_of(units);
-    (ks, NWARPS / ks)
-}
-
-fn split_of(units: usize) -> usize {
-    let mut ks = 1;
-    while ks * 2 <= units.min(NWARPS) {
-        ks *= 2;
-    }
-    ks
-}
-
-/// [`mma_split`]'s `ks` from the bundles, before the kernel's `Mat`s exist.
-fn mma_split_of(
-    bundles: &[smelt_graph::Bundle],
-    kdim: usize,
-    ty: impl Fn(smelt_graph::NodeId) -> &'static str,
-) -> usize {
-    let units = bundles
-        .iter()
-        .flat_map(|b| &b.matmuls)
-        .map(|&m| mma_units(ty(m), kdim))
-        .min()
-        .unwrap_or(1);
-    split_of(units)
 }

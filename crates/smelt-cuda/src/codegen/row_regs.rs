@@ -140,7 +140,6 @@ impl Gen<'_> {
         let mut code = String::new();
         let mut half = 0;
         // v15c (`SMELT_CUDA_NORM_AFTER=0`: off): the input's norm applied after the matmul.
-        let factor = super::lab_knob("SMELT_CUDA_NORM_AFTER") != Some(0) && t <= MAX_ROWS;
         let mut scale = None;
         for (j, &n) in rows.iter().enumerate() {
             let Some(v) = self.reg_operands(n, kdim, &mut regs, p)? else {
@@ -159,9 +158,7 @@ impl Gen<'_> {
                 (Op::Softcap { cap, .. }, [x]) => {
                     format!("{c} * tanhf({} / {c})", e(x), c = lit(*cap))
                 }
-                (Op::RmsNorm { eps, .. }, [x, w @ ..])
-                    if factor && j + 1 == rows.len() && self.plan.dests(n).is_empty() =>
-                {
+                (Op::RmsNorm { eps, .. }, [x, w @ ..]) if self.norm_after(rows, j) => {
                     // v15c: the matmul's input norm, scaled after the sums. Each warp's
                     // partial sum of squares goes to `red` without a barrier; the row
                     // quantised is x * w, and the scale is summed from the partials after
@@ -372,15 +369,19 @@ impl Gen<'_> {
     /// the matmul (v15c), so each row's values, partials and quantisation are its own
     /// threads' (v17d, v18a).
     pub(super) fn rows_without_reduction(&self, rows: &[NodeId]) -> bool {
-        let factor = super::lab_knob("SMELT_CUDA_NORM_AFTER") != Some(0) && self.t <= MAX_ROWS;
-        rows.iter()
-            .enumerate()
-            .all(|(j, &n)| match self.node(n).op {
-                Op::RmsNorm { .. } => {
-                    factor && j + 1 == rows.len() && self.plan.dests(n).is_empty()
-                }
-                _ => true,
-            })
+        rows.iter().enumerate().all(|(j, &n)| {
+            !matches!(self.node(n).op, Op::RmsNorm { .. }) || self.norm_after(rows, j)
+        })
+    }
+
+    /// Whether row node `rows[j]`, an RMS norm, is applied to the matmul's sums (v15c): the
+    /// stage's last node, stored nowhere, with `SMELT_CUDA_NORM_AFTER` not 0 and a step of at
+    /// most `MAX_ROWS` rows.
+    fn norm_after(&self, rows: &[NodeId], j: usize) -> bool {
+        super::lab_knob("SMELT_CUDA_NORM_AFTER") != Some(0)
+            && self.t <= MAX_ROWS
+            && j + 1 == rows.len()
+            && self.plan.dests(rows[j]).is_empty()
     }
 }
 
