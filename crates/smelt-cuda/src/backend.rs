@@ -264,6 +264,9 @@ pub struct CudaBackend {
     /// Also where they are Q8_0: measured correct, its speed not yet (on where
     /// `SMELT_CUDA_BATCH_MMA` is set or [`CudaBackend::set_batch_mma`] was called).
     batch_mma_q8_0: bool,
+    /// A batch's short rows several a block pass where the row stage has no reduction (v18a:
+    /// 8 rows, the 1B's step -8%, SmolLM2's -24%; `SMELT_CUDA_ROWS_AT_ONCE=0`: one a pass).
+    rows_at_once: bool,
     /// Decode attention in the QKV kernel's tail below this many positions
     /// (`SMELT_CUDA_ATTN_TAIL=N`; 0, the default: never).
     attn_tail: usize,
@@ -387,6 +390,7 @@ impl CudaBackend {
             cluster: codegen::lab_knob("SMELT_CUDA_CLUSTER").unwrap_or(0),
             batch_mma: codegen::lab_knob("SMELT_CUDA_BATCH_MMA").unwrap_or(BATCH_MMA_ROWS),
             batch_mma_q8_0: codegen::lab_knob("SMELT_CUDA_BATCH_MMA").is_some(),
+            rows_at_once: codegen::lab_knob("SMELT_CUDA_ROWS_AT_ONCE") != Some(0),
             // Off: slower on the H100 (1B 1524 -> 1285, SmolLM2 1324 -> 1077 tok/s; cuda.md v7).
             attn_tail: crate::codegen::lab_knob("SMELT_CUDA_ATTN_TAIL").unwrap_or(0),
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).

@@ -292,7 +292,8 @@ pub(crate) struct GenOptions {
     pub batch_mma: usize,
     /// ... or Q8_0, where this is set.
     pub batch_mma_q8_0: bool,
-    /// A batch's short rows several a block pass (v18a; also `SMELT_CUDA_ROWS_AT_ONCE=1`).
+    /// A batch's short rows several a block pass (v18a; the backend's default, off where
+    /// `SMELT_CUDA_ROWS_AT_ONCE=0`).
     pub rows_at_once: bool,
 }
 
@@ -382,7 +383,7 @@ pub(crate) fn generate(
         batch_mma,
         batch_mma_q8_0,
         row_threads: 0,
-        rows_at_once: rows_at_once || lab_knob("SMELT_CUDA_ROWS_AT_ONCE") == Some(1),
+        rows_at_once,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

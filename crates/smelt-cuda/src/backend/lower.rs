@@ -54,7 +54,7 @@ impl CudaBackend {
                 cluster: self.cluster,
                 batch_mma: self.batch_mma,
                 batch_mma_q8_0: self.batch_mma_q8_0,
-                rows_at_once: false,
+                rows_at_once: self.rows_at_once,
             },
         )?;
         let mut src = gen.src.clone();

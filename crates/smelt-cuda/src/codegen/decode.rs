@@ -21,6 +21,8 @@ use crate::CudaError;
 
 /// Weight rows prefetched into L2 per warp before the prologue.
 const PREFETCH_ROWS: usize = 2;
+/// The most floats a thread holds of a batch's rows loaded for every pass at once (v18b).
+const AHEAD_FLOATS: usize = 64;
 
 /// Floats of one row's int8 activations in shared memory: values (padded), block scales,
 /// block sums.
@@ -269,7 +271,7 @@ impl Gen<'_> {
             1 => self.row_regs >= 1,
             _ => self.row_regs >= 2,
         };
-        // v18a (kernel lab, `SMELT_CUDA_ROWS_AT_ONCE=1`): a batch's rows of at most 2048
+        // v18a (default; `SMELT_CUDA_ROWS_AT_ONCE=0` off): a batch's rows of at most 2048
         // values and a row stage without a block reduction, several rows a block pass
         // (`rpp`, `kp / 8` threads a row): each pass is one round trip for its rows' loads
         // where one row a pass took one a row.
@@ -381,6 +383,24 @@ impl Gen<'_> {
         // from L2, so theirs was a DRAM round trip after the wait (`SMELT_CUDA_PREWAIT_NORM=0`:
         // after it, as before).
         let norm_first = super::lab_knob("SMELT_CUDA_PREWAIT_NORM") != Some(0);
+        // v13e/v13g: a batch's rows in registers load the next row while this one is
+        // quantised, ahead of the barrier between them (each row's loads otherwise wait for
+        // the previous row's barrier: a round trip a row). On the H100 for every row length
+        // (v13e) the 1B +2.7% and the 8B -1.1% at 8 rows; for rows of at most 2048 values
+        // (v13g, the default) the 1B +1%, the 8B unchanged (cuda.md v13).
+        let pipe = nr > 1 && in_regs.is_some() && kdim <= self.row_pipe_k;
+        // v18b: where several rows go a pass (v18a), every pass's rows are loaded at once,
+        // each pass into arrays of its own, and the stage's weights (a norm's) before
+        // `PDL_WAIT`: one round trip for the stage where v13g took one a pass
+        // (`SMELT_CUDA_ROWS_AHEAD=0`: off).
+        let passes = nr.div_ceil(rpp);
+        let ahead = match in_regs.as_ref() {
+            Some(f) if pipe && rpp > 1 && passes > 1 => {
+                passes * f.bufs.len() * f.iters * 8 <= AHEAD_FLOATS
+                    && super::lab_knob("SMELT_CUDA_ROWS_AHEAD") != Some(0)
+            }
+            _ => false,
+        };
         match in_regs.as_ref().filter(|_| nr == 1) {
             Some(f) => {
                 let (pre, loads) = match norm_first {
@@ -394,17 +414,28 @@ impl Gen<'_> {
                 )
                 .unwrap()
             }
-            None => write!(body, "{early}{prefetch}PDL_WAIT();\nTRACE_MARK(0);\n").unwrap(),
+            None => match in_regs.as_ref().filter(|_| ahead) {
+                Some(f) => write!(
+                    body,
+                    "{early}const int ctid = tid % {tpr}, rrow = tid / {tpr};\n{}if (rrow < {rpp}) {{\n{}}}\n{prefetch}PDL_WAIT();\nTRACE_MARK(0);\n\
+                    _Pragma(\"unroll\") for (int k = 0; k < {passes}; k++) {{ const int r = k * {rpp} + rrow; if (rrow < {rpp} && r < {nr}) {{\n{}}} }}\n",
+                    f.indexed(&f.decl, &passes.to_string()),
+                    f.weights,
+                    f.indexed(&f.buffers, "k"),
+                )
+                .unwrap(),
+                None => write!(body, "{early}{prefetch}PDL_WAIT();\nTRACE_MARK(0);\n").unwrap(),
+            },
         }
 
         // Several rows: the prologue and quantisation run once per row, into its own slots.
-        // v13e/v13g: a batch's rows in registers load the next row while this one is
-        // quantised, ahead of the barrier between them (each row's loads otherwise wait for
-        // the previous row's barrier: a round trip a row). On the H100 for every row length
-        // (v13e) the 1B +2.7% and the 8B -1.1% at 8 rows; for rows of at most 2048 values
-        // (v13g, the default) the 1B +1%, the 8B unchanged (cuda.md v13).
-        let pipe = nr > 1 && in_regs.is_some() && kdim <= self.row_pipe_k;
-        if nr > 1 && rpp > 1 {
+        if ahead {
+            write!(
+                body,
+                "_Pragma(\"unroll\") for (int k = 0; k < {passes}; k++) {{ const int r = k * {rpp} + rrow, rp = r; (void)rp; if (rrow < {rpp} && r < {nr}) {{\n"
+            )
+            .unwrap();
+        } else if nr > 1 && rpp > 1 {
             write!(body, "const int ctid = tid % {tpr}, rrow = tid / {tpr};\n").unwrap();
             if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
                 write!(
@@ -435,7 +466,10 @@ impl Gen<'_> {
                     if !pipe {
                         body += &f.loads();
                     }
-                    body += &f.code;
+                    body += &match ahead {
+                        true => f.indexed(&f.code, "k"),
+                        false => f.code.clone(),
+                    };
                 }
                 String::new()
             }
@@ -469,7 +503,13 @@ impl Gen<'_> {
             let (each, loads) = match &in_regs {
                 Some(f) => (
                     format!("_Pragma(\"unroll\") for (int it = 0; it < {}; it++) {{ const int c0 = {ct} * 8 + it * {NT} * 8; if (c0 < {kp}) {{ float v[8];\n", f.iters, ct = if rpp > 1 { "ctid" } else { "tid" }),
-                    format!("_Pragma(\"unroll\") for (int i = 0; i < 8; i++) v[i] = {}[it][i];\n", f.out),
+                    {
+                        let l = format!("_Pragma(\"unroll\") for (int i = 0; i < 8; i++) v[i] = {}[it][i];\n", f.out);
+                        match ahead {
+                            true => f.indexed(&l, "k"),
+                            false => l,
+                        }
+                    },
                 ),
                 None => (
                     format!("for (int c0 = tid * 8; c0 < {kp}; c0 += {NT} * 8) {{ {{ float v[8];\n"),
@@ -496,7 +536,7 @@ impl Gen<'_> {
                 .unwrap();
             } else {
                 // The next row's prologue reuses the slots this row's quantisation read.
-                if let Some(f) = in_regs.as_ref().filter(|_| pipe) {
+                if let Some(f) = in_regs.as_ref().filter(|_| pipe && !ahead) {
                     write!(
                         body,
                         "if (r + {rpp} < {nr}) {{ const int rn = r + {rpp}; {{ const int r = rn;\n{}}} }}\n",

@@ -50,6 +50,8 @@ pub(super) struct RowInRegs {
     pub iters: usize,
     /// The array holding the matmul's input.
     pub out: String,
+    /// The arrays loaded from buffers (not weights): a batch's row's own.
+    pub bufs: Vec<String>,
 }
 
 impl RowInRegs {
@@ -65,6 +67,33 @@ impl RowInRegs {
             format!("{}{}", self.decl, self.weights),
             self.buffers.clone(),
         )
+    }
+
+    /// `code` with every buffer array given a leading index `idx` (`l0[it][i]` becomes
+    /// `l0[idx][it][i]`; in a declaration `l0[1][8]` becomes `l0[idx][1][8]`): a batch's
+    /// passes each with arrays of their own (v18b).
+    pub fn indexed(&self, code: &str, idx: &str) -> String {
+        let mut out = code.to_string();
+        for name in &self.bufs {
+            let pat = format!("{name}[");
+            let mut res = String::with_capacity(out.len());
+            let mut rest = out.as_str();
+            while let Some(at) = rest.find(&pat) {
+                let ident = rest[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                res.push_str(&rest[..at + pat.len()]);
+                if !ident {
+                    res.push_str(idx);
+                    res.push_str("][");
+                }
+                rest = &rest[at + pat.len()..];
+            }
+            res.push_str(rest);
+            out = res;
+        }
+        out
     }
 }
 
@@ -263,6 +292,12 @@ impl Gen<'_> {
             code,
             iters,
             out,
+            bufs: regs
+                .srcs
+                .iter()
+                .filter(|s| !s.3)
+                .map(|s| s.0.clone())
+                .collect(),
         }))
     }
 

@@ -491,7 +491,8 @@ fn normed_inputs_scale_the_sums_after_the_matmul() {
 /// Kernel lab v18a (`GenOptions::rows_at_once`): a batch's rows of at most 2048 values whose
 /// row stage has no block reduction go several a block pass (`kp / 8` threads a row: all 8 of
 /// `QUANT`'s 256-value rows at once, two of the 1B's 2048-value rows), each row's norm
-/// partials from its own warps; without it one row a pass. Compiles with NVRTC. No GPU needed.
+/// partials from its own warps; without it one row a pass. Where that leaves several passes
+/// their rows are loaded at once (v18b). Compiles with NVRTC. No GPU needed.
 #[test]
 fn batch_rows_go_several_a_pass_when_asked() {
     let with = |d: &Dims, n: usize, at_once: bool| {
@@ -504,9 +505,39 @@ fn batch_rows_go_several_a_pass_when_asked() {
     };
     for (d, n, rpp) in [(QUANT, 8, 8), (QUANT, 3, 2), (LLAMA_1B_V1000, 8, 2)] {
         let src = with(&d, n, true);
-        let passes = format!("r0 += {rpp}) {{ const int r = r0 + rrow");
-        let several = decode_kernels(&src).filter(|k| k.contains(&passes)).count();
+        // v18b: where there are several passes, every pass's rows are loaded at once, into
+        // arrays of their own, the stage's weights before the wait.
+        let passes = n.div_ceil(rpp);
+        let pass = match passes {
+            1 => format!("r0 += {rpp}) {{ const int r = r0 + rrow"),
+            _ => format!("k < {passes}; k++) {{ const int r = k * {rpp} + rrow, rp = r;"),
+        };
+        let several = decode_kernels(&src).filter(|k| k.contains(&pass)).count();
         assert!(several > 0, "{n} rows: several a pass");
+        if passes > 1 {
+            let ahead = decode_kernels(&src)
+                .filter(|k| {
+                    k.contains(&format!("l0[{passes}][1][8]"))
+                        && k.contains("l0[k][it][0] = u.x;")
+                        && !k.contains("const int rn = r +")
+                })
+                .count();
+            assert_eq!(ahead, several, "{n} rows: every pass loaded at once");
+            // The norm's weights, loaded once before the wait.
+            let norm_first = decode_kernels(&src)
+                .filter(|k| {
+                    k.contains(&pass)
+                        && k.split("PDL_WAIT")
+                            .next()
+                            .unwrap()
+                            .contains("l1[it][0] = u.x;")
+                })
+                .count();
+            assert!(
+                norm_first > 0,
+                "{n} rows: the norm's weights before the wait"
+            );
+        }
         // The norm applied after the matmul sums its row's warps' partials.
         assert!(src.contains("red[32 + r * 16 + warp % "), "{n} rows");
         assert!(
