@@ -88,7 +88,9 @@ if [ "$MODE" = batch ]; then
     # interleaved per batch size (e.g. "X=1 SMELT_CUDA_ROWS_AT_ONCE=1 SMELT_CUDA_BATCH_MMA=0").
     for b in ${BATCH_SIZES:-1 2 4 8}; do for e in ${BATCH_ENVS:-X=1}; do
       el "bench --batch $b ${s%%:*} $e"
-      env ${e//,/ } timeout 200 $C/smelt bench --batch $b $f -p 128 -n ${BATCH_GEN:-128} -r 3 --json 2>> $OUT/serve.log \
+      # BIN=name in a setting runs $C/name (an older build carried beside) in place of smelt.
+      bin=$C/smelt; case ",$e" in *,BIN=*) bin=$C/$(echo ",$e" | sed 's/.*,BIN=\([^,]*\).*/\1/') ;; esac
+      env ${e//,/ } timeout 200 $bin bench --batch $b $f -p 128 -n ${BATCH_GEN:-128} -r 3 --json 2>> $OUT/serve.log \
         | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['env']='$e'; print(json.dumps(r))" | tee -a $OUT/batch.jsonl
     done; done
     for c in ${BATCH_CLIENTS-8}; do

@@ -344,7 +344,7 @@ impl Gen<'_> {
         };
         // Bundles with an elementwise epilogue finish each column in the warp that computed
         // it (lane 0): no raw scratch, tile counters or second pass for them.
-        let prewait = nr == 1 && super::lab_knob("SMELT_CUDA_PREWAIT_READS") != Some(0);
+        let prewait = super::lab_knob("SMELT_CUDA_PREWAIT_READS") != Some(0);
         let mut early_reads: Vec<String> = Vec::new();
         let mut pre_dispatch: Vec<String> = vec![String::new(); bundles.len()];
         let compute = dispatch(&mut |bi| {

@@ -168,12 +168,19 @@ impl Gen<'_> {
         // column (SASS of SmolLM2's down kernel). Measured (H100): SmolLM2 Q8_0 +2.3%, the
         // 1B Q4_K_M -2%, the 8B -0.5%, so only for rows of 32-value blocks (a unit is 5-9
         // scalar loads); `SMELT_CUDA_EPI_HOIST=0|1` forces it off or on.
+        // v18d: a batch's too, lane r reading row r's (the batch's residual read was an L2
+        // round trip after the sums in SmolLM2's 8-row trace).
         let blocks32 = mats.iter().all(|m| unit_values(m.ty) == Some(32));
-        let hoist = nr == 1
+        let hoist = (nr == 1 || super::lab_knob("SMELT_CUDA_BATCH_HOIST") != Some(0))
             && match super::lab_knob("SMELT_CUDA_EPI_HOIST") {
                 Some(v) => v != 0,
                 None => blocks32,
             };
+        // A batch's read of row `r` is lane r's (`r` is the lane where the epilogue runs).
+        let lane_row = |code: String| match nr {
+            1 => code,
+            _ => format!("if (lane < {nr}) {{ const int r = lane, rp = lane; (void)rp; {code} }}"),
+        };
         let mut pre = Vec::new();
         let epilogue = self.column_epilogue(b, pair, hoist.then_some(&mut pre), p)?;
         // v13c: a hoisted read of a node computed two or more kernels back (the residual in
@@ -188,8 +195,8 @@ impl Gen<'_> {
                     .placement(h.node)
                     .is_some_and(|pl| pl.kernel + 2 <= ki)
             };
-            match early.as_mut() {
-                Some((ki, reads)) if done(*ki) => {
+            match (early.as_mut(), nr) {
+                (Some((ki, reads)), 1) if done(*ki) => {
                     let k = reads.len();
                     reads.push(format!("pw{k} = __ldcg(&{});\n", h.read));
                     writeln!(
@@ -199,7 +206,25 @@ impl Gen<'_> {
                     )
                     .unwrap();
                 }
-                _ => writeln!(s, "const float {} = {};", h.name, h.read).unwrap(),
+                (Some((ki, reads)), _) if done(*ki) => {
+                    let k = reads.len();
+                    reads.push(lane_row(format!("pw{k} = __ldcg(&{});", h.read)) + "\n");
+                    writeln!(
+                        s,
+                        "float {n} = pw{k}; if (R != R0 + warp) {{ {n} = 0.f; {} }}",
+                        lane_row(format!("{} = {};", h.name, h.read)),
+                        n = h.name
+                    )
+                    .unwrap();
+                }
+                (_, 1) => writeln!(s, "const float {} = {};", h.name, h.read).unwrap(),
+                _ => writeln!(
+                    s,
+                    "float {n} = 0.f; {}",
+                    lane_row(format!("{} = {};", h.name, h.read)),
+                    n = h.name
+                )
+                .unwrap(),
             }
         }
         for (m, mat) in b.matmuls.iter().zip(mats) {

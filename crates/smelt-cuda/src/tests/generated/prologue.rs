@@ -486,6 +486,50 @@ fn normed_inputs_scale_the_sums_after_the_matmul() {
         "a batch lane's scale"
     );
     assert!(batch.src.contains("float scr[4];"), "every row's scale");
+    // v18c: lane q sums and divides row q's scale once; the others take it from lane q.
+    assert!(
+        batch
+            .src
+            .contains("float scl; { const int q = lane < 4 ? lane : 0;"),
+        "a lane's own row's scale"
+    );
+    assert!(
+        batch
+            .src
+            .contains("scr[q] = __shfl_sync(0xffffffffu, scl, q);"),
+        "every row's scale from its lane"
+    );
+}
+
+/// v18d: a batch's epilogue reads of other nodes (the residual) in rows of 32-value blocks
+/// are issued before the row's weights, lane r reading row r's, and for the warp's first row
+/// before `PDL_WAIT` where the node is two or more kernels back, as one token's (v12a,
+/// v13c). Compiles with NVRTC. No GPU needed.
+#[test]
+fn batch_residual_reads_go_before_the_sums() {
+    let src = generated_paged(&SMOLLM2, 8, GgmlType::Q8_0, false, true).src;
+    let mut early = 0;
+    for k in decode_kernels(&src) {
+        let Some(at) = k.find("pw0 = __ldcg(&A[") else {
+            continue;
+        };
+        let wait = k.find("PDL_WAIT();").expect("the wait");
+        assert!(at < wait, "the first row's read before the wait:\n{k}");
+        assert!(
+            k[..at].ends_with("if (lane < 8) { const int r = lane, rp = lane; (void)rp; "),
+            "lane r reads row r's:\n{k}"
+        );
+        // The value, before the sums (other rows of the warp read it there).
+        let value = k.find("float e").expect("the hoisted value");
+        let sums = k.find("gemv8r_q8_0<8").expect("the sums");
+        assert!(value < sums, "read after the sums:\n{k}");
+        early += 1;
+    }
+    // The output and down projections' residuals.
+    assert!(early >= 2, "{early} kernels read their residual early");
+    if nvrtc_present() {
+        compile(&src, "SmolLM2 batch of 8, residual reads first");
+    }
 }
 
 /// Kernel lab v18a (`GenOptions::rows_at_once`): a batch's rows of at most 2048 values whose
