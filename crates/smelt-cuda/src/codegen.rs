@@ -230,6 +230,9 @@ struct Gen<'a> {
     row_threads: usize,
     /// v18a: a batch's short rows several a block pass where the row stage has no reduction.
     rows_at_once: bool,
+    /// While a batch kernel's warp epilogues are generated: the warps a weight row (v18f: 2,
+    /// each half the sequences, `sh` the half; 1: one warp every sequence).
+    seq_split: usize,
 }
 
 struct KernelSrc {
@@ -383,6 +386,7 @@ pub(crate) fn generate(
         batch_mma,
         batch_mma_q8_0,
         row_threads: 0,
+        seq_split: 1,
         rows_at_once,
     };
     if cublas && !decode {

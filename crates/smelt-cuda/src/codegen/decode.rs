@@ -116,7 +116,24 @@ impl Gen<'_> {
             _ => bundles[bi].width,
         };
         let total: usize = (0..bundles.len()).map(vwidth).sum();
-        let grid = (blocks * self.sm_count).min(total.div_ceil(NWARPS)).max(1);
+        // v18f: a batch kernel whose rows leave half the GPU's SMs idle (SmolLM2's 576-row
+        // matmuls: 36 blocks of 132) gives each weight row to two warps, each with half the
+        // sequences (`sh` the half, virtual rows `RV` over twice the rows): half the dot's
+        // chain a warp, twice the blocks. Every column epilogue in the warp (no tiles, no
+        // tensor-core rows), an even number of rows (`SMELT_CUDA_SEQ_SPLIT=0`: off).
+        let split = match nr {
+            2.. if nr % 2 == 0
+                && !mma
+                && modes.iter().all(|m| *m != Mode::Tiled)
+                && total.div_ceil(NWARPS) * 2 <= self.sm_count
+                && super::lab_knob("SMELT_CUDA_SEQ_SPLIT") != Some(0) =>
+            {
+                2
+            }
+            _ => 1,
+        };
+        let vtotal = total * split;
+        let grid = (blocks * self.sm_count).min(vtotal.div_ceil(NWARPS)).max(1);
         // v17c: the warps a column group's K units are split over (`mma_rows.rs`).
         let ks = if mma {
             self.mma_split(bundles, kdim)
@@ -129,9 +146,17 @@ impl Gen<'_> {
                 let span = 16 * NWARPS / ks;
                 total.div_ceil(grid).div_ceil(span) * span
             }
-            false => total.div_ceil(grid),
+            false => vtotal.div_ceil(grid),
         };
-        let grid = total.div_ceil(rows_per_block);
+        let grid = vtotal.div_ceil(rows_per_block);
+        // A row loop's variable and, split, the real row `R` and half `sh` from it.
+        let (rvar, rsplit) = match split {
+            1 => ("R", String::new()),
+            _ => (
+                "RV",
+                format!("const int sh = RV / {total}, R = RV - sh * {total}; (void)sh;\n"),
+            ),
+        };
 
         let mut p = Params::default();
         let mut slots = HashMap::new();
@@ -147,7 +172,7 @@ impl Gen<'_> {
         };
         write!(
             body,
-            "const int R0 = blockIdx.x * {rows_per_block}, R1 = min(R0 + {rows_per_block}, {total});\n"
+            "const int R0 = blockIdx.x * {rows_per_block}, R1 = min(R0 + {rows_per_block}, {vtotal});\n"
         )
         .unwrap();
 
@@ -238,7 +263,7 @@ impl Gen<'_> {
         let pf_rows = super::lab_knob("SMELT_CUDA_PREFETCH_ROWS")
             .filter(|n| (1..=16).contains(n))
             .unwrap_or(PREFETCH_ROWS);
-        let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int R = R0 + warp + i * {NWARPS}; if (R < R1) {{\n{prefetch}}} }}\n");
+        let prefetch = format!("for (int i = 0; i < {pf_rows}; i++) {{ const int {rvar} = R0 + warp + i * {NWARPS}; if ({rvar} < R1) {{\n{rsplit}{prefetch}}} }}\n");
         // v13a (kernel lab, `SMELT_CUDA_STAGE_KB=n`): the block's weight rows staged in
         // shared memory before the wait where they fit (codegen/stage.rs).
         let widths: Vec<usize> = (0..bundles.len()).map(vwidth).collect();
@@ -347,6 +372,7 @@ impl Gen<'_> {
         let prewait = super::lab_knob("SMELT_CUDA_PREWAIT_READS") != Some(0);
         let mut early_reads: Vec<String> = Vec::new();
         let mut pre_dispatch: Vec<String> = vec![String::new(); bundles.len()];
+        self.seq_split = split;
         let compute = dispatch(&mut |bi| {
             if mma {
                 // The tensor-core rows below have their own.
@@ -374,7 +400,7 @@ impl Gen<'_> {
                 .collect();
             let reads = dispatch(&mut |bi| Ok(std::mem::take(&mut pre_dispatch[bi])))?;
             format!(
-                "{early}float {};\n{{ const int R = R0 + warp; if (R < R1) {{\n{reads}}} }}\n",
+                "{early}float {};\n{{ const int {rvar} = R0 + warp; if ({rvar} < R1) {{\n{rsplit}{reads}}} }}\n",
                 decl.join(", ")
             )
         };
@@ -706,7 +732,7 @@ impl Gen<'_> {
         } else {
             write!(
                 body,
-                "for (int R = R0 + warp; R < R1; R += {NWARPS}) {{\n{compute}if (R == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
+                "for (int {rvar} = R0 + warp; {rvar} < R1; {rvar} += {NWARPS}) {{\n{rsplit}{compute}if ({rvar} == R0) TRACE_MARK(2);\n}}\nPDL_MID();\nTRACE_MARK(3);\n"
             )
             .unwrap();
         }
@@ -796,6 +822,7 @@ impl Gen<'_> {
             self.need_gemv(t.0, t.1, nr > 1);
         }
         self.norm_scale = Default::default();
+        self.seq_split = 1;
         body += "TRACE_MARK(4);\n";
         let smem = (next + se_len).max(tail_len).max(next + part_len) * 4;
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);

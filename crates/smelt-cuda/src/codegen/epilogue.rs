@@ -176,10 +176,16 @@ impl Gen<'_> {
                 Some(v) => v != 0,
                 None => blocks32,
             };
-        // A batch's read of row `r` is lane r's (`r` is the lane where the epilogue runs).
+        // A batch's row `r` is lane r's (where the epilogue runs); with two warps a weight
+        // row (v18f), lane l of half `sh` has row `l + sh * h` of its `h` rows.
+        let (h, row, first) = match self.seq_split {
+            2 => (nr / 2, format!("lane + sh * {}", nr / 2), "RV == R0 + warp"),
+            _ => (nr, "lane".to_string(), "R == R0 + warp"),
+        };
+        let open = format!("if (lane < {h}) {{ const int r = {row}, rp = r; (void)rp;");
         let lane_row = |code: String| match nr {
             1 => code,
-            _ => format!("if (lane < {nr}) {{ const int r = lane, rp = lane; (void)rp; {code} }}"),
+            _ => format!("{open} {code} }}"),
         };
         let mut pre = Vec::new();
         let epilogue = self.column_epilogue(b, pair, hoist.then_some(&mut pre), p)?;
@@ -211,7 +217,7 @@ impl Gen<'_> {
                     reads.push(lane_row(format!("pw{k} = __ldcg(&{});", h.read)) + "\n");
                     writeln!(
                         s,
-                        "float {n} = pw{k}; if (R != R0 + warp) {{ {n} = 0.f; {} }}",
+                        "float {n} = pw{k}; if (!({first})) {{ {n} = 0.f; {} }}",
                         lane_row(format!("{} = {};", h.name, h.read)),
                         n = h.name
                     )
@@ -245,15 +251,24 @@ impl Gen<'_> {
                     )
                     .unwrap();
                 } else {
+                    let xs = x_stride(kdim);
+                    // Split (v18f): this half's rows of the activations, and lane l's row's
+                    // norm scale from lane l + sh * h (`scl` is lane q's row q's).
+                    let (x8, scale) = match self.seq_split {
+                        2 if !self.norm_scale.1.is_empty() => (
+                            format!("XROW(x8s, sh * {h}, {xs})"),
+                            format!("__shfl_sync(0xffffffffu, scl, ({row}) & 31) * "),
+                        ),
+                        2 => (format!("XROW(x8s, sh * {h}, {xs})"), String::new()),
+                        _ => ("x8s".to_string(), self.norm_scale.1.clone()),
+                    };
                     writeln!(
                         s,
-                        "const float e{}{suf} = {}gemv8r_{}<{nr}, {xs}>({}, {kdim} / UE8_{}, x8s, 0);",
+                        "const float e{}{suf} = {scale}gemv8r_{}<{h}, {xs}>({}, {kdim} / UE8_{}, {x8}, 0);",
                         m.0,
-                        self.norm_scale.1,
                         mat.ty,
                         mat.row(col),
                         mat.ty,
-                        xs = x_stride(kdim)
                     )
                     .unwrap();
                 }
@@ -263,11 +278,7 @@ impl Gen<'_> {
             s += "if (lane == 0) {\n";
         } else {
             // Lane r holds row r's sum and finishes row r.
-            write!(
-                s,
-                "if (lane < {nr}) {{ const int r = lane, rp = lane; (void)rp;\n"
-            )
-            .unwrap();
+            writeln!(s, "{open}").unwrap();
         }
         s += &epilogue;
         s += "}\n";

@@ -515,13 +515,16 @@ fn batch_residual_reads_go_before_the_sums() {
         };
         let wait = k.find("PDL_WAIT();").expect("the wait");
         assert!(at < wait, "the first row's read before the wait:\n{k}");
+        // Lane r reads row r's (two warps a row, v18f: lane r of half sh row r + 4 sh).
         assert!(
-            k[..at].ends_with("if (lane < 8) { const int r = lane, rp = lane; (void)rp; "),
+            k[..at].ends_with("if (lane < 8) { const int r = lane, rp = r; (void)rp; ")
+                || k[..at]
+                    .ends_with("if (lane < 4) { const int r = lane + sh * 4, rp = r; (void)rp; "),
             "lane r reads row r's:\n{k}"
         );
         // The value, before the sums (other rows of the warp read it there).
         let value = k.find("float e").expect("the hoisted value");
-        let sums = k.find("gemv8r_q8_0<8").expect("the sums");
+        let sums = k.find("gemv8r_q8_0<").expect("the sums");
         assert!(value < sums, "read after the sums:\n{k}");
         early += 1;
     }
@@ -595,4 +598,35 @@ fn batch_rows_go_several_a_pass_when_asked() {
     // One token and the 8B's 4096-value rows: one row a pass.
     assert!(!with(&QUANT, 1, true).contains("rrow"));
     assert!(!with(&LLAMA_8B, 4, true).contains("rrow"));
+}
+
+/// v18f: a batch kernel whose rows leave half the SMs idle gives each weight row to two warps,
+/// each with half the sequences (SmolLM2's 576-row matmuls at 8 rows: 36 blocks become 72);
+/// not for an odd number of rows, nor where the blocks fill the GPU (the 1B's). Compiles with
+/// NVRTC. No GPU needed.
+#[test]
+fn small_batch_kernels_split_the_sequences_over_two_warps() {
+    let split = |src: &str, h: usize| {
+        decode_kernels(src)
+            .filter(|k| k.contains(&format!("XROW(x8s, sh * {h}, ")))
+            .count()
+    };
+    let smol8 = generated_paged(&SMOLLM2, 8, GgmlType::Q8_0, false, true).src;
+    assert!(split(&smol8, 4) >= 2, "the output and down projections");
+    assert!(smol8.contains("if (lane < 4) { const int r = lane + sh * 4, rp = r;"));
+    let smol3 = generated_paged(&SMOLLM2, 3, GgmlType::Q8_0, false, true).src;
+    assert!(!smol3.contains("const int sh = RV /"), "3 rows: one warp");
+    let one = generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src;
+    assert!(!one.contains("const int sh = RV /"), "one token: one warp");
+    let big = generated_paged(&LLAMA_1B_V1000, 4, GgmlType::Q4_K, false, true).src;
+    let wide = decode_kernels(&big)
+        .filter(|k| k.contains("gemv8r_q4_k<4, ") && !k.contains("const int sh = RV /"))
+        .count();
+    assert!(wide > 0, "the 1B's 4 rows fill the GPU: one warp");
+    if nvrtc_present() {
+        compile(&smol8, "SmolLM2 batch of 8, sequences split");
+        let smol2 = generated_paged(&SMOLLM2, 2, GgmlType::Q8_0, false, true).src;
+        assert!(split(&smol2, 1) >= 2, "2 rows: one a warp");
+        compile(&smol2, "SmolLM2 batch of 2, sequences split");
+    }
 }
