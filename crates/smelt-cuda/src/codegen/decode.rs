@@ -122,7 +122,7 @@ impl Gen<'_> {
         // chain a warp, twice the blocks. Every column epilogue in the warp (no tiles, no
         // tensor-core rows), an even number of rows (`SMELT_CUDA_SEQ_SPLIT=0`: off).
         let split = match nr {
-            2.. if nr % 2 == 0
+            2.. if nr.is_multiple_of(2)
                 && !mma
                 && modes.iter().all(|m| *m != Mode::Tiled)
                 && total.div_ceil(NWARPS) * 2 <= self.sm_count
