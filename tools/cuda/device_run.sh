@@ -85,7 +85,7 @@ if [ "$MODE" = batch ]; then
     f=/tmp/${s%%:*}.gguf
     [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
     # BATCH_ENVS: settings to compare, each a comma-separated list of assignments, run
-    # interleaved per batch size (e.g. "X=1 SMELT_CUDA_ROWS_AT_ONCE=1 SMELT_CUDA_BATCH_MMA=0").
+    # interleaved per batch size (e.g. "X=1 SMELT_CUDA_SEQ_SPLIT=0 SMELT_CUDA_BATCH_MMA=0").
     for b in ${BATCH_SIZES:-1 2 4 8}; do for e in ${BATCH_ENVS:-X=1}; do
       el "bench --batch $b ${s%%:*} $e"
       # BIN=name in a setting runs $C/name (an older build carried beside) in place of smelt.
