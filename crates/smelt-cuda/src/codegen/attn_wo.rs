@@ -167,7 +167,7 @@ impl Gen<'_> {
         let KernelKind::MatMul { bundles, .. } = b else {
             unreachable!()
         };
-        let epilogue = self.column_epilogue(&bundles[0], None, None, p)?;
+        let epilogue = self.column_epilogue(&bundles[0], None, None, None, p)?;
         let pre = format!(
             "{{ const int R0w = s * {rbk}, R1w = min(R0w + {rbk}, {n}); const u8* Wg = W + {wp} + (u64)g * {sb};\n\
               for (int i = tid; i < (R1w - R0w) * {lines}; i += {nt}) {{ const int r = R0w + i / {lines}, o = i - (i / {lines}) * {lines};\n\

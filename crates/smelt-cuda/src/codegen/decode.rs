@@ -675,7 +675,7 @@ impl Gen<'_> {
                     Mode::Pair(Some(r)) => Some(r),
                     _ => None,
                 };
-                let epi = self.column_epilogue(b, pair.map(Some), None, &mut p)?;
+                let epi = self.column_epilogue(b, pair.map(Some), None, None, &mut p)?;
                 let mut vals = String::new();
                 for (mi, &m) in b.matmuls.iter().enumerate() {
                     match pair {

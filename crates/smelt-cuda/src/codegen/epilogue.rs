@@ -188,7 +188,9 @@ impl Gen<'_> {
             _ => format!("{open} {code} }}"),
         };
         let mut pre = Vec::new();
-        let epilogue = self.column_epilogue(b, pair, hoist.then_some(&mut pre), p)?;
+        let mut angles = (String::new(), String::new());
+        let epilogue =
+            self.column_epilogue(b, pair, hoist.then_some(&mut pre), Some(&mut angles), p)?;
         // v13c: a hoisted read of a node computed two or more kernels back (the residual in
         // the down and output projections) is issued for the warp's first row before
         // `PDL_WAIT` (that kernel is complete once the previous one has launched this one),
@@ -232,6 +234,12 @@ impl Gen<'_> {
                 )
                 .unwrap(),
             }
+        }
+        // A RoPE pair's angles (v18i), the lane's row's where several.
+        if !angles.0.is_empty() {
+            writeln!(s, "{}", angles.0).unwrap();
+            s += &lane_row(angles.1.clone());
+            s += "\n";
         }
         for (m, mat) in b.matmuls.iter().zip(mats) {
             let Op::MatMul { x, .. } = self.node(*m).op else {
@@ -289,11 +297,14 @@ impl Gen<'_> {
     /// are defined as `e<id>` (`e<id>_a`, `e<id>_b`): each epilogue node's value, then the
     /// stores of every node with a destination. With `hoist`, the reads of nodes computed
     /// elsewhere are listed there as values `e<id>h<side>`, to be issued ahead of the code.
+    /// With `angles`, a RoPE pair's sine and cosine are computed by code listed there
+    /// (declarations, then the computation of row `rp`'s), to be issued ahead of the sums.
     pub(super) fn column_epilogue(
         &self,
         b: &smelt_graph::Bundle,
         pair: Option<Option<Rot>>,
         hoist: Option<&mut Vec<Hoisted>>,
+        mut angles: Option<&mut (String, String)>,
         p: &mut Params,
     ) -> Result<String, CudaError> {
         let sides = sides(pair);
@@ -337,18 +348,37 @@ impl Gen<'_> {
                     Some(f) => format!(" / ((const float*)(W + {}))[ri]", p.p(self.weight(*f).off)),
                     None => String::new(),
                 };
-                write!(
-                    s,
-                    "float e{id}_a = {xa}, e{id}_b = {xb};\n\
-                     if (rot) {{ const float th = (float)pos[rp] * {fs} * powf({fb}, -2.0f * (float)ri / {nr}.0f){fac};\n\
-                       float sn, cs; sincosf(th, &sn, &cs); const float x0 = e{id}_a, x1 = e{id}_b;\n\
-                       e{id}_a = x0 * cs - x1 * sn; e{id}_b = x0 * sn + x1 * cs; }}\n",
-                    id = n.0,
+                let th = format!(
+                    "const float th = (float)pos[rp] * {fs} * powf({fb}, -2.0f * (float)ri / {nr}.0f){fac};",
                     fs = super::lit(*freq_scale),
                     fb = super::lit(*base),
                     nr = rot.map_or(0, |r| r.n_rot),
-                )
-                .unwrap();
+                );
+                let id = n.0;
+                match angles.as_mut() {
+                    // v18i: the angle's sine and cosine before the sums (the chain after them
+                    // was the warp sum, then powf and sincosf on lane 0).
+                    Some((decl, code)) => {
+                        write!(decl, "float sn{id} = 0.f, cs{id} = 1.f; ").unwrap();
+                        write!(code, "if (rot) {{ {th} sincosf(th, &sn{id}, &cs{id}); }}\n")
+                            .unwrap();
+                        write!(
+                            s,
+                            "float e{id}_a = {xa}, e{id}_b = {xb};\n\
+                             if (rot) {{ const float x0 = e{id}_a, x1 = e{id}_b;\n\
+                               e{id}_a = x0 * cs{id} - x1 * sn{id}; e{id}_b = x0 * sn{id} + x1 * cs{id}; }}\n"
+                        )
+                        .unwrap();
+                    }
+                    None => write!(
+                        s,
+                        "float e{id}_a = {xa}, e{id}_b = {xb};\n\
+                         if (rot) {{ {th}\n\
+                           float sn, cs; sincosf(th, &sn, &cs); const float x0 = e{id}_a, x1 = e{id}_b;\n\
+                           e{id}_a = x0 * cs - x1 * sn; e{id}_b = x0 * sn + x1 * cs; }}\n"
+                    )
+                    .unwrap(),
+                }
             } else {
                 for &side in sides {
                     let e = self.columnwise_expr(op, side.1, &|x, p| rd(x, side, p), p)?;

@@ -211,7 +211,7 @@ impl Gen<'_> {
                     .unwrap();
                     let sum = |slot: &str, out: &str| {
                         format!("{{ float ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {wpr}; i++) ss += red[{slot} + i];\n\
-                            {out} = 1.0f / sqrtf(ss / {kdim}.0f + {eps}); }}\n", eps = lit(*eps))
+                            {out} = rms_scale(ss, {kdim}.0f, {eps}); }}\n", eps = lit(*eps))
                     };
                     scale = Some(match t {
                         1 => NormScale {
@@ -251,7 +251,7 @@ impl Gen<'_> {
                     write!(code, "float sc{j};\n{{ float ss = 0.f; {each} ss += {x}[it][i] * {x}[it][i]; }}\n\
                         ss = warp_sum(ss); if (lane == 0) red[{h} + warp] = ss; __syncthreads();\n\
                         ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {NWARPS}; i++) ss += red[{h} + i];\n\
-                        sc{j} = 1.0f / sqrtf(ss / {kdim}.0f + {eps}); }}\n", eps = lit(*eps)).unwrap();
+                        sc{j} = rms_scale(ss, {kdim}.0f, {eps}); }}\n", eps = lit(*eps)).unwrap();
                     match w {
                         [w] => format!("{} * sc{j} * {}", e(x), e(w)),
                         _ => format!("{} * sc{j}", e(x)),

@@ -66,13 +66,13 @@ impl Gen<'_> {
                         write!(s, "{{ float ss = 0.f; for (int c0 = tid * 8; c0 < {cols}; c0 += {NT} * 8) _Pragma(\"unroll\") for (int i = 0; i < 8; i++) {{ const int c = c0 + i; if (c < {cols}) {{ float v = {xv}; ss += v * v; }} }}\n\
                             ss = warp_sum(ss); if (lane == 0) red[warp] = ss; __syncthreads();\n\
                             ss = 0.f; _Pragma(\"unroll\") for (int i = 0; i < {NWARPS}; i++) ss += red[i];\n\
-                            float sc = 1.0f / sqrtf(ss / {cols}.0f + {eps}); __syncthreads();\n\
+                            float sc = rms_scale(ss, {cols}.0f, {eps}); __syncthreads();\n\
                             for (int c = tid; c < {cols}; c += {NT}) sm[{o} + c] = {xv} * sc{wv}; }}\n", eps = lit(eps)).unwrap();
                     } else {
                         let xg = rd(x, "c", p)?;
                         write!(s, "for (int gi = warp; gi < {ng}; gi += {NWARPS}) {{ float ss = 0.f;\n\
                             for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) {{ float v = {xg}; ss += v * v; }}\n\
-                            ss = warp_sum(ss); float sc = 1.0f / sqrtf(ss / {group}.0f + {eps});\n\
+                            ss = warp_sum(ss); float sc = rms_scale(ss, {group}.0f, {eps});\n\
                             for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) sm[{o} + c] = {xg} * sc{wv}; }}\n",
                             ng = cols / group, eps = lit(eps)).unwrap();
                     }
@@ -233,7 +233,7 @@ impl Gen<'_> {
                     };
                     write!(s, "for (int gi = warp; gi < nv / {group}; gi += {NWARPS}) {{ float ss = 0.f;\n\
                         for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) {{ float v = {xv}; ss += v * v; }}\n\
-                        ss = warp_sum(ss); float sc = 1.0f / sqrtf(ss / {group}.0f + {eps});\n\
+                        ss = warp_sum(ss); float sc = rms_scale(ss, {group}.0f, {eps});\n\
                         for (int c = gi * {group} + lane; c < (gi + 1) * {group}; c += 32) se[{o} + c] = {xv} * sc{wv}; }}\n",
                         eps = lit(eps)).unwrap();
                 }

@@ -21,13 +21,13 @@ __device__ __noinline__ void cl_rmsnorm(const float* x, const float* w, float* y
     float ss = 0.f; for (int c = tid; c < cols; c += blockDim.x) { const float v = x[c]; ss += v * v; }
     ss = warp_sum(ss); if (lane == 0) red[warp] = ss; __syncthreads();
     ss = 0.f; for (int i = 0; i < nw; i++) ss += red[i];
-    const float sc = 1.0f / sqrtf(ss / (float)cols + eps);
+    const float sc = rms_scale(ss, (float)cols, eps);
     for (int c = tid; c < cols; c += blockDim.x) y[c] = x[c] * sc * (w ? w[c] : 1.0f);
     __syncthreads();
   } else {
     for (int gi = warp; gi < cols / group; gi += nw) { float ss = 0.f;
       for (int c = gi * group + lane; c < (gi + 1) * group; c += 32) { const float v = x[c]; ss += v * v; }
-      ss = warp_sum(ss); const float sc = 1.0f / sqrtf(ss / (float)group + eps);
+      ss = warp_sum(ss); const float sc = rms_scale(ss, (float)group, eps);
       for (int c = gi * group + lane; c < (gi + 1) * group; c += 32) y[c] = x[c] * sc * (w ? w[c - gi * group] : 1.0f); }
   }
 }
