@@ -359,14 +359,14 @@ impl Gen<'_> {
                     // v18i: the angle's sine and cosine before the sums (the chain after them
                     // was the warp sum, then powf and sincosf on lane 0).
                     Some((decl, code)) => {
-                        write!(decl, "float sn{id} = 0.f, cs{id} = 1.f; ").unwrap();
-                        write!(code, "if (rot) {{ {th} sincosf(th, &sn{id}, &cs{id}); }}\n")
+                        write!(decl, "float e{id}sn = 0.f, e{id}cs = 1.f; ").unwrap();
+                        write!(code, "if (rot) {{ {th} sincosf(th, &e{id}sn, &e{id}cs); }}\n")
                             .unwrap();
                         write!(
                             s,
                             "float e{id}_a = {xa}, e{id}_b = {xb};\n\
                              if (rot) {{ const float x0 = e{id}_a, x1 = e{id}_b;\n\
-                               e{id}_a = x0 * cs{id} - x1 * sn{id}; e{id}_b = x0 * sn{id} + x1 * cs{id}; }}\n"
+                               e{id}_a = x0 * e{id}cs - x1 * e{id}sn; e{id}_b = x0 * e{id}sn + x1 * e{id}cs; }}\n"
                         )
                         .unwrap();
                     }

@@ -68,9 +68,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 // An RMS norm's scale from the sum of squares of n values: one reciprocal square root, as
-// ggml's CUDA norms take it (v18h: `1.0f / sqrtf(ss / n + eps)` was a division, a square root
-// and a reciprocal, each IEEE with a slow-path branch: ~35 dependent instructions on the
-// normed kernels' chain).
+// ggml's CUDA norms take it (v18h: the reciprocal of the square root of the mean was a
+// division, a square root and a reciprocal, each IEEE with a slow-path branch: ~35 dependent
+// instructions on the normed kernels' chain).
 __device__ __forceinline__ float rms_scale(float ss, float n, float eps) { return rsqrtf(ss * (1.0f / n) + eps); }
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

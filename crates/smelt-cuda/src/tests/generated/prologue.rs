@@ -146,7 +146,7 @@ fn decode_rows_are_read_into_registers() {
                 k.contains("*(const F4*)("),
                 "{d:?} {name}: scalar row loads\n{k}"
             );
-            norms += k.matches("sqrtf(ss /").count();
+            norms += k.matches("rms_scale(ss, ").count();
         }
         assert!(norms >= 2, "{d:?}: {norms} norms in registers");
     }
@@ -435,7 +435,7 @@ fn one_token_steps_load_weights_and_position_before_the_wait() {
         }
         // A register row stage whose RMS norm has weights: `l<i>` arrays loaded from `W`.
         if let Some(load) = k.find("((const float*)(W + P[") {
-            if k[..load].contains("float l0[") && k.contains("sqrtf(ss /") {
+            if k[..load].contains("float l0[") && k.contains("rms_scale(ss, ") {
                 assert!(
                     load < wait,
                     "the norm's weights are loaded after the wait:\n{k}"
@@ -628,5 +628,41 @@ fn small_batch_kernels_split_the_sequences_over_two_warps() {
         let smol2 = generated_paged(&SMOLLM2, 2, GgmlType::Q8_0, false, true).src;
         assert!(split(&smol2, 1) >= 2, "2 rows: one a warp");
         compile(&smol2, "SmolLM2 batch of 2, sequences split");
+    }
+}
+
+/// v18h: every RMS norm's scale is one `rsqrtf` (`rms_scale`), as ggml's CUDA norms take it.
+/// v18i: a RoPE pair finished in the warp has its angle's sine and cosine computed before the
+/// sums (one token's, and each batch lane's row's). No GPU needed.
+#[test]
+fn norm_scales_and_rope_angles_are_off_the_sums_chain() {
+    for n in [1, 4] {
+        let src = generated_paged(&SMOLLM2, n, GgmlType::Q8_0, false, n > 1).src;
+        let src = match n {
+            1 => generated_with(&SMOLLM2, 1, GgmlType::Q8_0, false, 64).src,
+            _ => src,
+        };
+        assert!(!src.contains("sqrtf(ss /"), "{n} rows: a precise scale");
+        assert!(
+            src.contains("rms_scale(ss, 576.0f, "),
+            "{n} rows: the norm's scale"
+        );
+        let mut early = 0;
+        for k in decode_kernels(&src) {
+            let Some(angle) = k.find("sincosf(th, &e") else {
+                continue;
+            };
+            let sums = k.find(if n == 1 {
+                "gemv8_q8_0("
+            } else {
+                "gemv8r_q8_0<"
+            });
+            assert!(
+                sums.is_some_and(|s| angle < s),
+                "{n} rows: the angle after the sums:\n{k}"
+            );
+            early += 1;
+        }
+        assert!(early > 0, "{n} rows: no RoPE pair in a warp");
     }
 }
