@@ -261,8 +261,8 @@ pub struct CudaBackend {
     /// the weights are Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never;
     /// `SMELT_CUDA_BATCH_MMA=n`).
     batch_mma: usize,
-    /// Also where they are Q8_0: measured correct, its speed not yet (on where
-    /// `SMELT_CUDA_BATCH_MMA` is set or [`CudaBackend::set_batch_mma`] was called).
+    /// Also where they are Q8_0: correct, no faster on SmolLM2 at 8 rows (cuda.md v18), so
+    /// only where `SMELT_CUDA_BATCH_MMA` is set or [`CudaBackend::set_batch_mma`] was called.
     batch_mma_q8_0: bool,
     /// A batch's short rows several a block pass where the row stage has no reduction (v18a:
     /// 8 rows, the 1B's step -8%, SmolLM2's -24%; `SMELT_CUDA_ROWS_AT_ONCE=0`: one a pass).
