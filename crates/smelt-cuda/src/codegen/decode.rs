@@ -19,6 +19,10 @@ use super::row_regs::RED_LEN;
 use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
+/// Code for bundle `bi` of a decode matmul kernel, for its column `c` (dispatched on the row
+/// index `R` by the kernel's `dispatch`).
+pub(super) type Each<'e> = &'e mut dyn FnMut(usize) -> Result<String, CudaError>;
+
 /// Weight rows prefetched into L2 per warp before the prologue.
 const PREFETCH_ROWS: usize = 2;
 /// The most floats a thread holds of a batch's rows loaded for every pass at once (v18b).
@@ -41,7 +45,8 @@ pub(super) struct Mat {
     pub(super) rb: String,
     /// Bytes of one weight row.
     pub(super) row_bytes: usize,
-    raw: usize,
+    /// Offset of its raw sums in the arena where the bundle finishes in tiles.
+    pub(super) raw: usize,
     slot: usize,
     /// The bundle's width (raw scratch row of several-row steps).
     width: usize,
@@ -224,7 +229,6 @@ impl Gen<'_> {
         self.counters = self.counters.max(tiles);
 
         // Dispatch on the row index R: `each(bi)` gives bundle bi's code for its column `c`.
-        type Each<'e> = &'e mut dyn FnMut(usize) -> Result<String, CudaError>;
         let dispatch = |each: Each| -> Result<String, CudaError> {
             let mut s = String::new();
             for bi in 0..bundles.len() {
@@ -614,121 +618,24 @@ impl Gen<'_> {
             body += "mbar_wait0(&stg_bar);\n";
         }
 
-        // v17c: 16 columns a warp group, the rows' K units split over `ks` warps (their
-        // partial sums added in a fixed order by the group's first warp, through shared
-        // memory), `cg` groups a pass of the block.
+        // v17c: the tensor-core rows' loop (codegen/mma_rows.rs).
         let mut part_len = 0;
         if mma {
-            let cg = NWARPS / ks;
-            let nmat = bundles.iter().map(|b| b.matmuls.len()).max().unwrap_or(1);
-            // The warps' parts where a column group has several (`ks` > 1).
-            part_len = if ks > 1 { NWARPS * nmat * 128 } else { 0 };
-            let po = next;
-            let compute = dispatch(&mut |bi| {
-                Ok(mats[bi]
-                    .iter()
-                    .enumerate()
-                    .map(|(mi, m)| {
-                        let units = super::mma_rows::mma_units(m.ty, kdim);
-                        format!(
-                            "{{ const float4 s = mmar_{}<{xstride}>({}, {}, {kdim}, {units} * ks / {ks}, {units} * (ks + 1) / {ks}, x8s, {nr}); pv[{mi}][0] += s.x; pv[{mi}][1] += s.y; pv[{mi}][2] += s.z; pv[{mi}][3] += s.w; }}\n",
-                            m.ty,
-                            m.row("c"),
-                            m.rb,
-                        )
-                    })
-                    .collect())
-            })?;
-            // A column group's sums: its warps' parts through shared memory (`ks` > 1) or
-            // the warp's own registers.
-            let sum = |mi: usize| {
-                match ks {
-                1 => format!("const float v{mi} = pv[{mi}][e];\n"),
-                _ => format!(
-                    "float v{mi} = 0.f; for (int q = 0; q < {ks}; q++) v{mi} += sm[{po} + (((warp + q) * {nmat} + {mi}) * 4 + e) * 32 + lane];\n"
-                ),
-            }
+            let rows = super::mma_rows::MmaRows {
+                bundles,
+                mats: &mats,
+                modes: &modes,
+                fin: &fin,
+                kdim,
+                xstride,
+                nr,
+                ks,
+                parts: next,
+                scale_rows: &scale_rows,
             };
-            let sr = match scale_rows.is_empty() {
-                true => String::new(),
-                false => format!("{scale_rows}[n] * "),
-            };
-            let reduce = dispatch(&mut |bi| {
-                let width = bundles[bi].width;
-                let b = &bundles[bi];
-                let sums: String = (0..mats[bi].len()).map(sum).collect();
-                let head = format!(
-                    "_Pragma(\"unroll\") for (int e = 0; e < 4; e++) {{\n\
-                    const int n = 2 * (lane & 3) + (e & 1), col = c + (lane >> 2) + 8 * (e >> 1);\n{sums}"
-                );
-                if modes[bi] == Mode::Tiled {
-                    let stores: String = mats[bi]
-                        .iter()
-                        .enumerate()
-                        .map(|(mi, m)| {
-                            format!("A[{} + (u64)n * {width} + col] = {sr}v{mi};\n", m.raw)
-                        })
-                        .collect();
-                    return Ok(format!("{head}if (n < {nr}) {{\n{stores}}} }}\n"));
-                }
-                let pair = match fin[bi] {
-                    Mode::Pair(Some(r)) => Some(r),
-                    _ => None,
-                };
-                let epi = self.column_epilogue(b, pair.map(Some), None, None, &mut p)?;
-                let mut vals = String::new();
-                for (mi, &m) in b.matmuls.iter().enumerate() {
-                    match pair {
-                        None => writeln!(vals, "const float e{} = {sr}v{mi};", m.0).unwrap(),
-                        Some(_) => writeln!(
-                            vals,
-                            "const float e{id}_a = {sr}v{mi}, e{id}_b = {sr}o{mi};",
-                            id = m.0
-                        )
-                        .unwrap(),
-                    }
-                }
-                Ok(match pair {
-                    None => format!(
-                        "{head}if (n < {nr}) {{ const int r = n, rp = n, c = col; (void)r; (void)rp;\n{vals}{epi}}} }}\n"
-                    ),
-                    Some(rot) => {
-                        // Rows col and col + 1 (lanes 4 apart) rotate together; the lane of
-                        // the even one finishes both, as the one-token kernels' virtual row.
-                        let others: String = (0..mats[bi].len())
-                            .map(|mi| format!("const float o{mi} = __shfl_xor_sync(0xffffffffu, v{mi}, 4);\n"))
-                            .collect();
-                        format!(
-                            "{head}{others}if (n < {nr} && ((lane >> 2) & 1) == 0) {{ const int r = n, rp = n; (void)r; (void)rp;\n\
-                            const int c = col / {hd} * {hh} + col % {hd} / 2;\n{cols}{vals}{epi}}} }}\n",
-                            hd = rot.head_dim,
-                            hh = rot.head_dim / 2,
-                            cols = fin[bi].pair_columns(),
-                        )
-                    }
-                })
-            })?;
-            let (store, sync) = match ks {
-                1 => (String::new(), ""),
-                _ => (
-                    format!("_Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) _Pragma(\"unroll\") for (int e = 0; e < 4; e++) sm[{po} + ((warp * {nmat} + i) * 4 + e) * 32 + lane] = pv[i][e];\n__syncthreads();\n"),
-                    "__syncthreads();\n",
-                ),
-            };
-            write!(
-                body,
-                "{{ const int ks = warp % {ks}; (void)ks;\n\
-                for (int RP = R0; RP < R1; RP += {span}) {{ const int R = RP + 16 * (warp / {ks});\n\
-                  float pv[{nmat}][4]; _Pragma(\"unroll\") for (int i = 0; i < {nmat}; i++) {{ pv[i][0] = 0.f; pv[i][1] = 0.f; pv[i][2] = 0.f; pv[i][3] = 0.f; }}\n\
-                  if (R < R1) {{\n{compute}}}\n{store}\
-                  if (ks == 0 && R < R1) {{\n{reduce}}}\n{sync}\
-                }} }}\nPDL_MID();\nTRACE_MARK(3);\n",
-                span = 16 * cg
-            )
-            .unwrap();
-            if !self.src.contains("imma_k32") {
-                self.src.push_str(super::mma_rows::MMA_ROWS);
-            }
+            let (code, len) = self.mma_rows_loop(&rows, &dispatch, &mut p)?;
+            body += &code;
+            part_len = len;
         } else {
             write!(
                 body,
