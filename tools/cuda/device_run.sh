@@ -168,6 +168,27 @@ if [ "$MODE" = ab ]; then
     python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m -p ${AB_P:-512} $a prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
   done; done
 fi
+if [ "$MODE" = long ]; then
+  # Decode deep into a long context: smelt `bench -p D -n LONG_N` (prefill D tokens, then
+  # decode) against llama-bench `-p 0 -n LONG_N -d D` (FlashAttention on) on the same file,
+  # for each depth of LONG_DEPTHS, interleaved per model.
+  B=/tmp/l/lcp/build/bin/llama-bench
+  for s in ${LONG_MODELS:-llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m}; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+    for d in ${LONG_DEPTHS:-4096 16384}; do
+      # LONG_VALUES: settings for smelt's runs, interleaved (each a comma-separated list of
+      # assignments, e.g. "X=1 SMELT_CUDA_ATTN_REGION=0"); LONG_LCP=0 skips llama.cpp.
+      for e in ${LONG_VALUES:-X=1}; do
+      env ${e//,/ } timeout 200 $C/smelt bench $f -p $d -n ${LONG_N:-128} -r ${LONG_R:-3} --json > /tmp/b.json 2> /tmp/b.err
+      python3 -c "import json; r=json.load(open('/tmp/b.json')); print('smelt ${s%%:*} depth $d $e prefill %.1f decode %.1f tok/s, %.0f GB/s' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps']))" || tail -3 /tmp/b.err
+      done
+      [ "${LONG_LCP:-1}" != 0 ] && [ -x $B ] && timeout 200 $B -m $f -p 0 -n ${LONG_N:-128} -d $d -r ${LONG_R:-3} -ngl 99 -fa on -o jsonl 2>> $OUT/lcp.err | tee -a $OUT/lcp.jsonl | python3 -c "
+import json,sys
+for l in sys.stdin:
+    r=json.loads(l); print('llama.cpp ${s%%:*} depth', r.get('n_depth'), 'decode %.1f tok/s (median of' % sorted(r['samples_ts'])[len(r['samples_ts'])//2], len(r['samples_ts']), ')')"
+    done
+  done
+fi
 if [ "$MODE" = trace ]; then
   # Each decode launch's span and the gap before it inside the replayed graph
   # (SMELT_CUDA_TRACE=1: global-timer stamps by the first and last block), by label.
@@ -175,7 +196,7 @@ if [ "$MODE" = trace ]; then
   for s in ${TRACE_MODELS:-llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m}; do
     f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
     echo "=== ${s%%:*} ${TRACE_ENV:-}" | tee -a $OUT/trace.txt
-    env ${TRACE_ENV:-X=1} SMELT_CUDA_TRACE=1 timeout 120 $C/smelt bench $f -p 512 -n ${TRACE_N:-64} -r 1 2>> $OUT/trace.txt | tail -1
+    env ${TRACE_ENV:-X=1} SMELT_CUDA_TRACE=1 timeout 120 $C/smelt bench $f -p ${TRACE_P:-512} -n ${TRACE_N:-64} -r 1 2>> $OUT/trace.txt | tail -1
     grep -A12 "SMELT_CUDA_TRACE" $OUT/trace.txt | tail -13
   done
 fi
