@@ -234,6 +234,10 @@ struct IoBufs {
 /// default (v17c; cuda.md has the measurements behind it).
 pub const BATCH_MMA_ROWS: usize = 8;
 
+/// Decode attention splits a split's keys into regions of at least this many positions, one
+/// tensor-core warp each, where the cache holds several (v19b).
+pub const ATTN_REGION: usize = 2048;
+
 pub struct CudaBackend {
     pub(crate) weights: DevBuf,
     pub(crate) winfo: Vec<WeightInfo>,
@@ -277,6 +281,9 @@ pub struct CudaBackend {
     /// (the default), 2 with the variant's own below 128 positions (v13i, kernel lab);
     /// `SMELT_CUDA_ATTN_SHORT=0` off).
     short_attn: usize,
+    /// v19b: the least positions of a decode attention key region (0: none;
+    /// `SMELT_CUDA_ATTN_REGION`, default [`ATTN_REGION`]).
+    attn_region: usize,
     /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
     /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
     trace: Option<crate::profile::Trace>,
@@ -396,6 +403,7 @@ impl CudaBackend {
             // Off: slower on the H100 (1B 1530 -> 1424, SmolLM2 1328 -> 1221 tok/s; cuda.md v9).
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
             short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT").map_or(1, |n| n.min(2)),
+            attn_region: codegen::lab_knob("SMELT_CUDA_ATTN_REGION").unwrap_or(ATTN_REGION),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
@@ -481,6 +489,12 @@ impl CudaBackend {
     /// one (the default), 2 also its 4-split one below 128 positions (v13i).
     pub fn set_short_attention_levels(&mut self, levels: usize) {
         self.short_attn = levels.min(2);
+    }
+
+    /// Decode attention of programs lowered from now on splits a split's keys into regions
+    /// of at least `len` positions where the cache holds several (v19b; 0: never).
+    pub fn set_attention_region(&mut self, len: usize) {
+        self.attn_region = len;
     }
 
     /// Stamp every launch of decode programs lowered from now on with the GPU's global timer

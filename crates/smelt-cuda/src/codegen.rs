@@ -123,6 +123,9 @@ pub(crate) struct Generated {
     pub param_values: bool,
     /// The most splits a KV head of its cluster decode attention (0: none).
     pub cluster_splits: usize,
+    /// v19b: the positions of its decode attention's first key region where it has several
+    /// (0: none); below them the program without regions gives the same logits.
+    pub attn_region: usize,
 }
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
@@ -230,6 +233,10 @@ struct Gen<'a> {
     row_threads: usize,
     /// v18a: a batch's short rows several a block pass where the row stage has no reduction.
     rows_at_once: bool,
+    /// v19b: the least positions of a decode attention key region (0: no regions).
+    attn_region: usize,
+    /// v19b: the region length a decode attention took (0: none).
+    region_used: usize,
     /// While a batch kernel's warp epilogues are generated: the warps a weight row (v18f: 2,
     /// each half the sequences, `sh` the half; 1: one warp every sequence).
     seq_split: usize,
@@ -298,6 +305,10 @@ pub(crate) struct GenOptions {
     /// A batch's short rows several a block pass (v18a; the backend's default, off where
     /// `SMELT_CUDA_ROWS_AT_ONCE=0`).
     pub rows_at_once: bool,
+    /// v19b: decode attention on tensor cores splits a split's keys into regions of at least
+    /// this many positions where the cache holds several, one warp each (0: never; the
+    /// backend's default 2048, `SMELT_CUDA_ATTN_REGION`).
+    pub attn_region: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -328,6 +339,7 @@ pub(crate) fn generate(
         batch_mma,
         batch_mma_q8_0,
         rows_at_once,
+        attn_region,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -388,6 +400,8 @@ pub(crate) fn generate(
         row_threads: 0,
         seq_split: 1,
         rows_at_once,
+        attn_region,
+        region_used: 0,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
@@ -538,6 +552,7 @@ pub(crate) fn generate(
         trace_off,
         param_values,
         cluster_splits: g.cluster_splits,
+        attn_region: g.region_used,
     })
 }
 

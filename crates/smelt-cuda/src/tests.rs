@@ -545,6 +545,9 @@ fn decode_attention_long_context_matches_reference() {
         let _ = cb.precompile(std::slice::from_ref(&g1), &kv);
         cb.set_persistent(false);
         cb.set_attention_tail(1024);
+        let _ = cb.precompile(std::slice::from_ref(&g1), &kv);
+        cb.set_attention_tail(0);
+        cb.set_attention_region(256);
         let _ = cb.precompile(&[g1], &kv);
     });
     for &(ci, d) in &dims {
@@ -569,6 +572,11 @@ fn decode_attention_long_context_matches_reference() {
         cb.set_persistent(false);
         cb.set_attention_tail(1024);
         let pt = cb.lower(&g1, &kv).unwrap();
+        // And with key regions of 256 positions (v19b: two on this cache where the work is
+        // on tensor cores, the second holding 34-36 keys).
+        cb.set_attention_tail(0);
+        cb.set_attention_region(256);
+        let pr = cb.lower(&g1, &kv).unwrap();
         cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
         for step in n0..n0 + 3 {
             let tk = &tokens[step..step + 1];
@@ -587,6 +595,13 @@ fn decode_attention_long_context_matches_reference() {
                 2e-2,
                 &format!("long context {d:?} attention tail decode {step}"),
             );
+            let got = cb.execute(&pr, tk, &[step as u32], &mut kv).unwrap();
+            compare(
+                got,
+                &want,
+                2e-2,
+                &format!("long context {d:?} key regions decode {step}"),
+            );
             let got = cb.execute(&p1, tk, &[step as u32], &mut kv).unwrap();
             compare(
                 got,
@@ -604,20 +619,30 @@ fn decode_attention_long_context_matches_reference() {
 /// reference. On sm_90 the program has the variant.
 #[test]
 fn short_context_attention_is_the_long_one_bit_for_bit() {
-    short_variants_match(250, 12, 1, &[256]);
+    short_variants_match(250, 12, 1, &[256], 0);
+}
+
+/// v19b: with key regions of 256 positions (the tensor-core shapes take two on this cache)
+/// the same (the variants then start with the program without regions, below 256), and the
+/// program with regions alone gives below 256 positions (region 1 empty) the logits of the
+/// one without bit for bit, past it (region 1 holding 1-5 keys) the reference's.
+#[test]
+fn key_regions_are_exact_where_empty_and_match_the_reference() {
+    short_variants_match(250, 12, 1, &[256], 256);
 }
 
 /// v13i (kernel lab, `SMELT_CUDA_ATTN_SHORT=2`): the variant's own variant (4 splits below
 /// 128 positions) too, steps 120-135 after a 120-token prefill.
 #[test]
 fn shorter_context_attention_is_the_long_one_bit_for_bit() {
-    short_variants_match(120, 16, 2, &[256, 128]);
+    short_variants_match(120, 16, 2, &[256, 128], 0);
 }
 
 /// Decode steps `n0..n0 + steps` after an `n0`-token prefill on the long-context shapes, with
 /// `levels` short-context variants (bounds `want` on sm_90) and without: bit-equal logits,
-/// both close to the reference's.
-fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32]) {
+/// both close to the reference's. With key regions of `region` positions (v19b; 0: the
+/// backend's default) in both, also a third run without regions, bit-equal below `region`.
+fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32], region: usize) {
     if !gpu() {
         return;
     }
@@ -630,6 +655,9 @@ fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32]) {
             return;
         };
         cb.set_short_attention_levels(levels);
+        if region > 0 {
+            cb.set_attention_region(region);
+        }
         if let Ok(kv) = cb.new_kv(cap, &widths) {
             let _ = cb.precompile(&[gp, g1], &kv);
         }
@@ -645,16 +673,26 @@ fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32]) {
         let mut rkv = KvCache::new(cap, &widths);
         reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
         let mut runs = Vec::new();
-        for lv in [levels, 0] {
+        let settings: &[(usize, usize)] = match region {
+            0 => &[(levels, 0), (0, 0)],
+            r => &[(levels, r), (0, r), (0, 0)],
+        };
+        for &(lv, rg) in settings {
             let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
             cb.set_short_attention_levels(lv);
+            if rg > 0 {
+                cb.set_attention_region(rg);
+            }
             let mut kv = cb.new_kv(cap, &widths).unwrap();
             let pp = cb.lower(&gp, &kv).unwrap();
             let p1 = cb.lower(&g1, &kv).unwrap();
             if lv == 0 {
                 assert!(p1.short_bounds().is_empty());
             } else if cb.device().cc.0 >= 9 {
-                assert_eq!(p1.short_bounds(), want, "{d:?}: the variants on sm_90");
+                // With key regions, the program without them first where it takes them.
+                let b = p1.short_bounds();
+                assert!(b.ends_with(want), "{d:?}: the variants on sm_90: {b:?}");
+                assert!(rg > 0 || b.len() == want.len(), "{d:?}: {b:?}");
             }
             cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
             let outs: Vec<Vec<f32>> = (n0..n0 + steps)
@@ -683,6 +721,16 @@ fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32]) {
                 same,
                 "{d:?} step {step}: a variant differs from the 16-split program"
             );
+            if region > 0 && step < region {
+                let same = runs[1][i]
+                    .iter()
+                    .zip(&runs[2][i])
+                    .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
+                assert!(
+                    same,
+                    "{d:?} step {step}: key regions, one empty, differ from none"
+                );
+            }
         }
     }
 }

@@ -34,6 +34,11 @@ use crate::CudaError;
 pub(super) const CHUNK: usize = 32;
 /// Most splits per KV head (the combine reads one split per lane).
 const MAX_SPLITS: usize = 32;
+/// v19b: dynamic shared memory of a key-region attention block that leaves room for two
+/// blocks an SM on sm_90 (228 KiB an SM, 1 KiB reserved a block, a few KiB static), and the
+/// most for one.
+const REGION_SMEM_TWO: usize = 110 * 1024 + 512;
+const REGION_SMEM_ONE: usize = 216 * 1024;
 /// Blocks (splits) per cluster in decode attention v5: the portable cluster size limit.
 const CLUSTER: usize = 8;
 /// Blocks per cluster on Hopper (compute capability 9): its non-portable limit, allowed on
@@ -210,7 +215,6 @@ impl Gen<'_> {
         let nbuf = super::lab_knob("SMELT_CUDA_ATTN_STAGES")
             .filter(|n| (2..=4).contains(n))
             .unwrap_or(if hd <= 128 { 4 } else { 3 });
-        let smem = nbuf * 2 * CHUNK * hs * 2;
         // Outputs each block combines.
         let per = (grp * hd).div_ceil(splits);
         // v11f: the cluster barriers without their GPU-scope fence and L1 invalidation (prelude
@@ -304,6 +308,89 @@ impl Gen<'_> {
             }
         } else {
             Chunk::Scalar
+        };
+        // v19b: on a long cache each split's keys are cut into regions (`rlen` positions each,
+        // the last one open-ended), the tensor-core work of region w in warp w with its own
+        // running softmax, the regions merged into warp 0 before the pushes. A split's chain
+        // of chunks (~0.65 us each: 32 a split at 16K positions) then runs up to four at a
+        // time on the block's warps, which otherwise only stage. Exact below `rlen`: region 0
+        // takes a split's chunks in the order of the kernel without regions, the empty ones
+        // merge as nothing (so the short-context variants stay the long program bit for bit).
+        // One token only: a batch's rows already fill the GPU with clusters, and the regions'
+        // shared memory costs them residency (the 1B, 4 rows after 4096 positions on an H200:
+        // a step 1.05 -> 1.25 ms).
+        let (regions, rlen) = match work {
+            Chunk::Mma | Chunk::MmaT
+                if self.attn_region > 0
+                    && rows == 1
+                    && grp > 1
+                    && !(early && self.attn_prewait) =>
+            {
+                // `SMELT_CUDA_ATTN_REGIONS` (kernel lab): at most this many.
+                let ws = grp.min(4).min(
+                    super::lab_knob("SMELT_CUDA_ATTN_REGIONS")
+                        .unwrap_or(4)
+                        .max(1),
+                );
+                let rlen = cap.div_ceil(ws).max(self.attn_region).div_ceil(256) * 256;
+                (cap.div_ceil(rlen).min(ws), rlen)
+            }
+            _ => (1, 0),
+        };
+        let chunk_bytes = 2 * CHUNK * hs * 2;
+        // The regions' chunks in flight: as many stages as two blocks an SM leave room for
+        // where that is at least two (every cluster then finds SMs at once: at one block an
+        // SM the 1B's eight 16-block clusters ran in two waves on an H200, block 0 done at
+        // 12.9 us of a 26.2 us span; the 8B after 4096 positions, three regions of two
+        // stages, +5%), else as many as one block an SM holds where there are four regions
+        // (the 8B's 128-wide heads after 16384 positions: four regions of three stages
+        // +11.5%, faster than two of three at two blocks an SM; three regions at one block an
+        // SM, after 4096 positions, -1%).
+        let (regions, nbuf) = match regions {
+            1 => (1, nbuf),
+            _ => match REGION_SMEM_TWO / (regions * chunk_bytes) {
+                n @ 2.. => (regions, nbuf.min(n)),
+                _ if regions >= 4 => (
+                    regions,
+                    nbuf.min((REGION_SMEM_ONE / (regions * chunk_bytes)).max(2)),
+                ),
+                _ => (1, nbuf),
+            },
+        };
+        if regions > 1 {
+            self.region_used = rlen;
+        }
+        let last = regions.saturating_sub(1);
+        let smem = nbuf * regions * chunk_bytes;
+        // Region w's chunk at `w * rlen + jr` into buffer `buf * regions + w`, where the
+        // region holds it (region 0 of the first chunk before the position is known, as
+        // without regions).
+        let rstage = |buf: &str, jr: &str, first: bool| -> String {
+            (0..regions)
+                .map(|w| {
+                    let code = stage(
+                        &format!("({buf}) * {regions} + {w}"),
+                        &format!("({w} * {rlen} + {jr})"),
+                        first,
+                    );
+                    let held = match w == last {
+                        true => format!("{w} * {rlen} + {jr} <= p1"),
+                        false => format!("{jr} < {rlen} && {w} * {rlen} + {jr} <= p1"),
+                    };
+                    match first && w == 0 {
+                        true => code,
+                        false => format!("if ({held}) {{\n{code}}}\n"),
+                    }
+                })
+                .collect()
+        };
+        let (first, more, next) = match regions {
+            1 => (first, more, next),
+            _ => (
+                rstage("0", "s * 32", true),
+                rstage("st", "jn", false),
+                rstage("(k + NBUF - 1) % NBUF", "jn", false),
+            ),
         };
         // Output `d` of group head `hh`: the splits' partials read through distributed shared
         // memory, then merged.
@@ -445,21 +532,37 @@ impl Gen<'_> {
             {query}\
             {accdef}\
             int k = 0; TRACE_MARK(0);\n\
-            for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++) {{\n\
+            {loop_head} {{\n\
               {wait}\n\
               __syncthreads();{mark_landed}\n\
-              {{ const int jn = j0 + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
-              const int b = k % NBUF;\n\
+              {{ const int jn = {jvar} + (NBUF - 1) * step; if (jn <= p1) {{\n{next}}} cp_async_commit(); }}\n\
+              {chunk_at}\n\
               {chunk}{mark_scored}\n\
             }}\n\
             cp_async_wait<0>();\n\
             PDL_MID(); TRACE_MARK({mark_loop});\n\
-            {finish}\
+            {merge}{finish}\
             TRACE_MARK(4);\n\
             #undef KVS\n\
             #undef NBUF\n",
             accdef = work.state(hd),
-            chunk = work.body(hd, sif),
+            chunk = work.body(hd, sif, if regions > 1 { "rv" } else { "warp == 0" }),
+            loop_head = match regions {
+                1 => format!("for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++)"),
+                _ => format!("for (int jr = s * {CHUNK}; jr < {rlen} ? jr <= p1 : {last} * {rlen} + jr <= p1; jr += step, k++)"),
+            },
+            jvar = if regions > 1 { "jr" } else { "j0" },
+            chunk_at = match regions {
+                1 => "const int b = k % NBUF;".to_string(),
+                _ => format!(
+                    "const int j0 = warp * {rlen} + jr; const bool rv = warp < {regions} && (jr < {rlen} || warp == {last}) && j0 <= p1;\n\
+                    const int b = (k % NBUF) * {regions} + warp;"
+                ),
+            },
+            merge = match regions {
+                1 => String::new(),
+                _ => work.merge_regions(hd, regions).map(|m| m.0).unwrap_or_default(),
+            },
             qdecl = work.shared(grp, hd, hs),
             mark_landed = if marks { " if (k == 0) TRACE_MARK(1);" } else { "" },
             mark_scored = if marks { " if (k == 0) TRACE_MARK(2);" } else { "" },
@@ -493,7 +596,12 @@ impl Gen<'_> {
         let name = self.kernel_with(&nt.to_string(), &attrs, body, smem);
         let with = if fold.is_some() { " + wo" } else { "" };
         self.launch(
-            format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}"),
+            match regions {
+                1 => format!("attention {n_head}x{hd} (decode, cluster of {splits}){with}"),
+                _ => format!(
+                    "attention {n_head}x{hd} (decode, cluster of {splits}, {regions} key regions){with}"
+                ),
+            },
             name,
             (n_head_kv, splits, rows),
             nt,

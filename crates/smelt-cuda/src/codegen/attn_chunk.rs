@@ -67,13 +67,59 @@ impl Chunk {
         }
     }
 
-    /// The work on staged buffer `b` (`sif`: the scalar form's guard of which warps score).
-    pub(super) fn body(self, hd: usize, sif: &str) -> String {
+    /// The work on staged buffer `b` (`sif`: the scalar form's guard of which warps score;
+    /// `mw`: the tensor-core forms' condition for the warp that scores, `warp == 0` but with
+    /// key regions).
+    pub(super) fn body(self, hd: usize, sif: &str, mw: &str) -> String {
         match self {
             Chunk::Scalar => scalar_chunk(hd, sif, "KVS(b, 0, lane)", "KVS(b, 1, jj)"),
-            Chunk::Mma => mma_chunk(hd),
-            Chunk::MmaT => mma_chunk_t(hd),
+            Chunk::Mma => mma_chunk(hd, mw),
+            Chunk::MmaT => mma_chunk_t(hd, mw),
         }
+    }
+
+    /// v19b: `regions` warps of a tensor-core form each scored their own key region; warps
+    /// 1.. leave their running softmax and output in shared memory at `xo` (after a block
+    /// barrier: it overlays the staged chunks) and warp 0 merges them into its own, region
+    /// by region. An empty region (max -inf, sum and output 0) leaves warp 0's values as they
+    /// were, bit for bit: a factor is exactly 1 where a max is the merged max. None for the
+    /// scalar form; else the code and the floats it takes in shared memory.
+    pub(super) fn merge_regions(self, hd: usize, regions: usize) -> Option<(String, usize)> {
+        let (dn, dm) = (hd / 8, hd / 16);
+        let (ns, save, take) = match self {
+            Chunk::Scalar => return None,
+            Chunk::Mma => (
+                2 + 2 * dn,
+                format!(
+                    "x[0] = m; x[1] = l; _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) {{ x[2 + 2 * i] = o[i][0]; x[3 + 2 * i] = o[i][1]; }}"
+                ),
+                format!(
+                    "const float mw = x[0], M = fmaxf(m, mw); const float c0 = m == M ? 1.f : __expf(m - M), c1 = mw == M ? 1.f : __expf(mw - M);\n\
+                    l = l * c0 + x[1] * c1; m = M;\n\
+                    _Pragma(\"unroll\") for (int i = 0; i < {dn}; i++) {{ o[i][0] = o[i][0] * c0 + x[2 + 2 * i] * c1; o[i][1] = o[i][1] * c0 + x[3 + 2 * i] * c1; }}"
+                ),
+            ),
+            Chunk::MmaT => (
+                4 + 4 * dm,
+                format!(
+                    "x[0] = mt[0]; x[1] = mt[1]; x[2] = lt[0]; x[3] = lt[1]; _Pragma(\"unroll\") for (int i = 0; i < {dm}; i++) _Pragma(\"unroll\") for (int f = 0; f < 4; f++) x[4 + 4 * i + f] = o[i][f];"
+                ),
+                format!(
+                    "float c0[2], c1[2];\n\
+                    _Pragma(\"unroll\") for (int c = 0; c < 2; c++) {{ const float mw = x[c], M = fmaxf(mt[c], mw); c0[c] = mt[c] == M ? 1.f : __expf(mt[c] - M); c1[c] = mw == M ? 1.f : __expf(mw - M);\n\
+                      lt[c] = lt[c] * c0[c] + x[2 + c] * c1[c]; mt[c] = M; }}\n\
+                    _Pragma(\"unroll\") for (int i = 0; i < {dm}; i++) _Pragma(\"unroll\") for (int f = 0; f < 4; f++) o[i][f] = o[i][f] * c0[f & 1] + x[4 + 4 * i + f] * c1[f & 1];"
+                ),
+            ),
+        };
+        let code = format!(
+            "__syncthreads();\n\
+            {{ float* xo = sm;\n\
+              if (warp > 0 && warp < {regions}) {{ float* x = xo + ((warp - 1) * 32 + lane) * {ns}; {save} }}\n\
+              __syncthreads();\n\
+              if (warp == 0) for (int w = 1; w < {regions}; w++) {{ const float* x = xo + ((w - 1) * 32 + lane) * {ns};\n{take}\n}} }}\n"
+        );
+        Some((code, (regions - 1) * 32 * ns))
     }
 
     /// The split's partials (each head's outputs, max and sum) stored into the blocks that
@@ -136,10 +182,10 @@ pub(super) fn scalar_chunk(hd: usize, who: &str, krow: &str, vrow: &str) -> Stri
 /// O = O * corr + P V over two 16-key steps, V's fragments by a transposing `ldmatrix` with
 /// the keys past the position zeroed (they may be unwritten: any bits, NaN included, where
 /// the probability 0 would not cancel them). Rows 8-15 of every product are zero and unused.
-fn mma_chunk(hd: usize) -> String {
+fn mma_chunk(hd: usize, mw: &str) -> String {
     let (ks, dn, qj) = (hd / 16, hd / 8, hd / 32);
     format!(
-        "if (warp == 0 && j0 + {CHUNK} > lo) {{\n\
+        "if ({mw} && j0 + {CHUNK} > lo) {{\n\
           u32 qa[2][{qj}][4]; float sa[4][4], sb[4][4];\n\
           _Pragma(\"unroll\") for (int x = 0; x < 2; x++) _Pragma(\"unroll\") for (int i = 0; i < {qj}; i++) ldsm4(qa[x][i], &qh[x][lane & 7][32 * i + 8 * (lane >> 3)]);\n\
           _Pragma(\"unroll\") for (int t = 0; t < 4; t++) _Pragma(\"unroll\") for (int c = 0; c < 4; c++) {{ sa[t][c] = 0.f; sb[t][c] = 0.f; }}\n\
@@ -177,10 +223,10 @@ fn mma_chunk(hd: usize) -> String {
 /// lanes of its t. P^T's f16 fragments, transposed by `movmatrix`, are the B operand of
 /// O^T = V^T P^T (V^T's A fragments by a transposing `ldmatrix`, masked past the position as
 /// v16a's). 16 + 8 products a chunk of 64 dims against v16a's 32 + 16.
-fn mma_chunk_t(hd: usize) -> String {
+fn mma_chunk_t(hd: usize, mw: &str) -> String {
     let (qj, dm) = (hd / 32, hd / 16);
     format!(
-        "if (warp == 0 && j0 + {CHUNK} > lo) {{\n\
+        "if ({mw} && j0 + {CHUNK} > lo) {{\n\
           u32 qa[2][{qj}][4]; float sa[2][4], sb[2][4];\n\
           _Pragma(\"unroll\") for (int x = 0; x < 2; x++) _Pragma(\"unroll\") for (int i = 0; i < {qj}; i++) ldsm4(qa[x][i], &qh[x][lane & 7][32 * i + 8 * (lane >> 3)]);\n\
           _Pragma(\"unroll\") for (int u = 0; u < 2; u++) _Pragma(\"unroll\") for (int c = 0; c < 4; c++) {{ sa[u][c] = 0.f; sb[u][c] = 0.f; }}\n\

@@ -132,3 +132,60 @@ fn prefill_attention_takes_tensor_cores() {
         }
     }
 }
+
+/// v19b: on a cache of several regions decode attention on tensor cores scores each region
+/// in its own warp (SmolLM2's three heads a group: three regions at 16384 positions; the 8B's
+/// four, its 128-wide heads at three chunks in flight, one block an SM; the 1B's four at three,
+/// two blocks an SM), merges them into warp 0 before the pushes, and keeps one region at a
+/// short cache and in a batch's step. No GPU needed.
+#[test]
+fn long_caches_split_a_split_into_key_regions() {
+    let opts = |region| codegen::GenOptions {
+        cublas: true,
+        attn_region: region,
+        ..Default::default()
+    };
+    let cases = [
+        (SMOLLM2, GgmlType::Q8_0, 3, 4),
+        (LLAMA_8B, GgmlType::Q4_K, 4, 3),
+        (LLAMA_1B_V1000, GgmlType::Q4_K, 4, 3),
+    ];
+    for (d, ty, regions, nbuf) in cases {
+        let (n, paged) = (1, None);
+        let g = generated_kv(&d, n, ty, 16384, false, paged, opts(2048));
+        assert!(g.attn_region >= 4096, "{d:?}");
+        let k = cluster_attention(&g.src);
+        let label = format!("{regions} key regions");
+        assert!(g.launches.iter().any(|l| l.label.contains(&label)), "{d:?}");
+        for want in [
+            format!("#define NBUF {nbuf}\n"),
+            format!("const bool rv = warp < {regions} && "),
+            format!("const int b = (k % NBUF) * {regions} + warp;"),
+            "if (rv && j0 + 32 > lo)".to_string(),
+            format!("if (warp == 0) for (int w = 1; w < {regions}; w++)"),
+        ] {
+            assert!(k.contains(&want), "{want} missing:\n{k}");
+        }
+        let merge = k.find("if (warp == 0) for (int w = 1;").unwrap();
+        assert!(merge < k.find("st_async_f32(").unwrap(), "{k}");
+        // The default region length keeps a short cache (and regions off any cache, and a
+        // batch's step) whole.
+        for (cap, region, n, paged) in [
+            (1024, 2048, 1, None),
+            (16384, 0, 1, None),
+            (16384, 2048, 4, Some(true)),
+        ] {
+            let g = generated_kv(&d, n, ty, cap, false, paged, opts(region));
+            assert_eq!(g.attn_region, 0);
+            assert!(!g.launches.iter().any(|l| l.label.contains("key regions")));
+            assert!(!cluster_attention(&g.src).contains("const bool rv"));
+        }
+    }
+    // After 4096 positions: three regions at two blocks an SM, the 1B's of four stages, the
+    // 8B's of two.
+    for (d, nbuf) in [(LLAMA_1B_V1000, 4), (LLAMA_8B, 2)] {
+        let g = generated_kv(&d, 1, GgmlType::Q4_K, 4225, false, None, opts(2048));
+        assert!(g.launches.iter().any(|l| l.label.contains("3 key regions")));
+        assert!(cluster_attention(&g.src).contains(&format!("#define NBUF {nbuf}\n")));
+    }
+}
