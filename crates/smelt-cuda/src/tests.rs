@@ -713,24 +713,20 @@ fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32], re
                 2e-2,
                 &format!("{d:?} short decode {step}"),
             );
-            let same = runs[0][i]
-                .iter()
-                .zip(&runs[1][i])
-                .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
+            // Bit for bit (a zero of either sign as zero).
+            let same = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0))
+            };
             assert!(
-                same,
+                same(&runs[0][i], &runs[1][i]),
                 "{d:?} step {step}: a variant differs from the 16-split program"
             );
-            if region > 0 && step < region {
-                let same = runs[1][i]
-                    .iter()
-                    .zip(&runs[2][i])
-                    .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
-                assert!(
-                    same,
-                    "{d:?} step {step}: key regions, one empty, differ from none"
-                );
-            }
+            assert!(
+                region == 0 || step >= region || same(&runs[1][i], &runs[2][i]),
+                "{d:?} step {step}: key regions, one empty, differ from none"
+            );
         }
     }
 }
