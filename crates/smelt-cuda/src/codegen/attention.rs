@@ -319,6 +319,10 @@ impl Gen<'_> {
         // One token only: a batch's rows already fill the GPU with clusters, and the regions'
         // shared memory costs them residency (the 1B, 4 rows after 4096 positions on an H200:
         // a step 1.05 -> 1.25 ms).
+        let chunk_bytes = 2 * CHUNK * hs * 2;
+        // Stages of `r` regions' chunks that leave room for two blocks an SM.
+        let fit2 = |r: usize| REGION_SMEM_TWO / (r * chunk_bytes);
+        let few = n_head_kv * splits * 2 <= self.sm_count;
         let (regions, rlen) = match work {
             Chunk::Mma | Chunk::MmaT
                 if self.attn_region > 0
@@ -328,41 +332,37 @@ impl Gen<'_> {
             {
                 // As many as the group has heads (its warps), at most four; up to eight (warps
                 // added to the block) where the clusters fill at most half the GPU (SmolLM2's
-                // three KV heads: 48 blocks of 132 SMs). `SMELT_CUDA_ATTN_REGIONS` (kernel
-                // lab): at most this many.
-                let few = n_head_kv * splits * 2 <= self.sm_count;
+                // three KV heads: 48 blocks of 132 SMs). Elsewhere as many as leave two stages
+                // at two blocks an SM, so that every cluster finds SMs at once (at one block an
+                // SM the 1B's eight 16-block clusters ran in two waves on an H200, block 0 done
+                // at 12.9 us of a 26.2 us span; the 8B after 16384 positions, three regions of
+                // two stages against four of three at one block an SM: 386.0 / 384.5 against
+                // 363.2 / 362.0 tok/s on the H200, 329.3 / 328.9 against 310.8 / 309.8 on the
+                // H100). `SMELT_CUDA_ATTN_REGIONS` (kernel lab): at most this many.
                 let ws = (if few { 8 } else { grp.min(4) }).min(
                     super::lab_knob("SMELT_CUDA_ATTN_REGIONS")
                         .unwrap_or(8)
                         .max(1),
                 );
+                let ws = match few {
+                    true => ws,
+                    false => (1..=ws).rev().find(|&r| fit2(r) >= 2).unwrap_or(1),
+                };
                 let rlen = cap.div_ceil(ws).max(self.attn_region).div_ceil(256) * 256;
                 (cap.div_ceil(rlen).min(ws), rlen)
             }
             _ => (1, 0),
         };
-        let chunk_bytes = 2 * CHUNK * hs * 2;
-        // The regions' chunks in flight: as many stages as two blocks an SM leave room for
-        // where that is at least two (every cluster then finds SMs at once: at one block an
-        // SM the 1B's eight 16-block clusters ran in two waves on an H200, block 0 done at
-        // 12.9 us of a 26.2 us span; the 8B after 4096 positions, three regions of two
-        // stages, +5%), else as many as one block an SM holds where there are four regions
-        // (the 8B's 128-wide heads after 16384 positions: four regions of three stages
-        // +11.5%, faster than two of three at two blocks an SM; three regions at one block an
-        // SM, after 4096 positions, -1%).
-        let (regions, nbuf) = match regions {
-            1 => (1, nbuf),
-            _ => match REGION_SMEM_TWO / (regions * chunk_bytes) {
-                n @ 2.. => (regions, nbuf.min(n)),
-                // Past four regions (SmolLM2's eight), two stages: after 16384 positions 1393
-                // tok/s against 1276 at three (216 KB), after 8192 1786 against 1777 (H200).
-                _ if regions >= 4 => (
-                    regions,
-                    nbuf.min((REGION_SMEM_ONE / (regions * chunk_bytes)).max(2))
-                        .min(if regions > 4 { 2 } else { 4 }),
-                ),
-                _ => (1, nbuf),
-            },
+        // The regions' chunks in flight: as many stages as two blocks an SM leave room for,
+        // else (few clusters) as many as one block an SM holds, two past four regions
+        // (SmolLM2's eight: after 16384 positions 1393 tok/s against 1276 at three stages,
+        // 216 KB; after 8192 1786 against 1777, H200).
+        let nbuf = match regions {
+            1 => nbuf,
+            r if fit2(r) >= 2 => nbuf.min(fit2(r)),
+            r => nbuf
+                .min((REGION_SMEM_ONE / (r * chunk_bytes)).max(2))
+                .min(if r > 4 { 2 } else { 4 }),
         };
         if regions > 1 {
             self.region_used = rlen;

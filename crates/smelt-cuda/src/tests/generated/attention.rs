@@ -135,8 +135,8 @@ fn prefill_attention_takes_tensor_cores() {
 
 /// v19b: on a cache of several regions decode attention on tensor cores scores each region
 /// in its own warp (SmolLM2, whose three KV heads leave most SMs free: eight regions of two
-/// stages at 16384 positions, five warps added that load no query; the 8B: four of three
-/// stages, one block an SM; the 1B: four of three, two blocks an SM), merges them into warp 0
+/// stages at 16384 positions, five warps added that load no query; the 8B: three of two
+/// stages, two blocks an SM; the 1B: four of three, two blocks an SM), merges them into warp 0
 /// before the pushes, and keeps one region at a short cache and in a batch's step. No GPU
 /// needed.
 #[test]
@@ -148,7 +148,7 @@ fn long_caches_split_a_split_into_key_regions() {
     };
     let cases = [
         (SMOLLM2, GgmlType::Q8_0, 8, 2),
-        (LLAMA_8B, GgmlType::Q4_K, 4, 3),
+        (LLAMA_8B, GgmlType::Q4_K, 3, 2),
         (LLAMA_1B_V1000, GgmlType::Q4_K, 4, 3),
     ];
     for (d, ty, regions, nbuf) in cases {
