@@ -371,7 +371,13 @@ impl Gen<'_> {
         // Region warps past the group's heads (they load no query).
         let nt = nt.max(regions * 32);
         let qif_regions = nt > grp * 32 && !extra;
-        let smem = nbuf * regions * chunk_bytes;
+        // The regions' merge overlays the staged chunks (it never needs more).
+        let region_merge = match regions {
+            1 => None,
+            _ => work.merge_regions(hd, regions),
+        }
+        .unwrap_or_default();
+        let smem = (nbuf * regions * chunk_bytes).max(region_merge.1 * 4);
         // Region w's chunk at `w * rlen + jr` into buffer `buf * regions + w`, where the
         // region holds it (region 0 of the first chunk before the position is known, as
         // without regions).
@@ -476,14 +482,14 @@ impl Gen<'_> {
         };
         let prow = if rows > 1 { "rq" } else { "0" };
         // v10b's query load into registers (both prologues below issue it).
-        let qload = match qif_regions {
-            // Region warps past the group's heads: zero rows of A (they give rows of S, P and
-            // O that nothing reads).
-            true => format!("float qv[{e}] = {{}};\n\
-                if (warp < {grp}) _Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n"),
-            false => format!("{hwdef}float qv[{e}];\n\
-                {qif}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n"),
+        // Region warps past the group's heads load zero rows of A (they give rows of S, P and
+        // O that nothing reads).
+        let (qinit, qif_load) = match qif_regions {
+            true => (" = {}", format!("if (warp < {grp}) ")),
+            false => ("", qif.to_string()),
         };
+        let qload = format!("{hwdef}float qv[{e}]{qinit};\n\
+            {qif_load}_Pragma(\"unroll\") for (int i = 0; i < {e}; i++) qv[i] = A[{qbase} + h * {hd} + lane + 32 * i];\n");
         let (start, query) = if early {
             (
                 format!(
@@ -576,10 +582,7 @@ impl Gen<'_> {
                     const int b = (k % NBUF) * {regions} + warp;"
                 ),
             },
-            merge = match regions {
-                1 => String::new(),
-                _ => work.merge_regions(hd, regions).map(|m| m.0).unwrap_or_default(),
-            },
+            merge = region_merge.0,
             qdecl = work.shared(grp, hd, hs),
             mark_landed = if marks { " if (k == 0) TRACE_MARK(1);" } else { "" },
             mark_scored = if marks { " if (k == 0) TRACE_MARK(2);" } else { "" },
