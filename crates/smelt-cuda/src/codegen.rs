@@ -24,6 +24,7 @@ use crate::CudaError;
 mod attention;
 mod attn_chunk;
 mod attn_prefill;
+mod attn_regions;
 mod attn_tail;
 mod attn_wo;
 mod cluster;

@@ -27,6 +27,7 @@ use std::fmt::Write;
 use smelt_graph::{Dest, KvPart, Op};
 
 use super::attn_chunk::{k_dot, Chunk};
+use super::attn_regions::RegionCase;
 use super::{lit, Gen, Params, KV_BLOCK};
 use crate::CudaError;
 
@@ -34,11 +35,6 @@ use crate::CudaError;
 pub(super) const CHUNK: usize = 32;
 /// Most splits per KV head (the combine reads one split per lane).
 const MAX_SPLITS: usize = 32;
-/// v19b: dynamic shared memory of a key-region attention block that leaves room for two
-/// blocks an SM on sm_90 (228 KiB an SM, 1 KiB reserved a block, a few KiB static), and the
-/// most for one.
-const REGION_SMEM_TWO: usize = 110 * 1024 + 512;
-const REGION_SMEM_ONE: usize = 216 * 1024;
 /// Blocks (splits) per cluster in decode attention v5: the portable cluster size limit.
 const CLUSTER: usize = 8;
 /// Blocks per cluster on Hopper (compute capability 9): its non-portable limit, allowed on
@@ -309,65 +305,22 @@ impl Gen<'_> {
         } else {
             Chunk::Scalar
         };
-        // v19b: on a long cache each split's keys are cut into regions (`rlen` positions each,
-        // the last one open-ended), the tensor-core work of region w in warp w with its own
-        // running softmax, the regions merged into warp 0 before the pushes. A split's chain
-        // of chunks (~0.65 us each: 32 a split at 16K positions) then runs up to four at a
-        // time on the block's warps, which otherwise only stage. Exact below `rlen`: region 0
-        // takes a split's chunks in the order of the kernel without regions, the empty ones
-        // merge as nothing (so the short-context variants stay the long program bit for bit).
-        // One token only: a batch's rows already fill the GPU with clusters, and the regions'
-        // shared memory costs them residency (the 1B, 4 rows after 4096 positions on an H200:
-        // a step 1.05 -> 1.25 ms).
+        // v19b: key regions on a long cache (codegen/attn_regions.rs).
         let chunk_bytes = 2 * CHUNK * hs * 2;
-        // Stages of `r` regions' chunks that leave room for two blocks an SM.
-        let fit2 = |r: usize| REGION_SMEM_TWO / (r * chunk_bytes);
-        let few = n_head_kv * splits * 2 <= self.sm_count;
-        let (regions, rlen) = match work {
-            Chunk::Mma | Chunk::MmaT
-                if self.attn_region > 0
-                    && rows == 1
-                    && grp > 1
-                    && !(early && self.attn_prewait) =>
-            {
-                // As many as the group has heads (its warps), at most four; up to eight (warps
-                // added to the block) where the clusters fill at most half the GPU (SmolLM2's
-                // three KV heads: 48 blocks of 132 SMs). Elsewhere as many as leave two stages
-                // at two blocks an SM, so that every cluster finds SMs at once (at one block an
-                // SM the 1B's eight 16-block clusters ran in two waves on an H200, block 0 done
-                // at 12.9 us of a 26.2 us span; the 8B after 16384 positions, three regions of
-                // two stages against four of three at one block an SM: 386.0 / 384.5 against
-                // 363.2 / 362.0 tok/s on the H200, 329.3 / 328.9 against 310.8 / 309.8 on the
-                // H100). `SMELT_CUDA_ATTN_REGIONS` (kernel lab): at most this many.
-                let ws = (if few { 8 } else { grp.min(4) }).min(
-                    super::lab_knob("SMELT_CUDA_ATTN_REGIONS")
-                        .unwrap_or(8)
-                        .max(1),
-                );
-                let ws = match few {
-                    true => ws,
-                    false => (1..=ws).rev().find(|&r| fit2(r) >= 2).unwrap_or(1),
-                };
-                let rlen = cap.div_ceil(ws).max(self.attn_region).div_ceil(256) * 256;
-                (cap.div_ceil(rlen).min(ws), rlen)
-            }
-            _ => (1, 0),
-        };
-        // The regions' chunks in flight: as many stages as two blocks an SM leave room for,
-        // else (few clusters) as many as one block an SM holds, two past four regions
-        // (SmolLM2's eight: after 16384 positions 1393 tok/s against 1276 at three stages,
-        // 216 KB; after 8192 1786 against 1777, H200).
-        let nbuf = match regions {
-            1 => nbuf,
-            r if fit2(r) >= 2 => nbuf.min(fit2(r)),
-            r => nbuf
-                .min((REGION_SMEM_ONE / (r * chunk_bytes)).max(2))
-                .min(if r > 4 { 2 } else { 4 }),
-        };
+        let cut = self.key_regions(&RegionCase {
+            work,
+            allowed: rows == 1 && !(early && self.attn_prewait),
+            grp,
+            n_head_kv,
+            splits,
+            cap,
+            chunk_bytes,
+            nbuf,
+        });
+        let (regions, rlen, nbuf) = (cut.n, cut.len, cut.nbuf);
         if regions > 1 {
             self.region_used = rlen;
         }
-        let last = regions.saturating_sub(1);
         // Region warps past the group's heads (they load no query).
         let nt = nt.max(regions * 32);
         let qif_regions = nt > grp * 32 && !extra;
@@ -378,36 +331,18 @@ impl Gen<'_> {
         }
         .unwrap_or_default();
         let smem = (nbuf * regions * chunk_bytes).max(region_merge.1 * 4);
-        // Region w's chunk at `w * rlen + jr` into buffer `buf * regions + w`, where the
-        // region holds it (region 0 of the first chunk before the position is known, as
-        // without regions).
-        let rstage = |buf: &str, jr: &str, first: bool| -> String {
-            (0..regions)
-                .map(|w| {
-                    let code = stage(
-                        &format!("({buf}) * {regions} + {w}"),
-                        &format!("({w} * {rlen} + {jr})"),
-                        first,
-                        nt,
-                    );
-                    let held = match w == last {
-                        true => format!("{w} * {rlen} + {jr} <= p1"),
-                        false => format!("{jr} < {rlen} && {w} * {rlen} + {jr} <= p1"),
-                    };
-                    match first && w == 0 {
-                        true => code,
-                        false => format!("if ({held}) {{\n{code}}}\n"),
-                    }
-                })
-                .collect()
-        };
         let (first, more, next) = match regions {
             1 => (first, more, next),
-            _ => (
-                rstage("0", "s * 32", true),
-                rstage("st", "jn", false),
-                rstage("(k + NBUF - 1) % NBUF", "jn", false),
-            ),
+            _ => {
+                let st = |buf: &str, j0: &str, first: bool| {
+                    cut.stage(|b, j| stage(b, j, first, nt), buf, j0, first)
+                };
+                (
+                    st("0", "s * 32", true),
+                    st("st", "jn", false),
+                    st("(k + NBUF - 1) % NBUF", "jn", false),
+                )
+            }
         };
         // Output `d` of group head `hh`: the splits' partials read through distributed shared
         // memory, then merged.
@@ -570,18 +505,9 @@ impl Gen<'_> {
             #undef NBUF\n",
             accdef = work.state(hd),
             chunk = work.body(hd, sif, if regions > 1 { "rv" } else { "warp == 0" }),
-            loop_head = match regions {
-                1 => format!("for (int j0 = s * {CHUNK}; j0 <= p1; j0 += step, k++)"),
-                _ => format!("for (int jr = s * {CHUNK}; jr < {rlen} ? jr <= p1 : {last} * {rlen} + jr <= p1; jr += step, k++)"),
-            },
-            jvar = if regions > 1 { "jr" } else { "j0" },
-            chunk_at = match regions {
-                1 => "const int b = k % NBUF;".to_string(),
-                _ => format!(
-                    "const int j0 = warp * {rlen} + jr; const bool rv = warp < {regions} && (jr < {rlen} || warp == {last}) && j0 <= p1;\n\
-                    const int b = (k % NBUF) * {regions} + warp;"
-                ),
-            },
+            loop_head = cut.loop_head(),
+            jvar = cut.jvar(),
+            chunk_at = cut.chunk_at(),
             merge = region_merge.0,
             qdecl = work.shared(grp, hd, hs),
             mark_landed = if marks { " if (k == 0) TRACE_MARK(1);" } else { "" },
