@@ -64,6 +64,14 @@ if [ "$MODE" = all ] || [ "$MODE" = smelt ]; then
   BP=1 bench 1b-d0 /tmp/llama-1b.gguf
   BP=1 bench 8b-d0 /tmp/llama-8b.gguf
   BP=1 bench smol-d0 /tmp/smollm2-135m.gguf
+  if [ -n "${ALT_ENV:-}" ]; then # the same binary with other settings (ALT_ENV="A=0,B=1"), runs named *-alt
+    bench 1b-alt /tmp/llama-1b.gguf ${ALT_ENV//,/ }
+    bench 8b-alt /tmp/llama-8b.gguf ${ALT_ENV//,/ }
+    bench smol-alt /tmp/smollm2-135m.gguf ${ALT_ENV//,/ }
+    BP=1 bench 1b-d0-alt /tmp/llama-1b.gguf ${ALT_ENV//,/ }
+    BP=1 bench 8b-d0-alt /tmp/llama-8b.gguf ${ALT_ENV//,/ }
+    BP=1 bench smol-d0-alt /tmp/smollm2-135m.gguf ${ALT_ENV//,/ }
+  fi
   if [ -n "${ABLATE:-}" ]; then # the same binary with programmatic dependent launch off
     bench 1b-nopdl /tmp/llama-1b.gguf SMELT_CUDA_PDL=0
     bench 8b-nopdl /tmp/llama-8b.gguf SMELT_CUDA_PDL=0

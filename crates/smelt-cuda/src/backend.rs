@@ -13,8 +13,11 @@ use crate::device::{check, DevBuf, Device, Pinned};
 use crate::profile::Profile;
 use crate::CudaError;
 
+mod greedy;
 mod lower;
 mod submit;
+
+pub use greedy::GREEDY_IN_FLIGHT;
 
 /// Counters for `smelt bench`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,6 +102,9 @@ pub struct CudaProgram {
     paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, Graph2)>>,
+    /// The same for its greedy graph (v20a, backend/greedy.rs): no input copies, the argmax
+    /// kernel and the ring's copy in place of the logits' copy.
+    greedy: Mutex<Option<(u64, u64, Graph2)>>,
     /// v13h: the same program with decode attention in [`lower::SHORT_SPLITS`] splits a KV head,
     /// run while every row's position is below the bound (with v13i, its own `short`: 4
     /// splits below 128).
@@ -133,6 +139,12 @@ impl Drop for CudaProgram {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         drop(graph);
+        let greedy = self
+            .greedy
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(greedy);
     }
 }
 
@@ -289,6 +301,10 @@ pub struct CudaBackend {
     trace: Option<crate::profile::Trace>,
     /// Decode kernels read parameters from a global array (`SMELT_CUDA_PARAMS=global`).
     global_params: bool,
+    /// Greedy decoding on the device (v20a): its buffers and steps in flight, once begun;
+    /// `SMELT_CUDA_GREEDY=0` turns it off (the host's argmax then, a step at a time).
+    greedy: Option<greedy::Greedy>,
+    greedy_on: bool,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -405,6 +421,8 @@ impl CudaBackend {
             short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT").map_or(1, |n| n.min(2)),
             attn_region: codegen::lab_knob("SMELT_CUDA_ATTN_REGION").unwrap_or(ATTN_REGION),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
+            greedy: None,
+            greedy_on: std::env::var("SMELT_CUDA_GREEDY").map_or(true, |v| v != "0"),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

@@ -165,7 +165,12 @@ impl Device {
         Ok(Pinned { ptr: p.cast() })
     }
 
-    /// Synchronous copy of `src` to device address `dst`.
+    /// Synchronous copy of `src` to device address `dst`, complete when it returns.
+    ///
+    /// From pageable memory `cuMemcpyHtoD` returns once the bytes are staged, and its DMA
+    /// runs on the legacy stream, which our non-blocking stream does not wait for: a kernel
+    /// launched right after read the buffer's old contents (seen on the device, v20a's argmax
+    /// test). The context's synchronisation waits for the DMA.
     pub(crate) fn upload(&self, dst: sys::CUdeviceptr, src: &[u8]) -> Result<(), CudaError> {
         self.bind()?;
         // SAFETY: the caller passes a destination inside an allocation of at least src.len() bytes.
@@ -173,7 +178,8 @@ impl Device {
             check(
                 sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len()),
                 "cuMemcpyHtoD",
-            )
+            )?;
+            check(sys::cuCtxSynchronize(), "cuCtxSynchronize")
         }
     }
 

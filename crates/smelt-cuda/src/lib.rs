@@ -13,7 +13,7 @@ mod profile;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats};
+pub use backend::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats, GREEDY_IN_FLIGHT};
 pub use codegen::{KV_BLOCK, MAX_DECODE_ROWS};
 pub use device::{available, Device};
 pub use smelt_graph::WeightSpec;

@@ -66,6 +66,84 @@ impl CudaExec {
     }
 }
 
+impl CudaExec {
+    /// Greedy decoding on the device (smelt-cuda v20a): `steps` one-token steps from `first`
+    /// at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`] in flight, each step's
+    /// token given to `on_token` with the positions evaluated so far; the evaluated tokens are
+    /// pushed to `tokens`. None where the program cannot (the caller takes the host's argmax).
+    pub fn decode_greedy(
+        &mut self,
+        arch: &dyn Architecture,
+        first: u32,
+        start: usize,
+        steps: usize,
+        tokens: &mut Vec<u32>,
+        on_token: &mut dyn FnMut(u32, usize) -> bool,
+    ) -> Result<Option<usize>, EngineError> {
+        let key = (1, Output::LastLogits);
+        if !self.programs.contains_key(&key) {
+            if self.programs.len() >= MAX_PROGRAMS {
+                self.programs.retain(|k, _| k.0 == 1);
+            }
+            let prog = self
+                .backend
+                .lower(&arch.build(1, Output::LastLogits), &self.kv)
+                .map_err(err)?;
+            self.programs.insert(key, prog);
+        }
+        let prog = &self.programs[&key];
+        if !self.backend.greedy_ok(prog, &self.kv) || steps == 0 {
+            return Ok(None);
+        }
+        let r = greedy_steps(
+            &mut self.backend,
+            prog,
+            &mut self.kv,
+            (first, start),
+            steps,
+            tokens,
+            on_token,
+        );
+        let end = self.backend.greedy_end().map_err(err);
+        let n = r?;
+        end?;
+        Ok(Some(n))
+    }
+}
+
+fn greedy_steps(
+    backend: &mut CudaBackend,
+    prog: &CudaProgram,
+    kv: &mut CudaKvCache,
+    (first, start): (u32, usize),
+    steps: usize,
+    tokens: &mut Vec<u32>,
+    on_token: &mut dyn FnMut(u32, usize) -> bool,
+) -> Result<usize, EngineError> {
+    backend
+        .greedy_begin(prog, first, start as u32, kv)
+        .map_err(err)?;
+    let mut launched = 0;
+    while launched < steps.min(smelt_cuda::GREEDY_IN_FLIGHT) {
+        backend.greedy_launch(prog, kv).map_err(err)?;
+        launched += 1;
+    }
+    let (mut done, mut evaluated) = (0, first);
+    loop {
+        let (_, tok) = backend.greedy_wait().map_err(err)?;
+        tokens.push(evaluated);
+        done += 1;
+        if !on_token(tok, start + done) || done == steps {
+            return Ok(done);
+        }
+        evaluated = tok;
+        if launched < steps {
+            backend.greedy_launch(prog, kv).map_err(err)?;
+            launched += 1;
+        }
+    }
+}
+
 /// Programs of a batch engine on the GPU; steps of at most this many distinct shapes stay
 /// compiled (a decode program holds its captured graph).
 const MAX_BATCH_PROGRAMS: usize = 24;

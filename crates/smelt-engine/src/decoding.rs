@@ -72,6 +72,44 @@ impl Decoding {
             c.mask(logits);
         }
         let t = self.sampler.sample(logits);
+        self.accept(tok, t, &raw, kv_len, n_ctx, on_event)
+    }
+
+    /// Whether every token is the argmax of the model's logits, nothing else read from them:
+    /// plain greedy sampling, no constraint, no log-probabilities. The runner may then take
+    /// the argmax where the logits are (`Runner::decode_greedy`) and give the tokens to
+    /// [`Decoding::next_token`].
+    pub fn is_plain_greedy(&self) -> bool {
+        self.sampler.is_plain_greedy() && self.req.constraint.is_none() && !self.req.logprobs
+    }
+
+    /// [`Decoding::next`] for a token already chosen (the argmax of the logits, where
+    /// [`Decoding::is_plain_greedy`]).
+    pub fn next_token(
+        &mut self,
+        tok: &Tokenizer,
+        t: u32,
+        kv_len: usize,
+        n_ctx: usize,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Next {
+        if self.req.cancel.is_cancelled() {
+            return Next::Finish(FinishReason::Cancelled);
+        }
+        self.accept(tok, t, &[], kv_len, n_ctx, on_event)
+    }
+
+    /// The sampled token `t` (`raw`: the logits before penalties, where log-probabilities are
+    /// asked for) into the history, the text and the stop checks.
+    fn accept(
+        &mut self,
+        tok: &Tokenizer,
+        t: u32,
+        raw: &[f32],
+        kv_len: usize,
+        n_ctx: usize,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Next {
         if tok.is_eog(t) {
             return Next::Finish(FinishReason::Stop);
         }
@@ -79,7 +117,7 @@ impl Decoding {
         self.history.push(t);
         if self.req.logprobs {
             self.held_logprobs
-                .push(logprob(tok, &raw, t, self.req.top_logprobs));
+                .push(logprob(tok, raw, t, self.req.top_logprobs));
         }
         self.held_tokens.push(t);
         let done = self.req.constraint.as_mut().is_some_and(|c| c.accept(t));

@@ -283,6 +283,37 @@ impl Model {
         let mut logits = runner.eval(&prompt[last..], Output::LastLogits)?;
         dec.usage.prompt_eval_duration = t0.elapsed();
         let t1 = Instant::now();
+        if dec.is_plain_greedy() {
+            // The first token from the prompt's logits, the rest where the logits are (on the
+            // GPU, the argmax on the device and each step launched ahead of its token).
+            let reason =
+                match dec.next(
+                    &self.tokenizer,
+                    &mut logits,
+                    runner.tokens().len(),
+                    n_ctx,
+                    on_event,
+                ) {
+                    Next::Finish(reason) => Some(reason),
+                    Next::Eval(tok) => {
+                        let mut reason = None;
+                        runner.decode_greedy(tok, usize::MAX, &mut |t, kv_len| match dec
+                            .next_token(&self.tokenizer, t, kv_len, n_ctx, on_event)
+                        {
+                            Next::Eval(_) => true,
+                            Next::Finish(r) => {
+                                reason = Some(r);
+                                false
+                            }
+                        })?;
+                        reason
+                    }
+                };
+            dec.usage.eval_duration = t1.elapsed();
+            // Every step's token was taken or ended the run (Decoding stops at the context).
+            let reason = reason.unwrap_or(FinishReason::Length);
+            return Ok(dec.finish(reason, on_event));
+        }
         let reason = loop {
             match dec.next(
                 &self.tokenizer,

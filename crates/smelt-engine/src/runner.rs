@@ -411,6 +411,58 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// Greedy decoding: evaluate `first` (after the cached tokens), then each step's argmax in
+    /// turn, for at most `max` steps and never past the context. Each step's argmax goes to
+    /// `on_token(token, kv_len)` (`kv_len`: the tokens cached after that step), which says
+    /// whether to evaluate it. Returns the steps evaluated. The tokens are those of
+    /// [`sampler::argmax`](crate::sampler::argmax) over each step's logits from
+    /// [`Runner::eval_slice`]; on the GPU the argmax is taken on the device and the next step
+    /// is launched before the host has the token (smelt-cuda v20a).
+    pub fn decode_greedy(
+        &mut self,
+        first: u32,
+        max: usize,
+        on_token: &mut dyn FnMut(u32, usize) -> bool,
+    ) -> Result<usize, EngineError> {
+        let n_vocab = self.arch.n_vocab();
+        if first as usize >= n_vocab {
+            return Err(EngineError::Invalid(format!(
+                "token id {first} is outside the vocabulary ({n_vocab})"
+            )));
+        }
+        let start = self.tokens.len();
+        if start >= self.n_ctx {
+            return Err(EngineError::ContextFull {
+                needed: start + 1,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let steps = max.min(self.n_ctx - start);
+        if steps == 0 {
+            return Ok(0);
+        }
+        #[cfg(feature = "cuda")]
+        if let Exec::Cuda(c) = &mut self.exec {
+            let arch = self.arch.as_ref();
+            if let Some(n) =
+                c.decode_greedy(arch, first, start, steps, &mut self.tokens, on_token)?
+            {
+                return Ok(n);
+            }
+        }
+        let mut tok = first;
+        for done in 1..=steps {
+            let next = crate::sampler::argmax(self.eval_slice(&[tok], Output::LastLogits)?);
+            if !on_token(next, self.tokens.len()) || done == steps {
+                return Ok(done);
+            }
+            tok = next;
+        }
+        Ok(steps)
+    }
+}
+
 /// Tokens of the next piece an evaluation of `left` more takes on `exec`: on the GPU, the batch
 /// engine's chunks (`cuda::chunk_shape`: powers of two, the few programs it compiles, the
 /// shortest through the decode kernels), so a prompt the batch engine reads in one step gets

@@ -56,6 +56,15 @@ impl Sampler {
         &self.opts
     }
 
+    /// Whether every pick is the plain argmax of the logits: temperature <= 0 and no
+    /// penalty that changes them.
+    pub fn is_plain_greedy(&self) -> bool {
+        let o = &self.opts;
+        let no_penalty =
+            o.repeat_penalty == 1.0 && o.presence_penalty == 0.0 && o.frequency_penalty == 0.0;
+        o.temperature <= 0.0 && (no_penalty || o.repeat_last_n == 0)
+    }
+
     /// Apply repeat, presence and frequency penalties over the recent `history` in place.
     pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
         let o = &self.opts;

@@ -75,3 +75,63 @@ fn context_and_vocab_are_checked() {
         .to_string()
         .contains("outside the vocabulary"));
 }
+
+/// Greedy decoding (`Runner::decode_greedy`: on the GPU the argmax on the device, steps
+/// launched ahead) gives the tokens of the step loop's host argmax, stops where the caller
+/// says (a step launched ahead is dropped), leaves the cache as the loop does (the next
+/// logits are the same bit for bit), and runs to the end of the context, not past it.
+#[test]
+fn smollm2_greedy_decoding_equals_the_step_loop() {
+    let g = Arc::new(Gguf::open(model_path(SMOLLM2)).unwrap());
+    let n_ctx = 48;
+    let mut r = Runner::load(g, n_ctx, 2).unwrap();
+    let prompt = [2u32, 651, 6037, 576, 3281, 603, 11];
+    let steps = 20;
+    let first = smelt_engine::sampler::argmax(&r.eval(&prompt, Output::LastLogits).unwrap());
+    let mut want = vec![first];
+    for _ in 0..steps {
+        let l = r.eval(&[want[want.len() - 1]], Output::LastLogits).unwrap();
+        want.push(smelt_engine::sampler::argmax(&l));
+    }
+    let want_next = r.eval(&[want[steps]], Output::LastLogits).unwrap();
+    r.clear();
+    r.eval(&prompt, Output::LastLogits).unwrap();
+    let mut got = vec![first];
+    let mut lens = Vec::new();
+    let done = r
+        .decode_greedy(first, usize::MAX, &mut |t, kv_len| {
+            got.push(t);
+            lens.push(kv_len);
+            got.len() <= steps
+        })
+        .unwrap();
+    assert_eq!(done, steps);
+    assert_eq!(got, want, "the greedy tokens");
+    let after: Vec<usize> = (1..=steps).map(|i| prompt.len() + i).collect();
+    assert_eq!(lens, after, "the cache's length after each step");
+    assert_eq!(r.tokens().len(), prompt.len() + steps);
+    assert_eq!(&r.tokens()[prompt.len()..], &want[..steps]);
+    let next = r.eval(&[want[steps]], Output::LastLogits).unwrap();
+    let same = next
+        .iter()
+        .zip(&want_next)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "the logits after greedy decoding (max diff {})",
+        max_diff(&next, &want_next)
+    );
+    // To the end of the context.
+    let left = n_ctx - r.tokens().len();
+    let done = r
+        .decode_greedy(want[steps], usize::MAX, &mut |_, _| true)
+        .unwrap();
+    assert_eq!(done, left);
+    assert_eq!(r.tokens().len(), n_ctx);
+    let full = r.decode_greedy(1, 5, &mut |_, _| true).unwrap_err();
+    assert!(full.to_string().contains("context"), "{full}");
+    r.clear();
+    let bad = r.decode_greedy(999_999, 5, &mut |_, _| true).unwrap_err();
+    assert!(bad.to_string().contains("outside the vocabulary"), "{bad}");
+    assert_eq!(r.decode_greedy(first, 0, &mut |_, _| true).unwrap(), 0);
+}

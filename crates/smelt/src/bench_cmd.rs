@@ -293,15 +293,17 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
     for rep in 0..=a.reps {
         runner.clear();
         let t = Instant::now();
-        let mut tok =
-            smelt_engine::sampler::argmax(runner.eval_slice(&prompt, Output::LastLogits)?);
+        let tok = smelt_engine::sampler::argmax(runner.eval_slice(&prompt, Output::LastLogits)?);
         let pre = t.elapsed().as_secs_f64();
         let before = runner.stats().unwrap_or_default();
         let t = Instant::now();
         // The warm-up only needs the decode plan built and the first step's pages touched.
         let n_gen = if rep == 0 { a.n_gen.min(2) } else { a.n_gen };
-        for _ in 0..n_gen {
-            tok = smelt_engine::sampler::argmax(runner.eval_slice(&[tok], Output::LastLogits)?);
+        // Greedy, as a user's `temperature 0` generation runs (on the GPU the argmax is taken
+        // on the device and the next step launched before the host reads the token).
+        let done = runner.decode_greedy(tok, n_gen, &mut |_, _| true)?;
+        if done != n_gen {
+            anyhow::bail!("decoded {done} of {n_gen} tokens (context {n_ctx})");
         }
         let dec = t.elapsed().as_secs_f64();
         let after = runner.stats().unwrap_or_default();

@@ -293,6 +293,7 @@ impl CudaBackend {
             kv_capacity: kv.capacity(),
             paged: kv.is_paged(),
             graph: Mutex::new(None),
+            greedy: Mutex::new(None),
             short: None,
         };
         self.ensure(&prog)?;

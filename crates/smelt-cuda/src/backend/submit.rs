@@ -5,6 +5,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
+use super::greedy::GreedyTail;
 use super::{Args, BatchSeq, CudaBackend, CudaKvCache, CudaProgram, Graph2, Step};
 use crate::codegen::KV_BLOCK;
 use crate::device::check;
@@ -15,11 +16,16 @@ impl CudaBackend {
     /// Enqueue: copy tokens/positions in, run every kernel, copy the output out.
     /// With `events` (one more than launches), an event is recorded before the first launch
     /// and after each.
-    fn enqueue(
+    ///
+    /// With `greedy` (v20a) the step takes its token and position from the device (the
+    /// previous step's argmax), and ends with the argmax kernel and the ring's copy instead
+    /// of the logits' copy.
+    pub(super) fn enqueue(
         &self,
         prog: &CudaProgram,
         kv: &CudaKvCache,
         events: &[sys::CUevent],
+        greedy: Option<&GreedyTail>,
     ) -> Result<(), CudaError> {
         let io = &self.io;
         let n = prog.n_tokens;
@@ -32,19 +38,21 @@ impl CudaBackend {
             let pin = io.pinned.ptr;
             let pos_host = pin.add(io.max_tokens * 4);
             let out_host = pin.add((io.max_tokens + io.max_in) * 4);
-            check(
-                sys::cuMemcpyHtoDAsync_v2(io.tok.ptr, pin as *const c_void, n * 4, stream),
-                "copy tokens",
-            )?;
-            check(
-                sys::cuMemcpyHtoDAsync_v2(
-                    io.pos.ptr,
-                    pos_host as *const c_void,
-                    prog.in_len * 4,
-                    stream,
-                ),
-                "copy positions",
-            )?;
+            if greedy.is_none() {
+                check(
+                    sys::cuMemcpyHtoDAsync_v2(io.tok.ptr, pin as *const c_void, n * 4, stream),
+                    "copy tokens",
+                )?;
+                check(
+                    sys::cuMemcpyHtoDAsync_v2(
+                        io.pos.ptr,
+                        pos_host as *const c_void,
+                        prog.in_len * 4,
+                        stream,
+                    ),
+                    "copy positions",
+                )?;
+            }
             if let Some(b) = prog.barrier {
                 check(
                     sys::cuMemsetD32Async(io.counters.ptr + b as u64 * 4, 0, 1, stream),
@@ -149,27 +157,42 @@ impl CudaBackend {
                     check(sys::cuEventRecord(e, stream), "event record")?;
                 }
             }
-            check(
-                sys::cuMemcpyDtoHAsync_v2(
-                    out_host as *mut c_void,
-                    io.arena.ptr + prog.out_off as u64 * 4,
-                    prog.out_len * 4,
+            let logits = io.arena.ptr + prog.out_off as u64 * 4;
+            match greedy {
+                None => check(
+                    sys::cuMemcpyDtoHAsync_v2(
+                        out_host as *mut c_void,
+                        logits,
+                        prog.out_len * 4,
+                        stream,
+                    ),
+                    "copy output",
+                )?,
+                Some(t) => t.enqueue(
                     stream,
-                ),
-                "copy output",
-            )?;
+                    logits,
+                    prog.out_len,
+                    (io.tok.ptr, io.pos.ptr),
+                    pdl && after_kernel,
+                )?,
+            }
         }
         Ok(())
     }
 
     /// Check `prog` against `kv` and the step's size; grow the shared buffers for it.
-    fn prepare_io(
+    pub(super) fn prepare_io(
         &mut self,
         prog: &CudaProgram,
         tokens: &[u32],
         positions: &[u32],
         kv: &CudaKvCache,
     ) -> Result<(), CudaError> {
+        // Another execution ends a greedy run: the steps still in flight finish before it
+        // (one stream) and their tokens are dropped.
+        if let Some(g) = &mut self.greedy {
+            g.forget();
+        }
         let n = prog.n_tokens;
         if tokens.len() != n || positions.len() != n {
             return Err(CudaError::Invalid(format!(
@@ -314,9 +337,20 @@ impl CudaBackend {
         self.run(prog.pick(positions), kv)
     }
 
-    /// Capture `prog` as a graph if not yet (or the buffers moved), and launch the graph.
-    fn replay(&mut self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<(), CudaError> {
-        let mut slot = prog.graph.lock().unwrap_or_else(|e| e.into_inner());
+    /// Capture `prog` as a graph if not yet (or the buffers moved), and launch the graph; with
+    /// `greedy`, its greedy graph (v20a).
+    pub(super) fn replay(
+        &mut self,
+        prog: &CudaProgram,
+        kv: &CudaKvCache,
+        greedy: Option<&GreedyTail>,
+    ) -> Result<(), CudaError> {
+        let graph = if greedy.is_some() {
+            &prog.greedy
+        } else {
+            &prog.graph
+        };
+        let mut slot = graph.lock().unwrap_or_else(|e| e.into_inner());
         let fresh =
             matches!(&*slot, Some((gen, kvp, _)) if *gen == self.io.gen && *kvp == kv.buf.ptr);
         if !fresh {
@@ -332,7 +366,7 @@ impl CudaBackend {
                     ),
                     "begin capture",
                 )?;
-                let r = self.enqueue(prog, kv, &[]);
+                let r = self.enqueue(prog, kv, &[], greedy);
                 let mut graph = std::ptr::null_mut();
                 let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
                 r?;
@@ -367,7 +401,7 @@ impl CudaBackend {
             && self.profile.is_none()
             && !prog.no_graph.load(std::sync::atomic::Ordering::Relaxed);
         if use_graph {
-            if let Err(e) = self.replay(prog, kv) {
+            if let Err(e) = self.replay(prog, kv, None) {
                 if !prog.cooperative {
                     return Err(e);
                 }
@@ -387,14 +421,14 @@ impl CudaBackend {
             let events = Events::new(prog.launches.len() + 1)?;
             // Borrow split: enqueue takes &self; the profile is put back below.
             let mut prof = std::mem::take(prof);
-            let r = self.enqueue(prog, kv, &events.0);
+            let r = self.enqueue(prog, kv, &events.0, None);
             let r = r.and_then(|_| self.dev.sync());
             let r = r.and_then(|_| prof.add(prog, &events));
             self.profile = Some(prof);
             r?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         } else {
-            self.enqueue(prog, kv, &[])?;
+            self.enqueue(prog, kv, &[], None)?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         }
         self.dev.sync()?;

@@ -750,3 +750,73 @@ __device__ __forceinline__ void trace_end(float* A, u32* C, u64 ts, u64 cb) {
     if (atomicAdd(&C[cb + 1], 1u) == nb - 1) { ((u64*)(A + ts))[1] = gtimer(); C[cb] = 0u; C[cb + 1] = 0u; }
   }
 }
+
+// Greedy decoding on the device (v20a): the argmax of a one-token step's logits (the largest
+// value, the lowest index among equals, NaN never wins, 0 when every value is -inf or NaN: the
+// host's `sampler::argmax`) becomes the next step's token and the step's entry in a ring the
+// host reads; the position goes one up. Blocks of 256 threads take GREEDY_SPAN logits each;
+// the last block to finish reduces the blocks' bests and resets their counter, so graphs
+// replay. G (u32): [0] the counter, [GREEDY_RING_AT, + GREEDY_RING) the ring (by position),
+// [GREEDY_PART_AT, ...) the blocks' bests (u64).
+#define GREEDY_SPAN 4096u
+#define GREEDY_RING 64u
+#define GREEDY_RING_AT 64u
+#define GREEDY_PART_AT 128u
+// A logit and its index as one key whose unsigned order is the argmax's: the value's bits
+// made monotonic (-0 as +0; NaN the least), then the index reversed (the lower wins a tie).
+__device__ __forceinline__ u64 greedy_key(float v, u32 i) {
+  u32 b = __float_as_uint(v);
+  if (b == 0x80000000u) b = 0u;
+  u32 k = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  if (v != v) k = 0u;
+  return ((u64)k << 32) | (u64)(0xffffffffu - i);
+}
+__device__ __forceinline__ u64 greedy_block_max(u64 best, u64* part) {
+  _Pragma("unroll") for (int o = 16; o > 0; o >>= 1) {
+    const u64 x = __shfl_xor_sync(0xffffffffu, best, o);
+    best = x > best ? x : best;
+  }
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = best;
+  __syncthreads();
+  best = part[0];
+  _Pragma("unroll") for (int w = 1; w < 8; w++) best = part[w] > best ? part[w] : best;
+  return best;
+}
+extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logits, u32 n, u32* tok, u32* pos, u32* G) {
+#if SMELT_PDL
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  __shared__ u64 part[8];
+  __shared__ u32 last;
+  const u32 lo = blockIdx.x * GREEDY_SPAN, hi = min(n, lo + GREEDY_SPAN);
+  u64 best = 0;
+  for (u32 i = lo + threadIdx.x; i < hi; i += 256) {
+    const u64 k = greedy_key(__ldcg(logits + i), i);
+    best = k > best ? k : best;
+  }
+  best = greedy_block_max(best, part);
+  u64* bests = (u64*)(G + GREEDY_PART_AT);
+  if (threadIdx.x == 0) {
+    bests[blockIdx.x] = best;
+    __threadfence();
+    last = atomicAdd(&G[0], 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  __syncthreads();
+  best = 0;
+  for (u32 b = threadIdx.x; b < gridDim.x; b += 256) {
+    const u64 k = __ldcg(bests + b);
+    best = k > best ? k : best;
+  }
+  best = greedy_block_max(best, part);
+  if (threadIdx.x == 0) {
+    const u32 t = (u32)(best >> 32) <= 0x007fffffu ? 0u : 0xffffffffu - (u32)best;
+    const u32 p = pos[0];
+    tok[0] = t;
+    G[GREEDY_RING_AT + p % GREEDY_RING] = t;
+    pos[0] = p + 1;
+    G[0] = 0u;
+  }
+}

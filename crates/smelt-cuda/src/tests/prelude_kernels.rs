@@ -150,3 +150,101 @@ fn dequant_and_to_f16_kernels_match_cpu() {
         }
     }
 }
+
+/// v20a: `greedy_next` (the device's argmax of a step's logits) against the host's rule on
+/// ties, NaN, infinities, signed zeros, one logit and vocabularies of 49152-262144; each run
+/// writes the token, the ring's word for the position, moves the position one up and leaves
+/// its block counter at zero (the next run, on the same buffers, depends on it).
+#[test]
+fn greedy_argmax_kernel_matches_the_host() {
+    use cudarc::driver::sys;
+    if !gpu() {
+        return;
+    }
+    let dev = crate::Device::open().unwrap();
+    let module = dev.compile(codegen::PRELUDE).unwrap();
+    let f = dev.function(&module, "greedy_next", 0).unwrap();
+    let mut rng = Rng(7);
+    let mut cases: Vec<Vec<f32>> = Vec::new();
+    for n in [1usize, 4095, 4097, 49152, 128256, 262144] {
+        cases.push((0..n).map(|_| rng.next() * 8.0).collect());
+    }
+    let mut tie: Vec<f32> = (0..5000).map(|_| rng.next()).collect();
+    tie[1234] = 9.0;
+    tie[4500] = 9.0;
+    tie[4100] = f32::NAN;
+    cases.push(tie);
+    cases.push(vec![f32::NEG_INFINITY; 300]);
+    let mut nan = vec![f32::NAN; 9000];
+    nan[8000] = f32::NEG_INFINITY;
+    cases.push(nan);
+    let mut mixed = vec![f32::NAN; 9000];
+    mixed[7000] = -1e30;
+    mixed[8999] = f32::INFINITY;
+    cases.push(mixed);
+    let mut zeros = vec![-1.0f32; 10000];
+    zeros[6000] = -0.0;
+    zeros[9000] = 0.0;
+    cases.push(zeros);
+    let mut last = vec![-3.0f32; 262144];
+    last[262143] = -2.5;
+    cases.push(last);
+    let g = dev.alloc((128 + 2 * 4096) * 4).unwrap();
+    let tok = dev.alloc(4).unwrap();
+    let pos = dev.alloc(4).unwrap();
+    dev.upload(pos.ptr, &100u32.to_le_bytes()).unwrap();
+    for (ci, x) in cases.iter().enumerate() {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let l = dev.alloc(bytes.len()).unwrap();
+        dev.upload(l.ptr, &bytes).unwrap();
+        let (mut a_l, mut a_n, mut a_t, mut a_p, mut a_g) =
+            (l.ptr, x.len() as u32, tok.ptr, pos.ptr, g.ptr);
+        let mut ptrs: [*mut std::ffi::c_void; 5] = [
+            (&mut a_l) as *mut u64 as *mut std::ffi::c_void,
+            (&mut a_n) as *mut u32 as *mut std::ffi::c_void,
+            (&mut a_t) as *mut u64 as *mut std::ffi::c_void,
+            (&mut a_p) as *mut u64 as *mut std::ffi::c_void,
+            (&mut a_g) as *mut u64 as *mut std::ffi::c_void,
+        ];
+        // SAFETY: the kernel reads `n` floats of `l`, writes one word of `tok` and `pos` and
+        // in `g` (128 + 2 * blocks words) its counter, ring and bests.
+        unsafe {
+            let r = sys::cuLaunchKernel(
+                f.cu_function(),
+                x.len().div_ceil(4096) as u32,
+                1,
+                1,
+                256,
+                1,
+                1,
+                0,
+                dev.cu_stream(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            );
+            assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch greedy_next");
+        }
+        dev.sync().unwrap();
+        let mut w = [0u8; 4];
+        dev.download(&mut w, tok.ptr).unwrap();
+        let want = host_argmax(x);
+        assert_eq!(
+            u32::from_le_bytes(w),
+            want,
+            "case {ci} ({} logits)",
+            x.len()
+        );
+        dev.download(&mut w, pos.ptr).unwrap();
+        let p = 101 + ci as u32;
+        assert_eq!(u32::from_le_bytes(w), p, "case {ci}: the position");
+        let mut gb = vec![0u8; 128 * 4];
+        dev.download(&mut gb, g.ptr).unwrap();
+        let word = |i: usize| u32::from_le_bytes(gb[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!(word(0), 0, "case {ci}: the counter is reset");
+        assert_eq!(
+            word(64 + (p as usize - 1) % 64),
+            want,
+            "case {ci}: the ring"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Greedy decoding on the device (v20a): each one-token step ends with the argmax of its
+//! logits (prelude `greedy_next`), which becomes the next step's token and position on the
+//! device, so the host launches a step before the previous one has finished and reads each
+//! token from a small ring (a 4-byte answer where the logits were 0.2-1 MB) once its step's
+//! event fires. The GPU then never waits for the host between tokens: no logits copy, no
+//! host argmax, no launch latency on the step's path.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+
+use cudarc::driver::sys;
+
+use super::{CudaBackend, CudaKvCache, CudaProgram};
+use crate::device::{check, DevBuf, Pinned};
+use crate::CudaError;
+
+/// Steps a caller keeps in flight at most (launched and not yet waited for): one running, the
+/// next queued behind it.
+pub const GREEDY_IN_FLIGHT: usize = 2;
+
+// The prelude's layout of the kernel's buffer (u32 words): the counter, the ring, the bests.
+const SPAN: usize = 4096;
+const RING: usize = 64;
+const RING_AT: usize = 64;
+const PART_AT: usize = 128;
+/// Logits a step may have: blocks of [`SPAN`] whose bests fit the buffer.
+const MAX_BLOCKS: usize = 4096;
+
+/// The argmax kernel's buffer, the ring's pinned copy, and the steps in flight.
+pub(crate) struct Greedy {
+    buf: DevBuf,
+    ring: Pinned,
+    events: Vec<sys::CUevent>,
+    /// Launched and not yet waited for: (position, event).
+    queue: VecDeque<(u32, usize)>,
+    next_event: usize,
+    /// The position of the next step to launch (the device's `pos` once the queue is done).
+    next_pos: u32,
+}
+
+// SAFETY: the events and the pinned ring belong to one backend and are used only through its
+// `&mut self` (one thread at a time).
+unsafe impl Send for Greedy {}
+
+impl Greedy {
+    /// Drop the steps in flight (another execution follows them on the stream).
+    pub(super) fn forget(&mut self) {
+        self.queue.clear();
+    }
+}
+
+impl Drop for Greedy {
+    fn drop(&mut self) {
+        for &e in &self.events {
+            // SAFETY: events created in `greedy_begin`, destroyed once.
+            unsafe {
+                let _ = sys::cuEventDestroy_v2(e);
+            }
+        }
+    }
+}
+
+/// What a greedy graph ends with: the argmax kernel of the step's module and where it writes.
+pub(super) struct GreedyTail {
+    func: sys::CUfunction,
+    buf: sys::CUdeviceptr,
+    ring: *mut u8,
+}
+
+impl GreedyTail {
+    /// Enqueue the argmax of `n` logits at `logits` (writing the token and position buffers
+    /// `io`) and the ring's copy to the host.
+    pub(super) fn enqueue(
+        &self,
+        stream: sys::CUstream,
+        logits: sys::CUdeviceptr,
+        n: usize,
+        io: (sys::CUdeviceptr, sys::CUdeviceptr),
+        programmatic: bool,
+    ) -> Result<(), CudaError> {
+        let mut a_logits = logits;
+        let mut a_n = n as u32;
+        let (mut a_tok, mut a_pos) = io;
+        let mut a_buf = self.buf;
+        let mut ptrs: [*mut c_void; 5] = [
+            (&mut a_logits) as *mut u64 as *mut c_void,
+            (&mut a_n) as *mut u32 as *mut c_void,
+            (&mut a_tok) as *mut u64 as *mut c_void,
+            (&mut a_pos) as *mut u64 as *mut c_void,
+            (&mut a_buf) as *mut u64 as *mut c_void,
+        ];
+        let blocks = n.div_ceil(SPAN) as u32;
+        // SAFETY: the kernel reads `n` floats at `logits` (the program's output, inside the
+        // arena), writes one u32 each of the token and position buffers and, in `buf`
+        // (PART_AT + 2 * MAX_BLOCKS words, `blocks` <= MAX_BLOCKS checked by `greedy_ok`), its
+        // counter, ring and bests; the copy reads the ring into the pinned ring of RING words.
+        unsafe {
+            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig {
+                gridDimX: blocks,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: 256,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: stream,
+                attrs: &mut attr,
+                numAttrs: programmatic as u32,
+            };
+            check(
+                sys::cuLaunchKernelEx(&config, self.func, ptrs.as_mut_ptr(), std::ptr::null_mut()),
+                "greedy argmax launch",
+            )?;
+            check(
+                sys::cuMemcpyDtoHAsync_v2(
+                    self.ring as *mut c_void,
+                    self.buf + RING_AT as u64 * 4,
+                    RING * 4,
+                    stream,
+                ),
+                "copy the greedy ring",
+            )
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Whether `prog` decodes greedily on the device over `kv`: a one-token decode program
+    /// replayed as a graph on a contiguous cache (not profiled, not traced, not persistent),
+    /// and `SMELT_CUDA_GREEDY` is not `0`.
+    pub fn greedy_ok(&self, prog: &CudaProgram, kv: &CudaKvCache) -> bool {
+        self.greedy_on
+            && self.graphs
+            && self.profile.is_none()
+            && self.trace.is_none()
+            && prog.decode
+            && prog.n_tokens == 1
+            && !prog.cooperative
+            && !prog.paged
+            && !kv.is_paged()
+            && prog.out_len > 0
+            && prog.out_len.div_ceil(SPAN) <= MAX_BLOCKS
+    }
+
+    /// Begin greedy decoding with `prog` (a one-token program of the last token's logits)
+    /// from `token` at `position`: its inputs go to the device; launch the steps with
+    /// [`Self::greedy_launch`] and read their tokens with [`Self::greedy_wait`]. Any other
+    /// execution ends the run (the steps in flight finish, their tokens are dropped).
+    pub fn greedy_begin(
+        &mut self,
+        prog: &CudaProgram,
+        token: u32,
+        position: u32,
+        kv: &CudaKvCache,
+    ) -> Result<(), CudaError> {
+        if !self.greedy_ok(prog, kv) {
+            return Err(CudaError::Invalid(
+                "this program does not decode greedily on the device".into(),
+            ));
+        }
+        self.prepare_io(prog, &[token], &[position], kv)?;
+        self.dev.sync()?;
+        if self.greedy.is_none() {
+            let buf = self.dev.alloc((PART_AT + 2 * MAX_BLOCKS) * 4)?;
+            let ring = self.dev.alloc_pinned(RING * 4)?;
+            let mut events = Vec::with_capacity(GREEDY_IN_FLIGHT);
+            for _ in 0..GREEDY_IN_FLIGHT {
+                let mut e = std::ptr::null_mut();
+                // SAFETY: out-parameter creation; destroyed by Greedy::drop.
+                unsafe {
+                    check(
+                        sys::cuEventCreate(
+                            &mut e,
+                            sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+                        ),
+                        "event create",
+                    )?
+                };
+                events.push(e);
+            }
+            self.greedy = Some(Greedy {
+                buf,
+                ring,
+                events,
+                queue: VecDeque::new(),
+                next_event: 0,
+                next_pos: 0,
+            });
+        }
+        self.dev.upload(self.io.tok.ptr, &token.to_le_bytes())?;
+        self.dev.upload(self.io.pos.ptr, &position.to_le_bytes())?;
+        let g = self.greedy.as_mut().expect("allocated above");
+        g.queue.clear();
+        g.next_pos = position;
+        Ok(())
+    }
+
+    /// Launch the next greedy step of `prog` (the program begun with, or the same shape
+    /// lowered again): its short-context variant while its position is below the variant's
+    /// bound. At most [`GREEDY_IN_FLIGHT`] steps are in flight.
+    pub fn greedy_launch(
+        &mut self,
+        prog: &CudaProgram,
+        kv: &mut CudaKvCache,
+    ) -> Result<(), CudaError> {
+        if !self.greedy_ok(prog, kv) {
+            return Err(CudaError::Invalid(
+                "this program does not decode greedily on the device".into(),
+            ));
+        }
+        let g = self
+            .greedy
+            .as_ref()
+            .ok_or_else(|| CudaError::Invalid("greedy decoding was not begun".into()))?;
+        let pos = g.next_pos;
+        if g.queue.len() >= g.events.len() {
+            return Err(CudaError::Invalid(format!(
+                "{} greedy steps in flight already",
+                g.queue.len()
+            )));
+        }
+        if pos as usize >= kv.capacity() {
+            return Err(CudaError::Invalid(format!(
+                "position {pos} outside the KV cache ({})",
+                kv.capacity()
+            )));
+        }
+        if prog.kv_capacity != kv.capacity() {
+            return Err(CudaError::Invalid(
+                "program lowered for another KV cache".into(),
+            ));
+        }
+        let step = prog.pick(&[pos]);
+        let func = self
+            .dev
+            .function(&step._module, "greedy_next", 0)?
+            .cu_function();
+        let tail = GreedyTail {
+            func,
+            buf: g.buf.ptr,
+            ring: g.ring.ptr,
+        };
+        let ev = g.events[g.next_event];
+        self.replay(step, kv, Some(&tail))?;
+        // SAFETY: recording an event we own on our stream.
+        unsafe { check(sys::cuEventRecord(ev, self.dev.cu_stream()), "event record")? };
+        let g = self.greedy.as_mut().expect("checked above");
+        g.queue.push_back((pos, g.next_event));
+        g.next_event = (g.next_event + 1) % g.events.len();
+        g.next_pos = pos + 1;
+        self.stats.submissions += 1;
+        self.stats.executions += 1;
+        self.stats.kernels += step.launches.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Wait for the oldest greedy step in flight: (its position, the token it chose).
+    pub fn greedy_wait(&mut self) -> Result<(u32, u32), CudaError> {
+        let g = self
+            .greedy
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("greedy decoding was not begun".into()))?;
+        let (pos, ev) = g
+            .queue
+            .pop_front()
+            .ok_or_else(|| CudaError::Invalid("no greedy step in flight".into()))?;
+        // SAFETY: waiting on an event we recorded; then reading the pinned ring's word for
+        // this step (RING words; the copies of the steps still in flight write the same value
+        // there, a step's word changes only RING positions later).
+        let tok = unsafe {
+            check(sys::cuEventSynchronize(g.events[ev]), "event wait")?;
+            std::ptr::read_volatile((g.ring.ptr as *const u32).add(pos as usize % RING))
+        };
+        Ok((pos, tok))
+    }
+
+    /// End a greedy run: wait for the steps in flight, drop their tokens.
+    pub fn greedy_end(&mut self) -> Result<(), CudaError> {
+        if let Some(g) = &mut self.greedy {
+            g.forget();
+        }
+        self.dev.sync()
+    }
+}
