@@ -165,6 +165,32 @@ impl Device {
         Ok(Pinned { ptr: p.cast() })
     }
 
+    /// Pinned host memory the device writes in place (mapped into its address space): the
+    /// host pointer and the device's.
+    pub(crate) fn alloc_mapped(
+        &self,
+        bytes: usize,
+    ) -> Result<(Pinned, sys::CUdeviceptr), CudaError> {
+        self.bind()?;
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        let mut d: sys::CUdeviceptr = 0;
+        // SAFETY: out-parameter allocation of mapped pinned host memory (freed by
+        // Pinned::drop), zeroed, then its device address.
+        unsafe {
+            check(
+                sys::cuMemHostAlloc(&mut p, bytes.max(16), sys::CU_MEMHOSTALLOC_DEVICEMAP),
+                "cuMemHostAlloc",
+            )?;
+            std::ptr::write_bytes(p.cast::<u8>(), 0, bytes.max(16));
+            let pinned = Pinned { ptr: p.cast() };
+            check(
+                sys::cuMemHostGetDevicePointer_v2(&mut d, p, 0),
+                "cuMemHostGetDevicePointer",
+            )?;
+            Ok((pinned, d))
+        }
+    }
+
     /// Synchronous copy of `src` to device address `dst`, complete when it returns.
     ///
     /// From pageable memory `cuMemcpyHtoD` returns once the bytes are staged, and its DMA

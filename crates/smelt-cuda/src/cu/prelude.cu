@@ -753,14 +753,13 @@ __device__ __forceinline__ void trace_end(float* A, u32* C, u64 ts, u64 cb) {
 
 // Greedy decoding on the device (v20a): the argmax of a one-token step's logits (the largest
 // value, the lowest index among equals, NaN never wins, 0 when every value is -inf or NaN: the
-// host's `sampler::argmax`) becomes the next step's token and the step's entry in a ring the
-// host reads; the position goes one up. Blocks of 256 threads take GREEDY_SPAN logits each;
-// the last block to finish reduces the blocks' bests and resets their counter, so graphs
-// replay. G (u32): [0] the counter, [GREEDY_RING_AT, + GREEDY_RING) the ring (by position),
-// [GREEDY_PART_AT, ...) the blocks' bests (u64).
+// host's `sampler::argmax`) becomes the next step's token and the step's entry in a ring of
+// mapped host memory the host reads (v20b: written in place, no copy node); the position goes
+// one up. Blocks of 256 threads take GREEDY_SPAN logits each; the last block to finish reduces
+// the blocks' bests and resets their counter, so graphs replay. G (u32): [0] the counter,
+// [GREEDY_PART_AT, ...) the blocks' bests (u64); ring: GREEDY_RING words, by position.
 #define GREEDY_SPAN 4096u
 #define GREEDY_RING 64u
-#define GREEDY_RING_AT 64u
 #define GREEDY_PART_AT 128u
 // A logit and its index as one key whose unsigned order is the argmax's: the value's bits
 // made monotonic (-0 as +0; NaN the least), then the index reversed (the lower wins a tie).
@@ -782,7 +781,7 @@ __device__ __forceinline__ u64 greedy_block_max(u64 best, u64* part) {
   _Pragma("unroll") for (int w = 1; w < 8; w++) best = part[w] > best ? part[w] : best;
   return best;
 }
-extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logits, u32 n, u32* tok, u32* pos, u32* G) {
+extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logits, u32 n, u32* tok, u32* pos, u32* G, volatile u32* ring) {
 #if SMELT_PDL
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
@@ -815,8 +814,9 @@ extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logit
     const u32 t = (u32)(best >> 32) <= 0x007fffffu ? 0u : 0xffffffffu - (u32)best;
     const u32 p = pos[0];
     tok[0] = t;
-    G[GREEDY_RING_AT + p % GREEDY_RING] = t;
     pos[0] = p + 1;
     G[0] = 0u;
+    ring[p % GREEDY_RING] = t;
+    __threadfence_system();
   }
 }
