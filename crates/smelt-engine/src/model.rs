@@ -283,19 +283,20 @@ impl Model {
         let mut logits = runner.eval(&prompt[last..], Output::LastLogits)?;
         dec.usage.prompt_eval_duration = t0.elapsed();
         let t1 = Instant::now();
-        if dec.is_plain_greedy() {
-            // The first token from the prompt's logits, the rest where the logits are (on the
-            // GPU, the argmax on the device and each step launched ahead of its token).
-            let reason =
-                match dec.next(
-                    &self.tokenizer,
-                    &mut logits,
-                    runner.tokens().len(),
-                    n_ctx,
-                    on_event,
-                ) {
-                    Next::Finish(reason) => Some(reason),
-                    Next::Eval(tok) => {
+        let mut next = dec.next(
+            &self.tokenizer,
+            &mut logits,
+            runner.tokens().len(),
+            n_ctx,
+            on_event,
+        );
+        let reason =
+            loop {
+                match next {
+                    Next::Finish(reason) => break reason,
+                    Next::Eval(tok) if dec.is_plain_greedy() => {
+                        // The rest where the logits are (on the GPU, the argmax on the device and
+                        // each step launched ahead of its token).
                         let mut reason = None;
                         runner.decode_greedy(tok, usize::MAX, &mut |t, kv_len| match dec
                             .next_token(&self.tokenizer, t, kv_len, n_ctx, on_event)
@@ -306,30 +307,24 @@ impl Model {
                                 false
                             }
                         })?;
-                        reason
+                        // Every step's token was taken or ended the run (Decoding stops at the
+                        // context's end).
+                        break reason.unwrap_or(FinishReason::Length);
                     }
-                };
-            dec.usage.eval_duration = t1.elapsed();
-            // Every step's token was taken or ended the run (Decoding stops at the context).
-            let reason = reason.unwrap_or(FinishReason::Length);
-            return Ok(dec.finish(reason, on_event));
-        }
-        let reason = loop {
-            match dec.next(
-                &self.tokenizer,
-                &mut logits,
-                runner.tokens().len(),
-                n_ctx,
-                on_event,
-            ) {
-                Next::Finish(reason) => break reason,
-                Next::Eval(tok) => {
-                    let next = runner.eval_slice(&[tok], Output::LastLogits)?;
-                    logits.clear();
-                    logits.extend_from_slice(next);
+                    Next::Eval(tok) => {
+                        let row = runner.eval_slice(&[tok], Output::LastLogits)?;
+                        logits.clear();
+                        logits.extend_from_slice(row);
+                        next = dec.next(
+                            &self.tokenizer,
+                            &mut logits,
+                            runner.tokens().len(),
+                            n_ctx,
+                            on_event,
+                        );
+                    }
                 }
-            }
-        };
+            };
         dec.usage.eval_duration = t1.elapsed();
         Ok(dec.finish(reason, on_event))
     }
