@@ -102,9 +102,12 @@ pub struct CudaProgram {
     paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, Graph2)>>,
-    /// The same for its greedy graph (v20a, backend/greedy.rs): no input copies, the argmax
-    /// kernel and the ring's copy in place of the logits' copy.
+    /// The same for its greedy graph (v20a, backend/greedy.rs): no input copies, no logits'
+    /// copy, the head kernel with the argmax in its tail (`greedy_head`, v20d) or the argmax
+    /// kernel after the head (v20a-b).
     greedy: Mutex<Option<(u64, u64, Graph2)>>,
+    /// v20d: the greedy graph's launch in place of the last (codegen `greedy_fold`).
+    greedy_head: Option<Step>,
     /// v13h: the same program with decode attention in [`lower::SHORT_SPLITS`] splits a KV head,
     /// run while every row's position is below the bound (with v13i, its own `short`: 4
     /// splits below 128).
@@ -305,6 +308,12 @@ pub struct CudaBackend {
     /// `SMELT_CUDA_GREEDY=0` turns it off (the host's argmax then, a step at a time).
     greedy: Option<greedy::Greedy>,
     greedy_on: bool,
+    /// The argmax kernel's buffer and the ring (allocated with the backend: the v20d head
+    /// kernels take their addresses as parameters).
+    greedy_bufs: greedy::GreedyBufs,
+    /// v20d: one-token programs have a copy of the head kernel with the argmax in its tail
+    /// for the greedy graph (`SMELT_CUDA_GREEDY_FOLD=0`: the argmax kernel after the head).
+    greedy_fold: bool,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -398,6 +407,7 @@ impl CudaBackend {
             Ok("flag") => Some(4),
             _ => Some(2),
         };
+        let greedy_bufs = greedy::GreedyBufs::new(&dev)?;
         Ok(CudaBackend {
             use_cublas: cublas.is_ok(),
             cublas,
@@ -423,6 +433,8 @@ impl CudaBackend {
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             greedy: None,
             greedy_on: std::env::var("SMELT_CUDA_GREEDY").map_or(true, |v| v != "0"),
+            greedy_bufs,
+            greedy_fold: codegen::lab_knob("SMELT_CUDA_GREEDY_FOLD") != Some(0),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),
@@ -513,6 +525,13 @@ impl CudaBackend {
     /// of at least `len` positions where the cache holds several (v19b; 0: never).
     pub fn set_attention_region(&mut self, len: usize) {
         self.attn_region = len;
+    }
+
+    /// One-token programs lowered from now on decode greedily with a copy of the head kernel
+    /// that takes the argmax of the logits in its tail (v20d, the default) or, off, with the
+    /// argmax kernel after the head (v20a-b).
+    pub fn set_greedy_fold(&mut self, on: bool) {
+        self.greedy_fold = on;
     }
 
     /// Stamp every launch of decode programs lowered from now on with the GPU's global timer

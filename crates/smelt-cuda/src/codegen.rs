@@ -127,7 +127,15 @@ pub(crate) struct Generated {
     /// v19b: the positions of its decode attention's first key region where it has several
     /// (0: none); below them the program without regions gives the same logits.
     pub attn_region: usize,
+    /// v20d: the greedy graph's launch in place of the last (the head kernel with the
+    /// argmax in its tail, see [`GenOptions::greedy_fold`]).
+    pub greedy_head: Option<Launch>,
 }
+
+/// Parameter values the lowering replaces with the backend's greedy buffers' addresses
+/// (v20d): the fold's counter and best key, and the ring of mapped host memory.
+pub(crate) const PARAM_GREEDY_BUF: u64 = u64::MAX - 0x61;
+pub(crate) const PARAM_GREEDY_RING: u64 = u64::MAX - 0x62;
 
 pub(crate) fn type_suffix(t: GgmlType) -> Option<&'static str> {
     Some(match t {
@@ -151,7 +159,7 @@ pub(crate) fn lit(x: f32) -> String {
 }
 
 /// Parameters of one launch, referenced from the source as `P[i]`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Params(Vec<u64>);
 
 impl Params {
@@ -238,6 +246,10 @@ struct Gen<'a> {
     attn_region: usize,
     /// v19b: the region length a decode attention took (0: none).
     region_used: usize,
+    /// v20d: the head kernel's copy with the argmax (one token, contiguous cache), and the
+    /// launch of it the generator made.
+    greedy_fold: bool,
+    greedy_head: Option<Launch>,
     /// While a batch kernel's warp epilogues are generated: the warps a weight row (v18f: 2,
     /// each half the sequences, `sh` the half; 1: one warp every sequence).
     seq_split: usize,
@@ -298,6 +310,11 @@ pub(crate) struct GenOptions {
     /// A one-token decode program's kernels but the head as one thread block cluster of this
     /// many blocks where the model fits (v14b, codegen/cluster.rs; 0: off).
     pub cluster: usize,
+    /// v20d: a one-token decode program on a contiguous cache has a copy of its head kernel
+    /// that takes the argmax of the logits in its tail (the next step's token and position,
+    /// the step's word of the greedy ring; parameters [`PARAM_GREEDY_BUF`],
+    /// [`PARAM_GREEDY_RING`]), for the greedy graph ([`Generated::greedy_head`]).
+    pub greedy_fold: bool,
     /// A batch step of at least this many rows takes its matmuls on tensor cores where every
     /// weight is Q4_K or Q6_K (v17c, cu/mma_rows.cu; 0: never)...
     pub batch_mma: usize,
@@ -341,6 +358,7 @@ pub(crate) fn generate(
         batch_mma_q8_0,
         rows_at_once,
         attn_region,
+        greedy_fold,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -403,6 +421,8 @@ pub(crate) fn generate(
         rows_at_once,
         attn_region,
         region_used: 0,
+        greedy_fold: greedy_fold && decode && t == 1 && !kv.paged && cluster == 0 && !persistent,
+        greedy_head: None,
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());
@@ -554,6 +574,7 @@ pub(crate) fn generate(
         param_values,
         cluster_splits: g.cluster_splits,
         attn_region: g.region_used,
+        greedy_head: g.greedy_head.filter(|_| !persistent && param_values),
     })
 }
 

@@ -743,17 +743,19 @@ fn host_argmax(x: &[f32]) -> u32 {
     x.iter().position(|&v| v == m).unwrap_or(0) as u32
 }
 
-/// v20a: greedy decoding on the device (the argmax kernel, two steps in flight, the
-/// short-context variant's bound at 256 crossed on the way) picks the tokens of the host's
-/// argmax over each step's logits; a step launched ahead and dropped (the caller stopped)
-/// leaves the cache as the host's run has it: the next step's logits are the same bit for bit.
+/// v20a: greedy decoding on the device (the argmax in a copy of the head kernel, v20d, and in
+/// a kernel of its own; two steps in flight, the short-context variant's bound at 256 crossed on the
+/// way) picks the tokens of the host's argmax over each step's logits; a step launched ahead
+/// and dropped (the caller stopped) leaves the cache as the host's run has it: the next
+/// step's logits are the same bit for bit.
 #[test]
 fn greedy_decoding_on_the_device_matches_the_host() {
     if !gpu() {
         return;
     }
     let (n0, steps) = (250usize, 12usize);
-    for (ci, d) in long_context_dims().into_iter().enumerate() {
+    let cases = long_context_dims().into_iter().enumerate();
+    for ((ci, d), fold) in cases.flat_map(|c| [(c, true), (c, false)]) {
         let (w, file, gp, g1) = long_context_case(ci, d, n0);
         let widths = [d.n_head_kv * d.head_dim; 2];
         let prompt: Vec<u32> = (0..n0).map(|i| ((i * 5 + 1) % d.n_vocab) as u32).collect();
@@ -761,6 +763,7 @@ fn greedy_decoding_on_the_device_matches_the_host() {
         let mut runs: Vec<(Vec<u32>, Vec<f32>)> = Vec::new();
         for device in [false, true] {
             let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+            cb.set_greedy_fold(fold);
             let mut kv = cb.new_kv(LONG_CAPACITY, &widths).unwrap();
             let pp = cb.lower(&gp, &kv).unwrap();
             let p1 = cb.lower(&g1, &kv).unwrap();
@@ -794,7 +797,10 @@ fn greedy_decoding_on_the_device_matches_the_host() {
                 .to_vec();
             runs.push((toks, next));
         }
-        assert_eq!(runs[0].0, runs[1].0, "case {ci} ({d:?}): the tokens");
+        assert_eq!(
+            runs[0].0, runs[1].0,
+            "case {ci} ({d:?}, fold {fold}): the tokens"
+        );
         let same = runs[0]
             .1
             .iter()

@@ -12,7 +12,7 @@ use std::ffi::c_void;
 use cudarc::driver::sys;
 
 use super::{CudaBackend, CudaKvCache, CudaProgram};
-use crate::device::{check, DevBuf, Pinned};
+use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
 
 /// Steps a caller keeps in flight at most (launched and not yet waited for): one running, the
@@ -26,12 +26,31 @@ const PART_AT: usize = 128;
 /// Logits a step may have: blocks of [`SPAN`] whose bests fit the buffer.
 const MAX_BLOCKS: usize = 4096;
 
-/// The argmax kernel's buffer, the ring (mapped host memory: its host and device addresses),
-/// and the steps in flight.
-pub(crate) struct Greedy {
+/// Where the greedy head kernel's counter and best key start in the buffer (u32 words; v20d).
+const FOLD_AT: usize = 64;
+
+/// The argmax kernel's buffer (the greedy head kernel's words at [`FOLD_AT`]) and the ring (mapped host
+/// memory: its host and device addresses), allocated with the backend.
+pub(crate) struct GreedyBufs {
     buf: DevBuf,
     ring: Pinned,
     ring_dev: sys::CUdeviceptr,
+}
+
+impl GreedyBufs {
+    pub(super) fn new(dev: &Device) -> Result<GreedyBufs, CudaError> {
+        let buf = dev.alloc((PART_AT + 2 * MAX_BLOCKS) * 4)?;
+        let (ring, ring_dev) = dev.alloc_mapped(RING * 4)?;
+        Ok(GreedyBufs {
+            buf,
+            ring,
+            ring_dev,
+        })
+    }
+}
+
+/// The steps in flight and their events.
+pub(crate) struct Greedy {
     events: Vec<sys::CUevent>,
     /// Launched and not yet waited for: (position, event).
     queue: VecDeque<(u32, usize)>,
@@ -40,8 +59,8 @@ pub(crate) struct Greedy {
     next_pos: u32,
 }
 
-// SAFETY: the events and the pinned ring belong to one backend and are used only through its
-// `&mut self` (one thread at a time).
+// SAFETY: the events belong to one backend and are used only through its `&mut self` (one
+// thread at a time).
 unsafe impl Send for Greedy {}
 
 impl Greedy {
@@ -67,8 +86,8 @@ pub(super) struct GreedyTail {
     func: sys::CUfunction,
     buf: sys::CUdeviceptr,
     ring: sys::CUdeviceptr,
-    /// Kernel lab (`SMELT_CUDA_GREEDY_LAB=1`, timing only, the tokens are wrong): no argmax
-    /// kernel.
+    /// No argmax kernel: the greedy head kernel takes it (v20d), or the kernel lab's
+    /// `SMELT_CUDA_GREEDY_LAB=1` (timing only, the tokens are wrong).
     lab: bool,
 }
 
@@ -129,6 +148,13 @@ impl GreedyTail {
 }
 
 impl CudaBackend {
+    /// v20d: the addresses the greedy head kernels' argmax takes (codegen
+    /// `PARAM_GREEDY_BUF`, `PARAM_GREEDY_RING`).
+    pub(super) fn greedy_addrs(&self) -> (u64, u64) {
+        let b = &self.greedy_bufs;
+        (b.buf.ptr + FOLD_AT as u64 * 4, b.ring_dev)
+    }
+
     /// Whether `prog` decodes greedily on the device over `kv`: a one-token decode program
     /// replayed as a graph on a contiguous cache (not profiled, not traced, not persistent),
     /// and `SMELT_CUDA_GREEDY` is not `0`.
@@ -165,8 +191,6 @@ impl CudaBackend {
         self.prepare_io(prog, &[token], &[position], kv)?;
         self.dev.sync()?;
         if self.greedy.is_none() {
-            let buf = self.dev.alloc((PART_AT + 2 * MAX_BLOCKS) * 4)?;
-            let (ring, ring_dev) = self.dev.alloc_mapped(RING * 4)?;
             let mut events = Vec::with_capacity(GREEDY_IN_FLIGHT);
             for _ in 0..GREEDY_IN_FLIGHT {
                 let mut e = std::ptr::null_mut();
@@ -183,9 +207,6 @@ impl CudaBackend {
                 events.push(e);
             }
             self.greedy = Some(Greedy {
-                buf,
-                ring,
-                ring_dev,
                 events,
                 queue: VecDeque::new(),
                 next_event: 0,
@@ -240,11 +261,14 @@ impl CudaBackend {
             .dev
             .function(&step._module, "greedy_next", 0)?
             .cu_function();
+        let bufs = &self.greedy_bufs;
         let tail = GreedyTail {
             func,
-            buf: g.buf.ptr,
-            ring: g.ring_dev,
-            lab: crate::codegen::lab_knob("SMELT_CUDA_GREEDY_LAB") == Some(1),
+            buf: bufs.buf.ptr,
+            ring: bufs.ring_dev,
+            // v20d: the greedy head kernel takes the argmax.
+            lab: step.greedy_head.is_some()
+                || crate::codegen::lab_knob("SMELT_CUDA_GREEDY_LAB") == Some(1),
         };
         let ev = g.events[g.next_event];
         self.replay(step, kv, Some(&tail))?;
@@ -262,6 +286,7 @@ impl CudaBackend {
 
     /// Wait for the oldest greedy step in flight: (its position, the token it chose).
     pub fn greedy_wait(&mut self) -> Result<(u32, u32), CudaError> {
+        let ring = self.greedy_bufs.ring.ptr;
         let g = self
             .greedy
             .as_mut()
@@ -275,7 +300,7 @@ impl CudaBackend {
         // words; a later step in flight writes another word, this one RING positions later).
         let tok = unsafe {
             check(sys::cuEventSynchronize(g.events[ev]), "event wait")?;
-            std::ptr::read_volatile((g.ring.ptr as *const u32).add(pos as usize % RING))
+            std::ptr::read_volatile((ring as *const u32).add(pos as usize % RING))
         };
         Ok((pos, tok))
     }

@@ -58,6 +58,7 @@ impl CudaBackend {
                 batch_mma_q8_0: self.batch_mma_q8_0,
                 rows_at_once: self.rows_at_once,
                 attn_region: if regions { self.attn_region } else { 0 },
+                greedy_fold: self.greedy_fold,
             },
         )?;
         let mut src = gen.src.clone();
@@ -196,6 +197,13 @@ impl CudaBackend {
                 funcs.push(self.dev.function(&module, func, smem)?);
             }
         }
+        // v20d: the greedy head kernel's buffers, by address.
+        let greedy = self.greedy_addrs();
+        let addr = |v: u64| match v {
+            codegen::PARAM_GREEDY_BUF => greedy.0,
+            codegen::PARAM_GREEDY_RING => greedy.1,
+            v => v,
+        };
         // Kernels taking their parameters by value need no device copy of them.
         let flat: Vec<u64> = gen
             .launches
@@ -205,7 +213,7 @@ impl CudaBackend {
                 Work::Kernel { params, .. } => params.as_slice(),
                 Work::Gemm(_) => &[],
             })
-            .copied()
+            .map(|&v| addr(v))
             .collect();
         let params = self.dev.alloc(flat.len().max(1) * 8)?;
         let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -247,7 +255,9 @@ impl CudaBackend {
                     let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
                     let args = if gen.param_values {
                         let mut v = [0u64; codegen::PV_MAX];
-                        v[..ps.len()].copy_from_slice(ps);
+                        for (d, &x) in v.iter_mut().zip(ps) {
+                            *d = addr(x);
+                        }
                         if let Some(base) = flags {
                             v[codegen::PV_MAX - 2] = (base + li) as u64;
                             v[codegen::PV_MAX - 1] = prev_blocks;
@@ -266,6 +276,38 @@ impl CudaBackend {
                 Work::Gemm(g) => Step::Gemm(*g),
             });
         }
+        // v20d: the greedy graph's head kernel (by value; not with v13f's release counters).
+        let greedy_head = match &gen.greedy_head {
+            Some(codegen::Launch {
+                work:
+                    Work::Kernel {
+                        func,
+                        grid,
+                        block,
+                        smem,
+                        params: ps,
+                    },
+                ..
+            }) if gen.param_values && flags.is_none() => {
+                funcs.push(self.dev.function(&module, func, *smem as usize)?);
+                let mut v = [0u64; codegen::PV_MAX];
+                for (d, &x) in v.iter_mut().zip(ps) {
+                    *d = addr(x);
+                }
+                values.push(v);
+                let blocks = grid.0 as u64 * grid.1 as u64 * grid.2 as u64;
+                let args = Args::Value(values.len() - 1);
+                Some(Step::Kernel(
+                    funcs.len() - 1,
+                    *grid,
+                    *block,
+                    *smem,
+                    args,
+                    blocks < pdl_limit,
+                ))
+            }
+            _ => None,
+        };
         let prog = CudaProgram {
             n_tokens: g.n_tokens(),
             _module: module,
@@ -294,6 +336,7 @@ impl CudaBackend {
             paged: kv.is_paged(),
             graph: Mutex::new(None),
             greedy: Mutex::new(None),
+            greedy_head,
             short: None,
         };
         self.ensure(&prog)?;

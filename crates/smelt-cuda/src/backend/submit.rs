@@ -71,7 +71,13 @@ impl CudaBackend {
             // Profiling times each launch alone: no programmatic overlap then.
             let pdl = self.pdl.is_some() && events.is_empty();
             let mut after_kernel = false;
+            let last = prog.launches.len().saturating_sub(1);
             for (li, step) in prog.launches.iter().enumerate() {
+                // v20d: a greedy step's head kernel takes the argmax too.
+                let step = match (&prog.greedy_head, greedy) {
+                    (Some(head), Some(_)) if li == last => head,
+                    _ => step,
+                };
                 let (fi, grid, block, smem, params, programmatic) = match *step {
                     Step::Kernel(fi, grid, block, smem, params, pm) => {
                         (fi, grid, block, smem, params, pm)

@@ -647,6 +647,19 @@ impl Gen<'_> {
         if any_tiles {
             body += "__threadfence(); __syncthreads();\n";
         }
+        // v20d: the program's logits are this kernel's one bundle: a copy of it with their
+        // argmax in its tail, for the greedy graph (below).
+        let out = self.plan.graph().output();
+        let head = bundles.len() == 1
+            && inline[0]
+            && split == 1
+            && !mma
+            && bundles[0]
+                .matmuls
+                .iter()
+                .chain(&bundles[0].epilogue)
+                .any(|&n| n == out);
+        let fold = self.greedy_fold && nr == 1 && head;
 
         // Tiles this block completes: wholly its own, or the last share of a shared one.
         let se = next;
@@ -732,6 +745,19 @@ impl Gen<'_> {
         self.seq_split = 1;
         body += "TRACE_MARK(4);\n";
         let smem = (next + se_len).max(tail_len).max(next + part_len) * 4;
+        // v20d: the greedy graph's copy: its parameters and two more, the greedy buffers'
+        // (the lowering's addresses), and the argmax before the last mark.
+        let folded = fold.then(|| {
+            let mut pf = p.clone();
+            let ob = self.plan.buffer(self.plan.output_buffer());
+            let (gb, gr) = (
+                pf.p(super::PARAM_GREEDY_BUF),
+                pf.p(super::PARAM_GREEDY_RING),
+            );
+            let at = body.len() - "TRACE_MARK(4);\n".len();
+            let code = greedy_fold_code(ob.offset, &gb, &gr);
+            (format!("{}{code}TRACE_MARK(4);\n", &body[..at]), pf)
+        });
         let name = self.kernel(&format!("{NT}, {blocks}"), body, smem);
         let types: Vec<&str> = mats.iter().flatten().map(|m| m.ty).collect();
         let rows = if nr == 1 {
@@ -740,6 +766,19 @@ impl Gen<'_> {
             format!(" x{nr} rows")
         };
         let label = format!("decode mm {} {total}x{kdim}{rows}{with}", types.join("+"));
+        if let Some((folded, pf)) = folded {
+            let name = self.kernel(&format!("{NT}, {blocks}"), folded, smem);
+            self.greedy_head = Some(super::Launch {
+                label: format!("{label} + argmax"),
+                work: super::Work::Kernel {
+                    func: name,
+                    grid: (grid as u32, 1, 1),
+                    block: NT as u32,
+                    smem: smem as u32,
+                    params: pf.0,
+                },
+            });
+        }
         self.launch(label, name, (grid, 1, 1), NT, smem, p);
         Ok(())
     }
@@ -760,6 +799,33 @@ impl Gen<'_> {
             self.src.insert_str(0, &line);
         }
     }
+}
+
+/// v20d: the tail of the greedy graph's head kernel that takes the argmax of the logits at arena float `off`
+/// (rows `R0..R1` of this block, stored by its warps): each block's best key (prelude
+/// `greedy_key`) into the best at `gb` (u64 [1]) by `atomicMax`, counted in `gb`'s first
+/// word; the last block writes the token, the position one up and the ring's word at `gr`,
+/// and resets both (graphs replay). The same rule as `greedy_next` and the host's argmax.
+fn greedy_fold_code(off: usize, gb: &str, gr: &str) -> String {
+    format!(
+        "{{ __shared__ u64 gpart[{NWARPS}]; __shared__ u32 glast;
+        __syncthreads();
+        u64 gk = 0;
+        for (int c = R0 + tid; c < R1; c += {NT}) {{ const u64 k = greedy_key(A[{off} + c], (u32)c); gk = k > gk ? k : gk; }}
+        gk = greedy_block_max<{NWARPS}>(gk, gpart);
+        u64* gbuf = (u64*)({gb});
+        if (tid == 0) {{ atomicMax(&gbuf[1], gk); __threadfence(); glast = atomicAdd((u32*)gbuf, 1u) == gridDim.x - 1; }}
+        __syncthreads();
+        if (glast && tid == 0) {{
+          __threadfence();
+          const u64 b = atomicExch(&gbuf[1], 0ull);
+          const u32 t = (u32)(b >> 32) <= 0x007fffffu ? 0u : 0xffffffffu - (u32)b;
+          const u32 p = pos[0];
+          ((u32*)tok)[0] = t; ((u32*)pos)[0] = p + 1; ((u32*)gbuf)[0] = 0u;
+          ((volatile u32*)({gr}))[p % GREEDY_RING] = t; __threadfence_system();
+        }} }}
+"
+    )
 }
 
 /// Values in one gemv unit (`UE8_*`) of a quantised type's suffix: 64 for K-quants, 32 for the

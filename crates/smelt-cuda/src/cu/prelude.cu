@@ -770,7 +770,7 @@ __device__ __forceinline__ u64 greedy_key(float v, u32 i) {
   if (v != v) k = 0u;
   return ((u64)k << 32) | (u64)(0xffffffffu - i);
 }
-__device__ __forceinline__ u64 greedy_block_max(u64 best, u64* part) {
+template <int NW> __device__ __forceinline__ u64 greedy_block_max(u64 best, u64* part) {
   _Pragma("unroll") for (int o = 16; o > 0; o >>= 1) {
     const u64 x = __shfl_xor_sync(0xffffffffu, best, o);
     best = x > best ? x : best;
@@ -778,7 +778,7 @@ __device__ __forceinline__ u64 greedy_block_max(u64 best, u64* part) {
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = best;
   __syncthreads();
   best = part[0];
-  _Pragma("unroll") for (int w = 1; w < 8; w++) best = part[w] > best ? part[w] : best;
+  _Pragma("unroll") for (int w = 1; w < NW; w++) best = part[w] > best ? part[w] : best;
   return best;
 }
 extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logits, u32 n, u32* tok, u32* pos, u32* G, volatile u32* ring) {
@@ -793,7 +793,7 @@ extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logit
     const u64 k = greedy_key(__ldcg(logits + i), i);
     best = k > best ? k : best;
   }
-  best = greedy_block_max(best, part);
+  best = greedy_block_max<8>(best, part);
   u64* bests = (u64*)(G + GREEDY_PART_AT);
   if (threadIdx.x == 0) {
     bests[blockIdx.x] = best;
@@ -809,7 +809,7 @@ extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logit
     const u64 k = __ldcg(bests + b);
     best = k > best ? k : best;
   }
-  best = greedy_block_max(best, part);
+  best = greedy_block_max<8>(best, part);
   if (threadIdx.x == 0) {
     const u32 t = (u32)(best >> 32) <= 0x007fffffu ? 0u : 0xffffffffu - (u32)best;
     const u32 p = pos[0];
