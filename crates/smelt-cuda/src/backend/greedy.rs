@@ -280,7 +280,9 @@ impl CudaBackend {
         g.next_pos = pos + 1;
         self.stats.submissions += 1;
         self.stats.executions += 1;
-        self.stats.kernels += step.launches.len() as u64 + 1;
+        // The argmax kernel where the head kernel's copy does not take it (v20d).
+        let argmax = u64::from(step.greedy_head.is_none());
+        self.stats.kernels += step.launches.len() as u64 + argmax;
         Ok(())
     }
 
