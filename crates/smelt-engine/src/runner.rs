@@ -125,6 +125,8 @@ pub struct Runner {
     n_ctx: usize,
     tokens: Vec<u32>,
     out: Vec<f32>,
+    /// The last [`Runner::decode_greedy`] took its argmax on the device.
+    greedy_device: bool,
 }
 
 /// The fast CPU backend over `arch`'s weights, read in place from `gguf`.
@@ -168,6 +170,7 @@ impl Runner {
                             n_ctx: opts.n_ctx,
                             tokens: Vec::new(),
                             out: Vec::new(),
+                            greedy_device: false,
                         })
                     }
                     Err(e) => eprintln!("smelt: GPU not used ({e}); running on the CPU"),
@@ -227,6 +230,7 @@ impl Runner {
             n_ctx: opts.n_ctx,
             tokens: Vec::new(),
             out: Vec::new(),
+            greedy_device: false,
         })
     }
 
@@ -241,6 +245,12 @@ impl Runner {
             #[cfg(feature = "cuda")]
             Exec::Cuda(_) => BackendKind::Cuda,
         }
+    }
+
+    /// Whether the last [`Runner::decode_greedy`] took each step's argmax on the device (and
+    /// launched the next step ahead of it) rather than on the host.
+    pub fn greedy_on_device(&self) -> bool {
+        self.greedy_device
     }
 
     /// Where the model runs: `cpu`, or `cuda: <GPU name, capability, driver>`.
@@ -442,12 +452,14 @@ impl Runner {
         if steps == 0 {
             return Ok(0);
         }
+        self.greedy_device = false;
         #[cfg(feature = "cuda")]
         if let Exec::Cuda(c) = &mut self.exec {
             let arch = self.arch.as_ref();
             if let Some(n) =
                 c.decode_greedy(arch, first, start, steps, &mut self.tokens, on_token)?
             {
+                self.greedy_device = true;
                 return Ok(n);
             }
         }

@@ -249,6 +249,9 @@ struct Measured {
     device: String,
     /// The GPU's measured device-to-device copy bandwidth (read + write), GB/s.
     device_copy_gbps: Option<f64>,
+    /// Where decoding took each token's argmax: `device` (greedy on the GPU, the next step
+    /// launched ahead) or `host`.
+    decode_argmax: &'static str,
 }
 
 fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Measured> {
@@ -338,6 +341,11 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         backend: format!("{:?}", runner.backend()).to_lowercase(),
         device: runner.device(),
         device_copy_gbps: runner.device_copy_gbps(),
+        decode_argmax: if runner.greedy_on_device() {
+            "device"
+        } else {
+            "host"
+        },
     })
 }
 
@@ -468,6 +476,7 @@ impl Measured {
             "decode_tps": dec,
             "decode_tps_min": dec_min,
             "decode_tps_max": dec_max,
+            "decode_argmax": self.decode_argmax,
             "ttft_ms": median(&self.prefill_s) * 1e3,
             "first_token_ms": self.first_token_ms,
             "load_ms": self.load_ms,
@@ -513,11 +522,12 @@ fn print_text(r: &serde_json::Value) {
         r["n_prompt"]
     );
     println!(
-        "decode     {:8.1} tok/s  (min {:.1}, max {:.1}) over {} tokens",
+        "decode     {:8.1} tok/s  (min {:.1}, max {:.1}) over {} tokens, greedy, argmax on the {}",
         f("decode_tps"),
         f("decode_tps_min"),
         f("decode_tps_max"),
-        r["n_gen"]
+        r["n_gen"],
+        r["decode_argmax"].as_str().unwrap_or("host")
     );
     println!(
         "ttft       {:8.1} ms warm, {:.1} ms cold; load {:.1} ms",
