@@ -49,24 +49,34 @@ impl CudaExec {
         mode: Output,
     ) -> Result<&[f32], EngineError> {
         let key = (chunk.len(), mode);
-        if self.programs.len() >= MAX_PROGRAMS && !self.programs.contains_key(&key) {
-            self.programs.retain(|k, _| k.0 == 1);
-        }
-        if !self.programs.contains_key(&key) {
-            let prog = self
-                .backend
-                .lower(&arch.build(chunk.len(), mode), &self.kv)
-                .map_err(err)?;
-            self.programs.insert(key, prog);
-        }
+        self.program(arch, key)?;
         let positions: Vec<u32> = (start..start + chunk.len() as u32).collect();
         self.backend
             .execute(&self.programs[&key], chunk, &positions, &mut self.kv)
             .map_err(err)
     }
-}
 
-impl CudaExec {
+    /// Lower the program of `key` (rows, output) unless it is kept; at most [`MAX_PROGRAMS`]
+    /// kept, the one-token ones before the others.
+    fn program(
+        &mut self,
+        arch: &dyn Architecture,
+        key: (usize, Output),
+    ) -> Result<(), EngineError> {
+        if self.programs.contains_key(&key) {
+            return Ok(());
+        }
+        if self.programs.len() >= MAX_PROGRAMS {
+            self.programs.retain(|k, _| k.0 == 1);
+        }
+        let prog = self
+            .backend
+            .lower(&arch.build(key.0, key.1), &self.kv)
+            .map_err(err)?;
+        self.programs.insert(key, prog);
+        Ok(())
+    }
+
     /// Greedy decoding on the device (smelt-cuda v20a): `steps` one-token steps from `first`
     /// at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`] in flight, each step's
     /// token given to `on_token` with the positions evaluated so far; the evaluated tokens are
@@ -81,16 +91,7 @@ impl CudaExec {
         on_token: &mut dyn FnMut(u32, usize) -> bool,
     ) -> Result<Option<usize>, EngineError> {
         let key = (1, Output::LastLogits);
-        if !self.programs.contains_key(&key) {
-            if self.programs.len() >= MAX_PROGRAMS {
-                self.programs.retain(|k, _| k.0 == 1);
-            }
-            let prog = self
-                .backend
-                .lower(&arch.build(1, Output::LastLogits), &self.kv)
-                .map_err(err)?;
-            self.programs.insert(key, prog);
-        }
+        self.program(arch, key)?;
         let prog = &self.programs[&key];
         if !self.backend.greedy_ok(prog, &self.kv) || steps == 0 {
             return Ok(None);
