@@ -108,6 +108,8 @@ pub struct CudaProgram {
     greedy: Mutex<Option<(u64, u64, Graph2)>>,
     /// v20d: the greedy graph's launch in place of the last (codegen `greedy_fold`).
     greedy_head: Option<Step>,
+    /// v20a: the greedy graph's argmax kernel after the head, where there is no `greedy_head`.
+    greedy_next: Option<CudaFunction>,
     /// v13h: the same program with decode attention in [`lower::SHORT_SPLITS`] splits a KV head,
     /// run while every row's position is below the bound (with v13i, its own `short`: 4
     /// splits below 128).
@@ -308,6 +310,9 @@ pub struct CudaBackend {
     /// `SMELT_CUDA_GREEDY=0` turns it off (the host's argmax then, a step at a time).
     greedy: Option<greedy::Greedy>,
     greedy_on: bool,
+    /// Kernel lab (`SMELT_CUDA_GREEDY_LAB=1`, timing only, the tokens are wrong): greedy graphs
+    /// without the argmax kernel.
+    greedy_lab: bool,
     /// The argmax kernel's buffer and the ring (allocated with the backend: the v20d head
     /// kernels take their addresses as parameters).
     greedy_bufs: greedy::GreedyBufs,
@@ -433,6 +438,7 @@ impl CudaBackend {
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             greedy: None,
             greedy_on: std::env::var("SMELT_CUDA_GREEDY").map_or(true, |v| v != "0"),
+            greedy_lab: codegen::lab_knob("SMELT_CUDA_GREEDY_LAB") == Some(1),
             greedy_bufs,
             greedy_fold: codegen::lab_knob("SMELT_CUDA_GREEDY_FOLD") != Some(0),
             trace: std::env::var("SMELT_CUDA_TRACE")

@@ -81,14 +81,13 @@ impl Drop for Greedy {
     }
 }
 
-/// What a greedy graph ends with: the argmax kernel of the step's module and where it writes.
+/// What a greedy graph ends with: the argmax kernel of the step's module and where it writes;
+/// no kernel where the greedy head kernel takes the argmax (v20d) or with the kernel lab's
+/// `SMELT_CUDA_GREEDY_LAB=1`.
 pub(super) struct GreedyTail {
-    func: sys::CUfunction,
+    func: Option<sys::CUfunction>,
     buf: sys::CUdeviceptr,
     ring: sys::CUdeviceptr,
-    /// No argmax kernel: the greedy head kernel takes it (v20d), or the kernel lab's
-    /// `SMELT_CUDA_GREEDY_LAB=1` (timing only, the tokens are wrong).
-    lab: bool,
 }
 
 impl GreedyTail {
@@ -102,6 +101,9 @@ impl GreedyTail {
         io: (sys::CUdeviceptr, sys::CUdeviceptr),
         programmatic: bool,
     ) -> Result<(), CudaError> {
+        let Some(func) = self.func else {
+            return Ok(());
+        };
         let mut a_logits = logits;
         let mut a_n = n as u32;
         let (mut a_tok, mut a_pos) = io;
@@ -115,9 +117,6 @@ impl GreedyTail {
             (&mut a_ring) as *mut u64 as *mut c_void,
         ];
         let blocks = n.div_ceil(SPAN) as u32;
-        if self.lab {
-            return Ok(());
-        }
         // SAFETY: the kernel reads `n` floats at `logits` (the program's output, inside the
         // arena), writes one u32 each of the token and position buffers, in `buf` (PART_AT + 2
         // * MAX_BLOCKS words, `blocks` <= MAX_BLOCKS checked by `greedy_ok`) its counter and
@@ -140,7 +139,7 @@ impl GreedyTail {
                 numAttrs: programmatic as u32,
             };
             check(
-                sys::cuLaunchKernelEx(&config, self.func, ptrs.as_mut_ptr(), std::ptr::null_mut()),
+                sys::cuLaunchKernelEx(&config, func, ptrs.as_mut_ptr(), std::ptr::null_mut()),
                 "greedy argmax launch",
             )
         }
@@ -170,6 +169,7 @@ impl CudaBackend {
             && !kv.is_paged()
             && prog.out_len > 0
             && prog.out_len.div_ceil(SPAN) <= MAX_BLOCKS
+            && (prog.greedy_head.is_some() || prog.greedy_next.is_some())
     }
 
     /// Begin greedy decoding with `prog` (a one-token program of the last token's logits)
@@ -257,18 +257,15 @@ impl CudaBackend {
             ));
         }
         let step = prog.pick(&[pos]);
-        let func = self
-            .dev
-            .function(&step._module, "greedy_next", 0)?
-            .cu_function();
         let bufs = &self.greedy_bufs;
         let tail = GreedyTail {
-            func,
+            func: step
+                .greedy_next
+                .as_ref()
+                .filter(|_| !self.greedy_lab)
+                .map(|f| f.cu_function()),
             buf: bufs.buf.ptr,
             ring: bufs.ring_dev,
-            // v20d: the greedy head kernel takes the argmax.
-            lab: step.greedy_head.is_some()
-                || crate::codegen::lab_knob("SMELT_CUDA_GREEDY_LAB") == Some(1),
         };
         let ev = g.events[g.next_event];
         self.replay(step, kv, Some(&tail))?;
@@ -281,7 +278,7 @@ impl CudaBackend {
         self.stats.submissions += 1;
         self.stats.executions += 1;
         // The argmax kernel where the head kernel's copy does not take it (v20d).
-        let argmax = u64::from(step.greedy_head.is_none());
+        let argmax = u64::from(tail.func.is_some());
         self.stats.kernels += step.launches.len() as u64 + argmax;
         Ok(())
     }

@@ -308,6 +308,14 @@ impl CudaBackend {
             }
             _ => None,
         };
+        // v20a: the argmax kernel (prelude `greedy_next`) of a greedy graph without v20d's
+        // head kernel, resolved once here rather than at every greedy step.
+        let greedy_next = match greedy_head {
+            None if gen.decode && g.n_tokens() == 1 && !kv.is_paged() => {
+                Some(self.dev.function(&module, "greedy_next", 0)?)
+            }
+            _ => None,
+        };
         let prog = CudaProgram {
             n_tokens: g.n_tokens(),
             _module: module,
@@ -337,6 +345,7 @@ impl CudaBackend {
             graph: Mutex::new(None),
             greedy: Mutex::new(None),
             greedy_head,
+            greedy_next,
             short: None,
         };
         self.ensure(&prog)?;
