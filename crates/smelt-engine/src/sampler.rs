@@ -151,28 +151,28 @@ impl Sampler {
     fn sample_whole(&mut self, logits: &[f32]) -> u32 {
         let o = self.opts.clone();
         let finite = || logits.iter().enumerate().filter(|(_, l)| l.is_finite());
-        let max = finite().fold(f32::NEG_INFINITY, |m, (_, &l)| m.max(l));
-        if max == f32::NEG_INFINITY {
+        let (max, n_finite) =
+            finite().fold((f32::NEG_INFINITY, 0), |(m, n), (_, &l)| (m.max(l), n + 1));
+        if n_finite == 0 {
             return argmax(logits);
         }
         if o.top_p >= 1.0 && o.min_p <= 0.0 {
-            let w: f32 = finite()
-                .map(|(_, &l)| ((l - max) / o.temperature).exp())
-                .sum();
+            // Each finite logit's weight once (an exponential each), then the draw over them.
+            self.cand.clear();
+            self.cand
+                .extend(finite().map(|(i, &l)| (i as u32, ((l - max) / o.temperature).exp())));
+            let w: f32 = self.cand.iter().map(|c| c.1).sum();
             let r = self.rng.next_f32();
             let mut acc = 0.0;
-            let mut last = 0;
-            for (i, &l) in finite() {
-                acc += ((l - max) / o.temperature).exp() / w;
+            for c in &self.cand {
+                acc += c.1 / w;
                 if r < acc {
-                    return i as u32;
+                    return c.0;
                 }
-                last = i;
             }
-            return last as u32;
+            return self.cand[self.cand.len() - 1].0;
         }
         let total: f32 = finite().map(|(_, &l)| (l - max).exp()).sum();
-        let n_finite = finite().count();
         let mut n = n_finite.min(64);
         loop {
             self.cand.clear();
