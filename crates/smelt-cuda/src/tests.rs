@@ -731,88 +731,6 @@ fn short_variants_match(n0: usize, steps: usize, levels: usize, want: &[u32], re
     }
 }
 
-/// The host's greedy pick (`smelt_engine::sampler::argmax`'s rule): the lowest index of the
-/// largest value, NaN never winning; 0 when every value is -inf or NaN.
-fn host_argmax(x: &[f32]) -> u32 {
-    let m = x
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    if m == f32::NEG_INFINITY {
-        return 0;
-    }
-    x.iter().position(|&v| v == m).unwrap_or(0) as u32
-}
-
-/// v20a: greedy decoding on the device (the argmax in a copy of the head kernel, v20d, and in
-/// a kernel of its own; two steps in flight, the short-context variant's bound at 256 crossed on the
-/// way) picks the tokens of the host's argmax over each step's logits; a step launched ahead
-/// and dropped (the caller stopped) leaves the cache as the host's run has it: the next
-/// step's logits are the same bit for bit.
-#[test]
-fn greedy_decoding_on_the_device_matches_the_host() {
-    if !gpu() {
-        return;
-    }
-    let (n0, steps) = (250usize, 12usize);
-    let cases = long_context_dims().into_iter().enumerate();
-    for ((ci, d), fold) in cases.flat_map(|c| [(c, true), (c, false)]) {
-        let (w, file, gp, g1) = long_context_case(ci, d, n0);
-        let widths = [d.n_head_kv * d.head_dim; 2];
-        let prompt: Vec<u32> = (0..n0).map(|i| ((i * 5 + 1) % d.n_vocab) as u32).collect();
-        let positions: Vec<u32> = (0..n0 as u32).collect();
-        let mut runs: Vec<(Vec<u32>, Vec<f32>)> = Vec::new();
-        for device in [false, true] {
-            let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
-            cb.set_greedy_fold(fold);
-            let mut kv = cb.new_kv(LONG_CAPACITY, &widths).unwrap();
-            let pp = cb.lower(&gp, &kv).unwrap();
-            let p1 = cb.lower(&g1, &kv).unwrap();
-            let first = host_argmax(cb.execute(&pp, &prompt, &positions, &mut kv).unwrap());
-            let mut toks = vec![first];
-            if device {
-                assert!(cb.greedy_ok(&p1, &kv), "case {ci}: no greedy decoding");
-                cb.greedy_begin(&p1, first, n0 as u32, &kv).unwrap();
-                // One step more than read: launched ahead, then dropped.
-                cb.greedy_launch(&p1, &mut kv).unwrap();
-                for i in 0..steps {
-                    cb.greedy_launch(&p1, &mut kv).unwrap();
-                    let (p, t) = cb.greedy_wait().unwrap();
-                    assert_eq!(p as usize, n0 + i, "case {ci}: step {i}'s position");
-                    toks.push(t);
-                }
-                cb.greedy_end().unwrap();
-            } else {
-                for i in 0..steps {
-                    let last = toks[toks.len() - 1];
-                    let l = cb
-                        .execute(&p1, &[last], &[(n0 + i) as u32], &mut kv)
-                        .unwrap();
-                    toks.push(host_argmax(l));
-                }
-            }
-            let last = toks[toks.len() - 1];
-            let next = cb
-                .execute(&p1, &[last], &[(n0 + steps) as u32], &mut kv)
-                .unwrap()
-                .to_vec();
-            runs.push((toks, next));
-        }
-        assert_eq!(
-            runs[0].0, runs[1].0,
-            "case {ci} ({d:?}, fold {fold}): the tokens"
-        );
-        let same = runs[0]
-            .1
-            .iter()
-            .zip(&runs[1].1)
-            .all(|(a, b)| a.to_bits() == b.to_bits() || (*a == 0.0 && *b == 0.0));
-        assert!(
-            same,
-            "case {ci} ({d:?}): the logits after the greedy run differ"
-        );
-    }
-}
-
 /// Prefill of 37 tokens (rows not a multiple of any tile) against the reference, every case,
 /// prefill matmuls through cuBLAS (`cublas`) or the mma.sync kernel. False when the cuBLAS
 /// path was asked for and cuBLAS did not load.
@@ -891,6 +809,7 @@ fn prefill_cublas_matches_reference() {
 
 mod batched;
 mod generated;
+mod greedy;
 mod prelude_kernels;
 
 /// v14b: one-token decode as one thread block cluster (of 16, then 8 blocks) and the head, on

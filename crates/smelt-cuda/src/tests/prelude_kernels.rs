@@ -1,5 +1,6 @@
 //! Kernels of the prelude run alone (dequantisation, f16 conversion) against the CPU (GPU).
 
+use super::greedy::host_argmax;
 use super::*;
 
 /// Order-preserving integer of f16 bits, so that adjacent f16 values differ by 1.
