@@ -164,6 +164,7 @@ if [ "$MODE" = ab ]; then
   # interleaved per model so clocks and heat treat each value alike; AB_P prompt tokens (512;
   # 1 decodes from an empty context).
   for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+    case " ${AB_MODELS:-llama-1b smollm2-135m llama-8b} " in *" ${s%%:*} "*) ;; *) continue ;; esac
     f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
   done
   # A value with '=' in it is a comma-separated list of assignments (several variables at once:

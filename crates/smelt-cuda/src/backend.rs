@@ -101,11 +101,13 @@ pub struct CudaProgram {
     kv_capacity: usize,
     paged: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
-    graph: Mutex<Option<(u64, u64, Graph2)>>,
+    graph: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// The same for its greedy graph (v20a, backend/greedy.rs): no input copies, no logits'
     /// copy, the head kernel with the argmax in its tail (`greedy_head`, v20d) or the argmax
     /// kernel after the head (v20a-b).
-    greedy: Mutex<Option<(u64, u64, Graph2)>>,
+    greedy: Mutex<Option<(u64, u64, usize, Graph2)>>,
+    /// v21: a greedy graph of several steps (the step count is the tuple's third).
+    greedy_steps: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// v20d: the greedy graph's launch in place of the last (codegen `greedy_fold`).
     greedy_head: Option<Step>,
     /// v20a: the greedy graph's argmax kernel after the head, where there is no `greedy_head`.
@@ -150,6 +152,12 @@ impl Drop for CudaProgram {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         drop(greedy);
+        let steps = self
+            .greedy_steps
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(steps);
     }
 }
 
@@ -319,6 +327,8 @@ pub struct CudaBackend {
     /// v20d: one-token programs have a copy of the head kernel with the argmax in its tail
     /// for the greedy graph (`SMELT_CUDA_GREEDY_FOLD=0`: the argmax kernel after the head).
     greedy_fold: bool,
+    /// v21: greedy steps a graph (`SMELT_CUDA_GREEDY_STEPS`, 1 to [`greedy::GREEDY_MAX_STEPS`]).
+    greedy_steps: usize,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -441,6 +451,9 @@ impl CudaBackend {
             greedy_lab: codegen::lab_knob("SMELT_CUDA_GREEDY_LAB") == Some(1),
             greedy_bufs,
             greedy_fold: codegen::lab_knob("SMELT_CUDA_GREEDY_FOLD") != Some(0),
+            greedy_steps: codegen::lab_knob("SMELT_CUDA_GREEDY_STEPS")
+                .unwrap_or(greedy::DEFAULT_STEPS)
+                .clamp(1, greedy::GREEDY_MAX_STEPS),
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),
@@ -538,6 +551,11 @@ impl CudaBackend {
     /// argmax kernel after the head (v20a-b).
     pub fn set_greedy_fold(&mut self, on: bool) {
         self.greedy_fold = on;
+    }
+
+    /// Greedy steps a graph (v21), clamped to 1 to [`greedy::GREEDY_MAX_STEPS`].
+    pub fn set_greedy_steps(&mut self, n: usize) {
+        self.greedy_steps = n.clamp(1, greedy::GREEDY_MAX_STEPS);
     }
 
     /// Stamp every launch of decode programs lowered from now on with the GPU's global timer

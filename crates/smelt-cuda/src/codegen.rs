@@ -486,6 +486,13 @@ pub(crate) fn generate(
         // attention's chunk bounds and the RoPE angles do not wait for an L2 round trip after
         // the previous kernel (`SMELT_CUDA_PREWAIT_POS=0`: each read where it was).
         let pos_first = decode && g.t == 1 && lab_knob("SMELT_CUDA_PREWAIT_POS") != Some(0);
+        // v21: except in the step's first kernel, which reads it after its wait: in a graph of
+        // several greedy steps (backend/greedy.rs) it launches programmatically after the
+        // previous step's head kernel, whose last block writes the position.
+        let first = g.launches.first().and_then(|l| match &l.work {
+            Work::Kernel { func, .. } => Some(func.as_str()),
+            Work::Gemm(_) => None,
+        });
         for k in &g.kernels {
             let (body, posr) =
                 match pos_first && (k.body.contains("pos[0]") || k.body.contains("pos[rp]")) {
@@ -501,13 +508,19 @@ pub(crate) fn generate(
             let own_wait = k.body.contains("PDL_WAIT()") && trace_off.is_none();
             let wrapped =
                 trace_off.is_some() || (wrap_returns && param_values && k.body.contains("return"));
-            let pdl = match (own_wait, wrapped) {
-                (true, _) => format!("PDL_LAUNCH();\n{posr}"),
-                (false, false) => format!("PDL_LAUNCH(); {posr}PDL_WAIT();\n"),
-                (false, true) => "PDL_LAUNCH(); PDL_WAIT();\n".to_string(),
+            let after = Some(k.name.as_str()) == first && !posr.is_empty();
+            let (pdl, body) = match (own_wait, wrapped, after) {
+                (true, _, false) => (format!("PDL_LAUNCH();\n{posr}"), body),
+                (true, _, true) => (
+                    "PDL_LAUNCH();\n".to_string(),
+                    body.replacen("PDL_WAIT();", &format!("PDL_WAIT();\n{posr}"), 1),
+                ),
+                (false, false, false) => (format!("PDL_LAUNCH(); {posr}PDL_WAIT();\n"), body),
+                (false, false, true) => (format!("PDL_LAUNCH(); PDL_WAIT();\n{posr}"), body),
+                (false, true, _) => ("PDL_LAUNCH(); PDL_WAIT();\n".to_string(), body),
             };
             // A body of its own function reads the position in it.
-            let body = match wrapped {
+            let body = match wrapped && !(after && own_wait) {
                 true => format!("{posr}{body}"),
                 false => body,
             };

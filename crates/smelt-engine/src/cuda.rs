@@ -78,7 +78,7 @@ impl CudaExec {
     }
 
     /// Greedy decoding on the device (smelt-cuda v20a): `steps` one-token steps from `first`
-    /// at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`] in flight, each step's
+    /// at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`] graphs of them in flight, each step's
     /// token given to `on_token` with the positions evaluated so far; the evaluated tokens are
     /// pushed to `tokens`. None where the program cannot (the caller takes the host's argmax).
     pub fn decode_greedy(
@@ -124,11 +124,17 @@ fn greedy_steps(
     backend
         .greedy_begin(prog, first, start as u32, kv)
         .map_err(err)?;
+    // Graphs of steps (v21), as many in flight as the backend takes.
+    let fill = |backend: &mut CudaBackend, kv: &mut CudaKvCache, launched: &mut usize| {
+        while *launched < steps && backend.greedy_room() {
+            *launched += backend
+                .greedy_launch(prog, kv, steps - *launched)
+                .map_err(err)?;
+        }
+        Ok::<(), EngineError>(())
+    };
     let mut launched = 0;
-    while launched < steps.min(smelt_cuda::GREEDY_IN_FLIGHT) {
-        backend.greedy_launch(prog, kv).map_err(err)?;
-        launched += 1;
-    }
+    fill(backend, kv, &mut launched)?;
     let (mut done, mut evaluated) = (0, first);
     loop {
         let (_, tok) = backend.greedy_wait().map_err(err)?;
@@ -138,10 +144,7 @@ fn greedy_steps(
             return Ok(done);
         }
         evaluated = tok;
-        if launched < steps {
-            backend.greedy_launch(prog, kv).map_err(err)?;
-            launched += 1;
-        }
+        fill(backend, kv, &mut launched)?;
     }
 }
 

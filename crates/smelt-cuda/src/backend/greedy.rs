@@ -15,13 +15,22 @@ use super::{CudaBackend, CudaKvCache, CudaProgram};
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
 
-/// Steps a caller keeps in flight at most (launched and not yet waited for): one running, the
-/// next queued behind it.
+/// Graphs of greedy steps in flight at most (launched, their event not yet waited for): one
+/// running, the next queued behind it.
 pub const GREEDY_IN_FLIGHT: usize = 2;
+
+/// Steps one greedy graph takes at most (v21); `SMELT_CUDA_GREEDY_STEPS` sets the count.
+pub const GREEDY_MAX_STEPS: usize = 16;
+/// Steps a greedy graph takes by default.
+pub(super) const DEFAULT_STEPS: usize = 4;
+/// Graphs queued at most: those in flight and one whose event has fired, its tokens not yet
+/// all read. Their steps (at most 64) each have their own word of the ring.
+const QUEUED: usize = GREEDY_IN_FLIGHT + 2;
 
 // The prelude's layout of the kernel's buffer (u32 words): the counter, the bests; the ring's.
 const SPAN: usize = 4096;
 const RING: usize = 64;
+const _: () = assert!(QUEUED * GREEDY_MAX_STEPS <= RING);
 const PART_AT: usize = 128;
 /// Logits a step may have: blocks of [`SPAN`] whose bests fit the buffer.
 const MAX_BLOCKS: usize = 4096;
@@ -49,11 +58,23 @@ impl GreedyBufs {
     }
 }
 
-/// The steps in flight and their events.
+/// One launched graph of greedy steps.
+struct Launched {
+    /// The position of its first step.
+    pos: u32,
+    steps: u32,
+    /// Its tokens read so far.
+    read: u32,
+    event: usize,
+    /// Whether its event has fired (waited for).
+    done: bool,
+}
+
+/// The graphs in flight and their events.
 pub(crate) struct Greedy {
     events: Vec<sys::CUevent>,
-    /// Launched and not yet waited for: (position, event).
-    queue: VecDeque<(u32, usize)>,
+    /// Launched and not yet read to the end.
+    queue: VecDeque<Launched>,
     next_event: usize,
     /// The position of the next step to launch (the device's `pos` once the queue is done).
     next_pos: u32,
@@ -191,8 +212,8 @@ impl CudaBackend {
         self.prepare_io(prog, &[token], &[position], kv)?;
         self.dev.sync()?;
         if self.greedy.is_none() {
-            let mut events = Vec::with_capacity(GREEDY_IN_FLIGHT);
-            for _ in 0..GREEDY_IN_FLIGHT {
+            let mut events = Vec::with_capacity(QUEUED);
+            for _ in 0..QUEUED {
                 let mut e = std::ptr::null_mut();
                 // SAFETY: out-parameter creation; destroyed by Greedy::drop.
                 unsafe {
@@ -221,30 +242,39 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Launch the next greedy step of `prog` (the program begun with, or the same shape
-    /// lowered again): its short-context variant while its position is below the variant's
-    /// bound. At most [`GREEDY_IN_FLIGHT`] steps are in flight.
+    /// Whether another greedy graph may be launched now: fewer than [`GREEDY_IN_FLIGHT`]
+    /// running or queued on the device.
+    pub fn greedy_room(&self) -> bool {
+        self.greedy.as_ref().is_some_and(|g| {
+            g.queue.len() < g.events.len()
+                && g.queue.iter().filter(|l| !l.done).count() < GREEDY_IN_FLIGHT
+        })
+    }
+
+    /// Launch the next greedy steps of `prog` (the program begun with, or the same shape
+    /// lowered again), at most `max` and at least one: one graph of the backend's step count
+    /// (`SMELT_CUDA_GREEDY_STEPS`, v21) where `max` allows it and every step runs the same
+    /// short-context variant, else one step. Returns the steps launched. At most
+    /// [`GREEDY_IN_FLIGHT`] graphs are in flight ([`Self::greedy_room`]).
     pub fn greedy_launch(
         &mut self,
         prog: &CudaProgram,
         kv: &mut CudaKvCache,
-    ) -> Result<(), CudaError> {
+        max: usize,
+    ) -> Result<usize, CudaError> {
         if !self.greedy_ok(prog, kv) {
             return Err(CudaError::Invalid(
                 "this program does not decode greedily on the device".into(),
             ));
         }
-        let g = self
-            .greedy
-            .as_ref()
-            .ok_or_else(|| CudaError::Invalid("greedy decoding was not begun".into()))?;
-        let pos = g.next_pos;
-        if g.queue.len() >= g.events.len() {
-            return Err(CudaError::Invalid(format!(
-                "{} greedy steps in flight already",
-                g.queue.len()
-            )));
+        if !self.greedy_room() {
+            return Err(CudaError::Invalid(match &self.greedy {
+                None => "greedy decoding was not begun".into(),
+                Some(g) => format!("{} greedy graphs in flight already", g.queue.len()),
+            }));
         }
+        let g = self.greedy.as_ref().expect("greedy_room");
+        let pos = g.next_pos;
         if pos as usize >= kv.capacity() {
             return Err(CudaError::Invalid(format!(
                 "position {pos} outside the KV cache ({})",
@@ -257,6 +287,14 @@ impl CudaBackend {
             ));
         }
         let step = prog.pick(&[pos]);
+        // Several steps where they all fit the cache and run the same variant.
+        let n = self.greedy_steps.min(max.max(1));
+        let last = pos as usize + n - 1;
+        let n = match n > 1 && last < kv.capacity() && std::ptr::eq(step, prog.pick(&[last as u32]))
+        {
+            true => n,
+            false => 1,
+        };
         let bufs = &self.greedy_bufs;
         let tail = GreedyTail {
             func: step
@@ -267,40 +305,55 @@ impl CudaBackend {
             buf: bufs.buf.ptr,
             ring: bufs.ring_dev,
         };
-        let ev = g.events[g.next_event];
-        self.replay(step, kv, Some(&tail))?;
+        let event = g.next_event;
+        let ev = g.events[event];
+        self.replay(step, kv, Some(&tail), n)?;
         // SAFETY: recording an event we own on our stream.
         unsafe { check(sys::cuEventRecord(ev, self.dev.cu_stream()), "event record")? };
         let g = self.greedy.as_mut().expect("checked above");
-        g.queue.push_back((pos, g.next_event));
+        g.queue.push_back(Launched {
+            pos,
+            steps: n as u32,
+            read: 0,
+            event,
+            done: false,
+        });
         g.next_event = (g.next_event + 1) % g.events.len();
-        g.next_pos = pos + 1;
+        g.next_pos = pos + n as u32;
         self.stats.submissions += 1;
-        self.stats.executions += 1;
+        self.stats.executions += n as u64;
         // The argmax kernel where the head kernel's copy does not take it (v20d).
         let argmax = u64::from(tail.func.is_some());
-        self.stats.kernels += step.launches.len() as u64 + argmax;
-        Ok(())
+        self.stats.kernels += (step.launches.len() as u64 + argmax) * n as u64;
+        Ok(n)
     }
 
-    /// Wait for the oldest greedy step in flight: (its position, the token it chose).
+    /// Wait for the oldest greedy step launched and not yet read: (its position, the token it
+    /// chose). The steps of one graph come together, when its event fires.
     pub fn greedy_wait(&mut self) -> Result<(u32, u32), CudaError> {
         let ring = self.greedy_bufs.ring.ptr;
         let g = self
             .greedy
             .as_mut()
             .ok_or_else(|| CudaError::Invalid("greedy decoding was not begun".into()))?;
-        let (pos, ev) = g
+        let l = g
             .queue
-            .pop_front()
+            .front_mut()
             .ok_or_else(|| CudaError::Invalid("no greedy step in flight".into()))?;
-        // SAFETY: waiting on an event we recorded (its step's kernels are over and their
-        // writes to mapped memory visible); then reading the ring's word for this step (RING
-        // words; a later step in flight writes another word, this one RING positions later).
-        let tok = unsafe {
-            check(sys::cuEventSynchronize(g.events[ev]), "event wait")?;
-            std::ptr::read_volatile((ring as *const u32).add(pos as usize % RING))
-        };
+        if !l.done {
+            // SAFETY: waiting on an event we recorded after the graph's steps.
+            unsafe { check(sys::cuEventSynchronize(g.events[l.event]), "event wait")? };
+            l.done = true;
+        }
+        let pos = l.pos + l.read;
+        // SAFETY: the graph's kernels are over and their writes to mapped memory visible (its
+        // event fired); reading the ring's word for this step (RING words; the queue's steps,
+        // at most QUEUED * GREEDY_MAX_STEPS <= RING, each write their own).
+        let tok = unsafe { std::ptr::read_volatile((ring as *const u32).add(pos as usize % RING)) };
+        l.read += 1;
+        if l.read == l.steps {
+            g.queue.pop_front();
+        }
         Ok((pos, tok))
     }
 

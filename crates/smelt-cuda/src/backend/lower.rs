@@ -344,6 +344,7 @@ impl CudaBackend {
             paged: kv.is_paged(),
             graph: Mutex::new(None),
             greedy: Mutex::new(None),
+            greedy_steps: Mutex::new(None),
             greedy_head,
             greedy_next,
             short: None,

@@ -26,6 +26,7 @@ impl CudaBackend {
         kv: &CudaKvCache,
         events: &[sys::CUevent],
         greedy: Option<&GreedyTail>,
+        chain: bool,
     ) -> Result<(), CudaError> {
         let io = &self.io;
         let n = prog.n_tokens;
@@ -70,7 +71,9 @@ impl CudaBackend {
             }
             // Profiling times each launch alone: no programmatic overlap then.
             let pdl = self.pdl.is_some() && events.is_empty();
-            let mut after_kernel = false;
+            // v21: a greedy step after another in one graph launches its first kernel
+            // programmatically too (that kernel reads the token and position after its wait).
+            let mut after_kernel = chain;
             let last = prog.launches.len().saturating_sub(1);
             for (li, step) in prog.launches.iter().enumerate() {
                 // v20d: a greedy step's head kernel takes the argmax too.
@@ -344,21 +347,23 @@ impl CudaBackend {
     }
 
     /// Capture `prog` as a graph if not yet (or the buffers moved), and launch the graph; with
-    /// `greedy`, its greedy graph (v20a).
+    /// `greedy`, its greedy graph of `steps` steps (v20a, v21: several, one after another).
     pub(super) fn replay(
         &mut self,
         prog: &CudaProgram,
         kv: &CudaKvCache,
         greedy: Option<&GreedyTail>,
+        steps: usize,
     ) -> Result<(), CudaError> {
-        let graph = if greedy.is_some() {
-            &prog.greedy
-        } else {
-            &prog.graph
+        let graph = match (greedy.is_some(), steps) {
+            (false, _) => &prog.graph,
+            (true, 1) => &prog.greedy,
+            (true, _) => &prog.greedy_steps,
         };
+        let steps = if greedy.is_some() { steps.max(1) } else { 1 };
         let mut slot = graph.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh =
-            matches!(&*slot, Some((gen, kvp, _)) if *gen == self.io.gen && *kvp == kv.buf.ptr);
+        let fresh = matches!(&*slot, Some((gen, kvp, n, _))
+            if *gen == self.io.gen && *kvp == kv.buf.ptr && *n == steps);
         if !fresh {
             *slot = None;
             let stream = self.dev.cu_stream();
@@ -372,7 +377,7 @@ impl CudaBackend {
                     ),
                     "begin capture",
                 )?;
-                let r = self.enqueue(prog, kv, &[], greedy);
+                let r = (0..steps).try_for_each(|i| self.enqueue(prog, kv, &[], greedy, i > 0));
                 let mut graph = std::ptr::null_mut();
                 let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
                 r?;
@@ -386,10 +391,10 @@ impl CudaBackend {
                     let _ = sys::cuGraphDestroy(graph);
                     return Err(e);
                 }
-                *slot = Some((self.io.gen, kv.buf.ptr, Graph2 { exec, graph }));
+                *slot = Some((self.io.gen, kv.buf.ptr, steps, Graph2 { exec, graph }));
             }
         }
-        let (_, _, g) = slot.as_ref().expect("captured above");
+        let (_, _, _, g) = slot.as_ref().expect("captured above");
         // SAFETY: launching an instantiated graph on our stream.
         unsafe {
             check(
@@ -407,7 +412,7 @@ impl CudaBackend {
             && self.profile.is_none()
             && !prog.no_graph.load(std::sync::atomic::Ordering::Relaxed);
         if use_graph {
-            if let Err(e) = self.replay(prog, kv, None) {
+            if let Err(e) = self.replay(prog, kv, None, 1) {
                 if !prog.cooperative {
                     return Err(e);
                 }
@@ -427,14 +432,14 @@ impl CudaBackend {
             let events = Events::new(prog.launches.len() + 1)?;
             // Borrow split: enqueue takes &self; the profile is put back below.
             let mut prof = std::mem::take(prof);
-            let r = self.enqueue(prog, kv, &events.0, None);
+            let r = self.enqueue(prog, kv, &events.0, None, false);
             let r = r.and_then(|_| self.dev.sync());
             let r = r.and_then(|_| prof.add(prog, &events));
             self.profile = Some(prof);
             r?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         } else {
-            self.enqueue(prog, kv, &[], None)?;
+            self.enqueue(prog, kv, &[], None, false)?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         }
         self.dev.sync()?;

@@ -415,7 +415,8 @@ fn decode_programs_compile_with_launch_counters() {
 
 /// v15a/v15b: a one-token step loads what no kernel writes before its kernels' `PDL_WAIT`:
 /// the row stage's norm weights, and the position (read once a kernel as `posr`, so no
-/// `pos[0]` or `pos[rp]` is left). A batch step reads each row's position where it is used.
+/// `pos[0]` or `pos[rp]` is left), but for the step's first kernel, which reads it after (v21).
+/// A batch step reads each row's position where it is used.
 /// No GPU needed.
 #[test]
 fn one_token_steps_load_weights_and_position_before_the_wait() {
@@ -431,7 +432,15 @@ fn one_token_steps_load_weights_and_position_before_the_wait() {
             let first = k
                 .find("posr = __ldcg(pos)")
                 .expect("the position is loaded");
-            assert!(first < wait, "the position is loaded after the wait:\n{k}");
+            // v21: the step's first kernel (the embedding's) after it: in a graph of greedy
+            // steps, the previous step's head kernel writes the position.
+            match k.contains("tok[") {
+                true => assert!(
+                    first > wait,
+                    "the first kernel reads the position early:\n{k}"
+                ),
+                false => assert!(first < wait, "the position is loaded after the wait:\n{k}"),
+            }
         }
         // A register row stage whose RMS norm has weights: `l<i>` arrays loaded from `W`.
         if let Some(load) = k.find("((const float*)(W + P[") {
