@@ -16,8 +16,19 @@ use crate::CudaError;
 mod greedy;
 mod lower;
 mod submit;
+mod top;
 
 pub use greedy::GREEDY_IN_FLIGHT;
+pub use top::{TopRows, TOP_INF, TOP_K, TOP_NAN};
+
+/// What a step's graph ends with: the logits' copy to pinned memory, a greedy step's argmax
+/// (v20a), or each row's sampling candidates (v22).
+#[derive(Clone, Copy)]
+enum Tail<'a> {
+    Copy,
+    Greedy(&'a greedy::GreedyTail),
+    Top(&'a top::TopTail),
+}
 
 /// Counters for `smelt bench`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +119,10 @@ pub struct CudaProgram {
     greedy: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// v21: a greedy graph of several steps (the step count is the tuple's third).
     greedy_steps: Mutex<Option<(u64, u64, usize, Graph2)>>,
+    /// v22: the graph that ends with each row's sampling candidates (backend/top.rs).
+    top: Mutex<Option<(u64, u64, usize, Graph2)>>,
+    /// v22: its kernel (prelude `top_cands`), for decode programs.
+    top_cands: Option<CudaFunction>,
     /// v20d: the greedy graph's launch in place of the last (codegen `greedy_fold`).
     greedy_head: Option<Step>,
     /// v20a: the greedy graph's argmax kernel after the head, where there is no `greedy_head`.
@@ -158,6 +173,8 @@ impl Drop for CudaProgram {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         drop(steps);
+        let top = self.top.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        drop(top);
     }
 }
 
@@ -329,6 +346,9 @@ pub struct CudaBackend {
     greedy_fold: bool,
     /// v21: greedy steps a graph (`SMELT_CUDA_GREEDY_STEPS`, 1 to [`greedy::GREEDY_MAX_STEPS`]).
     greedy_steps: usize,
+    /// v22: steps may end with sampling candidates (`SMELT_CUDA_TOP=0`: never).
+    top_on: bool,
+    top_bufs: top::TopBufs,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -423,6 +443,7 @@ impl CudaBackend {
             _ => Some(2),
         };
         let greedy_bufs = greedy::GreedyBufs::new(&dev)?;
+        let top_bufs = top::TopBufs::new(&dev)?;
         Ok(CudaBackend {
             use_cublas: cublas.is_ok(),
             cublas,
@@ -454,6 +475,8 @@ impl CudaBackend {
             greedy_steps: codegen::lab_knob("SMELT_CUDA_GREEDY_STEPS")
                 .unwrap_or(greedy::DEFAULT_STEPS)
                 .clamp(1, greedy::GREEDY_MAX_STEPS),
+            top_on: std::env::var("SMELT_CUDA_TOP").map_or(true, |v| v != "0"),
+            top_bufs,
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

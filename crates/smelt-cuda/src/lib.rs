@@ -13,7 +13,10 @@ mod profile;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats, GREEDY_IN_FLIGHT};
+pub use backend::{
+    BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats, TopRows, GREEDY_IN_FLIGHT, TOP_INF,
+    TOP_K, TOP_NAN,
+};
 pub use codegen::{KV_BLOCK, MAX_DECODE_ROWS};
 pub use device::{available, Device};
 pub use smelt_graph::WeightSpec;

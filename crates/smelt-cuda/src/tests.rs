@@ -811,6 +811,7 @@ mod batched;
 mod generated;
 mod greedy;
 mod prelude_kernels;
+mod top;
 
 /// v14b: one-token decode as one thread block cluster (of 16, then 8 blocks) and the head, on
 /// every quantised type and the Qwen-like layer (NEOX pairs, biases), against the reference.

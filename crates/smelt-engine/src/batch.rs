@@ -341,6 +341,104 @@ impl BatchRunner {
     /// Fails without evaluating anything when the pool lacks blocks (see
     /// [`BatchRunner::blocks_needed`]).
     pub fn step(&mut self, batch: &mut [(&mut KvSeq, usize)]) -> Result<&[f32], EngineError> {
+        self.prepare_step(batch)?;
+        let logits = match &mut self.back {
+            Back::Fast {
+                backend,
+                kv,
+                programs,
+            } => {
+                let key = (self.tokens.len(), batch.len());
+                let prog = fast_program(self.arch.as_ref(), backend, kv, programs, key)?;
+                let seqs: Vec<SeqRows> = batch
+                    .iter()
+                    .map(|(s, rows)| SeqRows {
+                        rows: *rows,
+                        blocks: &s.blocks,
+                    })
+                    .collect();
+                let prog = programs.get(prog);
+                backend
+                    .execute_batch(prog, &self.tokens, &self.positions, &seqs, kv)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?
+            }
+            #[cfg(feature = "cuda")]
+            Back::Cuda(c) => {
+                let mut at = 0;
+                let seqs: Vec<crate::cuda::StepSeq> = batch
+                    .iter()
+                    .map(|(s, rows)| {
+                        let seq = crate::cuda::StepSeq {
+                            tokens: &self.tokens[at..at + *rows],
+                            start: self.positions[at],
+                            blocks: &s.blocks,
+                        };
+                        at += *rows;
+                        seq
+                    })
+                    .collect();
+                c.step(self.arch.as_ref(), &seqs)?
+            }
+        };
+        Self::finish_step(&mut self.pool, batch);
+        Ok(logits)
+    }
+
+    /// [`BatchRunner::step`] for a step of one decode row a sequence that ends with each
+    /// row's sampling candidates (the GPU's, smelt-cuda v22; the rows' logits stay on the
+    /// device for [`BatchRunner::logits_row`]): into `out`, a row's best
+    /// [`TOP_CANDIDATES`](crate::runner::TOP_CANDIDATES) finite logits and whether it had a
+    /// `+inf`. Ok(false), nothing evaluated, where the backend has no such step.
+    pub fn step_top(
+        &mut self,
+        batch: &mut [(&mut KvSeq, usize)],
+        out: &mut Vec<(Vec<(u32, f32)>, bool)>,
+    ) -> Result<bool, EngineError> {
+        #[cfg(feature = "cuda")]
+        {
+            let one_row = !batch.is_empty() && batch.iter().all(|(_, rows)| *rows == 1);
+            let ready = match &mut self.back {
+                Back::Cuda(c) if one_row => c.top_ready(self.arch.as_ref(), batch.len())?,
+                _ => false,
+            };
+            if !ready {
+                return Ok(false);
+            }
+            self.prepare_step(batch)?;
+            if let Back::Cuda(c) = &mut self.back {
+                let blocks: Vec<&[u32]> = batch.iter().map(|(s, _)| s.blocks.as_slice()).collect();
+                c.step_top(
+                    self.arch.as_ref(),
+                    &self.tokens,
+                    &self.positions,
+                    &blocks,
+                    out,
+                )?;
+            }
+            Self::finish_step(&mut self.pool, batch);
+            Ok(true)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (batch, out);
+            Ok(false)
+        }
+    }
+
+    /// Row `r`'s logits of the last [`BatchRunner::step_top`], from the device.
+    pub fn logits_row(&mut self, r: usize) -> Result<Vec<f32>, EngineError> {
+        #[cfg(feature = "cuda")]
+        if let Back::Cuda(c) = &mut self.back {
+            return c.logits_row(r);
+        }
+        let _ = r;
+        Err(EngineError::Invalid(
+            "no step's logits are kept on this backend".into(),
+        ))
+    }
+
+    /// A step's checks, its new blocks, tokens and positions.
+    fn prepare_step(&mut self, batch: &mut [(&mut KvSeq, usize)]) -> Result<(), EngineError> {
         if batch.is_empty() {
             return Err(EngineError::Invalid("an empty step".into()));
         }
@@ -385,55 +483,21 @@ impl BatchRunner {
             self.positions
                 .extend((seq.n_kv..seq.n_kv + *rows).map(|p| p as u32));
         }
-        let logits = match &mut self.back {
-            Back::Fast {
-                backend,
-                kv,
-                programs,
-            } => {
-                let key = (self.tokens.len(), batch.len());
-                let prog = fast_program(self.arch.as_ref(), backend, kv, programs, key)?;
-                let seqs: Vec<SeqRows> = batch
-                    .iter()
-                    .map(|(s, rows)| SeqRows {
-                        rows: *rows,
-                        blocks: &s.blocks,
-                    })
-                    .collect();
-                let prog = programs.get(prog);
-                backend
-                    .execute_batch(prog, &self.tokens, &self.positions, &seqs, kv)
-                    .map_err(|e| EngineError::Invalid(e.to_string()))?
-            }
-            #[cfg(feature = "cuda")]
-            Back::Cuda(c) => {
-                let mut at = 0;
-                let seqs: Vec<crate::cuda::StepSeq> = batch
-                    .iter()
-                    .map(|(s, rows)| {
-                        let seq = crate::cuda::StepSeq {
-                            tokens: &self.tokens[at..at + *rows],
-                            start: self.positions[at],
-                            blocks: &s.blocks,
-                        };
-                        at += *rows;
-                        seq
-                    })
-                    .collect();
-                c.step(self.arch.as_ref(), &seqs)?
-            }
-        };
+        Ok(())
+    }
+
+    /// After a step: the sequences' new keys and values counted, full blocks shared.
+    fn finish_step(pool: &mut BlockPool, batch: &mut [(&mut KvSeq, usize)]) {
         for (seq, rows) in batch.iter_mut() {
             seq.n_kv += *rows;
             // Blocks now full hold final keys and values: share them.
             while (seq.n_registered + 1) * BLOCK_SIZE <= seq.n_kv {
                 let i = seq.n_registered;
                 let toks = &seq.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
-                seq.chain = self.pool.register(seq.blocks[i], seq.chain, toks);
+                seq.chain = pool.register(seq.blocks[i], seq.chain, toks);
                 seq.n_registered += 1;
             }
         }
-        Ok(logits)
     }
 
     /// Lower the program for steps of `rows` rows of `n_seqs` sequences ahead of use (its

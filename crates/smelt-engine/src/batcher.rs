@@ -120,6 +120,8 @@ struct Loop {
     running: Vec<Request>,
     pacer: Pacer,
     logits: Vec<f32>,
+    /// A step's sampling candidates where it ended with them (the GPU's, smelt-cuda v22).
+    tops: Vec<(Vec<(u32, f32)>, bool)>,
 }
 
 /// Run the loop until `jobs` closes and the last request is done.
@@ -139,6 +141,7 @@ pub(crate) fn run(
         running: Vec::new(),
         pacer: Pacer::new(cfg.step_tokens, cfg.latency_factor),
         logits: Vec::new(),
+        tops: Vec::new(),
     };
     l.publish();
     loop {
@@ -364,6 +367,14 @@ impl Loop {
             }
         };
         let n_vocab = self.runner.arch().n_vocab();
+        // On the GPU a step of decode rows whose sampling fits their best logits ends with
+        // them: no rows copied to the host, no pass over them.
+        let fits = rows.iter().all(|&n| n <= 1)
+            && self.running.iter().zip(&rows).all(|(r, &n)| {
+                n == 0
+                    || r.seq.pending() > 1
+                    || r.dec.top_fits(n_vocab, crate::runner::TOP_CANDIDATES)
+            });
         let mut batch: Vec<(&mut KvSeq, usize)> = Vec::new();
         let mut in_step = Vec::new();
         for (i, (r, &n)) in self.running.iter_mut().zip(&rows).enumerate() {
@@ -376,7 +387,22 @@ impl Loop {
             return;
         }
         let t0 = Instant::now();
-        let result = self.runner.step(&mut batch);
+        let mut top = false;
+        let result = match fits {
+            true => self.runner.step_top(&mut batch, &mut self.tops),
+            false => Ok(false),
+        };
+        let result = match result {
+            Ok(true) => {
+                top = true;
+                Ok(())
+            }
+            Ok(false) => self.runner.step(&mut batch).map(|logits| {
+                self.logits.clear();
+                self.logits.extend_from_slice(logits);
+            }),
+            Err(e) => Err(e),
+        };
         drop(batch);
         let decode_rows = in_step
             .iter()
@@ -386,10 +412,7 @@ impl Loop {
         self.pacer
             .record(all_rows - decode_rows, decode_rows, t0.elapsed());
         match result {
-            Ok(logits) => {
-                self.logits.clear();
-                self.logits.extend_from_slice(logits);
-            }
+            Ok(()) => {}
             Err(e) => {
                 // Fail the step's requests; the others go on.
                 for &i in in_step.iter().rev() {
@@ -402,6 +425,7 @@ impl Loop {
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let n_ctx = self.runner.n_ctx();
         let mut done = Vec::new();
+        let mut failed = Vec::new();
         for (k, &i) in in_step.iter().enumerate() {
             let r = &mut self.running[i];
             if r.seq.pending() > 0 {
@@ -411,22 +435,57 @@ impl Loop {
                 r.t_first = Some(Instant::now());
                 r.dec.usage.prompt_eval_duration = r.t_admit.elapsed();
             }
-            let row = &mut self.logits[k * n_vocab..(k + 1) * n_vocab];
             let tx = r.tx.clone();
             let cancel = r.dec.req.cancel.clone();
-            let next = r.dec.next(&self.tok, row, r.seq.n_kv(), n_ctx, &mut |ev| {
+            let mut on_event = |ev| {
                 if tx.send(Msg::Event(ev)).is_err() {
                     cancel.cancel();
                 }
-            });
+            };
+            let n_kv = r.seq.n_kv();
+            let next = match top {
+                true => {
+                    let (cand, inf) = &self.tops[k];
+                    match r
+                        .dec
+                        .next_top(&self.tok, cand, *inf, n_kv, n_ctx, &mut on_event)
+                    {
+                        Some(n) => n,
+                        // The whole row after all (a penalty overflowed, no finite logit).
+                        None => match self.runner.logits_row(k) {
+                            Ok(mut row) => {
+                                r.dec.next(&self.tok, &mut row, n_kv, n_ctx, &mut on_event)
+                            }
+                            Err(e) => {
+                                failed.push((i, e));
+                                continue;
+                            }
+                        },
+                    }
+                }
+                false => {
+                    let row = &mut self.logits[k * n_vocab..(k + 1) * n_vocab];
+                    r.dec.next(&self.tok, row, n_kv, n_ctx, &mut on_event)
+                }
+            };
             match next {
                 Next::Eval(t) => r.seq.push(t),
                 Next::Finish(reason) => done.push((i, reason)),
             }
         }
-        for &(i, reason) in done.iter().rev() {
+        // In descending order, so each index still names its request.
+        let mut ends: Vec<(usize, Result<FinishReason, EngineError>)> = done
+            .into_iter()
+            .map(|(i, reason)| (i, Ok(reason)))
+            .collect();
+        ends.extend(failed.into_iter().map(|(i, e)| (i, Err(e))));
+        ends.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        for (i, end) in ends {
             let r = self.running.remove(i);
-            self.end(r, reason);
+            match end {
+                Ok(reason) => self.end(r, reason),
+                Err(e) => self.fail(r, e),
+            }
         }
     }
 }

@@ -10,6 +10,8 @@ use smelt_models::{Architecture, Output};
 use crate::batch::Programs;
 use crate::EngineError;
 
+const _: () = assert!(crate::runner::TOP_CANDIDATES == smelt_cuda::TOP_K);
+
 /// Programs kept; a decode program holds its captured CUDA graph.
 const MAX_PROGRAMS: usize = 8;
 
@@ -54,6 +56,40 @@ impl CudaExec {
         self.backend
             .execute(&self.programs[&key], chunk, &positions, &mut self.kv)
             .map_err(err)
+    }
+
+    /// One decode step of `tok` at `start` ending with its sampling candidates (smelt-cuda
+    /// v22), copied to `out`: Some(whether the row had a `+inf`), or None where the program
+    /// cannot (nothing evaluated).
+    pub fn eval_top(
+        &mut self,
+        arch: &dyn Architecture,
+        tok: u32,
+        start: u32,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<Option<bool>, EngineError> {
+        let key = (1, Output::LastLogits);
+        self.program(arch, key)?;
+        let prog = &self.programs[&key];
+        if !self.backend.top_ok(prog) {
+            return Ok(None);
+        }
+        let top = self
+            .backend
+            .execute_top(prog, &[tok], &[start], &mut self.kv)
+            .map_err(err)?;
+        out.clear();
+        out.extend(top.candidates(0));
+        Ok(Some(top.flags(0) & smelt_cuda::TOP_INF != 0))
+    }
+
+    /// The logits of the last [`CudaExec::eval_top`] step, from the device.
+    pub fn last_logits(&mut self) -> Result<Vec<f32>, EngineError> {
+        let prog = self
+            .programs
+            .get(&(1, Output::LastLogits))
+            .ok_or_else(|| EngineError::Invalid("no decode step ran".into()))?;
+        self.backend.logits_row(prog, 0).map_err(err)
     }
 
     /// Lower the program of `key` (rows, output) unless it is kept; at most [`MAX_PROGRAMS`]
@@ -214,6 +250,9 @@ pub(crate) struct CudaBatch {
     pub kv: CudaKvCache,
     pub backend: CudaBackend,
     out: Vec<f32>,
+    /// The program of the last step that ended with sampling candidates (smelt-cuda v22),
+    /// whose logits [`CudaBatch::logits_row`] reads.
+    last_top: Option<usize>,
 }
 
 /// One sequence of a step: its new rows' tokens, their first position, its block table.
@@ -239,6 +278,7 @@ impl CudaBatch {
             kv,
             backend,
             out: Vec::new(),
+            last_top: None,
         })
     }
 
@@ -400,6 +440,64 @@ impl CudaBatch {
                 &rows,
                 &mut self.kv,
             )
+            .map_err(err)
+    }
+
+    /// Whether a step of `n` sequences of one decode row each can end with their sampling
+    /// candidates (its program lowered now where it was not).
+    pub fn top_ready(&mut self, arch: &dyn Architecture, n: usize) -> Result<bool, EngineError> {
+        if n > smelt_cuda::MAX_DECODE_ROWS {
+            return Ok(false);
+        }
+        let pi = self.program(arch, (n, Output::SeqLogits(n)))?;
+        Ok(self.backend.top_ok(self.programs.get(pi)))
+    }
+
+    /// A step of one decode row a sequence (`tokens`, `positions` and `blocks` a sequence;
+    /// after [`CudaBatch::top_ready`]) that ends with each row's sampling candidates, into
+    /// `out`: (candidates, whether the row had a `+inf`).
+    pub fn step_top(
+        &mut self,
+        arch: &dyn Architecture,
+        tokens: &[u32],
+        positions: &[u32],
+        blocks: &[&[u32]],
+        out: &mut Vec<(Vec<(u32, f32)>, bool)>,
+    ) -> Result<(), EngineError> {
+        let n = tokens.len();
+        let pi = self.program(arch, (n, Output::SeqLogits(n)))?;
+        let rows: Vec<BatchSeq> = blocks
+            .iter()
+            .map(|b| BatchSeq { rows: 1, blocks: b })
+            .collect();
+        self.last_top = None;
+        let top = self
+            .backend
+            .execute_batch_top(
+                self.programs.get(pi),
+                tokens,
+                positions,
+                &rows,
+                &mut self.kv,
+            )
+            .map_err(err)?;
+        out.resize_with(n, Default::default);
+        for (r, (c, inf)) in out.iter_mut().enumerate() {
+            c.clear();
+            c.extend(top.candidates(r));
+            *inf = top.flags(r) & smelt_cuda::TOP_INF != 0;
+        }
+        self.last_top = Some(pi);
+        Ok(())
+    }
+
+    /// Row `r`'s logits of the last [`CudaBatch::step_top`], from the device.
+    pub fn logits_row(&mut self, r: usize) -> Result<Vec<f32>, EngineError> {
+        let pi = self
+            .last_top
+            .ok_or_else(|| EngineError::Invalid("no step's logits are kept".into()))?;
+        self.backend
+            .logits_row(self.programs.get(pi), r)
             .map_err(err)
     }
 

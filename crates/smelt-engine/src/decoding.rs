@@ -75,6 +75,37 @@ impl Decoding {
         self.accept(tok, t, &raw, kv_len, n_ctx, on_event)
     }
 
+    /// Whether the next token can come from the row's best `k` finite logits alone (the GPU's
+    /// sampling candidates, smelt-cuda v22): no constraint, no log-probabilities, and
+    /// [`Sampler::top_fits`].
+    pub fn top_fits(&self, n_vocab: usize, k: usize) -> bool {
+        self.req.constraint.is_none()
+            && !self.req.logprobs
+            && self.sampler.top_fits(n_vocab, k, &self.history)
+    }
+
+    /// [`Decoding::next`] from the row's candidates (where [`Decoding::top_fits`]): `cand` its
+    /// best finite logits, `inf` whether the row had a `+inf`. None where the whole row is
+    /// needed after all (nothing was taken; call [`Decoding::next`] with it).
+    pub fn next_top(
+        &mut self,
+        tok: &Tokenizer,
+        cand: &[(u32, f32)],
+        inf: bool,
+        kv_len: usize,
+        n_ctx: usize,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Option<Next> {
+        if self.req.cancel.is_cancelled() {
+            return Some(Next::Finish(FinishReason::Cancelled));
+        }
+        if inf && self.sampler.options().temperature <= 0.0 {
+            return None;
+        }
+        let t = self.sampler.sample_top(cand, &self.history)?;
+        Some(self.accept(tok, t, &[], kv_len, n_ctx, on_event))
+    }
+
     /// Whether every token is the argmax of the model's logits, nothing else read from them:
     /// plain greedy sampling, no constraint, no log-probabilities. The runner may then take
     /// the argmax where the logits are (`Runner::decode_greedy`) and give the tokens to

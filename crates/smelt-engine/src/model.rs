@@ -281,6 +281,8 @@ impl Model {
             runner.eval_slice(chunk, Output::Hidden)?;
         }
         let mut logits = runner.eval(&prompt[last..], Output::LastLogits)?;
+        let n_vocab = logits.len();
+        let mut cands = Vec::new();
         dec.usage.prompt_eval_duration = t0.elapsed();
         let t1 = Instant::now();
         let mut next = dec.next(
@@ -312,16 +314,32 @@ impl Model {
                         break reason.unwrap_or(FinishReason::Length);
                     }
                     Next::Eval(tok) => {
-                        let row = runner.eval_slice(&[tok], Output::LastLogits)?;
-                        logits.clear();
-                        logits.extend_from_slice(row);
-                        next = dec.next(
-                            &self.tokenizer,
-                            &mut logits,
-                            runner.tokens().len(),
-                            n_ctx,
-                            on_event,
-                        );
+                        // On the GPU a step whose sampling fits its best logits ends with
+                        // them (smelt-cuda v22): no row copied to the host, no pass over it.
+                        let top = match dec.top_fits(n_vocab, crate::runner::TOP_CANDIDATES) {
+                            true => runner.eval_top(tok, &mut cands)?,
+                            false => None,
+                        };
+                        next = match top {
+                            Some(inf) => {
+                                let kv = runner.tokens().len();
+                                let tk = &self.tokenizer;
+                                match dec.next_top(tk, &cands, inf, kv, n_ctx, on_event) {
+                                    Some(n) => n,
+                                    None => {
+                                        logits = runner.last_logits()?;
+                                        dec.next(tk, &mut logits, kv, n_ctx, on_event)
+                                    }
+                                }
+                            }
+                            None => {
+                                let row = runner.eval_slice(&[tok], Output::LastLogits)?;
+                                logits.clear();
+                                logits.extend_from_slice(row);
+                                let kv = runner.tokens().len();
+                                dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event)
+                            }
+                        };
                     }
                 }
             };

@@ -16,6 +16,10 @@ use smelt_models::{Architecture, Output};
 
 use crate::EngineError;
 
+/// Sampling candidates a GPU decode step gives (smelt-cuda v22's `TOP_K`): a sequence whose
+/// sampling fits them (`Decoding::top_fits`) needs no logits row on the host.
+pub const TOP_CANDIDATES: usize = 128;
+
 /// Longest chunk of prompt evaluated in one graph.
 pub const PREFILL_CHUNK: usize = 512;
 
@@ -422,6 +426,52 @@ impl Runner {
 }
 
 impl Runner {
+    /// Evaluate `tok` (after the cached tokens) as one decode step whose answer is its
+    /// logits' best [`TOP_CANDIDATES`] finite values (the GPU's sampling candidates, smelt-cuda
+    /// v22) into `out` as (token, logit): Some(whether the row had a `+inf`), or None, nothing
+    /// evaluated, where the backend has no such step (call [`Runner::eval_slice`]). The whole
+    /// row stays readable by [`Runner::last_logits`] until the next evaluation.
+    pub fn eval_top(
+        &mut self,
+        tok: u32,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<Option<bool>, EngineError> {
+        #[cfg(feature = "cuda")]
+        if let Exec::Cuda(c) = &mut self.exec {
+            let n_vocab = self.arch.n_vocab();
+            if tok as usize >= n_vocab {
+                return Err(EngineError::Invalid(format!(
+                    "token id {tok} is outside the vocabulary ({n_vocab})"
+                )));
+            }
+            let start = self.tokens.len();
+            if start >= self.n_ctx {
+                return Err(EngineError::ContextFull {
+                    needed: start + 1,
+                    n_ctx: self.n_ctx,
+                });
+            }
+            let r = c.eval_top(self.arch.as_ref(), tok, start as u32, out)?;
+            if r.is_some() {
+                self.tokens.push(tok);
+            }
+            return Ok(r);
+        }
+        let _ = (tok, out);
+        Ok(None)
+    }
+
+    /// The whole logits row of the last [`Runner::eval_top`] step.
+    pub fn last_logits(&mut self) -> Result<Vec<f32>, EngineError> {
+        #[cfg(feature = "cuda")]
+        if let Exec::Cuda(c) = &mut self.exec {
+            return c.last_logits();
+        }
+        Err(EngineError::Invalid(
+            "no step's logits are kept on this backend".into(),
+        ))
+    }
+
     /// Greedy decoding: evaluate `first` (after the cached tokens), then each step's argmax in
     /// turn, for at most `max` steps and never past the context. Each step's argmax goes to
     /// `on_token(token, kv_len)` (`kv_len`: the tokens cached after that step), which says

@@ -65,13 +65,14 @@ impl Sampler {
         o.temperature <= 0.0 && (no_penalty || o.repeat_last_n == 0)
     }
 
-    /// Apply repeat, presence and frequency penalties over the recent `history` in place.
-    pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+    /// The penalised tokens of the recent `history` and their counts (none where no penalty
+    /// applies).
+    fn penalty_counts(&self, history: &[u32]) -> Vec<(u32, u32)> {
         let o = &self.opts;
         let no_penalty =
             o.repeat_penalty == 1.0 && o.presence_penalty == 0.0 && o.frequency_penalty == 0.0;
         if no_penalty || o.repeat_last_n == 0 || history.is_empty() {
-            return;
+            return Vec::new();
         }
         let n = if o.repeat_last_n < 0 {
             history.len()
@@ -86,17 +87,72 @@ impl Sampler {
                 None => counts.push((t, 1)),
             }
         }
-        for (t, c) in counts {
-            let Some(l) = logits.get_mut(t as usize) else {
-                continue;
-            };
-            if *l > 0.0 {
-                *l /= o.repeat_penalty;
-            } else {
-                *l *= o.repeat_penalty;
+        counts
+    }
+
+    /// Apply repeat, presence and frequency penalties over the recent `history` in place.
+    pub fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+        for (t, c) in self.penalty_counts(history) {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = penalised(&self.opts, *l, c);
             }
-            *l -= c as f32 * o.frequency_penalty + o.presence_penalty;
         }
+    }
+
+    /// Whether [`Sampler::sample_top`] picks what [`Sampler::sample`] would over a row of
+    /// `n_vocab` logits from its best `k` finite logits alone, after this `history`:
+    /// temperature <= 0 or top-k below the vocabulary, penalties that only lower logits, and
+    /// the top-k plus the penalised tokens within `k`. (A penalised token leaves the top-k
+    /// set only to a token that ranked below it; with at most `k - top_k` of them, the top-k
+    /// of the penalised row is among the best `k` of the raw one.)
+    pub fn top_fits(&self, n_vocab: usize, k: usize, history: &[u32]) -> bool {
+        let o = &self.opts;
+        let lowers =
+            o.repeat_penalty >= 1.0 && o.presence_penalty >= 0.0 && o.frequency_penalty >= 0.0;
+        let top = match o.temperature <= 0.0 {
+            true => 1,
+            false if o.top_k == 0 || o.top_k >= n_vocab => return false,
+            false => o.top_k,
+        };
+        // Cheap bound first: the window's length.
+        let window = match o.repeat_last_n {
+            0 => 0,
+            n if n < 0 => history.len(),
+            n => (n as usize).min(history.len()),
+        };
+        lowers && top <= k && (top + window <= k || top + self.penalty_counts(history).len() <= k)
+    }
+
+    /// [`Sampler::sample`] of the penalised row from `cand`: the row's best `k` finite logits
+    /// (as (token, logit), any order), or every finite one, where [`Sampler::top_fits`] holds
+    /// and the row has no `+inf` (a greedy pick would take it). None where a penalty made a
+    /// candidate non-finite or there is none: the caller samples the whole row.
+    pub fn sample_top(&mut self, cand: &[(u32, f32)], history: &[u32]) -> Option<u32> {
+        self.cand.clear();
+        self.cand.extend_from_slice(cand);
+        for (t, c) in self.penalty_counts(history) {
+            if let Some(x) = self.cand.iter_mut().find(|x| x.0 == t) {
+                x.1 = penalised(&self.opts, x.1, c);
+            }
+        }
+        if self.cand.is_empty() || self.cand.iter().any(|x| !x.1.is_finite()) {
+            return None;
+        }
+        // `top_k_into`'s order (-0 equal to +0, then the lower token), then its first k.
+        let rank = |a: &(u32, f32), b: &(u32, f32)| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.0.cmp(&b.0))
+        };
+        if self.opts.temperature <= 0.0 {
+            return self.cand.iter().min_by(|a, b| rank(a, b)).map(|x| x.0);
+        }
+        let k = self.opts.top_k.min(self.cand.len());
+        if k < self.cand.len() {
+            self.cand.select_nth_unstable_by(k - 1, rank);
+            self.cand.truncate(k);
+        }
+        Some(self.cut_and_draw())
     }
 
     /// Pick the next token from `logits` (already penalised and masked).
@@ -121,22 +177,28 @@ impl Sampler {
             self.cand.select_nth_unstable_by(k - 1, by_rank);
             self.cand.truncate(k);
         }
+        self.cut_and_draw()
+    }
+
+    /// The top-k candidates (any order) sorted, cut by top-p and min-p, and the draw.
+    fn cut_and_draw(&mut self) -> u32 {
+        let (top_p, min_p) = (self.opts.top_p, self.opts.min_p);
         self.cand.sort_unstable_by(by_rank);
         // Softmax at temperature 1 for top-p and min-p, as llama.cpp does before temperature.
         let probs = softmax(self.cand.iter().map(|c| c.1), 1.0);
         let mut keep = self.cand.len();
-        if o.top_p < 1.0 {
+        if top_p < 1.0 {
             let mut acc = 0.0;
             for (i, p) in probs.iter().enumerate() {
                 acc += p;
-                if acc >= o.top_p {
+                if acc >= top_p {
                     keep = i + 1;
                     break;
                 }
             }
         }
-        if o.min_p > 0.0 {
-            let floor = probs[0] * o.min_p;
+        if min_p > 0.0 {
+            let floor = probs[0] * min_p;
             keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
         }
         self.cand.truncate(keep.max(1));
@@ -264,6 +326,16 @@ fn lane_max(x: &[f32]) -> f32 {
         .iter()
         .chain(tail)
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Logit `l` of a token seen `c` times in the penalty window.
+fn penalised(o: &SamplingOptions, l: f32, c: u32) -> f32 {
+    let l = if l > 0.0 {
+        l / o.repeat_penalty
+    } else {
+        l * o.repeat_penalty
+    };
+    l - (c as f32 * o.frequency_penalty + o.presence_penalty)
 }
 
 /// Candidates in rank order: the larger logit first, the lower token id among equals.
@@ -511,6 +583,122 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `sample_top` from a row's best 128 finite logits (the set `top_k_into` gives, as the GPU's
+    /// candidates kernel does) draws what `apply_penalties` + `sample` draw over the whole row,
+    /// draw for draw from one seed, wherever `top_fits` holds: Ollama's defaults, greedy with
+    /// penalties, top-k up to 100, top-p and min-p cuts, frequency and presence penalties,
+    /// rows with ties, signed zeros and non-finite values, fewer finite values than 128.
+    #[test]
+    fn top_candidates_sample_as_the_whole_row() {
+        let mut rng = Rng::new(5);
+        let mut fitted = 0;
+        for case in 0..400 {
+            let n = [300usize, 5000, 49152][case % 3];
+            let coarse = case % 4 == 1;
+            let mut row: Vec<f32> = (0..n)
+                .map(|_| {
+                    let x = rng.next_f32() * 12.0 - 4.0;
+                    if coarse {
+                        x.round()
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            if case % 5 == 2 {
+                row[7] = f32::NAN;
+                row[9] = f32::NEG_INFINITY;
+                row[11] = -0.0;
+                row[12] = 0.0;
+            }
+            if case % 11 == 3 {
+                // Fewer finite values than candidates.
+                for (i, v) in row.iter_mut().enumerate() {
+                    if i % 50 != 0 {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let history: Vec<u32> = (0..(case % 90))
+                .map(|_| {
+                    // Recent tokens among the best logits, where penalties matter.
+                    let best = argmax(&row) as u64;
+                    ((best + rng.next_u64() % 40) % n as u64) as u32
+                })
+                .collect();
+            let o = SamplingOptions {
+                temperature: [0.8, 0.0, 1.3, 0.5][case % 4],
+                top_k: [40, 1, 64, 100, 20][case % 5],
+                top_p: [0.9, 1.0, 0.5][case % 3],
+                min_p: [0.0, 0.05][case % 2],
+                repeat_penalty: [1.1, 1.0, 1.5][case % 3],
+                repeat_last_n: [64, 16, -1][case % 3],
+                presence_penalty: [0.0, 0.3][case % 2],
+                frequency_penalty: [0.0, 0.0, 0.2][case % 3],
+                seed: Some(case as u64),
+            };
+            let (mut whole, mut top) = (Sampler::new(o.clone()), Sampler::new(o.clone()));
+            if !top.top_fits(n, 128, &history) {
+                continue;
+            }
+            fitted += 1;
+            let mut cand = Vec::new();
+            top_k_into(&row, 128, &mut cand);
+            cand.reverse();
+            for d in 0..20 {
+                let mut l = row.clone();
+                whole.apply_penalties(&mut l, &history);
+                let want = whole.sample(&l);
+                let got = top.sample_top(&cand, &history);
+                assert_eq!(got, Some(want), "case {case} draw {d} ({o:?})");
+            }
+        }
+        assert!(fitted > 150, "{fitted} cases fit");
+    }
+
+    /// Where the penalised tokens and top-k do not fit the candidates, or a penalty could
+    /// raise a logit, or there is no top-k, the whole row is needed.
+    #[test]
+    fn top_candidates_fit_only_where_exact() {
+        let history: Vec<u32> = (0..100).collect();
+        let fits = |o: SamplingOptions| Sampler::new(o).top_fits(1000, 128, &history);
+        let base = SamplingOptions {
+            seed: Some(1),
+            ..SamplingOptions::default()
+        };
+        assert!(fits(base.clone()), "Ollama's defaults");
+        assert!(!fits(SamplingOptions {
+            top_k: 0,
+            ..base.clone()
+        }));
+        assert!(!fits(SamplingOptions {
+            top_k: 1000,
+            ..base.clone()
+        }));
+        assert!(!fits(SamplingOptions {
+            repeat_last_n: 100,
+            ..base.clone()
+        }));
+        assert!(fits(SamplingOptions {
+            repeat_last_n: 100,
+            repeat_penalty: 1.0,
+            ..base.clone()
+        }));
+        assert!(!fits(SamplingOptions {
+            repeat_penalty: 0.9,
+            ..base.clone()
+        }));
+        assert!(!fits(SamplingOptions {
+            presence_penalty: -0.5,
+            ..base.clone()
+        }));
+        assert!(fits(SamplingOptions {
+            temperature: 0.0,
+            repeat_last_n: 127,
+            ..base
+        }));
     }
 
     #[test]

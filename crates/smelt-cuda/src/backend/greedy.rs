@@ -11,7 +11,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-use super::{CudaBackend, CudaKvCache, CudaProgram};
+use super::{CudaBackend, CudaKvCache, CudaProgram, Tail};
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
 
@@ -307,7 +307,7 @@ impl CudaBackend {
         };
         let event = g.next_event;
         let ev = g.events[event];
-        self.replay(step, kv, Some(&tail), n)?;
+        self.replay(step, kv, Tail::Greedy(&tail), n)?;
         // SAFETY: recording an event we own on our stream.
         unsafe { check(sys::cuEventRecord(ev, self.dev.cu_stream()), "event record")? };
         let g = self.greedy.as_mut().expect("checked above");

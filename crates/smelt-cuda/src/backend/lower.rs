@@ -316,6 +316,11 @@ impl CudaBackend {
             }
             _ => None,
         };
+        // v22: the sampling candidates' kernel of a decode step.
+        let top_cands = match gen.decode && !gen.persistent {
+            true => Some(self.dev.function(&module, "top_cands", 0)?),
+            false => None,
+        };
         let prog = CudaProgram {
             n_tokens: g.n_tokens(),
             _module: module,
@@ -345,6 +350,8 @@ impl CudaBackend {
             graph: Mutex::new(None),
             greedy: Mutex::new(None),
             greedy_steps: Mutex::new(None),
+            top: Mutex::new(None),
+            top_cands,
             greedy_head,
             greedy_next,
             short: None,

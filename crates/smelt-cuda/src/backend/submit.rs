@@ -5,8 +5,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys;
 
-use super::greedy::GreedyTail;
-use super::{Args, BatchSeq, CudaBackend, CudaKvCache, CudaProgram, Graph2, Step};
+use super::{Args, BatchSeq, CudaBackend, CudaKvCache, CudaProgram, Graph2, Step, Tail};
 use crate::codegen::KV_BLOCK;
 use crate::device::check;
 use crate::profile::Events;
@@ -25,9 +24,13 @@ impl CudaBackend {
         prog: &CudaProgram,
         kv: &CudaKvCache,
         events: &[sys::CUevent],
-        greedy: Option<&GreedyTail>,
+        tail: Tail,
         chain: bool,
     ) -> Result<(), CudaError> {
+        let greedy = match tail {
+            Tail::Greedy(t) => Some(t),
+            _ => None,
+        };
         let io = &self.io;
         let n = prog.n_tokens;
         let stream = self.dev.cu_stream();
@@ -167,8 +170,8 @@ impl CudaBackend {
                 }
             }
             let logits = io.arena.ptr + prog.out_off as u64 * 4;
-            match greedy {
-                None => check(
+            match tail {
+                Tail::Copy => check(
                     sys::cuMemcpyDtoHAsync_v2(
                         out_host as *mut c_void,
                         logits,
@@ -177,13 +180,14 @@ impl CudaBackend {
                     ),
                     "copy output",
                 )?,
-                Some(t) => t.enqueue(
+                Tail::Greedy(t) => t.enqueue(
                     stream,
                     logits,
                     prog.out_len,
                     (io.tok.ptr, io.pos.ptr),
                     pdl && after_kernel,
                 )?,
+                Tail::Top(t) => t.enqueue(stream, logits, pdl && after_kernel)?,
             }
         }
         Ok(())
@@ -246,6 +250,18 @@ impl CudaBackend {
         positions: &[u32],
         kv: &mut CudaKvCache,
     ) -> Result<&[f32], CudaError> {
+        self.prepare_single(prog, tokens, positions, kv)?;
+        self.run(prog.pick(positions), kv)
+    }
+
+    /// [`Self::execute`]'s checks and inputs.
+    pub(super) fn prepare_single(
+        &mut self,
+        prog: &CudaProgram,
+        tokens: &[u32],
+        positions: &[u32],
+        kv: &CudaKvCache,
+    ) -> Result<(), CudaError> {
         if kv.is_paged() {
             return Err(CudaError::Invalid(
                 "a paged KV cache needs block tables (execute_batch)".into(),
@@ -253,7 +269,7 @@ impl CudaBackend {
         }
         self.prepare_io(prog, tokens, positions, kv)?;
         self.pinned_inputs(tokens)[..positions.len()].copy_from_slice(positions);
-        self.run(prog.pick(positions), kv)
+        Ok(())
     }
 
     /// Run `prog` for the rows of several sequences over a paged `kv`: `seqs` in order, each
@@ -270,6 +286,19 @@ impl CudaBackend {
         seqs: &[BatchSeq],
         kv: &mut CudaKvCache,
     ) -> Result<&[f32], CudaError> {
+        self.prepare_batch(prog, tokens, positions, seqs, kv)?;
+        self.run(prog.pick(positions), kv)
+    }
+
+    /// [`Self::execute_batch`]'s checks and inputs.
+    pub(super) fn prepare_batch(
+        &mut self,
+        prog: &CudaProgram,
+        tokens: &[u32],
+        positions: &[u32],
+        seqs: &[BatchSeq],
+        kv: &CudaKvCache,
+    ) -> Result<(), CudaError> {
         if !kv.is_paged() {
             return Err(CudaError::Invalid(
                 "execute_batch needs a paged KV cache".into(),
@@ -343,24 +372,25 @@ impl CudaBackend {
                 r += 1;
             }
         }
-        self.run(prog.pick(positions), kv)
+        Ok(())
     }
 
     /// Capture `prog` as a graph if not yet (or the buffers moved), and launch the graph; with
-    /// `greedy`, its greedy graph of `steps` steps (v20a, v21: several, one after another).
+    /// a greedy tail, its greedy graph of `steps` steps (v20a, v21: several, one after
+    /// another); with the candidates' tail, its graph that ends with them (v22).
     pub(super) fn replay(
         &mut self,
         prog: &CudaProgram,
         kv: &CudaKvCache,
-        greedy: Option<&GreedyTail>,
+        tail: Tail,
         steps: usize,
     ) -> Result<(), CudaError> {
-        let graph = match (greedy.is_some(), steps) {
-            (false, _) => &prog.graph,
-            (true, 1) => &prog.greedy,
-            (true, _) => &prog.greedy_steps,
+        let (graph, steps) = match (tail, steps) {
+            (Tail::Copy, _) => (&prog.graph, 1),
+            (Tail::Greedy(_), 0 | 1) => (&prog.greedy, 1),
+            (Tail::Greedy(_), n) => (&prog.greedy_steps, n),
+            (Tail::Top(_), _) => (&prog.top, 1),
         };
-        let steps = if greedy.is_some() { steps.max(1) } else { 1 };
         let mut slot = graph.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = matches!(&*slot, Some((gen, kvp, n, _))
             if *gen == self.io.gen && *kvp == kv.buf.ptr && *n == steps);
@@ -377,7 +407,7 @@ impl CudaBackend {
                     ),
                     "begin capture",
                 )?;
-                let r = (0..steps).try_for_each(|i| self.enqueue(prog, kv, &[], greedy, i > 0));
+                let r = (0..steps).try_for_each(|i| self.enqueue(prog, kv, &[], tail, i > 0));
                 let mut graph = std::ptr::null_mut();
                 let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
                 r?;
@@ -412,7 +442,7 @@ impl CudaBackend {
             && self.profile.is_none()
             && !prog.no_graph.load(std::sync::atomic::Ordering::Relaxed);
         if use_graph {
-            if let Err(e) = self.replay(prog, kv, None, 1) {
+            if let Err(e) = self.replay(prog, kv, Tail::Copy, 1) {
                 if !prog.cooperative {
                     return Err(e);
                 }
@@ -432,14 +462,14 @@ impl CudaBackend {
             let events = Events::new(prog.launches.len() + 1)?;
             // Borrow split: enqueue takes &self; the profile is put back below.
             let mut prof = std::mem::take(prof);
-            let r = self.enqueue(prog, kv, &events.0, None, false);
+            let r = self.enqueue(prog, kv, &events.0, Tail::Copy, false);
             let r = r.and_then(|_| self.dev.sync());
             let r = r.and_then(|_| prof.add(prog, &events));
             self.profile = Some(prof);
             r?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         } else {
-            self.enqueue(prog, kv, &[], None, false)?;
+            self.enqueue(prog, kv, &[], Tail::Copy, false)?;
             self.stats.submissions += prog.launches.len() as u64 + 3;
         }
         self.dev.sync()?;

@@ -820,3 +820,148 @@ extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logit
     __threadfence_system();
   }
 }
+
+// Sampling candidates on the device (v22): the TOP_K best finite logits of each row of a
+// decode step (the host's `top_k_into` set: the larger value first, the lower index among
+// equals, -0 as +0; infinities and NaN never), written with their values to mapped host
+// memory, so the host samples from them instead of copying and scanning every logit. Grid
+// (blocks a row, rows); a block takes TOP_SPAN logits, selects its best TOP_K by a radix
+// select over the keys (greedy_key's order; non-finite values key 0), and the last block of a
+// row selects the row's best TOP_K from the blocks' and resets the row's words. G (u32): [r]
+// row r's counter, [TOP_FLAG_AT + r] its flags, [TOP_CNT_AT + r * gridDim.x + b] block b's
+// count; keys (u64) from word TOP_KEYS_AT. out: per row TOP_ROW words: the count, the flags
+// (1: a +inf, 2: a NaN), then (index, value bits) pairs.
+#define TOP_K 128u
+#define TOP_SPAN 4096u
+#define TOP_FLAG_AT 16u
+#define TOP_CNT_AT 32u
+#define TOP_KEYS_AT 1024u
+#define TOP_ROW (2u + 2u * TOP_K)
+#define TOP_NT 512
+__device__ __forceinline__ u64 top_key(float v, u32 i) {
+  return isfinite(v) ? greedy_key(v, i) : 0ull;
+}
+// The smallest key of the `need` largest nonzero keys of the block's (every thread's PER
+// keys; keys are distinct; 1 <= need <= the nonzero keys): a key is among them iff it is
+// nonzero and at least the returned value. Eight bits a pass from the top, each pass's
+// histogram over the keys that match the bits fixed so far; done once the bin holding the
+// boundary is taken whole.
+template <int PER> __device__ u64 top_threshold(const u64 (&k)[PER], u32 need, u32* hist, u32* sh) {
+  u64 prefix = 0;
+  for (int shift = 56; ; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0u;
+    __syncthreads();
+    const u64 fixed = shift == 56 ? 0ull : (~0ull << (shift + 8));
+    _Pragma("unroll") for (int j = 0; j < PER; j++) {
+      const bool m = k[j] != 0ull && (k[j] & fixed) == prefix;
+      const u32 bin = (u32)(k[j] >> shift) & 255u;
+      const u32 act = __ballot_sync(0xffffffffu, m);
+      if (m) {
+        const u32 peers = __match_any_sync(act, bin);
+        if ((threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], (u32)__popc(peers));
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      u32 c[8], s = 0;
+      _Pragma("unroll") for (int q = 0; q < 8; q++) { c[q] = hist[255 - 8 * lane - q]; s += c[q]; }
+      u32 inc = s;
+      _Pragma("unroll") for (int o = 1; o < 32; o <<= 1) {
+        const u32 y = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += y;
+      }
+      const u32 exc = inc - s;
+      if (exc < need && need <= inc) {
+        u32 acc = exc; int q = 0;
+        while (q < 7 && acc + c[q] < need) { acc += c[q]; q++; }
+        sh[0] = 255u - 8u * lane - q; sh[1] = need - acc; sh[2] = c[q];
+      }
+    }
+    __syncthreads();
+    const u32 bin = sh[0], rest = sh[1], inbin = sh[2];
+    __syncthreads();
+    prefix |= (u64)bin << shift;
+    need = rest;
+    if (inbin == rest || shift == 0) return prefix;
+  }
+}
+// The block's selected keys to `dst` (any order); returns their count (every thread).
+template <int PER> __device__ u32 top_select(const u64 (&k)[PER], u64* dst, u32* hist, u32* sh) {
+  u32 nz = 0;
+  _Pragma("unroll") for (int j = 0; j < PER; j++) nz += k[j] != 0ull;
+  nz = __reduce_add_sync(0xffffffffu, nz);
+  if (threadIdx.x == 0) sh[3] = 0u;
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0 && nz) atomicAdd(&sh[3], nz);
+  __syncthreads();
+  const u32 total = sh[3];
+  __syncthreads();
+  if (total == 0u) return 0u;
+  const u32 need = total < TOP_K ? total : TOP_K;
+  const u64 thr = top_threshold<PER>(k, need, hist, sh);
+  if (threadIdx.x == 0) sh[3] = 0u;
+  __syncthreads();
+  _Pragma("unroll") for (int j = 0; j < PER; j++)
+    if (k[j] != 0ull && k[j] >= thr) dst[atomicAdd(&sh[3], 1u)] = k[j];
+  __syncthreads();
+  return need;
+}
+extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logits, u32 n, u32* G, u32* out) {
+#if SMELT_PDL
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  __shared__ u32 hist[256], sh[4], last, flags;
+  __shared__ u64 keys[TOP_K];
+  const u32 r = blockIdx.y, nb = gridDim.x;
+  const float* row = logits + (u64)r * n;
+  const u32 lo = blockIdx.x * TOP_SPAN;
+  constexpr int PER = TOP_SPAN / TOP_NT;
+  u64 k[PER];
+  u32 f = 0;
+  _Pragma("unroll") for (int j = 0; j < PER; j++) {
+    const u32 i = lo + j * TOP_NT + threadIdx.x;
+    const float v = i < n ? __ldcg(row + i) : 0.f;
+    k[j] = i < n ? top_key(v, i) : 0ull;
+    if (i < n && v != v) f |= 2u;
+    if (i < n && v == INFINITY) f |= 1u;
+  }
+  f = __reduce_or_sync(0xffffffffu, f);
+  if (threadIdx.x == 0) flags = 0u;
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0 && f) atomicOr(&flags, f);
+  const u32 cnt = top_select<PER>(k, keys, hist, sh);
+  u64* part = (u64*)(G + TOP_KEYS_AT) + ((u64)r * nb + blockIdx.x) * TOP_K;
+  for (u32 j = threadIdx.x; j < cnt; j += TOP_NT) part[j] = keys[j];
+  if (threadIdx.x == 0) {
+    G[TOP_CNT_AT + r * nb + blockIdx.x] = cnt;
+    if (flags) atomicOr(&G[TOP_FLAG_AT + r], flags);
+    __threadfence();
+    last = atomicAdd(&G[r], 1u) == nb - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // The row's last block: every block's candidates (at most 64 blocks of TOP_K: 16 a thread).
+  constexpr int PER2 = 64 * TOP_K / TOP_NT;
+  u64 k2[PER2];
+  const u64* parts = (const u64*)(G + TOP_KEYS_AT) + (u64)r * nb * TOP_K;
+  _Pragma("unroll") for (int j = 0; j < PER2; j++) {
+    const u32 s = j * TOP_NT + threadIdx.x, b = s / TOP_K, q = s % TOP_K;
+    k2[j] = b < nb && q < __ldcg(G + TOP_CNT_AT + r * nb + b) ? __ldcg(parts + s) : 0ull;
+  }
+  const u32 total = top_select<PER2>(k2, keys, hist, sh);
+  u32* o = out + (u64)r * TOP_ROW;
+  for (u32 j = threadIdx.x; j < total; j += TOP_NT) {
+    const u32 idx = 0xffffffffu - (u32)keys[j];
+    o[2 + 2 * j] = idx;
+    o[3 + 2 * j] = __float_as_uint(__ldcg(row + idx));
+  }
+  if (threadIdx.x == 0) {
+    o[0] = total;
+    o[1] = __ldcg(G + TOP_FLAG_AT + r);
+    G[TOP_FLAG_AT + r] = 0u;
+    G[r] = 0u;
+  }
+  __threadfence_system();
+}

@@ -200,6 +200,23 @@ fn batched_steps(mma_rows: usize) {
                 .to_vec();
             assert_eq!(cb.stats().submissions - before, 1, "one submission a step");
             let nv = d.n_vocab;
+            // v22: the same step again, ending with each row's sampling candidates: the
+            // top-k set of the rows above (the step rewrites the same keys and values).
+            assert!(
+                cb.top_ok(&prog),
+                "a batch of {} rows: candidates",
+                rows.len()
+            );
+            let top = cb
+                .execute_batch_top(&prog, &toks, &positions, &seqs, &mut pool)
+                .unwrap();
+            for r in 0..rows.len() {
+                assert_eq!(
+                    super::top::device_top(&top, r),
+                    super::top::host_top(&got[r * nv..(r + 1) * nv]),
+                    "case {ci} {dtype:?} step {si} row {r}: the candidates"
+                );
+            }
             assert_eq!(got.len(), rows.len() * nv);
             for (r, &s) in rows.iter().enumerate() {
                 steps_done[s] += 1;

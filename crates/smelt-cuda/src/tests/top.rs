@@ -1,0 +1,181 @@
+//! Sampling candidates on the device (v22) against the host's top-k rule (GPU).
+
+use super::*;
+use crate::{TopRows, TOP_INF, TOP_K, TOP_NAN};
+
+/// The host sampler's `top_k_into` set for `k` = [`TOP_K`]: the best finite logits, the larger
+/// value first and the lower index among equals (-0 equal to +0), as (index, value bits) in
+/// index order.
+pub(super) fn host_top(x: &[f32]) -> Vec<(u32, u32)> {
+    let mut c: Vec<(u32, f32)> = x
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
+    c.sort_by(|a, b| b.1.partial_cmp(&a.1).expect("finite").then(a.0.cmp(&b.0)));
+    c.truncate(TOP_K);
+    let mut out: Vec<(u32, u32)> = c.iter().map(|&(i, v)| (i, v.to_bits())).collect();
+    out.sort_unstable();
+    out
+}
+
+/// Row `r` of a step's candidates as [`host_top`] gives them.
+pub(super) fn device_top(t: &TopRows, r: usize) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = t.candidates(r).map(|(i, v)| (i, v.to_bits())).collect();
+    out.sort_unstable();
+    out
+}
+
+/// The flags [`host_top`]'s row should carry.
+fn host_flags(x: &[f32]) -> u32 {
+    let inf = x.contains(&f32::INFINITY);
+    let nan = x.iter().any(|v| v.is_nan());
+    (u32::from(inf) * TOP_INF) | (u32::from(nan) * TOP_NAN)
+}
+
+/// v22: `top_cands` alone on rows of 1 to 262144 logits, one to eight rows a launch: ties
+/// across blocks, NaN, infinities, signed zeros, fewer finite values than [`TOP_K`], many
+/// equal values, a row whose best values sit in one block. Each launch reuses the buffers,
+/// so each leaves its counters at zero.
+#[test]
+fn top_candidates_kernel_matches_the_host() {
+    use cudarc::driver::sys;
+    if !gpu() {
+        return;
+    }
+    let dev = crate::Device::open().unwrap();
+    let module = dev.compile(codegen::PRELUDE).unwrap();
+    let f = dev.function(&module, "top_cands", 0).unwrap();
+    let mut rng = Rng(11);
+    // (rows, logits a row) and how each row is drawn.
+    let mut cases: Vec<(usize, Vec<f32>)> = Vec::new();
+    for (rows, n) in [
+        (1usize, 1usize),
+        (1, 100),
+        (1, 4095),
+        (2, 4097),
+        (1, 49152),
+        (8, 49152),
+        (3, 128256),
+        (1, 262144),
+    ] {
+        cases.push((rows, (0..rows * n).map(|_| rng.next() * 8.0).collect()));
+    }
+    // Few distinct values: ties decided by the index, across blocks.
+    cases.push((2, (0..2 * 20000).map(|i| ((i * 7) % 5) as f32).collect()));
+    let mut odd: Vec<f32> = (0..9000).map(|_| rng.next()).collect();
+    odd[100] = f32::NAN;
+    odd[200] = f32::INFINITY;
+    odd[300] = f32::NEG_INFINITY;
+    odd[4100] = -0.0;
+    odd[8000] = 0.0;
+    odd[8001] = -0.0;
+    cases.push((1, odd));
+    let mut sparse = vec![f32::NEG_INFINITY; 20000];
+    for i in (0..20000).step_by(400) {
+        sparse[i] = i as f32 * -1e-3;
+    }
+    cases.push((1, sparse));
+    cases.push((1, vec![f32::NAN; 5000]));
+    let mut one_block = vec![-5.0f32; 65536];
+    for (i, v) in one_block[40000..40300].iter_mut().enumerate() {
+        *v = i as f32;
+    }
+    cases.push((1, one_block));
+    let g = dev.alloc((1024 + 2 * 16 * 64 * TOP_K) * 4).unwrap();
+    let row_words = 2 + 2 * TOP_K;
+    let (out, out_dev) = dev.alloc_mapped(16 * row_words * 4).unwrap();
+    for (ci, (rows, x)) in cases.iter().enumerate() {
+        let n = x.len() / rows;
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let l = dev.alloc(bytes.len()).unwrap();
+        dev.upload(l.ptr, &bytes).unwrap();
+        let (mut a_l, mut a_n, mut a_g, mut a_o) = (l.ptr, n as u32, g.ptr, out_dev);
+        let mut ptrs: [*mut std::ffi::c_void; 4] = [
+            (&mut a_l) as *mut u64 as *mut std::ffi::c_void,
+            (&mut a_n) as *mut u32 as *mut std::ffi::c_void,
+            (&mut a_g) as *mut u64 as *mut std::ffi::c_void,
+            (&mut a_o) as *mut u64 as *mut std::ffi::c_void,
+        ];
+        // SAFETY: the kernel reads `rows` rows of `n` floats of `l`, writes in `g` its
+        // counters and keys (rows <= 16, blocks <= 64), and `rows` rows of the mapped output.
+        unsafe {
+            let r = sys::cuLaunchKernel(
+                f.cu_function(),
+                n.div_ceil(4096) as u32,
+                *rows as u32,
+                1,
+                512,
+                1,
+                1,
+                0,
+                dev.cu_stream(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            );
+            assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch top_cands");
+        }
+        dev.sync().unwrap();
+        // SAFETY: the kernel is over (synchronised above); the output holds 16 rows.
+        let words = unsafe { std::slice::from_raw_parts(out.ptr as *const u32, 16 * row_words) };
+        let t = TopRows::new(words, *rows);
+        for r in 0..*rows {
+            let row = &x[r * n..(r + 1) * n];
+            assert_eq!(
+                device_top(&t, r),
+                host_top(row),
+                "case {ci} ({rows} x {n}) row {r}: the candidates"
+            );
+            assert_eq!(t.flags(r), host_flags(row), "case {ci} row {r}: the flags");
+        }
+        // The rows' counters (words 0-15) and flags (16-31); the blocks' counts after them
+        // are each launch's own.
+        let mut w = vec![0u8; 32 * 4];
+        dev.download(&mut w, g.ptr).unwrap();
+        assert!(
+            w.iter().all(|&b| b == 0),
+            "case {ci}: counters and flags reset"
+        );
+    }
+}
+
+/// v22 in a program: a one-token step's candidates (its graph ends with them) are the top-k set
+/// of the logits the same step gives through the plain path, on the long-context shapes,
+/// before and past the short-context variant's bound; the logits stay readable on the device.
+#[test]
+fn a_steps_candidates_are_the_top_of_its_logits() {
+    if !gpu() {
+        return;
+    }
+    let n0 = 250usize;
+    for (ci, d) in long_context_dims().into_iter().enumerate() {
+        let (w, file, gp, g1) = long_context_case(ci, d, n0);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let prompt: Vec<u32> = (0..n0).map(|i| ((i * 5 + 1) % d.n_vocab) as u32).collect();
+        let positions: Vec<u32> = (0..n0 as u32).collect();
+        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        let mut kv = cb.new_kv(LONG_CAPACITY, &widths).unwrap();
+        let pp = cb.lower(&gp, &kv).unwrap();
+        let p1 = cb.lower(&g1, &kv).unwrap();
+        assert!(cb.top_ok(&p1), "case {ci}: candidates");
+        cb.execute(&pp, &prompt, &positions, &mut kv).unwrap();
+        for (i, p) in [250u32, 255, 256, 300].into_iter().enumerate() {
+            let tok = [(i * 3 + 2) as u32 % d.n_vocab as u32];
+            let want = cb.execute(&p1, &tok, &[p], &mut kv).unwrap().to_vec();
+            let before = cb.stats().submissions;
+            let top = cb.execute_top(&p1, &tok, &[p], &mut kv).unwrap();
+            assert_eq!(top.rows(), 1);
+            assert_eq!(device_top(&top, 0), host_top(&want), "case {ci} at {p}");
+            assert_eq!(top.flags(0), 0);
+            assert_eq!(cb.stats().submissions - before, 1, "one submission a step");
+            let row = cb.logits_row(&p1, 0).unwrap();
+            assert!(
+                row.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "case {ci} at {p}: the logits on the device"
+            );
+        }
+    }
+}
