@@ -179,7 +179,11 @@ fn gemma3_batch_equals_alone() {
 }
 
 fn generate(m: &Model, prompt: Vec<u32>, n: usize) -> (String, Usage) {
-    let mut req = GenerateRequest::new(prompt, SamplingOptions::greedy());
+    generate_with(m, prompt, n, SamplingOptions::greedy())
+}
+
+fn generate_with(m: &Model, prompt: Vec<u32>, n: usize, o: SamplingOptions) -> (String, Usage) {
+    let mut req = GenerateRequest::new(prompt, o);
     req.max_tokens = Some(n);
     let mut text = String::new();
     let usage = m
@@ -190,6 +194,53 @@ fn generate(m: &Model, prompt: Vec<u32>, n: usize) -> (String, Usage) {
         })
         .unwrap();
     (text, usage)
+}
+
+/// Sampling at Ollama's defaults (temperature 0.8, top-k 40, top-p 0.9, repeat penalty 1.1
+/// over 64 tokens) with a seed, and at temperature 0 with a repeat penalty: concurrent
+/// requests through the batch loop draw what the single-sequence model draws. (On a GPU both
+/// sample from each step's candidates, smelt-cuda v22; on the CPU from the whole row.)
+#[test]
+fn batch_loop_samples_as_the_single_model() {
+    let path = model_path(SMOLLM2);
+    let g = Gguf::open(&path).unwrap();
+    let ps = prompts(&g);
+    let opts = |i: usize| SamplingOptions {
+        seed: Some(40 + i as u64),
+        temperature: if i == 3 { 0.0 } else { 0.8 },
+        top_k: if i == 2 { 90 } else { 40 },
+        ..SamplingOptions::default()
+    };
+    let load = |parallel| {
+        Model::load(
+            &path,
+            LoadOptions {
+                num_ctx: 256,
+                threads: 2,
+                parallel,
+                kv_positions: 1024,
+            },
+        )
+        .unwrap()
+    };
+    // parallel 0: one sequence at a time, its cache contiguous.
+    let single = load(0);
+    let want: Vec<String> = (0..ps.len())
+        .map(|i| generate_with(&single, ps[i].clone(), 24, opts(i)).0)
+        .collect();
+    drop(single);
+    let m = Arc::new(load(4));
+    let handles: Vec<_> = (0..ps.len())
+        .map(|i| {
+            let (m, p) = (m.clone(), ps[i].clone());
+            std::thread::spawn(move || generate_with(&m, p, 24, opts(i)))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (text, usage) = h.join().unwrap();
+        assert_eq!(text, want[i], "request {i}");
+        assert!(usage.completion_tokens > 0, "request {i}");
+    }
 }
 
 /// The batch loop: requests from many threads (more than run at once) get what the
