@@ -21,6 +21,8 @@ pub use batch::{BatchOptions, BatchRunner, KvSeq, BLOCK_SIZE};
 pub use batcher::{BatchSnapshot, BatchStats};
 pub use error::EngineError;
 pub use model::{LoadOptions, Model, ModelInfo, STEP_TOKENS};
-pub use runner::{cuda_available, BackendKind, Runner, RunnerOptions, BACKEND_ENV, DEVICE_ENV};
+pub use runner::{
+    cuda_available, BackendKind, Runner, RunnerOptions, BACKEND_ENV, DEVICE_ENV, TOP_CANDIDATES,
+};
 pub use sampler::Sampler;
 pub use smelt_cpu::KvType;

@@ -65,8 +65,8 @@ impl Sampler {
         o.temperature <= 0.0 && (no_penalty || o.repeat_last_n == 0)
     }
 
-    /// The penalised tokens of the recent `history` and their counts (none where no penalty
-    /// applies).
+    /// The penalised tokens of the recent `history` and their counts, by token (none where no
+    /// penalty applies).
     fn penalty_counts(&self, history: &[u32]) -> Vec<(u32, u32)> {
         let o = &self.opts;
         let no_penalty =
@@ -79,12 +79,13 @@ impl Sampler {
         } else {
             (o.repeat_last_n as usize).min(history.len())
         };
-        let recent = &history[history.len() - n..];
+        let mut recent = history[history.len() - n..].to_vec();
+        recent.sort_unstable();
         let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
-        for &t in recent {
-            match counts.iter_mut().find(|(tok, _)| *tok == t) {
-                Some((_, c)) => *c += 1,
-                None => counts.push((t, 1)),
+        for t in recent {
+            match counts.last_mut() {
+                Some((tok, c)) if *tok == t => *c += 1,
+                _ => counts.push((t, 1)),
             }
         }
         counts
@@ -130,9 +131,19 @@ impl Sampler {
     pub fn sample_top(&mut self, cand: &[(u32, f32)], history: &[u32]) -> Option<u32> {
         self.cand.clear();
         self.cand.extend_from_slice(cand);
-        for (t, c) in self.penalty_counts(history) {
-            if let Some(x) = self.cand.iter_mut().find(|x| x.0 == t) {
-                x.1 = penalised(&self.opts, x.1, c);
+        // Both by token, walked together (the order before the selection below changes
+        // nothing: it takes a set, then sorts it).
+        self.cand.sort_unstable_by_key(|x| x.0);
+        let counts = self.penalty_counts(history);
+        let mut at = 0;
+        for x in self.cand.iter_mut() {
+            while at < counts.len() && counts[at].0 < x.0 {
+                at += 1;
+            }
+            if let Some(&(t, c)) = counts.get(at) {
+                if t == x.0 {
+                    x.1 = penalised(&self.opts, x.1, c);
+                }
             }
         }
         if self.cand.is_empty() || self.cand.iter().any(|x| !x.1.is_finite()) {

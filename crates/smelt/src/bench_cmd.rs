@@ -303,8 +303,12 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         // The warm-up only needs the decode plan built and the first step's pages touched.
         let n_gen = if rep == 0 { a.n_gen.min(2) } else { a.n_gen };
         // Greedy, as a user's `temperature 0` generation runs (on the GPU the argmax is taken
-        // on the device and the next step launched before the host reads the token).
-        let done = runner.decode_greedy(tok, n_gen, &mut |_, _| true)?;
+        // on the device and the next step launched before the host reads the token); with
+        // `--temperature`, sampled as `smelt run` samples.
+        let done = match a.serve.temperature > 0.0 {
+            true => decode_sampled(&mut runner, &prompt, tok, n_gen, a.serve.temperature)?,
+            false => runner.decode_greedy(tok, n_gen, &mut |_, _| true)?,
+        };
         if done != n_gen {
             anyhow::bail!("decoded {done} of {n_gen} tokens (context {n_ctx})");
         }
@@ -341,12 +345,54 @@ fn measure(model: &std::path::Path, a: &BenchArgs, threads: usize) -> Result<Mea
         backend: format!("{:?}", runner.backend()).to_lowercase(),
         device: runner.device(),
         device_copy_gbps: runner.device_copy_gbps(),
-        decode_argmax: if runner.greedy_on_device() {
-            "device"
-        } else {
-            "host"
+        decode_argmax: match (a.serve.temperature > 0.0, runner.greedy_on_device()) {
+            (true, _) => "sampled",
+            (false, true) => "device",
+            (false, false) => "host",
         },
     })
+}
+
+/// `n` decode steps from `first` after `prompt`, each token drawn at `temperature` with
+/// Ollama's other defaults (seed 1), as `Model::generate` draws them: from the step's
+/// candidates where the backend gives them (the GPU, smelt-cuda v22), else from the row.
+fn decode_sampled(
+    runner: &mut Runner,
+    prompt: &[u32],
+    first: u32,
+    n: usize,
+    temperature: f32,
+) -> Result<usize> {
+    let mut sampler = smelt_engine::Sampler::new(smelt_engine::SamplingOptions {
+        temperature,
+        seed: Some(1),
+        ..Default::default()
+    });
+    let n_vocab = runner.arch().n_vocab();
+    let (mut history, mut cands, mut tok) = (prompt.to_vec(), Vec::new(), first);
+    for _ in 0..n {
+        let top = match sampler.top_fits(n_vocab, smelt_engine::TOP_CANDIDATES, &history) {
+            true => runner.eval_top(tok, &mut cands)?,
+            false => None,
+        };
+        let drawn = match top {
+            Some(inf) if !(inf && temperature <= 0.0) => sampler.sample_top(&cands, &history),
+            _ => None,
+        };
+        tok = match (drawn, top.is_some()) {
+            (Some(t), _) => t,
+            (None, evaluated) => {
+                let mut row = match evaluated {
+                    true => runner.last_logits()?,
+                    false => runner.eval_slice(&[tok], Output::LastLogits)?.to_vec(),
+                };
+                sampler.apply_penalties(&mut row, &history);
+                sampler.sample(&row)
+            }
+        };
+        history.push(tok);
+    }
+    Ok(n)
 }
 
 /// Bytes of weights a decode step reads: every matmul weight once (a tied embedding used as
@@ -522,12 +568,15 @@ fn print_text(r: &serde_json::Value) {
         r["n_prompt"]
     );
     println!(
-        "decode     {:8.1} tok/s  (min {:.1}, max {:.1}) over {} tokens, greedy, argmax on the {}",
+        "decode     {:8.1} tok/s  (min {:.1}, max {:.1}) over {} tokens, {}",
         f("decode_tps"),
         f("decode_tps_min"),
         f("decode_tps_max"),
         r["n_gen"],
-        r["decode_argmax"].as_str().unwrap_or("host")
+        match r["decode_argmax"].as_str().unwrap_or("host") {
+            "sampled" => "sampled (Ollama's defaults at --temperature)".to_string(),
+            at => format!("greedy, argmax on the {at}"),
+        }
     );
     println!(
         "ttft       {:8.1} ms warm, {:.1} ms cold; load {:.1} ms",

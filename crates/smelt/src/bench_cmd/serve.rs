@@ -88,7 +88,8 @@ pub struct ServeBenchArgs {
     /// Fraction of each prompt that is a prefix common to all requests (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     pub shared_prefix: f64,
-    /// Sampling temperature (0: greedy).
+    /// Sampling temperature (0: greedy). Also the plain benchmark's decode: above 0 it samples
+    /// with Ollama's other defaults (top-k 40, top-p 0.9, repeat penalty 1.1 over 64 tokens).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
     /// Unmeasured warm-up requests per client, at full concurrency.
