@@ -19,7 +19,7 @@ mod submit;
 mod top;
 
 pub use greedy::GREEDY_IN_FLIGHT;
-pub use top::{TopRows, TOP_INF, TOP_K, TOP_NAN};
+pub use top::{TopRows, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW};
 
 /// What a step's graph ends with: the logits' copy to pinned memory, a greedy step's argmax
 /// (v20a), or each row's sampling candidates (v22).

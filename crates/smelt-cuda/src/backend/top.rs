@@ -24,11 +24,16 @@ const KEYS_AT: usize = 1024;
 /// Words a row of the output: count, flags, then (index, value bits) pairs.
 const ROW: usize = 2 + 2 * TOP_K;
 const THREADS: u32 = 512;
+/// Keys a block offers in the buffer: its warps' best four each.
+const WARPS: usize = THREADS as usize / 32 * 4;
 
 /// A row had a `+inf` logit (a greedy pick would take it; it is no candidate).
 pub const TOP_INF: u32 = 1;
 /// A row had a NaN logit.
 pub const TOP_NAN: u32 = 2;
+/// A row had more keys at its threshold than the kernel keeps (many equal logits): no
+/// candidates; the whole row is needed.
+pub const TOP_OVERFLOW: u32 = 4;
 
 /// The kernel's buffer and the output (mapped host memory), allocated with the backend.
 pub(crate) struct TopBufs {
@@ -39,7 +44,7 @@ pub(crate) struct TopBufs {
 
 impl TopBufs {
     pub(super) fn new(dev: &Device) -> Result<TopBufs, CudaError> {
-        let buf = dev.alloc((KEYS_AT + 2 * MAX_ROWS * MAX_BLOCKS * TOP_K) * 4)?;
+        let buf = dev.alloc((KEYS_AT + 2 * MAX_ROWS * MAX_BLOCKS * WARPS) * 4)?;
         let (out, out_dev) = dev.alloc_mapped(MAX_ROWS * ROW * 4)?;
         Ok(TopBufs { buf, out, out_dev })
     }
@@ -71,9 +76,9 @@ impl TopTail {
             (&mut a_out) as *mut u64 as *mut c_void,
         ];
         // SAFETY: the kernel reads `rows` rows of `n` floats at `logits` (the program's output,
-        // inside the arena), writes in `buf` its counters and at most MAX_ROWS * MAX_BLOCKS *
-        // TOP_K keys (`top_ok` bounds rows and blocks), and ROW words a row of the mapped
-        // output (MAX_ROWS rows).
+        // inside the arena), writes in `buf` its counters and flags and at most MAX_ROWS *
+        // MAX_BLOCKS * WARPS keys (`top_ok` bounds rows and blocks), and ROW words a row of the
+        // mapped output (MAX_ROWS rows).
         unsafe {
             let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
             attr.id =
@@ -121,7 +126,7 @@ impl<'a> TopRows<'a> {
     }
 
     /// Row `r`'s candidates, (token, logit), in no particular order: its [`TOP_K`] best
-    /// finite logits, or every finite one where it has fewer.
+    /// finite logits, or every finite one where it has fewer; none with [`TOP_OVERFLOW`].
     pub fn candidates(&self, r: usize) -> impl Iterator<Item = (u32, f32)> + '_ {
         let w = &self.words[r * ROW..(r + 1) * ROW];
         let n = (w[0] as usize).min(TOP_K);

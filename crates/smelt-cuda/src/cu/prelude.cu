@@ -824,20 +824,28 @@ extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logit
 // Sampling candidates on the device (v22): the TOP_K best finite logits of each row of a
 // decode step (the host's `top_k_into` set: the larger value first, the lower index among
 // equals, -0 as +0; infinities and NaN never), written with their values to mapped host
-// memory, so the host samples from them instead of copying and scanning every logit. Grid
-// (blocks a row, rows); a block takes TOP_SPAN logits, selects its best TOP_K by a radix
-// select over the keys (greedy_key's order; non-finite values key 0), and the last block of a
-// row selects the row's best TOP_K from the blocks' and resets the row's words. G (u32): [r]
-// row r's counter, [TOP_FLAG_AT + r] its flags, [TOP_CNT_AT + r * gridDim.x + b] block b's
-// count; keys (u64) from word TOP_KEYS_AT. out: per row TOP_ROW words: the count, the flags
-// (1: a +inf, 2: a NaN), then (index, value bits) pairs.
+// memory, so the host samples from them instead of copying and scanning every logit. Keys are
+// greedy_key's (non-finite values key 0), so every key is distinct. Grid (blocks a row, rows):
+// each warp of a block writes its best TOP_WM keys over 256 logits; the last block of a row
+// takes the TOP_K-th best of those as a threshold (TOP_K keys are at least it, so no top-TOP_K
+// key is below it; every finite key where fewer are finite), gathers the row's logits at or
+// above it (the row is in L2) and selects the best TOP_K of them by a radix select, then
+// resets the row's words. G (u32): [r] row r's counter, [TOP_FLAG_AT + r] its flags; the warps' maxima
+// (u64) from word TOP_KEYS_AT. out: per row TOP_ROW words: the count, the flags (1: a +inf,
+// 2: a NaN, 4: more than TOP_CAP keys at the threshold, no candidates), then (index, value
+// bits) pairs.
 #define TOP_K 128u
 #define TOP_SPAN 4096u
 #define TOP_FLAG_AT 16u
-#define TOP_CNT_AT 32u
 #define TOP_KEYS_AT 1024u
 #define TOP_ROW (2u + 2u * TOP_K)
 #define TOP_NT 512
+// Best keys each warp offers for the threshold.
+#define TOP_WM 4
+// Logits the last block gathers at most: more at or above the threshold (many equal logits)
+// set flag 4 and no candidates (the host reads the row). Fewer than TOP_K finite maxima means
+// fewer than 32 warps with TOP_WM finite logits: at most 31 * 256 + TOP_K finite logits.
+#define TOP_CAP (31 * 256 + 128 + 64)
 __device__ __forceinline__ u64 top_key(float v, u32 i) {
   return isfinite(v) ? greedy_key(v, i) : 0ull;
 }
@@ -911,55 +919,143 @@ extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logi
 #if SMELT_PDL
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  __shared__ u32 hist[256], sh[4], last, flags;
+  __shared__ u32 hist[256], sh[4], last, cnt;
+  __shared__ u32 cidx[TOP_CAP];
   __shared__ u64 keys[TOP_K];
-  const u32 r = blockIdx.y, nb = gridDim.x;
+  const u32 r = blockIdx.y, nb = gridDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* row = logits + (u64)r * n;
-  const u32 lo = blockIdx.x * TOP_SPAN;
-  constexpr int PER = TOP_SPAN / TOP_NT;
-  u64 k[PER];
+  // Each warp's best TOP_WM keys over its 256 logits (TOP_SPAN a block), and the row's flags.
+  const u32 lo = blockIdx.x * TOP_SPAN + warp * (TOP_SPAN / (TOP_NT / 32));
+  constexpr int PL = TOP_SPAN / TOP_NT;
+  u64 k[PL];
   u32 f = 0;
-  _Pragma("unroll") for (int j = 0; j < PER; j++) {
-    const u32 i = lo + j * TOP_NT + threadIdx.x;
+  _Pragma("unroll") for (int j = 0; j < PL; j++) {
+    const u32 i = lo + j * 32 + lane;
     const float v = i < n ? __ldcg(row + i) : 0.f;
     k[j] = i < n ? top_key(v, i) : 0ull;
     if (i < n && v != v) f |= 2u;
     if (i < n && v == INFINITY) f |= 1u;
   }
   f = __reduce_or_sync(0xffffffffu, f);
-  if (threadIdx.x == 0) flags = 0u;
+  u64* maxima = (u64*)(G + TOP_KEYS_AT) + (u64)r * nb * TOP_NT / 32 * TOP_WM;
+  u64 mine = 0;
+  _Pragma("unroll") for (int j = 0; j < PL; j++) mine = k[j] > mine ? k[j] : mine;
+  _Pragma("unroll") for (int q = 0; q < TOP_WM; q++) {
+    u64 best = mine;
+    _Pragma("unroll") for (int o = 16; o > 0; o >>= 1) {
+      const u64 x = __shfl_xor_sync(0xffffffffu, best, o);
+      best = x > best ? x : best;
+    }
+    if (lane == 0) maxima[(blockIdx.x * (TOP_NT / 32) + warp) * TOP_WM + q] = best;
+    if (best != 0ull && mine == best) {
+      // The lane that held it: its next best (keys are distinct).
+      mine = 0;
+      _Pragma("unroll") for (int j = 0; j < PL; j++) {
+        if (k[j] == best) k[j] = 0ull;
+        mine = k[j] > mine ? k[j] : mine;
+      }
+    }
+  }
+  if (lane == 0 && f) atomicOr(&G[TOP_FLAG_AT + r], f);
   __syncthreads();
-  if ((threadIdx.x & 31) == 0 && f) atomicOr(&flags, f);
-  const u32 cnt = top_select<PER>(k, keys, hist, sh);
-  u64* part = (u64*)(G + TOP_KEYS_AT) + ((u64)r * nb + blockIdx.x) * TOP_K;
-  for (u32 j = threadIdx.x; j < cnt; j += TOP_NT) part[j] = keys[j];
-  if (threadIdx.x == 0) {
-    G[TOP_CNT_AT + r * nb + blockIdx.x] = cnt;
-    if (flags) atomicOr(&G[TOP_FLAG_AT + r], flags);
+  if (tid == 0) {
     __threadfence();
     last = atomicAdd(&G[r], 1u) == nb - 1;
   }
   __syncthreads();
   if (!last) return;
   __threadfence();
-  // The row's last block: every block's candidates (at most 64 blocks of TOP_K: 16 a thread).
-  constexpr int PER2 = 64 * TOP_K / TOP_NT;
-  u64 k2[PER2];
-  const u64* parts = (const u64*)(G + TOP_KEYS_AT) + (u64)r * nb * TOP_K;
-  _Pragma("unroll") for (int j = 0; j < PER2; j++) {
-    const u32 s = j * TOP_NT + threadIdx.x, b = s / TOP_K, q = s % TOP_K;
-    k2[j] = b < nb && q < __ldcg(G + TOP_CNT_AT + r * nb + b) ? __ldcg(parts + s) : 0ull;
+  // The row's last block. A threshold no top-TOP_K key is below: the TOP_K-th best of the
+  // warps' maxima (TOP_K distinct keys are at least it), or every finite logit where fewer
+  // maxima are finite (then fewer than TOP_CAP logits are).
+  constexpr int PM = 64 * (TOP_NT / 32) * TOP_WM / TOP_NT;
+  u64 m[PM];
+  _Pragma("unroll") for (int j = 0; j < PM; j++) {
+    const u32 s = j * TOP_NT + tid;
+    m[j] = s < nb * (TOP_NT / 32) * TOP_WM ? __ldcg(maxima + s) : 0ull;
   }
-  const u32 total = top_select<PER2>(k2, keys, hist, sh);
+  u32 nz = 0;
+  _Pragma("unroll") for (int j = 0; j < PM; j++) nz += m[j] != 0ull;
+  nz = __reduce_add_sync(0xffffffffu, nz);
+  if (tid == 0) cnt = 0u;
+  __syncthreads();
+  if (lane == 0 && nz) atomicAdd(&cnt, nz);
+  __syncthreads();
+  const u32 finite_maxima = cnt;
+  __syncthreads();
+  u64 thr = 1ull;
+  if (finite_maxima >= TOP_K) {
+    // The TOP_K-th best maximum itself: the least of those at or above the select's prefix.
+    const u64 pre = top_threshold<PM>(m, TOP_K, hist, sh);
+    u64 least = ~0ull;
+    _Pragma("unroll") for (int j = 0; j < PM; j++) if (m[j] != 0ull && m[j] >= pre && m[j] < least) least = m[j];
+    _Pragma("unroll") for (int o = 16; o > 0; o >>= 1) {
+      const u64 x = __shfl_xor_sync(0xffffffffu, least, o);
+      least = x < least ? x : least;
+    }
+    if (lane == 0) keys[warp] = least;
+    __syncthreads();
+    thr = keys[0];
+    _Pragma("unroll") for (int w = 1; w < TOP_NT / 32; w++) thr = keys[w] < thr ? keys[w] : thr;
+  }
+  if (tid == 0) { cnt = 0u; sh[3] = 0u; }
+  __syncthreads();
+  // Keys at or above the threshold: a warp whose TOP_WM-th best is below it has them all
+  // among its maxima; the others (at most TOP_K / TOP_WM: their maxima are at or above it)
+  // are read again whole.
+  _Pragma("unroll") for (int j = 0; j < PM; j++) {
+    const u32 s = j * TOP_NT + tid;
+    const u64 fourth = __shfl_sync(0xffffffffu, m[j], (lane & ~(TOP_WM - 1)) | (TOP_WM - 1));
+    if (m[j] != 0ull && m[j] >= thr) {
+      if (fourth >= thr) {
+        if ((s & (TOP_WM - 1)) == TOP_WM - 1) {
+          const u32 q = atomicAdd(&sh[3], 1u);
+          if (q < 32) hist[q] = s / TOP_WM;
+        }
+      } else {
+        const u32 q = atomicAdd(&cnt, 1u);
+        if (q < TOP_CAP) cidx[q] = 0xffffffffu - (u32)m[j];
+      }
+    }
+  }
+  __syncthreads();
+  const u32 full = min(sh[3], 32u);
+  for (u32 e = warp; e < full; e += TOP_NT / 32) {
+    const u32 base = hist[e] * (TOP_SPAN / (TOP_NT / 32));
+    float v[PL];
+    _Pragma("unroll") for (int j = 0; j < PL; j++) {
+      const u32 i = base + j * 32 + lane;
+      v[j] = i < n ? __ldcg(row + i) : 0.f;
+    }
+    _Pragma("unroll") for (int j = 0; j < PL; j++) {
+      const u32 i = base + j * 32 + lane;
+      if (i < n && top_key(v[j], i) >= thr) {
+        const u32 q = atomicAdd(&cnt, 1u);
+        if (q < TOP_CAP) cidx[q] = i;
+      }
+    }
+  }
+  __syncthreads();
+  const u32 got = cnt;
   u32* o = out + (u64)r * TOP_ROW;
-  for (u32 j = threadIdx.x; j < total; j += TOP_NT) {
-    const u32 idx = 0xffffffffu - (u32)keys[j];
-    o[2 + 2 * j] = idx;
-    o[3 + 2 * j] = __float_as_uint(__ldcg(row + idx));
+  u32 total = 0;
+  if (got <= TOP_CAP) {
+    constexpr int PC = (TOP_CAP + TOP_NT - 1) / TOP_NT;
+    u64 k2[PC];
+    _Pragma("unroll") for (int j = 0; j < PC; j++) {
+      const u32 s = j * TOP_NT + tid;
+      k2[j] = s < got ? top_key(__ldcg(row + cidx[s]), cidx[s]) : 0ull;
+    }
+    total = top_select<PC>(k2, keys, hist, sh);
+    for (u32 j = tid; j < total; j += TOP_NT) {
+      const u32 idx = 0xffffffffu - (u32)keys[j];
+      o[2 + 2 * j] = idx;
+      o[3 + 2 * j] = __float_as_uint(__ldcg(row + idx));
+    }
   }
-  if (threadIdx.x == 0) {
+  if (tid == 0) {
     o[0] = total;
-    o[1] = __ldcg(G + TOP_FLAG_AT + r);
+    o[1] = __ldcg(G + TOP_FLAG_AT + r) | (got > TOP_CAP ? 4u : 0u);
     G[TOP_FLAG_AT + r] = 0u;
     G[r] = 0u;
   }
