@@ -13,11 +13,13 @@ use crate::device::{check, DevBuf, Device, Pinned};
 use crate::profile::Profile;
 use crate::CudaError;
 
+mod draw;
 mod greedy;
 mod lower;
 mod submit;
 mod top;
 
+pub use draw::SAMPLE_NONE;
 pub use greedy::GREEDY_IN_FLIGHT;
 pub use top::{TopRows, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW};
 
@@ -119,6 +121,11 @@ pub struct CudaProgram {
     greedy: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// v21: a greedy graph of several steps (the step count is the tuple's third).
     greedy_steps: Mutex<Option<(u64, u64, usize, Graph2)>>,
+    /// v23: a sampled run's graph of steps (backend/draw.rs; the step count is the tuple's
+    /// third).
+    sampled: Mutex<Option<(u64, u64, usize, Graph2)>>,
+    /// v23: its draw kernel (prelude `sample_draw`), for one-token decode programs.
+    sample_draw: Option<CudaFunction>,
     /// v22: the graph that ends with each row's sampling candidates (backend/top.rs).
     top: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// v22: its kernel (prelude `top_cands`), for decode programs.
@@ -175,6 +182,12 @@ impl Drop for CudaProgram {
         drop(steps);
         let top = self.top.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         drop(top);
+        let sampled = self
+            .sampled
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(sampled);
     }
 }
 
@@ -349,6 +362,10 @@ pub struct CudaBackend {
     /// v22: steps may end with sampling candidates (`SMELT_CUDA_TOP=0`: never).
     top_on: bool,
     top_bufs: top::TopBufs,
+    /// v23: sampled steps draw on the device with `SMELT_CUDA_SAMPLE=1` (kernel lab: exact,
+    /// measured slower, cuda.md v23).
+    sample_on: bool,
+    draw_bufs: draw::DrawBufs,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
 }
@@ -444,6 +461,7 @@ impl CudaBackend {
         };
         let greedy_bufs = greedy::GreedyBufs::new(&dev)?;
         let top_bufs = top::TopBufs::new(&dev)?;
+        let draw_bufs = draw::DrawBufs::new(&dev)?;
         Ok(CudaBackend {
             use_cublas: cublas.is_ok(),
             cublas,
@@ -477,6 +495,8 @@ impl CudaBackend {
                 .clamp(1, greedy::GREEDY_MAX_STEPS),
             top_on: std::env::var("SMELT_CUDA_TOP").map_or(true, |v| v != "0"),
             top_bufs,
+            sample_on: std::env::var("SMELT_CUDA_SAMPLE").is_ok_and(|v| v == "1"),
+            draw_bufs,
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(Default::default),

@@ -14,8 +14,8 @@ mod profile;
 mod tests;
 
 pub use backend::{
-    BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats, TopRows, GREEDY_IN_FLIGHT, TOP_INF,
-    TOP_K, TOP_NAN, TOP_OVERFLOW,
+    BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats, TopRows, GREEDY_IN_FLIGHT,
+    SAMPLE_NONE, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW,
 };
 pub use codegen::{KV_BLOCK, MAX_DECODE_ROWS};
 pub use device::{available, Device};

@@ -132,40 +132,120 @@ impl CudaExec {
         if !self.backend.greedy_ok(prog, &self.kv) || steps == 0 {
             return Ok(None);
         }
-        let r = greedy_steps(
+        backend_steps(
             &mut self.backend,
             prog,
             &mut self.kv,
             (first, start),
             steps,
+            None,
             tokens,
             on_token,
-        );
-        let end = self.backend.greedy_end().map_err(err);
-        let n = r?;
-        end?;
-        Ok(Some(n))
+        )
+        .map(|(n, _)| Some(n))
+    }
+
+    /// Sampled decoding on the device (smelt-cuda v23): as [`CudaExec::decode_greedy`], each
+    /// token drawn on the device with `settings` after `history` (the tokens seen, `first`
+    /// the last), each step's uniform taken in order from `uniform`. Some((steps, whether the
+    /// last step's draw failed: its token was evaluated, its draw is the host's to make)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_sampled(
+        &mut self,
+        arch: &dyn Architecture,
+        first: u32,
+        start: usize,
+        steps: usize,
+        draw: Draw,
+        tokens: &mut Vec<u32>,
+        on_token: &mut dyn FnMut(u32, usize) -> bool,
+    ) -> Result<Option<(usize, bool)>, EngineError> {
+        let key = (1, Output::LastLogits);
+        self.program(arch, key)?;
+        let prog = &self.programs[&key];
+        if !self.backend.sample_ok(prog, &self.kv) || steps == 0 {
+            return Ok(None);
+        }
+        backend_steps(
+            &mut self.backend,
+            prog,
+            &mut self.kv,
+            (first, start),
+            steps,
+            Some(draw),
+            tokens,
+            on_token,
+        )
+        .map(Some)
     }
 }
 
-fn greedy_steps(
+/// A sampled run's settings (`DeviceSampling::words`), history and uniforms.
+type Draw<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
+
+/// Greedy or sampled steps on the device (`draw`: a sampled run's): (steps evaluated,
+/// whether the last one's draw failed).
+#[allow(clippy::too_many_arguments)]
+fn backend_steps(
     backend: &mut CudaBackend,
     prog: &CudaProgram,
     kv: &mut CudaKvCache,
     (first, start): (u32, usize),
     steps: usize,
+    draw: Option<Draw>,
     tokens: &mut Vec<u32>,
     on_token: &mut dyn FnMut(u32, usize) -> bool,
-) -> Result<usize, EngineError> {
-    backend
-        .greedy_begin(prog, first, start as u32, kv)
-        .map_err(err)?;
-    // Graphs of steps (v21), as many in flight as the backend takes.
-    let fill = |backend: &mut CudaBackend, kv: &mut CudaKvCache, launched: &mut usize| {
-        while *launched < steps && backend.greedy_room() {
-            *launched += backend
-                .greedy_launch(prog, kv, steps - *launched)
+) -> Result<(usize, bool), EngineError> {
+    let r = run_steps(
+        backend,
+        prog,
+        kv,
+        (first, start),
+        steps,
+        draw,
+        tokens,
+        on_token,
+    );
+    let end = backend.greedy_end().map_err(err);
+    let n = r?;
+    end?;
+    Ok(n)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    backend: &mut CudaBackend,
+    prog: &CudaProgram,
+    kv: &mut CudaKvCache,
+    (first, start): (u32, usize),
+    steps: usize,
+    draw: Option<Draw>,
+    tokens: &mut Vec<u32>,
+    on_token: &mut dyn FnMut(u32, usize) -> bool,
+) -> Result<(usize, bool), EngineError> {
+    let mut uniform = match draw {
+        Some((settings, history, uniform)) => {
+            backend
+                .sample_begin(prog, first, start as u32, kv, *settings, history)
                 .map_err(err)?;
+            Some(uniform)
+        }
+        None => {
+            backend
+                .greedy_begin(prog, first, start as u32, kv)
+                .map_err(err)?;
+            None
+        }
+    };
+    // Graphs of steps (v21), as many in flight as the backend takes.
+    let mut fill = |backend: &mut CudaBackend, kv: &mut CudaKvCache, launched: &mut usize| {
+        while *launched < steps && backend.greedy_room() {
+            let left = steps - *launched;
+            *launched += match uniform.as_mut() {
+                Some(u) => backend.sample_launch(prog, kv, left, *u),
+                None => backend.greedy_launch(prog, kv, left),
+            }
+            .map_err(err)?;
         }
         Ok::<(), EngineError>(())
     };
@@ -176,8 +256,11 @@ fn greedy_steps(
         let (_, tok) = backend.greedy_wait().map_err(err)?;
         tokens.push(evaluated);
         done += 1;
+        if tok == smelt_cuda::SAMPLE_NONE {
+            return Ok((done, true));
+        }
         if !on_token(tok, start + done) || done == steps {
-            return Ok(done);
+            return Ok((done, false));
         }
         evaluated = tok;
         fill(backend, kv, &mut launched)?;

@@ -6,7 +6,7 @@
 use smelt_tokenizer::{Tokenizer, Utf8Stream};
 
 use crate::api::{Event, FinishReason, GenerateRequest, TokenLogprob, Usage};
-use crate::sampler::{log_softmax, Sampler};
+use crate::sampler::{log_softmax, DeviceSampling, Rng, Sampler};
 use crate::stop::{StopMatcher, StopStep};
 
 /// What to do after a token was sampled.
@@ -82,6 +82,31 @@ impl Decoding {
         self.req.constraint.is_none()
             && !self.req.logprobs
             && self.sampler.top_fits(n_vocab, k, &self.history)
+    }
+
+    /// The settings of a draw on the device (smelt-cuda v23) where every later token of this
+    /// generation can be drawn there: no constraint, no log-probabilities, and
+    /// [`Sampler::device_sampling`] over candidates of `k`.
+    pub fn device_sampling(&self, n_vocab: usize, k: usize) -> Option<DeviceSampling> {
+        if self.req.constraint.is_some() || self.req.logprobs {
+            return None;
+        }
+        self.sampler.device_sampling(n_vocab, k)
+    }
+
+    /// The tokens seen (prompt and generated).
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// The sampler's seeded stream, to draw a device run's uniforms from a copy.
+    pub fn rng(&self) -> Rng {
+        self.sampler.rng().clone()
+    }
+
+    /// Put back the stream after a device run (advanced by the draws it kept).
+    pub fn set_rng(&mut self, rng: Rng) {
+        self.sampler.set_rng(rng);
     }
 
     /// [`Decoding::next`] from the row's candidates (where [`Decoding::top_fits`]): `cand` its

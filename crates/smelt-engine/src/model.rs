@@ -283,6 +283,7 @@ impl Model {
         let mut logits = runner.eval(&prompt[last..], Output::LastLogits)?;
         let n_vocab = logits.len();
         let mut cands = Vec::new();
+        let mut sample_on_device = true;
         dec.usage.prompt_eval_duration = t0.elapsed();
         let t1 = Instant::now();
         let mut next = dec.next(
@@ -312,6 +313,65 @@ impl Model {
                         // Every step's token was taken or ended the run (Decoding stops at the
                         // context's end).
                         break reason.unwrap_or(FinishReason::Length);
+                    }
+                    Next::Eval(tok)
+                        if sample_on_device
+                            && dec
+                                .device_sampling(n_vocab, crate::runner::TOP_CANDIDATES)
+                                .is_some() =>
+                    {
+                        // The rest drawn on the GPU, each step launched ahead of its token
+                        // (smelt-cuda v23), the draws the host's own.
+                        let settings = dec
+                            .device_sampling(n_vocab, crate::runner::TOP_CANDIDATES)
+                            .expect("checked by the guard");
+                        let history = dec.history().to_vec();
+                        let start_rng = dec.rng();
+                        let mut rng = start_rng.clone();
+                        let (mut reason, mut kept) = (None, 0usize);
+                        let run = runner.decode_sampled(
+                            tok,
+                            usize::MAX,
+                            &settings,
+                            &history,
+                            &mut || rng.next_f32(),
+                            &mut |t, kv_len| {
+                                kept += 1;
+                                match dec.next_token(&self.tokenizer, t, kv_len, n_ctx, on_event) {
+                                    Next::Eval(_) => true,
+                                    Next::Finish(r) => {
+                                        reason = Some(r);
+                                        false
+                                    }
+                                }
+                            },
+                        )?;
+                        match run {
+                            // No device run: the step below, once.
+                            None => sample_on_device = false,
+                            Some(_) if reason.is_some() => {
+                                break reason.unwrap_or(FinishReason::Length)
+                            }
+                            Some((_, true)) => {
+                                // The last step's draw is the host's: its logits again, and
+                                // the stream where the kept draws left it.
+                                let mut r = start_rng;
+                                (0..kept).for_each(|_| {
+                                    r.next_f32();
+                                });
+                                dec.set_rng(r);
+                                let n = runner.tokens().len();
+                                let last = runner.tokens()[n - 1];
+                                runner.truncate(n - 1);
+                                let row = runner.eval_slice(&[last], Output::LastLogits)?;
+                                logits.clear();
+                                logits.extend_from_slice(row);
+                                let kv = runner.tokens().len();
+                                next = dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event);
+                            }
+                            // Every step's token was taken (the context's end).
+                            Some((_, false)) => break FinishReason::Length,
+                        }
                     }
                     Next::Eval(tok) => {
                         // On the GPU a step whose sampling fits its best logits ends with

@@ -472,6 +472,55 @@ impl Runner {
         ))
     }
 
+    /// Sampled decoding on the GPU (smelt-cuda v23): evaluate `first` (after the cached
+    /// tokens), then each step's token drawn on the device with `settings` after `history`
+    /// (the tokens seen, `first` the last), each step's uniform taken in order from `uniform`
+    /// (the sampler's seeded stream), for at most `max` steps and never past the context; each
+    /// token goes to `on_token(token, kv_len)` as in [`Runner::decode_greedy`], drawn as
+    /// [`Sampler::sample_top`](crate::sampler::Sampler::sample_top) draws it. None where the
+    /// backend cannot (nothing evaluated); else (steps evaluated, whether the last step's draw
+    /// failed on the device: its token was evaluated, the caller draws it from the row).
+    pub fn decode_sampled(
+        &mut self,
+        first: u32,
+        max: usize,
+        settings: &crate::sampler::DeviceSampling,
+        history: &[u32],
+        uniform: &mut dyn FnMut() -> f32,
+        on_token: &mut dyn FnMut(u32, usize) -> bool,
+    ) -> Result<Option<(usize, bool)>, EngineError> {
+        #[cfg(feature = "cuda")]
+        if let Exec::Cuda(c) = &mut self.exec {
+            let n_vocab = self.arch.n_vocab();
+            if first as usize >= n_vocab {
+                return Err(EngineError::Invalid(format!(
+                    "token id {first} is outside the vocabulary ({n_vocab})"
+                )));
+            }
+            let start = self.tokens.len();
+            if start >= self.n_ctx {
+                return Err(EngineError::ContextFull {
+                    needed: start + 1,
+                    n_ctx: self.n_ctx,
+                });
+            }
+            let steps = max.min(self.n_ctx - start);
+            let arch = self.arch.as_ref();
+            let words = settings.words();
+            return c.decode_sampled(
+                arch,
+                first,
+                start,
+                steps,
+                (&words, history, uniform),
+                &mut self.tokens,
+                on_token,
+            );
+        }
+        let _ = (first, max, settings, history, uniform, on_token);
+        Ok(None)
+    }
+
     /// Greedy decoding: evaluate `first` (after the cached tokens), then each step's argmax in
     /// turn, for at most `max` steps and never past the context. Each step's argmax goes to
     /// `on_token(token, kv_len)` (`kv_len`: the tokens cached after that step), which says

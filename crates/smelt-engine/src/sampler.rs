@@ -28,6 +28,37 @@ impl Rng {
     }
 }
 
+/// A sampler's settings as the GPU's draw takes them (smelt-cuda v23; the prelude's
+/// `sample_draw` reads them in this order, as 32-bit words).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceSampling {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    /// Recent tokens the penalties look at (0: none).
+    pub window: u32,
+}
+
+impl DeviceSampling {
+    /// The eight words `sample_draw` reads.
+    pub fn words(&self) -> [u32; 8] {
+        [
+            self.temperature.to_bits(),
+            self.top_k,
+            self.top_p.to_bits(),
+            self.min_p.to_bits(),
+            self.repeat_penalty.to_bits(),
+            self.frequency_penalty.to_bits(),
+            self.presence_penalty.to_bits(),
+            self.window,
+        ]
+    }
+}
+
 /// Samples tokens for one sequence.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -122,6 +153,47 @@ impl Sampler {
             n => (n as usize).min(history.len()),
         };
         lowers && top <= k && (top + window <= k || top + self.penalty_counts(history).len() <= k)
+    }
+
+    /// The settings of a draw on the device (smelt-cuda v23), where every draw of this
+    /// generation fits a row's best `k` logits whatever the history: temperature above 0, a
+    /// top-k below the vocabulary, penalties that only lower logits over a window of fixed
+    /// length, top-k plus the window at most `k`.
+    pub fn device_sampling(&self, n_vocab: usize, k: usize) -> Option<DeviceSampling> {
+        let o = &self.opts;
+        let no_penalty =
+            o.repeat_penalty == 1.0 && o.presence_penalty == 0.0 && o.frequency_penalty == 0.0;
+        let window = match (no_penalty, o.repeat_last_n) {
+            (true, _) | (_, 0) => 0,
+            (false, n) if n < 0 => return None,
+            (false, n) => n as usize,
+        };
+        let lowers =
+            o.repeat_penalty >= 1.0 && o.presence_penalty >= 0.0 && o.frequency_penalty >= 0.0;
+        let fits = o.temperature > 0.0
+            && o.top_k > 0
+            && o.top_k < n_vocab
+            && lowers
+            && o.top_k + window <= k;
+        fits.then_some(DeviceSampling {
+            temperature: o.temperature,
+            top_k: o.top_k as u32,
+            top_p: o.top_p,
+            min_p: o.min_p,
+            repeat_penalty: o.repeat_penalty,
+            frequency_penalty: o.frequency_penalty,
+            presence_penalty: o.presence_penalty,
+            window: window as u32,
+        })
+    }
+
+    /// The seeded stream the draws take their uniforms from (one a draw).
+    pub fn rng(&self) -> &Rng {
+        &self.rng
+    }
+
+    pub fn set_rng(&mut self, rng: Rng) {
+        self.rng = rng;
     }
 
     /// [`Sampler::sample`] of the penalised row from `cand`: the row's best `k` finite logits
@@ -390,9 +462,34 @@ fn top_k_into(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     }
 }
 
+/// e^x as the GPU's draw computes it (smelt-cuda's prelude `exp_det`), operation for
+/// operation, so a draw on the device is the host's (v23): the power of two nearest x / ln 2
+/// (Cody-Waite, ln 2 in two parts), a degree-6 polynomial on the rest. Within 3 ulp of e^x
+/// over the range that matters (x <= 0); 0 below -87, infinity above 88.
+pub fn exp_det(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x > 88.0 {
+        return f32::INFINITY;
+    }
+    if x < -87.0 {
+        return 0.0;
+    }
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let mut p = 0.008_333_334 + r * 0.001_388_888_9;
+    p = 0.041_666_668 + r * p;
+    p = 0.166_666_67 + r * p;
+    p = 0.5 + r * p;
+    p = 1.0 + r * p;
+    p = 1.0 + r * p;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
     let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.map(|l| ((l - max) / temperature).exp()).collect();
+    let exps: Vec<f32> = logits.map(|l| exp_det((l - max) / temperature)).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
@@ -710,6 +807,27 @@ mod tests {
             repeat_last_n: 127,
             ..base
         }));
+    }
+
+    /// `exp_det` (the host's and the GPU's shared exponential) stays within 3 ulp of `exp`
+    /// where sampling uses it, and saturates outside.
+    #[test]
+    fn exp_det_is_close_to_exp() {
+        let mut worst = 0u32;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let (a, b) = (exp_det(x), x.exp());
+            if b < f32::MIN_POSITIVE {
+                continue;
+            }
+            worst = worst.max(a.to_bits().abs_diff(b.to_bits()));
+        }
+        assert!(worst <= 3, "{worst} ulp");
+        assert_eq!(exp_det(0.0), 1.0);
+        assert_eq!(exp_det(-100.0), 0.0);
+        assert_eq!(exp_det(100.0), f32::INFINITY);
+        assert!(exp_det(f32::NAN).is_nan());
+        assert!((exp_det(10.0) / 10f32.exp() - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub(crate) struct Greedy {
     next_event: usize,
     /// The position of the next step to launch (the device's `pos` once the queue is done).
     next_pos: u32,
+    /// v23: the run draws sampled tokens (`sample_begin`) rather than the argmax.
+    pub(super) sampling: bool,
 }
 
 // SAFETY: the events belong to one backend and are used only through its `&mut self` (one
@@ -109,6 +111,15 @@ pub(super) struct GreedyTail {
     func: Option<sys::CUfunction>,
     buf: sys::CUdeviceptr,
     ring: sys::CUdeviceptr,
+    /// v23: a sampled step's tail (candidates, then the draw) in place of the argmax.
+    pub(super) draw: Option<super::draw::DrawTail>,
+}
+
+impl GreedyTail {
+    /// Whether the step takes the argmax in its head kernel's copy (v20d): not a sampled one.
+    pub(super) fn folds(&self) -> bool {
+        self.draw.is_none()
+    }
 }
 
 impl GreedyTail {
@@ -122,6 +133,9 @@ impl GreedyTail {
         io: (sys::CUdeviceptr, sys::CUdeviceptr),
         programmatic: bool,
     ) -> Result<(), CudaError> {
+        if let Some(d) = &self.draw {
+            return d.enqueue(stream, logits, io, programmatic);
+        }
         let Some(func) = self.func else {
             return Ok(());
         };
@@ -232,6 +246,7 @@ impl CudaBackend {
                 queue: VecDeque::new(),
                 next_event: 0,
                 next_pos: 0,
+                sampling: false,
             });
         }
         self.dev.upload(self.io.tok.ptr, &token.to_le_bytes())?;
@@ -239,6 +254,7 @@ impl CudaBackend {
         let g = self.greedy.as_mut().expect("allocated above");
         g.queue.clear();
         g.next_pos = position;
+        g.sampling = false;
         Ok(())
     }
 
@@ -262,9 +278,27 @@ impl CudaBackend {
         kv: &mut CudaKvCache,
         max: usize,
     ) -> Result<usize, CudaError> {
+        self.launch_steps(prog, kv, max, None)
+    }
+
+    /// [`Self::greedy_launch`], or with `uniform` a sampled run's steps (v23): each step's
+    /// uniform draw, taken in step order, written to the mapped ring before the launch.
+    pub(super) fn launch_steps(
+        &mut self,
+        prog: &CudaProgram,
+        kv: &mut CudaKvCache,
+        max: usize,
+        uniform: Option<&mut dyn FnMut() -> f32>,
+    ) -> Result<usize, CudaError> {
         if !self.greedy_ok(prog, kv) {
             return Err(CudaError::Invalid(
                 "this program does not decode greedily on the device".into(),
+            ));
+        }
+        let sampling = self.greedy.as_ref().is_some_and(|g| g.sampling);
+        if sampling != uniform.is_some() {
+            return Err(CudaError::Invalid(
+                "a sampled run launches with sample_launch, a greedy one with greedy_launch".into(),
             ));
         }
         if !self.greedy_room() {
@@ -295,16 +329,25 @@ impl CudaBackend {
             true => n,
             false => 1,
         };
+        if let Some(u) = uniform {
+            self.draw_bufs.write_uniforms(pos, n, u);
+        }
         let bufs = &self.greedy_bufs;
+        let draw = match sampling {
+            true => Some(self.draw_tail(step)?),
+            false => None,
+        };
         let tail = GreedyTail {
             func: step
                 .greedy_next
                 .as_ref()
-                .filter(|_| !self.greedy_lab)
+                .filter(|_| !self.greedy_lab && draw.is_none())
                 .map(|f| f.cu_function()),
             buf: bufs.buf.ptr,
             ring: bufs.ring_dev,
+            draw,
         };
+        let g = self.greedy.as_ref().expect("greedy_room");
         let event = g.next_event;
         let ev = g.events[event];
         self.replay(step, kv, Tail::Greedy(&tail), n)?;
@@ -322,8 +365,12 @@ impl CudaBackend {
         g.next_pos = pos + n as u32;
         self.stats.submissions += 1;
         self.stats.executions += n as u64;
-        // The argmax kernel where the head kernel's copy does not take it (v20d).
-        let argmax = u64::from(tail.func.is_some());
+        // The argmax kernel where the head kernel's copy does not take it (v20d); a sampled
+        // step's two (v23).
+        let argmax = match tail.draw.is_some() {
+            true => 2,
+            false => u64::from(tail.func.is_some()),
+        };
         self.stats.kernels += (step.launches.len() as u64 + argmax) * n as u64;
         Ok(n)
     }

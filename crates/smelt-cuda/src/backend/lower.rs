@@ -321,6 +321,11 @@ impl CudaBackend {
             true => Some(self.dev.function(&module, "top_cands", 0)?),
             false => None,
         };
+        // v23: the draw of a sampled step on the device.
+        let sample_draw = match gen.decode && g.n_tokens() == 1 && !kv.is_paged() {
+            true => Some(self.dev.function(&module, "sample_draw", 0)?),
+            false => None,
+        };
         let prog = CudaProgram {
             n_tokens: g.n_tokens(),
             _module: module,
@@ -351,6 +356,8 @@ impl CudaBackend {
             greedy: Mutex::new(None),
             greedy_steps: Mutex::new(None),
             top: Mutex::new(None),
+            sampled: Mutex::new(None),
+            sample_draw,
             top_cands,
             greedy_head,
             greedy_next,

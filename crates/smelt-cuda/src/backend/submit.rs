@@ -81,7 +81,7 @@ impl CudaBackend {
             for (li, step) in prog.launches.iter().enumerate() {
                 // v20d: a greedy step's head kernel takes the argmax too.
                 let step = match (&prog.greedy_head, greedy) {
-                    (Some(head), Some(_)) if li == last => head,
+                    (Some(head), Some(t)) if li == last && t.folds() => head,
                     _ => step,
                 };
                 let (fi, grid, block, smem, params, programmatic) = match *step {
@@ -387,6 +387,7 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let (graph, steps) = match (tail, steps) {
             (Tail::Copy, _) => (&prog.graph, 1),
+            (Tail::Greedy(t), n) if !t.folds() => (&prog.sampled, n.max(1)),
             (Tail::Greedy(_), 0 | 1) => (&prog.greedy, 1),
             (Tail::Greedy(_), n) => (&prog.greedy_steps, n),
             (Tail::Top(_), _) => (&prog.top, 1),

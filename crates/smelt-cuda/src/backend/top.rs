@@ -37,7 +37,7 @@ pub const TOP_OVERFLOW: u32 = 4;
 
 /// The kernel's buffer and the output (mapped host memory), allocated with the backend.
 pub(crate) struct TopBufs {
-    buf: DevBuf,
+    pub(super) buf: DevBuf,
     out: Pinned,
     out_dev: sys::CUdeviceptr,
 }

@@ -1061,3 +1061,156 @@ extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logi
   }
   __threadfence_system();
 }
+
+// Sampled decoding on the device (v23): the draw of a one-token step from its candidates
+// (top_cands' output in device memory), as the host's `Sampler::sample_top` draws it, so the
+// next step is launched before the host has the token. One block of TOP_K threads. S: the
+// sampling settings (f32 temperature, u32 top-k, f32 top-p, f32 min-p, f32 repeat penalty,
+// f32 frequency and presence penalties, u32 window); H: [0] the tokens seen, [1, 1 + SAMPLE_HIST)
+// the last of them by count; U: the uniform draws, one a position (mapped host memory, written
+// ahead by the host from the sampler's seeded stream); ring: the tokens, as greedy_next's. A
+// step whose candidates cannot give the host's draw (none, too many at the threshold, a
+// penalty making one non-finite) writes SAMPLE_NONE to the ring and token 0 to the next step.
+#define SAMPLE_HIST 128u
+#define SAMPLE_NONE 0xffffffffu
+// e^x as the host's `sampler::exp_det` computes it, operation for operation (no contraction).
+__device__ __forceinline__ float exp_det(float x) {
+  if (x != x) return x;
+  if (x > 88.0f) return INFINITY;
+  if (x < -87.0f) return 0.0f;
+  const float n = __fsub_rn(__fadd_rn(__fmul_rn(x, 1.44269502f), 12582912.0f), 12582912.0f);
+  const float r = __fsub_rn(__fsub_rn(x, __fmul_rn(n, 0.693145752f)), __fmul_rn(n, 1.42860677e-6f));
+  float p = __fadd_rn(0.00833333377f, __fmul_rn(r, 0.00138888892f));
+  p = __fadd_rn(0.0416666679f, __fmul_rn(r, p));
+  p = __fadd_rn(0.166666672f, __fmul_rn(r, p));
+  p = __fadd_rn(0.5f, __fmul_rn(r, p));
+  p = __fadd_rn(1.0f, __fmul_rn(r, p));
+  p = __fadd_rn(1.0f, __fmul_rn(r, p));
+  return __fmul_rn(p, __int_as_float(((int)n + 127) << 23));
+}
+// The penalised logit (the host's `penalised`).
+__device__ __forceinline__ float sample_penalised(float l, u32 c, float rp, float fp, float pp) {
+  const float a = l > 0.0f ? __fdiv_rn(l, rp) : __fmul_rn(l, rp);
+  return __fsub_rn(a, __fadd_rn(__fmul_rn((float)c, fp), pp));
+}
+extern "C" __global__ void __launch_bounds__(TOP_K) sample_draw(const u32* cand, const u32* S, u32* H, const volatile float* U, u32* tok, u32* pos, volatile u32* ring) {
+#if SMELT_PDL
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  __shared__ u32 sidx[TOP_K], srank[TOP_K], hw[SAMPLE_HIST];
+  __shared__ float sval[TOP_K], sp[TOP_K];
+  __shared__ u32 bad, keep_s;
+  __shared__ float su, ssum;
+  const u32 t = threadIdx.x;
+  // Every thread reads the position before the barrier after which thread 0 may move it.
+  const u32 p = pos[0];
+  const u32 count = min(__ldcg(cand), TOP_K), flags = __ldcg(cand + 1);
+  const u32 seen = __ldcg(H), window = S[7], n_win = min(window, seen);
+  if (t == 0) { bad = count == 0u || (flags & 4u) != 0u; su = U[p % GREEDY_RING]; }
+  // The penalties' window (the last n_win tokens seen) in shared memory.
+  if (t < n_win) hw[t] = __ldcg(H + 1 + (seen - 1u - t) % SAMPLE_HIST);
+  const bool mine = t < count;
+  const u32 idx = mine ? __ldcg(cand + 2 + 2 * t) : 0xffffffffu;
+  float v = mine ? __uint_as_float(__ldcg(cand + 3 + 2 * t)) : 0.f;
+  __syncthreads();
+  if (mine && n_win > 0u) {
+    u32 c = 0;
+    for (u32 w = 0; w < n_win; w++) c += hw[w] == idx;
+    if (c > 0u) {
+      v = sample_penalised(v, c, __uint_as_float(S[4]), __uint_as_float(S[5]), __uint_as_float(S[6]));
+      if (!isfinite(v)) bad = 1u;
+    }
+  }
+  sidx[t] = idx; sval[t] = v;
+  __syncthreads();
+  u32 pick = SAMPLE_NONE;
+  if (!bad) {
+    const float temp = __uint_as_float(S[0]), top_p = __uint_as_float(S[2]), min_p = __uint_as_float(S[3]);
+    // Rank among the candidates (larger value first, -0 as +0, then the lower token): the
+    // first top-k; then their order by the value's total order (+0 before -0), then the
+    // token: the host's `sample_top` set and `cut_and_draw` order.
+    u32 rank = 0;
+    for (u32 j = 0; j < count; j++) {
+      const float w = sval[j];
+      rank += (w > v || (w == v && sidx[j] < idx)) ? 1u : 0u;
+    }
+    srank[t] = mine ? rank : 0xffffffffu;
+    __syncthreads();
+    const u32 k = min(S[1], count);
+    const bool sel = mine && rank < k;
+    const u32 bits = __float_as_uint(v), tk = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    u32 at = 0;
+    if (sel) {
+      for (u32 j = 0; j < count; j++) {
+        if (j == t || srank[j] >= k) continue;
+        const u32 b2 = __float_as_uint(sval[j]), tk2 = (b2 & 0x80000000u) ? ~b2 : (b2 | 0x80000000u);
+        at += (tk2 > tk || (tk2 == tk && sidx[j] < idx)) ? 1u : 0u;
+      }
+    }
+    __syncthreads();
+    if (sel) { sidx[at] = idx; sval[at] = v; }
+    __syncthreads();
+    // Softmax at temperature 1 for top-p and min-p (the host's `softmax`): exponentials and
+    // quotients in parallel, the sums in the host's order.
+    float mx = -INFINITY;
+    for (u32 j = 0; j < k; j++) mx = fmaxf(mx, sval[j]);
+    if (t < k) sp[t] = exp_det(__fsub_rn(sval[t], mx));
+    __syncthreads();
+    if (t == 0) {
+      float sum = 0.0f;
+      _Pragma("unroll 8") for (u32 j = 0; j < k; j++) sum = __fadd_rn(sum, sp[j]);
+      ssum = sum;
+    }
+    __syncthreads();
+    if (t < k) sp[t] = __fdiv_rn(sp[t], ssum);
+    __syncthreads();
+    if (t == 0) {
+      u32 keep = k;
+      if (top_p < 1.0f) {
+        float acc = 0.0f;
+        for (u32 j = 0; j < k; j++) {
+          acc = __fadd_rn(acc, sp[j]);
+          if (acc >= top_p) { keep = j + 1; break; }
+        }
+      }
+      if (min_p > 0.0f) {
+        const float floor = __fmul_rn(sp[0], min_p);
+        u32 m = 0;
+        while (m < k && sp[m] >= floor) m++;
+        keep = min(keep, max(m, 1u));
+      }
+      keep_s = max(keep, 1u);
+    }
+    __syncthreads();
+    const u32 kk = keep_s;
+    float mx2 = -INFINITY;
+    for (u32 j = 0; j < kk; j++) mx2 = fmaxf(mx2, sval[j]);
+    __syncthreads();
+    if (t < kk) sp[t] = exp_det(__fdiv_rn(__fsub_rn(sval[t], mx2), temp));
+    __syncthreads();
+    if (t == 0) {
+      float sum = 0.0f;
+      _Pragma("unroll 8") for (u32 j = 0; j < kk; j++) sum = __fadd_rn(sum, sp[j]);
+      ssum = sum;
+    }
+    __syncthreads();
+    if (t < kk) sp[t] = __fdiv_rn(sp[t], ssum);
+    __syncthreads();
+    if (t == 0) {
+      const float r = su;
+      float acc = 0.0f;
+      pick = sidx[kk - 1];
+      for (u32 j = 0; j < kk; j++) {
+        acc = __fadd_rn(acc, sp[j]);
+        if (r < acc) { pick = sidx[j]; break; }
+      }
+    }
+  }
+  if (t == 0) {
+    tok[0] = pick == SAMPLE_NONE ? 0u : pick;
+    pos[0] = p + 1;
+    if (pick != SAMPLE_NONE) { H[1 + seen % SAMPLE_HIST] = pick; H[0] = seen + 1; }
+    ring[p % GREEDY_RING] = pick;
+    __threadfence_system();
+  }
+}

@@ -216,3 +216,174 @@ fn a_steps_candidates_are_the_top_of_its_logits() {
         }
     }
 }
+
+/// v23: `sample_draw` alone on 128 candidates with a repeat penalty over a 64-token window:
+/// at top-k 1 it picks the best penalised candidate (the host's rule: the larger value, the
+/// lower token among equals); at Ollama's defaults a candidate of the top 40; each draw moves
+/// the position, writes the ring's word and appends the token to the device's history. The
+/// kernel lab's figure (back-to-back launches) is printed.
+#[test]
+fn sample_draw_picks_from_the_candidates() {
+    use cudarc::driver::sys;
+    if !gpu() {
+        return;
+    }
+    let dev = crate::Device::open().unwrap();
+    let module = dev.compile(codegen::PRELUDE).unwrap();
+    let f = dev.function(&module, "sample_draw", 0).unwrap();
+    let mut rng = Rng(5);
+    let cands: Vec<(u32, f32)> = (0..TOP_K as u32)
+        .map(|i| (i * 7 + 3, rng.next() * 8.0))
+        .collect();
+    let mut words = vec![TOP_K as u32, 0];
+    for &(i, v) in &cands {
+        words.extend([i, v.to_bits()]);
+    }
+    let bytes = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let cand = dev.alloc(words.len() * 4).unwrap();
+    dev.upload(cand.ptr, &bytes(&words)).unwrap();
+    // History: 100 tokens seen, the last 64 the candidates' first 64 tokens.
+    let mut h = vec![0u32; 1 + 128];
+    h[0] = 100;
+    for k in 0..100u32 {
+        h[1 + (k as usize % 128)] = if k >= 36 { (k - 36) * 7 + 3 } else { 999_999 };
+    }
+    let hist = dev.alloc(h.len() * 4).unwrap();
+    let (u, u_dev) = dev.alloc_mapped(64 * 4).unwrap();
+    let (ring, ring_dev) = dev.alloc_mapped(64 * 4).unwrap();
+    let (tok, pos) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
+    let rp = 1.1f32;
+    let penalised = |i: u32, v: f32| {
+        let seen = (0..64).any(|k| k * 7 + 3 == i);
+        match (seen, v > 0.0) {
+            (false, _) => v,
+            (true, true) => v / rp,
+            (true, false) => v * rp,
+        }
+    };
+    for (top_k, reps) in [(1u32, 1usize), (40, 1), (40, 200)] {
+        let s = [
+            0.8f32.to_bits(),
+            top_k,
+            0.9f32.to_bits(),
+            0,
+            rp.to_bits(),
+            0,
+            0,
+            64,
+        ];
+        let settings = dev.alloc(32).unwrap();
+        dev.upload(settings.ptr, &bytes(&s)).unwrap();
+        dev.upload(hist.ptr, &bytes(&h)).unwrap();
+        dev.upload(pos.ptr, &10u32.to_le_bytes()).unwrap();
+        // SAFETY: the mapped ring holds 64 floats.
+        unsafe {
+            for i in 0..64 {
+                std::ptr::write_volatile((u.ptr as *mut f32).add(i), 0.37);
+            }
+        }
+        let mut a = [
+            cand.ptr,
+            settings.ptr,
+            hist.ptr,
+            u_dev,
+            tok.ptr,
+            pos.ptr,
+            ring_dev,
+        ];
+        let mut ptrs: [*mut std::ffi::c_void; 7] =
+            std::array::from_fn(|i| (&mut a[i]) as *mut u64 as *mut std::ffi::c_void);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            // SAFETY: the kernel reads the candidates, settings, history (which it appends
+            // to) and a uniform, and writes a word each of tok, pos and the mapped ring.
+            unsafe {
+                let r = sys::cuLaunchKernel(
+                    f.cu_function(),
+                    1,
+                    1,
+                    1,
+                    TOP_K as u32,
+                    1,
+                    1,
+                    0,
+                    dev.cu_stream(),
+                    ptrs.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                );
+                assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch sample_draw");
+            }
+        }
+        dev.sync().unwrap();
+        let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        let mut w = [0u8; 4];
+        dev.download(&mut w, tok.ptr).unwrap();
+        let got = u32::from_le_bytes(w);
+        dev.download(&mut w, pos.ptr).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(w),
+            10 + reps as u32,
+            "top-k {top_k}: the position"
+        );
+        // SAFETY: the kernels are over; the ring holds 64 words.
+        let last =
+            unsafe { std::ptr::read_volatile((ring.ptr as *const u32).add((9 + reps) % 64)) };
+        assert_eq!(last, got, "top-k {top_k}: the ring");
+        let mut hb = vec![0u8; 8];
+        dev.download(&mut hb, hist.ptr).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(hb[..4].try_into().unwrap()),
+            100 + reps as u32
+        );
+        let mut ranked: Vec<(u32, f32)> =
+            cands.iter().map(|&(i, v)| (i, penalised(i, v))).collect();
+        ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        if top_k == 1 {
+            assert_eq!(got, ranked[0].0, "top-k 1: the best penalised candidate");
+        } else if reps == 1 {
+            assert!(
+                ranked[..40].iter().any(|c| c.0 == got),
+                "top-k 40: {got} is no top-40 candidate"
+            );
+        }
+        if reps > 1 {
+            eprintln!(
+                "sample_draw (128 candidates, top-k 40, a 64-token window): {us:.2} us a launch"
+            );
+            // The kernel lab's split: the uniforms and the ring in device memory instead.
+            let (ud, rd) = (dev.alloc(64 * 4).unwrap(), dev.alloc(64 * 4).unwrap());
+            for (what, uu, rr) in [
+                ("device uniforms", ud.ptr, ring_dev),
+                ("both on the device", ud.ptr, rd.ptr),
+            ] {
+                let mut a = [cand.ptr, settings.ptr, hist.ptr, uu, tok.ptr, pos.ptr, rr];
+                let mut ptrs: [*mut std::ffi::c_void; 7] =
+                    std::array::from_fn(|i| (&mut a[i]) as *mut u64 as *mut std::ffi::c_void);
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    // SAFETY: as above, with device buffers of the same sizes.
+                    unsafe {
+                        sys::cuLaunchKernel(
+                            f.cu_function(),
+                            1,
+                            1,
+                            1,
+                            TOP_K as u32,
+                            1,
+                            1,
+                            0,
+                            dev.cu_stream(),
+                            ptrs.as_mut_ptr(),
+                            std::ptr::null_mut(),
+                        );
+                    }
+                }
+                dev.sync().unwrap();
+                eprintln!(
+                    "sample_draw, {what}: {:.2} us a launch",
+                    t.elapsed().as_secs_f64() * 1e6 / reps as f64
+                );
+            }
+        }
+    }
+}
