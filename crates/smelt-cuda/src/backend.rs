@@ -362,9 +362,11 @@ pub struct CudaBackend {
     /// v22: steps may end with sampling candidates (`SMELT_CUDA_TOP=0`: never).
     top_on: bool,
     top_bufs: top::TopBufs,
-    /// v23: sampled steps draw on the device with `SMELT_CUDA_SAMPLE=1` (kernel lab: exact,
-    /// measured slower, cuda.md v23).
+    /// v23: sampled steps draw on the device (`SMELT_CUDA_SAMPLE=0`: on the host, from the
+    /// candidates), `sample_steps` a graph (`SMELT_CUDA_SAMPLE_STEPS`, default 1: more
+    /// measured slower, cuda.md v23b).
     sample_on: bool,
+    sample_steps: usize,
     draw_bufs: draw::DrawBufs,
     /// Last: fields drop in order, and the buffers above are freed in its context.
     dev: Device,
@@ -495,7 +497,10 @@ impl CudaBackend {
                 .clamp(1, greedy::GREEDY_MAX_STEPS),
             top_on: std::env::var("SMELT_CUDA_TOP").map_or(true, |v| v != "0"),
             top_bufs,
-            sample_on: std::env::var("SMELT_CUDA_SAMPLE").is_ok_and(|v| v == "1"),
+            sample_on: std::env::var("SMELT_CUDA_SAMPLE").map_or(true, |v| v != "0"),
+            sample_steps: codegen::lab_knob("SMELT_CUDA_SAMPLE_STEPS")
+                .unwrap_or(1)
+                .clamp(1, greedy::GREEDY_MAX_STEPS),
             draw_bufs,
             trace: std::env::var("SMELT_CUDA_TRACE")
                 .is_ok_and(|v| v == "1")

@@ -1,5 +1,5 @@
-//! Sampled decoding on the device (v23, kernel lab: `SMELT_CUDA_SAMPLE=1`; exact, measured
-//! slower than the host's draw, cuda.md v23): a one-token step's graph ends with its candidates
+//! Sampled decoding on the device (v23-v23b, `SMELT_CUDA_SAMPLE=0` turns it off): a one-token
+//! step's graph ends with its candidates
 //! (`top_cands`, into device memory) and the draw (prelude `sample_draw`: penalties over a
 //! history kept on the device, top-k, top-p, min-p, temperature and a uniform the host writes
 //! ahead from the sampler's seeded stream, the arithmetic the host's `Sampler::sample_top`

@@ -322,7 +322,11 @@ impl CudaBackend {
         }
         let step = prog.pick(&[pos]);
         // Several steps where they all fit the cache and run the same variant.
-        let n = self.greedy_steps.min(max.max(1));
+        let per_graph = match sampling {
+            true => self.sample_steps,
+            false => self.greedy_steps,
+        };
+        let n = per_graph.min(max.max(1));
         let last = pos as usize + n - 1;
         let n = match n > 1 && last < kv.capacity() && std::ptr::eq(step, prog.pick(&[last as u32]))
         {

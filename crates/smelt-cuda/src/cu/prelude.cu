@@ -1097,63 +1097,56 @@ extern "C" __global__ void __launch_bounds__(TOP_K) sample_draw(const u32* cand,
 #if SMELT_PDL
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  __shared__ u32 sidx[TOP_K], srank[TOP_K], hw[SAMPLE_HIST];
+  __shared__ u32 sidx[TOP_K], hw[SAMPLE_HIST];
   __shared__ float sval[TOP_K], sp[TOP_K];
+  __shared__ u64 rk[TOP_K], bk[TOP_K];
   __shared__ u32 bad, keep_s;
   __shared__ float su, ssum;
   const u32 t = threadIdx.x;
   // Every thread reads the position before the barrier after which thread 0 may move it.
   const u32 p = pos[0];
   const u32 count = min(__ldcg(cand), TOP_K), flags = __ldcg(cand + 1);
-  const u32 seen = __ldcg(H), window = S[7], n_win = min(window, seen);
+  const u32 seen = __ldcg(H), n_win = min(S[7], seen);
   if (t == 0) { bad = count == 0u || (flags & 4u) != 0u; su = U[p % GREEDY_RING]; }
   // The penalties' window (the last n_win tokens seen) in shared memory.
-  if (t < n_win) hw[t] = __ldcg(H + 1 + (seen - 1u - t) % SAMPLE_HIST);
+  hw[t] = t < n_win ? __ldcg(H + 1 + (seen - 1u - t) % SAMPLE_HIST) : 0xffffffffu;
   const bool mine = t < count;
   const u32 idx = mine ? __ldcg(cand + 2 + 2 * t) : 0xffffffffu;
   float v = mine ? __uint_as_float(__ldcg(cand + 3 + 2 * t)) : 0.f;
   __syncthreads();
   if (mine && n_win > 0u) {
     u32 c = 0;
-    for (u32 w = 0; w < n_win; w++) c += hw[w] == idx;
+    _Pragma("unroll 16") for (u32 w = 0; w < SAMPLE_HIST; w++) c += hw[w] == idx;
     if (c > 0u) {
       v = sample_penalised(v, c, __uint_as_float(S[4]), __uint_as_float(S[5]), __uint_as_float(S[6]));
       if (!isfinite(v)) bad = 1u;
     }
   }
-  sidx[t] = idx; sval[t] = v;
+  // Keys whose order is the host's: the rank (larger value first, -0 as +0, then the lower
+  // token) and `by_rank` (the value's total order, then the lower token).
+  const u32 b = __float_as_uint(v), b0 = b == 0x80000000u ? 0u : b;
+  const u32 mono = (b0 & 0x80000000u) ? ~b0 : (b0 | 0x80000000u);
+  const u32 tot = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  const u64 my_rk = mine ? ((u64)mono << 32) | (u64)(0xffffffffu - idx) : 0ull;
+  const u64 my_bk = ((u64)tot << 32) | (u64)(0xffffffffu - idx);
+  rk[t] = my_rk;
   __syncthreads();
   u32 pick = SAMPLE_NONE;
   if (!bad) {
     const float temp = __uint_as_float(S[0]), top_p = __uint_as_float(S[2]), min_p = __uint_as_float(S[3]);
-    // Rank among the candidates (larger value first, -0 as +0, then the lower token): the
-    // first top-k; then their order by the value's total order (+0 before -0), then the
-    // token: the host's `sample_top` set and `cut_and_draw` order.
     u32 rank = 0;
-    for (u32 j = 0; j < count; j++) {
-      const float w = sval[j];
-      rank += (w > v || (w == v && sidx[j] < idx)) ? 1u : 0u;
-    }
-    srank[t] = mine ? rank : 0xffffffffu;
-    __syncthreads();
+    _Pragma("unroll 16") for (u32 j = 0; j < TOP_K; j++) rank += rk[j] > my_rk;
     const u32 k = min(S[1], count);
     const bool sel = mine && rank < k;
-    const u32 bits = __float_as_uint(v), tk = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-    u32 at = 0;
-    if (sel) {
-      for (u32 j = 0; j < count; j++) {
-        if (j == t || srank[j] >= k) continue;
-        const u32 b2 = __float_as_uint(sval[j]), tk2 = (b2 & 0x80000000u) ? ~b2 : (b2 | 0x80000000u);
-        at += (tk2 > tk || (tk2 == tk && sidx[j] < idx)) ? 1u : 0u;
-      }
-    }
+    bk[t] = sel ? my_bk : 0ull;
     __syncthreads();
+    u32 at = 0;
+    _Pragma("unroll 16") for (u32 j = 0; j < TOP_K; j++) at += bk[j] > my_bk;
     if (sel) { sidx[at] = idx; sval[at] = v; }
     __syncthreads();
-    // Softmax at temperature 1 for top-p and min-p (the host's `softmax`): exponentials and
-    // quotients in parallel, the sums in the host's order.
-    float mx = -INFINITY;
-    for (u32 j = 0; j < k; j++) mx = fmaxf(mx, sval[j]);
+    // Softmax at temperature 1 for top-p and min-p (the host's `softmax`; its maximum the
+    // first value): exponentials and quotients in parallel, the sums in the host's order.
+    const float mx = sval[0];
     if (t < k) sp[t] = exp_det(__fsub_rn(sval[t], mx));
     __syncthreads();
     if (t == 0) {
@@ -1183,10 +1176,7 @@ extern "C" __global__ void __launch_bounds__(TOP_K) sample_draw(const u32* cand,
     }
     __syncthreads();
     const u32 kk = keep_s;
-    float mx2 = -INFINITY;
-    for (u32 j = 0; j < kk; j++) mx2 = fmaxf(mx2, sval[j]);
-    __syncthreads();
-    if (t < kk) sp[t] = exp_det(__fdiv_rn(__fsub_rn(sval[t], mx2), temp));
+    if (t < kk) sp[t] = exp_det(__fdiv_rn(__fsub_rn(sval[t], mx), temp));
     __syncthreads();
     if (t == 0) {
       float sum = 0.0f;
