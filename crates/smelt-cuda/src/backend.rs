@@ -130,6 +130,8 @@ pub struct CudaProgram {
     top: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// v22: its kernel (prelude `top_cands`), for decode programs.
     top_cands: Option<CudaFunction>,
+    /// v21: greedy steps in one graph chain by PDL (codegen `Generated::chain_steps`).
+    chain_steps: bool,
     /// v20d: the greedy graph's launch in place of the last (codegen `greedy_fold`).
     greedy_head: Option<Step>,
     /// v20a: the greedy graph's argmax kernel after the head, where there is no `greedy_head`.

@@ -130,6 +130,10 @@ pub(crate) struct Generated {
     /// v20d: the greedy graph's launch in place of the last (the head kernel with the
     /// argmax in its tail, see [`GenOptions::greedy_fold`]).
     pub greedy_head: Option<Launch>,
+    /// v21: the step's first kernel reads the position after its `PDL_WAIT`, so greedy steps
+    /// one after another in a graph may launch it programmatically (not where its body uses
+    /// the position before the wait: the cluster form).
+    pub chain_steps: bool,
 }
 
 /// Parameter values the lowering replaces with the backend's greedy buffers' addresses
@@ -470,6 +474,7 @@ pub(crate) fn generate(
         // Phase marks (`TRACE_MARK`) in the bodies stamp too.
         src.insert_str(0, "#define SMELT_TRACE 1\n");
     }
+    let mut chain_steps = false;
     let param_values = !global_params
         && decode
         && !persistent
@@ -493,6 +498,7 @@ pub(crate) fn generate(
             Work::Kernel { func, .. } => Some(func.as_str()),
             Work::Gemm(_) => None,
         });
+        chain_steps = first.is_some();
         for k in &g.kernels {
             let (body, posr) =
                 match pos_first && (k.body.contains("pos[0]") || k.body.contains("pos[rp]")) {
@@ -508,7 +514,16 @@ pub(crate) fn generate(
             let own_wait = k.body.contains("PDL_WAIT()") && trace_off.is_none();
             let wrapped =
                 trace_off.is_some() || (wrap_returns && param_values && k.body.contains("return"));
-            let after = Some(k.name.as_str()) == first && !posr.is_empty();
+            // Not where the body uses the position before its own wait (the cluster form):
+            // there it stays ahead, and steps do not chain.
+            let early = own_wait
+                && body
+                    .find("posr")
+                    .is_some_and(|u| body.find("PDL_WAIT()").is_some_and(|w| u < w));
+            let after = Some(k.name.as_str()) == first && !posr.is_empty() && !early;
+            if Some(k.name.as_str()) == first && early {
+                chain_steps = false;
+            }
             let (pdl, body) = match (own_wait, wrapped, after) {
                 (true, _, false) => (format!("PDL_LAUNCH();\n{posr}"), body),
                 (true, _, true) => (
@@ -588,6 +603,7 @@ pub(crate) fn generate(
         cluster_splits: g.cluster_splits,
         attn_region: g.region_used,
         greedy_head: g.greedy_head.filter(|_| !persistent && param_values),
+        chain_steps: chain_steps && !persistent,
     })
 }
 

@@ -355,6 +355,7 @@ impl CudaBackend {
             graph: Mutex::new(None),
             greedy: Mutex::new(None),
             greedy_steps: Mutex::new(None),
+            chain_steps: gen.chain_steps,
             top: Mutex::new(None),
             sampled: Mutex::new(None),
             sample_draw,

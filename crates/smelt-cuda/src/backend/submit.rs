@@ -408,7 +408,9 @@ impl CudaBackend {
                     ),
                     "begin capture",
                 )?;
-                let r = (0..steps).try_for_each(|i| self.enqueue(prog, kv, &[], tail, i > 0));
+                let chain = prog.chain_steps;
+                let r =
+                    (0..steps).try_for_each(|i| self.enqueue(prog, kv, &[], tail, i > 0 && chain));
                 let mut graph = std::ptr::null_mut();
                 let end = check(sys::cuStreamEndCapture(stream, &mut graph), "end capture");
                 r?;

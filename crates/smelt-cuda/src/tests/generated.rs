@@ -747,6 +747,8 @@ fn small_decode_programs_take_one_cluster() {
         assert!(labels[0].starts_with("cluster decode"), "{labels:?}");
         assert!(labels[1].starts_with("decode mm"), "{labels:?}");
         assert_eq!(gen.cluster_splits, 0);
+        // Its kernel reads the position before its wait: greedy steps do not chain (v21).
+        assert!(!gen.chain_steps, "cluster {t:?}: steps chain");
         // 30 layers of straight-line stages: ~30 s of NVRTC; the short models compile.
         if layers <= 4 {
             compile_with_pdl(&gen.src, &format!("cluster {t:?}"));

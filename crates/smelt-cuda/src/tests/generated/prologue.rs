@@ -424,6 +424,7 @@ fn decode_programs_compile_with_launch_counters() {
 #[test]
 fn one_token_steps_load_weights_and_position_before_the_wait() {
     let g = generated_with(&LLAMA_1B_V1000, 1, GgmlType::Q4_K, false, 64);
+    assert!(g.chain_steps, "greedy steps chain by PDL (v21)");
     let mut normed = 0;
     for k in decode_kernels(&g.src) {
         assert!(
