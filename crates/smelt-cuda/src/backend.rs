@@ -23,6 +23,48 @@ pub use draw::SAMPLE_NONE;
 pub use greedy::GREEDY_IN_FLIGHT;
 pub use top::{TopRows, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW};
 
+/// Launch `func` on `stream` over `grid` (x, y) blocks of `block` threads with the arguments
+/// `params` point to, after the previous kernel programmatically (PDL) when `programmatic`:
+/// the kernels a step's graph ends with (the greedy argmax, the candidates, the draw).
+///
+/// # Safety
+///
+/// `params` point to the kernel's arguments, in its order and sizes, and the kernel's reads
+/// and writes through them stay inside the buffers they name.
+unsafe fn launch_tail(
+    func: sys::CUfunction,
+    grid: (u32, u32),
+    block: u32,
+    stream: sys::CUstream,
+    params: &mut [*mut std::ffi::c_void],
+    programmatic: bool,
+    what: &str,
+) -> Result<(), CudaError> {
+    // SAFETY: a zeroed attribute is a valid value to fill in; the launch's arguments are the
+    // caller's (this function's contract).
+    unsafe {
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: 1,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: programmatic as u32,
+        };
+        check(
+            sys::cuLaunchKernelEx(&config, func, params.as_mut_ptr(), std::ptr::null_mut()),
+            what,
+        )
+    }
+}
+
 /// What a step's graph ends with: the logits' copy to pinned memory, a greedy step's argmax
 /// (v20a), or each row's sampling candidates (v22).
 #[derive(Clone, Copy)]

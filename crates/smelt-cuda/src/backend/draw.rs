@@ -12,7 +12,7 @@ use cudarc::driver::sys;
 
 use super::top::TopTail;
 use super::{CudaBackend, CudaKvCache, CudaProgram};
-use crate::device::{check, DevBuf, Device, Pinned};
+use crate::device::{DevBuf, Device, Pinned};
 use crate::CudaError;
 
 /// The token a step writes to the ring where its candidates cannot give the host's draw (none
@@ -96,24 +96,13 @@ impl DrawTail {
         // of the mapped ring, and writes one word each of the token and position buffers and
         // of the mapped token ring (RING words).
         unsafe {
-            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-            attr.id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            let config = sys::CUlaunchConfig {
-                gridDimX: 1,
-                gridDimY: 1,
-                gridDimZ: 1,
-                blockDimX: super::top::TOP_K as u32,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: 0,
-                hStream: stream,
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            check(
-                sys::cuLaunchKernelEx(&config, self.draw, ptrs.as_mut_ptr(), std::ptr::null_mut()),
+            super::launch_tail(
+                self.draw,
+                (1, 1),
+                super::top::TOP_K as u32,
+                stream,
+                &mut ptrs,
+                true,
                 "sample draw launch",
             )
         }

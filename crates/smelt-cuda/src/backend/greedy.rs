@@ -157,24 +157,13 @@ impl GreedyTail {
         // * MAX_BLOCKS words, `blocks` <= MAX_BLOCKS checked by `greedy_ok`) its counter and
         // bests, and one word of the mapped ring of RING words.
         unsafe {
-            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-            attr.id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            let config = sys::CUlaunchConfig {
-                gridDimX: blocks,
-                gridDimY: 1,
-                gridDimZ: 1,
-                blockDimX: 256,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: 0,
-                hStream: stream,
-                attrs: &mut attr,
-                numAttrs: programmatic as u32,
-            };
-            check(
-                sys::cuLaunchKernelEx(&config, func, ptrs.as_mut_ptr(), std::ptr::null_mut()),
+            super::launch_tail(
+                func,
+                (blocks, 1),
+                256,
+                stream,
+                &mut ptrs,
+                programmatic,
                 "greedy argmax launch",
             )
         }

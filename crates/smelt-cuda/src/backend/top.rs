@@ -11,7 +11,7 @@ use std::ffi::c_void;
 use cudarc::driver::sys;
 
 use super::{BatchSeq, CudaBackend, CudaKvCache, CudaProgram, Tail};
-use crate::device::{check, DevBuf, Device, Pinned};
+use crate::device::{DevBuf, Device, Pinned};
 use crate::CudaError;
 
 /// Candidates a row gets: its best finite logits, this many or every finite one.
@@ -80,24 +80,13 @@ impl TopTail {
         // MAX_BLOCKS * WARPS keys (`top_ok` bounds rows and blocks), and ROW words a row of the
         // mapped output (MAX_ROWS rows).
         unsafe {
-            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-            attr.id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            let config = sys::CUlaunchConfig {
-                gridDimX: self.n.div_ceil(SPAN) as u32,
-                gridDimY: self.rows as u32,
-                gridDimZ: 1,
-                blockDimX: THREADS,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: 0,
-                hStream: stream,
-                attrs: &mut attr,
-                numAttrs: programmatic as u32,
-            };
-            check(
-                sys::cuLaunchKernelEx(&config, self.func, ptrs.as_mut_ptr(), std::ptr::null_mut()),
+            super::launch_tail(
+                self.func,
+                (self.n.div_ceil(SPAN) as u32, self.rows as u32),
+                THREADS,
+                stream,
+                &mut ptrs,
+                programmatic,
                 "top candidates launch",
             )
         }
