@@ -113,104 +113,55 @@ impl CudaExec {
         Ok(())
     }
 
-    /// Greedy decoding on the device (smelt-cuda v20a): `steps` one-token steps from `first`
-    /// at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`] graphs of them in flight, each step's
-    /// token given to `on_token` with the positions evaluated so far; the evaluated tokens are
-    /// pushed to `tokens`. None where the program cannot (the caller takes the host's argmax).
-    pub fn decode_greedy(
-        &mut self,
-        arch: &dyn Architecture,
-        first: u32,
-        start: usize,
-        steps: usize,
-        tokens: &mut Vec<u32>,
-        on_token: &mut dyn FnMut(u32, usize) -> bool,
-    ) -> Result<Option<usize>, EngineError> {
-        let key = (1, Output::LastLogits);
-        self.program(arch, key)?;
-        let prog = &self.programs[&key];
-        if !self.backend.greedy_ok(prog, &self.kv) || steps == 0 {
-            return Ok(None);
-        }
-        backend_steps(
-            &mut self.backend,
-            prog,
-            &mut self.kv,
-            (first, start),
-            steps,
-            None,
-            tokens,
-            on_token,
-        )
-        .map(|(n, _)| Some(n))
-    }
-
-    /// Sampled decoding on the device (smelt-cuda v23): as [`CudaExec::decode_greedy`], each
-    /// token drawn on the device with `settings` after `history` (the tokens seen, `first`
-    /// the last), each step's uniform taken in order from `uniform`. Some((steps, whether the
-    /// last step's draw failed: its token was evaluated, its draw is the host's to make)).
+    /// Greedy or sampled decoding on the device (smelt-cuda v20a, v23): `steps` one-token
+    /// steps from `first` at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`]
+    /// graphs of them in flight, each step's token given to `on_token` with the positions
+    /// evaluated so far; the evaluated tokens are pushed to `tokens`. Each token is the argmax
+    /// of its logits, or with `draw` (a sampled run's settings, history and uniforms) drawn as
+    /// the host's `Sampler::sample_top` draws it. None where the program cannot (nothing
+    /// evaluated); else (steps evaluated, whether the last one's draw failed: its token was
+    /// evaluated, its draw is the host's to make).
     #[allow(clippy::too_many_arguments)]
-    pub fn decode_sampled(
+    pub fn decode_on_device(
         &mut self,
         arch: &dyn Architecture,
         first: u32,
         start: usize,
         steps: usize,
-        draw: Draw,
+        draw: Option<Draw>,
         tokens: &mut Vec<u32>,
         on_token: &mut dyn FnMut(u32, usize) -> bool,
     ) -> Result<Option<(usize, bool)>, EngineError> {
         let key = (1, Output::LastLogits);
         self.program(arch, key)?;
         let prog = &self.programs[&key];
-        if !self.backend.sample_ok(prog, &self.kv) || steps == 0 {
+        let ok = match draw {
+            Some(_) => self.backend.sample_ok(prog, &self.kv),
+            None => self.backend.greedy_ok(prog, &self.kv),
+        };
+        if !ok || steps == 0 {
             return Ok(None);
         }
-        backend_steps(
-            &mut self.backend,
+        let b = &mut self.backend;
+        let r = run_steps(
+            b,
             prog,
             &mut self.kv,
             (first, start),
             steps,
-            Some(draw),
+            draw,
             tokens,
             on_token,
-        )
-        .map(Some)
+        );
+        let end = b.greedy_end().map_err(err);
+        let n = r?;
+        end?;
+        Ok(Some(n))
     }
 }
 
 /// A sampled run's settings (`DeviceSampling::words`), history and uniforms.
-type Draw<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
-
-/// Greedy or sampled steps on the device (`draw`: a sampled run's): (steps evaluated,
-/// whether the last one's draw failed).
-#[allow(clippy::too_many_arguments)]
-fn backend_steps(
-    backend: &mut CudaBackend,
-    prog: &CudaProgram,
-    kv: &mut CudaKvCache,
-    (first, start): (u32, usize),
-    steps: usize,
-    draw: Option<Draw>,
-    tokens: &mut Vec<u32>,
-    on_token: &mut dyn FnMut(u32, usize) -> bool,
-) -> Result<(usize, bool), EngineError> {
-    let r = run_steps(
-        backend,
-        prog,
-        kv,
-        (first, start),
-        steps,
-        draw,
-        tokens,
-        on_token,
-    );
-    let end = backend.greedy_end().map_err(err);
-    let n = r?;
-    end?;
-    Ok(n)
-}
+pub(crate) type Draw<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
 
 #[allow(clippy::too_many_arguments)]
 fn run_steps(

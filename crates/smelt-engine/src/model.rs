@@ -295,9 +295,14 @@ impl Model {
         );
         let reason =
             loop {
-                match next {
-                    Next::Finish(reason) => break reason,
-                    Next::Eval(tok) if dec.is_plain_greedy() => {
+                // The draw on the GPU where every later token can be drawn there.
+                let device = match sample_on_device {
+                    true => dec.device_sampling(n_vocab, crate::runner::TOP_CANDIDATES),
+                    false => None,
+                };
+                match (next, device) {
+                    (Next::Finish(reason), _) => break reason,
+                    (Next::Eval(tok), _) if dec.is_plain_greedy() => {
                         // The rest where the logits are (on the GPU, the argmax on the device and
                         // each step launched ahead of its token).
                         let mut reason = None;
@@ -314,35 +319,29 @@ impl Model {
                         // context's end).
                         break reason.unwrap_or(FinishReason::Length);
                     }
-                    Next::Eval(tok)
-                        if sample_on_device
-                            && dec
-                                .device_sampling(n_vocab, crate::runner::TOP_CANDIDATES)
-                                .is_some() =>
-                    {
+                    (Next::Eval(tok), Some(settings)) => {
                         // The rest drawn on the GPU, each step launched ahead of its token
                         // (smelt-cuda v23), the draws the host's own.
-                        let settings = dec
-                            .device_sampling(n_vocab, crate::runner::TOP_CANDIDATES)
-                            .expect("checked by the guard");
                         let history = dec.history().to_vec();
-                        let start_rng = dec.rng();
-                        let mut rng = start_rng.clone();
-                        let (mut reason, mut kept) = (None, 0usize);
+                        let mut rng = dec.rng();
+                        let mut reason = None;
                         let run = runner.decode_sampled(
                             tok,
                             usize::MAX,
                             &settings,
                             &history,
-                            &mut || rng.next_f32(),
-                            &mut |t, kv_len| {
-                                kept += 1;
-                                match dec.next_token(&self.tokenizer, t, kv_len, n_ctx, on_event) {
-                                    Next::Eval(_) => true,
-                                    Next::Finish(r) => {
-                                        reason = Some(r);
-                                        false
-                                    }
+                            &mut rng,
+                            &mut |t, kv_len| match dec.next_token(
+                                &self.tokenizer,
+                                t,
+                                kv_len,
+                                n_ctx,
+                                on_event,
+                            ) {
+                                Next::Eval(_) => true,
+                                Next::Finish(r) => {
+                                    reason = Some(r);
+                                    false
                                 }
                             },
                         )?;
@@ -352,17 +351,10 @@ impl Model {
                             Some(_) if reason.is_some() => {
                                 break reason.unwrap_or(FinishReason::Length)
                             }
-                            Some((_, true)) => {
+                            Some((_, Some(last))) => {
                                 // The last step's draw is the host's: its logits again, and
                                 // the stream where the kept draws left it.
-                                let mut r = start_rng;
-                                (0..kept).for_each(|_| {
-                                    r.next_f32();
-                                });
-                                dec.set_rng(r);
-                                let n = runner.tokens().len();
-                                let last = runner.tokens()[n - 1];
-                                runner.truncate(n - 1);
+                                dec.set_rng(rng);
                                 let row = runner.eval_slice(&[last], Output::LastLogits)?;
                                 logits.clear();
                                 logits.extend_from_slice(row);
@@ -370,10 +362,10 @@ impl Model {
                                 next = dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event);
                             }
                             // Every step's token was taken (the context's end).
-                            Some((_, false)) => break FinishReason::Length,
+                            Some((_, None)) => break FinishReason::Length,
                         }
                     }
-                    Next::Eval(tok) => {
+                    (Next::Eval(tok), None) => {
                         // On the GPU a step whose sampling fits its best logits ends with
                         // them (smelt-cuda v22): no row copied to the host, no pass over it.
                         let top = match dec.top_fits(n_vocab, crate::runner::TOP_CANDIDATES) {

@@ -437,20 +437,11 @@ impl Runner {
         out: &mut Vec<(u32, f32)>,
     ) -> Result<Option<bool>, EngineError> {
         #[cfg(feature = "cuda")]
-        if let Exec::Cuda(c) = &mut self.exec {
-            let n_vocab = self.arch.n_vocab();
-            if tok as usize >= n_vocab {
-                return Err(EngineError::Invalid(format!(
-                    "token id {tok} is outside the vocabulary ({n_vocab})"
-                )));
-            }
-            let start = self.tokens.len();
-            if start >= self.n_ctx {
-                return Err(EngineError::ContextFull {
-                    needed: start + 1,
-                    n_ctx: self.n_ctx,
-                });
-            }
+        if matches!(self.exec, Exec::Cuda(_)) {
+            let start = self.step_start(tok)?;
+            let Exec::Cuda(c) = &mut self.exec else {
+                return Ok(None);
+            };
             let r = c.eval_top(self.arch.as_ref(), tok, start as u32, out)?;
             if r.is_some() {
                 self.tokens.push(tok);
@@ -474,51 +465,70 @@ impl Runner {
 
     /// Sampled decoding on the GPU (smelt-cuda v23): evaluate `first` (after the cached
     /// tokens), then each step's token drawn on the device with `settings` after `history`
-    /// (the tokens seen, `first` the last), each step's uniform taken in order from `uniform`
-    /// (the sampler's seeded stream), for at most `max` steps and never past the context; each
+    /// (the tokens seen, `first` the last), each step's uniform the next of `rng` (the
+    /// sampler's seeded stream), for at most `max` steps and never past the context; each
     /// token goes to `on_token(token, kv_len)` as in [`Runner::decode_greedy`], drawn as
-    /// [`Sampler::sample_top`](crate::sampler::Sampler::sample_top) draws it. None where the
-    /// backend cannot (nothing evaluated); else (steps evaluated, whether the last step's draw
-    /// failed on the device: its token was evaluated, the caller draws it from the row).
+    /// [`Sampler::sample_top`](crate::sampler::Sampler::sample_top) draws it. `rng` is left
+    /// where the draws kept left it (steps launched ahead of a stop drew too). None where the
+    /// backend cannot (nothing evaluated); else (steps evaluated, the token to evaluate again
+    /// where the last step's draw failed on the device: the caller draws it from its row).
     pub fn decode_sampled(
         &mut self,
         first: u32,
         max: usize,
         settings: &crate::sampler::DeviceSampling,
         history: &[u32],
-        uniform: &mut dyn FnMut() -> f32,
+        rng: &mut crate::sampler::Rng,
         on_token: &mut dyn FnMut(u32, usize) -> bool,
-    ) -> Result<Option<(usize, bool)>, EngineError> {
+    ) -> Result<Option<(usize, Option<u32>)>, EngineError> {
         #[cfg(feature = "cuda")]
-        if let Exec::Cuda(c) = &mut self.exec {
-            let n_vocab = self.arch.n_vocab();
-            if first as usize >= n_vocab {
-                return Err(EngineError::Invalid(format!(
-                    "token id {first} is outside the vocabulary ({n_vocab})"
-                )));
-            }
-            let start = self.tokens.len();
-            if start >= self.n_ctx {
-                return Err(EngineError::ContextFull {
-                    needed: start + 1,
-                    n_ctx: self.n_ctx,
-                });
-            }
+        if matches!(self.exec, Exec::Cuda(_)) {
+            let start = self.step_start(first)?;
+            let Exec::Cuda(c) = &mut self.exec else {
+                return Ok(None);
+            };
             let steps = max.min(self.n_ctx - start);
-            let arch = self.arch.as_ref();
             let words = settings.words();
-            return c.decode_sampled(
-                arch,
+            let mut draws = rng.clone();
+            let mut kept = 0;
+            let run = c.decode_on_device(
+                self.arch.as_ref(),
                 first,
                 start,
                 steps,
-                (&words, history, uniform),
+                Some((&words, history, &mut || draws.next_f32())),
                 &mut self.tokens,
-                on_token,
-            );
+                &mut |t, kv_len| {
+                    kept += 1;
+                    on_token(t, kv_len)
+                },
+            )?;
+            (0..kept).for_each(|_| {
+                rng.next_f32();
+            });
+            return Ok(run.map(|(n, failed)| (n, failed.then(|| self.tokens.pop()).flatten())));
         }
-        let _ = (first, max, settings, history, uniform, on_token);
+        let _ = (first, max, settings, history, rng, on_token);
         Ok(None)
+    }
+
+    /// The position a decode step of `tok` takes (after the cached tokens), or why there is
+    /// none: a token outside the vocabulary, a full context.
+    fn step_start(&self, tok: u32) -> Result<usize, EngineError> {
+        let n_vocab = self.arch.n_vocab();
+        if tok as usize >= n_vocab {
+            return Err(EngineError::Invalid(format!(
+                "token id {tok} is outside the vocabulary ({n_vocab})"
+            )));
+        }
+        let start = self.tokens.len();
+        if start >= self.n_ctx {
+            return Err(EngineError::ContextFull {
+                needed: start + 1,
+                n_ctx: self.n_ctx,
+            });
+        }
+        Ok(start)
     }
 
     /// Greedy decoding: evaluate `first` (after the cached tokens), then each step's argmax in
@@ -534,19 +544,7 @@ impl Runner {
         max: usize,
         on_token: &mut dyn FnMut(u32, usize) -> bool,
     ) -> Result<usize, EngineError> {
-        let n_vocab = self.arch.n_vocab();
-        if first as usize >= n_vocab {
-            return Err(EngineError::Invalid(format!(
-                "token id {first} is outside the vocabulary ({n_vocab})"
-            )));
-        }
-        let start = self.tokens.len();
-        if start >= self.n_ctx {
-            return Err(EngineError::ContextFull {
-                needed: start + 1,
-                n_ctx: self.n_ctx,
-            });
-        }
+        let start = self.step_start(first)?;
         let steps = max.min(self.n_ctx - start);
         if steps == 0 {
             return Ok(0);
@@ -555,8 +553,8 @@ impl Runner {
         #[cfg(feature = "cuda")]
         if let Exec::Cuda(c) = &mut self.exec {
             let arch = self.arch.as_ref();
-            if let Some(n) =
-                c.decode_greedy(arch, first, start, steps, &mut self.tokens, on_token)?
+            if let Some((n, _)) =
+                c.decode_on_device(arch, first, start, steps, None, &mut self.tokens, on_token)?
             {
                 self.greedy_device = true;
                 return Ok(n);

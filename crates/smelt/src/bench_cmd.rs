@@ -374,33 +374,19 @@ fn decode_sampled(
     let mut left = n;
     // On the GPU the draws on the device, each step launched ahead (smelt-cuda v23).
     if let Some(settings) = sampler.device_sampling(n_vocab, smelt_engine::TOP_CANDIDATES) {
-        let start = sampler.rng().clone();
-        let mut rng = start.clone();
+        let mut rng = sampler.rng().clone();
         let mut drawn = Vec::new();
-        let run = runner.decode_sampled(
-            first,
-            n,
-            &settings,
-            &history,
-            &mut || rng.next_f32(),
-            &mut |t, _| {
-                drawn.push(t);
-                true
-            },
-        )?;
+        let run = runner.decode_sampled(first, n, &settings, &history, &mut rng, &mut |t, _| {
+            drawn.push(t);
+            true
+        })?;
         match run {
-            Some((steps, false)) => return Ok(steps),
-            Some((steps, true)) => {
+            Some((steps, None)) => return Ok(steps),
+            Some((steps, Some(last))) => {
                 // The last step's draw is the host's: evaluated again below.
                 history.extend(&drawn);
-                let mut r = start;
-                drawn.iter().for_each(|_| {
-                    r.next_f32();
-                });
-                sampler.set_rng(r);
-                let len = runner.tokens().len();
-                tok = runner.tokens()[len - 1];
-                runner.truncate(len - 1);
+                sampler.set_rng(rng);
+                tok = last;
                 left = n - (steps - 1);
             }
             None => {}

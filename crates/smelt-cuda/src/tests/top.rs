@@ -27,6 +27,46 @@ pub(super) fn device_top(t: &TopRows, r: usize) -> Vec<(u32, u32)> {
     out
 }
 
+/// Launch `f` `reps` times back to back over `grid` (x, y) blocks of `block` threads, wait,
+/// and return the mean time a launch (the kernel lab's figure, printed by the tests).
+///
+/// # Safety
+///
+/// `ptrs` point to `f`'s arguments, and its reads and writes through them stay inside the
+/// buffers they name.
+unsafe fn launch(
+    dev: &crate::Device,
+    f: &cudarc::driver::CudaFunction,
+    grid: (u32, u32),
+    block: u32,
+    ptrs: &mut [*mut std::ffi::c_void],
+    reps: usize,
+) -> f64 {
+    use cudarc::driver::sys;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        // SAFETY: the arguments are the caller's (this function's contract).
+        let r = unsafe {
+            sys::cuLaunchKernel(
+                f.cu_function(),
+                grid.0,
+                grid.1,
+                1,
+                block,
+                1,
+                1,
+                0,
+                dev.cu_stream(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch");
+    }
+    dev.sync().unwrap();
+    t.elapsed().as_secs_f64() * 1e6 / reps as f64
+}
+
 /// The flags [`host_top`]'s row should carry.
 fn host_flags(x: &[f32]) -> u32 {
     let inf = x.contains(&f32::INFINITY);
@@ -41,7 +81,6 @@ fn host_flags(x: &[f32]) -> u32 {
 /// Each launch reuses the buffers, so each leaves its counters at zero.
 #[test]
 fn top_candidates_kernel_matches_the_host() {
-    use cudarc::driver::sys;
     if !gpu() {
         return;
     }
@@ -99,25 +138,10 @@ fn top_candidates_kernel_matches_the_host() {
             (&mut a_g) as *mut u64 as *mut std::ffi::c_void,
             (&mut a_o) as *mut u64 as *mut std::ffi::c_void,
         ];
+        let grid = (n.div_ceil(4096) as u32, *rows as u32);
         // SAFETY: the kernel reads `rows` rows of `n` floats of `l`, writes in `g` its
         // counters and keys (rows <= 16, blocks <= 64), and `rows` rows of the mapped output.
-        unsafe {
-            let r = sys::cuLaunchKernel(
-                f.cu_function(),
-                n.div_ceil(4096) as u32,
-                *rows as u32,
-                1,
-                512,
-                1,
-                1,
-                0,
-                dev.cu_stream(),
-                ptrs.as_mut_ptr(),
-                std::ptr::null_mut(),
-            );
-            assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch top_cands");
-        }
-        dev.sync().unwrap();
+        unsafe { launch(&dev, &f, grid, 512, &mut ptrs, 1) };
         // SAFETY: the kernel is over (synchronised above); the output holds 16 rows.
         let words = unsafe { std::slice::from_raw_parts(out.ptr as *const u32, 16 * row_words) };
         let t = TopRows::new(words, *rows);
@@ -148,31 +172,9 @@ fn top_candidates_kernel_matches_the_host() {
         // The kernel lab's figure (printed, not asserted): back-to-back launches of this
         // case, the mean time each.
         if [4, 5, 6].contains(&ci) {
-            let reps = 200;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                // SAFETY: as the launch above, on the same buffers.
-                unsafe {
-                    sys::cuLaunchKernel(
-                        f.cu_function(),
-                        n.div_ceil(4096) as u32,
-                        *rows as u32,
-                        1,
-                        512,
-                        1,
-                        1,
-                        0,
-                        dev.cu_stream(),
-                        ptrs.as_mut_ptr(),
-                        std::ptr::null_mut(),
-                    );
-                }
-            }
-            dev.sync().unwrap();
-            eprintln!(
-                "top_cands {rows} x {n}: {:.2} us a launch",
-                t.elapsed().as_secs_f64() * 1e6 / reps as f64
-            );
+            // SAFETY: as the launch above, on the same buffers.
+            let us = unsafe { launch(&dev, &f, grid, 512, &mut ptrs, 200) };
+            eprintln!("top_cands {rows} x {n}: {us:.2} us a launch");
         }
     }
 }
@@ -224,7 +226,6 @@ fn a_steps_candidates_are_the_top_of_its_logits() {
 /// kernel lab's figure (back-to-back launches) is printed.
 #[test]
 fn sample_draw_picks_from_the_candidates() {
-    use cudarc::driver::sys;
     if !gpu() {
         return;
     }
@@ -293,29 +294,9 @@ fn sample_draw_picks_from_the_candidates() {
         ];
         let mut ptrs: [*mut std::ffi::c_void; 7] =
             std::array::from_fn(|i| (&mut a[i]) as *mut u64 as *mut std::ffi::c_void);
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            // SAFETY: the kernel reads the candidates, settings, history (which it appends
-            // to) and a uniform, and writes a word each of tok, pos and the mapped ring.
-            unsafe {
-                let r = sys::cuLaunchKernel(
-                    f.cu_function(),
-                    1,
-                    1,
-                    1,
-                    TOP_K as u32,
-                    1,
-                    1,
-                    0,
-                    dev.cu_stream(),
-                    ptrs.as_mut_ptr(),
-                    std::ptr::null_mut(),
-                );
-                assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "launch sample_draw");
-            }
-        }
-        dev.sync().unwrap();
-        let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        // SAFETY: the kernel reads the candidates, settings, history (which it appends to)
+        // and a uniform, and writes a word each of tok, pos and the mapped ring.
+        let us = unsafe { launch(&dev, &f, (1, 1), TOP_K as u32, &mut ptrs, reps) };
         let mut w = [0u8; 4];
         dev.download(&mut w, tok.ptr).unwrap();
         let got = u32::from_le_bytes(w);
@@ -359,30 +340,9 @@ fn sample_draw_picks_from_the_candidates() {
                 let mut a = [cand.ptr, settings.ptr, hist.ptr, uu, tok.ptr, pos.ptr, rr];
                 let mut ptrs: [*mut std::ffi::c_void; 7] =
                     std::array::from_fn(|i| (&mut a[i]) as *mut u64 as *mut std::ffi::c_void);
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    // SAFETY: as above, with device buffers of the same sizes.
-                    unsafe {
-                        sys::cuLaunchKernel(
-                            f.cu_function(),
-                            1,
-                            1,
-                            1,
-                            TOP_K as u32,
-                            1,
-                            1,
-                            0,
-                            dev.cu_stream(),
-                            ptrs.as_mut_ptr(),
-                            std::ptr::null_mut(),
-                        );
-                    }
-                }
-                dev.sync().unwrap();
-                eprintln!(
-                    "sample_draw, {what}: {:.2} us a launch",
-                    t.elapsed().as_secs_f64() * 1e6 / reps as f64
-                );
+                // SAFETY: as above, with device buffers of the same sizes.
+                let us = unsafe { launch(&dev, &f, (1, 1), TOP_K as u32, &mut ptrs, reps) };
+                eprintln!("sample_draw, {what}: {us:.2} us a launch");
             }
         }
     }
