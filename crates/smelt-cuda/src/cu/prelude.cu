@@ -829,8 +829,9 @@ extern "C" __global__ void __launch_bounds__(256) greedy_next(const float* logit
 // each warp of a block writes its best TOP_WM keys over 256 logits; the last block of a row
 // takes the TOP_K-th best of those as a threshold (TOP_K keys are at least it, so no top-TOP_K
 // key is below it; every finite key where fewer are finite), gathers the row's logits at or
-// above it (the row is in L2) and selects the best TOP_K of them by a radix select, then
-// resets the row's words. G (u32): [r] row r's counter, [TOP_FLAG_AT + r] its flags; the warps' maxima
+// above it (the row is in L2) and selects the best TOP_K of them (v24: where they are at most
+// one a thread, by each key's rank, the count of gathered keys above it; else by a radix
+// select), then resets the row's words. G (u32): [r] row r's counter, [TOP_FLAG_AT + r] its flags; the warps' maxima
 // (u64) from word TOP_KEYS_AT. out: per row TOP_ROW words: the count, the flags (1: a +inf,
 // 2: a NaN, 4: more than TOP_CAP keys at the threshold, no candidates), then (index, value
 // bits) pairs.
@@ -915,16 +916,24 @@ template <int PER> __device__ u32 top_select(const u64 (&k)[PER], u64* dst, u32*
   __syncthreads();
   return need;
 }
-extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logits, u32 n, u32* G, u32* out) {
-#if SMELT_PDL
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-  __shared__ u32 hist[256], sh[4], last, cnt;
-  __shared__ u32 cidx[TOP_CAP];
-  __shared__ u64 keys[TOP_K];
-  const u32 r = blockIdx.y, nb = gridDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const float* row = logits + (u64)r * n;
-  // Each warp's best TOP_WM keys over its 256 logits (TOP_SPAN a block), and the row's flags.
+// A warp's largest key (v24: two 32-bit reductions where five 64-bit shuffle rounds were).
+__device__ __forceinline__ u64 warp_max_key(u64 k) {
+  const u32 hi = __reduce_max_sync(0xffffffffu, (u32)(k >> 32));
+  const u32 lo = __reduce_max_sync(0xffffffffu, (u32)(k >> 32) == hi ? (u32)k : 0u);
+  return ((u64)hi << 32) | (u64)lo;
+}
+// The last block's shared memory: the radix histogram and words, the gathered logits' indices,
+// their keys (v24: at most TOP_NT, ranked by counting) and the selected keys.
+struct TopSmem {
+  u64 gk[TOP_NT];
+  u64 sel[TOP_K];
+  u32 hist[256], sh[4], last, cnt;
+  u32 cidx[TOP_CAP];
+};
+// Phase 1 of row r in every block: each warp's best TOP_WM keys over its 256 logits into the
+// row's maxima, the row's flags; true in the row's last block to finish (the others are done).
+__device__ bool top_phase1(const float* row, u32 n, u32 r, u32* G, TopSmem& s) {
+  const u32 nb = gridDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const u32 lo = blockIdx.x * TOP_SPAN + warp * (TOP_SPAN / (TOP_NT / 32));
   constexpr int PL = TOP_SPAN / TOP_NT;
   u64 k[PL];
@@ -941,11 +950,7 @@ extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logi
   u64 mine = 0;
   _Pragma("unroll") for (int j = 0; j < PL; j++) mine = k[j] > mine ? k[j] : mine;
   _Pragma("unroll") for (int q = 0; q < TOP_WM; q++) {
-    u64 best = mine;
-    _Pragma("unroll") for (int o = 16; o > 0; o >>= 1) {
-      const u64 x = __shfl_xor_sync(0xffffffffu, best, o);
-      best = x > best ? x : best;
-    }
+    const u64 best = warp_max_key(mine);
     if (lane == 0) maxima[(blockIdx.x * (TOP_NT / 32) + warp) * TOP_WM + q] = best;
     if (best != 0ull && mine == best) {
       // The lane that held it: its next best (keys are distinct).
@@ -960,68 +965,75 @@ extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logi
   __syncthreads();
   if (tid == 0) {
     __threadfence();
-    last = atomicAdd(&G[r], 1u) == nb - 1;
+    s.last = atomicAdd(&G[r], 1u) == nb - 1;
   }
   __syncthreads();
-  if (!last) return;
+  if (!s.last) return false;
   __threadfence();
-  // The row's last block. A threshold no top-TOP_K key is below: the TOP_K-th best of the
-  // warps' maxima (TOP_K distinct keys are at least it), or every finite logit where fewer
-  // maxima are finite (then fewer than TOP_CAP logits are).
+  return true;
+}
+// The row's last block: its TOP_K best keys (every finite one where fewer) into s.sel, their
+// count returned (every thread); *overflow where more than the block keeps are at the
+// threshold (many equal logits: no candidates).
+__device__ u32 top_last(const float* row, u32 n, u32 r, const u32* G, TopSmem& s, bool* overflow) {
+  const u32 nb = gridDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const u64* maxima = (const u64*)(G + TOP_KEYS_AT) + (u64)r * nb * TOP_NT / 32 * TOP_WM;
+  constexpr int PL = TOP_SPAN / TOP_NT;
+  // A threshold no top-TOP_K key is below: the TOP_K-th best of the warps' maxima (TOP_K
+  // distinct keys are at least it), or every finite logit where fewer maxima are finite
+  // (then fewer than TOP_CAP logits are).
   constexpr int PM = 64 * (TOP_NT / 32) * TOP_WM / TOP_NT;
   u64 m[PM];
   _Pragma("unroll") for (int j = 0; j < PM; j++) {
-    const u32 s = j * TOP_NT + tid;
-    m[j] = s < nb * (TOP_NT / 32) * TOP_WM ? __ldcg(maxima + s) : 0ull;
+    const u32 q = j * TOP_NT + tid;
+    m[j] = q < nb * (TOP_NT / 32) * TOP_WM ? __ldcg(maxima + q) : 0ull;
   }
   u32 nz = 0;
   _Pragma("unroll") for (int j = 0; j < PM; j++) nz += m[j] != 0ull;
   nz = __reduce_add_sync(0xffffffffu, nz);
-  if (tid == 0) cnt = 0u;
+  if (tid == 0) s.cnt = 0u;
   __syncthreads();
-  if (lane == 0 && nz) atomicAdd(&cnt, nz);
+  if (lane == 0 && nz) atomicAdd(&s.cnt, nz);
   __syncthreads();
-  const u32 finite_maxima = cnt;
+  const u32 finite_maxima = s.cnt;
   __syncthreads();
   u64 thr = 1ull;
   if (finite_maxima >= TOP_K) {
     // The TOP_K-th best maximum itself: the least of those at or above the select's prefix.
-    const u64 pre = top_threshold<PM>(m, TOP_K, hist, sh);
+    const u64 pre = top_threshold<PM>(m, TOP_K, s.hist, s.sh);
     u64 least = ~0ull;
     _Pragma("unroll") for (int j = 0; j < PM; j++) if (m[j] != 0ull && m[j] >= pre && m[j] < least) least = m[j];
-    _Pragma("unroll") for (int o = 16; o > 0; o >>= 1) {
-      const u64 x = __shfl_xor_sync(0xffffffffu, least, o);
-      least = x < least ? x : least;
-    }
-    if (lane == 0) keys[warp] = least;
+    least = ~warp_max_key(~least);
+    if (lane == 0) s.sel[warp] = least;
     __syncthreads();
-    thr = keys[0];
-    _Pragma("unroll") for (int w = 1; w < TOP_NT / 32; w++) thr = keys[w] < thr ? keys[w] : thr;
+    thr = s.sel[0];
+    _Pragma("unroll") for (int w = 1; w < TOP_NT / 32; w++) thr = s.sel[w] < thr ? s.sel[w] : thr;
+    __syncthreads();
   }
-  if (tid == 0) { cnt = 0u; sh[3] = 0u; }
+  if (tid == 0) { s.cnt = 0u; s.sh[3] = 0u; }
   __syncthreads();
   // Keys at or above the threshold: a warp whose TOP_WM-th best is below it has them all
   // among its maxima; the others (at most TOP_K / TOP_WM: their maxima are at or above it)
   // are read again whole.
   _Pragma("unroll") for (int j = 0; j < PM; j++) {
-    const u32 s = j * TOP_NT + tid;
+    const u32 q = j * TOP_NT + tid;
     const u64 fourth = __shfl_sync(0xffffffffu, m[j], (lane & ~(TOP_WM - 1)) | (TOP_WM - 1));
     if (m[j] != 0ull && m[j] >= thr) {
       if (fourth >= thr) {
-        if ((s & (TOP_WM - 1)) == TOP_WM - 1) {
-          const u32 q = atomicAdd(&sh[3], 1u);
-          if (q < 32) hist[q] = s / TOP_WM;
+        if ((q & (TOP_WM - 1)) == TOP_WM - 1) {
+          const u32 e = atomicAdd(&s.sh[3], 1u);
+          if (e < 32) s.hist[e] = q / TOP_WM;
         }
       } else {
-        const u32 q = atomicAdd(&cnt, 1u);
-        if (q < TOP_CAP) cidx[q] = 0xffffffffu - (u32)m[j];
+        const u32 e = atomicAdd(&s.cnt, 1u);
+        if (e < TOP_CAP) s.cidx[e] = 0xffffffffu - (u32)m[j];
       }
     }
   }
   __syncthreads();
-  const u32 full = min(sh[3], 32u);
+  const u32 full = min(s.sh[3], 32u);
   for (u32 e = warp; e < full; e += TOP_NT / 32) {
-    const u32 base = hist[e] * (TOP_SPAN / (TOP_NT / 32));
+    const u32 base = s.hist[e] * (TOP_SPAN / (TOP_NT / 32));
     float v[PL];
     _Pragma("unroll") for (int j = 0; j < PL; j++) {
       const u32 i = base + j * 32 + lane;
@@ -1030,32 +1042,60 @@ extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logi
     _Pragma("unroll") for (int j = 0; j < PL; j++) {
       const u32 i = base + j * 32 + lane;
       if (i < n && top_key(v[j], i) >= thr) {
-        const u32 q = atomicAdd(&cnt, 1u);
-        if (q < TOP_CAP) cidx[q] = i;
+        const u32 q = atomicAdd(&s.cnt, 1u);
+        if (q < TOP_CAP) s.cidx[q] = i;
       }
     }
   }
   __syncthreads();
-  const u32 got = cnt;
+  const u32 got = s.cnt;
+  *overflow = got > TOP_CAP;
+  if (*overflow) return 0u;
+  if (got <= TOP_NT) {
+    // v24: one key a thread, its rank the keys above it (keys are distinct): the best TOP_K
+    // land in rank order.
+    u64 key = 0ull;
+    if (tid < got) {
+      const u32 i = s.cidx[tid];
+      key = top_key(__ldcg(row + i), i);
+      s.gk[tid] = key;
+    }
+    __syncthreads();
+    if (tid < got) {
+      u32 rank = 0;
+      _Pragma("unroll 8") for (u32 j = 0; j < got; j++) rank += s.gk[j] > key;
+      if (rank < TOP_K) s.sel[rank] = key;
+    }
+    __syncthreads();
+    return min(got, TOP_K);
+  }
+  constexpr int PC = (TOP_CAP + TOP_NT - 1) / TOP_NT;
+  u64 k2[PC];
+  _Pragma("unroll") for (int j = 0; j < PC; j++) {
+    const u32 q = j * TOP_NT + tid;
+    k2[j] = q < got ? top_key(__ldcg(row + s.cidx[q]), s.cidx[q]) : 0ull;
+  }
+  return top_select<PC>(k2, s.sel, s.hist, s.sh);
+}
+extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logits, u32 n, u32* G, u32* out) {
+#if SMELT_PDL
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  __shared__ TopSmem s;
+  const u32 r = blockIdx.y, tid = threadIdx.x;
+  const float* row = logits + (u64)r * n;
+  if (!top_phase1(row, n, r, G, s)) return;
+  bool overflow;
+  const u32 total = top_last(row, n, r, G, s, &overflow);
   u32* o = out + (u64)r * TOP_ROW;
-  u32 total = 0;
-  if (got <= TOP_CAP) {
-    constexpr int PC = (TOP_CAP + TOP_NT - 1) / TOP_NT;
-    u64 k2[PC];
-    _Pragma("unroll") for (int j = 0; j < PC; j++) {
-      const u32 s = j * TOP_NT + tid;
-      k2[j] = s < got ? top_key(__ldcg(row + cidx[s]), cidx[s]) : 0ull;
-    }
-    total = top_select<PC>(k2, keys, hist, sh);
-    for (u32 j = tid; j < total; j += TOP_NT) {
-      const u32 idx = 0xffffffffu - (u32)keys[j];
-      o[2 + 2 * j] = idx;
-      o[3 + 2 * j] = __float_as_uint(__ldcg(row + idx));
-    }
+  for (u32 j = tid; j < total; j += TOP_NT) {
+    const u32 idx = 0xffffffffu - (u32)s.sel[j];
+    o[2 + 2 * j] = idx;
+    o[3 + 2 * j] = __float_as_uint(__ldcg(row + idx));
   }
   if (tid == 0) {
     o[0] = total;
-    o[1] = __ldcg(G + TOP_FLAG_AT + r) | (got > TOP_CAP ? 4u : 0u);
+    o[1] = __ldcg(G + TOP_FLAG_AT + r) | (overflow ? 4u : 0u);
     G[TOP_FLAG_AT + r] = 0u;
     G[r] = 0u;
   }
