@@ -613,6 +613,46 @@ fn decode_attention_long_context_matches_reference() {
     }
 }
 
+/// Decode attention where each split holds two or three 32-key chunks (steps 1030-1032 after
+/// a 1030-token prefill on a 1100-position cache: split 0 three chunks, the others two; the
+/// sliding window's layer leaves all but the last empty), against the reference, on every
+/// long-context shape: the chunk pipeline past its first chunk, which the 320-position cases
+/// above never reach with 16 splits.
+#[test]
+fn several_chunks_a_split_match_the_reference() {
+    if !gpu() {
+        return;
+    }
+    let (n0, cap) = (1030usize, 1100usize);
+    for (ci, d) in long_context_dims().into_iter().enumerate() {
+        let (w, file, gp, g1) = long_context_case(ci, d, n0);
+        let reference = ReferenceBackend::new(w.dequantized(&file), 1);
+        let widths = [d.n_head_kv * d.head_dim; 2];
+        let tokens: Vec<u32> = (0..n0 + 3)
+            .map(|i| ((i * 11 + 5) % d.n_vocab) as u32)
+            .collect();
+        let positions: Vec<u32> = (0..n0 as u32).collect();
+        let mut rkv = KvCache::new(cap, &widths);
+        reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
+        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+        let mut kv = cb.new_kv(cap, &widths).unwrap();
+        let pp = cb.lower(&gp, &kv).unwrap();
+        let p1 = cb.lower(&g1, &kv).unwrap();
+        cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
+        for step in n0..n0 + 3 {
+            let tk = &tokens[step..step + 1];
+            let want = reference.execute(&g1, tk, &[step as u32], &mut rkv);
+            let got = cb.execute(&p1, tk, &[step as u32], &mut kv).unwrap();
+            compare(
+                got,
+                &want,
+                2e-2,
+                &format!("{d:?} decode {step} (several chunks a split)"),
+            );
+        }
+    }
+}
+
 /// v13h: a decode program's short-context variant (8 splits a KV head while every position
 /// is below 256) gives the 16-split program's logits bit for bit, steps 250-261 after a
 /// 250-token prefill (across the bound), on every long-context shape; both against the
