@@ -518,6 +518,37 @@ fn long_context_case(ci: usize, d: Dims, n0: usize) -> (Weights<Draw>, Arc<Gguf>
     (w, file, gp, g1)
 }
 
+/// Long-context case `ci` after an `n0`-token prefill of `tokens` on a `cap`-position cache, in
+/// the reference and on the GPU: the reference, its cache, the backend, its cache, the decode
+/// graph and its program (the backend's default settings).
+fn prefilled_case(
+    ci: usize,
+    d: Dims,
+    n0: usize,
+    cap: usize,
+    tokens: &[u32],
+) -> (
+    ReferenceBackend,
+    KvCache,
+    CudaBackend,
+    crate::CudaKvCache,
+    Graph,
+    crate::CudaProgram,
+) {
+    let (w, file, gp, g1) = long_context_case(ci, d, n0);
+    let reference = ReferenceBackend::new(w.dequantized(&file), 1);
+    let widths = [d.n_head_kv * d.head_dim; 2];
+    let positions: Vec<u32> = (0..n0 as u32).collect();
+    let mut rkv = KvCache::new(cap, &widths);
+    reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
+    let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+    let mut kv = cb.new_kv(cap, &widths).unwrap();
+    let pp = cb.lower(&gp, &kv).unwrap();
+    let p1 = cb.lower(&g1, &kv).unwrap();
+    cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
+    (reference, rkv, cb, kv, g1, p1)
+}
+
 /// Decode attention over a long cache, against the reference after a 290-token prefill: every
 /// split takes one or two 32-key chunks (double buffering, the clusters' combine), the second
 /// layer's 2-key sliding window leaves most splits empty; head sizes 64, 128 and 256, GQA
@@ -551,19 +582,10 @@ fn decode_attention_long_context_matches_reference() {
         let _ = cb.precompile(&[g1], &kv);
     });
     for &(ci, d) in &dims {
-        let (w, file, gp, g1) = long_context_case(ci, d, n0);
-        let reference = ReferenceBackend::new(w.dequantized(&file), 1);
-        let widths = [d.n_head_kv * d.head_dim; 2];
         let tokens: Vec<u32> = (0..n0 + 3)
             .map(|i| ((i * 7 + 3) % d.n_vocab) as u32)
             .collect();
-        let positions: Vec<u32> = (0..n0 as u32).collect();
-        let mut rkv = KvCache::new(cap, &widths);
-        reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
-        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
-        let mut kv = cb.new_kv(cap, &widths).unwrap();
-        let pp = cb.lower(&gp, &kv).unwrap();
-        let p1 = cb.lower(&g1, &kv).unwrap();
+        let (reference, mut rkv, mut cb, mut kv, g1, p1) = prefilled_case(ci, d, n0, cap, &tokens);
         // The same step as one persistent kernel (attention v4, no clusters): it writes the
         // same key and value rows as p1 after it.
         cb.set_persistent(true);
@@ -577,7 +599,6 @@ fn decode_attention_long_context_matches_reference() {
         cb.set_attention_tail(0);
         cb.set_attention_region(256);
         let pr = cb.lower(&g1, &kv).unwrap();
-        cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
         for step in n0..n0 + 3 {
             let tk = &tokens[step..step + 1];
             let want = reference.execute(&g1, tk, &[step as u32], &mut rkv);
@@ -625,20 +646,10 @@ fn several_chunks_a_split_match_the_reference() {
     }
     let (n0, cap) = (1030usize, 1100usize);
     for (ci, d) in long_context_dims().into_iter().enumerate() {
-        let (w, file, gp, g1) = long_context_case(ci, d, n0);
-        let reference = ReferenceBackend::new(w.dequantized(&file), 1);
-        let widths = [d.n_head_kv * d.head_dim; 2];
         let tokens: Vec<u32> = (0..n0 + 3)
             .map(|i| ((i * 11 + 5) % d.n_vocab) as u32)
             .collect();
-        let positions: Vec<u32> = (0..n0 as u32).collect();
-        let mut rkv = KvCache::new(cap, &widths);
-        reference.execute(&gp, &tokens[..n0], &positions, &mut rkv);
-        let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
-        let mut kv = cb.new_kv(cap, &widths).unwrap();
-        let pp = cb.lower(&gp, &kv).unwrap();
-        let p1 = cb.lower(&g1, &kv).unwrap();
-        cb.execute(&pp, &tokens[..n0], &positions, &mut kv).unwrap();
+        let (reference, mut rkv, mut cb, mut kv, g1, p1) = prefilled_case(ci, d, n0, cap, &tokens);
         for step in n0..n0 + 3 {
             let tk = &tokens[step..step + 1];
             let want = reference.execute(&g1, tk, &[step as u32], &mut rkv);
