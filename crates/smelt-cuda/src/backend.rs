@@ -383,6 +383,9 @@ pub struct CudaBackend {
     /// v19b: the least positions of a decode attention key region (0: none;
     /// `SMELT_CUDA_ATTN_REGION`, default [`ATTN_REGION`]).
     attn_region: usize,
+    /// v26: one-token bundles' weight rows this many at once (`SMELT_CUDA_ROWS_TOGETHER`,
+    /// kernel lab; default 1, one at a time).
+    rows_together: usize,
     /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
     /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
     trace: Option<crate::profile::Trace>,
@@ -530,6 +533,7 @@ impl CudaBackend {
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
             short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT").map_or(1, |n| n.min(2)),
             attn_region: codegen::lab_knob("SMELT_CUDA_ATTN_REGION").unwrap_or(ATTN_REGION),
+            rows_together: codegen::lab_knob("SMELT_CUDA_ROWS_TOGETHER").unwrap_or(1),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             greedy: None,
             greedy_on: std::env::var("SMELT_CUDA_GREEDY").map_or(true, |v| v != "0"),
@@ -636,6 +640,12 @@ impl CudaBackend {
     /// of at least `len` positions where the cache holds several (v19b; 0: never).
     pub fn set_attention_region(&mut self, len: usize) {
         self.attn_region = len;
+    }
+
+    /// One-token decode programs lowered from now on take a bundle's weight rows `n` at once
+    /// (v26, `gemv8m`; 1: one at a time, the default).
+    pub fn set_rows_together(&mut self, n: usize) {
+        self.rows_together = n;
     }
 
     /// One-token programs lowered from now on decode greedily with a copy of the head kernel

@@ -257,6 +257,9 @@ struct Gen<'a> {
     /// While a batch kernel's warp epilogues are generated: the warps a weight row (v18f: 2,
     /// each half the sequences, `sh` the half; 1: one warp every sequence).
     seq_split: usize,
+    /// v26: a one-token bundle's weight rows of one type go this many at once through
+    /// `gemv8m` (every row's loads before any row's sum; 0 or 1: one `gemv8` a row).
+    rows_together: usize,
 }
 
 struct KernelSrc {
@@ -331,6 +334,10 @@ pub(crate) struct GenOptions {
     /// this many positions where the cache holds several, one warp each (0: never; the
     /// backend's default 2048, `SMELT_CUDA_ATTN_REGION`).
     pub attn_region: usize,
+    /// v26: a one-token bundle's weight rows of one type this many at once (`gemv8m`: every
+    /// row's loads before any row's sum, the same values; 0 or 1: one at a time, the
+    /// backend's default; `SMELT_CUDA_ROWS_TOGETHER`, kernel lab).
+    pub rows_together: usize,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -363,6 +370,7 @@ pub(crate) fn generate(
         rows_at_once,
         attn_region,
         greedy_fold,
+        rows_together,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -427,6 +435,7 @@ pub(crate) fn generate(
         region_used: 0,
         greedy_fold: greedy_fold && decode && t == 1 && !kv.paged && cluster == 0 && !persistent,
         greedy_head: None,
+        rows_together: rows_together.min(4),
     };
     if cublas && !decode {
         g.cublas = Some(g.prefill_scratch());

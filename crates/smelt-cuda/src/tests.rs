@@ -166,6 +166,53 @@ fn matches_reference_on_odd_shapes_and_quant_types() {
     }
 }
 
+/// v26 (`SMELT_CUDA_ROWS_TOGETHER`): a one-token bundle's weight rows two or three at once
+/// (`gemv8m`) give the logits of one at a time bit for bit, for every quantised type and the
+/// Qwen-like layer's RoPE pairs, over a 5-token prefill and 3 decode steps.
+#[test]
+fn rows_together_give_the_same_logits() {
+    if !gpu() {
+        return;
+    }
+    let all: Vec<(GgmlType, bool)> = QUANT_TYPES
+        .iter()
+        .map(|&t| (t, false))
+        .chain([(GgmlType::Q8_0, true), (GgmlType::Q4_K, true)])
+        .collect();
+    for (ci, &(dtype, qwen)) in all.iter().enumerate() {
+        let (w, file, g5, g1) = case_setup(100 + ci, QUANT, dtype, qwen);
+        let widths = [QUANT.n_head_kv * QUANT.head_dim; 2];
+        let tokens: Vec<u32> = (0..8).map(|i| (i * 3 + 1) % QUANT.n_vocab as u32).collect();
+        let runs: Vec<Vec<Vec<f32>>> = [1usize, 2, 3]
+            .iter()
+            .map(|&n| {
+                let mut cb = CudaBackend::new(Arc::clone(&file), &w.specs).unwrap();
+                cb.set_rows_together(n);
+                let mut kv = cb.new_kv(16, &widths).unwrap();
+                let p5 = cb.lower(&g5, &kv).unwrap();
+                let p1 = cb.lower(&g1, &kv).unwrap();
+                cb.execute(&p5, &tokens[..5], &[0, 1, 2, 3, 4], &mut kv)
+                    .unwrap();
+                (5..8u32)
+                    .map(|step| {
+                        let t = &tokens[step as usize..step as usize + 1];
+                        cb.execute(&p1, t, &[step], &mut kv).unwrap().to_vec()
+                    })
+                    .collect()
+            })
+            .collect();
+        for (n, run) in runs.iter().enumerate().skip(1) {
+            for (step, (a, b)) in run.iter().zip(&runs[0]).enumerate() {
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{dtype:?} (qwen {qwen}), {} rows together, step {step}: other logits",
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
 /// A case's weight values, drawn in order.
 type Draw = Box<dyn FnMut() -> f32>;
 

@@ -59,6 +59,7 @@ impl CudaBackend {
                 rows_at_once: self.rows_at_once,
                 attn_region: if regions { self.attn_region } else { 0 },
                 greedy_fold: self.greedy_fold,
+                rows_together: self.rows_together,
             },
         )?;
         let mut src = gen.src.clone();

@@ -40,7 +40,7 @@ pub(super) fn x_stride(kdim: usize) -> usize {
 
 pub(super) struct Mat {
     pub(super) ty: &'static str,
-    quant: bool,
+    pub(super) quant: bool,
     pub(super) w: String,
     pub(super) rb: String,
     /// Bytes of one weight row.

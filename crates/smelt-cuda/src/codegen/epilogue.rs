@@ -241,6 +241,8 @@ impl Gen<'_> {
             s += &lane_row(angles.1.clone());
             s += "\n";
         }
+        // One token: each (matmul, side)'s value, name and row, in order.
+        let mut one: Vec<(String, &Mat, String, usize)> = Vec::new();
         for (m, mat) in b.matmuls.iter().zip(mats) {
             let Op::MatMul { x, .. } = self.node(*m).op else {
                 unreachable!()
@@ -248,16 +250,7 @@ impl Gen<'_> {
             let kdim = self.node(x).shape[1];
             for (suf, col) in sides {
                 if nr == 1 {
-                    writeln!(
-                        s,
-                        "const float e{}{suf} = {}gemv8_{}({}, {kdim} / UE8_{}, x8);",
-                        m.0,
-                        self.norm_scale.0,
-                        mat.ty,
-                        mat.row(col),
-                        mat.ty
-                    )
-                    .unwrap();
+                    one.push((format!("e{}{suf}", m.0), mat, mat.row(col), kdim));
                 } else {
                     let xs = x_stride(kdim);
                     // Split (v18f): this half's rows of the activations, and lane l's row's
@@ -282,6 +275,7 @@ impl Gen<'_> {
                 }
             }
         }
+        s += &self.one_token_rows(&one);
         if nr == 1 {
             s += "if (lane == 0) {\n";
         } else {
@@ -291,6 +285,52 @@ impl Gen<'_> {
         s += &epilogue;
         s += "}\n";
         Ok(s)
+    }
+
+    /// One token's matmul values `(name, weight, row, k)` of a warp epilogue: a `gemv8` each,
+    /// or (v26, `rows_together` n >= 2) runs of up to n rows of one quantised type and length
+    /// through `gemv8m`, every row's loads before any row's sum (the same values).
+    fn one_token_rows(&self, rows: &[(String, &Mat, String, usize)]) -> String {
+        let scale = &self.norm_scale.0;
+        let n = self.rows_together.max(1);
+        let mut s = String::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let (_, m, _, k) = &rows[i];
+            let mut j = i + 1;
+            while j < rows.len()
+                && j - i < n
+                && m.quant
+                && rows[j].1.ty == m.ty
+                && rows[j].1.quant
+                && rows[j].3 == *k
+            {
+                j += 1;
+            }
+            let (ty, run) = (m.ty, &rows[i..j]);
+            if run.len() == 1 {
+                let (name, _, row, k) = &run[0];
+                writeln!(
+                    s,
+                    "const float {name} = {scale}gemv8_{ty}({row}, {k} / UE8_{ty}, x8);"
+                )
+                .unwrap();
+            } else {
+                let (first, len) = (&run[0].0, run.len());
+                let list: Vec<&str> = run.iter().map(|r| r.2.as_str()).collect();
+                writeln!(
+                    s,
+                    "float g{first}[{len}]; {{ const u8* const r{first}[{len}] = {{{}}}; gemv8m_{ty}<{len}>(r{first}, {k} / UE8_{ty}, x8, g{first}); }}",
+                    list.join(", ")
+                )
+                .unwrap();
+                for (q, (name, ..)) in run.iter().enumerate() {
+                    writeln!(s, "const float {name} = {scale}g{first}[{q}];").unwrap();
+                }
+            }
+            i = j;
+        }
+        s
     }
 
     /// Code finishing one column `c` (or a pair `ca`, `cb`) of a bundle whose matmul values

@@ -466,6 +466,25 @@ __device__ __forceinline__ float gemv8_##T(const u8* row, int units, const X8& x
   } \
   if (u < units) { Q_##T a; ld8_##T(a, row, u, units); acc += dot8_##T(a, u, x); } \
   return warp_sum(acc); \
+} \
+/* v26 (SMELT_CUDA_ROWS_TOGETHER): NM rows against the same activations, every row's loads \
+   before any row's sum (a bundle's gemv8 calls one after another issued the next row's \
+   loads behind the previous row's warp sum: an L2 round trip more a column); each row's \
+   value gemv8's, bit for bit. */ \
+template <int NM> __device__ __forceinline__ void gemv8m_##T(const u8* const (&rows)[NM], int units, const X8& x, float (&out)[NM]) { \
+  int u = threadIdx.x & 31; float acc[NM]; \
+  _Pragma("unroll") for (int m = 0; m < NM; m++) acc[m] = 0.f; \
+  for (; u + 32 < units; u += 64) { \
+    Q_##T a[NM], b[NM]; \
+    _Pragma("unroll") for (int m = 0; m < NM; m++) { ld8_##T(a[m], rows[m], u, units); ld8_##T(b[m], rows[m], u + 32, units); } \
+    _Pragma("unroll") for (int m = 0; m < NM; m++) acc[m] += dot8_##T(a[m], u, x) + dot8_##T(b[m], u + 32, x); \
+  } \
+  if (u < units) { \
+    Q_##T a[NM]; \
+    _Pragma("unroll") for (int m = 0; m < NM; m++) ld8_##T(a[m], rows[m], u, units); \
+    _Pragma("unroll") for (int m = 0; m < NM; m++) acc[m] += dot8_##T(a[m], u, x); \
+  } \
+  _Pragma("unroll") for (int m = 0; m < NM; m++) out[m] = warp_sum(acc[m]); \
 }
 
 // Several activation rows (a batch's sequences): each weight unit is loaded once and dotted

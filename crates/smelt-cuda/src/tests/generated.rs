@@ -445,6 +445,40 @@ fn generated_kernels_compile() {
     }
 }
 
+/// v26: with `rows_together` a one-token bundle of several weight rows (gate and up, a RoPE
+/// pair's two rows) takes them through `gemv8m`, and the source compiles (with NVRTC where
+/// present); without it, none does.
+#[test]
+fn rows_together_use_gemv8m() {
+    for (d, t) in [
+        (SMOLLM2, GgmlType::Q8_0),
+        (LLAMA_1B_V1000, GgmlType::Q4_K),
+        (LLAMA_1B_V1000, GgmlType::Q6_K),
+    ] {
+        let call = format!("gemv8m_{}<", codegen::type_suffix(t).unwrap());
+        let plain = generated_with(&d, 1, t, true, 256);
+        assert!(!plain.src.contains(&call), "{t:?}: off by default");
+        for n in [2, 3] {
+            let opts = codegen::GenOptions {
+                cublas: true,
+                rows_together: n,
+                ..Default::default()
+            };
+            let g = generated_kv(&d, 1, t, 256, false, None, opts);
+            assert!(
+                g.src.contains(&format!("{call}2>(")),
+                "{t:?}: {n} rows together"
+            );
+            compile_with_pdl(&g.src, &format!("{t:?}, {n} rows together"));
+            // With SMELT_CUDA_DUMP=DIR the source, for its SASS (tools/cuda/sass.py).
+            if let Ok(dir) = std::env::var("SMELT_CUDA_DUMP") {
+                let name = format!("{dir}/decode_rows{n}_{}_{t:?}.cu", d.n_embd);
+                std::fs::write(name, &g.src).unwrap();
+            }
+        }
+    }
+}
+
 /// The Qwen-like layer's q and k (NEOX RoPE, biases, no QK-norm) finish in the computing warp
 /// as rotated pairs (i, i + n_rot / 2); the llama-like layer's as (2i, 2i + 1). No GPU needed.
 #[test]
