@@ -202,36 +202,18 @@ enum Args {
 
 impl Drop for CudaProgram {
     fn drop(&mut self) {
-        // The graph's kernel nodes point into the module and the parameter buffer: destroy it
-        // before they go (fields drop in declaration order, the graph last). Destroying it
-        // after the module was unloaded crashed the driver (SIGSEGV in cuGraphExecDestroy,
+        // The graphs' kernel nodes point into the module and the parameter buffer: destroy
+        // them before they go (fields drop in declaration order, the graphs last). Destroying
+        // one after the module was unloaded crashed the driver (SIGSEGV in cuGraphExecDestroy,
         // seen on the device when `smelt bench` dropped a runner).
-        let graph = self
-            .graph
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(graph);
-        let greedy = self
-            .greedy
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(greedy);
-        let steps = self
-            .greedy_steps
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(steps);
-        let top = self.top.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        drop(top);
-        let sampled = self
-            .sampled
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(sampled);
+        fn clear<T>(slot: &mut Mutex<Option<T>>) {
+            drop(slot.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+        }
+        clear(&mut self.graph);
+        clear(&mut self.greedy);
+        clear(&mut self.greedy_steps);
+        clear(&mut self.top);
+        clear(&mut self.sampled);
     }
 }
 
