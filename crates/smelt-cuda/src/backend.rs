@@ -319,6 +319,10 @@ pub const BATCH_MMA_ROWS: usize = 8;
 /// tensor-core warp each, where the cache holds several (v19b).
 pub const ATTN_REGION: usize = 2048;
 
+/// One-token decode kernels load a bundle's weight rows of one type two at a time before
+/// their warp sums (v26; cuda.md: +0.3-0.7% on the three synthetic models, 3 no better).
+pub const ROWS_TOGETHER: usize = 2;
+
 pub struct CudaBackend {
     pub(crate) weights: DevBuf,
     pub(crate) winfo: Vec<WeightInfo>,
@@ -365,8 +369,8 @@ pub struct CudaBackend {
     /// v19b: the least positions of a decode attention key region (0: none;
     /// `SMELT_CUDA_ATTN_REGION`, default [`ATTN_REGION`]).
     attn_region: usize,
-    /// v26: one-token bundles' weight rows this many at once (`SMELT_CUDA_ROWS_TOGETHER`,
-    /// kernel lab; default 1, one at a time).
+    /// v26: one-token bundles' weight rows this many at once (`SMELT_CUDA_ROWS_TOGETHER`;
+    /// default [`ROWS_TOGETHER`], 1: one at a time).
     rows_together: usize,
     /// `SMELT_CUDA_TRACE=1`: decode programs stamp every launch with the global timer inside
     /// the replayed graph; durations and gaps by label, printed when the backend is dropped.
@@ -515,7 +519,7 @@ impl CudaBackend {
             wo_fold: std::env::var("SMELT_CUDA_WO_FOLD").is_ok_and(|v| v == "1"),
             short_attn: codegen::lab_knob("SMELT_CUDA_ATTN_SHORT").map_or(1, |n| n.min(2)),
             attn_region: codegen::lab_knob("SMELT_CUDA_ATTN_REGION").unwrap_or(ATTN_REGION),
-            rows_together: codegen::lab_knob("SMELT_CUDA_ROWS_TOGETHER").unwrap_or(1),
+            rows_together: codegen::lab_knob("SMELT_CUDA_ROWS_TOGETHER").unwrap_or(ROWS_TOGETHER),
             global_params: std::env::var("SMELT_CUDA_PARAMS").is_ok_and(|v| v == "global"),
             greedy: None,
             greedy_on: std::env::var("SMELT_CUDA_GREEDY").map_or(true, |v| v != "0"),
@@ -625,7 +629,7 @@ impl CudaBackend {
     }
 
     /// One-token decode programs lowered from now on take a bundle's weight rows `n` at once
-    /// (v26, `gemv8m`; 1: one at a time, the default).
+    /// (v26, `gemv8m`; 1: one at a time; default [`ROWS_TOGETHER`]).
     pub fn set_rows_together(&mut self, n: usize) {
         self.rows_together = n;
     }

@@ -234,8 +234,8 @@ struct Gen<'a> {
     attn_splits: Option<usize>,
     cluster_splits: usize,
     /// While a decode matmul kernel is generated: the factor of its sums where its input's
-    /// norm is applied after it (v15c), as prefixes of a sum's expression for one token and
-    /// for a batch's lane (empty: none); the warps' epilogues read it.
+    /// norm is applied after it (v15c), for one token and for a batch's lane (empty: none),
+    /// applied through [`scaled`]; the warps' epilogues read it.
     norm_scale: (String, String),
     /// v17c: a batch step of at least this many rows takes its matmuls on tensor cores where
     /// they fit (0: never), Q8_0 weights too where this is set.
@@ -335,8 +335,8 @@ pub(crate) struct GenOptions {
     /// backend's default 2048, `SMELT_CUDA_ATTN_REGION`).
     pub attn_region: usize,
     /// v26: a one-token bundle's weight rows of one type this many at once (`gemv8m`: every
-    /// row's loads before any row's sum, the same values; 0 or 1: one at a time, the
-    /// backend's default; `SMELT_CUDA_ROWS_TOGETHER`, kernel lab).
+    /// row's loads before any row's sum, the same values; 0 or 1: one at a time; the
+    /// backend's default is 2, `SMELT_CUDA_ROWS_TOGETHER`).
     pub rows_together: usize,
 }
 
@@ -644,6 +644,25 @@ fn decode_rows(plan: &Plan, w: &[WeightInfo]) -> bool {
 }
 
 /// A numeric kernel-lab setting from the environment (unset or not a number: `None`).
+/// `f * v` for a matmul's sum `v` and its norm factor `f` (`v` where `f` is empty), rounded
+/// on its own (`__fmul_rn`). A plain product was fused into the next add (a bias, a residual)
+/// or not by where the compiler placed it: the same column's value differed between two
+/// kernels whose matmul code differed only in its loads' order (v26's Qwen-like q and k).
+pub(crate) fn scaled(f: &str, v: &str) -> String {
+    match f.is_empty() {
+        true => v.to_string(),
+        false => format!("__fmul_rn({f}, {v})"),
+    }
+}
+
+/// Row `i`'s factor of the per-row factors `rows` (an array's name; empty: none).
+pub(crate) fn row_scale(rows: &str, i: &str) -> String {
+    match rows.is_empty() {
+        true => String::new(),
+        false => format!("{rows}[{i}]"),
+    }
+}
+
 pub(crate) fn lab_knob(key: &str) -> Option<usize> {
     std::env::var(key).ok().and_then(|v| v.parse().ok())
 }

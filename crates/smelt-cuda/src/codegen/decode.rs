@@ -16,7 +16,7 @@ use smelt_graph::{KernelKind, Op};
 
 use super::epilogue::Mode;
 use super::row_regs::RED_LEN;
-use super::{stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
+use super::{row_scale, scaled, stage, type_suffix, unsupported, Gen, Params, NT, NWARPS};
 use crate::CudaError;
 
 /// Code for bundle `bi` of a decode matmul kernel, for its column `c` (dispatched on the row
@@ -332,8 +332,8 @@ impl Gen<'_> {
         // v15c: the input's norm applied to each column's sum.
         let (scale1, scale_lane, scale_rows) = match in_regs.as_ref().and_then(|f| f.scale.as_ref())
         {
-            Some(ns) if nr == 1 => (format!("{} * ", ns.one), String::new(), String::new()),
-            Some(ns) => (String::new(), format!("{} * ", ns.lane), ns.row.clone()),
+            Some(ns) if nr == 1 => (ns.one.clone(), String::new(), String::new()),
+            Some(ns) => (String::new(), ns.lane.clone(), ns.row.clone()),
             None => Default::default(),
         };
         self.norm_scale = (scale1.clone(), scale_lane);
@@ -343,22 +343,20 @@ impl Gen<'_> {
                 // Every row's raw value at `raw + row * width + c` (width: the bundle's).
                 let width = m.width;
                 format!(
-                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>({}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = {sr}v[i]; }} }}\n",
+                    "{{ float v[{nr}]; gemv8n_{}<{nr}, {xstride}>({}, {}, x8s, v); if (lane == 0) {{ _Pragma(\"unroll\") for (int i = 0; i < {nr}; i++) A[{} + (u64)i * {width} + c] = {sr}; }} }}\n",
                     m.ty,
                     m.row("c"),
                     units(m.ty),
                     m.raw,
-                    sr = match scale_rows.is_empty() {
-                        true => String::new(),
-                        false => format!("{scale_rows}[i] * "),
-                    }
+                    sr = scaled(&row_scale(&scale_rows, "i"), "v[i]"),
                 )
             } else if m.quant {
                 format!(
-                    "{{ float v = {scale1}gemv8_{}({}, {}, x8); if (lane == 0) A[{} + c] = v; }}\n",
-                    m.ty,
-                    m.row("c"),
-                    units(m.ty),
+                    "{{ float v = {}; if (lane == 0) A[{} + c] = v; }}\n",
+                    scaled(
+                        &scale1,
+                        &format!("gemv8_{}({}, {}, x8)", m.ty, m.row("c"), units(m.ty))
+                    ),
                     m.raw
                 )
             } else {

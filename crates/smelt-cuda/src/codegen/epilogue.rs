@@ -9,7 +9,7 @@ use std::fmt::Write;
 use smelt_graph::Op;
 
 use super::decode::{unit_values, x_stride, Mat};
-use super::{type_suffix, Gen, Params};
+use super::{scaled, type_suffix, Gen, Params};
 use crate::CudaError;
 
 /// A RoPE rotation: pairs (2i, 2i + 1), or (i, i + n_rot / 2) with `neox`, of the first
@@ -258,20 +258,18 @@ impl Gen<'_> {
                     let (x8, scale) = match self.seq_split {
                         2 if !self.norm_scale.1.is_empty() => (
                             format!("XROW(x8s, sh * {h}, {xs})"),
-                            format!("__shfl_sync(0xffffffffu, scl, ({row}) & 31) * "),
+                            format!("__shfl_sync(0xffffffffu, scl, ({row}) & 31)"),
                         ),
                         2 => (format!("XROW(x8s, sh * {h}, {xs})"), String::new()),
                         _ => ("x8s".to_string(), self.norm_scale.1.clone()),
                     };
-                    writeln!(
-                        s,
-                        "const float e{}{suf} = {scale}gemv8r_{}<{h}, {xs}>({}, {kdim} / UE8_{}, {x8}, 0);",
-                        m.0,
+                    let v = format!(
+                        "gemv8r_{}<{h}, {xs}>({}, {kdim} / UE8_{}, {x8}, 0)",
                         mat.ty,
                         mat.row(col),
                         mat.ty,
-                    )
-                    .unwrap();
+                    );
+                    writeln!(s, "const float e{}{suf} = {};", m.0, scaled(&scale, &v)).unwrap();
                 }
             }
         }
@@ -310,11 +308,8 @@ impl Gen<'_> {
             let (ty, run) = (m.ty, &rows[i..j]);
             if run.len() == 1 {
                 let (name, _, row, k) = &run[0];
-                writeln!(
-                    s,
-                    "const float {name} = {scale}gemv8_{ty}({row}, {k} / UE8_{ty}, x8);"
-                )
-                .unwrap();
+                let v = format!("gemv8_{ty}({row}, {k} / UE8_{ty}, x8)");
+                writeln!(s, "const float {name} = {};", scaled(scale, &v)).unwrap();
             } else {
                 let (first, len) = (&run[0].0, run.len());
                 let list: Vec<&str> = run.iter().map(|r| r.2.as_str()).collect();
@@ -325,7 +320,8 @@ impl Gen<'_> {
                 )
                 .unwrap();
                 for (q, (name, ..)) in run.iter().enumerate() {
-                    writeln!(s, "const float {name} = {scale}g{first}[{q}];").unwrap();
+                    let v = format!("g{first}[{q}]");
+                    writeln!(s, "const float {name} = {};", scaled(scale, &v)).unwrap();
                 }
             }
             i = j;

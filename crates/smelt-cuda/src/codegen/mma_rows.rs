@@ -8,7 +8,7 @@ use smelt_graph::{Bundle, Op};
 
 use super::decode::{Each, Mat};
 use super::epilogue::Mode;
-use super::{type_suffix, Gen, Params, NWARPS};
+use super::{row_scale, scaled, type_suffix, Gen, Params, NWARPS};
 use crate::CudaError;
 
 /// What the tensor-core rows' loop of one decode matmul kernel reads
@@ -120,10 +120,7 @@ impl Gen<'_> {
             ),
         }
         };
-        let sr = match scale_rows.is_empty() {
-            true => String::new(),
-            false => format!("{scale_rows}[n] * "),
-        };
+        let sr = |v: &str| scaled(&row_scale(scale_rows, "n"), v);
         let reduce = dispatch(&mut |bi| {
             let width = bundles[bi].width;
             let b = &bundles[bi];
@@ -136,7 +133,13 @@ impl Gen<'_> {
                 let stores: String = mats[bi]
                     .iter()
                     .enumerate()
-                    .map(|(mi, m)| format!("A[{} + (u64)n * {width} + col] = {sr}v{mi};\n", m.raw))
+                    .map(|(mi, m)| {
+                        format!(
+                            "A[{} + (u64)n * {width} + col] = {};\n",
+                            m.raw,
+                            sr(&format!("v{mi}"))
+                        )
+                    })
                     .collect();
                 return Ok(format!("{head}if (n < {nr}) {{\n{stores}}} }}\n"));
             }
@@ -148,10 +151,14 @@ impl Gen<'_> {
             let mut vals = String::new();
             for (mi, &m) in b.matmuls.iter().enumerate() {
                 match pair {
-                    None => writeln!(vals, "const float e{} = {sr}v{mi};", m.0).unwrap(),
+                    None => {
+                        writeln!(vals, "const float e{} = {};", m.0, sr(&format!("v{mi}"))).unwrap()
+                    }
                     Some(_) => writeln!(
                         vals,
-                        "const float e{id}_a = {sr}v{mi}, e{id}_b = {sr}o{mi};",
+                        "const float e{id}_a = {}, e{id}_b = {};",
+                        sr(&format!("v{mi}")),
+                        sr(&format!("o{mi}")),
                         id = m.0
                     )
                     .unwrap(),

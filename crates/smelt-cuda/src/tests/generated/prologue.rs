@@ -468,16 +468,18 @@ fn one_token_steps_load_weights_and_position_before_the_wait() {
 
 /// v15c: a decode matmul whose input is an RMS norm quantises the row before the norm's sum
 /// is over and multiplies each column's sum by the scale: one token by `sc<j>`, a batch's
-/// lanes and tiles by their row's (`scl`, `scr[i]`), summed in the same order, so a batch's
-/// rows stay bit for bit one sequence's. No GPU needed.
+/// lanes and tiles by their row's (`scl`, `scr[i]`), summed in the same order and rounded on
+/// their own (`__fmul_rn`, never fused into a later add), so a batch's rows stay bit for bit
+/// one sequence's. No GPU needed.
 #[test]
 fn normed_inputs_scale_the_sums_after_the_matmul() {
     let one = generated_with(&LLAMA_1B_V1000, 1, GgmlType::Q4_K, false, 64);
     let mut scaled = 0;
     for k in decode_kernels(&one.src) {
-        let Some(at) = k.find(" * gemv8_") else {
+        let Some(at) = k.find("__fmul_rn(sc") else {
             continue;
         };
+        assert!(k[at..].contains(", gemv8_"), "not a sum's scale:\n{k}");
         // The scale is summed after the quantisation's barrier (an earlier norm of the row
         // stage sums before it), then multiplies the sums.
         let sum = k[..at].rfind("ss += red[").expect("the scale's sum");
@@ -487,15 +489,18 @@ fn normed_inputs_scale_the_sums_after_the_matmul() {
             barrier < sum,
             "the scale is summed before the barrier:\n{k}"
         );
-        let name = k[..at].rsplit([' ', '(']).next().unwrap_or_default();
-        assert!(name.starts_with("sc"), "{name}: not a norm's scale:\n{k}");
+        let name = k[at + 10..].split(',').next().unwrap_or_default();
+        assert!(
+            name.starts_with("sc") && !name.contains(' '),
+            "{name}: not a norm's scale:\n{k}"
+        );
         scaled += 1;
     }
     // The QKV and gate+up kernels (the head's too, which takes the final norm).
     assert!(scaled >= 2, "{scaled} kernels scale their sums");
     let batch = generated_paged(&LLAMA_1B_V1000, 4, GgmlType::Q4_K, false, true);
     assert!(
-        batch.src.contains("scl * gemv8r_q4_k<4"),
+        batch.src.contains("__fmul_rn(scl, gemv8r_q4_k<4"),
         "a batch lane's scale"
     );
     assert!(batch.src.contains("float scr[4];"), "every row's scale");
