@@ -284,3 +284,26 @@ try:
         print('llama.cpp %-40s p %3d n %3d d %3d fa %2s median %8.1f tok/s (mean %8.1f)' % (r['model_filename'][-30:], r['n_prompt'], r['n_gen'], r.get('n_depth', 0), r.get('flash_attn', '?'), med, r['avg_ts']))
 except Exception as e: print('lcp', e)
 PY
+if [ "$MODE" = versus ]; then
+  # The figures of BENCHMARKS.md's current table in one call: per model, smelt twice (and
+  # twice again with VS_ENV, comma-separated assignments, interleaved: a setting against the
+  # default) and llama-bench (`-fa on`, after `lcpstash`), from an empty context (with pp512),
+  # then after 512 tokens.
+  B=/tmp/l/lcp/build/bin/llama-bench
+  for s in llama-1b:q4_k_m smollm2-135m:q8_0 llama-8b:q4_k_m; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+  done
+  sb() { env $3 timeout 90 $C/smelt bench /tmp/$1.gguf -p $2 -n 256 -r 5 --json > /tmp/b.json 2> /tmp/b.err
+    python3 -c "import json; r=json.load(open('/tmp/b.json')); print('smelt $1 -p $2 $3 prefill %.1f decode %.1f tok/s, %.0f GB/s (%.0f%% of copy, %.0f GB/s), %.1f kernels/token, %.2f subm/token' % (r['prefill_tps'], r['decode_tps'], r['achieved_gbps'], 100 * r['bandwidth_share'], r['membw_gbps'], r['kernels_per_token'], r['submissions_per_token']))" || tail -3 /tmp/b.err; }
+  lb() { [ -x $B ] && timeout 150 $B -m /tmp/$1.gguf $2 -r 5 -ngl 99 -fa on -o jsonl 2>> $OUT/lcp.err | tee -a $OUT/lcp.jsonl | python3 -c "
+import json,sys
+for l in sys.stdin:
+    r=json.loads(l); s=sorted(r['samples_ts']); print('llama.cpp $1 p', r['n_prompt'], 'n', r['n_gen'], 'd', r.get('n_depth'), '%.1f tok/s (median of %d)' % (s[len(s)//2], len(s)))"; }
+  for m in smollm2-135m llama-1b llama-8b; do
+    el $m
+    for r in 1 2; do sb $m 1 X=1; [ -n "${VS_ENV:-}" ] && sb $m 1 ${VS_ENV//,/ }; done
+    lb $m "-p 512 -n 256"
+    for r in 1 2; do sb $m 512 X=1; [ -n "${VS_ENV:-}" ] && sb $m 512 ${VS_ENV//,/ }; done
+    lb $m "-p 0 -n 256 -d 512"
+  done
+fi
