@@ -320,7 +320,7 @@ pub const BATCH_MMA_ROWS: usize = 8;
 pub const ATTN_REGION: usize = 2048;
 
 /// One-token decode kernels load a bundle's weight rows of one type two at a time before
-/// their warp sums (v26; cuda.md: +0.3-0.7% on the three synthetic models, 3 no better).
+/// their warp sums (v26; cuda.md: +0.3-0.8% on the three synthetic models, 3 no better).
 pub const ROWS_TOGETHER: usize = 2;
 
 pub struct CudaBackend {

@@ -643,7 +643,6 @@ fn decode_rows(plan: &Plan, w: &[WeightInfo]) -> bool {
     })
 }
 
-/// A numeric kernel-lab setting from the environment (unset or not a number: `None`).
 /// `f * v` for a matmul's sum `v` and its norm factor `f` (`v` where `f` is empty), rounded
 /// on its own (`__fmul_rn`). A plain product was fused into the next add (a bias, a residual)
 /// or not by where the compiler placed it: the same column's value differed between two
@@ -663,6 +662,7 @@ pub(crate) fn row_scale(rows: &str, i: &str) -> String {
     }
 }
 
+/// A numeric kernel-lab setting from the environment (unset or not a number: `None`).
 pub(crate) fn lab_knob(key: &str) -> Option<usize> {
     std::env::var(key).ok().and_then(|v| v.parse().ok())
 }
