@@ -20,7 +20,7 @@ mod submit;
 mod top;
 
 pub use draw::SAMPLE_NONE;
-pub use greedy::GREEDY_IN_FLIGHT;
+pub use greedy::{GREEDY_IN_FLIGHT, GREEDY_MAX_STEPS};
 pub use top::{TopRows, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW};
 
 /// Launch `func` on `stream` over `grid` (x, y) blocks of `block` threads with the arguments
@@ -155,6 +155,9 @@ pub struct CudaProgram {
     no_graph: std::sync::atomic::AtomicBool,
     kv_capacity: usize,
     paged: bool,
+    /// v27: a one-token program over a pool whose steps take their write rows from the
+    /// block table on the device ([`CudaBackend::lower_solo`]).
+    solo: bool,
     /// (buffer generation, kv pointer) the graph was captured with, and the graph.
     graph: Mutex<Option<(u64, u64, usize, Graph2)>>,
     /// The same for its greedy graph (v20a, backend/greedy.rs): no input copies, no logits'

@@ -250,10 +250,13 @@ struct Gen<'a> {
     attn_region: usize,
     /// v19b: the region length a decode attention took (0: none).
     region_used: usize,
-    /// v20d: the head kernel's copy with the argmax (one token, contiguous cache), and the
-    /// launch of it the generator made.
+    /// v20d: the head kernel's copy with the argmax (one token, contiguous cache or a solo
+    /// program), and the launch of it the generator made.
     greedy_fold: bool,
     greedy_head: Option<Launch>,
+    /// v27: a paged program's rows write their keys and values where their block table puts
+    /// their position (see [`GenOptions::device_rows`]).
+    device_rows: bool,
     /// While a batch kernel's warp epilogues are generated: the warps a weight row (v18f: 2,
     /// each half the sequences, `sh` the half; 1: one warp every sequence).
     seq_split: usize,
@@ -338,6 +341,12 @@ pub(crate) struct GenOptions {
     /// row's loads before any row's sum, the same values; 0 or 1: one at a time; the
     /// backend's default is 2, `SMELT_CUDA_ROWS_TOGETHER`).
     pub rows_together: usize,
+    /// v27: a paged program's rows take the cache row they write from their position and
+    /// block table on the device (the host's `[t, 2t)` inputs unread), so a step may be
+    /// launched before the host knows its position: a sequence decoding alone in the batch
+    /// engine's pool runs the greedy and sampled graphs of backend/greedy.rs over it (a
+    /// "solo" program, [`CudaBackend::lower_solo`](crate::CudaBackend::lower_solo)).
+    pub device_rows: bool,
 }
 
 /// Generate the kernels of `plan` (all its weights described by `w`); with `cublas`, prefill
@@ -371,6 +380,7 @@ pub(crate) fn generate(
         attn_region,
         greedy_fold,
         rows_together,
+        device_rows,
     } = opts;
     let t = plan.graph().n_tokens();
     // Decode matmul blocks of 512 threads per SM (v3, see codegen/decode.rs): 2 caps registers
@@ -433,8 +443,14 @@ pub(crate) fn generate(
         rows_at_once,
         attn_region,
         region_used: 0,
-        greedy_fold: greedy_fold && decode && t == 1 && !kv.paged && cluster == 0 && !persistent,
+        greedy_fold: greedy_fold
+            && decode
+            && t == 1
+            && (!kv.paged || device_rows)
+            && cluster == 0
+            && !persistent,
         greedy_head: None,
+        device_rows: device_rows && kv.paged,
         rows_together: rows_together.min(4),
     };
     if cublas && !decode {
@@ -807,10 +823,20 @@ impl<'a> Gen<'a> {
     }
 
     /// The cache row that position row `rp` writes its key and value to: its position, or
-    /// in a paged cache the row the host computed from its block table.
+    /// in a paged cache the row the host computed from its block table (v27, `device_rows`:
+    /// the same row, read off the table here).
     fn kv_write_row(&self) -> String {
-        if self.kv.paged {
-            format!("pos[{} + rp]", self.t)
+        let t = self.t;
+        if self.device_rows {
+            format!(
+                "((u64)(pos + {} + (u64)pos[{} + rp] * {})[pos[rp] >> 5] * {KV_BLOCK} + (pos[rp] & {}))",
+                3 * t,
+                2 * t,
+                self.kv.capacity / KV_BLOCK,
+                KV_BLOCK - 1
+            )
+        } else if self.kv.paged {
+            format!("pos[{t} + rp]")
         } else {
             "pos[rp]".into()
         }

@@ -15,7 +15,7 @@ mod tests;
 
 pub use backend::{
     BatchSeq, CudaBackend, CudaKvCache, CudaProgram, CudaStats, TopRows, GREEDY_IN_FLIGHT,
-    SAMPLE_NONE, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW,
+    GREEDY_MAX_STEPS, SAMPLE_NONE, TOP_INF, TOP_K, TOP_NAN, TOP_OVERFLOW,
 };
 pub use codegen::{KV_BLOCK, MAX_DECODE_ROWS};
 pub use device::{available, Device};

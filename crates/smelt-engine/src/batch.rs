@@ -45,6 +45,10 @@ pub struct BatchOptions {
     pub backend: BackendKind,
 }
 
+/// A sampled device run's settings (`DeviceSampling::words`), history (the tokens seen) and
+/// uniforms (drawn in order from the sampler's seeded stream).
+pub type Draw<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
+
 /// One sequence: tokens, of which the first `n_kv` have keys and values in its blocks.
 #[derive(Debug, Default)]
 pub struct KvSeq {
@@ -425,6 +429,95 @@ impl BatchRunner {
         }
     }
 
+    /// Whether [`BatchRunner::decode_solo`] may run here (the GPU; it may still decline).
+    pub fn solo_capable(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if let Back::Cuda(_) = &self.back {
+            return true;
+        }
+        false
+    }
+
+    /// A sequence decoding alone (smelt-cuda v27): its pending token (exactly one) and then
+    /// each step's token evaluated on the GPU, each step launched before the host has the
+    /// previous one's token, for at most `max` steps and never past the context. Each token
+    /// is the argmax of the step's logits or, with `draw` (a sampled run's settings, history
+    /// and uniforms), drawn on the device as the host's `Sampler::sample_top` draws it; the
+    /// logits are a one-row [`BatchRunner::step`]'s bit for bit. Each token goes to
+    /// `on_token(token, kv_len)`, which says whether to go on, and becomes the sequence's
+    /// next pending token either way. Blocks come from the pool as the positions need them
+    /// (a full pool ends the run early). Returns None where the backend cannot (nothing
+    /// evaluated), else the steps evaluated. Where the last step's draw failed on the device,
+    /// that step is not counted: its token stays pending, for a step of the host's.
+    pub fn decode_solo(
+        &mut self,
+        seq: &mut KvSeq,
+        max: usize,
+        draw: Option<Draw>,
+        on_token: &mut dyn FnMut(u32, usize) -> bool,
+    ) -> Result<Option<usize>, EngineError> {
+        #[cfg(feature = "cuda")]
+        if let Back::Cuda(c) = &mut self.back {
+            if seq.pending() != 1 {
+                return Err(EngineError::Invalid(format!(
+                    "a solo run starts from one pending token, not {}",
+                    seq.pending()
+                )));
+            }
+            let (first, start) = (seq.tokens[seq.n_kv], seq.n_kv);
+            let n_vocab = self.arch.n_vocab();
+            if first as usize >= n_vocab {
+                return Err(EngineError::Invalid(format!(
+                    "token id {first} is outside the vocabulary ({n_vocab})"
+                )));
+            }
+            if start >= self.n_ctx {
+                return Err(EngineError::ContextFull {
+                    needed: start + 1,
+                    n_ctx: self.n_ctx,
+                });
+            }
+            let steps = max.min(self.n_ctx - start);
+            let pool = &mut self.pool;
+            if seq.blocks.len() * BLOCK_SIZE <= start {
+                match pool.alloc() {
+                    Some(b) => seq.blocks.push(b),
+                    None => return Ok(None),
+                }
+            }
+            let mut blocks = std::mem::take(&mut seq.blocks);
+            let mut alloc = || pool.alloc();
+            let table = crate::cuda::Table {
+                blocks: &mut blocks,
+                alloc: &mut alloc,
+            };
+            let mut given = Vec::new();
+            let run = c.decode_solo(
+                self.arch.as_ref(),
+                first,
+                start,
+                steps,
+                table,
+                draw,
+                &mut |t, kv_len| {
+                    given.push(t);
+                    on_token(t, kv_len)
+                },
+            );
+            seq.blocks = blocks;
+            let Some((done, failed)) = run? else {
+                return Ok(None);
+            };
+            let done = done - usize::from(failed);
+            seq.n_kv += done;
+            seq.tokens.extend_from_slice(&given);
+            Self::register_full(&mut self.pool, seq);
+            return Ok(Some(done));
+        }
+        let _ = (seq, max, draw, on_token);
+        Ok(None)
+    }
+
     /// Row `r`'s logits of the last [`BatchRunner::step_top`], from the device.
     pub fn logits_row(&mut self, r: usize) -> Result<Vec<f32>, EngineError> {
         #[cfg(feature = "cuda")]
@@ -490,13 +583,17 @@ impl BatchRunner {
     fn finish_step(pool: &mut BlockPool, batch: &mut [(&mut KvSeq, usize)]) {
         for (seq, rows) in batch.iter_mut() {
             seq.n_kv += *rows;
-            // Blocks now full hold final keys and values: share them.
-            while (seq.n_registered + 1) * BLOCK_SIZE <= seq.n_kv {
-                let i = seq.n_registered;
-                let toks = &seq.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
-                seq.chain = pool.register(seq.blocks[i], seq.chain, toks);
-                seq.n_registered += 1;
-            }
+            Self::register_full(pool, seq);
+        }
+    }
+
+    /// Blocks now full hold final keys and values: share them.
+    fn register_full(pool: &mut BlockPool, seq: &mut KvSeq) {
+        while (seq.n_registered + 1) * BLOCK_SIZE <= seq.n_kv {
+            let i = seq.n_registered;
+            let toks = &seq.tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            seq.chain = pool.register(seq.blocks[i], seq.chain, toks);
+            seq.n_registered += 1;
         }
     }
 

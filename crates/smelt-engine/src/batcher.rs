@@ -11,6 +11,10 @@
 //! sequences outgrow the pool the newest one is preempted: its blocks are released (its full
 //! ones stay in the prefix cache) and it waits at the front of the queue, to resume where it
 //! was by evaluating its tokens again, mostly from the cache.
+//!
+//! On the GPU a request decoding alone, with nothing waiting, leaves the step loop: its steps
+//! run on the device one after another, each launched before the host has the previous one's
+//! token (`BatchRunner::decode_solo`, smelt-cuda v27), until it ends or another job arrives.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,7 +165,9 @@ pub(crate) fn run(
         }
         l.drop_cancelled();
         l.admit();
-        l.step();
+        if !l.solo(&jobs) {
+            l.step();
+        }
         l.publish();
     }
 }
@@ -333,6 +339,104 @@ impl Loop {
             }
         }
         rows
+    }
+
+    /// A request decoding alone, nothing waiting: its steps on the GPU without the host
+    /// between them (`BatchRunner::decode_solo`), its tokens the ones the loop's own steps
+    /// would give, until it ends, is cancelled or another job arrives (taken after the run,
+    /// the request's next token pending). Whether it evaluated anything or ended (else the
+    /// loop's step runs).
+    fn solo(&mut self, jobs: &Receiver<Job>) -> bool {
+        if !self.runner.solo_capable() || self.running.len() != 1 || !self.waiting.is_empty() {
+            return false;
+        }
+        let n_vocab = self.runner.arch().n_vocab();
+        let n_ctx = self.runner.n_ctx();
+        let Request {
+            dec,
+            seq,
+            tx,
+            t_first,
+            ..
+        } = &mut self.running[0];
+        // Once generating (its first token came from a step of the loop's).
+        if t_first.is_none() || seq.pending() != 1 {
+            return false;
+        }
+        let settings = match dec.is_plain_greedy() {
+            true => None,
+            false => match dec.device_sampling(n_vocab, crate::runner::TOP_CANDIDATES) {
+                Some(s) => Some(s.words()),
+                None => return false,
+            },
+        };
+        let history = match settings {
+            Some(_) => dec.history().to_vec(),
+            None => Vec::new(),
+        };
+        let mut rng = dec.rng();
+        let mut draws = rng.clone();
+        let mut uniform = || draws.next_f32();
+        let draw = settings.as_ref().map(|w| {
+            (
+                w,
+                history.as_slice(),
+                &mut uniform as &mut dyn FnMut() -> f32,
+            )
+        });
+        let (tx, cancel) = (tx.clone(), dec.req.cancel.clone());
+        let mut on_event = |ev| {
+            if tx.send(Msg::Event(ev)).is_err() {
+                cancel.cancel();
+            }
+        };
+        let (mut kept, mut finish, mut arrived) = (0usize, None, Vec::new());
+        let tok = &self.tok;
+        let run = self
+            .runner
+            .decode_solo(seq, usize::MAX, draw, &mut |t, kv_len| {
+                kept += 1;
+                match dec.next_token(tok, t, kv_len, n_ctx, &mut on_event) {
+                    Next::Finish(reason) => {
+                        finish = Some(reason);
+                        false
+                    }
+                    Next::Eval(_) => match jobs.try_recv() {
+                        Ok(job) => {
+                            arrived.push(job);
+                            false
+                        }
+                        Err(_) => true,
+                    },
+                }
+            });
+        let done = match run {
+            Ok(None) => 0,
+            Ok(Some(done)) => {
+                if settings.is_some() {
+                    // The stream where the kept draws left it.
+                    (0..kept).for_each(|_| {
+                        rng.next_f32();
+                    });
+                    dec.set_rng(rng);
+                }
+                done
+            }
+            Err(e) => {
+                let r = self.running.remove(0);
+                self.fail(r, EngineError::Invalid(format!("engine step failed: {e}")));
+                arrived.into_iter().for_each(|j| self.take(j));
+                return true;
+            }
+        };
+        self.stats.steps.fetch_add(done as u64, Ordering::Relaxed);
+        let ended = finish.is_some();
+        if let Some(reason) = finish {
+            let r = self.running.remove(0);
+            self.end(r, reason);
+        }
+        arrived.into_iter().for_each(|j| self.take(j));
+        done > 0 || ended
     }
 
     /// Preempt the newest running request: release its blocks, queue it first.

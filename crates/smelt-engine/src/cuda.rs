@@ -150,6 +150,7 @@ impl CudaExec {
             (first, start),
             steps,
             draw,
+            None,
             tokens,
             on_token,
         );
@@ -160,9 +161,18 @@ impl CudaExec {
     }
 }
 
-/// A sampled run's settings (`DeviceSampling::words`), history and uniforms.
-pub(crate) type Draw<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
+pub(crate) use crate::batch::Draw;
 
+/// A solo run's block table over the batch engine's pool (smelt-cuda v27): the sequence's
+/// blocks, and where the blocks for its later positions come from (None: the pool is full).
+pub(crate) struct Table<'a> {
+    pub blocks: &'a mut Vec<u32>,
+    pub alloc: &'a mut dyn FnMut() -> Option<u32>,
+}
+
+/// Steps from `first` at `start` on the device (see [`CudaExec::decode_on_device`]); over a
+/// pool, `table` the sequence's blocks, grown ahead of the steps launched (a step launches
+/// only where its position has a block: a full pool ends the run early).
 #[allow(clippy::too_many_arguments)]
 fn run_steps(
     backend: &mut CudaBackend,
@@ -171,19 +181,21 @@ fn run_steps(
     (first, start): (u32, usize),
     steps: usize,
     draw: Option<Draw>,
+    mut table: Option<Table>,
     tokens: &mut Vec<u32>,
     on_token: &mut dyn FnMut(u32, usize) -> bool,
 ) -> Result<(usize, bool), EngineError> {
+    let blocks: &[u32] = table.as_ref().map_or(&[], |t| t.blocks.as_slice());
     let mut uniform = match draw {
         Some((settings, history, uniform)) => {
             backend
-                .sample_begin(prog, first, start as u32, kv, *settings, history)
+                .sample_begin(prog, first, start as u32, kv, *settings, history, blocks)
                 .map_err(err)?;
             Some(uniform)
         }
         None => {
             backend
-                .greedy_begin(prog, first, start as u32, kv)
+                .greedy_begin(prog, first, start as u32, kv, blocks)
                 .map_err(err)?;
             None
         }
@@ -191,6 +203,23 @@ fn run_steps(
     // Graphs of steps (v21), as many in flight as the backend takes.
     let mut fill = |backend: &mut CudaBackend, kv: &mut CudaKvCache, launched: &mut usize| {
         while *launched < steps && backend.greedy_room() {
+            if let Some(t) = table.as_mut() {
+                // Blocks for the next graph's steps (at most GREEDY_MAX_STEPS) first.
+                let want = (start + *launched + smelt_cuda::GREEDY_MAX_STEPS).min(start + steps);
+                while t.blocks.len() * smelt_cuda::KV_BLOCK < want {
+                    let Some(b) = (t.alloc)() else {
+                        break;
+                    };
+                    // Held by the sequence before the device's table names it.
+                    t.blocks.push(b);
+                    backend
+                        .greedy_add_block(kv, t.blocks.len() - 1, b)
+                        .map_err(err)?;
+                }
+                if t.blocks.len() * smelt_cuda::KV_BLOCK <= start + *launched {
+                    break;
+                }
+            }
             let left = steps - *launched;
             *launched += match uniform.as_mut() {
                 Some(u) => backend.sample_launch(prog, kv, left, *u),
@@ -203,7 +232,7 @@ fn run_steps(
     let mut launched = 0;
     fill(backend, kv, &mut launched)?;
     let (mut done, mut evaluated) = (0, first);
-    loop {
+    while done < launched {
         let (_, tok) = backend.greedy_wait().map_err(err)?;
         tokens.push(evaluated);
         done += 1;
@@ -216,6 +245,15 @@ fn run_steps(
         evaluated = tok;
         fill(backend, kv, &mut launched)?;
     }
+    // Nothing more launched (a full pool): the last token given is the next to evaluate.
+    Ok((done, false))
+}
+
+/// Whether the batch engine runs a sequence decoding alone as a solo run (smelt-cuda v27;
+/// `SMELT_CUDA_SOLO=0` turns it off: the kernel lab's A/B).
+fn solo_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_SOLO").map_or(true, |v| v != "0"))
 }
 
 /// Programs of a batch engine on the GPU; steps of at most this many distinct shapes stay
@@ -281,6 +319,9 @@ const PREFILL_MIN_ROWS: usize = 16;
 /// (rows, output).
 pub(crate) struct CudaBatch {
     programs: Programs<(usize, Output), CudaProgram>,
+    /// v27: the one-row program of a sequence decoding alone (lowered on first use; Err: it
+    /// could not be, and is not tried again).
+    solo: Option<Result<CudaProgram, String>>,
     pub kv: CudaKvCache,
     pub backend: CudaBackend,
     out: Vec<f32>,
@@ -313,7 +354,63 @@ impl CudaBatch {
             backend,
             out: Vec::new(),
             last_top: None,
+            solo: None,
         })
+    }
+
+    /// A sequence decoding alone in the pool (smelt-cuda v27): `steps` one-row steps from
+    /// `first` at position `start` over its blocks `table`, each step's token the argmax of
+    /// its logits or with `draw` drawn on the device, launched before the host reads the
+    /// token; each token to `on_token` with the positions evaluated so far. The logits are
+    /// the batch program's of one row bit for bit, so the tokens are those of the batch
+    /// loop's own steps. None where the backend cannot (nothing evaluated); else (steps
+    /// evaluated, whether the last step's draw failed on the device).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_solo(
+        &mut self,
+        arch: &dyn Architecture,
+        first: u32,
+        start: usize,
+        steps: usize,
+        table: Table,
+        draw: Option<Draw>,
+        on_token: &mut dyn FnMut(u32, usize) -> bool,
+    ) -> Result<Option<(usize, bool)>, EngineError> {
+        if !solo_on() {
+            return Ok(None);
+        }
+        if self.solo.is_none() {
+            let g = arch.build(1, Output::SeqLogits(1));
+            let prog = self.backend.lower_solo(&g, &self.kv);
+            self.solo = Some(prog.map_err(|e| e.to_string()));
+        }
+        let Some(Ok(prog)) = &self.solo else {
+            return Ok(None);
+        };
+        let ok = match draw {
+            Some(_) => self.backend.sample_ok(prog, &self.kv),
+            None => self.backend.greedy_ok(prog, &self.kv),
+        };
+        if !ok || steps == 0 {
+            return Ok(None);
+        }
+        self.last_top = None;
+        let b = &mut self.backend;
+        let r = run_steps(
+            b,
+            prog,
+            &mut self.kv,
+            (first, start),
+            steps,
+            draw,
+            Some(table),
+            &mut Vec::new(),
+            on_token,
+        );
+        let end = b.greedy_end().map_err(err);
+        let n = r?;
+        end?;
+        Ok(Some(n))
     }
 
     fn program(

@@ -178,6 +178,93 @@ fn gemma3_batch_equals_alone() {
     batch_equals_alone(GEMMA3);
 }
 
+/// A sequence decoding alone on the GPU (`BatchRunner::decode_solo`, smelt-cuda v27: each
+/// step launched before the host has the previous token, its block table grown on the
+/// device) gives the tokens of the pool's own one-row steps: interrupted after a few tokens
+/// (the next one pending), taken up again, across block boundaries, and a step of the loop's
+/// after it continues identically. Its full blocks reach the prefix cache. Skipped without a
+/// GPU; on the CPU the runner declines a solo run.
+#[cfg(feature = "cuda")]
+#[test]
+fn smollm2_solo_decoding_equals_the_pools_steps() {
+    let g = Arc::new(Gguf::open(model_path(SMOLLM2)).unwrap());
+    let opts = |backend| BatchOptions {
+        n_ctx: 256,
+        kv_positions: 512,
+        threads: 2,
+        kv_type: KvType::F16,
+        backend,
+    };
+    let mut cpu = BatchRunner::load(g.clone(), opts(BackendKind::Fast)).unwrap();
+    let mut s = cpu.start(vec![1, 2, 3]);
+    cpu.step(&mut [(&mut s, 2)]).unwrap();
+    assert!(!cpu.solo_capable());
+    assert_eq!(
+        cpu.decode_solo(&mut s, 4, None, &mut |_, _| true).unwrap(),
+        None
+    );
+    drop(cpu);
+    if !smelt_engine::cuda_available() {
+        eprintln!(
+            "SKIP: no CUDA driver or GPU on this machine; the solo decoding test did not run"
+        );
+        return;
+    }
+    let mut b = BatchRunner::load(g.clone(), opts(BackendKind::Cuda)).unwrap();
+    let prompt = prompts(&g)[1].clone();
+    let n = 80;
+    // The first token after the prompt by the loop's steps.
+    let start = |b: &mut BatchRunner| {
+        let mut seq = b.start(prompt.clone());
+        loop {
+            let rows = step_rows(&seq, usize::MAX);
+            let l = b.step(&mut [(&mut seq, rows)]).unwrap();
+            if seq.pending() == 0 {
+                let t = argmax(l);
+                seq.push(t);
+                return (seq, t);
+            }
+        }
+    };
+    let (mut seq, first) = start(&mut b);
+    let mut want = vec![first];
+    while want.len() < n + 1 {
+        let t = argmax(b.step(&mut [(&mut seq, 1)]).unwrap());
+        want.push(t);
+        seq.push(t);
+    }
+    b.release(&mut seq);
+    let (mut seq, first) = start(&mut b);
+    assert_eq!(first, want[0]);
+    let mut got = vec![first];
+    // Interrupted after 5 tokens, then to n.
+    for stop in [5, n] {
+        let done = b
+            .decode_solo(&mut seq, usize::MAX, None, &mut |t, kv_len| {
+                got.push(t);
+                assert_eq!(kv_len, prompt.len() + got.len() - 1);
+                got.len() < stop
+            })
+            .unwrap()
+            .expect("a solo run on the GPU");
+        assert!(done > 0);
+        assert_eq!(seq.pending(), 1, "the last token given is pending");
+        assert_eq!(seq.tokens()[seq.n_kv()], got[got.len() - 1]);
+    }
+    assert_eq!(got[..n], want[..n], "solo vs the pool's steps");
+    // A step of the loop's after the runs.
+    let t = argmax(b.step(&mut [(&mut seq, 1)]).unwrap());
+    assert_eq!(t, want[n], "a step after the solo runs");
+    assert!(seq.n_blocks() * BLOCK_SIZE >= seq.n_kv());
+    b.release(&mut seq);
+    let again = b.start(prompt.iter().chain(&want[..n]).copied().collect());
+    assert_eq!(
+        again.cached_tokens(),
+        (prompt.len() + n - 1) / BLOCK_SIZE * BLOCK_SIZE,
+        "the solo run's full blocks are in the prefix cache"
+    );
+}
+
 fn generate(m: &Model, prompt: Vec<u32>, n: usize) -> (String, Usage) {
     generate_with(m, prompt, n, SamplingOptions::greedy())
 }
@@ -198,8 +285,9 @@ fn generate_with(m: &Model, prompt: Vec<u32>, n: usize, o: SamplingOptions) -> (
 
 /// Sampling at Ollama's defaults (temperature 0.8, top-k 40, top-p 0.9, repeat penalty 1.1
 /// over 64 tokens) with a seed, and at temperature 0 with a repeat penalty: concurrent
-/// requests through the batch loop draw what the single-sequence model draws. (On a GPU both
-/// sample from each step's candidates, smelt-cuda v22; on the CPU from the whole row.)
+/// requests through the batch loop draw what the single-sequence model draws, together and
+/// one at a time. (On a GPU both sample from each step's candidates, smelt-cuda v22, and a
+/// request alone draws on the device, v23 and v27; on the CPU from the whole row.)
 #[test]
 fn batch_loop_samples_as_the_single_model() {
     let path = model_path(SMOLLM2);
@@ -240,6 +328,15 @@ fn batch_loop_samples_as_the_single_model() {
         let (text, usage) = h.join().unwrap();
         assert_eq!(text, want[i], "request {i}");
         assert!(usage.completion_tokens > 0, "request {i}");
+    }
+    // One at a time: on a GPU each decodes alone after its first token (smelt-cuda v27,
+    // sampled and greedy draws on the device), with the same text.
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(
+            &generate_with(&m, ps[i].clone(), 24, opts(i)).0,
+            w,
+            "request {i} alone"
+        );
     }
 }
 

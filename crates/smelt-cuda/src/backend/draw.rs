@@ -121,9 +121,11 @@ impl CudaBackend {
 
     /// Begin sampled decoding with `prog` from `token` at `position`: `settings` are the
     /// sampler's (`smelt_engine::sampler::DeviceSampling::words`), `history` the tokens seen
-    /// so far (prompt and generated, `token` the last; its last [`HIST`] - 1 are kept). Launch
+    /// so far (prompt and generated, `token` the last; its last [`HIST`] - 1 are kept),
+    /// `blocks` a solo program's block table (as [`Self::greedy_begin`]). Launch
     /// the steps with [`Self::sample_launch`] and read them with
     /// [`Self::greedy_wait`]; a token of [`SAMPLE_NONE`] ends the run there.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample_begin(
         &mut self,
         prog: &CudaProgram,
@@ -132,6 +134,7 @@ impl CudaBackend {
         kv: &CudaKvCache,
         settings: [u32; 8],
         history: &[u32],
+        blocks: &[u32],
     ) -> Result<(), CudaError> {
         if !self.sample_ok(prog, kv) {
             return Err(CudaError::Invalid(
@@ -145,7 +148,7 @@ impl CudaBackend {
                 HIST - 1
             )));
         }
-        self.greedy_begin(prog, token, position, kv)?;
+        self.greedy_begin(prog, token, position, kv, blocks)?;
         let mut h = vec![0u32; 1 + HIST];
         let seen = history.len();
         h[0] = seen as u32;

@@ -12,6 +12,7 @@ use std::ffi::c_void;
 use cudarc::driver::sys;
 
 use super::{CudaBackend, CudaKvCache, CudaProgram, Tail};
+use crate::codegen::KV_BLOCK;
 use crate::device::{check, DevBuf, Device, Pinned};
 use crate::CudaError;
 
@@ -78,6 +79,9 @@ pub(crate) struct Greedy {
     next_event: usize,
     /// The position of the next step to launch (the device's `pos` once the queue is done).
     next_pos: u32,
+    /// v27: over a pool, the positions the device's block table covers (steps launch below
+    /// it); `u32::MAX` on a contiguous cache.
+    cover: u32,
     /// v23: the run draws sampled tokens (`sample_begin`) rather than the argmax.
     pub(super) sampling: bool,
 }
@@ -179,8 +183,9 @@ impl CudaBackend {
     }
 
     /// Whether `prog` decodes greedily on the device over `kv`: a one-token decode program
-    /// replayed as a graph on a contiguous cache (not profiled, not traced, not persistent),
-    /// and `SMELT_CUDA_GREEDY` is not `0`.
+    /// replayed as a graph on a contiguous cache, or a solo program over a pool (v27,
+    /// [`Self::lower_solo`]); not profiled, not traced, not persistent; and
+    /// `SMELT_CUDA_GREEDY` is not `0`.
     pub fn greedy_ok(&self, prog: &CudaProgram, kv: &CudaKvCache) -> bool {
         self.greedy_on
             && self.graphs
@@ -189,8 +194,8 @@ impl CudaBackend {
             && prog.decode
             && prog.n_tokens == 1
             && !prog.cooperative
-            && !prog.paged
-            && !kv.is_paged()
+            && prog.paged == kv.is_paged()
+            && (!prog.paged || prog.solo)
             && prog.out_len > 0
             && prog.out_len.div_ceil(SPAN) <= MAX_BLOCKS
             && (prog.greedy_head.is_some() || prog.greedy_next.is_some())
@@ -199,13 +204,17 @@ impl CudaBackend {
     /// Begin greedy decoding with `prog` (a one-token program of the last token's logits)
     /// from `token` at `position`: its inputs go to the device; launch the steps with
     /// [`Self::greedy_launch`] and read their tokens with [`Self::greedy_wait`]. Any other
-    /// execution ends the run (the steps in flight finish, their tokens are dropped).
+    /// execution ends the run (the steps in flight finish, their tokens are dropped). Over a
+    /// pool (a solo program, v27) `blocks` is the sequence's block table, which must hold
+    /// `position`; steps launch only at positions it covers ([`Self::greedy_add_block`]
+    /// extends it). On a contiguous cache `blocks` is empty.
     pub fn greedy_begin(
         &mut self,
         prog: &CudaProgram,
         token: u32,
         position: u32,
         kv: &CudaKvCache,
+        blocks: &[u32],
     ) -> Result<(), CudaError> {
         if !self.greedy_ok(prog, kv) {
             return Err(CudaError::Invalid(
@@ -213,6 +222,15 @@ impl CudaBackend {
             ));
         }
         self.prepare_io(prog, &[token], &[position], kv)?;
+        let cover = match kv.is_paged() {
+            true => self.solo_inputs(prog, position, kv, blocks)?,
+            false if blocks.is_empty() => u32::MAX,
+            false => {
+                return Err(CudaError::Invalid(
+                    "block tables are for a paged cache".into(),
+                ))
+            }
+        };
         self.dev.sync()?;
         if self.greedy.is_none() {
             let mut events = Vec::with_capacity(QUEUED);
@@ -235,6 +253,7 @@ impl CudaBackend {
                 queue: VecDeque::new(),
                 next_event: 0,
                 next_pos: 0,
+                cover: u32::MAX,
                 sampling: false,
             });
         }
@@ -243,8 +262,90 @@ impl CudaBackend {
         let g = self.greedy.as_mut().expect("allocated above");
         g.queue.clear();
         g.next_pos = position;
+        g.cover = cover;
         g.sampling = false;
         Ok(())
+    }
+
+    /// v27: a solo step's inputs after its position (the write row, table index 0, the
+    /// table: `blocks`, then block 0) to the device; returns the positions the table covers.
+    fn solo_inputs(
+        &mut self,
+        prog: &CudaProgram,
+        position: u32,
+        kv: &CudaKvCache,
+        blocks: &[u32],
+    ) -> Result<u32, CudaError> {
+        let mb = kv.n_blocks();
+        let p = position as usize;
+        if blocks.len() <= p / KV_BLOCK || blocks.len() > mb {
+            return Err(CudaError::Invalid(format!(
+                "{} blocks for position {position}",
+                blocks.len()
+            )));
+        }
+        if let Some(b) = blocks.iter().find(|&&b| b as usize >= mb) {
+            return Err(CudaError::Invalid(format!(
+                "block {b} outside the pool ({mb})"
+            )));
+        }
+        let mut input = vec![0u32; prog.in_len];
+        if input.len() != 3 + mb {
+            return Err(CudaError::Invalid(
+                "a solo program takes one row's inputs".into(),
+            ));
+        }
+        input[0] = position;
+        input[1] = blocks[p / KV_BLOCK] * KV_BLOCK as u32 + (p % KV_BLOCK) as u32;
+        input[3..3 + blocks.len()].copy_from_slice(blocks);
+        let bytes: Vec<u8> = input.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.dev.upload(self.io.pos.ptr, &bytes)?;
+        Ok((blocks.len() * KV_BLOCK) as u32)
+    }
+
+    /// v27: block `block` of the pool becomes entry `index` of a solo run's block table (the
+    /// next entry: the table grows by one block, `KV_BLOCK` more positions the run may
+    /// launch steps at). Written on the stream, after the steps launched before it, which
+    /// read only entries below it.
+    pub fn greedy_add_block(
+        &mut self,
+        kv: &CudaKvCache,
+        index: usize,
+        block: u32,
+    ) -> Result<(), CudaError> {
+        let g = self
+            .greedy
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("greedy decoding was not begun".into()))?;
+        let mb = kv.n_blocks();
+        if !kv.is_paged() || g.cover == u32::MAX {
+            return Err(CudaError::Invalid(
+                "block tables are for a paged cache".into(),
+            ));
+        }
+        if index != g.cover as usize / KV_BLOCK || index >= mb || block as usize >= mb {
+            return Err(CudaError::Invalid(format!(
+                "block {block} as table entry {index} (the table has {} of {mb})",
+                g.cover as usize / KV_BLOCK
+            )));
+        }
+        let at = self.io.pos.ptr + (3 + index) as u64 * 4;
+        // SAFETY: one u32 of the inputs buffer (a solo program's 3 + n_blocks words, checked
+        // by solo_inputs at the run's begin; index < n_blocks), written in stream order.
+        unsafe {
+            check(
+                sys::cuMemsetD32Async(at, block, 1, self.dev.cu_stream()),
+                "block table entry",
+            )?
+        };
+        g.cover += KV_BLOCK as u32;
+        Ok(())
+    }
+
+    /// v27: the positions a greedy run's block table covers (`u32::MAX` on a contiguous
+    /// cache; None without a run).
+    pub fn greedy_cover(&self) -> Option<u32> {
+        self.greedy.as_ref().map(|g| g.cover)
     }
 
     /// Whether another greedy graph may be launched now: fewer than [`GREEDY_IN_FLIGHT`]
@@ -298,10 +399,11 @@ impl CudaBackend {
         }
         let g = self.greedy.as_ref().expect("greedy_room");
         let pos = g.next_pos;
-        if pos as usize >= kv.capacity() {
+        // Over a pool, the positions the block table covers (v27); else the cache's.
+        let end = (g.cover as usize).min(kv.capacity());
+        if pos as usize >= end {
             return Err(CudaError::Invalid(format!(
-                "position {pos} outside the KV cache ({})",
-                kv.capacity()
+                "position {pos} outside the KV cache ({end})"
             )));
         }
         if prog.kv_capacity != kv.capacity() {
@@ -317,8 +419,7 @@ impl CudaBackend {
         };
         let n = per_graph.min(max.max(1));
         let last = pos as usize + n - 1;
-        let n = match n > 1 && last < kv.capacity() && std::ptr::eq(step, prog.pick(&[last as u32]))
-        {
+        let n = match n > 1 && last < end && std::ptr::eq(step, prog.pick(&[last as u32])) {
             true => n,
             false => 1,
         };

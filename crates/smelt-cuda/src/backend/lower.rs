@@ -23,14 +23,16 @@ type Variant = (u32, codegen::Generated, String);
 
 impl CudaBackend {
     /// Fuse and generate `g` (decode attention in `attn_splits` splits a KV head, None: the
-    /// most; key regions where `regions` and the backend's setting allow): its launches and
-    /// the source to compile.
+    /// most; key regions where `regions` and the backend's setting allow; `solo`: the cache
+    /// rows written taken from the block table on the device, v27): its launches and the
+    /// source to compile.
     fn generate(
         &self,
         g: &Graph,
         kv: &CudaKvCache,
         attn_splits: Option<usize>,
         regions: bool,
+        solo: bool,
     ) -> Result<(codegen::Generated, String), CudaError> {
         let plan = fuse_with(g, self.fuse);
         let gen = codegen::generate(
@@ -60,6 +62,7 @@ impl CudaBackend {
                 attn_region: if regions { self.attn_region } else { 0 },
                 greedy_fold: self.greedy_fold,
                 rows_together: self.rows_together,
+                device_rows: solo,
             },
         )?;
         let mut src = gen.src.clone();
@@ -103,21 +106,22 @@ impl CudaBackend {
         &self,
         g: &Graph,
         kv: &CudaKvCache,
+        solo: bool,
     ) -> Result<((codegen::Generated, String), Vec<Variant>), CudaError> {
-        let main = self.generate(g, kv, None, true)?;
+        let main = self.generate(g, kv, None, true, solo)?;
         let mut variants = Vec::new();
         // v19b: below its first key region's end a program with regions runs the one without
         // (the same logits, without the regions' staging and merge: SmolLM2 -1.8% from an
         // empty context on a 4096-position cache with them).
         let region = main.0.attn_region;
         if region > 0 && self.short_attn > 0 {
-            let (gen, src) = self.generate(g, kv, None, false)?;
+            let (gen, src) = self.generate(g, kv, None, false, solo)?;
             variants.push((region as u32, gen, src));
         }
         if main.0.decode && main.0.cluster_splits > SHORT_SPLITS {
             for level in 0..self.short_attn {
                 let splits = SHORT_SPLITS >> level;
-                let (gen, src) = self.generate(g, kv, Some(splits), false)?;
+                let (gen, src) = self.generate(g, kv, Some(splits), false, solo)?;
                 if gen.cluster_splits != splits {
                     break;
                 }
@@ -140,7 +144,7 @@ impl CudaBackend {
         let t0 = std::time::Instant::now();
         let mut srcs = Vec::new();
         for g in graphs {
-            let ((_, src), variants) = self.generate_all(g, kv)?;
+            let ((_, src), variants) = self.generate_all(g, kv, false)?;
             srcs.push(src);
             srcs.extend(variants.into_iter().map(|v| v.2));
         }
@@ -157,7 +161,37 @@ impl CudaBackend {
     /// Fuse, generate, compile (or load from the disk cache) and prepare `g`; a decode
     /// program's short-context variant with it (v13h, [`SHORT_SPLITS`]).
     pub fn lower(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
-        let ((gen, src), variants) = self.generate_all(g, kv)?;
+        self.lower_with(g, kv, false)
+    }
+
+    /// v27: [`Self::lower`] for a sequence decoding alone over a paged cache (`g` a
+    /// one-token decode graph, `kv` paged): each step takes the cache row it writes from its
+    /// position and block table on the device, so the greedy and sampled graphs of
+    /// backend/greedy.rs run over the pool (`greedy_begin` with the sequence's blocks). Its
+    /// logits are the batch program's of one row bit for bit (the same arithmetic; only
+    /// where the write row comes from differs).
+    pub fn lower_solo(&mut self, g: &Graph, kv: &CudaKvCache) -> Result<CudaProgram, CudaError> {
+        if !kv.is_paged() || g.n_tokens() != 1 {
+            return Err(CudaError::Invalid(
+                "a solo program is one token over a paged cache".into(),
+            ));
+        }
+        let prog = self.lower_with(g, kv, true)?;
+        if !prog.decode {
+            return Err(CudaError::Invalid(
+                "a solo program runs the decode kernels".into(),
+            ));
+        }
+        Ok(prog)
+    }
+
+    fn lower_with(
+        &mut self,
+        g: &Graph,
+        kv: &CudaKvCache,
+        solo: bool,
+    ) -> Result<CudaProgram, CudaError> {
+        let ((gen, src), variants) = self.generate_all(g, kv, solo)?;
         if !variants.is_empty() {
             // Compiled side by side into the disk cache first: on a cold cache the variants
             // then cost no wall time where there are cores for them.
@@ -165,10 +199,10 @@ impl CudaBackend {
             srcs.extend(variants.iter().map(|v| v.2.clone()));
             self.dev.precompile(&srcs)?;
         }
-        let mut prog = self.lower_generated(g, kv, gen, src)?;
+        let mut prog = self.lower_generated(g, kv, gen, src, solo)?;
         let mut chain: Option<(u32, Box<CudaProgram>)> = None;
         for (bound, gen, src) in variants.into_iter().rev() {
-            let mut p = self.lower_generated(g, kv, gen, src)?;
+            let mut p = self.lower_generated(g, kv, gen, src, solo)?;
             p.short = chain.take();
             chain = Some((bound, Box::new(p)));
         }
@@ -183,7 +217,11 @@ impl CudaBackend {
         kv: &CudaKvCache,
         gen: codegen::Generated,
         src: String,
+        solo: bool,
     ) -> Result<CudaProgram, CudaError> {
+        // A one-token step whose next token and position the device may write (v20a, v23):
+        // a contiguous cache, or a solo program over a pool (v27).
+        let one_step = gen.decode && g.n_tokens() == 1 && (!kv.is_paged() || solo);
         let module = self.dev.compile(&src)?;
         let mut funcs = Vec::new();
         let mut index = HashMap::new();
@@ -312,9 +350,7 @@ impl CudaBackend {
         // v20a: the argmax kernel (prelude `greedy_next`) of a greedy graph without v20d's
         // head kernel, resolved once here rather than at every greedy step.
         let greedy_next = match greedy_head {
-            None if gen.decode && g.n_tokens() == 1 && !kv.is_paged() => {
-                Some(self.dev.function(&module, "greedy_next", 0)?)
-            }
+            None if one_step => Some(self.dev.function(&module, "greedy_next", 0)?),
             _ => None,
         };
         // v22: the sampling candidates' kernel of a decode step.
@@ -323,7 +359,7 @@ impl CudaBackend {
             false => None,
         };
         // v23: the draw of a sampled step on the device.
-        let sample_draw = match gen.decode && g.n_tokens() == 1 && !kv.is_paged() {
+        let sample_draw = match one_step {
             true => Some(self.dev.function(&module, "sample_draw", 0)?),
             false => None,
         };
@@ -353,6 +389,7 @@ impl CudaBackend {
             no_graph: Default::default(),
             kv_capacity: kv.capacity(),
             paged: kv.is_paged(),
+            solo: one_step && kv.is_paged(),
             graph: Mutex::new(None),
             greedy: Mutex::new(None),
             greedy_steps: Mutex::new(None),

@@ -96,3 +96,47 @@ fn greedy_argmax_folds_into_a_copy_of_the_head_kernel() {
         }
     }
 }
+
+/// v27: a one-token program over a pool with `device_rows` (a solo program) takes its write
+/// row from its block table (`pos[2]`'s table at `pos + 3`) where the batch program reads the
+/// host's `pos[1]`, at every key and value store; it has the greedy head kernel, the batch
+/// program's launches, and NVRTC compiles it. On a contiguous cache the option changes
+/// nothing. No GPU needed.
+#[test]
+fn solo_programs_take_their_write_rows_from_the_block_table() {
+    let opts = codegen::GenOptions {
+        cublas: true,
+        rows_at_once: true,
+        greedy_fold: true,
+        ..Default::default()
+    };
+    let solo = codegen::GenOptions {
+        device_rows: true,
+        ..opts
+    };
+    for (d, ty) in [(SMOLLM2, GgmlType::Q8_0), (LLAMA_1B_V1000, GgmlType::Q4_K)] {
+        let batch = generated_kv(&d, 1, ty, 512, false, Some(true), opts);
+        let one = generated_kv(&d, 1, ty, 512, false, Some(true), solo);
+        // 512 positions: 16 blocks a table (the row's position may be read into a register).
+        let table_row = "((u64)(pos + 3 + (u64)pos[2 + rp] * 16)[";
+        assert!(batch.src.contains("(u64)pos[1 + rp] *"), "{d:?}");
+        assert!(!batch.src.contains(table_row), "{d:?}");
+        assert!(one.src.contains(table_row), "{d:?}");
+        assert!(!one.src.contains("(u64)pos[1 + rp] *"), "{d:?}");
+        assert_eq!(
+            batch.src.matches("pos[1 + rp]").count(),
+            one.src.matches(table_row).count(),
+            "{d:?}: every key and value store"
+        );
+        assert!(batch.greedy_head.is_none(), "{d:?}");
+        assert!(one.greedy_head.is_some(), "{d:?}: the greedy head kernel");
+        assert_eq!(one.launches.len(), batch.launches.len());
+        compile_with_pdl(&one.src, "a solo program");
+        // Contiguous caches and several rows: the option changes nothing.
+        let plain = generated_kv(&d, 1, ty, 512, false, None, opts);
+        let plain_solo = generated_kv(&d, 1, ty, 512, false, None, solo);
+        assert_eq!(plain.src, plain_solo.src, "{d:?}");
+        let four = generated_kv(&d, 4, ty, 512, false, Some(true), solo);
+        assert!(four.greedy_head.is_none(), "{d:?}");
+    }
+}
