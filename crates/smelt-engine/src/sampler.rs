@@ -156,9 +156,10 @@ impl Sampler {
     }
 
     /// The settings of a draw on the device (smelt-cuda v23), where every draw of this
-    /// generation fits a row's best `k` logits whatever the history: temperature above 0, a
-    /// top-k below the vocabulary, penalties that only lower logits over a window of fixed
-    /// length, top-k plus the window at most `k`.
+    /// generation fits a row's best `k` logits whatever the history: temperature above 0 and
+    /// a top-k below the vocabulary, or temperature at most 0 (the best penalised candidate,
+    /// greedy decoding with penalties: v27, top-k 1), penalties that only lower logits over a
+    /// window of fixed length, top-k plus the window at most `k`.
     pub fn device_sampling(&self, n_vocab: usize, k: usize) -> Option<DeviceSampling> {
         let o = &self.opts;
         let no_penalty =
@@ -170,14 +171,18 @@ impl Sampler {
         };
         let lowers =
             o.repeat_penalty >= 1.0 && o.presence_penalty >= 0.0 && o.frequency_penalty >= 0.0;
-        let fits = o.temperature > 0.0
-            && o.top_k > 0
-            && o.top_k < n_vocab
+        let top_k = match o.temperature <= 0.0 {
+            true => 1,
+            false => o.top_k,
+        };
+        let fits = !o.temperature.is_nan()
+            && top_k > 0
+            && top_k < n_vocab
             && lowers
-            && o.top_k + window <= k;
+            && top_k + window <= k;
         fits.then_some(DeviceSampling {
             temperature: o.temperature,
-            top_k: o.top_k as u32,
+            top_k: top_k as u32,
             top_p: o.top_p,
             min_p: o.min_p,
             repeat_penalty: o.repeat_penalty,

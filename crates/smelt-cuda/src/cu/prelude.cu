@@ -1130,6 +1130,7 @@ extern "C" __global__ void __launch_bounds__(TOP_NT) top_cands(const float* logi
 // ahead by the host from the sampler's seeded stream); ring: the tokens, as greedy_next's. A
 // step whose candidates cannot give the host's draw (none, too many at the threshold, a
 // penalty making one non-finite) writes SAMPLE_NONE to the ring and token 0 to the next step.
+// A temperature at most 0 (v27) picks the best penalised candidate (greedy with penalties).
 #define SAMPLE_HIST 128u
 #define SAMPLE_NONE 0xffffffffu
 // e^x as the host's `sampler::exp_det` computes it, operation for operation (no contraction).
@@ -1195,63 +1196,71 @@ extern "C" __global__ void __launch_bounds__(TOP_K) sample_draw(const u32* cand,
     const float temp = __uint_as_float(S[0]), top_p = __uint_as_float(S[2]), min_p = __uint_as_float(S[3]);
     u32 rank = 0;
     _Pragma("unroll 16") for (u32 j = 0; j < TOP_K; j++) rank += rk[j] > my_rk;
-    const u32 k = min(S[1], count);
-    const bool sel = mine && rank < k;
-    bk[t] = sel ? my_bk : 0ull;
-    __syncthreads();
-    u32 at = 0;
-    _Pragma("unroll 16") for (u32 j = 0; j < TOP_K; j++) at += bk[j] > my_bk;
-    if (sel) { sidx[at] = idx; sval[at] = v; }
-    __syncthreads();
-    // Softmax at temperature 1 for top-p and min-p (the host's `softmax`; its maximum the
-    // first value): exponentials and quotients in parallel, the sums in the host's order.
-    const float mx = sval[0];
-    if (t < k) sp[t] = exp_det(__fsub_rn(sval[t], mx));
-    __syncthreads();
-    if (t == 0) {
-      float sum = 0.0f;
-      _Pragma("unroll 8") for (u32 j = 0; j < k; j++) sum = __fadd_rn(sum, sp[j]);
-      ssum = sum;
-    }
-    __syncthreads();
-    if (t < k) sp[t] = __fdiv_rn(sp[t], ssum);
-    __syncthreads();
-    if (t == 0) {
-      u32 keep = k;
-      if (top_p < 1.0f) {
-        float acc = 0.0f;
-        for (u32 j = 0; j < k; j++) {
-          acc = __fadd_rn(acc, sp[j]);
-          if (acc >= top_p) { keep = j + 1; break; }
+    if (temp <= 0.0f) {
+      // v27: greedy with penalties (the host's `sample_top` at temperature <= 0): the best
+      // penalised candidate by the rank's order, the one key no other exceeds.
+      if (mine && rank == 0u) keep_s = idx;
+      __syncthreads();
+      if (t == 0) pick = keep_s;
+    } else {
+      const u32 k = min(S[1], count);
+      const bool sel = mine && rank < k;
+      bk[t] = sel ? my_bk : 0ull;
+      __syncthreads();
+      u32 at = 0;
+      _Pragma("unroll 16") for (u32 j = 0; j < TOP_K; j++) at += bk[j] > my_bk;
+      if (sel) { sidx[at] = idx; sval[at] = v; }
+      __syncthreads();
+      // Softmax at temperature 1 for top-p and min-p (the host's `softmax`; its maximum the
+      // first value): exponentials and quotients in parallel, the sums in the host's order.
+      const float mx = sval[0];
+      if (t < k) sp[t] = exp_det(__fsub_rn(sval[t], mx));
+      __syncthreads();
+      if (t == 0) {
+        float sum = 0.0f;
+        _Pragma("unroll 8") for (u32 j = 0; j < k; j++) sum = __fadd_rn(sum, sp[j]);
+        ssum = sum;
+      }
+      __syncthreads();
+      if (t < k) sp[t] = __fdiv_rn(sp[t], ssum);
+      __syncthreads();
+      if (t == 0) {
+        u32 keep = k;
+        if (top_p < 1.0f) {
+          float acc = 0.0f;
+          for (u32 j = 0; j < k; j++) {
+            acc = __fadd_rn(acc, sp[j]);
+            if (acc >= top_p) { keep = j + 1; break; }
+          }
         }
+        if (min_p > 0.0f) {
+          const float floor = __fmul_rn(sp[0], min_p);
+          u32 m = 0;
+          while (m < k && sp[m] >= floor) m++;
+          keep = min(keep, max(m, 1u));
+        }
+        keep_s = max(keep, 1u);
       }
-      if (min_p > 0.0f) {
-        const float floor = __fmul_rn(sp[0], min_p);
-        u32 m = 0;
-        while (m < k && sp[m] >= floor) m++;
-        keep = min(keep, max(m, 1u));
+      __syncthreads();
+      const u32 kk = keep_s;
+      if (t < kk) sp[t] = exp_det(__fdiv_rn(__fsub_rn(sval[t], mx), temp));
+      __syncthreads();
+      if (t == 0) {
+        float sum = 0.0f;
+        _Pragma("unroll 8") for (u32 j = 0; j < kk; j++) sum = __fadd_rn(sum, sp[j]);
+        ssum = sum;
       }
-      keep_s = max(keep, 1u);
-    }
-    __syncthreads();
-    const u32 kk = keep_s;
-    if (t < kk) sp[t] = exp_det(__fdiv_rn(__fsub_rn(sval[t], mx), temp));
-    __syncthreads();
-    if (t == 0) {
-      float sum = 0.0f;
-      _Pragma("unroll 8") for (u32 j = 0; j < kk; j++) sum = __fadd_rn(sum, sp[j]);
-      ssum = sum;
-    }
-    __syncthreads();
-    if (t < kk) sp[t] = __fdiv_rn(sp[t], ssum);
-    __syncthreads();
-    if (t == 0) {
-      const float r = su;
-      float acc = 0.0f;
-      pick = sidx[kk - 1];
-      for (u32 j = 0; j < kk; j++) {
-        acc = __fadd_rn(acc, sp[j]);
-        if (r < acc) { pick = sidx[j]; break; }
+      __syncthreads();
+      if (t < kk) sp[t] = __fdiv_rn(sp[t], ssum);
+      __syncthreads();
+      if (t == 0) {
+        const float r = su;
+        float acc = 0.0f;
+        pick = sidx[kk - 1];
+        for (u32 j = 0; j < kk; j++) {
+          acc = __fadd_rn(acc, sp[j]);
+          if (r < acc) { pick = sidx[j]; break; }
+        }
       }
     }
   }

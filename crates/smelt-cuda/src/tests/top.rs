@@ -220,8 +220,9 @@ fn a_steps_candidates_are_the_top_of_its_logits() {
 }
 
 /// v23: `sample_draw` alone on 128 candidates with a repeat penalty over a 64-token window:
-/// at top-k 1 it picks the best penalised candidate (the host's rule: the larger value, the
-/// lower token among equals); at Ollama's defaults a candidate of the top 40; each draw moves
+/// at top-k 1, and (v27) at temperature 0 or below whatever the top-k, it picks the best
+/// penalised candidate (the host's rule: the larger value, the lower token among equals); at
+/// Ollama's defaults a candidate of the top 40; each draw moves
 /// the position, writes the ring's word and appends the token to the device's history. The
 /// kernel lab's figure (back-to-back launches) is printed.
 #[test]
@@ -262,9 +263,15 @@ fn sample_draw_picks_from_the_candidates() {
             (true, false) => v * rp,
         }
     };
-    for (top_k, reps) in [(1u32, 1usize), (40, 1), (40, 200)] {
+    for (temp, top_k, reps) in [
+        (0.8f32, 1u32, 1usize),
+        (0.8, 40, 1),
+        (0.0, 40, 1),
+        (-1.0, 1, 1),
+        (0.8, 40, 200),
+    ] {
         let s = [
-            0.8f32.to_bits(),
+            temp.to_bits(),
             top_k,
             0.9f32.to_bits(),
             0,
@@ -319,15 +326,18 @@ fn sample_draw_picks_from_the_candidates() {
         let mut ranked: Vec<(u32, f32)> =
             cands.iter().map(|&(i, v)| (i, penalised(i, v))).collect();
         ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
-        if top_k == 1 {
-            assert_eq!(got, ranked[0].0, "top-k 1: the best penalised candidate");
+        if top_k == 1 || temp <= 0.0 {
+            assert_eq!(
+                got, ranked[0].0,
+                "top-k {top_k}, temperature {temp}: the best penalised candidate"
+            );
         } else if reps == 1 {
             assert!(
                 ranked[..40].iter().any(|c| c.0 == got),
                 "top-k 40: {got} is no top-40 candidate"
             );
         }
-        if reps > 1 {
+        if reps > 1 && temp > 0.0 {
             eprintln!(
                 "sample_draw (128 candidates, top-k 40, a 64-token window): {us:.2} us a launch"
             );

@@ -306,6 +306,62 @@ fn top_candidates_fit_only_where_exact() {
     }));
 }
 
+/// The device's draw (smelt-cuda v23) takes a generation whose every draw fits the best 128
+/// logits whatever the history: sampled at top-k plus a fixed window within 128, and (v27)
+/// greedy with penalties as top-k 1 (the best penalised candidate); not an unbounded window,
+/// a penalty that can raise a logit, top-k over the vocabulary or a NaN temperature.
+#[test]
+fn device_draws_fit_only_where_exact() {
+    let dev = |o: SamplingOptions| Sampler::new(o).device_sampling(1000, 128);
+    let base = SamplingOptions {
+        seed: Some(1),
+        ..SamplingOptions::default()
+    };
+    let d = dev(base.clone()).expect("Ollama's defaults");
+    assert_eq!((d.top_k, d.window), (40, 64));
+    let greedy = SamplingOptions {
+        temperature: 0.0,
+        ..base.clone()
+    };
+    let d = dev(greedy.clone()).expect("greedy with a repeat penalty");
+    assert_eq!((d.temperature, d.top_k, d.window), (0.0, 1, 64));
+    assert!(dev(SamplingOptions {
+        repeat_last_n: 127,
+        ..greedy.clone()
+    })
+    .is_some());
+    assert!(dev(SamplingOptions {
+        repeat_last_n: 128,
+        ..greedy.clone()
+    })
+    .is_none());
+    assert!(dev(SamplingOptions {
+        repeat_last_n: -1,
+        ..greedy.clone()
+    })
+    .is_none());
+    assert!(dev(SamplingOptions {
+        repeat_penalty: 0.9,
+        ..greedy
+    })
+    .is_none());
+    assert!(dev(SamplingOptions {
+        top_k: 1000,
+        ..base.clone()
+    })
+    .is_none());
+    assert!(dev(SamplingOptions {
+        top_k: 100,
+        ..base.clone()
+    })
+    .is_none());
+    assert!(dev(SamplingOptions {
+        temperature: f32::NAN,
+        ..base
+    })
+    .is_none());
+}
+
 /// `exp_det` (the host's and the GPU's shared exponential) stays within 3 ulp of `exp`
 /// where sampling uses it, and saturates outside.
 #[test]
