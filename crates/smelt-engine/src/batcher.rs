@@ -392,24 +392,24 @@ impl Loop {
         };
         let (mut kept, mut finish, mut arrived) = (0usize, None, Vec::new());
         let tok = &self.tok;
-        let run = self
-            .runner
-            .decode_solo(seq, usize::MAX, draw, &mut |t, kv_len| {
-                kept += 1;
-                match dec.next_token(tok, t, kv_len, n_ctx, &mut on_event) {
-                    Next::Finish(reason) => {
-                        finish = Some(reason);
+        // No step launched past the request's last token.
+        let max = dec.steps_left();
+        let run = self.runner.decode_solo(seq, max, draw, &mut |t, kv_len| {
+            kept += 1;
+            match dec.next_token(tok, t, kv_len, n_ctx, &mut on_event) {
+                Next::Finish(reason) => {
+                    finish = Some(reason);
+                    false
+                }
+                Next::Eval(_) => match jobs.try_recv() {
+                    Ok(job) => {
+                        arrived.push(job);
                         false
                     }
-                    Next::Eval(_) => match jobs.try_recv() {
-                        Ok(job) => {
-                            arrived.push(job);
-                            false
-                        }
-                        Err(_) => true,
-                    },
-                }
-            });
+                    Err(_) => true,
+                },
+            }
+        });
         let done = match run {
             Ok(None) => 0,
             Ok(Some(done)) => {

@@ -131,6 +131,15 @@ impl Decoding {
         Some(self.accept(tok, t, &[], kv_len, n_ctx, on_event))
     }
 
+    /// Steps of evaluation this generation can still take before `max_tokens` ends it: each
+    /// step's token is one more (usize::MAX without a limit). A runner that launches steps
+    /// ahead of their tokens launches no more than this, none to be dropped at the end.
+    pub fn steps_left(&self) -> usize {
+        self.req.max_tokens.map_or(usize::MAX, |m| {
+            m.saturating_sub(self.usage.completion_tokens)
+        })
+    }
+
     /// Whether every token is the argmax of the model's logits, nothing else read from them:
     /// plain greedy sampling, no constraint, no log-probabilities. The runner may then take
     /// the argmax where the logits are (`Runner::decode_greedy`) and give the tokens to

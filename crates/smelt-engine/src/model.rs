@@ -293,108 +293,108 @@ impl Model {
             n_ctx,
             on_event,
         );
-        let reason =
-            loop {
-                // The draw on the GPU where every later token can be drawn there.
-                let device = match sample_on_device {
-                    true => dec.device_sampling(n_vocab, crate::runner::TOP_CANDIDATES),
-                    false => None,
-                };
-                match (next, device) {
-                    (Next::Finish(reason), _) => break reason,
-                    (Next::Eval(tok), _) if dec.is_plain_greedy() => {
-                        // The rest where the logits are (on the GPU, the argmax on the device and
-                        // each step launched ahead of its token).
-                        let mut reason = None;
-                        runner.decode_greedy(tok, usize::MAX, &mut |t, kv_len| match dec
-                            .next_token(&self.tokenizer, t, kv_len, n_ctx, on_event)
-                        {
+        let reason = loop {
+            // The draw on the GPU where every later token can be drawn there.
+            let device = match sample_on_device {
+                true => dec.device_sampling(n_vocab, crate::runner::TOP_CANDIDATES),
+                false => None,
+            };
+            match (next, device) {
+                (Next::Finish(reason), _) => break reason,
+                (Next::Eval(tok), _) if dec.is_plain_greedy() => {
+                    // The rest where the logits are (on the GPU, the argmax on the device and
+                    // each step launched ahead of its token).
+                    let mut reason = None;
+                    runner.decode_greedy(tok, dec.steps_left(), &mut |t, kv_len| match dec
+                        .next_token(&self.tokenizer, t, kv_len, n_ctx, on_event)
+                    {
+                        Next::Eval(_) => true,
+                        Next::Finish(r) => {
+                            reason = Some(r);
+                            false
+                        }
+                    })?;
+                    // Every step's token was taken or ended the run (Decoding stops at the
+                    // context's end).
+                    break reason.unwrap_or(FinishReason::Length);
+                }
+                (Next::Eval(tok), Some(settings)) => {
+                    // The rest drawn on the GPU, each step launched ahead of its token
+                    // (smelt-cuda v23), the draws the host's own.
+                    let history = dec.history().to_vec();
+                    let mut rng = dec.rng();
+                    let mut reason = None;
+                    let steps = dec.steps_left();
+                    let run = runner.decode_sampled(
+                        tok,
+                        steps,
+                        &settings,
+                        &history,
+                        &mut rng,
+                        &mut |t, kv_len| match dec.next_token(
+                            &self.tokenizer,
+                            t,
+                            kv_len,
+                            n_ctx,
+                            on_event,
+                        ) {
                             Next::Eval(_) => true,
                             Next::Finish(r) => {
                                 reason = Some(r);
                                 false
                             }
-                        })?;
-                        // Every step's token was taken or ended the run (Decoding stops at the
-                        // context's end).
-                        break reason.unwrap_or(FinishReason::Length);
-                    }
-                    (Next::Eval(tok), Some(settings)) => {
-                        // The rest drawn on the GPU, each step launched ahead of its token
-                        // (smelt-cuda v23), the draws the host's own.
-                        let history = dec.history().to_vec();
-                        let mut rng = dec.rng();
-                        let mut reason = None;
-                        let run = runner.decode_sampled(
-                            tok,
-                            usize::MAX,
-                            &settings,
-                            &history,
-                            &mut rng,
-                            &mut |t, kv_len| match dec.next_token(
-                                &self.tokenizer,
-                                t,
-                                kv_len,
-                                n_ctx,
-                                on_event,
-                            ) {
-                                Next::Eval(_) => true,
-                                Next::Finish(r) => {
-                                    reason = Some(r);
-                                    false
-                                }
-                            },
-                        )?;
-                        match run {
-                            // No device run: the step below, once.
-                            None => sample_on_device = false,
-                            Some(_) if reason.is_some() => {
-                                break reason.unwrap_or(FinishReason::Length)
-                            }
-                            Some((_, Some(last))) => {
-                                // The last step's draw is the host's: its logits again, and
-                                // the stream where the kept draws left it.
-                                dec.set_rng(rng);
-                                let row = runner.eval_slice(&[last], Output::LastLogits)?;
-                                logits.clear();
-                                logits.extend_from_slice(row);
-                                let kv = runner.tokens().len();
-                                next = dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event);
-                            }
-                            // Every step's token was taken (the context's end).
-                            Some((_, None)) => break FinishReason::Length,
+                        },
+                    )?;
+                    match run {
+                        // No device run: the step below, once.
+                        None => sample_on_device = false,
+                        Some(_) if reason.is_some() => {
+                            break reason.unwrap_or(FinishReason::Length)
                         }
-                    }
-                    (Next::Eval(tok), None) => {
-                        // On the GPU a step whose sampling fits its best logits ends with
-                        // them (smelt-cuda v22): no row copied to the host, no pass over it.
-                        let top = match dec.top_fits(n_vocab, crate::runner::TOP_CANDIDATES) {
-                            true => runner.eval_top(tok, &mut cands)?,
-                            false => None,
-                        };
-                        next = match top {
-                            Some(inf) => {
-                                let kv = runner.tokens().len();
-                                let tk = &self.tokenizer;
-                                match dec.next_top(tk, &cands, inf, kv, n_ctx, on_event) {
-                                    Some(n) => n,
-                                    None => {
-                                        logits = runner.last_logits()?;
-                                        dec.next(tk, &mut logits, kv, n_ctx, on_event)
-                                    }
-                                }
-                            }
-                            None => {
-                                let row = runner.eval_slice(&[tok], Output::LastLogits)?;
-                                logits.clear();
-                                logits.extend_from_slice(row);
-                                let kv = runner.tokens().len();
-                                dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event)
-                            }
-                        };
+                        Some((_, Some(last))) => {
+                            // The last step's draw is the host's: its logits again, and
+                            // the stream where the kept draws left it.
+                            dec.set_rng(rng);
+                            let row = runner.eval_slice(&[last], Output::LastLogits)?;
+                            logits.clear();
+                            logits.extend_from_slice(row);
+                            let kv = runner.tokens().len();
+                            next = dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event);
+                        }
+                        // Every step's token was taken (the context's end).
+                        Some((_, None)) => break FinishReason::Length,
                     }
                 }
-            };
+                (Next::Eval(tok), None) => {
+                    // On the GPU a step whose sampling fits its best logits ends with
+                    // them (smelt-cuda v22): no row copied to the host, no pass over it.
+                    let top = match dec.top_fits(n_vocab, crate::runner::TOP_CANDIDATES) {
+                        true => runner.eval_top(tok, &mut cands)?,
+                        false => None,
+                    };
+                    next = match top {
+                        Some(inf) => {
+                            let kv = runner.tokens().len();
+                            let tk = &self.tokenizer;
+                            match dec.next_top(tk, &cands, inf, kv, n_ctx, on_event) {
+                                Some(n) => n,
+                                None => {
+                                    logits = runner.last_logits()?;
+                                    dec.next(tk, &mut logits, kv, n_ctx, on_event)
+                                }
+                            }
+                        }
+                        None => {
+                            let row = runner.eval_slice(&[tok], Output::LastLogits)?;
+                            logits.clear();
+                            logits.extend_from_slice(row);
+                            let kv = runner.tokens().len();
+                            dec.next(&self.tokenizer, &mut logits, kv, n_ctx, on_event)
+                        }
+                    };
+                }
+            }
+        };
         dec.usage.eval_duration = t1.elapsed();
         Ok(dec.finish(reason, on_event))
     }
