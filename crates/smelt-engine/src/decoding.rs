@@ -263,3 +263,24 @@ pub(crate) fn logprob(tok: &Tokenizer, logits: &[f32], t: u32, top: usize) -> To
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SamplingOptions;
+
+    /// A device run takes at most the steps `max_tokens` leaves: one a token still to give.
+    #[test]
+    fn steps_left_counts_down_to_max_tokens() {
+        let free = Decoding::new(GenerateRequest::new(vec![1], SamplingOptions::greedy()));
+        assert_eq!(free.steps_left(), usize::MAX);
+        let mut req = GenerateRequest::new(vec![1], SamplingOptions::greedy());
+        req.max_tokens = Some(5);
+        let mut dec = Decoding::new(req);
+        assert_eq!(dec.steps_left(), 5);
+        dec.usage.completion_tokens = 2;
+        assert_eq!(dec.steps_left(), 3);
+        dec.usage.completion_tokens = 7;
+        assert_eq!(dec.steps_left(), 0);
+    }
+}
