@@ -333,6 +333,10 @@ pub struct CudaBackend {
     stats: CudaStats,
     fuse: FuseOptions,
     graphs: bool,
+    /// v28: prefill programs (their kernels and cuBLAS GEMMs) captured as a graph too and
+    /// replayed, where the capture succeeds (else launched directly, as before);
+    /// `SMELT_CUDA_PREFILL_GRAPH=0` launches them directly.
+    prefill_graphs: bool,
     /// `SMELT_CUDA_PROFILE=1`: per-kernel device time by label (launches timed with events,
     /// graphs off), printed to stderr when the backend is dropped. A kernel-lab tool.
     profile: Option<Profile>,
@@ -510,6 +514,7 @@ impl CudaBackend {
             stats: CudaStats::default(),
             fuse: FuseOptions::ALL,
             graphs: std::env::var("SMELT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            prefill_graphs: codegen::lab_knob("SMELT_CUDA_PREFILL_GRAPH") != Some(0),
             pdl,
             persistent: std::env::var("SMELT_CUDA_PERSISTENT").is_ok_and(|v| v == "1"),
             cluster: codegen::lab_knob("SMELT_CUDA_CLUSTER").unwrap_or(0),
@@ -635,6 +640,12 @@ impl CudaBackend {
     /// (v26, `gemv8m`; 1: one at a time; default [`ROWS_TOGETHER`]).
     pub fn set_rows_together(&mut self, n: usize) {
         self.rows_together = n;
+    }
+
+    /// Whether prefill programs are replayed as graphs (v28; a program whose capture failed
+    /// is launched directly all the same).
+    pub fn prefill_graphs(&self) -> bool {
+        self.graphs && self.prefill_graphs && self.profile.is_none()
     }
 
     /// One-token programs lowered from now on decode greedily with a copy of the head kernel

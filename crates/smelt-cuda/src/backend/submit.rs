@@ -441,17 +441,20 @@ impl CudaBackend {
     /// Submit `prog` (inputs in the pinned buffer), wait, return its pinned output.
     fn run(&mut self, prog: &CudaProgram, kv: &CudaKvCache) -> Result<&[f32], CudaError> {
         let mut use_graph = self.graphs
-            && prog.decode
+            && (prog.decode || self.prefill_graphs)
             && self.profile.is_none()
             && !prog.no_graph.load(std::sync::atomic::Ordering::Relaxed);
         if use_graph {
             if let Err(e) = self.replay(prog, kv, Tail::Copy, 1) {
-                if !prog.cooperative {
+                if !prog.cooperative && prog.decode {
                     return Err(e);
                 }
-                // A driver that cannot capture a cooperative launch: launch it directly (one
-                // kernel and two copies a step instead of one graph).
-                eprintln!("smelt-cuda: persistent kernel not captured as a graph ({e}); launching it directly");
+                // A driver that cannot capture a cooperative launch, or a prefill program
+                // whose capture failed (v28: cuBLAS in a capture): launch it directly (a
+                // launch a kernel or GEMM instead of one graph).
+                eprintln!(
+                    "smelt-cuda: program not captured as a graph ({e}); launching it directly"
+                );
                 prog.no_graph
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 use_graph = false;
