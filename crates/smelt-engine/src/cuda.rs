@@ -135,30 +135,36 @@ impl CudaExec {
         let key = (1, Output::LastLogits);
         self.program(arch, key)?;
         let prog = &self.programs[&key];
-        let ok = match draw {
-            Some(_) => self.backend.sample_ok(prog, &self.kv),
-            None => self.backend.greedy_ok(prog, &self.kv),
-        };
-        if !ok || steps == 0 {
-            return Ok(None);
-        }
-        let b = &mut self.backend;
-        let r = run_steps(
-            b,
-            prog,
-            &mut self.kv,
-            (first, start),
-            steps,
-            draw,
-            None,
-            tokens,
-            on_token,
-        );
-        let end = b.greedy_end().map_err(err);
-        let n = r?;
-        end?;
-        Ok(Some(n))
+        let run = ((first, start), steps, draw, None);
+        device_run(&mut self.backend, prog, &mut self.kv, run, tokens, on_token)
     }
+}
+
+/// A device run's start (token, position), step count, draw and (over a pool) block table.
+type Run<'d, 't> = ((u32, usize), usize, Option<Draw<'d>>, Option<Table<'t>>);
+
+/// [`run_steps`] where `prog` can run that way over `kv` (None: nothing evaluated), the run
+/// ended after it (the steps still in flight waited for).
+fn device_run(
+    backend: &mut CudaBackend,
+    prog: &CudaProgram,
+    kv: &mut CudaKvCache,
+    (at, steps, draw, table): Run,
+    tokens: &mut Vec<u32>,
+    on_token: &mut dyn FnMut(u32, usize) -> bool,
+) -> Result<Option<(usize, bool)>, EngineError> {
+    let ok = match draw {
+        Some(_) => backend.sample_ok(prog, kv),
+        None => backend.greedy_ok(prog, kv),
+    };
+    if !ok || steps == 0 {
+        return Ok(None);
+    }
+    let r = run_steps(backend, prog, kv, at, steps, draw, table, tokens, on_token);
+    let end = backend.greedy_end().map_err(err);
+    let n = r?;
+    end?;
+    Ok(Some(n))
 }
 
 pub(crate) use crate::batch::Draw;
@@ -387,30 +393,17 @@ impl CudaBatch {
         let Some(Ok(prog)) = &self.solo else {
             return Ok(None);
         };
-        let ok = match draw {
-            Some(_) => self.backend.sample_ok(prog, &self.kv),
-            None => self.backend.greedy_ok(prog, &self.kv),
-        };
-        if !ok || steps == 0 {
-            return Ok(None);
-        }
+        // The candidates of an earlier step are gone once this run executes.
         self.last_top = None;
-        let b = &mut self.backend;
-        let r = run_steps(
-            b,
+        let run = ((first, start), steps, draw, Some(table));
+        device_run(
+            &mut self.backend,
             prog,
             &mut self.kv,
-            (first, start),
-            steps,
-            draw,
-            Some(table),
+            run,
             &mut Vec::new(),
             on_token,
-        );
-        let end = b.greedy_end().map_err(err);
-        let n = r?;
-        end?;
-        Ok(Some(n))
+        )
     }
 
     fn program(
