@@ -284,6 +284,39 @@ try:
         print('llama.cpp %-40s p %3d n %3d d %3d fa %2s median %8.1f tok/s (mean %8.1f)' % (r['model_filename'][-30:], r['n_prompt'], r['n_gen'], r.get('n_depth', 0), r.get('flash_attn', '?'), med, r['avg_ts']))
 except Exception as e: print('lcp', e)
 PY
+if [ "$MODE" = serve1 ]; then
+  # One client through `smelt serve` (4 sequences, the batch engine), the server's own eval
+  # rate (tools/cuda/evalrate.py, carried as $C/evalrate.py), for each sampling of SERVE1_TEMPS
+  # (temperature, or temperature,repeat-penalty) and each setting of SERVE1_ENVS interleaved,
+  # twice; then `smelt bench` (one sequence, no server) at that temperature (cuda.md v27).
+  for s in llama-1b:q4_k_m smollm2-135m:q8_0; do
+    f=/tmp/${s%%:*}.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+  done
+  for m in ${SERVE1_MODELS:-smollm2-135m llama-1b}; do
+    for t in ${SERVE1_TEMPS:-0 0.8 0,1.0}; do
+      rp=1.1; case $t in *,*) rp=${t#*,}; t=${t%,*} ;; esac
+      for rep in 1 2; do for e in ${SERVE1_ENVS:-SMELT_CUDA_SOLO=0 X=1}; do
+        bin=$C/smelt; case ",$e" in *,BIN=*) bin=$C/$(echo ",$e" | sed 's/.*,BIN=\([^,]*\).*/\1/') ;; esac
+        echo -n "$m t=$t rp=$rp $e: "
+        env ${e//,/ } SMELT_NUM_PARALLEL=4 timeout 120 python3 $C/evalrate.py $bin /tmp/$m.gguf ${SERVE1_N:-5} $t 256 $rp 2>&1 | tail -1
+      done; done
+      timeout 60 $C/smelt bench /tmp/$m.gguf -p 128 -n 256 -r 3 --temperature $t --json > /tmp/b.json 2> /tmp/b.err
+      python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m smelt bench t=$t decode %.1f tok/s' % r['decode_tps'])" || tail -3 /tmp/b.err
+    done
+  done
+fi
+if [ "$MODE" = prefill ]; then
+  # Prefill time of prompts of PREFILL_P tokens (`smelt bench -p N`), each setting of
+  # PREFILL_ENVS interleaved (cuda.md v28: SMELT_CUDA_PREFILL_GRAPH=0 against the default).
+  for m in ${PREFILL_MODELS:-smollm2-135m llama-1b}; do
+    case $m in smollm2-135m) s=$m:q8_0 ;; *) s=$m:q4_k_m ;; esac
+    f=/tmp/$m.gguf; [ -f $f ] || $C/smelt bench --synthetic $s -o $f --vocab-from $C/vocab.gguf 2>&1 | tail -1
+    for p in ${PREFILL_P:-64 96 512 1024}; do for e in ${PREFILL_ENVS:-SMELT_CUDA_PREFILL_GRAPH=0 X=1}; do
+      env ${e//,/ } timeout 60 $C/smelt bench $f -p $p -n 4 -r 5 --json > /tmp/b.json 2> /tmp/b.err
+      python3 -c "import json; r=json.load(open('/tmp/b.json')); print('$m -p $p $e: prefill %.1f tok/s = %.2f ms' % (r['prefill_tps'], $p * 1000 / r['prefill_tps']))" || tail -3 /tmp/b.err
+    done; done
+  done
+fi
 if [ "$MODE" = versus ]; then
   # The figures of BENCHMARKS.md's current table in one call: per model, smelt twice (and
   # twice again with VS_ENV, comma-separated assignments, interleaved: a setting against the
