@@ -106,7 +106,7 @@ if [ "$MODE" = batch ]; then
       SMELT_DEBUG=1 SMELT_NUM_PARALLEL=$c timeout ${BATCH_S:-150} $C/smelt bench --serve $f --clients $c --requests ${BATCH_REQ:-2} \
         --prompt-tokens 128 --max-tokens ${BATCH_TOKENS:-128} --verbose --json > /tmp/s.json 2> /tmp/s.err; echo "rc=$?"
       { echo "=== ${s%%:*} clients=$c"; cat /tmp/s.err; } >> $OUT/serve.log
-      python3 -c "import json; r=json.load(open('/tmp/s.json')); print(json.dumps({k: r.get(k) for k in ['clients','requests_ok','failures','errors','output_tps','itl_ms_p50','itl_ms_p99','ttft_ms_p50','wall_s']} | {'model': '${s%%:*}'}))" | tee -a $OUT/serve.jsonl
+      python3 -c "import json; r=json.load(open('/tmp/s.json')); print(json.dumps({k: r.get(k) for k in ['clients','requests_ok','failures','errors','output_tps','itl_ms_p50','itl_ms_p99','stream_tps_p50','ttft_ms_p50','wall_s']} | {'model': '${s%%:*}'}))" | tee -a $OUT/serve.jsonl
     done
   done
   exit 0

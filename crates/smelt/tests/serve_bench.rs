@@ -62,6 +62,9 @@ fn serving_bench_reports_counts_latencies_and_memory() {
             f("itl_ms_p50") > 0.0 && f("itl_ms_p99") >= f("itl_ms_p50"),
             "{r}"
         );
+        // A request's own speed, from its first text chunk to its last.
+        let stream = f("stream_tps_p50");
+        assert!(stream > 0.0 && stream.is_finite(), "{r}");
     }
 
     // The server's memory, from /proc: a loaded model takes more than an idle server.

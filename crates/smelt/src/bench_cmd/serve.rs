@@ -32,6 +32,7 @@
 //! | `requests_per_s` | `requests_ok / wall_s` |
 //! | `ttft_ms_p50`, `ttft_ms_p99`, `ttft_ms_max` | request sent to first non-empty text chunk, over successful requests (queueing included) |
 //! | `itl_ms_p50`, `itl_ms_p99`, `itl_ms_max` | inter-token latency: gaps between successive text chunks, over all successful requests |
+//! | `stream_tps_p50` | a request's own decode speed, `(completion_tokens - 1) / (first to last text chunk)`, the median over successful requests of at least two tokens: unlike the gaps, not moved by chunks that arrive together (a server that decodes several tokens per submission, or a client that reads several chunks at once) |
 //! | `e2e_ms_p50`, `e2e_ms_p99` | request sent to end of stream |
 //! | `cache_hit_rate` | `cached_tokens_total / prompt_tokens_total` (`usage.prompt_tokens_details.cached_tokens`; 0 when the server does not report it) |
 //! | `server_pid` | the server's process id (null with `--url` and no `--server-pid`) |
@@ -544,6 +545,13 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
+/// A request's decode speed: its tokens after the first over the time from its first text
+/// chunk to its last (the sum of the gaps). None under two tokens or with no time between.
+fn stream_tps(r: &RequestResult) -> Option<f64> {
+    let span = r.itl_ms.iter().sum::<f64>() / 1e3;
+    (r.completion_tokens >= 2 && span > 0.0).then(|| (r.completion_tokens - 1) as f64 / span)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn report(
     model: &str,
@@ -569,6 +577,7 @@ fn report(
         .collect();
     let mut itl: Vec<f64> = ok.iter().flat_map(|r| r.itl_ms.iter().copied()).collect();
     let mut e2e: Vec<f64> = ok.iter().map(|r| r.e2e.as_secs_f64() * 1e3).collect();
+    let mut stream: Vec<f64> = ok.iter().filter_map(|r| stream_tps(r)).collect();
     let finished_early = ok
         .iter()
         .filter(|r| r.finish_reason.as_deref() != Some("length"))
@@ -606,6 +615,7 @@ fn report(
         "itl_ms_p50": percentile(&mut itl, 50.0),
         "itl_ms_p99": percentile(&mut itl, 99.0),
         "itl_ms_max": percentile(&mut itl, 100.0),
+        "stream_tps_p50": percentile(&mut stream, 50.0),
         "e2e_ms_p50": percentile(&mut e2e, 50.0),
         "e2e_ms_p99": percentile(&mut e2e, 99.0),
         "cache_hit_rate": if prompt > 0 { cached as f64 / prompt as f64 } else { 0.0 },
@@ -679,6 +689,10 @@ fn print_text(r: &serde_json::Value) {
         f("itl_ms_max")
     );
     println!(
+        "stream     p50 {:8.1} tok/s a request (first to last text chunk)",
+        f("stream_tps_p50")
+    );
+    println!(
         "latency    p50 {:8.1} ms   p99 {:8.1} ms (request to end of stream)",
         f("e2e_ms_p50"),
         f("e2e_ms_p99")
@@ -712,6 +726,22 @@ mod tests {
         assert_eq!(percentile(&mut v, 100.0), 100.0);
         assert_eq!(percentile(&mut [7.0], 99.0), 7.0);
         assert_eq!(percentile(&mut [], 50.0), 0.0);
+    }
+
+    /// Chunks that arrive together (gaps near zero, then one long one) give the same speed
+    /// as evenly spaced ones over the same span.
+    #[test]
+    fn stream_speed_spans_the_first_to_the_last_chunk() {
+        let r = |gaps: Vec<f64>, n: u64| RequestResult {
+            itl_ms: gaps,
+            completion_tokens: n,
+            ..Default::default()
+        };
+        let even = stream_tps(&r(vec![1.0; 8], 9)).unwrap();
+        let bursts = stream_tps(&r(vec![0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 4.0], 9)).unwrap();
+        assert!((even - 1000.0).abs() < 1e-9 && (bursts - 1000.0).abs() < 1e-9);
+        assert_eq!(stream_tps(&r(vec![], 1)), None);
+        assert_eq!(stream_tps(&r(vec![0.0], 2)), None);
     }
 
     #[test]
