@@ -45,9 +45,14 @@ pub struct BatchOptions {
     pub backend: BackendKind,
 }
 
-/// A sampled device run's settings (`DeviceSampling::words`), history (the tokens seen) and
-/// uniforms (drawn in order from the sampler's seeded stream).
-pub type Draw<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
+/// A sampled device run's settings, history (the tokens seen) and the sampler's seeded stream,
+/// whose uniforms the steps draw in order; the run leaves the stream where the draws of the
+/// tokens it gave leave it (steps launched ahead of a stop drew too, from a copy).
+pub type Draw<'a> = (
+    &'a crate::sampler::DeviceSampling,
+    &'a [u32],
+    &'a mut crate::sampler::Rng,
+);
 
 /// One sequence: tokens, of which the first `n_kv` have keys and values in its blocks.
 #[derive(Debug, Default)]

@@ -366,8 +366,8 @@ impl Loop {
         let settings = match dec.is_plain_greedy() {
             true => None,
             false => match dec.device_sampling(n_vocab, crate::runner::TOP_CANDIDATES) {
-                Some(s) => Some(s.words()),
                 None => return false,
+                s => s,
             },
         };
         let history = match settings {
@@ -375,28 +375,26 @@ impl Loop {
             None => Vec::new(),
         };
         let mut rng = dec.rng();
-        let mut draws = rng.clone();
-        let mut uniform = || draws.next_f32();
-        let draw = settings.as_ref().map(|w| {
-            (
-                w,
-                history.as_slice(),
-                &mut uniform as &mut dyn FnMut() -> f32,
-            )
-        });
+        let draw = settings.as_ref().map(|s| (s, history.as_slice(), &mut rng));
         let (tx, cancel) = (tx.clone(), dec.req.cancel.clone());
         let mut on_event = |ev| {
             if tx.send(Msg::Event(ev)).is_err() {
                 cancel.cancel();
             }
         };
-        let (mut kept, mut finish, mut arrived) = (0usize, None, Vec::new());
+        let (mut finish, mut arrived) = (None, Vec::new());
         let tok = &self.tok;
         // No step launched past the request's last token.
         let max = dec.steps_left();
-        let run = self.runner.decode_solo(seq, max, draw, &mut |t, kv_len| {
-            kept += 1;
-            match dec.next_token(tok, t, kv_len, n_ctx, &mut on_event) {
+        let run = self
+            .runner
+            .decode_solo(seq, max, draw, &mut |t, kv_len| match dec.next_token(
+                tok,
+                t,
+                kv_len,
+                n_ctx,
+                &mut on_event,
+            ) {
                 Next::Finish(reason) => {
                     finish = Some(reason);
                     false
@@ -408,16 +406,12 @@ impl Loop {
                     }
                     Err(_) => true,
                 },
-            }
-        });
+            });
         let done = match run {
             Ok(None) => 0,
             Ok(Some(done)) => {
                 if settings.is_some() {
-                    // The stream where the kept draws left it.
-                    (0..kept).for_each(|_| {
-                        rng.next_f32();
-                    });
+                    // The stream where the run's draws left it.
                     dec.set_rng(rng);
                 }
                 done

@@ -117,8 +117,9 @@ impl CudaExec {
     /// steps from `first` at position `start`, at most [`smelt_cuda::GREEDY_IN_FLIGHT`]
     /// graphs of them in flight, each step's token given to `on_token` with the positions
     /// evaluated so far; the evaluated tokens are pushed to `tokens`. Each token is the argmax
-    /// of its logits, or with `draw` (a sampled run's settings, history and uniforms) drawn as
-    /// the host's `Sampler::sample_top` draws it. None where the program cannot (nothing
+    /// of its logits, or with `draw` (a sampled run's settings, history and seeded stream,
+    /// left where the draws of the tokens given leave it) drawn as the host's
+    /// `Sampler::sample_top` draws it. None where the program cannot (nothing
     /// evaluated); else (steps evaluated, whether the last one's draw failed: its token was
     /// evaluated, its draw is the host's to make).
     #[allow(clippy::too_many_arguments)]
@@ -144,7 +145,8 @@ impl CudaExec {
 type Run<'d, 't> = ((u32, usize), usize, Option<Draw<'d>>, Option<Table<'t>>);
 
 /// [`run_steps`] where `prog` can run that way over `kv` (None: nothing evaluated), the run
-/// ended after it (the steps still in flight waited for).
+/// ended after it (the steps still in flight waited for). A sampled run's uniforms come
+/// from a copy of its stream, which is then moved past the draws of the tokens given.
 fn device_run(
     backend: &mut CudaBackend,
     prog: &CudaProgram,
@@ -160,12 +162,45 @@ fn device_run(
     if !ok || steps == 0 {
         return Ok(None);
     }
-    let r = run_steps(backend, prog, kv, at, steps, draw, table, tokens, on_token);
+    let (words, history, mut rng) = match draw {
+        Some((s, h, r)) => (Some(s.words()), h, Some(r)),
+        None => (None, &[][..], None),
+    };
+    let mut draws = rng.as_deref().cloned();
+    let mut uniform = || draws.as_mut().map_or(0.0, |d| d.next_f32());
+    let uniforms = words
+        .as_ref()
+        .map(|w| (w, history, &mut uniform as &mut dyn FnMut() -> f32));
+    let mut kept = 0;
+    let mut counted = |t, kv_len| {
+        kept += 1;
+        on_token(t, kv_len)
+    };
+    let r = run_steps(
+        backend,
+        prog,
+        kv,
+        at,
+        steps,
+        uniforms,
+        table,
+        tokens,
+        &mut counted,
+    );
     let end = backend.greedy_end().map_err(err);
     let n = r?;
     end?;
+    if let Some(rng) = rng.as_mut() {
+        (0..kept).for_each(|_| {
+            rng.next_f32();
+        });
+    }
     Ok(Some(n))
 }
+
+/// A sampled run's settings (`DeviceSampling::words`), history and uniforms, as the backend
+/// takes them.
+type Uniforms<'a> = (&'a [u32; 8], &'a [u32], &'a mut dyn FnMut() -> f32);
 
 pub(crate) use crate::batch::Draw;
 
@@ -186,7 +221,7 @@ fn run_steps(
     kv: &mut CudaKvCache,
     (first, start): (u32, usize),
     steps: usize,
-    draw: Option<Draw>,
+    draw: Option<Uniforms>,
     mut table: Option<Table>,
     tokens: &mut Vec<u32>,
     on_token: &mut dyn FnMut(u32, usize) -> bool,

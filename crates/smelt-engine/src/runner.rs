@@ -488,24 +488,15 @@ impl Runner {
                 return Ok(None);
             };
             let steps = max.min(self.n_ctx - start);
-            let words = settings.words();
-            let mut draws = rng.clone();
-            let mut kept = 0;
             let run = c.decode_on_device(
                 self.arch.as_ref(),
                 first,
                 start,
                 steps,
-                Some((&words, history, &mut || draws.next_f32())),
+                Some((settings, history, rng)),
                 &mut self.tokens,
-                &mut |t, kv_len| {
-                    kept += 1;
-                    on_token(t, kv_len)
-                },
+                on_token,
             )?;
-            (0..kept).for_each(|_| {
-                rng.next_f32();
-            });
             return Ok(run.map(|(n, failed)| (n, failed.then(|| self.tokens.pop()).flatten())));
         }
         let _ = (first, max, settings, history, rng, on_token);
