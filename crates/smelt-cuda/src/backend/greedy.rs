@@ -222,6 +222,8 @@ impl CudaBackend {
             ));
         }
         self.prepare_io(prog, &[token], &[position], kv)?;
+        // The steps still in flight done before any input is written.
+        self.dev.sync()?;
         let cover = match kv.is_paged() {
             true => self.solo_inputs(prog, position, kv, blocks)?,
             false if blocks.is_empty() => u32::MAX,
@@ -231,7 +233,6 @@ impl CudaBackend {
                 ))
             }
         };
-        self.dev.sync()?;
         if self.greedy.is_none() {
             let mut events = Vec::with_capacity(QUEUED);
             for _ in 0..QUEUED {
@@ -258,7 +259,10 @@ impl CudaBackend {
             });
         }
         self.dev.upload(self.io.tok.ptr, &token.to_le_bytes())?;
-        self.dev.upload(self.io.pos.ptr, &position.to_le_bytes())?;
+        if !kv.is_paged() {
+            // A solo run's inputs (its position first) went up with its table.
+            self.dev.upload(self.io.pos.ptr, &position.to_le_bytes())?;
+        }
         let g = self.greedy.as_mut().expect("allocated above");
         g.queue.clear();
         g.next_pos = position;
